@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Test environment for rbuild: installs the real parts the tests use and starts them.
+#  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq
+#  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
+#    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
+# Idempotent. Prints the env vars tests read. Needs root.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl; do
+  command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
+done
+# busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
+if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then need+=(busybox-static file); fi
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/tmp/rbuild-apt.log 2>&1 || { cat /tmp/rbuild-apt.log; exit 1; }
+fi
+
+REG=127.0.0.1:5055
+W=${RBUILD_TEST_WORK:-/tmp/rbuild-test-env}
+mkdir -p "$W"
+if ! curl -sf "http://$REG/v2/" >/dev/null; then
+  cat > "$W/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $W/registry-data
+  delete:
+    enabled: true
+http:
+  addr: $REG
+YML
+  (setsid nohup docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &)
+  for _ in $(seq 50); do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.2; done
+  curl -sf "http://$REG/v2/" >/dev/null || { echo "registry did not start"; cat "$W/registry.log"; exit 1; }
+fi
+
+seed_busybox() {
+  local L=$W/busybox-oci
+  rm -rf "$L" "$W/bundle"
+  umoci init --layout "$L"
+  umoci new --image "$L:latest"
+  umoci unpack --rootless --image "$L:latest" "$W/bundle" >/dev/null
+  local R=$W/bundle/rootfs
+  mkdir -p "$R/bin" "$R/etc" "$R/tmp" "$R/root" "$R/home" "$R/usr/bin"
+  chmod 1777 "$R/tmp"
+  cp /bin/busybox "$R/bin/busybox"
+  for a in $("$R/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$R/etc/passwd"
+  printf 'root:x:0:\napp:x:1000:\nnogroup:x:65534:\n' > "$R/etc/group"
+  umoci repack --image "$L:latest" "$W/bundle" >/dev/null
+  umoci config --image "$L:latest" --config.cmd sh --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin >/dev/null
+  skopeo copy -q --dest-tls-verify=false "oci:$L:latest" "docker://$REG/library/busybox:latest"
+  skopeo copy -q --dest-tls-verify=false "oci:$L:latest" "docker://$REG/library/busybox:1"
+}
+if ! curl -sf "http://$REG/v2/library/busybox/tags/list" | grep -q latest; then
+  seed_busybox
+fi
+echo "RBUILD_TEST_REGISTRY=$REG"

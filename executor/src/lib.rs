@@ -1,0 +1,1 @@
+//! rbuild-executor (being written).

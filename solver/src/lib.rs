@@ -1,0 +1,1 @@
+//! rbuild-solver (being written).
