@@ -1,1 +1,25 @@
-//! rbuild-cache (being written).
+//! rbuild-cache: the local store of rbuild.
+//!
+//! * a content store of sha256-named blobs with checked commits (`blobs-v1/sha256/<hex>`),
+//! * snapshots: layer directories in overlayfs "upper" format (`snapshots-v1/<id>/fs`),
+//! * the cache index and a small metadata table in SQLite (`index-v1.db`, WAL), shared safely by
+//!   several rbuild processes,
+//! * advisory locks (`locks/<name>.lock`),
+//! * build-context hashing with .dockerignore semantics and a persistent stat cache ([`context`]).
+//!
+//! A crash at any point leaves a store that [`Store::open`] repairs: ingest files in `tmp/` of dead
+//! processes and snapshots that were never committed are removed.
+
+mod blob;
+pub mod context;
+mod error;
+mod index;
+mod snapshot;
+mod store;
+mod util;
+
+pub use blob::{sha256_reader, BlobInfo, BlobWriter};
+pub use error::CacheError;
+pub use index::{IndexEntry, StoreLock};
+pub use snapshot::Snapshot;
+pub use store::Store;

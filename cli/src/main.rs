@@ -1,1 +1,47 @@
-fn main() {}
+//! rbuild: the command-line interface.
+//!
+//! `rbuild -t app:v1 .` (= `rbuild build -t app:v1 .`) parses the Dockerfile (frontend),
+//! solves the graph (solver) and stores the image (oci); `--output` exports it. The binary is
+//! also the sandbox helper: when re-executed with the executor's marker argument it becomes
+//! the helper process before anything else runs.
+
+mod args;
+mod build;
+mod config;
+mod images;
+mod progress;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(rbuild_executor::HELPER_ARG) {
+        rbuild_executor::helper_main();
+    }
+    let argv = args::with_default_subcommand(std::env::args_os().collect());
+    let cli = args::Cli::parse_from(argv);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            render::print_error(&e);
+            ExitCode::from(render::exit_code(&e))
+        }
+    }
+}
+
+fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
+    let root = config::store_root(cli.root.clone())?;
+    match cli.command {
+        args::Command::Build(b) => build::run(&root, &b),
+        args::Command::Images(i) => images::list(&root, &i),
+        args::Command::Debug {
+            command: args::DebugCommand::DumpGraph(b),
+        } => build::dump_graph(&root, &b),
+        args::Command::Version => {
+            println!("rbuild {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,1 +1,166 @@
-//! rbuild-executor (being written).
+//! rbuild-executor: runs one build-step process in an isolated sandbox.
+//!
+//! The solver is multi-threaded and must not fork-and-do-work, so the sandbox
+//! is set up by a *helper process*: a re-exec of a binary (the `rbuild`
+//! binary in production) with [`HELPER_ARG`] as its first argument. The
+//! binary's `main()` must call [`helper_main`] first thing when it sees that
+//! argument.
+//!
+//! Protocol between [`Executor::run`] (parent) and the helper:
+//! - the [`ExecSpec`] is written as JSON on the helper's stdin (then closed);
+//! - the helper's stdout/stderr are the step's stdout/stderr (streamed to the
+//!   caller's callback);
+//! - fd 3 of the helper is a status pipe on which it writes one JSON report
+//!   (exit status, setup failure or exec failure) before exiting.
+//!
+//! The helper unshares pid/uts/ipc (and net for [`Network::None`]) namespaces,
+//! forks a child that becomes pid 1 of the new pid namespace, which creates a
+//! private mount namespace, mounts the rootfs (overlayfs), `/proc`, `/sys`
+//! (ro), a minimal `/dev`, binds generated `/etc/hosts`, `/etc/resolv.conf`,
+//! `/etc/hostname`, pivots into the rootfs, masks sensitive `/proc` paths,
+//! drops capabilities to Docker's default set, sets `no_new_privs`, switches
+//! to the requested user, and execs the step's program. Mount-target stubs
+//! created in the rootfs are removed from the layer afterwards.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod helper;
+mod mounts;
+mod protocol;
+mod run;
+mod sandbox;
+#[allow(unsafe_code)] // the only module with unsafe code
+mod sys;
+mod user;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ExecutorError;
+pub use helper::helper_main;
+pub use mounts::{overlay_supported, with_private_mounts, Mounter};
+pub use run::Executor;
+
+/// First argument that makes a binary act as the sandbox helper.
+pub const HELPER_ARG: &str = "__rbuild-sandbox";
+
+/// How to start the helper process: `program args…` (e.g. `current_exe()`
+/// with `[HELPER_ARG]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helper {
+    /// Program to execute.
+    pub program: PathBuf,
+    /// Its arguments (must make it call [`helper_main`]).
+    pub args: Vec<String>,
+}
+
+/// The root filesystem of the step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rootfs {
+    /// overlay: lowers top-most FIRST (overlayfs lowerdir order); upper gets
+    /// the changes; work is an empty dir on the same fs as upper. With zero
+    /// lowers the upper dir itself is bind-mounted read-write.
+    Overlay {
+        /// Lower layers, top-most first.
+        lowers: Vec<PathBuf>,
+        /// Upper (writable) directory: receives the step's changes.
+        upper: PathBuf,
+        /// overlayfs work directory (empty, same filesystem as `upper`).
+        work: PathBuf,
+    },
+    /// Copy fallback: run directly in this directory (bind-mounted read-write
+    /// as the root). The caller computes the diff itself.
+    Dir(PathBuf),
+}
+
+/// Network mode of the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// Share the host's network namespace (the default).
+    Host,
+    /// New network namespace with only the loopback interface, up.
+    None,
+}
+
+/// An additional mount inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExtraMount {
+    /// Recursive bind mount of a host path (file or directory).
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Absolute path inside the sandbox.
+        target: String,
+        /// Mount read-only.
+        readonly: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Absolute path inside the sandbox.
+        target: String,
+        /// Size limit in bytes (kernel default: half of RAM).
+        size: Option<u64>,
+    },
+}
+
+/// Everything needed to run one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Root filesystem.
+    pub rootfs: Rootfs,
+    /// argv; `args[0]` is resolved via `PATH` from `env` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment, exactly as given (`KEY=VALUE`).
+    pub env: Vec<String>,
+    /// Working directory (absolute); created when missing, like Docker.
+    pub cwd: String,
+    /// `""` = root; `"1000"`, `"1000:1000"`, `"app"`, `"app:grp"`, resolved
+    /// against the rootfs's `/etc/passwd` and `/etc/group`.
+    pub user: String,
+    /// Hostname of the sandbox (also written to `/etc/hostname`).
+    pub hostname: String,
+    /// Network mode.
+    pub network: Network,
+    /// Additional mounts, applied in order.
+    pub extra_mounts: Vec<ExtraMount>,
+    /// Extra `/etc/hosts` entries: (hostname, ip).
+    pub extra_hosts: Vec<(String, String)>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How the step's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number when it was killed by a signal.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// True when the process exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code: {c}"),
+            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            (None, None) => write!(f, "unknown exit status"),
+        }
+    }
+}

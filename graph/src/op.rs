@@ -90,7 +90,6 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
-
 /// Network mode of a RUN step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,7 +156,10 @@ pub enum CacheSharing {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MountKind {
     /// `source` is a path inside the input.
-    Bind { source: String, readonly: bool },
+    Bind {
+        source: String,
+        readonly: bool,
+    },
     Cache {
         id: String,
         sharing: CacheSharing,
@@ -167,7 +169,9 @@ pub enum MountKind {
         uid: u32,
         gid: u32,
     },
-    Tmpfs { size: Option<u64> },
+    Tmpfs {
+        size: Option<u64>,
+    },
     Secret {
         id: String,
         /// Expose as this env var instead of (or besides) a file.

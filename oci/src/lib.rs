@@ -1,1 +1,24 @@
-//! rbuild-oci (being written).
+//! rbuild-oci: OCI image references, the registry client (pull, auth, mirrors), layer tar
+//! creation and safe extraction in overlayfs format, the local OCI-layout image store, and the
+//! OCI / docker archive exporters.
+//!
+//! The content store lives in `rbuild-cache`; this crate only reads and writes blobs through it.
+
+pub mod digest;
+pub mod error;
+pub mod export;
+pub mod image_store;
+pub mod layer;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod types;
+
+pub use error::OciError;
+pub use export::{export_docker_archive, export_oci_archive};
+pub use image_store::ImageStore;
+pub use layer::{apply_layer, write_layer, LayerOpts};
+pub use reference::Reference;
+pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};
+pub use store::{ContentStore, DirStore};
+pub use types::{media_types, Descriptor, Index, Manifest, Platform};

@@ -1,1 +1,204 @@
-//! rbuild-solver (being written).
+//! rbuild-solver: executes a build graph with a content-addressed cache.
+//!
+//! The solver walks a [`rbuild_graph::Definition`] from a root node, computes a cache key for
+//! every reachable node ([`cachekey`]), looks it up in the store's index, and runs the op on a
+//! miss: image sources are pulled and unpacked ([`source`]), exec ops run in the sandbox
+//! ([`exec`]), file ops edit a new layer in-process ([`fileop`]). Independent nodes run in
+//! parallel ([`sched`]). Every result is a chain of layers (snapshot directories plus their
+//! uncompressed tar blobs). [`image`] turns a chain and a config into an image in the local
+//! store. Progress goes out as [`Event`]s; this crate never prints.
+
+pub mod cachekey;
+pub mod exec;
+pub mod fileop;
+pub mod image;
+pub mod sched;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+pub use image::{finalize_image, ImageResult};
+pub use sched::SolveOutput;
+
+/// Errors from solving a graph.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    #[error("{step}: process \"{command}\" did not complete successfully: exit code {code}")]
+    ExecFailed {
+        step: String,
+        command: String,
+        code: i32,
+        /// Last lines of the step's output.
+        tail: Vec<String>,
+        lines: Option<(u32, u32)>,
+    },
+    #[error("{step}: {message}")]
+    Step {
+        step: String,
+        message: String,
+        lines: Option<(u32, u32)>,
+    },
+    #[error("pulling {reference}: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: rbuild_oci::OciError,
+    },
+    #[error(transparent)]
+    Cache(#[from] rbuild_cache::CacheError),
+    #[error(transparent)]
+    Oci(#[from] rbuild_oci::OciError),
+    #[error(transparent)]
+    Executor(#[from] rbuild_executor::ExecutorError),
+    #[error(transparent)]
+    Graph(#[from] rbuild_graph::GraphError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt cache record for {key}: {message}")]
+    BadRecord { key: String, message: String },
+    #[error("build cancelled")]
+    Cancelled,
+}
+
+impl SolveError {
+    /// Dockerfile line range the error belongs to, when known.
+    pub fn lines(&self) -> Option<(u32, u32)> {
+        match self {
+            SolveError::ExecFailed { lines, .. } | SolveError::Step { lines, .. } => *lines,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        SolveError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// One layer of a result chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// Snapshot id in the store (the unpacked layer directory).
+    pub snapshot: String,
+    /// Digest of the uncompressed layer tar.
+    pub diff_id: String,
+    /// The blob as stored (compressed as pulled, or the uncompressed tar rbuild wrote).
+    pub blob: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The result of a node: the layers of a filesystem, bottom first.
+pub type Chain = Vec<Layer>;
+
+/// What a node produced.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Chain(Chain),
+    /// A local directory (the build context or a named context).
+    Local(LocalDir),
+}
+
+/// A local directory input with its exclude patterns.
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    pub path: PathBuf,
+    pub exclude: Vec<String>,
+}
+
+/// Progress events. `vertex` is the node's index in the definition.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        vertex: usize,
+        name: String,
+    },
+    Cached {
+        vertex: usize,
+        name: String,
+    },
+    Log {
+        vertex: usize,
+        stderr: bool,
+        data: Vec<u8>,
+    },
+    Done {
+        vertex: usize,
+        seconds: f64,
+    },
+    Failed {
+        vertex: usize,
+        message: String,
+    },
+}
+
+/// Receiver of progress events (the CLI renders them).
+pub trait Progress: Send + Sync {
+    fn event(&self, event: Event);
+}
+
+/// A progress sink that drops everything.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn event(&self, _event: Event) {}
+}
+
+/// A base image as resolved from a registry (or from the store's memory of it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// Normalised reference, e.g. `docker.io/library/busybox:latest`.
+    pub reference: String,
+    pub manifest_digest: String,
+    pub config: Vec<u8>,
+    pub layers: Vec<rbuild_oci::Descriptor>,
+}
+
+/// Everything the solver needs from its environment.
+pub struct SolverConfig {
+    pub store: rbuild_cache::Store,
+    pub executor: rbuild_executor::Executor,
+    pub registry: rbuild_oci::RegistryClient,
+    /// Local directories by name (`context` is the build context).
+    pub locals: BTreeMap<String, PathBuf>,
+    /// Upper bound on concurrently running nodes.
+    pub max_parallelism: usize,
+    /// Re-resolve base images even when the store remembers them (`--pull`).
+    pub pull: bool,
+    /// Clamp new files' mtimes (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: Option<i64>,
+    /// Hostname inside RUN steps.
+    pub hostname: String,
+}
+
+/// The solver: owns the config and an in-process memory of resolved images.
+pub struct Solver {
+    pub(crate) cfg: SolverConfig,
+    pub(crate) resolved: Mutex<BTreeMap<String, ResolvedImage>>,
+}
+
+impl Solver {
+    pub fn new(cfg: SolverConfig) -> Arc<Self> {
+        Arc::new(Solver {
+            cfg,
+            resolved: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &rbuild_cache::Store {
+        &self.cfg.store
+    }
+
+    pub fn config(&self) -> &SolverConfig {
+        &self.cfg
+    }
+}

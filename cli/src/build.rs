@@ -1,0 +1,402 @@
+//! `rbuild build`: Dockerfile → frontend → solver → image in the local store → outputs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rbuild_frontend::{BuildOpts, ImageResolver, ResolvedImage};
+use rbuild_graph::{ImageConfig, Platform};
+use rbuild_oci::{ImageStore, Reference};
+use rbuild_solver::{Solver, SolverConfig};
+
+use crate::args::BuildArgs;
+use crate::progress::Plain;
+use crate::render::{BuildFailed, DockerfileError};
+
+/// The loaded inputs of a build.
+struct Inputs {
+    context: PathBuf,
+    dockerfile_name: String,
+    dockerfile: String,
+    opts: BuildOpts,
+}
+
+fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
+    let context = fs::canonicalize(&b.context).map_err(|e| {
+        anyhow!(
+            "unable to prepare context: path {:?} not found: {e}",
+            b.context
+        )
+    })?;
+    if !context.is_dir() {
+        bail!(
+            "unable to prepare context: {} is not a directory",
+            context.display()
+        );
+    }
+    let dockerfile_path = match &b.file {
+        Some(f) => f.clone(),
+        None => context.join("Dockerfile"),
+    };
+    let dockerfile = fs::read_to_string(&dockerfile_path).map_err(|e| {
+        anyhow!(
+            "failed to read dockerfile: {}: {e}",
+            dockerfile_path.display()
+        )
+    })?;
+    let dockerfile_name = dockerfile_path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "Dockerfile".into());
+    // <Dockerfile>.dockerignore next to the Dockerfile wins over the context's .dockerignore.
+    let specific = PathBuf::from(format!("{}.dockerignore", dockerfile_path.display()));
+    let ignore_file = if specific.is_file() {
+        Some(specific)
+    } else {
+        Some(context.join(".dockerignore")).filter(|p| p.is_file())
+    };
+    let dockerignore = match ignore_file {
+        Some(p) => {
+            let text =
+                fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            rbuild_frontend::dockerignore::parse(&text)
+                .map_err(|e| anyhow!("{}: {e}", p.display()))?
+        }
+        None => Vec::new(),
+    };
+    let mut build_args = BTreeMap::new();
+    for a in &b.build_args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                build_args.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                // `--build-arg KEY` takes the value from the environment, if set (docker).
+                if let Ok(v) = std::env::var(a) {
+                    build_args.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    let mut labels = BTreeMap::new();
+    for l in &b.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let platform = match &b.platform {
+        None => Platform::host(),
+        Some(p) => parse_platform(p)?,
+    };
+    if platform != Platform::host() {
+        bail!(
+            "--platform {}: only the host platform ({}) can be built on this machine",
+            platform.to_text(),
+            Platform::host().to_text()
+        );
+    }
+    let opts = BuildOpts {
+        build_args,
+        target: b.target.clone(),
+        platform,
+        dockerignore,
+        no_cache: b.no_cache,
+        labels,
+        ..BuildOpts::default()
+    };
+    Ok(Inputs {
+        context,
+        dockerfile_name,
+        dockerfile,
+        opts,
+    })
+}
+
+fn parse_platform(s: &str) -> Result<Platform> {
+    let parts: Vec<&str> = s.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] => Ok(Platform {
+            os: os.to_string(),
+            architecture: arch.to_string(),
+            variant: None,
+        }),
+        [os, arch, variant] => Ok(Platform {
+            os: os.to_string(),
+            architecture: arch.to_string(),
+            variant: Some(variant.to_string()),
+        }),
+        _ => bail!("--platform {s:?}: expected os/arch[/variant]"),
+    }
+}
+
+fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>> {
+    let store = rbuild_cache::Store::open(root)
+        .with_context(|| format!("opening the store at {}", root.display()))?;
+    let registry = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
+    let exe = std::env::current_exe().context("locating the rbuild binary")?;
+    let executor = rbuild_executor::Executor::new(rbuild_executor::Helper {
+        program: exe,
+        args: vec![rbuild_executor::HELPER_ARG.to_string()],
+    });
+    let mut locals = BTreeMap::new();
+    locals.insert("context".to_string(), context.to_path_buf());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .or_else(|| {
+            b.build_args
+                .iter()
+                .find_map(|a| a.strip_prefix("SOURCE_DATE_EPOCH=").map(String::from))
+        })
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
+        })
+        .transpose()?;
+    Ok(Solver::new(SolverConfig {
+        store,
+        executor,
+        registry,
+        locals,
+        max_parallelism: b.max_parallelism.unwrap_or(cpus).max(1),
+        pull: b.pull,
+        source_date_epoch,
+        hostname: "buildkitsandbox".to_string(),
+    }))
+}
+
+/// Adapter: the frontend asks the solver to resolve base images.
+struct Resolver<'a>(&'a Solver);
+
+impl ImageResolver for Resolver<'_> {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let r = self
+            .0
+            .resolve_image(reference, platform)
+            .map_err(|e| e.to_string())?;
+        let config = ImageConfig::from_json(&r.config).map_err(|e| e.to_string())?;
+        Ok(ResolvedImage {
+            reference: r.reference,
+            digest: r.manifest_digest,
+            config,
+        })
+    }
+}
+
+fn frontend_error(inputs: &Inputs, e: rbuild_frontend::FrontendError) -> anyhow::Error {
+    match e.line() {
+        Some(line) => anyhow::Error::new(DockerfileError {
+            path: inputs.dockerfile_name.clone(),
+            text: inputs.dockerfile.clone(),
+            lines: (line, line),
+            message: e.to_string(),
+            tail: Vec::new(),
+            step: None,
+        }),
+        None => anyhow::Error::new(BuildFailed(e.to_string())),
+    }
+}
+
+fn solve_error(inputs: &Inputs, e: rbuild_solver::SolveError) -> anyhow::Error {
+    let (tail, step) = match &e {
+        rbuild_solver::SolveError::ExecFailed { tail, step, .. } => {
+            (tail.clone(), Some(step.clone()))
+        }
+        _ => (Vec::new(), None),
+    };
+    match e.lines() {
+        Some(lines) => anyhow::Error::new(DockerfileError {
+            path: inputs.dockerfile_name.clone(),
+            text: inputs.dockerfile.clone(),
+            lines,
+            message: e.to_string(),
+            tail,
+            step,
+        }),
+        None => anyhow::Error::new(BuildFailed(e.to_string())),
+    }
+}
+
+pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
+    let outputs = b
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<Vec<_>>>()?;
+    let tags = b
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let inputs = load_inputs(b)?;
+    let quiet = b.quiet || b.progress == "quiet";
+    if !matches!(b.progress.as_str(), "auto" | "plain" | "tty" | "quiet") {
+        bail!(
+            "--progress {:?}: expected auto, plain, tty or quiet",
+            b.progress
+        );
+    }
+    let progress = Plain::new(quiet);
+    let solver = make_solver(root, b, &inputs.context)?;
+    progress.note(&format!(
+        "[internal] load build definition from {}",
+        inputs.dockerfile_name
+    ));
+    let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
+        .map_err(|e| frontend_error(&inputs, e))?;
+    if !quiet {
+        for w in &plan.warnings {
+            eprintln!(
+                "WARNING: {}:{}: {}",
+                inputs.dockerfile_name, w.line, w.message
+            );
+        }
+    }
+    let out = solver
+        .solve(&plan.definition, plan.root, &progress)
+        .map_err(|e| solve_error(&inputs, e))?;
+    let image = rbuild_solver::finalize_image(
+        solver.store(),
+        &out.chain,
+        &plan.image,
+        solver.config().source_date_epoch,
+        &BTreeMap::new(),
+    )?;
+    let images = ImageStore::open(solver.store())?;
+    for t in &tags {
+        images.tag(t, &image.manifest)?;
+    }
+    for o in &outputs {
+        export(solver.store(), &image, &tags, o)?;
+    }
+    if let Some(p) = &b.iidfile {
+        fs::write(p, &image.config_digest).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if quiet {
+        println!("{}", image.config_digest);
+    } else {
+        progress.note(&format!("writing image {}", image.config_digest));
+        for t in &tags {
+            progress.note(&format!("naming to {t}"));
+        }
+        for o in &outputs {
+            progress.note(&format!("exporting to {} {}", o.kind, o.dest));
+        }
+    }
+    let _ = std::io::stdout().flush();
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
+    let inputs = load_inputs(b)?;
+    let solver = make_solver(root, b, &inputs.context)?;
+    let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
+        .map_err(|e| frontend_error(&inputs, e))?;
+    print!("{}", plan.definition.dump(plan.root)?);
+    let cfg = plan.image.to_canonical_json()?;
+    println!("image config: {}", String::from_utf8_lossy(&cfg));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One `--output` spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSpec {
+    pub kind: String,
+    pub dest: String,
+}
+
+/// Parse `type=oci,dest=FILE` (buildx syntax). Unsupported types are rejected clearly.
+pub fn parse_output(spec: &str) -> Result<OutputSpec> {
+    let mut kind = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=app.tar")
+        })?;
+        match k {
+            "type" => kind = Some(v.to_string()),
+            "dest" => dest = Some(v.to_string()),
+            other => bail!("--output {spec:?}: unknown key {other:?} (supported: type, dest)"),
+        }
+    }
+    let kind = kind.ok_or_else(|| anyhow!("--output {spec:?}: missing type="))?;
+    match kind.as_str() {
+        "oci" | "docker" => {}
+        other => bail!("--output type={other}: not supported yet (supported: oci, docker)"),
+    }
+    let dest = dest.ok_or_else(|| anyhow!("--output {spec:?}: missing dest="))?;
+    Ok(OutputSpec { kind, dest })
+}
+
+fn export(
+    store: &rbuild_cache::Store,
+    image: &rbuild_solver::ImageResult,
+    tags: &[Reference],
+    o: &OutputSpec,
+) -> Result<()> {
+    let write = |w: &mut dyn Write| -> Result<()> {
+        match o.kind.as_str() {
+            "oci" => rbuild_oci::export_oci_archive(store, &image.manifest, tags, w)?,
+            _ => rbuild_oci::export_docker_archive(store, &image.manifest, tags, w)?,
+        }
+        Ok(())
+    };
+    if o.dest == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        write(&mut lock)?;
+        lock.flush()?;
+        return Ok(());
+    }
+    // Write next to the destination and rename, so a failed export leaves no partial file.
+    let dest = PathBuf::from(&o.dest);
+    let tmp = dest.with_file_name(format!(
+        ".{}.rbuild-tmp",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
+    let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    let r = write(&mut w).and_then(|_| w.flush().map_err(Into::into));
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.context(format!("exporting to {}", o.dest)));
+    }
+    fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        assert_eq!(
+            parse_output("type=oci,dest=a.tar").unwrap(),
+            OutputSpec {
+                kind: "oci".into(),
+                dest: "a.tar".into()
+            }
+        );
+        assert!(parse_output("type=local,dest=d").is_err());
+        assert!(parse_output("type=oci").is_err());
+        assert!(parse_output("dest=x").is_err());
+        assert!(parse_output("oops").is_err());
+    }
+
+    #[test]
+    fn platforms() {
+        assert_eq!(
+            parse_platform("linux/arm64/v8").unwrap().variant.as_deref(),
+            Some("v8")
+        );
+        assert!(parse_platform("linux").is_err());
+    }
+}

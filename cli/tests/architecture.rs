@@ -1,0 +1,176 @@
+//! Enforces the crate dependency rule from ARCHITECTURE.md by reading `cargo metadata`:
+//! frontend → graph; solver → graph, cache, executor, oci; oci → cache; cli → all.
+//! graph, cache and executor depend on no workspace crate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+#[test]
+fn workspace_dependency_rule_holds() {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    let names: BTreeSet<String> = packages
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("rbuild-graph", &[][..]),
+        ("rbuild-frontend", &["rbuild-graph"][..]),
+        ("rbuild-cache", &[][..]),
+        ("rbuild-executor", &[][..]),
+        ("rbuild-oci", &["rbuild-cache"][..]),
+        (
+            "rbuild-solver",
+            &[
+                "rbuild-graph",
+                "rbuild-cache",
+                "rbuild-executor",
+                "rbuild-oci",
+            ][..],
+        ),
+        (
+            "rbuild",
+            &[
+                "rbuild-frontend",
+                "rbuild-graph",
+                "rbuild-solver",
+                "rbuild-executor",
+                "rbuild-cache",
+                "rbuild-oci",
+            ][..],
+        ),
+    ]);
+    assert_eq!(
+        names,
+        allowed
+            .keys()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>(),
+        "workspace members changed: update the rule here and in ARCHITECTURE.md"
+    );
+    let mut violations = Vec::new();
+    for p in packages {
+        let name = p["name"].as_str().unwrap();
+        for d in p["dependencies"].as_array().unwrap() {
+            let dep = d["name"].as_str().unwrap();
+            // dev-dependencies are allowed to reach anywhere (tests only)
+            if d["kind"].as_str() == Some("dev") {
+                continue;
+            }
+            if names.contains(dep) && !allowed[name].contains(&dep) {
+                violations.push(format!("{name} -> {dep}"));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "forbidden crate edges: {violations:?}"
+    );
+}
+
+#[test]
+fn serde_json_preserve_order_is_never_enabled() {
+    // Canonical JSON (and so every digest) relies on serde_json's sorted BTreeMap objects.
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-e",
+            "features",
+            "-i",
+            "serde_json",
+            "--workspace",
+            "--offline",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("serde_json"),
+        "unexpected cargo tree output: {text}"
+    );
+    assert!(
+        !text.contains("preserve_order"),
+        "serde_json/preserve_order is enabled:\n{text}"
+    );
+}
+
+#[test]
+fn every_module_has_a_doc_header_and_unsafe_stays_in_the_executor_sys_module() {
+    let top = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut missing = Vec::new();
+    let mut unsafe_outside = Vec::new();
+    for krate in [
+        "frontend", "graph", "solver", "executor", "cache", "oci", "cli",
+    ] {
+        for entry in walk(&format!("{top}/{krate}/src")) {
+            let text = std::fs::read_to_string(&entry).unwrap();
+            if !text.trim_start().starts_with("//!") {
+                missing.push(entry.clone());
+            }
+            let code_has_unsafe = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .any(|l| {
+                    [
+                        "unsafe {",
+                        "unsafe{",
+                        "unsafe fn",
+                        "unsafe impl",
+                        "unsafe extern",
+                        "unsafe trait",
+                    ]
+                    .iter()
+                    .any(|pat| l.contains(pat))
+                });
+            if code_has_unsafe && !entry.ends_with("executor/src/sys.rs") {
+                unsafe_outside.push(entry);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "modules without a //! header: {missing:?}"
+    );
+    assert!(
+        unsafe_outside.is_empty(),
+        "unsafe outside executor/src/sys.rs: {unsafe_outside:?}"
+    );
+}
+
+fn walk(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p.to_string_lossy()));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p.to_string_lossy().to_string());
+        }
+    }
+    out
+}

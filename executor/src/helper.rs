@@ -1,0 +1,289 @@
+//! Helper process side: [`helper_main`] reads the spec, prepares generated
+//! files, unshares namespaces, forks the sandbox init (pid 1 of the new pid
+//! namespace, see `sandbox.rs`), waits for it, removes mount stubs from the
+//! layer and reports the outcome to the parent on fd 3.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{waitpid, Signal, WaitOptions};
+use rustix::thread::UnshareFlags;
+
+use crate::error::ExecutorError;
+use crate::protocol::{HelperReport, InitMsg, STATUS_FD};
+use crate::sys::{self, Fork};
+use crate::{ExecSpec, ExitStatus, Network, Rootfs};
+
+/// Hostname used when the spec leaves it empty (same as BuildKit).
+const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+/// Entry point for the helper process: the binary's `main()` calls this
+/// first thing when `std::env::args().nth(1) == Some(HELPER_ARG)`. Reads the
+/// [`ExecSpec`] as JSON from stdin, runs the step, writes the report to fd 3
+/// and exits. Never returns.
+pub fn helper_main() -> ! {
+    let status = sys::adopt_inherited_fd(STATUS_FD);
+    let report = match run_helper() {
+        Ok(r) => r,
+        Err(e) => HelperReport::SetupFailed {
+            message: e.to_string(),
+        },
+    };
+    let line = serde_json::to_string(&report).unwrap_or_else(|e| {
+        format!("{{\"SetupFailed\":{{\"message\":\"cannot encode report: {e}\"}}}}")
+    });
+    match status {
+        Ok(fd) => {
+            let mut f = File::from(fd);
+            let _ = writeln!(f, "{line}");
+        }
+        Err(e) => eprintln!("rbuild sandbox helper: no status fd ({e}); report: {line}"),
+    }
+    std::process::exit(0)
+}
+
+/// Scratch directory of one run (host side): the rootfs mount point and the
+/// generated files. Removed (non-recursively, file by file) on drop.
+pub(crate) struct Scratch {
+    base: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) hosts: PathBuf,
+    pub(crate) resolv: PathBuf,
+    pub(crate) hostname: PathBuf,
+}
+
+impl Scratch {
+    fn create(spec: &ExecSpec) -> Result<Self, ExecutorError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let base =
+            std::env::temp_dir().join(format!(".rbuild-sandbox-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&base)
+            .map_err(|e| ExecutorError::sys("create scratch dir", &base, e))?;
+        let s = Scratch {
+            root: base.join("root"),
+            hosts: base.join("hosts"),
+            resolv: base.join("resolv.conf"),
+            hostname: base.join("hostname"),
+            base,
+        };
+        std::fs::create_dir(&s.root).map_err(|e| ExecutorError::sys("mkdir", &s.root, e))?;
+        let hostname = effective_hostname(spec);
+        let write = |p: &Path, content: String| {
+            std::fs::write(p, content).map_err(|e| ExecutorError::sys("write", p, e))
+        };
+        write(&s.hosts, hosts_file(hostname, &spec.extra_hosts))?;
+        write(&s.resolv, resolv_conf())?;
+        write(&s.hostname, format!("{hostname}\n"))?;
+        Ok(s)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for f in [&self.hosts, &self.resolv, &self.hostname] {
+            let _ = std::fs::remove_file(f);
+        }
+        // Never remove recursively: `root` is a mount point in the sandbox.
+        let _ = std::fs::remove_dir(&self.root);
+        let _ = std::fs::remove_dir(&self.base);
+    }
+}
+
+pub(crate) fn effective_hostname(spec: &ExecSpec) -> &str {
+    if spec.hostname.is_empty() {
+        DEFAULT_HOSTNAME
+    } else {
+        &spec.hostname
+    }
+}
+
+fn hosts_file(hostname: &str, extra: &[(String, String)]) -> String {
+    let mut s =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (a, b) in extra {
+        // (hostname, ip); tolerate (ip, hostname).
+        let (host, ip) =
+            if a.parse::<std::net::IpAddr>().is_ok() && b.parse::<std::net::IpAddr>().is_err() {
+                (b, a)
+            } else {
+                (a, b)
+            };
+        s.push_str(&format!("{ip}\t{host}\n"));
+    }
+    s
+}
+
+/// The host's resolv.conf, or Google DNS when it only has local resolvers
+/// (which are unreachable from a separate network namespace or a
+/// systemd-resolved stub), like Docker.
+fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut out = String::new();
+    let mut has_remote = false;
+    for line in host.lines() {
+        let t = line.trim();
+        if let Some(ns) = t.strip_prefix("nameserver") {
+            let ns = ns.trim();
+            let local = ns.starts_with("127.") || ns == "::1" || ns.is_empty();
+            if local {
+                continue;
+            }
+            has_remote = true;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !has_remote {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
+
+fn run_helper() -> Result<HelperReport, ExecutorError> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| ExecutorError::sys("read spec from stdin", "", e))?;
+    let spec: ExecSpec = serde_json::from_slice(&input)
+        .map_err(|e| ExecutorError::InvalidSpec(format!("decode: {e}")))?;
+    if spec.args.is_empty() {
+        return Err(ExecutorError::InvalidSpec("args is empty".into()));
+    }
+    if !spec.cwd.is_empty() && !spec.cwd.starts_with('/') {
+        return Err(ExecutorError::InvalidSpec(format!(
+            "cwd {:?} is not absolute",
+            spec.cwd
+        )));
+    }
+    let devnull =
+        File::open("/dev/null").map_err(|e| ExecutorError::sys("open", "/dev/null", e))?;
+    rustix::stdio::dup2_stdin(&devnull)
+        .map_err(|e| ExecutorError::sys("dup2 /dev/null to stdin", "", e))?;
+    drop(devnull);
+
+    let scratch = Scratch::create(&spec)?;
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| ExecutorError::sys("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    let mut flags = UnshareFlags::NEWPID
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWCGROUP;
+    if spec.network == Network::None {
+        flags |= UnshareFlags::NEWNET;
+    }
+    sys::unshare(flags).map_err(|e| ExecutorError::sys("unshare namespaces", "", e))?;
+    let (msg_r, msg_w) =
+        pipe_with(PipeFlags::CLOEXEC).map_err(|e| ExecutorError::sys("pipe", "", e))?;
+
+    match sys::fork_single_threaded().map_err(|e| ExecutorError::sys("fork", "", e))? {
+        Fork::Child => {
+            drop(msg_r);
+            let mut w = File::from(msg_w);
+            let report = crate::sandbox::init(&spec, &scratch, &mut w);
+            if let Ok(line) = serde_json::to_string(&InitMsg::Failed(report)) {
+                let _ = writeln!(w, "{line}");
+            }
+            // Exit without running destructors: the helper owns `scratch`.
+            std::process::exit(1)
+        }
+        Fork::Parent(pid) => {
+            drop(msg_w);
+            let mut stubs: Vec<(String, bool)> = Vec::new();
+            let mut copyups: Vec<String> = Vec::new();
+            let mut failed = None;
+            for line in BufReader::new(File::from(msg_r)).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<InitMsg>(&line) {
+                    Ok(InitMsg::Stub { path, whiteout }) => stubs.push((path, whiteout)),
+                    Ok(InitMsg::CopyUp { path }) => copyups.push(path),
+                    Ok(InitMsg::Failed(r)) => failed = Some(r),
+                    Err(e) => {
+                        failed = Some(HelperReport::SetupFailed {
+                            message: format!("bad message from sandbox init: {e}"),
+                        })
+                    }
+                }
+            }
+            let status = loop {
+                match waitpid(Some(pid), WaitOptions::empty()) {
+                    Ok(Some((_, st))) => break Ok(st),
+                    Ok(None) => continue,
+                    Err(Errno::INTR) => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            remove_stubs(&spec.rootfs, &stubs, &copyups);
+            drop(scratch);
+            let status = status.map_err(|e| ExecutorError::sys("waitpid sandbox", "", e))?;
+            if let Some(r) = failed {
+                return Ok(r);
+            }
+            Ok(HelperReport::Exited(ExitStatus {
+                code: status.exit_status(),
+                signal: status.terminating_signal(),
+            }))
+        }
+    }
+}
+
+pub(crate) fn is_whiteout(m: &std::fs::Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+/// Remove mount-target stubs (and directories copied up only because of
+/// them) from the layer directory, deepest first; restore whiteouts that a
+/// stub replaced.
+fn remove_stubs(rootfs: &Rootfs, stubs: &[(String, bool)], copyups: &[String]) {
+    let (layer, lowers): (&Path, &[PathBuf]) = match rootfs {
+        Rootfs::Overlay { lowers, upper, .. } => (upper, lowers),
+        Rootfs::Dir(d) => (d, &[]),
+    };
+    for (rel, whiteout) in stubs.iter().rev() {
+        let p = layer.join(rel);
+        let removed = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(&p).is_ok(),
+            Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&p).is_ok(),
+            _ => false,
+        };
+        if removed && *whiteout {
+            let _ = rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &p,
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            );
+        }
+    }
+    let mut copyups: Vec<&String> = copyups.iter().collect();
+    copyups.sort_by_key(|p| std::cmp::Reverse(Path::new(p).components().count()));
+    copyups.dedup();
+    for rel in copyups {
+        let p = layer.join(rel);
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let empty = std::fs::read_dir(&p)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        let opaque = rustix::fs::lgetxattr(&p, "trusted.overlay.opaque", &mut [0u8; 8]).is_ok();
+        if !m.is_dir() || !empty || opaque {
+            continue;
+        }
+        let lower = lowers
+            .iter()
+            .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok());
+        if let Some(l) = lower {
+            if l.is_dir() && l.mode() == m.mode() && l.uid() == m.uid() && l.gid() == m.gid() {
+                let _ = std::fs::remove_dir(&p);
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Parent side: [`Executor::run`] spawns the helper, feeds it the spec,
+//! streams the step's output to the caller and collects the final report.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use rustix::pipe::{pipe_with, PipeFlags};
+
+use crate::error::ExecutorError;
+use crate::protocol::{HelperReport, STATUS_FD};
+use crate::{sys, ExecSpec, ExitStatus, Helper, Stream};
+
+/// Runs steps in sandboxes through a helper process.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    helper: Helper,
+}
+
+impl Executor {
+    /// An executor that starts sandboxes with `helper.program helper.args…`.
+    pub fn new(helper: Helper) -> Self {
+        Executor { helper }
+    }
+
+    /// Run the step's process; every output chunk is passed to `output` as
+    /// it arrives (on the calling thread).
+    ///
+    /// Returns the process's exit status (non-zero codes and signals are
+    /// `Ok`). `Err` means the sandbox failed: the helper could not start,
+    /// setup failed ([`ExecutorError::Setup`]), or the program could not be
+    /// executed — e.g. not found in `$PATH` — ([`ExecutorError::Exec`]).
+    pub fn run(
+        &self,
+        spec: &ExecSpec,
+        output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<ExitStatus, ExecutorError> {
+        if spec.args.is_empty() {
+            return Err(ExecutorError::InvalidSpec("args is empty".into()));
+        }
+        let json = serde_json::to_vec(spec)
+            .map_err(|e| ExecutorError::InvalidSpec(format!("serialize: {e}")))?;
+        let (status_r, status_w) =
+            pipe_with(PipeFlags::CLOEXEC).map_err(|e| ExecutorError::HelperIo {
+                op: "create status pipe",
+                source: e.into(),
+            })?;
+
+        let mut cmd = Command::new(&self.helper.program);
+        cmd.args(&self.helper.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        sys::pass_fd_to_child(&mut cmd, status_w.as_raw_fd(), STATUS_FD);
+        let mut child = cmd.spawn().map_err(|e| ExecutorError::SpawnHelper {
+            program: self.helper.program.clone(),
+            source: e,
+        })?;
+        drop(cmd);
+        drop(status_w);
+
+        if let Some(mut stdin) = child.stdin.take() {
+            // A helper that dies early closes its stdin: the report (or the
+            // missing report) tells what happened, so a write error is ignored.
+            let _ = stdin.write_all(&json);
+        }
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+
+        let status_bytes = std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
+            for (stream, pipe) in [
+                (
+                    Stream::Stdout,
+                    stdout.map(|p| Box::new(p) as Box<dyn Read + Send>),
+                ),
+                (
+                    Stream::Stderr,
+                    stderr.map(|p| Box::new(p) as Box<dyn Read + Send>),
+                ),
+            ] {
+                if let Some(mut pipe) = pipe {
+                    let tx = tx.clone();
+                    scope.spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            match pipe.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if tx.send((stream, buf[..n].to_vec())).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                Err(_) => break,
+                            }
+                        }
+                    });
+                }
+            }
+            drop(tx);
+            let status_reader = scope.spawn(move || {
+                let mut f = std::fs::File::from(status_r);
+                let mut v = Vec::new();
+                f.read_to_end(&mut v).map(|_| v)
+            });
+            for (stream, chunk) in rx {
+                output(stream, &chunk);
+            }
+            status_reader.join()
+        });
+        let wait = child.wait().map_err(|e| ExecutorError::HelperIo {
+            op: "wait for helper",
+            source: e,
+        })?;
+        let status_bytes = match status_bytes {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return Err(ExecutorError::HelperIo {
+                    op: "read status pipe",
+                    source: e,
+                })
+            }
+            Err(_) => return Err(ExecutorError::Protocol("status reader panicked".into())),
+        };
+        let text = String::from_utf8_lossy(&status_bytes);
+        let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) else {
+            return Err(ExecutorError::Protocol(format!(
+                "helper {} ended ({wait}) without a report",
+                self.helper.program.display()
+            )));
+        };
+        let report: HelperReport = serde_json::from_str(line)
+            .map_err(|e| ExecutorError::Protocol(format!("bad report {line:?}: {e}")))?;
+        match report {
+            HelperReport::Exited(st) => Ok(st),
+            HelperReport::SetupFailed { message } => Err(ExecutorError::Setup(message)),
+            HelperReport::ExecFailed { program, message } => {
+                Err(ExecutorError::Exec { program, message })
+            }
+        }
+    }
+}

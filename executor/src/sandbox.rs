@@ -1,0 +1,544 @@
+//! Sandbox init: runs in the forked child, pid 1 of the new pid namespace.
+//! Creates a private mount namespace, mounts the rootfs and the special
+//! filesystems (recording every mount-target stub it has to create),
+//! pivots into the rootfs, applies the protections, switches user and
+//! execs the step's program.
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::{CStr, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use rustix::fs::CWD;
+use rustix::mount::{mount, mount_bind, unmount, MountFlags, UnmountFlags};
+use rustix::process::{pivot_root, Signal};
+use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
+
+use crate::error::ExecutorError;
+use crate::helper::{effective_hostname, is_whiteout, Scratch};
+use crate::mounts::{bind, make_rprivate, mount_overlay, remount_readonly};
+use crate::protocol::{HelperReport, InitMsg};
+use crate::{sys, user, ExecSpec, ExtraMount, Network, Rootfs};
+
+/// `PATH` used to find the program when the step's env has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set.
+fn default_caps() -> CapabilitySet {
+    CapabilitySet::CHOWN
+        | CapabilitySet::DAC_OVERRIDE
+        | CapabilitySet::FSETID
+        | CapabilitySet::FOWNER
+        | CapabilitySet::MKNOD
+        | CapabilitySet::NET_RAW
+        | CapabilitySet::SETGID
+        | CapabilitySet::SETUID
+        | CapabilitySet::SETFCAP
+        | CapabilitySet::SETPCAP
+        | CapabilitySet::NET_BIND_SERVICE
+        | CapabilitySet::SYS_CHROOT
+        | CapabilitySet::KILL
+        | CapabilitySet::AUDIT_WRITE
+}
+
+/// /proc and /sys paths hidden from the step (like Docker).
+const MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// /proc paths made read-only.
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+enum InitError {
+    Setup(ExecutorError),
+    Exec { program: String, message: String },
+}
+
+impl From<ExecutorError> for InitError {
+    fn from(e: ExecutorError) -> Self {
+        InitError::Setup(e)
+    }
+}
+
+/// Set up the sandbox and exec the step. Returns only on failure, with the
+/// report to send to the helper.
+pub(crate) fn init(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> HelperReport {
+    match setup_and_exec(spec, scratch, msgs) {
+        InitError::Setup(e) => HelperReport::SetupFailed {
+            message: e.to_string(),
+        },
+        InitError::Exec { program, message } => HelperReport::ExecFailed { program, message },
+    }
+}
+
+fn err(op: &str, path: impl Into<PathBuf>, e: impl Into<std::io::Error>) -> ExecutorError {
+    ExecutorError::sys(op, path, e)
+}
+
+fn setup_and_exec(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> InitError {
+    match setup(spec, scratch, msgs) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, InitError> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
+    make_rprivate()?;
+    // Layer contents must not depend on the solver's umask (Docker: 022).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+
+    let root = scratch.root.as_path();
+    let (layer, overlay_upper) = match &spec.rootfs {
+        Rootfs::Overlay { lowers, upper, .. } if lowers.is_empty() => {
+            mount_bind(upper, root).map_err(|e| err("bind mount upper dir at", root, e))?;
+            (upper.as_path(), None)
+        }
+        Rootfs::Overlay {
+            lowers,
+            upper,
+            work,
+        } => {
+            mount_overlay(lowers, Some((upper, work)), root)?;
+            (upper.as_path(), Some(upper.as_path()))
+        }
+        Rootfs::Dir(d) => {
+            mount_bind(d, root).map_err(|e| err("bind mount rootfs dir at", root, e))?;
+            (d.as_path(), None)
+        }
+    };
+    let mut stubs = Stubs {
+        root,
+        layer,
+        overlay_upper,
+        msgs,
+        copyups: HashSet::new(),
+    };
+
+    // /proc (fresh, for the new pid namespace)
+    let proc_dir = stubs.ensure("/proc", true)?;
+    mount(
+        "proc",
+        &proc_dir,
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None::<&CStr>,
+    )
+    .map_err(|e| err("mount proc at", &proc_dir, e))?;
+
+    // /dev
+    let dev = stubs.ensure("/dev", true)?;
+    setup_dev(&dev)?;
+
+    // /sys (read-only; best effort: an empty dir when sysfs cannot be mounted)
+    let sys_dir = stubs.ensure("/sys", true)?;
+    let _ = mount(
+        "sysfs",
+        &sys_dir,
+        "sysfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::RDONLY,
+        None::<&CStr>,
+    );
+
+    // generated /etc files (read-only binds)
+    for (target, source) in [
+        ("/etc/hosts", &scratch.hosts),
+        ("/etc/resolv.conf", &scratch.resolv),
+        ("/etc/hostname", &scratch.hostname),
+    ] {
+        let t = stubs.ensure(target, false)?;
+        bind(source, &t, true)?;
+    }
+
+    for m in &spec.extra_mounts {
+        match m {
+            ExtraMount::Bind {
+                source,
+                target,
+                readonly,
+            } => {
+                let is_dir = std::fs::metadata(source)
+                    .map_err(|e| err("stat bind source", source, e))?
+                    .is_dir();
+                let t = stubs.ensure(target, is_dir)?;
+                bind(source, &t, *readonly)?;
+            }
+            ExtraMount::Tmpfs { target, size } => {
+                let t = stubs.ensure(target, true)?;
+                let data = match size {
+                    Some(s) => format!("mode=1777,size={s}"),
+                    None => "mode=1777".to_string(),
+                };
+                let data = std::ffi::CString::new(data)
+                    .map_err(|_| ExecutorError::InvalidSpec("tmpfs options".into()))?;
+                mount(
+                    "tmpfs",
+                    &t,
+                    "tmpfs",
+                    MountFlags::NOSUID | MountFlags::NODEV,
+                    data.as_c_str(),
+                )
+                .map_err(|e| err("mount tmpfs at", &t, e))?;
+            }
+        }
+    }
+
+    rustix::system::sethostname(effective_hostname(spec).as_bytes())
+        .map_err(|e| err("sethostname", "", e))?;
+    if spec.network == Network::None {
+        sys::loopback_up().map_err(|e| err("bring loopback up", "lo", e))?;
+    }
+
+    // pivot_root into the rootfs and detach the host's root.
+    rustix::process::chdir(root).map_err(|e| err("chdir", root, e))?;
+    pivot_root(".", ".").map_err(|e| err("pivot_root", root, e))?;
+    unmount(".", UnmountFlags::DETACH).map_err(|e| err("detach old root", "/", e))?;
+    rustix::process::chdir("/").map_err(|e| err("chdir", "/", e))?;
+
+    protect_proc()?;
+
+    // User.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let creds = user::resolve(&spec.user, &passwd, &group).map_err(ExecutorError::Setup)?;
+
+    // Working directory (created as root, like Docker).
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    std::fs::create_dir_all(cwd).map_err(|e| err("create working directory", cwd, e))?;
+
+    drop_privileges(&creds)?;
+    rustix::process::chdir(cwd).map_err(|e| err("chdir", cwd, e))?;
+
+    let program = &spec.args[0];
+    let path_var = spec
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let Some(resolved) = find_program(program, path_var) else {
+        return Err(InitError::Exec {
+            program: program.clone(),
+            message: "executable file not found in $PATH".into(),
+        });
+    };
+    let mut cmd = Command::new(&resolved);
+    cmd.arg0(program).args(&spec.args[1..]).env_clear();
+    for e in &spec.env {
+        if let Some((k, v)) = e.split_once('=') {
+            if !k.is_empty() {
+                cmd.env(k, v);
+            }
+        }
+    }
+    // The death signal is cleared by credential changes: set it last.
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    let e = cmd.exec();
+    Err(InitError::Exec {
+        program: program.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Minimal /dev on a tmpfs: device nodes bound from the host, devpts
+/// (new instance), /dev/shm, and the usual symlinks.
+fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
+    mount(
+        "tmpfs",
+        dev,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::STRICTATIME,
+        c"mode=755,size=65536k",
+    )
+    .map_err(|e| err("mount tmpfs at", dev, e))?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        let target = dev.join(name);
+        if std::fs::symlink_metadata(&host).is_err() {
+            continue;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&target)
+            .map_err(|e| err("create device stub", &target, e))?;
+        mount_bind(&host, &target).map_err(|e| err("bind device at", &target, e))?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).map_err(|e| err("mkdir", &pts, e))?;
+    mount(
+        "devpts",
+        &pts,
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        c"newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
+    .map_err(|e| err("mount devpts at", &pts, e))?;
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).map_err(|e| err("mkdir", &shm, e))?;
+    mount(
+        "shm",
+        &shm,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        c"mode=1777,size=65536k",
+    )
+    .map_err(|e| err("mount tmpfs at", &shm, e))?;
+    // POSIX message queues of the step's IPC namespace (best effort).
+    let mqueue = dev.join("mqueue");
+    std::fs::create_dir(&mqueue).map_err(|e| err("mkdir", &mqueue, e))?;
+    let _ = mount(
+        "mqueue",
+        &mqueue,
+        "mqueue",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None::<&CStr>,
+    );
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        let p = dev.join(link);
+        std::os::unix::fs::symlink(to, &p).map_err(|e| err("symlink", &p, e))?;
+    }
+    Ok(())
+}
+
+/// Mask sensitive /proc and /sys paths and make kernel knobs read-only.
+fn protect_proc() -> Result<(), ExecutorError> {
+    for p in MASKED {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => mount(
+                "tmpfs",
+                *p,
+                "tmpfs",
+                MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                None::<&CStr>,
+            )
+            .map_err(|e| err("mask (tmpfs)", *p, e))?,
+            Ok(_) => {
+                mount_bind("/dev/null", *p).map_err(|e| err("mask (bind /dev/null)", *p, e))?
+            }
+            Err(_) => {}
+        }
+    }
+    for p in READONLY {
+        if std::fs::symlink_metadata(p).is_ok() {
+            mount_bind(*p, *p).map_err(|e| err("bind (for read-only)", *p, e))?;
+            remount_readonly(Path::new(p))?;
+        }
+    }
+    Ok(())
+}
+
+fn drop_privileges(creds: &user::Credentials) -> Result<(), ExecutorError> {
+    use rustix::thread::{
+        clear_ambient_capability_set, remove_capability_from_bounding_set, set_capabilities,
+        set_no_new_privs, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
+    };
+    use rustix::{fs::Gid, fs::Uid};
+    if creds.uid == u32::MAX || creds.gid == u32::MAX || creds.groups.contains(&u32::MAX) {
+        return Err(ExecutorError::Setup("invalid uid/gid -1".into()));
+    }
+    let keep = default_caps();
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+        .min(63);
+    for bit in 0..=last {
+        let cap = CapabilitySet::from_bits_retain(1u64 << bit);
+        if !keep.contains(cap) {
+            match remove_capability_from_bounding_set(cap) {
+                Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+                Err(e) => return Err(err("drop capability from bounding set", "", e)),
+            }
+        }
+    }
+    let _ = clear_ambient_capability_set();
+    let groups: Vec<Gid> = creds.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    set_thread_groups(&groups).map_err(|e| err("setgroups", "", e))?;
+    let gid = Gid::from_raw(creds.gid);
+    set_thread_res_gid(gid, gid, gid).map_err(|e| err("setresgid", "", e))?;
+    let uid = Uid::from_raw(creds.uid);
+    set_thread_res_uid(uid, uid, uid).map_err(|e| err("setresuid", "", e))?;
+    if creds.uid == 0 {
+        set_capabilities(
+            None,
+            CapabilitySets {
+                effective: keep,
+                permitted: keep,
+                inheritable: CapabilitySet::empty(),
+            },
+        )
+        .map_err(|e| err("capset", "", e))?;
+    }
+    set_no_new_privs(true).map_err(|e| err("prctl(PR_SET_NO_NEW_PRIVS)", "", e))?;
+    Ok(())
+}
+
+/// Resolve `program` like `execvp` with the step's `PATH`.
+fn find_program(program: &str, path_var: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    if program.is_empty() {
+        return None;
+    }
+    path_var.split(':').find_map(|dir| {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = Path::new(dir).join(program);
+        match std::fs::metadata(&cand) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Some(cand),
+            _ => None,
+        }
+    })
+}
+
+/// Creates mount targets inside the rootfs, resolving symlinks within the
+/// root, and reports every path it had to create to the helper so that it
+/// can be removed from the layer after the run.
+struct Stubs<'a> {
+    root: &'a Path,
+    layer: &'a Path,
+    overlay_upper: Option<&'a Path>,
+    msgs: &'a mut File,
+    copyups: HashSet<PathBuf>,
+}
+
+impl Stubs<'_> {
+    fn send(&mut self, msg: &InitMsg) -> Result<(), ExecutorError> {
+        let line = serde_json::to_string(msg)
+            .map_err(|e| ExecutorError::Setup(format!("encode init message: {e}")))?;
+        writeln!(self.msgs, "{line}").map_err(|e| err("report stub", "", e))
+    }
+
+    /// Make sure `target` (absolute inside the sandbox) exists as a directory
+    /// (or a file when `!dir`); returns its host path under the root.
+    fn ensure(&mut self, target: &str, dir: bool) -> Result<PathBuf, ExecutorError> {
+        let mut pending: VecDeque<OsString> = components(Path::new(target));
+        let mut cur = PathBuf::new();
+        let mut hops = 0;
+        while let Some(c) = pending.pop_front() {
+            if c == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&c);
+            let full = self.root.join(&next);
+            let last = pending.is_empty();
+            match std::fs::symlink_metadata(&full) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(ExecutorError::Setup(format!(
+                            "too many symlinks resolving mount target {target}"
+                        )));
+                    }
+                    let link = std::fs::read_link(&full).map_err(|e| err("readlink", &full, e))?;
+                    if link.is_absolute() {
+                        cur = PathBuf::new();
+                    }
+                    let mut n = components(&link);
+                    n.extend(pending.drain(..));
+                    pending = n;
+                }
+                Ok(m) => {
+                    if !last && !m.is_dir() {
+                        return Err(ExecutorError::Setup(format!(
+                            "mount target {target}: /{} is not a directory",
+                            next.display()
+                        )));
+                    }
+                    cur = next;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.create(&next, &full, dir || !last)?;
+                    cur = next;
+                }
+                Err(e) => return Err(err("stat mount target", &full, e)),
+            }
+        }
+        Ok(self.root.join(cur))
+    }
+
+    fn create(&mut self, rel: &Path, full: &Path, dir: bool) -> Result<(), ExecutorError> {
+        if let Some(upper) = self.overlay_upper {
+            let mut missing = Vec::new();
+            for anc in rel.ancestors().skip(1) {
+                if anc.as_os_str().is_empty() {
+                    break;
+                }
+                if std::fs::symlink_metadata(upper.join(anc)).is_err()
+                    && self.copyups.insert(anc.to_path_buf())
+                {
+                    missing.push(anc.to_path_buf());
+                }
+            }
+            for m in missing {
+                self.send(&InitMsg::CopyUp {
+                    path: m.to_string_lossy().into_owned(),
+                })?;
+            }
+        }
+        let whiteout = std::fs::symlink_metadata(self.layer.join(rel))
+            .map(|m| is_whiteout(&m))
+            .unwrap_or(false);
+        // Report before creating, so that a failure still gets cleaned up.
+        self.send(&InitMsg::Stub {
+            path: rel.to_string_lossy().into_owned(),
+            whiteout,
+        })?;
+        if dir {
+            rustix::fs::mkdirat(CWD, full, rustix::fs::Mode::from_raw_mode(0o755))
+                .map_err(|e| err("create mount point", full, e))?;
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(full)
+                .map_err(|e| err("create mount point", full, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn components(p: &Path) -> VecDeque<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
+}

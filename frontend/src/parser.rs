@@ -1,0 +1,448 @@
+//! Dockerfile lexical layer: text → [`Ast`]. Never fails; problems become diagnostics.
+//!
+//! Handles parser directives at the top (`syntax`, `escape`, `check`), comments, blank lines,
+//! line continuations (with comments and blank lines allowed inside), leading `--flags`,
+//! JSON (exec) form detection (invalid JSON silently stays shell form), and heredoc bodies for
+//! RUN/COPY/ADD (`<<EOF`, `<<-EOF`, quoted delimiters, several per instruction).
+
+/// Severity of a parser diagnostic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// A problem found while parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseDiagnostic {
+    pub line: u32,
+    pub message: String,
+    pub severity: Severity,
+}
+
+/// A parser directive such as `# escape=`\``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    pub line: u32,
+    /// Lowercased key.
+    pub name: String,
+    pub value: String,
+}
+
+/// One heredoc attached to an instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heredoc {
+    /// Delimiter word (without quotes).
+    pub name: String,
+    /// Body, each line ending in `\n`; leading tabs already removed when `chomp`.
+    pub body: String,
+    /// False when the delimiter was quoted (no variable expansion in the body).
+    pub expand: bool,
+    /// `<<-`: leading tabs stripped.
+    pub chomp: bool,
+    /// File descriptor prefix such as `3<<EOF`.
+    pub fd: Option<u32>,
+}
+
+/// One instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instruction {
+    /// First physical line (1-based).
+    pub line_start: u32,
+    /// Last physical line, including heredoc bodies.
+    pub line_end: u32,
+    /// Keyword, uppercased.
+    pub keyword: String,
+    /// The logical line as written (continuations joined), without heredoc bodies.
+    pub original: String,
+    /// Leading flags as written, e.g. `--from=build`.
+    pub flags: Vec<String>,
+    /// Text after the keyword and flags, trimmed.
+    pub args: String,
+    /// `Some` when `args` is a valid JSON array of strings (exec form).
+    pub json: Option<Vec<String>>,
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// The parsed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ast {
+    pub directives: Vec<Directive>,
+    /// Escape character in effect (`\` or `` ` ``).
+    pub escape: char,
+    pub instructions: Vec<Instruction>,
+    pub diagnostics: Vec<ParseDiagnostic>,
+}
+
+impl Ast {
+    /// The first error-level diagnostic, if any.
+    pub fn first_error(&self) -> Option<&ParseDiagnostic> {
+        self.diagnostics
+            .iter()
+            .find(|d| d.severity == Severity::Error)
+    }
+
+    /// A stable text dump (used by the golden tests).
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("escape {:?}\n", self.escape));
+        for d in &self.directives {
+            out.push_str(&format!("directive {}={:?} @{}\n", d.name, d.value, d.line));
+        }
+        for i in &self.instructions {
+            out.push_str(&format!(
+                "{}-{} {} flags={:?} args={:?}",
+                i.line_start, i.line_end, i.keyword, i.flags, i.args
+            ));
+            if let Some(j) = &i.json {
+                out.push_str(&format!(" json={j:?}"));
+            }
+            out.push('\n');
+            for h in &i.heredocs {
+                out.push_str(&format!(
+                    "  heredoc {} expand={} chomp={} fd={:?} body={:?}\n",
+                    h.name, h.expand, h.chomp, h.fd, h.body
+                ));
+            }
+        }
+        for d in &self.diagnostics {
+            out.push_str(&format!("{:?} @{}: {}\n", d.severity, d.line, d.message));
+        }
+        out
+    }
+}
+
+const KNOWN_DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
+
+fn parse_directive(line: &str) -> Option<(String, String)> {
+    let rest = line.trim().strip_prefix('#')?;
+    let (k, v) = rest.split_once('=')?;
+    let k = k.trim();
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let v = v.trim();
+    if v.is_empty() {
+        return None;
+    }
+    Some((k.to_ascii_lowercase(), v.to_string()))
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+/// Strip a trailing escape character (plus trailing blanks). `None` if the line does not
+/// continue.
+fn continuation(line: &str, escape: char) -> Option<&str> {
+    let t = line.trim_end_matches([' ', '\t']);
+    t.strip_suffix(escape)
+}
+
+/// Parse a Dockerfile. Never fails.
+pub fn parse(text: &str) -> Ast {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let lines: Vec<&str> = body
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
+    let mut ast = Ast {
+        directives: Vec::new(),
+        escape: '\\',
+        instructions: Vec::new(),
+        diagnostics: Vec::new(),
+    };
+    let diag = |ast: &mut Ast, line: usize, severity: Severity, message: String| {
+        ast.diagnostics.push(ParseDiagnostic {
+            line: line_no(line),
+            message,
+            severity,
+        });
+    };
+
+    // Directives: only at the very top.
+    let mut i = 0;
+    if lines.first().is_some_and(|l| l.starts_with("#!")) {
+        i = 1;
+    }
+    while let Some(line) = lines.get(i) {
+        let Some((k, v)) = parse_directive(line) else {
+            break;
+        };
+        if !KNOWN_DIRECTIVES.contains(&k.as_str()) {
+            break;
+        }
+        if ast.directives.iter().any(|d| d.name == k) {
+            diag(
+                &mut ast,
+                i,
+                Severity::Error,
+                format!("only one {k} parser directive can be used"),
+            );
+        } else {
+            if k == "escape" {
+                match v.as_str() {
+                    "\\" => ast.escape = '\\',
+                    "`" => ast.escape = '`',
+                    _ => diag(
+                        &mut ast,
+                        i,
+                        Severity::Error,
+                        format!("invalid escape token '{v}' does not match ` or \\"),
+                    ),
+                }
+            }
+            ast.directives.push(Directive {
+                line: line_no(i),
+                name: k,
+                value: v,
+            });
+        }
+        i += 1;
+    }
+
+    let escape = ast.escape;
+    while let Some(&line) = lines.get(i) {
+        if line.trim().is_empty() || is_comment(line) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut logical = String::new();
+        let mut cur = line;
+        loop {
+            match continuation(cur, escape) {
+                Some(stripped) => {
+                    logical.push_str(stripped);
+                    i += 1;
+                    // Skip comments and blank lines inside the continuation.
+                    loop {
+                        match lines.get(i) {
+                            Some(l) if is_comment(l) => i += 1,
+                            Some(l) if l.trim().is_empty() => {
+                                diag(
+                                    &mut ast,
+                                    i,
+                                    Severity::Warning,
+                                    "empty continuation line".to_string(),
+                                );
+                                i += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    match lines.get(i) {
+                        Some(next) => cur = next,
+                        None => {
+                            i = i.saturating_sub(1);
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    logical.push_str(cur);
+                    break;
+                }
+            }
+        }
+        let end = i;
+        i += 1;
+        let trimmed = logical.trim();
+        let (kw, rest) = match trimmed.split_once(char::is_whitespace) {
+            Some((k, r)) => (k, r.trim_start()),
+            None => (trimmed, ""),
+        };
+        let keyword = kw.to_ascii_uppercase();
+        let (flags, args) = split_flags(rest);
+        let mut inst = Instruction {
+            line_start: line_no(start),
+            line_end: line_no(end),
+            keyword,
+            original: trimmed.to_string(),
+            flags,
+            args: args.to_string(),
+            json: None,
+            heredocs: Vec::new(),
+        };
+        if inst.args.starts_with('[') {
+            inst.json = serde_json::from_str::<Vec<String>>(&inst.args).ok();
+        }
+        if inst.json.is_none() && matches!(inst.keyword.as_str(), "RUN" | "COPY" | "ADD") {
+            let markers = find_heredocs(&inst.args);
+            for (name, expand, chomp, fd) in markers {
+                let mut body = String::new();
+                let mut closed = false;
+                while let Some(&l) = lines.get(i) {
+                    i += 1;
+                    let cmp = if chomp { l.trim_start_matches('\t') } else { l };
+                    if cmp == name {
+                        closed = true;
+                        break;
+                    }
+                    body.push_str(cmp);
+                    body.push('\n');
+                }
+                if !closed {
+                    diag(
+                        &mut ast,
+                        start,
+                        Severity::Error,
+                        format!("unterminated heredoc <<{name}: no line \"{name}\" ends it"),
+                    );
+                }
+                inst.line_end = line_no(i.saturating_sub(1).max(end));
+                inst.heredocs.push(Heredoc {
+                    name,
+                    body,
+                    expand,
+                    chomp,
+                    fd,
+                });
+            }
+        }
+        ast.instructions.push(inst);
+    }
+    ast
+}
+
+fn line_no(idx: usize) -> u32 {
+    u32::try_from(idx.saturating_add(1)).unwrap_or(u32::MAX)
+}
+
+/// Split leading `--flag[=value]` words (quotes keep spaces inside a value). `--` ends flags.
+fn split_flags(rest: &str) -> (Vec<String>, &str) {
+    let mut flags = Vec::new();
+    let mut s = rest;
+    loop {
+        let t = s.trim_start();
+        if !t.starts_with("--") {
+            return (flags, t);
+        }
+        let mut quote: Option<char> = None;
+        let mut end = t.len();
+        for (p, c) in t.char_indices() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '"' || c == '\'' => quote = Some(c),
+                None if c.is_whitespace() => {
+                    end = p;
+                    break;
+                }
+                None => {}
+            }
+        }
+        let (word, after) = t.split_at_checked(end).unwrap_or((t, ""));
+        s = after;
+        if word == "--" {
+            return (flags, s.trim_start());
+        }
+        flags.push(word.to_string());
+    }
+}
+
+/// Find heredoc markers (`<<EOF`, `<<-EOF`, `<<"EOF"`, `3<<EOF`) outside quotes.
+fn find_heredocs(args: &str) -> Vec<(String, bool, bool, Option<u32>)> {
+    let chars: Vec<char> = args.chars().collect();
+    let mut out = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut k = 0;
+    while k < chars.len() {
+        let c = chars.get(k).copied().unwrap_or(' ');
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            k += 1;
+            continue;
+        }
+        if c == '\'' || c == '"' {
+            quote = Some(c);
+            k += 1;
+            continue;
+        }
+        let is_marker = c == '<'
+            && chars.get(k + 1) == Some(&'<')
+            && chars.get(k + 2) != Some(&'<')
+            && (k == 0 || chars.get(k - 1) != Some(&'<'));
+        if !is_marker {
+            k += 1;
+            continue;
+        }
+        // Optional fd digits directly before the marker; the whole thing must start a word
+        // (so `$((1<<2))` is not a heredoc).
+        let mut ds = k;
+        while ds > 0 && chars.get(ds - 1).is_some_and(|c| c.is_ascii_digit()) {
+            ds -= 1;
+        }
+        let word_start = ds == 0 || chars.get(ds - 1).is_some_and(|c| c.is_whitespace());
+        if !word_start {
+            k += 2;
+            continue;
+        }
+        let fd = chars
+            .get(ds..k)
+            .filter(|d| !d.is_empty())
+            .and_then(|d| d.iter().collect::<String>().parse().ok());
+        let mut p = k + 2;
+        let chomp = chars.get(p) == Some(&'-');
+        if chomp {
+            p += 1;
+        }
+        let mut name = String::new();
+        let mut quoted = false;
+        let mut q: Option<char> = None;
+        while let Some(&ch) = chars.get(p) {
+            match q {
+                Some(qq) if ch == qq => {
+                    q = None;
+                    p += 1;
+                    continue;
+                }
+                Some(_) => {}
+                None if ch == '\'' || ch == '"' => {
+                    q = Some(ch);
+                    quoted = true;
+                    p += 1;
+                    continue;
+                }
+                None if ch.is_whitespace() || ";&|<>()".contains(ch) => break,
+                None => {}
+            }
+            name.push(ch);
+            p += 1;
+        }
+        if !name.is_empty() && q.is_none() {
+            out.push((name, !quoted, chomp, fd));
+        }
+        k = p.max(k + 2);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_json() {
+        let ast = parse("COPY --from=a --chown=1:2 x y\nCMD [\"a\", \"b\"]\nCMD [bad\n");
+        let i = &ast.instructions;
+        assert_eq!(i[0].flags, vec!["--from=a", "--chown=1:2"]);
+        assert_eq!(i[0].args, "x y");
+        assert_eq!(i[1].json, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(i[2].json, None);
+        assert_eq!(i[2].args, "[bad");
+    }
+
+    #[test]
+    fn heredoc_markers() {
+        let m = find_heredocs("<<A cat > a && 3<<-'B' x");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0], ("A".to_string(), true, false, None));
+        assert_eq!(m[1], ("B".to_string(), false, true, Some(3)));
+        assert!(find_heredocs("echo '<<X' <<<y").is_empty());
+        assert!(find_heredocs("echo $((1<<2)) a<<B").is_empty());
+    }
+}

@@ -1,0 +1,522 @@
+//! Word expansion, following BuildKit's Dockerfile shell lexer.
+//!
+//! Supports `$v`, `${v}`, `${v:-w}`, `${v-w}`, `${v:+w}`, `${v+w}`, `${v:?m}`, `${v?m}`,
+//! `${v#p}`, `${v##p}`, `${v%p}`, `${v%%p}`, `${v/p/r}`, `${v//p/r}`, single and double quotes
+//! (removed), and the escape character (`\` or `` ` ``). Patterns support `*`, `?` and escaped
+//! literals. Special parameters (`$1`, `$@`, …) expand to the empty string unless the lookup
+//! defines them. [`expand_words`] additionally splits unquoted text (and unquoted expansions)
+//! on whitespace, as COPY/ADD/EXPOSE/VOLUME need.
+
+use crate::FrontendError;
+
+/// A variable lookup: `Some(value)` when the variable is set (possibly to "").
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+const MAX_DEPTH: usize = 64;
+
+/// Expand one word with the default escape character `\`.
+pub fn expand(word: &str, env: Lookup<'_>) -> Result<String, FrontendError> {
+    expand_with(word, env, '\\')
+}
+
+/// Expand one word using `escape` as the escape character.
+pub fn expand_with(word: &str, env: Lookup<'_>, escape: char) -> Result<String, FrontendError> {
+    let mut sc = Scanner::new(word, env, escape);
+    let pieces = sc.run(&[], Mode::Word)?;
+    Ok(pieces.into_iter().map(|p| p.text).collect())
+}
+
+/// Expand and split into words with the default escape character `\`.
+pub fn expand_words(word: &str, env: Lookup<'_>) -> Result<Vec<String>, FrontendError> {
+    expand_words_with(word, env, '\\')
+}
+
+/// Expand and split into words: unquoted whitespace (literal or from an unquoted expansion)
+/// separates words; quoted text never splits; `""` yields an empty word.
+pub fn expand_words_with(
+    word: &str,
+    env: Lookup<'_>,
+    escape: char,
+) -> Result<Vec<String>, FrontendError> {
+    let mut sc = Scanner::new(word, env, escape);
+    let pieces = sc.run(&[], Mode::Word)?;
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut started = false;
+    for p in pieces {
+        if !p.split {
+            cur.push_str(&p.text);
+            started = true;
+            continue;
+        }
+        for c in p.text.chars() {
+            if c.is_whitespace() {
+                if started {
+                    words.push(std::mem::take(&mut cur));
+                    started = false;
+                }
+            } else {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// Expand a heredoc body: `$` expansions happen, quotes stay literal, and the escape character
+/// only escapes `$` and itself.
+pub fn expand_heredoc(body: &str, env: Lookup<'_>, escape: char) -> Result<String, FrontendError> {
+    let mut sc = Scanner::new(body, env, escape);
+    let pieces = sc.run(&[], Mode::Heredoc)?;
+    Ok(pieces.into_iter().map(|p| p.text).collect())
+}
+
+fn err(message: impl Into<String>) -> FrontendError {
+    FrontendError::Expand {
+        line: None,
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Normal word: quotes and escapes are processed and removed.
+    Word,
+    /// Like `Word`, but literal (quoted/escaped) glob characters are escaped in the output.
+    Pattern,
+    /// Heredoc body: quotes literal.
+    Heredoc,
+}
+
+struct Piece {
+    text: String,
+    /// Unquoted: whitespace in it separates words.
+    split: bool,
+}
+
+struct Scanner<'a> {
+    chars: Vec<char>,
+    pos: usize,
+    escape: char,
+    env: Lookup<'a>,
+    depth: usize,
+}
+
+fn lit(out: &mut Vec<Piece>, c: char, mode: Mode) {
+    let mut text = String::new();
+    if mode == Mode::Pattern && matches!(c, '*' | '?' | '\\' | '[') {
+        text.push('\\');
+    }
+    text.push(c);
+    out.push(Piece { text, split: false });
+}
+
+impl<'a> Scanner<'a> {
+    fn new(s: &str, env: Lookup<'a>, escape: char) -> Self {
+        Scanner {
+            chars: s.chars().collect(),
+            pos: 0,
+            escape,
+            env,
+            depth: 0,
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+    }
+
+    /// Scan until one of `stops` (not consumed) or the end.
+    fn run(&mut self, stops: &[char], mode: Mode) -> Result<Vec<Piece>, FrontendError> {
+        let mut out = Vec::new();
+        while let Some(c) = self.peek() {
+            if stops.contains(&c) {
+                break;
+            }
+            self.pos += 1;
+            if mode == Mode::Heredoc {
+                if c == self.escape {
+                    match self.peek() {
+                        Some(n) if n == '$' || n == self.escape => {
+                            self.pos += 1;
+                            lit(&mut out, n, mode);
+                        }
+                        _ => lit(&mut out, c, mode),
+                    }
+                } else if c == '$' {
+                    let text = self.dollar()?;
+                    out.push(Piece { text, split: false });
+                } else {
+                    lit(&mut out, c, mode);
+                }
+                continue;
+            }
+            if c == self.escape {
+                if let Some(n) = self.peek() {
+                    self.pos += 1;
+                    lit(&mut out, n, mode);
+                }
+                continue;
+            }
+            match c {
+                '\'' => {
+                    let mut closed = false;
+                    while let Some(n) = self.peek() {
+                        self.pos += 1;
+                        if n == '\'' {
+                            closed = true;
+                            break;
+                        }
+                        lit(&mut out, n, mode);
+                    }
+                    if !closed {
+                        return Err(err(
+                            "unexpected end of statement while looking for matching single-quote",
+                        ));
+                    }
+                    // `''` still marks a (possibly empty) quoted word.
+                    out.push(Piece {
+                        text: String::new(),
+                        split: false,
+                    });
+                }
+                '"' => self.double_quote(&mut out, mode)?,
+                '$' => {
+                    let text = self.dollar()?;
+                    out.push(Piece { text, split: true });
+                }
+                _ => out.push(Piece {
+                    text: c.to_string(),
+                    split: true,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn double_quote(&mut self, out: &mut Vec<Piece>, mode: Mode) -> Result<(), FrontendError> {
+        out.push(Piece {
+            text: String::new(),
+            split: false,
+        });
+        while let Some(c) = self.peek() {
+            self.pos += 1;
+            if c == '"' {
+                return Ok(());
+            }
+            if c == self.escape {
+                match self.peek() {
+                    Some(n) if n == '"' || n == '$' || n == self.escape => {
+                        self.pos += 1;
+                        lit(out, n, mode);
+                    }
+                    _ => lit(out, c, mode),
+                }
+            } else if c == '$' {
+                let text = self.dollar()?;
+                out.push(Piece { text, split: false });
+            } else {
+                lit(out, c, mode);
+            }
+        }
+        Err(err(
+            "unexpected end of statement while looking for matching double-quote",
+        ))
+    }
+
+    fn read_name(&mut self) -> String {
+        let mut name = String::new();
+        match self.peek() {
+            Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+                while let Some(c) = self.peek() {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        name.push(c);
+                        self.pos += 1;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            Some(c) if c.is_ascii_digit() || "*#?@!$-".contains(c) => {
+                name.push(c);
+                self.pos += 1;
+            }
+            _ => {}
+        }
+        name
+    }
+
+    /// After a `$`: expand and return the value.
+    fn dollar(&mut self) -> Result<String, FrontendError> {
+        match self.peek() {
+            Some('{') => {
+                self.pos += 1;
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(err("bad substitution: expansions nested too deeply"));
+                }
+                let r = self.braced();
+                self.depth = self.depth.saturating_sub(1);
+                r
+            }
+            _ => {
+                let name = self.read_name();
+                if name.is_empty() {
+                    return Ok("$".to_string());
+                }
+                Ok(self.lookup(&name).unwrap_or_default())
+            }
+        }
+    }
+
+    fn word_until(&mut self, stops: &[char], mode: Mode) -> Result<String, FrontendError> {
+        let pieces = self.run(stops, mode)?;
+        Ok(pieces.into_iter().map(|p| p.text).collect())
+    }
+
+    fn close_brace(&mut self) -> Result<(), FrontendError> {
+        if self.peek() == Some('}') {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(err("syntax error: missing '}'"))
+        }
+    }
+
+    fn braced(&mut self) -> Result<String, FrontendError> {
+        let name = self.read_name();
+        if name.is_empty() {
+            return Err(err("bad substitution"));
+        }
+        let value = self.lookup(&name);
+        let Some(c) = self.peek() else {
+            return Err(err("syntax error: missing '}'"));
+        };
+        self.pos += 1;
+        match c {
+            '}' => Ok(value.unwrap_or_default()),
+            ':' | '-' | '+' | '?' => {
+                let (colon, m) = if c == ':' {
+                    let m = self.peek();
+                    self.pos += 1;
+                    (true, m)
+                } else {
+                    (false, Some(c))
+                };
+                let m = match m {
+                    Some(m @ ('-' | '+' | '?')) => m,
+                    Some(other) => {
+                        return Err(err(format!(
+                            "unsupported modifier (:{other}) in substitution"
+                        )))
+                    }
+                    None => return Err(err("syntax error: missing '}'")),
+                };
+                let word = self.word_until(&['}'], Mode::Word)?;
+                self.close_brace()?;
+                let set = value.is_some();
+                let nonempty = value.as_deref().is_some_and(|v| !v.is_empty());
+                let usable = if colon { nonempty } else { set };
+                match m {
+                    '-' => Ok(if usable {
+                        value.unwrap_or_default()
+                    } else {
+                        word
+                    }),
+                    '+' => Ok(if usable { word } else { String::new() }),
+                    _ => {
+                        if usable {
+                            Ok(value.unwrap_or_default())
+                        } else if !word.is_empty() {
+                            Err(err(format!("{name}: {word}")))
+                        } else if set {
+                            Err(err(format!("{name}: is not allowed to be empty")))
+                        } else {
+                            Err(err(format!("{name}: is not allowed to be unset")))
+                        }
+                    }
+                }
+            }
+            '#' | '%' => {
+                let longest = self.peek() == Some(c);
+                if longest {
+                    self.pos += 1;
+                }
+                let pat = self.word_until(&['}'], Mode::Pattern)?;
+                self.close_brace()?;
+                let v = value.unwrap_or_default();
+                let toks = glob_tokens(&pat);
+                Ok(if c == '#' {
+                    trim_prefix(&v, &toks, longest)
+                } else {
+                    trim_suffix(&v, &toks, longest)
+                })
+            }
+            '/' => {
+                let all = self.peek() == Some('/');
+                if all {
+                    self.pos += 1;
+                }
+                let pat = self.word_until(&['/', '}'], Mode::Pattern)?;
+                let repl = if self.peek() == Some('/') {
+                    self.pos += 1;
+                    self.word_until(&['}'], Mode::Word)?
+                } else {
+                    String::new()
+                };
+                self.close_brace()?;
+                let v = value.unwrap_or_default();
+                Ok(replace(&v, &glob_tokens(&pat), &repl, all))
+            }
+            other => Err(err(format!(
+                "unsupported modifier ({other}) in substitution"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Star,
+    One,
+    Lit(char),
+}
+
+fn glob_tokens(p: &str) -> Vec<Tok> {
+    let mut out = Vec::new();
+    let mut it = p.chars();
+    while let Some(c) = it.next() {
+        match c {
+            '\\' => match it.next() {
+                Some(n) => out.push(Tok::Lit(n)),
+                None => out.push(Tok::Lit('\\')),
+            },
+            '*' => out.push(Tok::Star),
+            '?' => out.push(Tok::One),
+            c => out.push(Tok::Lit(c)),
+        }
+    }
+    out
+}
+
+/// Whole-string glob match (linear backtracking over the last `*`).
+fn glob_match(p: &[Tok], t: &[char]) -> bool {
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(Tok::Star) => {
+                star = Some((pi, ti));
+                pi += 1;
+                continue;
+            }
+            Some(Tok::One) => {
+                pi += 1;
+                ti += 1;
+                continue;
+            }
+            Some(Tok::Lit(c)) if t.get(ti) == Some(c) => {
+                pi += 1;
+                ti += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|t| *t == Tok::Star))
+}
+
+fn collect(c: &[char]) -> String {
+    c.iter().collect()
+}
+
+fn trim_prefix(v: &str, p: &[Tok], longest: bool) -> String {
+    let t: Vec<char> = v.chars().collect();
+    let n = t.len();
+    let mut order: Vec<usize> = (0..=n).collect();
+    if longest {
+        order.reverse();
+    }
+    for i in order {
+        if glob_match(p, t.get(..i).unwrap_or(&[])) {
+            return collect(t.get(i..).unwrap_or(&[]));
+        }
+    }
+    v.to_string()
+}
+
+fn trim_suffix(v: &str, p: &[Tok], longest: bool) -> String {
+    let t: Vec<char> = v.chars().collect();
+    let n = t.len();
+    let mut order: Vec<usize> = (0..=n).collect();
+    if !longest {
+        order.reverse();
+    }
+    for i in order {
+        if glob_match(p, t.get(i..).unwrap_or(&[])) {
+            return collect(t.get(..i).unwrap_or(&[]));
+        }
+    }
+    v.to_string()
+}
+
+fn replace(v: &str, p: &[Tok], repl: &str, all: bool) -> String {
+    if p.is_empty() {
+        return v.to_string();
+    }
+    let t: Vec<char> = v.chars().collect();
+    let n = t.len();
+    let mut out = String::new();
+    let mut i = 0;
+    let mut done = false;
+    while i < n {
+        if !done {
+            if let Some(j) = ((i + 1)..=n)
+                .rev()
+                .find(|&j| glob_match(p, t.get(i..j).unwrap_or(&[])))
+            {
+                out.push_str(repl);
+                i = j;
+                done = !all;
+                continue;
+            }
+        }
+        if let Some(c) = t.get(i) {
+            out.push(*c);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_basics() {
+        let m = |p: &str, t: &str| glob_match(&glob_tokens(p), &t.chars().collect::<Vec<_>>());
+        assert!(m("a*c", "abbc"));
+        assert!(m("*", ""));
+        assert!(!m("a?c", "ac"));
+        assert!(m("\\*", "*"));
+        assert!(!m("\\*", "x"));
+    }
+}

@@ -1,0 +1,893 @@
+//! Layer tars in overlayfs "upper" format.
+//!
+//! * [`apply_layer`] extracts a (gzip or uncompressed) layer tar into a directory, turning OCI
+//!   whiteouts into overlayfs ones (`.wh.NAME` → char device 0:0, `.wh..wh..opq` →
+//!   `trusted.overlay.opaque=y`). Every path is resolved with `openat2(RESOLVE_IN_ROOT)` from the
+//!   destination, so `..`, absolute paths and symlinks planted by the layer can never lead a write
+//!   outside it; the final component is never followed.
+//! * [`write_layer`] turns an upper directory into a deterministic, uncompressed layer tar (the
+//!   reverse mapping), with hardlinks, xattrs as PAX `SCHILY.xattr.*` and SOURCE_DATE_EPOCH
+//!   clamping.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+use crate::OciError;
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+// ---------------------------------------------------------------------------------------------
+// apply
+// ---------------------------------------------------------------------------------------------
+
+/// Extract a layer blob (gzip or uncompressed tar; zstd is detected and refused with a clear
+/// error) into `dest` in overlayfs upper format. See the module docs for the safety rules.
+pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
+    let mut buffered = BufReader::with_capacity(128 * 1024, blob);
+    let magic = buffered
+        .fill_buf()
+        .map_err(OciError::io("read layer for", dest))?;
+    let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(buffered))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(OciError::UnsupportedCompression("zstd".into()));
+    } else if magic.starts_with(b"BZh") {
+        return Err(OciError::UnsupportedCompression("bzip2".into()));
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(OciError::UnsupportedCompression("xz".into()));
+    } else {
+        Box::new(buffered)
+    };
+    let root = rustix::fs::open(
+        dest,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| OciError::io("open destination", dest)(e.into()))?;
+    let mut ex = Extractor {
+        root,
+        dest: dest.to_path_buf(),
+        dir_times: Vec::new(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(OciError::io("read layer tar for", dest))?;
+    for entry in entries {
+        let entry = entry.map_err(OciError::io("read layer tar for", dest))?;
+        ex.entry(entry)?;
+    }
+    // Directory mtimes last (creating children changes them), deepest first.
+    let dir_times = std::mem::take(&mut ex.dir_times);
+    for (rel, ts) in dir_times.iter().rev() {
+        let fd =
+            match ex.try_open_in_root(rel, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW) {
+                Ok(fd) => fd,
+                // replaced later in the layer by a non-directory or removed by a whiteout
+                Err(
+                    rustix::io::Errno::NOTDIR | rustix::io::Errno::NOENT | rustix::io::Errno::LOOP,
+                ) => continue,
+                Err(e) => return Err(ex.err("open", rel)(e)),
+            };
+        rustix::fs::futimens(&fd, &times(*ts)).map_err(ex.err("set mtime", rel))?;
+    }
+    Ok(())
+}
+
+struct Extractor {
+    root: OwnedFd,
+    dest: PathBuf,
+    dir_times: Vec<(String, (i64, u32))>,
+}
+
+/// Split an archive path into safe components: leading `/` and `.` are dropped (paths are
+/// relative to the layer root); `..` is refused.
+fn clean_components(raw: &[u8]) -> Result<Vec<&[u8]>, OciError> {
+    let mut out = Vec::new();
+    for comp in raw.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                return Err(OciError::UnsafePath {
+                    path: String::from_utf8_lossy(raw).into_owned(),
+                    reason: "contains a '..' component".into(),
+                })
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn join(comps: &[&[u8]]) -> String {
+    let v: Vec<String> = comps
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    v.join("/")
+}
+
+fn times((sec, nsec): (i64, u32)) -> Timestamps {
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec.into(),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+struct EntryMeta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: (i64, u32),
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
+    let (s, frac) = match v.split_once('.') {
+        Some((s, f)) => (s, f),
+        None => (v, ""),
+    };
+    let sec: i64 = s.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nsec: u32 = digits.parse().ok()?;
+    Some((sec, nsec))
+}
+
+impl Extractor {
+    fn err<'a>(
+        &'a self,
+        op: &'a str,
+        rel: &'a str,
+    ) -> impl FnOnce(rustix::io::Errno) -> OciError + 'a {
+        move |e| OciError::Io {
+            op: op.to_string(),
+            path: self.dest.join(rel),
+            source: e.into(),
+        }
+    }
+
+    /// Open `rel` (already cleaned) with the destination as the filesystem root.
+    fn open_in_root(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, OciError> {
+        self.try_open_in_root(rel, flags)
+            .map_err(|e| OciError::io("open", self.dest.join(rel))(e.into()))
+    }
+
+    fn try_open_in_root(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, rustix::io::Errno> {
+        let path = if rel.is_empty() { "." } else { rel };
+        match rustix::fs::openat2(
+            &self.root,
+            path,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Err(rustix::io::Errno::NOSYS) => {
+                // Old kernel: walk component by component, refusing any symlink.
+                let mut cur = rustix::fs::openat(
+                    &self.root,
+                    ".",
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+                for (i, c) in comps.iter().enumerate() {
+                    let last = i + 1 == comps.len();
+                    let fl = if last {
+                        flags | OFlags::NOFOLLOW
+                    } else {
+                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW
+                    };
+                    cur = rustix::fs::openat(&cur, *c, fl | OFlags::CLOEXEC, Mode::empty())?;
+                }
+                Ok(cur)
+            }
+            other => other,
+        }
+    }
+
+    /// Open (creating missing directories) the directory `comps` inside the root.
+    fn ensure_dir(&self, comps: &[&[u8]]) -> Result<OwnedFd, OciError> {
+        let dirflags = OFlags::DIRECTORY | OFlags::RDONLY;
+        let full = join(comps);
+        match self.try_open_in_root(&full, dirflags) {
+            Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                return Err(OciError::io("open directory", self.dest.join(&full))(
+                    e.into(),
+                ))
+            }
+        }
+        let mut cur = self.open_in_root("", dirflags)?;
+        for i in 0..comps.len() {
+            let prefix = join(&comps[..=i]);
+            match self.try_open_in_root(&prefix, dirflags) {
+                Ok(fd) => cur = fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::mkdirat(
+                        &cur,
+                        OsStr::from_bytes(comps[i]),
+                        Mode::from_raw_mode(0o755),
+                    ) {
+                        Ok(()) => cur = self.open_in_root(&prefix, dirflags)?,
+                        Err(rustix::io::Errno::EXIST) => {
+                            // Something that is not a directory we can reach: a dangling or
+                            // escaping symlink. Refuse rather than create its target.
+                            return Err(OciError::UnsafePath {
+                                path: prefix,
+                                reason: "parent is a symlink that does not resolve to a directory inside the layer".into(),
+                            });
+                        }
+                        Err(e) => return Err(self.err("create directory", &prefix)(e)),
+                    }
+                }
+                Err(e) => return Err(self.err("open directory", &prefix)(e)),
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Remove whatever is at `name` in `parent` (recursively for directories). When `keep_dir`
+    /// and the existing object is a directory, it is kept and `true` is returned.
+    fn clear(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        rel: &str,
+        keep_dir: bool,
+    ) -> Result<bool, OciError> {
+        let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(self.err("stat", rel)(e)),
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            if keep_dir {
+                return Ok(true);
+            }
+            remove_all_at(parent.as_fd(), name).map_err(self.err("remove", rel))?;
+        } else {
+            rustix::fs::unlinkat(parent, name, AtFlags::empty())
+                .map_err(self.err("remove", rel))?;
+        }
+        Ok(false)
+    }
+
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), OciError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let comps = clean_components(&raw_path)?;
+        let Some((name, parent_comps)) = comps.split_last() else {
+            return Ok(()); // the layer root itself: its metadata is not applied
+        };
+        let rel = join(&comps);
+        let name_os = OsStr::from_bytes(name);
+
+        // Whiteouts.
+        if *name == OPAQUE_MARKER.as_bytes() {
+            let dir = self.ensure_dir(parent_comps)?;
+            rustix::fs::fsetxattr(
+                &dir,
+                OVERLAY_OPAQUE_XATTR,
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(self.err("set opaque xattr on", &join(parent_comps)))?;
+            return Ok(());
+        }
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+                return Err(OciError::UnsafePath {
+                    path: String::from_utf8_lossy(&raw_path).into_owned(),
+                    reason: "invalid whiteout name".into(),
+                });
+            }
+            let parent = self.ensure_dir(parent_comps)?;
+            let target = OsStr::from_bytes(target);
+            self.clear(&parent, target, &rel, false)?;
+            rustix::fs::mknodat(
+                &parent,
+                target,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(self.err("create whiteout", &rel))?;
+            let mtime = entry.header().mtime().unwrap_or(0) as i64;
+            rustix::fs::utimensat(
+                &parent,
+                target,
+                &times((mtime, 0)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(self.err("set mtime", &rel))?;
+            return Ok(());
+        }
+
+        let meta = self.entry_meta(&mut entry)?;
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let parent = self.ensure_dir(parent_comps)?;
+        match kind {
+            tar::EntryType::Directory => {
+                let existed = self.clear(&parent, name_os, &rel, true)?;
+                if !existed {
+                    rustix::fs::mkdirat(&parent, name_os, Mode::from_raw_mode(0o700))
+                        .map_err(self.err("create directory", &rel))?;
+                }
+                let fd = rustix::fs::openat(
+                    &parent,
+                    name_os,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(self.err("open directory", &rel))?;
+                self.set_meta_fd(fd.as_fd(), &meta, &rel, false)?;
+                self.dir_times.push((rel, meta.mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                self.clear(&parent, name_os, &rel, false)?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    name_os,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(self.err("create file", &rel))?;
+                let mut file = File::from(fd);
+                io::copy(&mut entry, &mut file)
+                    .map_err(OciError::io("write", self.dest.join(&rel)))?;
+                self.set_meta_fd(file.as_fd(), &meta, &rel, true)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .ok_or_else(|| OciError::UnsafePath {
+                        path: rel.clone(),
+                        reason: "symlink without target".into(),
+                    })?;
+                self.clear(&parent, name_os, &rel, false)?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, name_os)
+                    .map_err(self.err("create symlink", &rel))?;
+                self.set_meta_at(&parent, name_os, &meta, &rel)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .ok_or_else(|| OciError::UnsafePath {
+                        path: rel.clone(),
+                        reason: "hardlink without target".into(),
+                    })?;
+                let tcomps = clean_components(&target)?;
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(OciError::UnsafePath {
+                        path: rel,
+                        reason: "hardlink to the layer root".into(),
+                    });
+                };
+                let trel = join(tparent);
+                let tdir = self.open_in_root(&trel, OFlags::DIRECTORY | OFlags::RDONLY)?;
+                self.clear(&parent, name_os, &rel, false)?;
+                rustix::fs::linkat(
+                    &tdir,
+                    OsStr::from_bytes(tname),
+                    &parent,
+                    name_os,
+                    AtFlags::empty(),
+                )
+                .map_err(self.err("create hardlink", &rel))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (ft, dev) = match kind {
+                    tar::EntryType::Char => (FileType::CharacterDevice, true),
+                    tar::EntryType::Block => (FileType::BlockDevice, true),
+                    _ => (FileType::Fifo, false),
+                };
+                let rdev = if dev {
+                    let maj = header.device_major().ok().flatten().unwrap_or(0);
+                    let min = header.device_minor().ok().flatten().unwrap_or(0);
+                    rustix::fs::makedev(maj, min)
+                } else {
+                    0
+                };
+                self.clear(&parent, name_os, &rel, false)?;
+                rustix::fs::mknodat(
+                    &parent,
+                    name_os,
+                    ft,
+                    Mode::from_raw_mode(meta.mode & 0o7777),
+                    rdev,
+                )
+                .map_err(self.err("create device node", &rel))?;
+                self.set_meta_at(&parent, name_os, &meta, &rel)?;
+                let _ = rustix::fs::chmodat(
+                    &parent,
+                    name_os,
+                    Mode::from_raw_mode(meta.mode & 0o7777),
+                    AtFlags::empty(),
+                );
+            }
+            // PAX / GNU extension headers are consumed by the tar crate; anything else
+            // (sparse files, unknown types) is skipped.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn entry_meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<EntryMeta, OciError> {
+        let h = entry.header();
+        let path_str = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let bad = |what: &str| OciError::UnsafePath {
+            path: path_str.clone(),
+            reason: format!("invalid {what} in header"),
+        };
+        let mut meta = EntryMeta {
+            mode: h.mode().map_err(|_| bad("mode"))?,
+            uid: h.uid().map_err(|_| bad("uid"))?,
+            gid: h.gid().map_err(|_| bad("gid"))?,
+            mtime: (h.mtime().map_err(|_| bad("mtime"))? as i64, 0),
+            xattrs: Vec::new(),
+        };
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(OciError::io("read PAX header of", &path_str))?
+        {
+            for ext in exts {
+                let ext = ext.map_err(OciError::io("read PAX header of", &path_str))?;
+                let Ok(key) = ext.key() else { continue };
+                let value = ext.value_bytes();
+                if let Some(x) = key.strip_prefix(PAX_XATTR_PREFIX) {
+                    if !x.starts_with(OVERLAY_XATTR_PREFIX) {
+                        meta.xattrs.push((OsString::from(x), value.to_vec()));
+                    }
+                } else {
+                    let s = String::from_utf8_lossy(value);
+                    match key {
+                        "uid" => meta.uid = s.trim().parse().map_err(|_| bad("PAX uid"))?,
+                        "gid" => meta.gid = s.trim().parse().map_err(|_| bad("PAX gid"))?,
+                        "mtime" => {
+                            meta.mtime = parse_pax_time(s.trim()).ok_or_else(|| bad("PAX mtime"))?
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    fn set_meta_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        meta: &EntryMeta,
+        rel: &str,
+        with_times: bool,
+    ) -> Result<(), OciError> {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(meta.uid as u32)),
+            Some(rustix::fs::Gid::from_raw(meta.gid as u32)),
+        )
+        .map_err(self.err("chown", rel))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))
+            .map_err(self.err("chmod", rel))?;
+        for (k, v) in &meta.xattrs {
+            match rustix::fs::fsetxattr(fd, k.as_os_str(), v, rustix::fs::XattrFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(self.err("set xattr on", rel)(e)),
+            }
+        }
+        if with_times {
+            rustix::fs::futimens(fd, &times(meta.mtime)).map_err(self.err("set mtime", rel))?;
+        }
+        Ok(())
+    }
+
+    fn set_meta_at(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        meta: &EntryMeta,
+        rel: &str,
+    ) -> Result<(), OciError> {
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid as u32)),
+            Some(rustix::fs::Gid::from_raw(meta.gid as u32)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(self.err("chown", rel))?;
+        rustix::fs::utimensat(parent, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(self.err("set mtime", rel))?;
+        Ok(())
+    }
+}
+
+/// Remove `name` (a directory) in `parent` recursively, never following symlinks.
+fn remove_all_at(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), rustix::io::Errno> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut children = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let child = entry.file_name().to_bytes();
+        if child == b"." || child == b".." {
+            continue;
+        }
+        children.push(OsStr::from_bytes(child).to_os_string());
+    }
+    for child in children {
+        let st = rustix::fs::statat(&fd, &child, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            remove_all_at(fd.as_fd(), &child)?;
+        } else {
+            rustix::fs::unlinkat(&fd, &child, AtFlags::empty())?;
+        }
+    }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+// ---------------------------------------------------------------------------------------------
+// write
+// ---------------------------------------------------------------------------------------------
+
+/// Options for [`write_layer`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerOpts {
+    /// Clamp every mtime to at most this (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: Option<i64>,
+}
+
+/// Write a deterministic, uncompressed layer tar of the overlay upper directory `upper`.
+pub fn write_layer(upper: &Path, out: impl Write, opts: &LayerOpts) -> Result<(), OciError> {
+    let mut w = LayerWriter {
+        builder: tar::Builder::new(out),
+        opts: opts.clone(),
+        links: HashMap::new(),
+    };
+    w.walk(upper, b"")?;
+    w.builder
+        .finish()
+        .map_err(OciError::io("write layer tar of", upper))?;
+    Ok(())
+}
+
+struct LayerWriter<W: Write> {
+    builder: tar::Builder<W>,
+    opts: LayerOpts,
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+/// One extended attribute: (name, value).
+type Xattr = (Vec<u8>, Vec<u8>);
+
+/// xattrs of `path` (not following symlinks), sorted by name.
+fn list_xattrs(path: &Path) -> Result<Vec<Xattr>, OciError> {
+    let errmap = |op: &'static str| move |e: rustix::io::Errno| OciError::io(op, path)(e.into());
+    let size = match rustix::fs::llistxattr_query(path) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(errmap("list xattrs of")(e)),
+    };
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; size];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).map_err(errmap("list xattrs of"))?;
+    names.truncate(n);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name_os = OsStr::from_bytes(name);
+        let vlen = match rustix::fs::lgetxattr_query(path, name_os) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(errmap("read xattr of")(e)),
+        };
+        let mut val = vec![0u8; vlen];
+        let got =
+            rustix::fs::lgetxattr(path, name_os, &mut val[..]).map_err(errmap("read xattr of"))?;
+        val.truncate(got);
+        out.push((name.to_vec(), val));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One PAX record: "<len> <key>=<value>\n", where len counts the whole record.
+fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let base = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = base + base.to_string().len();
+    if len.to_string().len() != base.to_string().len() {
+        len = base + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// A reader yielding exactly `len` bytes: the file's, then zeros if it shrank meanwhile.
+struct ExactLen<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for ExactLen<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let max = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        let n = if n == 0 {
+            buf[..max].fill(0);
+            max
+        } else {
+            n
+        };
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn set_field(field: &mut [u8], value: &[u8]) {
+    field.fill(0);
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+impl<W: Write> LayerWriter<W> {
+    fn clamp(&self, mtime: i64) -> u64 {
+        let t = match self.opts.source_date_epoch {
+            Some(epoch) if mtime > epoch => epoch,
+            _ => mtime,
+        };
+        t.max(0) as u64
+    }
+
+    fn one(&mut self, path: &Path, rel: &[u8], name: &OsStr) -> Result<(), OciError> {
+        let md = std::fs::symlink_metadata(path).map_err(OciError::io("stat", path))?;
+        let ft = md.file_type();
+        let mtime = self.clamp(md.mtime());
+        let xattrs: Vec<Xattr> = list_xattrs(path)?;
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(md.mode() & 0o7777);
+        header.set_uid(md.uid() as u64);
+        header.set_gid(md.gid() as u64);
+        header.set_mtime(mtime);
+        header.set_size(0);
+
+        if ft.is_char_device() && md.rdev() == 0 {
+            // overlay whiteout → .wh.NAME
+            let mut wrel = match rel.iter().rposition(|b| *b == b'/') {
+                Some(i) => rel[..=i].to_vec(),
+                None => Vec::new(),
+            };
+            wrel.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
+            wrel.extend_from_slice(name.as_bytes());
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(mtime);
+            h.set_size(0);
+            return self.emit(h, &wrel, None, &[], io::empty(), path);
+        }
+        let user_xattrs: Vec<Xattr> = xattrs
+            .iter()
+            .filter(|(k, _)| !k.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()))
+            .cloned()
+            .collect();
+        if ft.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            let mut drel = rel.to_vec();
+            drel.push(b'/');
+            self.emit(header.clone(), &drel, None, &user_xattrs, io::empty(), path)?;
+            let opaque = xattrs
+                .iter()
+                .any(|(k, v)| k == OVERLAY_OPAQUE_XATTR.as_bytes() && v == b"y");
+            if opaque {
+                let mut orel = drel.clone();
+                orel.extend_from_slice(OPAQUE_MARKER.as_bytes());
+                let mut h = header;
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                self.emit(h, &orel, None, &[], io::empty(), path)?;
+            }
+            return self.walk(path, rel);
+        }
+        if !ft.is_dir() && md.nlink() > 1 {
+            let key = (md.dev(), md.ino());
+            if let Some(first) = self.links.get(&key).cloned() {
+                header.set_entry_type(tar::EntryType::Link);
+                return self.emit(header, rel, Some(&first), &user_xattrs, io::empty(), path);
+            }
+            self.links.insert(key, rel.to_vec());
+        }
+        if ft.is_file() {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(md.len());
+            let f = rustix::fs::open(
+                path,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| OciError::io("open", path)(e.into()))?;
+            let reader = ExactLen {
+                inner: File::from(f),
+                left: md.len(),
+            };
+            self.emit(header, rel, None, &user_xattrs, reader, path)
+        } else if ft.is_symlink() {
+            header.set_entry_type(tar::EntryType::Symlink);
+            let target = std::fs::read_link(path).map_err(OciError::io("read symlink", path))?;
+            let target = target.into_os_string().into_vec();
+            self.emit(header, rel, Some(&target), &user_xattrs, io::empty(), path)
+        } else if ft.is_char_device() || ft.is_block_device() {
+            header.set_entry_type(if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            let rdev = md.rdev();
+            header
+                .set_device_major(rustix::fs::major(rdev))
+                .map_err(OciError::io("device number of", path))?;
+            header
+                .set_device_minor(rustix::fs::minor(rdev))
+                .map_err(OciError::io("device number of", path))?;
+            self.emit(header, rel, None, &user_xattrs, io::empty(), path)
+        } else if ft.is_fifo() {
+            header.set_entry_type(tar::EntryType::Fifo);
+            self.emit(header, rel, None, &user_xattrs, io::empty(), path)
+        } else {
+            Ok(()) // sockets are not representable in layers
+        }
+    }
+
+    fn walk(&mut self, dir: &Path, rel: &[u8]) -> Result<(), OciError> {
+        let mut names: Vec<OsString> = std::fs::read_dir(dir)
+            .map_err(OciError::io("read directory", dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(OciError::io("read directory", dir))?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let mut child = rel.to_vec();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(name.as_bytes());
+            self.one(&dir.join(&name), &child, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Append one entry: a PAX header first when needed (long path/link, xattrs), then the
+    /// ustar header with the (possibly truncated) names, then the data.
+    fn emit(
+        &mut self,
+        mut header: tar::Header,
+        rel: &[u8],
+        link: Option<&[u8]>,
+        xattrs: &[Xattr],
+        data: impl Read,
+        src: &Path,
+    ) -> Result<(), OciError> {
+        let mut pax = Vec::new();
+        if rel.len() > 100 {
+            pax_record(&mut pax, b"path", rel);
+        }
+        if let Some(l) = link {
+            if l.len() > 100 {
+                pax_record(&mut pax, b"linkpath", l);
+            }
+        }
+        for (k, v) in xattrs {
+            let mut key = PAX_XATTR_PREFIX.as_bytes().to_vec();
+            key.extend_from_slice(k);
+            pax_record(&mut pax, &key, v);
+        }
+        if !pax.is_empty() {
+            let mut ph = tar::Header::new_ustar();
+            ph.set_entry_type(tar::EntryType::XHeader);
+            let base = rel
+                .rsplit(|b| *b == b'/')
+                .find(|c| !c.is_empty())
+                .unwrap_or(b"entry");
+            let mut pname = b"PaxHeaders/".to_vec();
+            pname.extend_from_slice(&base[..base.len().min(80)]);
+            set_field(&mut ph.as_old_mut().name, &pname);
+            ph.set_mode(0o644);
+            ph.set_uid(0);
+            ph.set_gid(0);
+            ph.set_mtime(header.mtime().unwrap_or(0));
+            ph.set_size(pax.len() as u64);
+            ph.set_cksum();
+            self.builder
+                .append(&ph, &pax[..])
+                .map_err(OciError::io("write layer entry for", src))?;
+        }
+        set_field(&mut header.as_old_mut().name, &rel[..rel.len().min(100)]);
+        if let Some(l) = link {
+            set_field(&mut header.as_old_mut().linkname, &l[..l.len().min(100)]);
+        }
+        header.set_cksum();
+        self.builder
+            .append(&header, data)
+            .map_err(OciError::io("write layer entry for", src))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_lengths_are_self_consistent() {
+        for (k, vlen) in [
+            ("path", 1usize),
+            ("path", 90),
+            ("path", 93),
+            ("path", 994),
+            ("linkpath", 5000),
+        ] {
+            let v = vec![b'x'; vlen];
+            let mut out = Vec::new();
+            pax_record(&mut out, k.as_bytes(), &v);
+            let sp = out.iter().position(|b| *b == b' ').unwrap_or(0);
+            let n: usize = std::str::from_utf8(&out[..sp])
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            assert_eq!(n, out.len(), "{k} {vlen}");
+        }
+    }
+
+    #[test]
+    fn component_cleaning() {
+        assert_eq!(
+            clean_components(b"/a/./b//c/").ok(),
+            Some(vec![&b"a"[..], b"b", b"c"])
+        );
+        assert!(clean_components(b"a/../b").is_err());
+        assert_eq!(clean_components(b"./").ok(), Some(vec![]));
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time("12"), Some((12, 0)));
+    }
+}

@@ -1,0 +1,119 @@
+//! Cache keys.
+//!
+//! Every node's definition digest (graph crate) covers the op and, transitively, the
+//! *definitions* of its inputs. A cache key instead covers the op and the *results* its inputs
+//! stand for, so that a local context that changes between runs only matters through the
+//! paths an op actually reads. Keys are `sha256:` digests of a small text record:
+//!
+//! | op | what goes into the key | what never does |
+//! |---|---|---|
+//! | image source | manifest digest, platform | the tag text (two tags of one manifest share a key) |
+//! | scratch | the constant `scratch` | — |
+//! | local source | not keyed: read only through selectors of the ops that use it | session, mtimes |
+//! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts), each input's key | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
+//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files |
+//! | merge | each input's key, in order | — |
+//!
+//! A record (`rbuild-key-v1`, op kind, canonical JSON, then one `input N: …` line per input)
+//! is hashed, so any change to the record format must bump the version prefix.
+
+use rbuild_graph::{canonical_json, sha256_digest, Op};
+
+use crate::SolveError;
+
+/// One input's contribution to a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputPart {
+    /// The input's own cache key.
+    Key(String),
+    /// Content checksums of what the op reads from a local directory, one per selector.
+    Content(Vec<(String, String)>),
+}
+
+/// Compute a node key from its op and its inputs' parts.
+pub fn node_key(op: &Op, inputs: &[InputPart]) -> Result<String, SolveError> {
+    let json = canonical_json(op, "op")?;
+    let mut rec = Vec::with_capacity(json.len() + 100 * (inputs.len() + 1));
+    rec.extend_from_slice(b"rbuild-key-v1\n");
+    rec.extend_from_slice(&json);
+    for (i, part) in inputs.iter().enumerate() {
+        match part {
+            InputPart::Key(k) => rec.extend_from_slice(format!("\ninput {i}: key {k}").as_bytes()),
+            InputPart::Content(sels) => {
+                rec.extend_from_slice(format!("\ninput {i}: content").as_bytes());
+                for (sel, digest) in sels {
+                    rec.extend_from_slice(format!("\n  {sel:?} {digest}").as_bytes());
+                }
+            }
+        }
+    }
+    Ok(sha256_digest(&rec))
+}
+
+/// Key of an image source: the manifest digest and platform, not the tag.
+pub fn image_key(manifest_digest: &str, platform: &rbuild_graph::Platform) -> String {
+    sha256_digest(
+        format!(
+            "rbuild-key-v1\nimage {manifest_digest} {}",
+            platform.to_text()
+        )
+        .as_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbuild_graph::{ExecOp, Mount, MountKind, NetworkMode, SecurityMode};
+
+    fn exec(env: &[&str], proxy: &[&str]) -> Op {
+        Op::Exec(ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: env.iter().map(|s| s.to_string()).collect(),
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::Default,
+            security: SecurityMode::Sandbox,
+            mounts: vec![Mount {
+                target: "/".into(),
+                input: Some(0),
+                kind: MountKind::Bind {
+                    source: "/".into(),
+                    readonly: false,
+                },
+            }],
+            proxy_env: proxy.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn proxy_env_never_changes_the_key_but_env_does() {
+        let base = [InputPart::Key("k".into())];
+        let a = node_key(&exec(&["A=1"], &["HTTP_PROXY=x"]), &base).unwrap();
+        let b = node_key(&exec(&["A=1"], &["HTTP_PROXY=y"]), &base).unwrap();
+        let c = node_key(&exec(&["A=2"], &["HTTP_PROXY=x"]), &base).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn input_key_and_content_change_the_key() {
+        let op = exec(&[], &[]);
+        let a = node_key(&op, &[InputPart::Key("k1".into())]).unwrap();
+        let b = node_key(&op, &[InputPart::Key("k2".into())]).unwrap();
+        assert_ne!(a, b);
+        let c1 = node_key(&op, &[InputPart::Content(vec![("/a".into(), "d1".into())])]).unwrap();
+        let c2 = node_key(&op, &[InputPart::Content(vec![("/a".into(), "d2".into())])]).unwrap();
+        assert_ne!(c1, c2);
+    }
+
+    #[test]
+    fn image_key_ignores_tag_text_but_not_platform() {
+        let p = rbuild_graph::Platform::host();
+        let mut q = p.clone();
+        q.architecture = "riscv64".into();
+        assert_eq!(image_key("sha256:aa", &p), image_key("sha256:aa", &p));
+        assert_ne!(image_key("sha256:aa", &p), image_key("sha256:aa", &q));
+        assert_ne!(image_key("sha256:aa", &p), image_key("sha256:bb", &p));
+    }
+}

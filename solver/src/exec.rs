@@ -1,0 +1,234 @@
+//! Exec ops: run a RUN step in the sandbox on top of its input chain.
+//!
+//! The rootfs is an overlay of the input chain's snapshots with a fresh snapshot as the upper
+//! dir, so the upper dir *is* the step's layer (overlay whiteouts record deletions). After a
+//! successful run the layer is written as a deterministic tar into the content store.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use rbuild_executor::{ExecSpec, ExtraMount, Network, Rootfs, Stream};
+use rbuild_graph::{ExecOp, MountKind, NetworkMode, Node};
+
+use crate::{Chain, Event, Progress, SolveError, Solver, Value};
+
+/// How many output lines a failed step reports.
+pub const TAIL_LINES: usize = 20;
+
+impl Solver {
+    pub(crate) fn run_exec(
+        &self,
+        vertex: usize,
+        node: &Node,
+        op: &ExecOp,
+        inputs: &[Value],
+        progress: &dyn Progress,
+    ) -> Result<Chain, SolveError> {
+        let store = &self.cfg.store;
+        let step = node.meta.description.clone();
+        let fail = |message: String| SolveError::Step {
+            step: step.clone(),
+            message,
+            lines: node.meta.lines,
+        };
+        let root = op
+            .mounts
+            .first()
+            .filter(|m| m.target == "/")
+            .ok_or_else(|| fail("exec has no root mount".into()))?;
+        let chain: Chain = match root.input {
+            Some(i) => match inputs.get(i) {
+                Some(Value::Chain(c)) => c.clone(),
+                _ => return Err(fail("root mount input is not a filesystem".into())),
+            },
+            None => Vec::new(),
+        };
+        let mut extra = Vec::new();
+        for m in op.mounts.iter().skip(1) {
+            extra.push(self.extra_mount(m, inputs).map_err(&fail)?);
+        }
+        let snap = store.new_snapshot()?;
+        let lowers = self.lowers(&chain)?;
+        let mut env = op.env.clone();
+        env.extend(op.proxy_env.iter().cloned());
+        let spec = ExecSpec {
+            rootfs: Rootfs::Overlay {
+                lowers,
+                upper: snap.fs.clone(),
+                work: snap.work.clone(),
+            },
+            args: op.args.clone(),
+            env,
+            cwd: op.cwd.clone(),
+            user: op.user.clone(),
+            hostname: self.cfg.hostname.clone(),
+            network: match op.network {
+                NetworkMode::None => Network::None,
+                NetworkMode::Default | NetworkMode::Host => Network::Host,
+            },
+            extra_mounts: extra,
+            extra_hosts: Vec::new(),
+        };
+        let mut tail = Tail::default();
+        let status = self.cfg.executor.run(&spec, &mut |stream, data| {
+            tail.push(data);
+            progress.event(Event::Log {
+                vertex,
+                stderr: matches!(stream, Stream::Stderr),
+                data: data.to_vec(),
+            });
+        });
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = store.remove_snapshot(&snap.id);
+                return Err(e.into());
+            }
+        };
+        if !status.success() {
+            let _ = store.remove_snapshot(&snap.id);
+            let code = status
+                .code
+                .unwrap_or_else(|| 128 + status.signal.unwrap_or(0));
+            return Err(SolveError::ExecFailed {
+                step,
+                command: shown_command(&op.args),
+                code,
+                tail: tail.lines(),
+                lines: node.meta.lines,
+            });
+        }
+        let layer = self.commit_layer(&snap)?;
+        let mut out = chain;
+        out.push(layer);
+        Ok(out)
+    }
+
+    fn extra_mount(&self, m: &rbuild_graph::Mount, inputs: &[Value]) -> Result<ExtraMount, String> {
+        match &m.kind {
+            MountKind::Tmpfs { size } => Ok(ExtraMount::Tmpfs {
+                target: m.target.clone(),
+                size: *size,
+            }),
+            MountKind::Bind { source, readonly } => {
+                let input = m
+                    .input
+                    .and_then(|i| inputs.get(i))
+                    .ok_or_else(|| format!("bind mount {} has no input", m.target))?;
+                match input {
+                    Value::Local(dir) => {
+                        if !*readonly {
+                            return Err(format!(
+                                "RUN --mount=type=bind,rw (target {}) is not supported yet",
+                                m.target
+                            ));
+                        }
+                        let rel = source.trim_start_matches('/');
+                        let path = crate::fileop::resolve_in_root(&dir.path, rel, true)
+                            .map_err(|e| format!("bind mount source {source}: {e}"))?;
+                        Ok(ExtraMount::Bind {
+                            source: path,
+                            target: m.target.clone(),
+                            readonly: true,
+                        })
+                    }
+                    Value::Chain(_) => Err(format!(
+                        "RUN --mount=type=bind from a stage or image (target {}) is not supported yet",
+                        m.target
+                    )),
+                }
+            }
+            MountKind::Cache { id, .. } => {
+                let dir = self.cache_mount_dir(id).map_err(|e| e.to_string())?;
+                Ok(ExtraMount::Bind {
+                    source: dir,
+                    target: m.target.clone(),
+                    readonly: false,
+                })
+            }
+            MountKind::Secret { .. } | MountKind::Ssh { .. } => Err(format!(
+                "RUN --mount type secret/ssh (target {}) is not supported yet",
+                m.target
+            )),
+        }
+    }
+
+    fn cache_mount_dir(&self, id: &str) -> Result<PathBuf, SolveError> {
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let digest = rbuild_graph::sha256_digest(id.as_bytes());
+        let dir = self.cfg.store.root().join("cachemounts-v1").join(format!(
+            "{}-{}",
+            &digest[7..19],
+            safe.chars().take(40).collect::<String>()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SolveError::io(format!("creating {}", dir.display()), e))?;
+        Ok(dir)
+    }
+
+    /// Snapshot dirs of a chain, top-most first (overlayfs lowerdir order).
+    pub(crate) fn lowers(&self, chain: &Chain) -> Result<Vec<PathBuf>, SolveError> {
+        chain
+            .iter()
+            .rev()
+            .map(|l| {
+                self.cfg
+                    .store
+                    .snapshot_fs(&l.snapshot)
+                    .map_err(SolveError::from)
+            })
+            .collect()
+    }
+}
+
+fn shown_command(args: &[String]) -> String {
+    if args.len() >= 3 && args[1] == "-c" {
+        format!("{} -c {}", args[0], args[2..].join(" "))
+    } else {
+        args.join(" ")
+    }
+}
+
+/// The last lines of a step's output.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                self.partial.clear();
+                self.lines.push_back(line);
+                if self.lines.len() > TAIL_LINES {
+                    self.lines.pop_front();
+                }
+            } else {
+                self.partial.push(b);
+            }
+        }
+    }
+
+    fn lines(mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            self.lines
+                .push_back(String::from_utf8_lossy(&self.partial).into_owned());
+            if self.lines.len() > TAIL_LINES {
+                self.lines.pop_front();
+            }
+        }
+        self.lines.into_iter().collect()
+    }
+}

@@ -1,0 +1,717 @@
+//! File ops: COPY/ADD/WORKDIR-style edits of a new layer, done in-process.
+//!
+//! The destination is an overlay (input chain as lowers, a fresh snapshot as upper) mounted in
+//! a private mount namespace that lives only as long as the op's thread; source chains are
+//! mounted read-only beside it and the local context is read in place. Paths inside a rootfs
+//! are resolved with [`resolve_in_root`], which follows symlinks as if the rootfs were `/`, so
+//! a layer's `etc -> /host/etc` style link can never reach outside it.
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use rbuild_cache::context::{ExcludeMatcher, Selector};
+use rbuild_graph::{Chmod, CopyAction, FileAction, FileOp, IdSpec, Node, Owner};
+
+use crate::{Chain, SolveError, Solver, Value};
+
+const MAX_SYMLINKS: usize = 40;
+
+impl Solver {
+    pub(crate) fn run_file(
+        &self,
+        node: &Node,
+        op: &FileOp,
+        inputs: &[Value],
+    ) -> Result<Chain, SolveError> {
+        let store = &self.cfg.store;
+        let step = node.meta.description.clone();
+        let lines = node.meta.lines;
+        let fail = |message: String| SolveError::Step {
+            step: step.clone(),
+            message,
+            lines,
+        };
+        let base: Chain = match op.dest_input {
+            Some(i) => match inputs.get(i) {
+                Some(Value::Chain(c)) => c.clone(),
+                _ => return Err(fail("destination input is not a filesystem".into())),
+            },
+            None => Vec::new(),
+        };
+        let snap = store.new_snapshot()?;
+        let mnt = store.tmp_dir().join(format!("mnt-{}", snap.id));
+        let result = self.file_in_namespace(op, inputs, &base, &snap, &mnt);
+        let _ = fs::remove_dir_all(&mnt);
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                let _ = store.remove_snapshot(&snap.id);
+                return Err(fail(message));
+            }
+            Err(e) => {
+                let _ = store.remove_snapshot(&snap.id);
+                return Err(e);
+            }
+        }
+        let layer = self.commit_layer(&snap)?;
+        let mut out = base;
+        out.push(layer);
+        Ok(out)
+    }
+
+    fn file_in_namespace(
+        &self,
+        op: &FileOp,
+        inputs: &[Value],
+        base: &Chain,
+        snap: &rbuild_cache::Snapshot,
+        mnt: &Path,
+    ) -> Result<Result<(), String>, SolveError> {
+        let root = mnt.join("root");
+        fs::create_dir_all(&root)
+            .map_err(|e| SolveError::io(format!("creating {}", root.display()), e))?;
+        // Which chain inputs are read as copy sources (each gets a read-only mount).
+        let mut src_chains: Vec<(usize, PathBuf, Vec<PathBuf>)> = Vec::new();
+        for (i, v) in inputs.iter().enumerate() {
+            let used = op
+                .actions
+                .iter()
+                .any(|a| matches!(a, FileAction::Copy(c) if c.src_input == i));
+            if let (true, Value::Chain(c)) = (used, v) {
+                if Some(i) != op.dest_input {
+                    let dir = mnt.join(format!("src{i}"));
+                    fs::create_dir_all(&dir)
+                        .map_err(|e| SolveError::io(format!("creating {}", dir.display()), e))?;
+                    src_chains.push((i, dir, self.lowers(c)?));
+                }
+            }
+        }
+        let lowers = self.lowers(base)?;
+        let dest_input = op.dest_input;
+        let r = rbuild_executor::with_private_mounts(|m| -> Result<(), String> {
+            m.overlay(&lowers, &snap.fs, &snap.work, &root)
+                .map_err(|e| format!("mounting the destination: {e}"))?;
+            for (_, dir, l) in &src_chains {
+                m.overlay_ro(l, dir)
+                    .map_err(|e| format!("mounting a copy source: {e}"))?;
+            }
+            let mut ctx = Ctx {
+                root: &root,
+                ids: None,
+            };
+            for action in &op.actions {
+                match action {
+                    FileAction::Copy(c) => {
+                        let (src_root, exclude, from_context) = match inputs.get(c.src_input) {
+                            Some(Value::Local(d)) => (
+                                d.path.clone(),
+                                ExcludeMatcher::new(&d.exclude).map_err(|e| e.to_string())?,
+                                true,
+                            ),
+                            Some(Value::Chain(_)) if Some(c.src_input) == dest_input => {
+                                (root.clone(), empty_matcher()?, false)
+                            }
+                            Some(Value::Chain(_)) => {
+                                let dir = src_chains
+                                    .iter()
+                                    .find(|(i, _, _)| *i == c.src_input)
+                                    .map(|(_, d, _)| d.clone())
+                                    .ok_or("copy source not mounted")?;
+                                (dir, empty_matcher()?, false)
+                            }
+                            None => return Err("copy source input missing".into()),
+                        };
+                        ctx.copy(c, &src_root, &exclude, from_context)?;
+                    }
+                    FileAction::Mkdir {
+                        path,
+                        mode,
+                        make_parents,
+                        owner,
+                    } => ctx.mkdir(path, *mode, *make_parents, owner.as_ref())?,
+                    FileAction::Mkfile {
+                        path,
+                        mode,
+                        data,
+                        owner,
+                    } => ctx.mkfile(path, *mode, data, owner.as_ref())?,
+                    FileAction::Rm {
+                        path,
+                        allow_not_found,
+                        allow_wildcard: _,
+                    } => ctx.rm(path, *allow_not_found)?,
+                    FileAction::Symlink {
+                        target,
+                        link,
+                        owner,
+                    } => ctx.symlink(target, link, owner.as_ref())?,
+                }
+            }
+            Ok(())
+        })?;
+        Ok(r)
+    }
+}
+
+fn empty_matcher() -> Result<ExcludeMatcher, String> {
+    ExcludeMatcher::new(&[]).map_err(|e| e.to_string())
+}
+
+/// Resolve `rel` (relative to `root`, may start with `/`) inside `root`, following symlinks as
+/// if `root` were `/`. The last component is followed only when `follow_last`. Missing
+/// components are kept as they are (so the result can be created).
+pub fn resolve_in_root(root: &Path, rel: &str, follow_last: bool) -> Result<PathBuf, String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = components(rel);
+    pending.reverse();
+    let mut links = 0usize;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            stack.pop();
+            continue;
+        }
+        let is_last = pending.is_empty();
+        let mut candidate = root.to_path_buf();
+        for s in &stack {
+            candidate.push(s);
+        }
+        candidate.push(&c);
+        if is_last && !follow_last {
+            stack.push(c);
+            break;
+        }
+        match fs::symlink_metadata(&candidate) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(format!("too many levels of symbolic links at {rel}"));
+                }
+                let target = fs::read_link(&candidate).map_err(|e| e.to_string())?;
+                let t = target.to_string_lossy().to_string();
+                if t.starts_with('/') {
+                    stack.clear();
+                }
+                let mut more = components(&t);
+                more.reverse();
+                pending.extend(more);
+            }
+            _ => stack.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    for s in stack {
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn components(p: &str) -> Vec<String> {
+    Path::new(p)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().to_string()),
+            Component::ParentDir => Some("..".to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Numeric ids from the destination's /etc/passwd and /etc/group.
+struct Ids {
+    users: Vec<(String, u32, u32)>,
+    groups: Vec<(String, u32)>,
+}
+
+struct Ctx<'a> {
+    root: &'a Path,
+    ids: Option<Ids>,
+}
+
+impl Ctx<'_> {
+    fn ids(&mut self) -> &Ids {
+        let root = self.root;
+        self.ids.get_or_insert_with(|| {
+            let read = |p: &str| {
+                resolve_in_root(root, p, true)
+                    .ok()
+                    .and_then(|p| fs::read_to_string(p).ok())
+                    .unwrap_or_default()
+            };
+            let users = read("/etc/passwd")
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    Some((
+                        f.first()?.to_string(),
+                        f.get(2)?.parse().ok()?,
+                        f.get(3)?.parse().ok()?,
+                    ))
+                })
+                .collect();
+            let groups = read("/etc/group")
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    Some((f.first()?.to_string(), f.get(2)?.parse().ok()?))
+                })
+                .collect();
+            Ids { users, groups }
+        })
+    }
+
+    /// (uid, gid) for an owner spec. A user without group uses the uid as gid (Docker).
+    fn owner(&mut self, o: &Owner) -> Result<(u32, u32), String> {
+        let uid = match &o.user {
+            IdSpec::Id(n) => *n,
+            IdSpec::Name(n) => self
+                .ids()
+                .users
+                .iter()
+                .find(|u| &u.0 == n)
+                .map(|u| u.1)
+                .ok_or_else(|| {
+                    format!("unable to find user {n}: no matching entries in passwd file")
+                })?,
+        };
+        let gid = match &o.group {
+            None => uid,
+            Some(IdSpec::Id(n)) => *n,
+            Some(IdSpec::Name(n)) => self
+                .ids()
+                .groups
+                .iter()
+                .find(|g| &g.0 == n)
+                .map(|g| g.1)
+                .ok_or_else(|| {
+                    format!("unable to find group {n}: no matching entries in group file")
+                })?,
+        };
+        Ok((uid, gid))
+    }
+
+    fn copy(
+        &mut self,
+        c: &CopyAction,
+        src_root: &Path,
+        exclude: &ExcludeMatcher,
+        from_context: bool,
+    ) -> Result<(), String> {
+        let wildcard = c.allow_wildcard && has_glob(&c.src);
+        let sel = Selector {
+            path: c.src.clone(),
+            follow_symlinks: c.follow_symlinks,
+            allow_wildcard: c.allow_wildcard,
+        };
+        let matches = match rbuild_cache::context::expand(src_root, &sel, exclude) {
+            Ok(m) => m,
+            Err(rbuild_cache::CacheError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.to_string()),
+        };
+        if matches.is_empty() {
+            if wildcard && c.allow_empty_wildcard {
+                return Ok(());
+            }
+            let what = if from_context {
+                "build context"
+            } else {
+                "source stage"
+            };
+            return Err(format!(
+                "failed to compute cache key: \"{}\" not found in {what}",
+                c.src
+            ));
+        }
+        let owner = match &c.owner {
+            Some(o) => Some(self.owner(o)?),
+            None if from_context => Some((0, 0)),
+            None => None,
+        };
+        let dest_rel = c.dest.clone();
+        let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || wildcard;
+        let dest_resolved = resolve_in_root(self.root, &dest_rel, true)?;
+        let dest_is_dir = dest_dir_hint || dest_resolved.is_dir();
+        for m in &matches {
+            let md = if c.follow_symlinks {
+                fs::metadata(m)
+            } else {
+                fs::symlink_metadata(m)
+            }
+            .map_err(|e| format!("{}: {e}", m.display()))?;
+            let rel_in_src = m.strip_prefix(src_root).unwrap_or(m).to_path_buf();
+            if md.is_dir() && c.dir_copy_contents {
+                self.mkdir_all(&dest_resolved, owner)?;
+                self.copy_tree(
+                    m,
+                    &dest_resolved,
+                    &rel_in_src,
+                    c,
+                    owner,
+                    exclude,
+                    from_context,
+                )?;
+            } else {
+                let name = m.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                let target = if dest_is_dir {
+                    self.mkdir_all(&dest_resolved, owner)?;
+                    dest_resolved.join(&name)
+                } else {
+                    if let Some(parent) = dest_resolved.parent() {
+                        self.mkdir_all(parent, owner)?;
+                    }
+                    dest_resolved.clone()
+                };
+                if md.is_dir() {
+                    self.copy_dir_entry(m, &target, &md, c, owner)?;
+                    self.copy_tree(m, &target, &rel_in_src, c, owner, exclude, from_context)?;
+                    finish_dir(&target, &md)?;
+                } else {
+                    self.copy_leaf(m, &target, &md, c, owner)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_tree(
+        &mut self,
+        src: &Path,
+        dst: &Path,
+        rel: &Path,
+        c: &CopyAction,
+        owner: Option<(u32, u32)>,
+        exclude: &ExcludeMatcher,
+        from_context: bool,
+    ) -> Result<(), String> {
+        let mut entries: Vec<_> = fs::read_dir(src)
+            .map_err(|e| format!("{}: {e}", src.display()))?
+            .filter_map(|e| e.ok())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let child_rel = rel.join(&name);
+            if from_context && exclude.is_excluded(&child_rel.to_string_lossy()) {
+                continue;
+            }
+            let path = e.path();
+            let md = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let target = dst.join(&name);
+            if md.is_dir() {
+                self.copy_dir_entry(&path, &target, &md, c, owner)?;
+                self.copy_tree(&path, &target, &child_rel, c, owner, exclude, from_context)?;
+                finish_dir(&target, &md)?;
+            } else {
+                self.copy_leaf(&path, &target, &md, c, owner)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_dir_entry(
+        &mut self,
+        _src: &Path,
+        target: &Path,
+        md: &fs::Metadata,
+        c: &CopyAction,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), String> {
+        match fs::symlink_metadata(target) {
+            Ok(t) if t.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(target).map_err(|e| format!("{}: {e}", target.display()))?;
+                fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;
+            }
+            Err(_) => fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?,
+        }
+        let mode = apply_chmod(c.mode.as_ref(), md.mode() & 0o7777, true)?;
+        fs::set_permissions(target, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        let (uid, gid) = owner.unwrap_or((md.uid(), md.gid()));
+        lchown(target, uid, gid)
+    }
+
+    fn copy_leaf(
+        &mut self,
+        src: &Path,
+        target: &Path,
+        md: &fs::Metadata,
+        c: &CopyAction,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), String> {
+        if let Ok(t) = fs::symlink_metadata(target) {
+            if t.is_dir() {
+                fs::remove_dir_all(target).map_err(|e| format!("{}: {e}", target.display()))?;
+            } else {
+                fs::remove_file(target).map_err(|e| format!("{}: {e}", target.display()))?;
+            }
+        }
+        let ft = md.file_type();
+        let (uid, gid) = owner.unwrap_or((md.uid(), md.gid()));
+        if ft.is_symlink() {
+            let link = fs::read_link(src).map_err(|e| format!("{}: {e}", src.display()))?;
+            symlink(&link, target).map_err(|e| format!("{}: {e}", target.display()))?;
+            lchown(target, uid, gid)?;
+            return set_mtime(target, md, false);
+        }
+        if !ft.is_file() {
+            // Devices, fifos and sockets are not copied (Docker skips sockets; devices need mknod).
+            return Ok(());
+        }
+        fs::copy(src, target).map_err(|e| format!("copying {}: {e}", src.display()))?;
+        let mode = apply_chmod(c.mode.as_ref(), md.mode() & 0o7777, false)?;
+        lchown(target, uid, gid)?;
+        fs::set_permissions(target, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        set_mtime(target, md, true)
+    }
+
+    /// mkdir -p of a resolved host path inside the root; new dirs get 0755 and `owner`.
+    fn mkdir_all(&mut self, path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+        if path.is_dir() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        let mut cur = path.to_path_buf();
+        while !cur.exists() && cur.starts_with(self.root) && cur != self.root {
+            missing.push(cur.clone());
+            if !cur.pop() {
+                break;
+            }
+        }
+        for dir in missing.iter().rev() {
+            fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", self.show(dir)))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", self.show(dir)))?;
+            if let Some((u, g)) = owner {
+                lchown(dir, u, g)?;
+            }
+        }
+        if !path.is_dir() {
+            return Err(format!("{} exists and is not a directory", self.show(path)));
+        }
+        Ok(())
+    }
+
+    fn show(&self, p: &Path) -> String {
+        format!("/{}", p.strip_prefix(self.root).unwrap_or(p).display())
+    }
+
+    fn mkdir(
+        &mut self,
+        path: &str,
+        mode: u32,
+        parents: bool,
+        owner: Option<&Owner>,
+    ) -> Result<(), String> {
+        let owner = match owner {
+            Some(o) => Some(self.owner(o)?),
+            None => None,
+        };
+        let target = resolve_in_root(self.root, path, true)?;
+        if target.is_dir() {
+            return Ok(());
+        }
+        if parents {
+            if let Some(p) = target.parent() {
+                self.mkdir_all(p, owner)?;
+            }
+        }
+        fs::create_dir(&target).map_err(|e| format!("mkdir {path}: {e}"))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("mkdir {path}: {e}"))?;
+        if let Some((u, g)) = owner {
+            lchown(&target, u, g)?;
+        }
+        Ok(())
+    }
+
+    fn mkfile(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+        owner: Option<&Owner>,
+    ) -> Result<(), String> {
+        let owner = match owner {
+            Some(o) => Some(self.owner(o)?),
+            None => None,
+        };
+        let target = resolve_in_root(self.root, path, false)?;
+        if let Some(p) = target.parent() {
+            self.mkdir_all(p, owner)?;
+        }
+        if target.is_dir() {
+            return Err(format!("{path} is a directory"));
+        }
+        let _ = fs::remove_file(&target);
+        fs::write(&target, data).map_err(|e| format!("writing {path}: {e}"))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{path}: {e}"))?;
+        if let Some((u, g)) = owner {
+            lchown(&target, u, g)?;
+        }
+        Ok(())
+    }
+
+    fn rm(&mut self, path: &str, allow_not_found: bool) -> Result<(), String> {
+        let target = resolve_in_root(self.root, path, false)?;
+        match fs::symlink_metadata(&target) {
+            Ok(md) if md.is_dir() => {
+                fs::remove_dir_all(&target).map_err(|e| format!("rm {path}: {e}"))
+            }
+            Ok(_) => fs::remove_file(&target).map_err(|e| format!("rm {path}: {e}")),
+            Err(_) if allow_not_found => Ok(()),
+            Err(e) => Err(format!("rm {path}: {e}")),
+        }
+    }
+
+    fn symlink(&mut self, target: &str, link: &str, owner: Option<&Owner>) -> Result<(), String> {
+        let owner = match owner {
+            Some(o) => Some(self.owner(o)?),
+            None => None,
+        };
+        let at = resolve_in_root(self.root, link, false)?;
+        if let Some(p) = at.parent() {
+            self.mkdir_all(p, None)?;
+        }
+        symlink(target, &at).map_err(|e| format!("symlink {link}: {e}"))?;
+        if let Some((u, g)) = owner {
+            lchown(&at, u, g)?;
+        }
+        Ok(())
+    }
+}
+
+fn finish_dir(target: &Path, md: &fs::Metadata) -> Result<(), String> {
+    set_mtime(target, md, true)
+}
+
+fn lchown(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+        .map_err(|e| format!("chown {}: {e}", p.display()))
+}
+
+fn set_mtime(p: &Path, md: &fs::Metadata, follow: bool) -> Result<(), String> {
+    let t = md.modified().map_err(|e| e.to_string())?;
+    let times = fs::FileTimes::new().set_modified(t).set_accessed(t);
+    if follow {
+        let f = fs::File::options()
+            .read(true)
+            .open(p)
+            .or_else(|_| fs::File::open(p))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        f.set_times(times)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    } else {
+        // Symlink mtimes are not settable portably without utimensat(AT_SYMLINK_NOFOLLOW);
+        // the layer writer clamps them with SOURCE_DATE_EPOCH when reproducibility is asked.
+        Ok(())
+    }
+}
+
+/// Apply a `--chmod` to a mode. Octal replaces the permission bits; symbolic edits them.
+pub fn apply_chmod(chmod: Option<&Chmod>, mode: u32, is_dir: bool) -> Result<u32, String> {
+    match chmod {
+        None => Ok(mode),
+        Some(Chmod::Octal(m)) => Ok(*m & 0o7777),
+        Some(Chmod::Symbolic(s)) => symbolic_mode(s, mode, is_dir),
+    }
+}
+
+/// Parse and apply a symbolic mode such as `u+x,g-w,o=r` or `a+X`.
+pub fn symbolic_mode(spec: &str, mut mode: u32, is_dir: bool) -> Result<u32, String> {
+    for clause in spec.split(',') {
+        let bad = || format!("invalid chmod {spec:?}");
+        let op_pos = clause.find(['+', '-', '=']).ok_or_else(bad)?;
+        let (who, rest) = clause.split_at(op_pos);
+        let mut mask = 0u32;
+        for ch in who.chars() {
+            mask |= match ch {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o1007,
+                'a' => 0o7777,
+                _ => return Err(bad()),
+            };
+        }
+        if who.is_empty() {
+            mask = 0o7777;
+        }
+        let mut chars = rest.chars();
+        let op = chars.next().ok_or_else(bad)?;
+        let mut bits = 0u32;
+        for ch in chars {
+            bits |= match ch {
+                'r' => 0o444,
+                'w' => 0o222,
+                'x' => 0o111,
+                'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                'X' => 0,
+                's' => 0o6000,
+                't' => 0o1000,
+                _ => return Err(bad()),
+            };
+        }
+        let bits = bits & mask;
+        match op {
+            '+' => mode |= bits,
+            '-' => mode &= !bits,
+            _ => mode = (mode & !(mask & 0o777)) | bits,
+        }
+    }
+    Ok(mode & 0o7777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_in_root_clamps_absolute_and_dotdot_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        symlink("/usr/bin", root.join("bin")).unwrap();
+        symlink("../../../../etc", root.join("usr/escape")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, "/bin/sh", true).unwrap(),
+            root.join("usr/bin/sh")
+        );
+        assert_eq!(
+            resolve_in_root(root, "/usr/escape/passwd", true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, "/../../x", true).unwrap(),
+            root.join("x")
+        );
+        // last component not followed
+        assert_eq!(
+            resolve_in_root(root, "/bin", false).unwrap(),
+            root.join("bin")
+        );
+        symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve_in_root(root, "/loop/x", true).is_err());
+    }
+
+    #[test]
+    fn symbolic_chmod() {
+        assert_eq!(symbolic_mode("u+x", 0o644, false).unwrap(), 0o744);
+        assert_eq!(symbolic_mode("go-r", 0o644, false).unwrap(), 0o600);
+        assert_eq!(symbolic_mode("a=r", 0o755, false).unwrap(), 0o444);
+        assert_eq!(symbolic_mode("a+X", 0o644, true).unwrap(), 0o755);
+        assert_eq!(symbolic_mode("a+X", 0o644, false).unwrap(), 0o644);
+        assert_eq!(symbolic_mode("u=rwx,g=rx,o=", 0o000, false).unwrap(), 0o750);
+        assert!(symbolic_mode("z+x", 0o644, false).is_err());
+        assert_eq!(
+            apply_chmod(Some(&Chmod::Octal(0o600)), 0o755, false).unwrap(),
+            0o600
+        );
+    }
+}

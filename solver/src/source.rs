@@ -1,0 +1,203 @@
+//! Source ops: resolving and pulling base images, and local directories.
+//!
+//! Resolution (tag → manifest digest + config) is remembered in the store (`meta` namespace
+//! `resolve`), so a rebuild needs no registry round-trip unless `--pull` asks for one. Pulled
+//! layers are fetched into the content store (digest-verified by the registry client) and
+//! unpacked into one snapshot per layer; a layer already unpacked (same diff id) is reused.
+
+use std::sync::Mutex;
+
+use rbuild_graph::Platform;
+use rbuild_oci::{Reference, RegistryClient};
+
+use crate::{Chain, Layer, ResolvedImage, SolveError, Solver};
+
+const RESOLVE_NS: &str = "resolve";
+const LAYER_NS: &str = "layer-snapshot";
+
+pub(crate) fn oci_platform(p: &Platform) -> rbuild_oci::Platform {
+    rbuild_oci::Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: p.variant.clone(),
+    }
+}
+
+impl Solver {
+    /// Resolve an image reference (as written in a Dockerfile) for `platform`.
+    pub fn resolve_image(
+        &self,
+        text: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, SolveError> {
+        let reference = Reference::parse(text)?;
+        let key = format!("{}|{}", reference, platform.to_text());
+        if let Ok(map) = self.resolved.lock() {
+            if let Some(r) = map.get(&key) {
+                return Ok(r.clone());
+            }
+        }
+        // A digest-pinned reference never changes; a tag is re-resolved only with --pull.
+        if !self.cfg.pull || reference.digest.is_some() {
+            if let Some(json) = self.cfg.store.meta_get(RESOLVE_NS, &key)? {
+                if let Ok(r) = serde_json::from_str::<ResolvedImage>(&json) {
+                    self.remember(&key, &r);
+                    return Ok(r);
+                }
+            }
+        }
+        let resolved = pull_manifest(&self.cfg.registry, &reference, platform)?;
+        let json = serde_json::to_string(&resolved).map_err(|e| SolveError::BadRecord {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        self.cfg.store.meta_put(RESOLVE_NS, &key, &json)?;
+        self.remember(&key, &resolved);
+        Ok(resolved)
+    }
+
+    fn remember(&self, key: &str, r: &ResolvedImage) {
+        if let Ok(mut map) = self.resolved.lock() {
+            map.insert(key.to_string(), r.clone());
+            map.insert(
+                format!(
+                    "{}|{}",
+                    r.manifest_digest,
+                    key.rsplit('|').next().unwrap_or("")
+                ),
+                r.clone(),
+            );
+        }
+    }
+
+    /// Find the resolution for an image source node: by reference, or by digest.
+    pub(crate) fn resolved_for(
+        &self,
+        reference: &str,
+        digest: Option<&str>,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, SolveError> {
+        if let Some(d) = digest {
+            let key = format!("{}|{}", d, platform.to_text());
+            if let Ok(map) = self.resolved.lock() {
+                if let Some(r) = map.get(&key) {
+                    return Ok(r.clone());
+                }
+            }
+            let r = self.resolve_image(reference, platform)?;
+            if r.manifest_digest == d {
+                return Ok(r);
+            }
+            // The tag moved since lowering; pin to the digest the graph names.
+            let pinned = match reference.split_once('@') {
+                Some((name, _)) => format!("{name}@{d}"),
+                None => format!("{reference}@{d}"),
+            };
+            return self.resolve_image(&pinned, platform);
+        }
+        self.resolve_image(reference, platform)
+    }
+
+    /// Pull every layer of `image` and unpack it; returns the chain (bottom first).
+    pub(crate) fn pull_layers(&self, image: &ResolvedImage) -> Result<Chain, SolveError> {
+        let config = rbuild_graph::ImageConfig::from_json(&image.config)?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != image.layers.len() {
+            return Err(SolveError::Step {
+                step: format!("FROM {}", image.reference),
+                message: format!(
+                    "image has {} layers but its config lists {} diff ids",
+                    image.layers.len(),
+                    diff_ids.len()
+                ),
+                lines: None,
+            });
+        }
+        let reference = Reference::parse(&image.reference)?;
+        let results: Mutex<Vec<Option<Result<Layer, SolveError>>>> =
+            Mutex::new((0..image.layers.len()).map(|_| None).collect());
+        // Layers download and unpack in parallel (bounded by the parallelism setting).
+        let width = self.cfg.max_parallelism.clamp(1, 4);
+        let next = Mutex::new(0usize);
+        std::thread::scope(|s| {
+            for _ in 0..width.min(image.layers.len()) {
+                s.spawn(|| loop {
+                    let i = match next.lock() {
+                        Ok(mut n) => {
+                            let i = *n;
+                            *n += 1;
+                            i
+                        }
+                        Err(_) => return,
+                    };
+                    if i >= image.layers.len() {
+                        return;
+                    }
+                    let r = self.pull_one(&reference, &image.layers[i], &diff_ids[i]);
+                    if let Ok(mut v) = results.lock() {
+                        v[i] = Some(r);
+                    }
+                });
+            }
+        });
+        let results = results.into_inner().map_err(|_| SolveError::Cancelled)?;
+        let mut chain = Vec::with_capacity(results.len());
+        for r in results {
+            chain.push(r.ok_or(SolveError::Cancelled)??);
+        }
+        Ok(chain)
+    }
+
+    fn pull_one(
+        &self,
+        reference: &Reference,
+        desc: &rbuild_oci::Descriptor,
+        diff_id: &str,
+    ) -> Result<Layer, SolveError> {
+        let store = &self.cfg.store;
+        let layer = |snapshot: String| Layer {
+            snapshot,
+            diff_id: diff_id.to_string(),
+            blob: desc.digest.clone(),
+            size: desc.size,
+            media_type: desc.media_type.clone(),
+        };
+        if let Some(id) = store.meta_get(LAYER_NS, diff_id)? {
+            if store.snapshot_exists(&id) && store.has_blob(&desc.digest) {
+                return Ok(layer(id));
+            }
+        }
+        self.cfg
+            .registry
+            .fetch_blob(reference, desc, store)
+            .map_err(|source| SolveError::Pull {
+                reference: reference.to_string(),
+                source,
+            })?;
+        let snap = store.new_snapshot()?;
+        let file = store.open_blob(&desc.digest)?;
+        rbuild_oci::apply_layer(std::io::BufReader::new(file), &snap.fs)?;
+        store.commit_snapshot(&snap.id)?;
+        store.meta_put(LAYER_NS, diff_id, &snap.id)?;
+        Ok(layer(snap.id))
+    }
+}
+
+fn pull_manifest(
+    registry: &RegistryClient,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<ResolvedImage, SolveError> {
+    let m = registry
+        .resolve(reference, &oci_platform(platform))
+        .map_err(|source| SolveError::Pull {
+            reference: reference.familiar(),
+            source,
+        })?;
+    Ok(ResolvedImage {
+        reference: m.reference.to_string(),
+        manifest_digest: m.manifest_digest,
+        config: m.config,
+        layers: m.layers,
+    })
+}
