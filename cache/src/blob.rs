@@ -90,6 +90,41 @@ impl Store {
         w.commit(Some((&info.digest, Some(info.size))))
     }
 
+    /// Remove a blob (for GC). Removing a missing blob is not an error.
+    pub fn remove_blob(&self, digest: &str) -> Result<(), CacheError> {
+        let path = self.blob_path(digest)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CacheError::io("remove blob", &path, e)),
+        }
+    }
+
+    /// All blobs in the content store with their on-disk sizes, sorted by digest (for GC/`du`).
+    pub fn list_blobs(&self) -> Result<Vec<BlobInfo>, CacheError> {
+        let dir = self.inner.root.join(BLOBS_DIR);
+        let rd = fs::read_dir(&dir).map_err(|e| CacheError::io("read directory", &dir, e))?;
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| CacheError::io("read directory", &dir, e))?;
+            let digest = format!("sha256:{}", ent.file_name().to_string_lossy());
+            if util::parse_digest(&digest).is_err() {
+                continue;
+            }
+            match ent.metadata() {
+                Ok(md) if md.is_file() => out.push(BlobInfo {
+                    digest,
+                    size: md.len(),
+                }),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::io("stat", ent.path(), e)),
+            }
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(out)
+    }
+
     /// A streaming writer; call [`BlobWriter::commit`] to store the blob.
     pub fn blob_writer(&self) -> Result<BlobWriter, CacheError> {
         let tmp = self.new_tmp_path("blob");

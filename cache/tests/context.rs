@@ -456,3 +456,48 @@ fn deleted_files_leave_the_stat_cache() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+#[test]
+fn concurrent_checksums_agree() {
+    let e = env();
+    for i in 0..500 {
+        write(
+            &e.ctx,
+            &format!("d{}/f{i}", i % 10),
+            &format!("content {i}"),
+        );
+    }
+    settle();
+    let want = d(&e, "/");
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let store = if t % 2 == 0 {
+                e.store.clone()
+            } else {
+                Store::open(e.store.root()).unwrap()
+            };
+            let ctx = e.ctx.clone();
+            std::thread::spawn(move || {
+                let path = if t % 3 == 0 { "/d1" } else { "/" };
+                (
+                    path,
+                    checksum(&store, &ctx, &sel(path), &ExcludeMatcher::empty())
+                        .unwrap()
+                        .digest,
+                )
+            })
+        })
+        .collect();
+    let d1 = d(&e, "/d1");
+    for t in threads {
+        let (path, got) = t.join().unwrap();
+        assert_eq!(
+            got,
+            if path == "/" {
+                want.clone()
+            } else {
+                d1.clone()
+            }
+        );
+    }
+}

@@ -67,6 +67,15 @@ fn write_read_and_layout() {
         store.open_blob(&missing),
         Err(CacheError::BlobNotFound { .. })
     ));
+    // listing and removal (GC)
+    let other = store.write_blob(b"other").unwrap();
+    let mut want = vec![info.clone(), other.clone()];
+    want.sort_by(|a, b| a.digest.cmp(&b.digest));
+    assert_eq!(store.list_blobs().unwrap(), want);
+    store.remove_blob(&other.digest).unwrap();
+    store.remove_blob(&other.digest).unwrap();
+    assert!(!store.has_blob(&other.digest));
+    assert_eq!(store.list_blobs().unwrap(), vec![info.clone()]);
     // corruption detected on read
     std::fs::write(&p, b"hellO").unwrap();
     assert!(matches!(

@@ -105,7 +105,6 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         dockerignore,
         no_cache: b.no_cache,
         labels,
-        ..BuildOpts::default()
     };
     Ok(Inputs {
         context,

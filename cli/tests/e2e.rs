@@ -316,7 +316,11 @@ fn a_rebuild_with_nothing_changed_is_fully_cached_and_runs_no_step() {
         uuid1,
         "the RUN step did not run again"
     );
-    assert_eq!(p.manifest("c:1")["layers"], m1["layers"]);
+    assert_eq!(
+        p.manifest("c:1"),
+        m1,
+        "a fully cached rebuild yields the same image"
+    );
     // --no-cache runs it again.
     p.build(&["--no-cache", "-t", "c:2"]).ok();
     assert_ne!(p.unpack("c:2").read("/uuid"), uuid1);
@@ -769,4 +773,44 @@ fn the_store_holds_no_half_written_data_after_a_failed_build() {
             snap.path().display()
         );
     }
+}
+
+#[test]
+fn add_unpacks_local_tar_archives_detected_by_content_and_copies_other_files() {
+    let p = Project::new(
+        "FROM busybox\nADD bundle.tgz /opt/\nADD plain.tar /plain/\nADD notatar.gz /files/\nCOPY bundle.tgz /copied/\n",
+    );
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir_all(src.path().join("pkg/bin")).unwrap();
+    fs::write(src.path().join("pkg/bin/tool"), "tool").unwrap();
+    let tgz = p.path().join("bundle.tgz");
+    assert!(Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(src.path())
+        .arg("pkg")
+        .status()
+        .unwrap()
+        .success());
+    let tar = p.path().join("plain.tar");
+    assert!(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(src.path())
+        .arg("pkg")
+        .status()
+        .unwrap()
+        .success());
+    p.file("notatar.gz", "just text with a misleading name");
+    p.build(&["-t", "add:1"]).ok();
+    let r = p.unpack("add:1");
+    assert_eq!(r.read("/opt/pkg/bin/tool"), "tool");
+    assert_eq!(r.read("/plain/pkg/bin/tool"), "tool");
+    assert_eq!(
+        r.read("/files/notatar.gz"),
+        "just text with a misleading name"
+    );
+    assert!(r.exists("/copied/bundle.tgz"), "COPY never unpacks");
 }

@@ -23,11 +23,15 @@ pub enum FrontendError {
         suggestion: Option<String>,
     },
     /// A `--flag` the instruction does not accept.
-    #[error("Dockerfile:{line}: {instruction}: unknown flag: --{flag}")]
+    #[error(
+        "Dockerfile:{line}: {instruction}: unknown flag: --{flag}{}",
+        did_you_mean_flag(suggestion)
+    )]
     UnknownFlag {
         line: u32,
         instruction: String,
         flag: String,
+        suggestion: Option<String>,
     },
     /// A semantic error in one instruction (bad arguments, unsupported feature, …).
     #[error("Dockerfile:{line}: {message}")]
@@ -75,6 +79,13 @@ pub enum FrontendError {
 fn did_you_mean(s: &Option<String>) -> String {
     match s {
         Some(s) => format!(" (did you mean {s}?)"),
+        None => String::new(),
+    }
+}
+
+fn did_you_mean_flag(s: &Option<String>) -> String {
+    match s {
+        Some(s) => format!(" (did you mean --{s}?)"),
         None => String::new(),
     }
 }

@@ -214,6 +214,7 @@ fn parse_flags(
             return Err(FrontendError::UnknownFlag {
                 line: inst.line_start,
                 instruction: inst.keyword.clone(),
+                suggestion: suggest(&k, allowed.iter().copied()),
                 flag: k,
             });
         }
@@ -606,6 +607,11 @@ pub(crate) fn build(
         }
         None => stages.len().saturating_sub(1),
     };
+    let target_name = stages
+        .get(target)
+        .and_then(|s| s.name.clone())
+        .unwrap_or_else(|| "default".to_string());
+    set_pair(&mut lw.global, "TARGETSTAGE", target_name);
 
     // Dependencies and reachability.
     let mut deps: Vec<BTreeSet<usize>> = Vec::new();
@@ -937,12 +943,19 @@ impl<'a> Lowerer<'a> {
                 reference: reference.to_string(),
                 message,
             })?;
+        let op = SourceOp::Image {
+            reference: resolved.reference.clone(),
+            digest: Some(resolved.digest.clone()),
+            platform: platform.clone(),
+        };
+        let op_key =
+            String::from_utf8_lossy(&rbuild_graph::canonical_json(&op, "source")?).into_owned();
+        if let Some(n) = self.sources.get(&op_key).copied() {
+            self.images.insert(key, (n, resolved.clone()));
+            return Ok((n, resolved));
+        }
         let n = self.push(
-            Op::Source(SourceOp::Image {
-                reference: resolved.reference.clone(),
-                digest: Some(resolved.digest.clone()),
-                platform: platform.clone(),
-            }),
+            Op::Source(op),
             vec![],
             Meta {
                 description,
@@ -951,6 +964,7 @@ impl<'a> Lowerer<'a> {
                 ignore_cache: false,
             },
         )?;
+        self.sources.insert(op_key, n);
         self.images.insert(key, (n, resolved.clone()));
         Ok((n, resolved))
     }

@@ -316,3 +316,17 @@ fn error_lines_and_detail() {
     let e = build("", &opts(), &FakeResolver).unwrap_err();
     assert_eq!(e.line(), None);
 }
+
+#[test]
+fn equivalent_image_references_share_one_source_node() {
+    let p = plan(
+        "FROM busybox AS a\nRUN true\nFROM docker.io/library/busybox:latest\nCOPY --from=a /x /x\n",
+    );
+    let images = p
+        .definition
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Source(SourceOp::Image { .. })))
+        .count();
+    assert_eq!(images, 1);
+}

@@ -35,6 +35,98 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// Extract a layer blob (gzip or uncompressed tar; zstd is detected and refused with a clear
 /// error) into `dest` in overlayfs upper format. See the module docs for the safety rules.
 pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
+    extract(blob, dest, true)
+}
+
+/// Extract an archive (gzip or uncompressed tar) into `dest` the way `ADD archive.tar.gz /dir`
+/// does: the same safe extraction as [`apply_layer`], but `.wh.*` names are ordinary files.
+pub fn extract_archive(archive: impl Read, dest: &Path) -> Result<(), OciError> {
+    extract(archive, dest, false)
+}
+
+/// What [`archive_kind`] found at the start of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// Not an archive: copy the file as it is.
+    None,
+    Tar,
+    GzipTar,
+    /// A compressed tar rbuild cannot decompress yet (bzip2, xz, zstd).
+    Unsupported(&'static str),
+}
+
+/// Detect by content (never by name) whether a file is a tar archive ADD should unpack.
+pub fn archive_kind(path: &Path) -> Result<ArchiveKind, OciError> {
+    let mut f = std::fs::File::open(path).map_err(OciError::io("open", path))?;
+    let mut head = [0u8; 512];
+    let n = read_full(&mut f, &mut head).map_err(OciError::io("read", path))?;
+    let head = &head[..n];
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let f = std::fs::File::open(path).map_err(OciError::io("open", path))?;
+        let mut gz = flate2::read::MultiGzDecoder::new(f);
+        let mut inner = [0u8; 512];
+        return Ok(match read_full(&mut gz, &mut inner) {
+            Ok(512) if is_tar_header(&inner) => ArchiveKind::GzipTar,
+            _ => ArchiveKind::None,
+        });
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(ArchiveKind::Unsupported("zstd"));
+    }
+    if head.starts_with(b"BZh") {
+        return Ok(ArchiveKind::Unsupported("bzip2"));
+    }
+    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Ok(ArchiveKind::Unsupported("xz"));
+    }
+    if n == 512 && is_tar_header(head) {
+        return Ok(ArchiveKind::Tar);
+    }
+    Ok(ArchiveKind::None)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A tar header: the checksum field matches the header bytes (ustar or old v7 format).
+fn is_tar_header(h: &[u8]) -> bool {
+    if h.len() < 512 || h[0] == 0 {
+        return false;
+    }
+    let field = &h[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0 && **b != b' ')
+        .map(|b| *b as char)
+        .collect();
+    let Ok(stored) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = h[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    sum == stored
+}
+
+fn extract(blob: impl Read, dest: &Path, whiteouts: bool) -> Result<(), OciError> {
     let mut buffered = BufReader::with_capacity(128 * 1024, blob);
     let magic = buffered
         .fill_buf()
@@ -60,6 +152,7 @@ pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
         root,
         dest: dest.to_path_buf(),
         dir_times: Vec::new(),
+        whiteouts,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -90,6 +183,8 @@ struct Extractor {
     root: OwnedFd,
     dest: PathBuf,
     dir_times: Vec<(String, (i64, u32))>,
+    /// Interpret `.wh.` entries as overlay whiteouts (layers) or keep them as files (ADD).
+    whiteouts: bool,
 }
 
 /// Split an archive path into safe components: leading `/` and `.` are dropped (paths are
@@ -282,7 +377,7 @@ impl Extractor {
         let name_os = OsStr::from_bytes(name);
 
         // Whiteouts.
-        if *name == OPAQUE_MARKER.as_bytes() {
+        if self.whiteouts && *name == OPAQUE_MARKER.as_bytes() {
             let dir = self.ensure_dir(parent_comps)?;
             rustix::fs::fsetxattr(
                 &dir,
@@ -293,7 +388,10 @@ impl Extractor {
             .map_err(self.err("set opaque xattr on", &join(parent_comps)))?;
             return Ok(());
         }
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        if let Some(target) = name
+            .strip_prefix(WHITEOUT_PREFIX.as_bytes())
+            .filter(|_| self.whiteouts)
+        {
             if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
                 return Err(OciError::UnsafePath {
                     path: String::from_utf8_lossy(&raw_path).into_owned(),

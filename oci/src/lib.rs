@@ -17,7 +17,7 @@ pub mod types;
 pub use error::OciError;
 pub use export::{export_docker_archive, export_oci_archive};
 pub use image_store::ImageStore;
-pub use layer::{apply_layer, write_layer, LayerOpts};
+pub use layer::{apply_layer, archive_kind, extract_archive, write_layer, ArchiveKind, LayerOpts};
 pub use reference::Reference;
 pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};
 pub use store::{ContentStore, DirStore};

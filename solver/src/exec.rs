@@ -2,7 +2,9 @@
 //!
 //! The rootfs is an overlay of the input chain's snapshots with a fresh snapshot as the upper
 //! dir, so the upper dir *is* the step's layer (overlay whiteouts record deletions). After a
-//! successful run the layer is written as a deterministic tar into the content store.
+//! successful run the layer is written as a deterministic tar into the content store. Where
+//! overlayfs cannot be mounted, the step runs in a materialized copy of the chain instead and
+//! the layer is computed by a diff ([`crate::fallback`]).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -47,15 +49,20 @@ impl Solver {
         for m in op.mounts.iter().skip(1) {
             extra.push(self.extra_mount(m, inputs).map_err(&fail)?);
         }
+        // Copy snapshotter: the step runs in a materialized copy of its input (removed on drop).
+        let work_root = self.copy_work_root(&chain)?;
         let snap = store.new_snapshot()?;
         let lowers = self.lowers(&chain)?;
         let mut env = op.env.clone();
         env.extend(op.proxy_env.iter().cloned());
         let spec = ExecSpec {
-            rootfs: Rootfs::Overlay {
-                lowers,
-                upper: snap.fs.clone(),
-                work: snap.work.clone(),
+            rootfs: match &work_root {
+                Some(w) => Rootfs::Dir(w.dir().to_path_buf()),
+                None => Rootfs::Overlay {
+                    lowers,
+                    upper: snap.fs.clone(),
+                    work: snap.work.clone(),
+                },
             },
             args: op.args.clone(),
             env,
@@ -97,6 +104,12 @@ impl Solver {
                 tail: tail.lines(),
                 lines: node.meta.lines,
             });
+        }
+        if let Some(w) = work_root {
+            if let Err(e) = w.diff_into(&snap.fs) {
+                let _ = store.remove_snapshot(&snap.id);
+                return Err(e);
+            }
         }
         let layer = self.commit_layer(&snap)?;
         let mut out = chain;

@@ -7,6 +7,7 @@
 //! a layer's `etc -> /host/etc` style link can never reach outside it.
 
 use std::fs;
+use std::io;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -41,7 +42,11 @@ impl Solver {
         };
         let snap = store.new_snapshot()?;
         let mnt = store.tmp_dir().join(format!("mnt-{}", snap.id));
-        let result = self.file_in_namespace(op, inputs, &base, &snap, &mnt);
+        let result = if crate::fallback::use_copy_snapshotter() {
+            self.file_copy_mode(op, inputs, &base, &snap, &mnt)
+        } else {
+            self.file_in_namespace(op, inputs, &base, &snap, &mnt)
+        };
         let _ = fs::remove_dir_all(&mnt);
         match result {
             Ok(Ok(())) => {}
@@ -88,7 +93,6 @@ impl Solver {
             }
         }
         let lowers = self.lowers(base)?;
-        let dest_input = op.dest_input;
         let r = rbuild_executor::with_private_mounts(|m| -> Result<(), String> {
             m.overlay(&lowers, &snap.fs, &snap.work, &root)
                 .map_err(|e| format!("mounting the destination: {e}"))?;
@@ -96,62 +100,74 @@ impl Solver {
                 m.overlay_ro(l, dir)
                     .map_err(|e| format!("mounting a copy source: {e}"))?;
             }
-            let mut ctx = Ctx {
-                root: &root,
-                ids: None,
-            };
-            for action in &op.actions {
-                match action {
-                    FileAction::Copy(c) => {
-                        let (src_root, exclude, from_context) = match inputs.get(c.src_input) {
-                            Some(Value::Local(d)) => (
-                                d.path.clone(),
-                                ExcludeMatcher::new(&d.exclude).map_err(|e| e.to_string())?,
-                                true,
-                            ),
-                            Some(Value::Chain(_)) if Some(c.src_input) == dest_input => {
-                                (root.clone(), empty_matcher()?, false)
-                            }
-                            Some(Value::Chain(_)) => {
-                                let dir = src_chains
-                                    .iter()
-                                    .find(|(i, _, _)| *i == c.src_input)
-                                    .map(|(_, d, _)| d.clone())
-                                    .ok_or("copy source not mounted")?;
-                                (dir, empty_matcher()?, false)
-                            }
-                            None => return Err("copy source input missing".into()),
-                        };
-                        ctx.copy(c, &src_root, &exclude, from_context)?;
-                    }
-                    FileAction::Mkdir {
-                        path,
-                        mode,
-                        make_parents,
-                        owner,
-                    } => ctx.mkdir(path, *mode, *make_parents, owner.as_ref())?,
-                    FileAction::Mkfile {
-                        path,
-                        mode,
-                        data,
-                        owner,
-                    } => ctx.mkfile(path, *mode, data, owner.as_ref())?,
-                    FileAction::Rm {
-                        path,
-                        allow_not_found,
-                        allow_wildcard: _,
-                    } => ctx.rm(path, *allow_not_found)?,
-                    FileAction::Symlink {
-                        target,
-                        link,
-                        owner,
-                    } => ctx.symlink(target, link, owner.as_ref())?,
-                }
-            }
-            Ok(())
+            let src_dirs: Vec<(usize, PathBuf)> =
+                src_chains.iter().map(|(i, d, _)| (*i, d.clone())).collect();
+            apply_actions(op, inputs, &root, &src_dirs)
         })?;
         Ok(r)
     }
+}
+
+/// Run a file op's actions on the destination root `root` (an overlay mount or, in copy mode,
+/// a plain directory); `src_dirs` are the merged views of the chain inputs read as copy
+/// sources, by input index.
+pub(crate) fn apply_actions(
+    op: &FileOp,
+    inputs: &[Value],
+    root: &Path,
+    src_dirs: &[(usize, PathBuf)],
+) -> Result<(), String> {
+    let dest_input = op.dest_input;
+    let mut ctx = Ctx { root, ids: None };
+    for action in &op.actions {
+        match action {
+            FileAction::Copy(c) => {
+                let (src_root, exclude, from_context) = match inputs.get(c.src_input) {
+                    Some(Value::Local(d)) => (
+                        d.path.clone(),
+                        ExcludeMatcher::new(&d.exclude).map_err(|e| e.to_string())?,
+                        true,
+                    ),
+                    Some(Value::Chain(_)) if Some(c.src_input) == dest_input => {
+                        (root.to_path_buf(), empty_matcher()?, false)
+                    }
+                    Some(Value::Chain(_)) => {
+                        let dir = src_dirs
+                            .iter()
+                            .find(|(i, _)| *i == c.src_input)
+                            .map(|(_, d)| d.clone())
+                            .ok_or("copy source not mounted")?;
+                        (dir, empty_matcher()?, false)
+                    }
+                    None => return Err("copy source input missing".into()),
+                };
+                ctx.copy(c, &src_root, &exclude, from_context)?;
+            }
+            FileAction::Mkdir {
+                path,
+                mode,
+                make_parents,
+                owner,
+            } => ctx.mkdir(path, *mode, *make_parents, owner.as_ref())?,
+            FileAction::Mkfile {
+                path,
+                mode,
+                data,
+                owner,
+            } => ctx.mkfile(path, *mode, data, owner.as_ref())?,
+            FileAction::Rm {
+                path,
+                allow_not_found,
+                allow_wildcard: _,
+            } => ctx.rm(path, *allow_not_found)?,
+            FileAction::Symlink {
+                target,
+                link,
+                owner,
+            } => ctx.symlink(target, link, owner.as_ref())?,
+        }
+    }
+    Ok(())
 }
 
 fn empty_matcher() -> Result<ExcludeMatcher, String> {
@@ -343,6 +359,9 @@ impl Ctx<'_> {
             }
             .map_err(|e| format!("{}: {e}", m.display()))?;
             let rel_in_src = m.strip_prefix(src_root).unwrap_or(m).to_path_buf();
+            if c.attempt_unpack && md.is_file() && self.unpack(m, &dest_resolved, owner)? {
+                continue;
+            }
             if md.is_dir() && c.dir_copy_contents {
                 self.mkdir_all(&dest_resolved, owner)?;
                 self.copy_tree(
@@ -377,6 +396,33 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// ADD of a local tar (plain or gzip, detected by content): extract into `dest` as a
+    /// directory. Returns false when the file is not an archive (it is then copied as is).
+    fn unpack(
+        &mut self,
+        src: &Path,
+        dest: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<bool, String> {
+        use rbuild_oci::ArchiveKind;
+        match rbuild_oci::archive_kind(src).map_err(|e| e.to_string())? {
+            ArchiveKind::None => Ok(false),
+            ArchiveKind::Unsupported(kind) => Err(format!(
+                "ADD {}: unpacking {kind} archives is not supported yet",
+                src.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            )),
+            ArchiveKind::Tar | ArchiveKind::GzipTar => {
+                self.mkdir_all(dest, owner)?;
+                let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+                rbuild_oci::extract_archive(io::BufReader::new(f), dest)
+                    .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
+                Ok(true)
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn copy_tree(
         &mut self,
@@ -396,16 +442,27 @@ impl Ctx<'_> {
         for e in entries {
             let name = e.file_name();
             let child_rel = rel.join(&name);
-            if from_context && exclude.is_excluded(&child_rel.to_string_lossy()) {
-                continue;
-            }
+            let rel_text = child_rel.to_string_lossy();
+            let excluded = from_context && exclude.is_excluded(&rel_text);
             let path = e.path();
             let md = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let target = dst.join(&name);
             if md.is_dir() {
+                // An excluded directory is still walked when a `!` pattern may re-include
+                // something below it; it is kept only if something was copied into it.
+                if excluded && exclude.can_skip_dir(&rel_text) {
+                    continue;
+                }
+                let existed = target.exists();
                 self.copy_dir_entry(&path, &target, &md, c, owner)?;
                 self.copy_tree(&path, &target, &child_rel, c, owner, exclude, from_context)?;
+                if excluded && !existed && is_empty_dir(&target) {
+                    fs::remove_dir(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+                    continue;
+                }
                 finish_dir(&target, &md)?;
+            } else if excluded {
+                continue;
             } else {
                 self.copy_leaf(&path, &target, &md, c, owner)?;
             }
@@ -586,6 +643,12 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    fs::read_dir(p)
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(false)
 }
 
 fn finish_dir(target: &Path, md: &fs::Metadata) -> Result<(), String> {

@@ -33,19 +33,22 @@ impl Solver {
         rbuild_oci::write_layer(&snap.fs, &mut w, &opts)?;
         let info = w.commit(None)?;
         store.commit_snapshot(&snap.id)?;
+        let created = self.cfg.source_date_epoch.unwrap_or_else(unix_now);
         Ok(Layer {
             snapshot: snap.id.clone(),
             diff_id: info.digest.clone(),
             blob: info.digest,
             size: info.size,
             media_type: LAYER_TAR.to_string(),
+            created: Some(created),
         })
     }
 }
 
 /// Build the final image from a chain and the frontend's config, store it in the local image
-/// store and return its descriptors. New history entries and `created` get the current time
-/// (or `source_date_epoch`).
+/// store and return its descriptors. New history entries and `created` get
+/// `source_date_epoch` when set, else the time the newest layer of the chain was made (so a
+/// fully cached rebuild gives the same image id), else the current time.
 pub fn finalize_image(
     store: &rbuild_cache::Store,
     chain: &Chain,
@@ -53,12 +56,9 @@ pub fn finalize_image(
     source_date_epoch: Option<i64>,
     annotations: &BTreeMap<String, String>,
 ) -> Result<ImageResult, SolveError> {
-    let now = source_date_epoch.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-    });
+    let now = source_date_epoch
+        .or_else(|| chain.iter().filter_map(|l| l.created).max())
+        .unwrap_or_else(unix_now);
     let stamp = rfc3339(now);
     let mut cfg = config.clone();
     cfg.rootfs.kind = "layers".to_string();
@@ -87,6 +87,13 @@ pub fn finalize_image(
         config_digest: rbuild_graph::sha256_digest(&bytes),
         config: bytes,
     })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a unix time (UTC).

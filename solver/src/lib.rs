@@ -10,6 +10,7 @@
 
 pub mod cachekey;
 pub mod exec;
+pub mod fallback;
 pub mod fileop;
 pub mod image;
 pub mod sched;
@@ -46,12 +47,12 @@ pub enum SolveError {
     Pull {
         reference: String,
         #[source]
-        source: rbuild_oci::OciError,
+        source: Box<rbuild_oci::OciError>,
     },
     #[error(transparent)]
     Cache(#[from] rbuild_cache::CacheError),
     #[error(transparent)]
-    Oci(#[from] rbuild_oci::OciError),
+    Oci(Box<rbuild_oci::OciError>),
     #[error(transparent)]
     Executor(#[from] rbuild_executor::ExecutorError),
     #[error(transparent)]
@@ -66,6 +67,12 @@ pub enum SolveError {
     BadRecord { key: String, message: String },
     #[error("build cancelled")]
     Cancelled,
+}
+
+impl From<rbuild_oci::OciError> for SolveError {
+    fn from(e: rbuild_oci::OciError) -> Self {
+        SolveError::Oci(Box::new(e))
+    }
 }
 
 impl SolveError {
@@ -96,6 +103,10 @@ pub struct Layer {
     pub blob: String,
     pub size: u64,
     pub media_type: String,
+    /// Unix time the layer was made by a build step (`None` for pulled layers). Image
+    /// timestamps derive from it, so a fully cached rebuild yields the same image id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 /// The result of a node: the layers of a filesystem, bottom first.

@@ -161,6 +161,7 @@ impl Solver {
             blob: desc.digest.clone(),
             size: desc.size,
             media_type: desc.media_type.clone(),
+            created: None,
         };
         if let Some(id) = store.meta_get(LAYER_NS, diff_id)? {
             if store.snapshot_exists(&id) && store.has_blob(&desc.digest) {
@@ -172,7 +173,7 @@ impl Solver {
             .fetch_blob(reference, desc, store)
             .map_err(|source| SolveError::Pull {
                 reference: reference.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         let snap = store.new_snapshot()?;
         let file = store.open_blob(&desc.digest)?;
@@ -192,7 +193,7 @@ fn pull_manifest(
         .resolve(reference, &oci_platform(platform))
         .map_err(|source| SolveError::Pull {
             reference: reference.familiar(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(ResolvedImage {
         reference: m.reference.to_string(),
