@@ -5,12 +5,29 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::flags;
+
+const EXAMPLES: &str = "\
+Examples:
+  rbuild -t app:v1 .                              build ./Dockerfile, tag app:v1 (= rbuild build …)
+  rbuild build -f docker/Dockerfile --target prod --build-arg V=2 -t app:prod .
+  rbuild build --progress=plain --metadata-file meta.json --iidfile id.txt .
+  rbuild build -o type=oci,dest=app.tar .         export an OCI archive
+  rbuild build - < Dockerfile                     Dockerfile on stdin, no context
+  tar -c . | rbuild build -t app -                tar context on stdin
+  rbuild build https://github.com/org/repo.git#main:sub
+  rbuild images
+  rbuild completion bash > /etc/bash_completion.d/rbuild
+
+Environment: RBUILD_ROOT (store), RBUILD_PROGRESS (auto|tty|plain|rawjson|quiet), NO_COLOR.
+Exit codes: 0 success, 1 build failed, 2 usage error, 3 internal error.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rbuild",
     version,
     about = "Build container images from Dockerfiles — daemonless, cached, reproducible",
-    after_help = "Examples:\n  rbuild -t app:v1 .                     build ./Dockerfile, tag app:v1\n  rbuild build -f docker/Dockerfile --target prod -t app:prod .\n  rbuild build --output type=oci,dest=app.tar .\n  rbuild images"
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     /// Store directory (default: /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise)
@@ -23,6 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile (the default command)
+    #[command(after_help = EXAMPLES)]
     Build(BuildArgs),
     /// List tagged images in the local store
     Images(ImagesArgs),
@@ -31,8 +49,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
-    /// Print the version
+    /// Print version information
     Version,
+    /// Print a shell completion script: `rbuild completion bash > /etc/bash_completion.d/rbuild`
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,53 +71,112 @@ pub struct ImagesArgs {
     pub quiet: bool,
 }
 
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Default)]
 pub struct BuildArgs {
     /// Name and optionally a tag (name:tag); repeatable
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     pub tags: Vec<String>,
-    /// Dockerfile path (default: CONTEXT/Dockerfile)
+    /// Dockerfile path (default: CONTEXT/Dockerfile; `-` reads it from stdin)
     #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// Build-time variable KEY=VALUE (or KEY to take it from the environment); repeatable
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
+    /// Additional build context NAME=PATH|docker-image://REF|git URL; repeatable
+    #[arg(long = "build-context", value_name = "NAME=VALUE", value_parser = flags::build_context)]
+    pub build_contexts: Vec<String>,
     /// Target stage to build
     #[arg(long)]
     pub target: Option<String>,
+    /// Target platform(s) os/arch[/variant]; comma-separated or repeated
+    #[arg(long = "platform", value_name = "PLATFORM", value_delimiter = ',')]
+    pub platforms: Vec<String>,
     /// Do not use the cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use the cache for these stages; comma-separated or repeated
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
     /// Re-resolve base images from their registries
     #[arg(long)]
     pub pull: bool,
     /// Suppress build output and print the image id on success
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output destination: type=oci|docker,dest=FILE; repeatable
-    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    /// Output destination: type=oci|docker,dest=FILE (buildx syntax); repeatable
+    #[arg(short = 'o', long = "output", value_name = "SPEC", value_parser = flags::output)]
     pub outputs: Vec<String>,
-    /// Progress output: auto, plain, quiet
-    #[arg(long, default_value = "auto", env = "RBUILD_PROGRESS")]
-    pub progress: String,
+    /// Push the image to its registry (shorthand for --output=type=registry)
+    #[arg(long)]
+    pub push: bool,
+    /// Load the image into docker (shorthand for --output=type=docker)
+    #[arg(long)]
+    pub load: bool,
+    /// External cache source: NAME or type=registry|local|gha,…; repeatable
+    #[arg(long = "cache-from", value_name = "SPEC", value_parser = flags::cache)]
+    pub cache_from: Vec<String>,
+    /// Cache export destination: NAME or type=inline|registry|local|gha,…; repeatable
+    #[arg(long = "cache-to", value_name = "SPEC", value_parser = flags::cache)]
+    pub cache_to: Vec<String>,
+    /// Secret for RUN --mount=type=secret: id=ID[,src=FILE] or type=env,id=ID[,env=VAR]
+    #[arg(long = "secret", value_name = "SPEC", value_parser = flags::secret)]
+    pub secrets: Vec<String>,
+    /// SSH agent socket or keys for RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY]]
+    #[arg(long = "ssh", value_name = "SPEC", value_parser = flags::ssh)]
+    pub ssh: Vec<String>,
+    /// Network mode for RUN steps: default, none or host
+    #[arg(long, value_name = "MODE", value_parser = flags::network)]
+    pub network: Option<String>,
     /// Set an image label KEY=VALUE; repeatable
-    #[arg(long = "label", value_name = "KEY=VALUE")]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = flags::label)]
     pub labels: Vec<String>,
-    /// Target platform (only the host platform is supported)
-    #[arg(long)]
-    pub platform: Option<String>,
+    /// Add an annotation [TYPE[PLATFORM]:]KEY=VALUE; repeatable
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = flags::annotation)]
+    pub annotations: Vec<String>,
+    /// Progress output: auto, tty, plain, rawjson or quiet
+    #[arg(long, default_value = "auto", env = "RBUILD_PROGRESS", value_name = "MODE")]
+    pub progress: String,
+    /// Write the build result (digests, descriptor, names) as JSON to this file
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
     /// Write the image id to this file
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
+    /// Allow extra privileges: network.host, security.insecure; repeatable
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',', value_parser = flags::entitlement)]
+    pub allow: Vec<String>,
+    /// Add a host-to-IP mapping HOST:IP to RUN steps' /etc/hosts; repeatable
+    #[arg(long = "add-host", value_name = "HOST:IP", value_parser = flags::add_host)]
+    pub add_hosts: Vec<String>,
+    /// Size of /dev/shm in RUN steps (e.g. 64m)
+    #[arg(long = "shm-size", value_name = "BYTES", value_parser = flags::bytes)]
+    pub shm_size: Option<u64>,
+    /// Resource limit for RUN steps NAME=SOFT[:HARD] (e.g. nofile=1024:2048); repeatable
+    #[arg(long = "ulimit", value_name = "NAME=LIMIT", value_parser = flags::ulimit)]
+    pub ulimits: Vec<String>,
+    /// Provenance attestation: true, false or mode=min|max
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
+    pub provenance: Option<String>,
+    /// SBOM attestation: true, false or generator=IMAGE
+    #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
+    pub sbom: Option<String>,
     /// Maximum number of steps run at once (default: number of CPUs)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
-    /// Build context directory
+    /// Build context: a directory, `-` (a Dockerfile or a tar archive on stdin) or a git URL
+    /// (`https://host/repo.git#ref:subdir`, `git@host:repo.git`, `file:///path/repo.git`)
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
 }
 
-const SUBCOMMANDS: &[&str] = &["build", "images", "debug", "version", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "build",
+    "images",
+    "debug",
+    "version",
+    "completion",
+    "help",
+];
 
 /// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
 /// not a global option is not a subcommand.

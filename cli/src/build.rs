@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use rbuild_oci::{ImageStore, Reference};
 use rbuild_solver::{Solver, SolverConfig};
 
 use crate::args::BuildArgs;
-use crate::progress::Plain;
+use crate::progress::{Outcome, Reporter};
 use crate::render::{BuildFailed, DockerfileError};
 
 /// The loaded inputs of a build.
@@ -87,7 +87,7 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         labels.insert(k.to_string(), v.to_string());
     }
-    let platform = match &b.platform {
+    let platform = match b.platforms.first() {
         None => Platform::host(),
         Some(p) => parse_platform(p)?,
     };
@@ -196,6 +196,7 @@ fn frontend_error(inputs: &Inputs, e: rbuild_frontend::FrontendError) -> anyhow:
             message: e.to_string(),
             tail: Vec::new(),
             step: None,
+            omitted: 0,
         }),
         None => anyhow::Error::new(BuildFailed(e.to_string())),
     }
@@ -216,12 +217,14 @@ fn solve_error(inputs: &Inputs, e: rbuild_solver::SolveError) -> anyhow::Error {
             message: e.to_string(),
             tail,
             step,
+            omitted: 0,
         }),
         None => anyhow::Error::new(BuildFailed(e.to_string())),
     }
 }
 
 pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
+    crate::unsupported::reject_unsupported(b)?;
     let outputs = b
         .outputs
         .iter()
@@ -232,33 +235,67 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
         .collect::<Result<Vec<_>>>()?;
+    let mode = if b.quiet {
+        crate::progress::Mode::Quiet
+    } else {
+        crate::progress::resolve_mode(&b.progress, std::io::stderr().is_terminal())?
+    };
+    let prepared = crate::context::prepare(b)?;
+    let b = &prepared.args;
     let inputs = load_inputs(b)?;
-    let quiet = b.quiet || b.progress == "quiet";
-    if !matches!(b.progress.as_str(), "auto" | "plain" | "tty" | "quiet") {
-        bail!(
-            "--progress {:?}: expected auto, plain, tty or quiet",
-            b.progress
-        );
+    let progress = Reporter::new(mode);
+    let result = build_image(root, b, &inputs, &progress, &tags, &outputs);
+    progress.finish(&Outcome {
+        ok: result.is_ok(),
+        image_id: result.as_ref().ok().map(|i| i.config_digest.clone()),
+        error: result.as_ref().err().map(|e| e.to_string()),
+    });
+    let image = result.map_err(|e| omitted_lines(e, &progress))?;
+    if let Some(p) = &b.iidfile {
+        fs::write(p, &image.config_digest).with_context(|| format!("writing {}", p.display()))?;
     }
-    let progress = Plain::new(quiet);
+    if let Some(p) = &b.metadata_file {
+        crate::metadata::write(p, &image, &tags)?;
+    }
+    if b.quiet {
+        println!("{}", image.config_digest);
+    }
+    let _ = std::io::stdout().flush();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Record how many output lines of a failed step the error's tail leaves out.
+fn omitted_lines(mut e: anyhow::Error, progress: &Reporter) -> anyhow::Error {
+    if let Some(d) = e.downcast_mut::<DockerfileError>() {
+        if let Some(total) = d.step.as_deref().and_then(|s| progress.output_lines(s)) {
+            d.omitted = total.saturating_sub(d.tail.len());
+        }
+    }
+    e
+}
+
+fn build_image(
+    root: &Path,
+    b: &BuildArgs,
+    inputs: &Inputs,
+    progress: &Reporter,
+    tags: &[Reference],
+    outputs: &[OutputSpec],
+) -> Result<rbuild_solver::ImageResult> {
     let solver = make_solver(root, b, &inputs.context)?;
     progress.note(&format!(
         "[internal] load build definition from {}",
         inputs.dockerfile_name
     ));
     let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
-        .map_err(|e| frontend_error(&inputs, e))?;
-    if !quiet {
-        for w in &plan.warnings {
-            eprintln!(
-                "WARNING: {}:{}: {}",
-                inputs.dockerfile_name, w.line, w.message
-            );
-        }
+        .map_err(|e| frontend_error(inputs, e))?;
+    for w in &plan.warnings {
+        progress.warning(&format!("{}:{}: {}", inputs.dockerfile_name, w.line, w.message));
     }
     let out = solver
-        .solve(&plan.definition, plan.root, &progress)
-        .map_err(|e| solve_error(&inputs, e))?;
+        .solve(&plan.definition, plan.root, progress)
+        .map_err(|e| solve_error(inputs, e))?;
+    let step = progress.step("exporting to image");
     let image = rbuild_solver::finalize_image(
         solver.store(),
         &out.chain,
@@ -267,28 +304,18 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         &BTreeMap::new(),
     )?;
     let images = ImageStore::open(solver.store())?;
-    for t in &tags {
+    progress.step_done(step);
+    progress.note(&format!("writing image {}", image.config_digest));
+    for t in tags {
         images.tag(t, &image.manifest)?;
+        progress.note(&format!("naming to {t}"));
     }
-    for o in &outputs {
-        export(solver.store(), &image, &tags, o)?;
+    for o in outputs {
+        let step = progress.step(&format!("exporting to {} {}", o.kind, o.dest));
+        export(solver.store(), &image, tags, o)?;
+        progress.step_done(step);
     }
-    if let Some(p) = &b.iidfile {
-        fs::write(p, &image.config_digest).with_context(|| format!("writing {}", p.display()))?;
-    }
-    if quiet {
-        println!("{}", image.config_digest);
-    } else {
-        progress.note(&format!("writing image {}", image.config_digest));
-        for t in &tags {
-            progress.note(&format!("naming to {t}"));
-        }
-        for o in &outputs {
-            progress.note(&format!("exporting to {} {}", o.kind, o.dest));
-        }
-    }
-    let _ = std::io::stdout().flush();
-    Ok(ExitCode::SUCCESS)
+    Ok(image)
 }
 
 pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {

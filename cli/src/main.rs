@@ -8,9 +8,14 @@
 mod args;
 mod build;
 mod config;
+mod context;
+mod flags;
 mod images;
+mod metadata;
 mod progress;
 mod render;
+mod unsupported;
+mod version;
 
 use std::process::ExitCode;
 
@@ -32,6 +37,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        args::Command::Version => {
+            print!("{}", version::text());
+            return Ok(ExitCode::SUCCESS);
+        }
+        args::Command::Completion { shell } => {
+            version::completion(*shell, &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let root = config::store_root(cli.root.clone())?;
     match cli.command {
         args::Command::Build(b) => build::run(&root, &b),
@@ -39,9 +55,6 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),
-        args::Command::Version => {
-            println!("rbuild {}", env!("CARGO_PKG_VERSION"));
-            Ok(ExitCode::SUCCESS)
-        }
+        args::Command::Version | args::Command::Completion { .. } => Ok(ExitCode::SUCCESS),
     }
 }

@@ -1,6 +1,8 @@
-//! Error display: one clear line, then (for Dockerfile errors) the lines involved with line
-//! numbers, and for failed RUN steps the last lines of output. Exit codes: 1 build failed,
-//! 2 usage error (clap), 3 internal error.
+//! Error display, BuildKit-style: for failed RUN steps the last lines of output (and how many
+//! earlier lines are not repeated), then the Dockerfile lines involved with line numbers, a
+//! `>>>` marker and a caret line under the failing instruction, the error, and a hint when the
+//! cause is a known one. Exit codes (docs/cli.md): 1 build failed, 2 usage error (clap's own
+//! errors and [`UsageError`]), 3 internal error.
 
 use std::fmt;
 
@@ -14,6 +16,8 @@ pub struct DockerfileError {
     /// Output tail of a failed step, if any.
     pub tail: Vec<String>,
     pub step: Option<String>,
+    /// Output lines of the failed step that are not in `tail` (shown in the progress log).
+    pub omitted: usize,
 }
 
 impl fmt::Display for DockerfileError {
@@ -36,8 +40,22 @@ impl fmt::Display for BuildFailed {
 
 impl std::error::Error for BuildFailed {}
 
+/// A bad invocation: an invalid or unsupported flag value (exit code 2, like clap's errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<DockerfileError>().is_some() || e.downcast_ref::<BuildFailed>().is_some() {
+    if e.downcast_ref::<UsageError>().is_some() {
+        2
+    } else if e.downcast_ref::<DockerfileError>().is_some() || e.downcast_ref::<BuildFailed>().is_some() {
         1
     } else {
         3
@@ -52,6 +70,12 @@ pub fn print_error(e: &anyhow::Error) {
             if let Some(step) = &d.step {
                 out.push_str(&format!(" > {step}:\n"));
             }
+            if d.omitted > 0 {
+                out.push_str(&format!(
+                    "[{} earlier lines of output not repeated here; see the build log above]\n",
+                    d.omitted
+                ));
+            }
             for l in &d.tail {
                 out.push_str(&format!("{l}\n"));
             }
@@ -59,6 +83,9 @@ pub fn print_error(e: &anyhow::Error) {
         }
         out.push_str(&snippet(d));
         out.push_str(&format!("ERROR: {}\n", d.message));
+        if let Some(h) = hint(&d.message) {
+            out.push_str(&format!("HINT: {h}\n"));
+        }
     } else {
         out.push_str(&format!("ERROR: {e}"));
         for cause in e.chain().skip(1) {
@@ -68,6 +95,9 @@ pub fn print_error(e: &anyhow::Error) {
             }
         }
         out.push('\n');
+        if let Some(h) = hint(&out) {
+            out.push_str(&format!("HINT: {h}\n"));
+        }
     }
     eprint!("{out}");
 }
@@ -87,9 +117,44 @@ pub fn snippet(d: &DockerfileError) -> String {
         let text = lines.get((n - 1) as usize).copied().unwrap_or("");
         let mark = if n >= start && n <= end { ">>>" } else { "   " };
         s.push_str(&format!(" {n:>width$} | {mark} {text}\n"));
+        if n == end {
+            // A caret line under the failing instruction.
+            let first = lines
+                .get((start - 1) as usize)
+                .copied()
+                .unwrap_or("")
+                .trim_end();
+            let indent = first.len() - first.trim_start().len();
+            let len = first.trim_start().chars().count().max(1);
+            s.push_str(&format!(
+                " {:>width$} |     {}{}\n",
+                "",
+                " ".repeat(indent),
+                "^".repeat(len)
+            ));
+        }
     }
     s.push_str("--------------------\n");
     s
+}
+
+/// A hint for errors whose cause is a known one.
+pub fn hint(message: &str) -> Option<&'static str> {
+    let m = message.to_lowercase();
+    let rules: &[(&str, &str)] = &[
+        ("exit code 127", "the command was not found in the image: install it in an earlier step (e.g. RUN apk add … or apt-get install …) or check PATH"),
+        ("exit code 126", "the command exists but cannot be executed: check its mode (chmod +x) and that it is not a directory"),
+        ("exit code 137", "the process was killed (SIGKILL), often because it ran out of memory"),
+        ("not found in build context", "check the path (relative to the context directory) and that .dockerignore does not exclude it"),
+        ("manifest unknown", "check the image name and tag: the registry has no such image"),
+        ("connection refused", "the registry is unreachable: check the address, RBUILD_REGISTRY_MIRRORS and RBUILD_INSECURE_REGISTRIES"),
+        ("unknown instruction", "instructions are FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, CMD, ENTRYPOINT, EXPOSE, LABEL, VOLUME, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER"),
+        ("permission denied", "rbuild needs root (or user namespaces) to run build steps; try running it as root"),
+    ];
+    rules
+        .iter()
+        .find(|(needle, _)| m.contains(needle))
+        .map(|(_, h)| *h)
 }
 
 #[cfg(test)]
@@ -105,11 +170,25 @@ mod tests {
             message: "boom".into(),
             tail: vec![],
             step: None,
+            omitted: 0,
         };
         let s = snippet(&d);
         assert!(s.starts_with("Dockerfile:3\n"));
         assert!(s.contains(" 3 | >>> RUN exit 3\n"));
         assert!(s.contains(" 2 |     RUN true\n"));
         assert!(s.contains(" 4 |     CMD x\n"));
+        assert!(
+            s.contains(" 3 | >>> RUN exit 3\n   |     ^^^^^^^^^^\n 4 |"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn known_causes_get_a_hint() {
+        assert!(hint("process \"/bin/sh -c nope\" did not complete successfully: exit code 127")
+            .unwrap()
+            .contains("not found"));
+        assert!(hint("\"x\" not found in build context").unwrap().contains(".dockerignore"));
+        assert!(hint("exit code 1").is_none());
     }
 }

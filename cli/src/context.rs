@@ -1,0 +1,225 @@
+//! The build context argument, as `docker buildx build` accepts it:
+//!
+//! - a directory;
+//! - `-`: standard input holds either a tar archive (plain or gzip, detected by content), which
+//!   becomes the context, or a Dockerfile, built with an empty context;
+//! - a git URL (`https://host/repo.git`, `git://…`, `git@host:repo.git`, `ssh://…`,
+//!   `github.com/org/repo`, `file:///path/repo.git`), optionally with `#ref:subdir`: cloned with
+//!   the `git` CLI (shallow when the server allows it) into a temporary directory.
+//!
+//! `-f -` reads the Dockerfile from stdin with a directory context. The result is a
+//! [`BuildArgs`] whose context (and Dockerfile) are local paths, plus the temporary directory
+//! that must live until the build is over.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::args::BuildArgs;
+use crate::render::UsageError;
+
+/// A context ready to build from.
+pub struct Prepared {
+    pub args: BuildArgs,
+    /// Holds a cloned or unpacked context; removed on drop.
+    pub _tmp: Option<tempfile::TempDir>,
+}
+
+/// Whether `s` names a git repository rather than a local directory (docker's rules, plus
+/// `file://` URLs of repositories).
+pub fn is_git_url(s: &str) -> bool {
+    let (base, fragment) = s.split_once('#').unwrap_or((s, ""));
+    if ["git://", "git@", "github.com/", "ssh://"]
+        .iter()
+        .any(|p| s.starts_with(p))
+    {
+        return true;
+    }
+    if let Some(path) = base.strip_prefix("file://") {
+        return base.ends_with(".git") || !fragment.is_empty() || Path::new(path).join("HEAD").is_file();
+    }
+    (s.starts_with("https://") || s.starts_with("http://"))
+        && (base.ends_with(".git") || !fragment.is_empty())
+}
+
+pub fn prepare(b: &BuildArgs) -> Result<Prepared> {
+    let mut args = b.clone();
+    let ctx = b.context.to_string_lossy().to_string();
+    if ctx == "-" {
+        if b.file.as_deref() == Some(Path::new("-")) {
+            return Err(UsageError(
+                "-f - and context - cannot both read standard input".into(),
+            )
+            .into());
+        }
+        let mut data = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .context("reading the context from standard input")?;
+        let tmp = tempfile::tempdir().context("creating a temporary context directory")?;
+        let dir = tmp.path().join("context");
+        fs::create_dir(&dir)?;
+        if is_tar(&data) {
+            unpack_tar(&data, &dir).context("unpacking the tar context from standard input")?;
+        } else {
+            // A Dockerfile on stdin: empty context; `-f` is ignored, like docker.
+            let df = tmp.path().join("Dockerfile");
+            fs::write(&df, &data)?;
+            args.file = Some(df);
+        }
+        args.context = dir;
+        return Ok(Prepared {
+            args,
+            _tmp: Some(tmp),
+        });
+    }
+    let mut tmp = None;
+    if is_git_url(&ctx) {
+        let t = tempfile::tempdir().context("creating a temporary directory for the clone")?;
+        let dir = clone(&ctx, t.path())?;
+        // With a remote context, -f is relative to the context (docker).
+        if let Some(f) = &b.file {
+            if f.is_relative() && f != Path::new("-") {
+                args.file = Some(dir.join(f));
+            }
+        }
+        args.context = dir;
+        tmp = Some(t);
+    } else if !b.context.exists() {
+        return Err(UsageError(format!(
+            "unable to prepare context: path {ctx:?} not found"
+        ))
+        .into());
+    }
+    if b.file.as_deref() == Some(Path::new("-")) {
+        let mut data = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .context("reading the Dockerfile from standard input")?;
+        let t = match tmp.take() {
+            Some(t) => t,
+            None => tempfile::tempdir()?,
+        };
+        let df = t.path().join("Dockerfile");
+        fs::write(&df, &data)?;
+        args.file = Some(df);
+        tmp = Some(t);
+    }
+    Ok(Prepared { args, _tmp: tmp })
+}
+
+/// A tar archive (ustar/GNU magic at offset 257) or gzip data.
+pub fn is_tar(data: &[u8]) -> bool {
+    data.starts_with(&[0x1f, 0x8b]) || data.get(257..262) == Some(b"ustar".as_slice())
+}
+
+fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
+    let reader: Box<dyn Read> = if data.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(data))
+    } else {
+        Box::new(data)
+    };
+    let mut ar = tar::Archive::new(reader);
+    ar.set_preserve_permissions(true);
+    // `unpack` refuses entries that would land outside `dir`.
+    ar.unpack(dir)?;
+    Ok(())
+}
+
+fn git(args: &[&str], cwd: Option<&Path>) -> Result<()> {
+    let mut c = Command::new("git");
+    c.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    let out = c.output().map_err(|e| {
+        anyhow!("running git (needed for git contexts; install it, e.g. apt-get install git): {e}")
+    })?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Clone `url#ref:subdir` into `into/repo`; returns the context directory.
+fn clone(url: &str, into: &Path) -> Result<PathBuf> {
+    let (remote, fragment) = url.split_once('#').unwrap_or((url, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let remote = if remote.starts_with("github.com/") {
+        format!("https://{remote}")
+    } else {
+        remote.to_string()
+    };
+    let repo = into.join("repo");
+    fs::create_dir(&repo)?;
+    let r = || -> Result<()> {
+        git(&["init", "-q"], Some(&repo))?;
+        let want = if reference.is_empty() {
+            "HEAD"
+        } else {
+            reference
+        };
+        // Shallow fetch first; servers that refuse it (e.g. a commit id) get a full fetch.
+        if git(
+            &["fetch", "-q", "--depth", "1", &remote, want],
+            Some(&repo),
+        )
+        .is_err()
+        {
+            git(&["fetch", "-q", &remote], Some(&repo))?;
+            git(&["checkout", "-q", want], Some(&repo))?;
+        } else {
+            git(&["checkout", "-q", "FETCH_HEAD"], Some(&repo))?;
+        }
+        if repo.join(".gitmodules").is_file() {
+            git(
+                &["submodule", "update", "-q", "--init", "--recursive", "--depth", "1"],
+                Some(&repo),
+            )?;
+        }
+        Ok(())
+    };
+    r().with_context(|| format!("unable to prepare context: cloning {remote}"))?;
+    let _ = fs::remove_dir_all(repo.join(".git"));
+    let dir = repo.join(subdir.trim_start_matches('/'));
+    if !dir.is_dir() {
+        bail!("unable to prepare context: {subdir:?} is not a directory in {remote}");
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_urls_are_recognised() {
+        assert!(is_git_url("https://github.com/org/repo.git"));
+        assert!(is_git_url("https://example.com/repo#main:sub"));
+        assert!(is_git_url("git@github.com:org/repo.git"));
+        assert!(is_git_url("github.com/org/repo"));
+        assert!(is_git_url("file:///srv/repo.git#v1"));
+        assert!(!is_git_url("."));
+        assert!(!is_git_url("https://example.com/context.tar.gz"));
+    }
+
+    #[test]
+    fn tar_is_detected_by_content() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_cksum();
+        b.append_data(&mut h, "a", &b"x"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        assert!(is_tar(&data));
+        assert!(!is_tar(b"FROM busybox\n"));
+        assert!(is_tar(&[0x1f, 0x8b, 8, 0]));
+    }
+}

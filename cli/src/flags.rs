@@ -1,0 +1,293 @@
+//! Value syntax of `docker buildx build` flags, checked when the command line is parsed (clap
+//! `value_parser`s), so a malformed value is a usage error naming the flag even when the
+//! feature behind the flag is not implemented yet.
+//!
+//! Comma-separated `key=value` lists follow buildx's CSV rules: a field may be double-quoted
+//! to contain commas (`"src=a,b"`), and `""` inside quotes is a literal quote.
+
+use std::collections::BTreeMap;
+
+/// Split a CSV line into fields (buildx parses these specs with encoding/csv).
+pub fn csv_fields(s: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' if quoted => quoted = false,
+            '"' if cur.is_empty() || cur.ends_with('=') => quoted = true,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("unterminated quote in {s:?}"));
+    }
+    fields.push(cur);
+    Ok(fields)
+}
+
+/// A `key=value,…` spec as an ordered map (keys lowercased, as buildx does).
+pub fn kv_spec(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for f in csv_fields(s)? {
+        let f = f.trim();
+        if f.is_empty() {
+            continue;
+        }
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, got {f:?}"))?;
+        m.insert(k.trim().to_lowercase(), v.to_string());
+    }
+    Ok(m)
+}
+
+fn only_keys(m: &BTreeMap<String, String>, allowed: &[&str]) -> Result<(), String> {
+    for k in m.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(format!(
+                "unexpected key {k:?} (expected one of: {})",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--secret id=ID[,src=FILE]`, `type=file,id=ID,src=FILE`, `type=env,id=ID[,env=VAR]`.
+pub fn secret(s: &str) -> Result<String, String> {
+    let m = kv_spec(s)?;
+    only_keys(
+        &m,
+        &["type", "id", "src", "source", "env", "required", "target"],
+    )?;
+    match m.get("type").map(String::as_str) {
+        None | Some("file") | Some("env") => {}
+        Some(t) => return Err(format!("unsupported secret type {t:?} (expected file or env)")),
+    }
+    if m.get("id").is_none_or(|i| i.is_empty()) {
+        return Err("missing id= (e.g. id=mytoken,src=token.txt)".into());
+    }
+    Ok(s.to_string())
+}
+
+/// `--ssh default|ID[=SOCKET|KEY[,KEY]]`.
+pub fn ssh(s: &str) -> Result<String, String> {
+    let (id, paths) = s.split_once('=').unwrap_or((s, ""));
+    if id.is_empty() || id.contains(',') {
+        return Err(format!("expected default or ID[=socket|key[,key]], got {s:?}"));
+    }
+    if s.contains('=') && paths.split(',').any(str::is_empty) {
+        return Err(format!("empty socket or key path in {s:?}"));
+    }
+    Ok(s.to_string())
+}
+
+/// `--cache-from`/`--cache-to`: `NAME` (a registry reference) or `type=…,key=value…`.
+pub fn cache(s: &str) -> Result<String, String> {
+    if !s.contains('=') {
+        if s.is_empty() {
+            return Err("empty cache reference".into());
+        }
+        return Ok(s.to_string());
+    }
+    let m = kv_spec(s)?;
+    match m.get("type").map(String::as_str) {
+        Some("registry" | "local" | "inline" | "gha" | "s3" | "azblob") => Ok(s.to_string()),
+        Some(t) => Err(format!(
+            "unknown cache type {t:?} (expected registry, local, inline, gha, s3 or azblob)"
+        )),
+        None => Err(format!("missing type= in {s:?}")),
+    }
+}
+
+/// `--build-context name=path|docker-image://ref|oci-layout://path|git url|http url`.
+pub fn build_context(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
+/// `--network default|none|host`.
+pub fn network(s: &str) -> Result<String, String> {
+    match s {
+        "default" | "none" | "host" => Ok(s.to_string()),
+        _ => Err(format!("expected default, none or host, got {s:?}")),
+    }
+}
+
+/// `--allow network.host|security.insecure|device[=…]`.
+pub fn entitlement(s: &str) -> Result<String, String> {
+    let name = s.split_once('=').map(|(n, _)| n).unwrap_or(s);
+    match name {
+        "network.host" | "security.insecure" | "device" | "ssh" => Ok(s.to_string()),
+        _ if name.starts_with("fs") => Ok(s.to_string()),
+        _ => Err(format!(
+            "unknown entitlement {s:?} (expected network.host, security.insecure or device)"
+        )),
+    }
+}
+
+/// `--add-host host:ip` or `host=ip` (ip may be IPv6, or `host-gateway`).
+pub fn add_host(s: &str) -> Result<String, String> {
+    let (host, ip) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .ok_or_else(|| format!("expected HOST:IP or HOST=IP, got {s:?}"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("empty host name in {s:?}"));
+    }
+    if ip != "host-gateway" && ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("invalid IP address {ip:?} in {s:?}"));
+    }
+    Ok(s.to_string())
+}
+
+/// `--shm-size 64m` (bytes with an optional b/k/m/g unit) → bytes.
+pub fn bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_lowercase();
+    let t = t.strip_suffix('b').filter(|r| !r.is_empty()).unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a size such as 64m or 1g, got {s:?}"))?;
+    if n < 0.0 {
+        return Err(format!("negative size {s:?}"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// `--ulimit name=soft[:hard]`.
+pub fn ulimit(s: &str) -> Result<String, String> {
+    const NAMES: &[&str] = &[
+        "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+        "rss", "rtprio", "rttime", "sigpending", "stack",
+    ];
+    let (name, limits) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=SOFT[:HARD], got {s:?}"))?;
+    if !NAMES.contains(&name) {
+        return Err(format!("unknown ulimit {name:?}"));
+    }
+    let (soft, hard) = limits.split_once(':').unwrap_or((limits, limits));
+    let soft: i64 = soft
+        .parse()
+        .map_err(|_| format!("invalid soft limit in {s:?}"))?;
+    let hard: i64 = hard
+        .parse()
+        .map_err(|_| format!("invalid hard limit in {s:?}"))?;
+    if soft > hard && hard != -1 {
+        return Err(format!("soft limit above hard limit in {s:?}"));
+    }
+    Ok(s.to_string())
+}
+
+/// `--annotation [type[platform]:]key=value` (e.g. `manifest:org.opencontainers.image.title=x`).
+pub fn annotation(s: &str) -> Result<String, String> {
+    let (k, _) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let key = k.rsplit_once(':').map(|(_, k)| k).unwrap_or(k);
+    if key.is_empty() {
+        return Err(format!("empty annotation key in {s:?}"));
+    }
+    Ok(s.to_string())
+}
+
+/// `--label key=value`.
+pub fn label(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// `--output`: `PATH`, `-`, or `type=…,key=value…` (buildx forms; which types work is decided
+/// by the build).
+pub fn output(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("empty output".into());
+    }
+    if s.contains('=') {
+        let m = kv_spec(s)?;
+        if !m.contains_key("type") {
+            return Err(format!("missing type= in {s:?}"));
+        }
+    }
+    Ok(s.to_string())
+}
+
+/// `--provenance`/`--sbom`: a boolean or `mode=…`/`generator=…` attributes.
+pub fn attest_value(s: &str) -> Result<String, String> {
+    match s {
+        "true" | "false" | "1" | "0" => Ok(s.to_string()),
+        _ => kv_spec(s).map(|_| s.to_string()),
+    }
+}
+
+/// Whether an attestation value turns the attestation off.
+pub fn is_false(s: &str) -> bool {
+    matches!(s, "false" | "0") || s.split(',').any(|f| f == "disabled=true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_protect_commas() {
+        assert_eq!(csv_fields("a=1,\"b=2,3\",c").unwrap(), ["a=1", "b=2,3", "c"]);
+        assert_eq!(csv_fields("src=\"x,\"\"y\"").unwrap(), ["src=x,\"y"]);
+        assert!(csv_fields("a=\"open").is_err());
+    }
+
+    #[test]
+    fn buildx_value_forms() {
+        assert!(secret("id=tok,src=/t").is_ok());
+        assert!(secret("type=env,id=TOK,env=X").is_ok());
+        assert!(secret("src=/t").unwrap_err().contains("id="));
+        assert!(secret("type=s3,id=a").is_err());
+        assert!(ssh("default").is_ok() && ssh("gh=/a/key,/b/key").is_ok());
+        assert!(ssh("=x").is_err() && ssh("a=").is_err());
+        assert!(cache("user/app:cache").is_ok());
+        assert!(cache("type=registry,ref=r/a:c,mode=max").is_ok());
+        assert!(cache("type=local,src=/tmp/c").is_ok());
+        assert!(cache("type=floppy").is_err());
+        assert!(build_context("base=docker-image://alpine:3").is_ok());
+        assert!(build_context("x").is_err());
+        assert!(network("none").is_ok() && network("bridge").is_err());
+        assert!(entitlement("network.host").is_ok() && entitlement("root").is_err());
+        assert!(add_host("db:10.0.0.2").is_ok());
+        assert!(add_host("db=::1").is_ok());
+        assert!(add_host("gw:host-gateway").is_ok());
+        assert!(add_host("db:notanip").is_err() && add_host("db").is_err());
+        assert_eq!(bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(bytes("2g").unwrap(), 2 << 30);
+        assert_eq!(bytes("512").unwrap(), 512);
+        assert_eq!(bytes("1kb").unwrap(), 1024);
+        assert!(bytes("lots").is_err());
+        assert!(ulimit("nofile=1024:2048").is_ok() && ulimit("nproc=10").is_ok());
+        assert!(ulimit("nofile=9:1").is_err() && ulimit("bogus=1").is_err());
+        assert!(annotation("manifest:org.opencontainers.image.title=x").is_ok());
+        assert!(annotation("index[linux/amd64]:k=v").is_ok());
+        assert!(annotation("novalue").is_err());
+        assert!(label("a=b").is_ok() && label("=b").is_err());
+        assert!(output("out-dir").is_ok() && output("type=oci,dest=x").is_ok());
+        assert!(output("dest=x").is_err());
+        assert!(attest_value("mode=max").is_ok() && attest_value("false").is_ok());
+        assert!(is_false("false") && !is_false("mode=min"));
+    }
+}

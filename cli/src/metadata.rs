@@ -1,0 +1,69 @@
+//! `--metadata-file`: the build result as JSON, with buildx's key names so tools that read
+//! buildx metadata (and docker/build-push-action's `metadata` output) work unchanged:
+//!
+//! ```json
+//! {
+//!   "containerimage.config.digest": "sha256:…",     // the image id
+//!   "containerimage.descriptor": {"mediaType": "…", "digest": "sha256:…", "size": 1234},
+//!   "containerimage.digest": "sha256:…",            // the manifest digest
+//!   "image.name": "docker.io/library/app:v1,docker.io/library/app:latest"
+//! }
+//! ```
+//!
+//! `image.name` is present only when the build was tagged.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rbuild_oci::Reference;
+use rbuild_solver::ImageResult;
+use serde_json::{json, Value};
+
+/// The metadata object for a built image.
+pub fn metadata(image: &ImageResult, tags: &[Reference]) -> Value {
+    let mut m = json!({
+        "containerimage.config.digest": image.config_digest,
+        "containerimage.descriptor": image.manifest,
+        "containerimage.digest": image.manifest.digest,
+    });
+    if !tags.is_empty() {
+        let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        m["image.name"] = json!(names.join(","));
+    }
+    m
+}
+
+/// Write the metadata file (pretty JSON, like buildx).
+pub fn write(path: &Path, image: &ImageResult, tags: &[Reference]) -> Result<()> {
+    let text = serde_json::to_string_pretty(&metadata(image, tags))?;
+    fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_buildx_names() {
+        let image = ImageResult {
+            manifest: rbuild_oci::Descriptor {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest: "sha256:aa".into(),
+                size: 7,
+                annotations: Default::default(),
+                platform: None,
+            },
+            config_digest: "sha256:bb".into(),
+            config: Vec::new(),
+        };
+        let tags = [Reference::parse("app:v1").unwrap(), Reference::parse("x/y").unwrap()];
+        let m = metadata(&image, &tags);
+        assert_eq!(m["containerimage.digest"], "sha256:aa");
+        assert_eq!(m["containerimage.config.digest"], "sha256:bb");
+        assert_eq!(m["containerimage.descriptor"]["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(m["containerimage.descriptor"]["size"], 7);
+        assert_eq!(m["image.name"], "docker.io/library/app:v1,docker.io/x/y:latest");
+        assert!(metadata(&image, &[]).get("image.name").is_none());
+    }
+}

@@ -1,0 +1,77 @@
+//! The plain display (CI logs), in BuildKit's format:
+//!
+//! ```text
+//! #3 [base 2/3] RUN make
+//! #3 0.412 compiling…
+//! #3 DONE 1.2s
+//! #4 [base 3/3] COPY a /a
+//! #4 CACHED
+//! #5 ERROR: process "/bin/sh -c exit 3" did not complete successfully: exit code 3
+//! ```
+//!
+//! Every output line is printed as it arrives, with the seconds since its step started; nothing
+//! is clipped. A step's name is repeated (`#N NAME`) when its output resumes after another
+//! step's lines, so interleaved parallel steps stay readable.
+
+use std::io::Write;
+
+use super::{Change, Outcome, Render, Tracker};
+
+/// The plain display; remembers which step printed last, to repeat the step's name when
+/// output interleaves.
+#[derive(Default)]
+pub struct Plain {
+    last: Option<usize>,
+}
+
+impl Plain {
+    fn header(&mut self, t: &Tracker, v: usize, out: &mut dyn Write) {
+        if self.last != Some(v) {
+            let vx = &t.vertices[v];
+            let _ = writeln!(out, "\n#{} {}", vx.n, vx.name);
+        }
+        self.last = Some(v);
+    }
+}
+
+impl Render for Plain {
+    fn change(&mut self, t: &Tracker, c: &Change<'_>, out: &mut dyn Write) {
+        match c {
+            Change::Started(v) => {
+                let vx = &t.vertices[*v];
+                let _ = writeln!(out, "#{} {}", vx.n, vx.name);
+                self.last = Some(*v);
+            }
+            Change::Cached(v) => {
+                let vx = &t.vertices[*v];
+                let _ = writeln!(out, "#{} {}\n#{} CACHED", vx.n, vx.name, vx.n);
+                self.last = None;
+            }
+            Change::Chunk { .. } => {}
+            Change::Line { v, text, t: secs, .. } => {
+                self.header(t, *v, out);
+                let _ = writeln!(out, "#{} {secs:.3} {text}", t.vertices[*v].n);
+            }
+            Change::Done(v) => {
+                self.header(t, *v, out);
+                let vx = &t.vertices[*v];
+                let _ = writeln!(out, "#{} DONE {:.1}s", vx.n, vx.elapsed());
+                self.last = None;
+            }
+            Change::Error { v, message } => {
+                let vx = &t.vertices[*v];
+                if self.last != Some(*v) {
+                    // The step may have failed before it started (e.g. a missing file).
+                    let _ = writeln!(out, "#{} {}", vx.n, vx.name);
+                }
+                let _ = writeln!(out, "#{} ERROR: {message}", vx.n);
+                self.last = None;
+            }
+            Change::Warning(text) => {
+                let _ = writeln!(out, "WARNING: {text}");
+            }
+        }
+    }
+
+    fn finish(&mut self, _t: &Tracker, _o: &Outcome, _out: &mut dyn Write) {}
+}

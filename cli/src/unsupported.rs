@@ -1,0 +1,74 @@
+//! Flags that parse (with buildx's value syntax) but whose feature rbuild does not have yet.
+//! They are rejected here, in one place, with a message naming the flag: never silently
+//! ignored. When a feature lands, its line below is removed.
+
+use anyhow::Result;
+
+use crate::args::BuildArgs;
+use crate::flags;
+use crate::render::UsageError;
+
+/// The first unsupported flag in `b`, as a message, or `None` when everything is supported.
+pub fn unsupported(b: &BuildArgs) -> Option<String> {
+    let not_yet = |flag: &str, what: &str| Some(format!("{flag}: {what} is not supported yet"));
+    if !b.build_contexts.is_empty() {
+        return not_yet("--build-context", "named build contexts");
+    }
+    if b.platforms.len() > 1 {
+        return not_yet("--platform", "building several platforms at once");
+    }
+    if !b.no_cache_filter.is_empty() {
+        return not_yet("--no-cache-filter", "skipping the cache for chosen stages");
+    }
+    if b.push {
+        return not_yet("--push", "pushing to a registry");
+    }
+    if b.load {
+        return not_yet("--load", "loading into docker");
+    }
+    if !b.cache_from.is_empty() {
+        return not_yet("--cache-from", "remote cache import");
+    }
+    if !b.cache_to.is_empty() {
+        return not_yet("--cache-to", "remote cache export");
+    }
+    if !b.secrets.is_empty() {
+        return not_yet("--secret", "build secrets");
+    }
+    if !b.ssh.is_empty() {
+        return not_yet("--ssh", "SSH agent forwarding");
+    }
+    if b.network.as_deref().is_some_and(|n| n != "default") {
+        return not_yet("--network", "a network mode other than default for all steps");
+    }
+    if !b.annotations.is_empty() {
+        return not_yet("--annotation", "setting annotations");
+    }
+    if !b.allow.is_empty() {
+        return not_yet("--allow", "granting entitlements");
+    }
+    if !b.add_hosts.is_empty() {
+        return not_yet("--add-host", "adding /etc/hosts entries");
+    }
+    if b.shm_size.is_some() {
+        return not_yet("--shm-size", "setting the /dev/shm size");
+    }
+    if !b.ulimits.is_empty() {
+        return not_yet("--ulimit", "setting resource limits");
+    }
+    if b.provenance.as_deref().is_some_and(|v| !flags::is_false(v)) {
+        return not_yet("--provenance", "provenance attestation");
+    }
+    if b.sbom.as_deref().is_some_and(|v| !flags::is_false(v)) {
+        return not_yet("--sbom", "SBOM attestation");
+    }
+    None
+}
+
+/// Fail with a usage error (exit code 2) when `b` uses a flag rbuild cannot honour yet.
+pub fn reject_unsupported(b: &BuildArgs) -> Result<()> {
+    match unsupported(b) {
+        Some(msg) => Err(UsageError(msg).into()),
+        None => Ok(()),
+    }
+}
