@@ -134,7 +134,7 @@ pub struct BuildArgs {
     #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = flags::annotation)]
     pub annotations: Vec<String>,
     /// Progress output: auto, tty, plain, rawjson or quiet
-    #[arg(long, default_value = "auto", env = "RBUILD_PROGRESS", value_name = "MODE")]
+    #[arg(long, default_value = "auto", env = "RBUILD_PROGRESS", value_name = "MODE", value_parser = flags::progress)]
     pub progress: String,
     /// Write the build result (digests, descriptor, names) as JSON to this file
     #[arg(long = "metadata-file", value_name = "FILE")]

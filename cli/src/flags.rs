@@ -115,6 +115,16 @@ pub fn build_context(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--progress auto|tty|plain|rawjson|quiet` (`none` = quiet, as in buildx).
+pub fn progress(s: &str) -> Result<String, String> {
+    match s {
+        "auto" | "tty" | "plain" | "rawjson" | "quiet" | "none" => Ok(s.to_string()),
+        _ => Err(format!(
+            "expected auto, tty, plain, rawjson or quiet, got {s:?}"
+        )),
+    }
+}
+
 /// `--network default|none|host`.
 pub fn network(s: &str) -> Result<String, String> {
     match s {

@@ -1,0 +1,568 @@
+//! The command-line interface through the real binary: progress displays (plain and rawjson
+//! compared with golden files under testdata/cli/ after redacting times and digests; the tty
+//! view through a pseudo-terminal made by util-linux `script`, replayed on a small screen
+//! model), `--metadata-file`, contexts from stdin, tar and git, exit codes, rejected flags,
+//! completion and version. Builds use the test registry on 127.0.0.1:5055 (`.ci/setup.sh`)
+//! and need root, like cli/tests/e2e.rs; a missing prerequisite fails the test with the reason.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p rbuild --test cli` rewrites the golden files.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const REGISTRY: &str = "127.0.0.1:5055";
+
+fn require_env() {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let root = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    assert!(root, "CLI build tests need root (namespaces, overlayfs)");
+    assert!(
+        std::net::TcpStream::connect(REGISTRY).is_ok(),
+        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
+    );
+}
+
+struct Project {
+    dir: TempDir,
+    store: TempDir,
+}
+
+impl Project {
+    fn new(dockerfile: &str) -> Self {
+        let p = Project {
+            dir: tempfile::tempdir().unwrap(),
+            store: tempfile::tempdir().unwrap(),
+        };
+        p.file("Dockerfile", dockerfile);
+        p
+    }
+
+    fn file(&self, rel: &str, content: &str) -> &Self {
+        let p = self.dir.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+        self
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+        c.args(args)
+            .env("RBUILD_ROOT", self.store.path())
+            .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+            .env_remove("RBUILD_PROGRESS")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .current_dir(self.dir.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn run_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "rbuild failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    o
+}
+
+/// Replace `sha256:<64 hex>` with `sha256:<digest>`.
+fn redact_digests(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("sha256:") {
+        out.push_str(&rest[..i + 7]);
+        let after = &rest[i + 7..];
+        let hex = after
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
+        if hex == 64 {
+            out.push_str("<digest>");
+            rest = &after[64..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Plain output with times redacted: `#N 0.123 x` → `#N <t> x`, `DONE 1.2s` → `DONE <d>`.
+fn normalize_plain(s: &str) -> String {
+    let mut out = String::new();
+    for line in redact_digests(s).lines() {
+        let mut l = line.to_string();
+        if let Some(rest) = line.strip_prefix('#') {
+            let mut parts = rest.splitn(3, ' ');
+            let n = parts.next().unwrap_or("");
+            let second = parts.next().unwrap_or("");
+            let tail = parts.next();
+            if second == "DONE" {
+                l = format!("#{n} DONE <d>");
+            } else if second.contains('.') && second.parse::<f64>().is_ok() {
+                l = format!("#{n} <t> {}", tail.unwrap_or(""));
+            }
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+/// rawjson output with times redacted and consecutive log chunks of one stream merged (chunk
+/// boundaries depend on pipe timing).
+fn normalize_rawjson(s: &str) -> String {
+    let mut events: Vec<Value> = Vec::new();
+    for line in s.lines() {
+        let mut v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line: {line:?}: {e}"));
+        let o = v.as_object_mut().unwrap();
+        assert!(o["time"].as_f64().unwrap() > 1.6e9, "unix time: {line}");
+        o.insert("time".into(), Value::from("<time>"));
+        if o.contains_key("duration") {
+            assert!(o["duration"].as_f64().unwrap() >= 0.0);
+            o.insert("duration".into(), Value::from("<d>"));
+        }
+        if let (Some(prev), "log") = (events.last_mut(), o["type"].as_str().unwrap()) {
+            if prev["type"] == "log" && prev["vertex"] == o["vertex"] && prev["stream"] == o["stream"]
+            {
+                let t = format!(
+                    "{}{}",
+                    prev["text"].as_str().unwrap(),
+                    o["text"].as_str().unwrap()
+                );
+                prev["text"] = Value::from(t);
+                continue;
+            }
+        }
+        events.push(v);
+    }
+    let mut out = String::new();
+    for e in events {
+        out.push_str(&redact_digests(&e.to_string()));
+        out.push('\n');
+    }
+    out
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/cli")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "output differs from {} (UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
+}
+
+const GOLDEN_DOCKERFILE: &str =
+    "FROM busybox\nCOPY a.txt /a.txt\nRUN echo one; echo two; printf 'no newline'\nRUN echo err >&2\n";
+const FAILING_DOCKERFILE: &str =
+    "FROM busybox\nRUN echo preparing\nRUN echo 'something broke' >&2; exit 3\nRUN echo never\n";
+
+/// Run a cold, a cached and a failing build in one display mode.
+fn three_builds(mode: &str) -> [String; 3] {
+    require_env();
+    let p = Project::new(GOLDEN_DOCKERFILE);
+    p.file("a.txt", "A");
+    let args = ["build", "--progress", mode, "--max-parallelism", "1", "-t", "g:1", "."];
+    let cold = ok(p.run(&args));
+    let cached = ok(p.run(&args));
+    p.file("Dockerfile", FAILING_DOCKERFILE);
+    let failed = p.run(&args);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    [cold, cached, failed].map(|o| {
+        assert!(o.stdout.is_empty(), "progress goes to stderr");
+        text(&o.stderr)
+    })
+}
+
+#[test]
+fn plain_output_of_a_cold_a_cached_and_a_failing_build_matches_the_golden_files() {
+    let [cold, cached, failed] = three_builds("plain");
+    golden("plain-cold.txt", &normalize_plain(&cold));
+    golden("plain-cached.txt", &normalize_plain(&cached));
+    golden("plain-failed.txt", &normalize_plain(&failed));
+}
+
+#[test]
+fn rawjson_output_of_a_cold_a_cached_and_a_failing_build_matches_the_golden_files() {
+    let [cold, cached, failed] = three_builds("rawjson");
+    golden("rawjson-cold.jsonl", &normalize_rawjson(&cold));
+    golden("rawjson-cached.jsonl", &normalize_rawjson(&cached));
+    // After the JSON lines comes the human-readable error report.
+    let (json, report): (Vec<&str>, Vec<&str>) =
+        failed.lines().partition(|l| l.starts_with('{'));
+    golden("rawjson-failed.jsonl", &normalize_rawjson(&json.join("\n")));
+    assert!(report.join("\n").contains("exit code 3"), "{failed}");
+}
+
+#[test]
+fn long_output_is_never_clipped_in_plain_mode_and_errors_say_what_they_leave_out() {
+    require_env();
+    let p = Project::new("FROM busybox\nRUN for i in $(seq 1 500); do echo line $i; done; exit 2\n");
+    let o = p.run(&["--progress=plain", "."]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    for i in [1, 250, 500] {
+        assert!(err.contains(&format!(" line {i}\n")), "line {i} missing:\n{err}");
+    }
+    assert!(
+        err.contains("[480 earlier lines of output not repeated here"),
+        "{err}"
+    );
+}
+
+/// A minimal terminal: enough of VT100 to replay the tty display (text, CR, LF, cursor up,
+/// erase to the end of the screen, colours ignored). Returns the screen lines.
+fn replay(bytes: &[u8]) -> Vec<String> {
+    let s = String::from_utf8_lossy(bytes);
+    let mut screen: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                assert_eq!(chars.next(), Some('['), "only CSI sequences are used");
+                let mut arg = String::new();
+                let cmd = loop {
+                    let c = chars.next().unwrap();
+                    if c.is_ascii_alphabetic() {
+                        break c;
+                    }
+                    arg.push(c);
+                };
+                match cmd {
+                    'A' => row = row.saturating_sub(arg.parse::<usize>().unwrap_or(1)),
+                    'J' => {
+                        screen.truncate(row + 1);
+                        screen[row].truncate(col);
+                    }
+                    'm' => {}
+                    other => panic!("unexpected escape {other:?}"),
+                }
+            }
+            '\r' => col = 0,
+            '\n' => {
+                row += 1;
+                col = 0;
+                if screen.len() <= row {
+                    screen.push(Vec::new());
+                }
+            }
+            c => {
+                let line = &mut screen[row];
+                if line.len() <= col {
+                    line.resize(col, ' ');
+                    line.push(c);
+                } else {
+                    line[col] = c;
+                }
+                col += 1;
+            }
+        }
+    }
+    screen
+        .into_iter()
+        .map(|l| l.into_iter().collect::<String>().trim_end().to_string())
+        .collect()
+}
+
+fn run_in_pty(p: &Project, args: &str) -> (i32, Vec<String>) {
+    let out = Command::new("script")
+        .args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_rbuild")), "/dev/null"])
+        .env("RBUILD_ROOT", p.store.path())
+        .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+        .env_remove("RBUILD_PROGRESS")
+        .env("TERM", "xterm")
+        .current_dir(p.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux `script` is needed for the tty test (apt-get install bsdutils)");
+    (out.status.code().unwrap_or(-1), replay(&out.stdout))
+}
+
+#[test]
+fn the_tty_view_redraws_in_place_and_its_final_frame_shows_every_step() {
+    require_env();
+    let p = Project::new(GOLDEN_DOCKERFILE);
+    p.file("a.txt", "A");
+    // auto picks the tty view on a terminal
+    let (code, screen) = run_in_pty(&p, "-t tty:1 .");
+    assert_eq!(code, 0, "{screen:#?}");
+    let headers = screen.iter().filter(|l| l.starts_with("[+] Building")).count();
+    assert_eq!(headers, 1, "frames are redrawn in place: {screen:#?}");
+    let find = |needle: &str| {
+        screen
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not on screen: {screen:#?}"))
+            .clone()
+    };
+    assert!(find("[+] Building").ends_with("FINISHED"));
+    assert!(find("FROM busybox").starts_with(" => [stage-0 1/4] FROM busybox"));
+    let run = find("RUN echo one");
+    assert!(run.starts_with(" => [stage-0 3/4] RUN"), "{run}");
+    assert!(run.ends_with('s'), "a finished step shows its time: {run}");
+    assert!(
+        !screen.iter().any(|l| l.contains("=> => # one")),
+        "finished steps collapse their output: {screen:#?}"
+    );
+    assert!(find("Built in").contains("image sha256:"));
+
+    let (code, screen) = run_in_pty(&p, "--progress=tty -t tty:1 .");
+    assert_eq!(code, 0);
+    for step in ["FROM busybox", "COPY a.txt", "RUN echo one", "RUN echo err"] {
+        let l = screen.iter().find(|l| l.contains(step)).unwrap();
+        assert!(l.starts_with(" => CACHED "), "{l}");
+    }
+
+    p.file("Dockerfile", FAILING_DOCKERFILE);
+    let (code, screen) = run_in_pty(&p, "--progress=tty .");
+    assert_eq!(code, 1);
+    assert!(screen.iter().any(|l| l.ends_with("FAILED")), "{screen:#?}");
+    let err = screen.iter().position(|l| l.starts_with(" => ERROR [stage-0 3/4] RUN"));
+    let err = err.unwrap_or_else(|| panic!("{screen:#?}"));
+    assert_eq!(screen[err + 1], " => => # something broke", "{screen:#?}");
+    assert!(screen.iter().any(|l| l.contains(">>> RUN echo 'something broke'")));
+}
+
+#[test]
+fn metadata_file_and_iidfile_name_the_image_that_was_stored() {
+    require_env();
+    let p = Project::new("FROM busybox\nRUN echo hi > /hi\n");
+    ok(p.run(&[
+        "--progress=quiet",
+        "-t",
+        "meta:1",
+        "-t",
+        "meta:latest",
+        "--metadata-file",
+        "meta.json",
+        "--iidfile",
+        "id.txt",
+        ".",
+    ]));
+    let m: Value = serde_json::from_str(&fs::read_to_string(p.dir.path().join("meta.json")).unwrap())
+        .unwrap();
+    let id = fs::read_to_string(p.dir.path().join("id.txt")).unwrap();
+    assert_eq!(m["containerimage.config.digest"], id.as_str());
+    assert_eq!(
+        m["image.name"],
+        "docker.io/library/meta:1,docker.io/library/meta:latest"
+    );
+    let digest = m["containerimage.digest"].as_str().unwrap();
+    assert_eq!(m["containerimage.descriptor"]["digest"], digest);
+    // The manifest in the store's OCI layout under that digest has that size and config.
+    let index: Value = serde_json::from_str(
+        &fs::read_to_string(p.store.path().join("layout-v1/index.json")).unwrap(),
+    )
+    .unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == "docker.io/library/meta:1")
+        .unwrap();
+    assert_eq!(entry["digest"], digest);
+    assert_eq!(entry["size"], m["containerimage.descriptor"]["size"]);
+    assert_eq!(entry["mediaType"], m["containerimage.descriptor"]["mediaType"]);
+    let blob = p
+        .store
+        .path()
+        .join("blobs-v1/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let manifest: Value = serde_json::from_slice(&fs::read(blob).unwrap()).unwrap();
+    assert_eq!(manifest["config"]["digest"], id.as_str());
+}
+
+#[test]
+fn a_dockerfile_or_a_tar_context_on_stdin() {
+    require_env();
+    let p = Project::new("");
+    let o = ok(p.run_stdin(
+        &["-q", "-t", "stdin:1", "-"],
+        b"FROM busybox\nRUN echo from-stdin > /s\n",
+    ));
+    assert!(text(&o.stdout).starts_with("sha256:"));
+
+    // a tar context (built with the tar CLI) with a Dockerfile that COPYs from it
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("Dockerfile"), "FROM busybox\nCOPY hello.txt /hello.txt\nRUN grep -q tarred /hello.txt\n").unwrap();
+    fs::write(src.path().join("hello.txt"), "tarred\n").unwrap();
+    for flags in ["-c", "-cz"] {
+        let tar = Command::new("tar")
+            .args([flags, "-C"])
+            .arg(src.path())
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(tar.status.success());
+        let o = p.run_stdin(&["--progress=plain", "-t", "tarctx:1", "-"], &tar.stdout);
+        ok(o);
+    }
+    // -f - reads the Dockerfile from stdin with a directory context
+    p.file("data.txt", "dir-context");
+    ok(p.run_stdin(
+        &["--progress=plain", "-f", "-", "."],
+        b"FROM busybox\nCOPY data.txt /d\nRUN grep -q dir-context /d\n",
+    ));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git is needed for git contexts (apt-get install git)");
+    assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
+}
+
+#[test]
+fn a_git_url_context_with_a_ref_and_a_subdirectory() {
+    require_env();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().join("w");
+    fs::create_dir_all(w.join("app")).unwrap();
+    git(&w, &["init", "-q", "-b", "main"]);
+    fs::write(w.join("app/Dockerfile"), "FROM busybox\nCOPY v.txt /v.txt\nRUN grep -q release /v.txt\n").unwrap();
+    fs::write(w.join("app/v.txt"), "release\n").unwrap();
+    git(&w, &["add", "-A"]);
+    git(&w, &["commit", "-q", "-m", "one"]);
+    git(&w, &["tag", "v1"]);
+    fs::write(w.join("app/v.txt"), "changed\n").unwrap();
+    git(&w, &["commit", "-q", "-am", "two"]);
+    let bare = work.path().join("repo.git");
+    git(work.path(), &["clone", "-q", "--bare", "w", "repo.git"]);
+    let p = Project::new("");
+    let url = format!("file://{}#v1:app", bare.display());
+    let o = ok(p.run(&["--progress=plain", "--metadata-file", "m.json", &url]));
+    assert!(text(&o.stderr).contains("COPY v.txt"), "{}", text(&o.stderr));
+    // main has the changed file, so the RUN check fails there: the ref was honoured.
+    let url = format!("file://{}#main:app", bare.display());
+    let o = p.run(&["--progress=plain", &url]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let o = p.run(&["--progress=plain", &format!("file://{}#nosuchref", bare.display())]);
+    assert!(text(&o.stderr).contains("nosuchref"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
+    let p = Project::new("FROM busybox\n");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--build-context", "base=docker-image://alpine"], "--build-context: named build contexts is not supported yet"),
+        (&["--platform", "linux/amd64,linux/arm64"], "--platform: building several platforms"),
+        (&["--no-cache-filter", "build"], "--no-cache-filter:"),
+        (&["--push"], "--push: pushing to a registry is not supported yet"),
+        (&["--load"], "--load: loading into docker is not supported yet"),
+        (&["--cache-from", "type=registry,ref=r/a:c"], "--cache-from: remote cache import is not supported yet"),
+        (&["--cache-to", "type=local,dest=/tmp/c"], "--cache-to: remote cache export is not supported yet"),
+        (&["--secret", "id=tok,src=/dev/null"], "--secret:"),
+        (&["--ssh", "default"], "--ssh:"),
+        (&["--network", "none"], "--network:"),
+        (&["--annotation", "k=v"], "--annotation:"),
+        (&["--allow", "network.host"], "--allow:"),
+        (&["--add-host", "db:10.0.0.2"], "--add-host:"),
+        (&["--shm-size", "64m"], "--shm-size:"),
+        (&["--ulimit", "nofile=1024:2048"], "--ulimit:"),
+        (&["--provenance", "mode=max"], "--provenance:"),
+        (&["--sbom=true"], "--sbom:"),
+    ];
+    for (args, message) in cases {
+        let mut a: Vec<&str> = args.to_vec();
+        a.push(".");
+        let o = p.run(&a);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: expected {message:?} in {err}");
+    }
+    // Malformed values are usage errors too, naming the flag.
+    for (args, flag) in [
+        (["--secret", "src=only"], "--secret"),
+        (["--add-host", "db:nope"], "--add-host"),
+        (["--network", "bridge"], "--network"),
+        (["--progress", "fancy"], "--progress"),
+        (["--ulimit", "nofile=x"], "--ulimit"),
+        (["--output", "dest=x"], "--output"),
+    ] {
+        let mut a: Vec<&str> = args.to_vec();
+        a.push(".");
+        let o = p.run(&a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(flag), "{}", text(&o.stderr));
+    }
+    // Flags that turn a missing feature off are accepted.
+    require_env();
+    ok(p.run(&["-q", "--provenance=false", "--sbom=false", "--network", "default", "."]));
+}
+
+#[test]
+fn exit_codes_separate_usage_errors_from_build_failures() {
+    let p = Project::new("FROM busybox\nRUN exit 5\n");
+    assert_eq!(p.run(&["--frobnicate", "."]).status.code(), Some(2));
+    assert_eq!(p.run(&["no-such-dir"]).status.code(), Some(2));
+    require_env();
+    let o = p.run(&["--progress=plain", "."]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+}
+
+#[test]
+fn completion_scripts_and_version() {
+    let p = Project::new("");
+    for shell in ["bash", "zsh", "fish"] {
+        let o = ok(p.run(&["completion", shell]));
+        let s = text(&o.stdout);
+        assert!(s.contains("rbuild") && s.contains("metadata-file"), "{shell}: {s}");
+    }
+    assert_eq!(p.run(&["completion", "tcsh"]).status.code(), Some(2));
+    let v = text(&ok(p.run(&["version"])).stdout);
+    assert!(v.starts_with(&format!("rbuild {}", env!("CARGO_PKG_VERSION"))), "{v}");
+    let help = text(&ok(p.run(&["build", "--help"])).stdout);
+    for word in ["Examples:", "--cache-to", "--metadata-file", "Exit codes"] {
+        assert!(help.contains(word), "{word} not in help:\n{help}");
+    }
+}
