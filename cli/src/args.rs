@@ -236,25 +236,63 @@ mod tests {
             "rbuild",
             "-t",
             "a:1",
-            "-t",
-            "b",
+            "--tag=b",
             "-f",
             "D",
             "--build-arg",
             "X=1",
+            "--build-arg",
+            "FROM_ENV",
+            "--build-context",
+            "base=docker-image://alpine:3",
             "--target",
             "t",
+            "--platform",
+            "linux/amd64,linux/arm64/v8",
             "--no-cache",
+            "--no-cache-filter",
+            "a,b",
             "--pull",
             "-q",
             "-o",
             "type=oci,dest=x.tar",
+            "--output=type=local,dest=\"a,b\"",
+            "--push",
+            "--load",
+            "--cache-from",
+            "user/app:cache",
+            "--cache-from",
+            "type=local,src=/c",
+            "--cache-to",
+            "type=registry,ref=r/a:c,mode=max",
+            "--secret",
+            "id=tok,src=/t",
+            "--secret",
+            "type=env,id=K",
+            "--ssh",
+            "default",
+            "--network",
+            "host",
             "--progress",
-            "plain",
+            "rawjson",
             "--label",
             "k=v",
+            "--annotation",
+            "manifest:k=v",
+            "--metadata-file",
+            "m.json",
             "--iidfile",
             "id",
+            "--allow",
+            "network.host,security.insecure",
+            "--add-host",
+            "db:10.0.0.2",
+            "--shm-size",
+            "64m",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--provenance",
+            "--sbom=false",
             "--max-parallelism",
             "3",
             "ctx",
@@ -265,13 +303,67 @@ mod tests {
         };
         assert_eq!(b.tags, ["a:1", "b"]);
         assert_eq!(b.file, Some(PathBuf::from("D")));
-        assert_eq!(b.build_args, ["X=1"]);
+        assert_eq!(b.build_args, ["X=1", "FROM_ENV"]);
+        assert_eq!(b.build_contexts, ["base=docker-image://alpine:3"]);
         assert_eq!(b.target.as_deref(), Some("t"));
-        assert!(b.no_cache && b.pull && b.quiet);
-        assert_eq!(b.outputs, ["type=oci,dest=x.tar"]);
+        assert_eq!(b.platforms, ["linux/amd64", "linux/arm64/v8"]);
+        assert!(b.no_cache && b.pull && b.quiet && b.push && b.load);
+        assert_eq!(b.no_cache_filter, ["a", "b"]);
+        assert_eq!(b.outputs, ["type=oci,dest=x.tar", "type=local,dest=\"a,b\""]);
+        assert_eq!(b.cache_from, ["user/app:cache", "type=local,src=/c"]);
+        assert_eq!(b.cache_to, ["type=registry,ref=r/a:c,mode=max"]);
+        assert_eq!(b.secrets, ["id=tok,src=/t", "type=env,id=K"]);
+        assert_eq!(b.ssh, ["default"]);
+        assert_eq!(b.network.as_deref(), Some("host"));
+        assert_eq!(b.progress, "rawjson");
         assert_eq!(b.labels, ["k=v"]);
+        assert_eq!(b.annotations, ["manifest:k=v"]);
+        assert_eq!(b.metadata_file, Some(PathBuf::from("m.json")));
+        assert_eq!(b.iidfile, Some(PathBuf::from("id")));
+        assert_eq!(b.allow, ["network.host", "security.insecure"]);
+        assert_eq!(b.add_hosts, ["db:10.0.0.2"]);
+        assert_eq!(b.shm_size, Some(64 << 20));
+        assert_eq!(b.ulimits, ["nofile=1024:2048"]);
+        assert_eq!(b.provenance.as_deref(), Some("true"));
+        assert_eq!(b.sbom.as_deref(), Some("false"));
         assert_eq!(b.max_parallelism, Some(3));
         assert_eq!(b.context, PathBuf::from("ctx"));
+        // every flag above except the supported ones is rejected, the first one named
+        let msg = crate::unsupported::unsupported(&b).unwrap();
+        assert!(msg.starts_with("--build-context:"), "{msg}");
+    }
+
+    #[test]
+    fn a_plain_build_uses_no_unsupported_flag() {
+        let cli = Cli::try_parse_from(v(&["rbuild", "-t", "x", "--provenance=false", "."])).unwrap();
+        let Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(crate::unsupported::unsupported(&b), None);
+    }
+
+    #[test]
+    fn malformed_values_are_usage_errors_naming_the_flag() {
+        for (flag, value) in [
+            ("--secret", "src=x"),
+            ("--ssh", "=x"),
+            ("--cache-to", "type=floppy"),
+            ("--build-context", "noequals"),
+            ("--network", "bridge"),
+            ("--allow", "root"),
+            ("--add-host", "db:notanip"),
+            ("--shm-size", "lots"),
+            ("--ulimit", "nofile"),
+            ("--annotation", "novalue"),
+            ("--label", "=v"),
+            ("--progress", "fancy"),
+            ("--provenance", "a,b"),
+        ] {
+            let e = Cli::try_parse_from(v(&["rbuild", flag, value, "."]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
+        }
     }
 
     #[test]

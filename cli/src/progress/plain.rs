@@ -75,3 +75,86 @@ impl Render for Plain {
 
     fn finish(&mut self, _t: &Tracker, _o: &Outcome, _out: &mut dyn Write) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::Buf;
+    use super::super::{Mode, Outcome, Reporter};
+    use rbuild_solver::{Event, Progress};
+
+    #[test]
+    fn interleaved_steps_repeat_their_name_and_partial_lines_are_not_lost() {
+        let buf = Buf::default();
+        let r = Reporter::with_writer(Mode::Plain, Box::new(buf.clone()), None);
+        r.note("[internal] load build definition from Dockerfile");
+        r.event(Event::Started {
+            vertex: 7,
+            name: "[a 1/1] RUN x".into(),
+        });
+        r.event(Event::Started {
+            vertex: 9,
+            name: "[b 1/1] RUN y".into(),
+        });
+        let log = |vertex, data: &[u8]| Event::Log {
+            vertex,
+            stderr: false,
+            data: data.to_vec(),
+        };
+        r.event(log(7, b"one\ntw"));
+        r.event(log(9, b"why\n"));
+        r.event(log(7, b"o\n"));
+        r.event(Event::Done {
+            vertex: 9,
+            seconds: 0.25,
+        });
+        r.event(log(7, b"tail"));
+        r.event(Event::Failed {
+            vertex: 7,
+            message: "[a 1/1] RUN x: exit code 2".into(),
+        });
+        r.event(Event::Cached {
+            vertex: 3,
+            name: "[c 1/1] COPY a /a".into(),
+        });
+        r.finish(&Outcome::default());
+        let out = buf.text();
+        let lines: Vec<String> = out
+            .lines()
+            .map(|l| {
+                // redact the seconds column
+                let mut p: Vec<&str> = l.splitn(3, ' ').collect();
+                if p.len() == 3 && p[1].parse::<f64>().is_ok() {
+                    p[1] = "T";
+                }
+                p.join(" ")
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "#1 [internal] load build definition from Dockerfile",
+                "#1 DONE 0.0s",
+                "#2 [a 1/1] RUN x",
+                "#3 [b 1/1] RUN y",
+                "",
+                "#2 [a 1/1] RUN x",
+                "#2 T one",
+                "",
+                "#3 [b 1/1] RUN y",
+                "#3 T why",
+                "",
+                "#2 [a 1/1] RUN x",
+                "#2 T two",
+                "",
+                "#3 [b 1/1] RUN y",
+                "#3 DONE 0.2s",
+                "",
+                "#2 [a 1/1] RUN x",
+                "#2 T tail",
+                "#2 ERROR: exit code 2",
+                "#4 [c 1/1] COPY a /a",
+                "#4 CACHED",
+            ]
+        );
+    }
+}

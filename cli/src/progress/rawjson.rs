@@ -102,3 +102,57 @@ impl Render for RawJson {
         emit(out, r);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::Buf;
+    use super::super::{Mode, Outcome, Reporter};
+    use rbuild_solver::{Event, Progress};
+    use serde_json::Value;
+
+    #[test]
+    fn one_object_per_line_with_text_or_base64_logs() {
+        let buf = Buf::default();
+        let r = Reporter::with_writer(Mode::RawJson, Box::new(buf.clone()), None);
+        r.event(Event::Started {
+            vertex: 4,
+            name: "[s 1/1] RUN x".into(),
+        });
+        r.event(Event::Log {
+            vertex: 4,
+            stderr: false,
+            data: b"caf\xc3\xa9\n".to_vec(),
+        });
+        r.event(Event::Log {
+            vertex: 4,
+            stderr: true,
+            data: vec![0xff, 0x00],
+        });
+        r.event(Event::Failed {
+            vertex: 4,
+            message: "[s 1/1] RUN x: boom".into(),
+        });
+        r.finish(&Outcome {
+            ok: false,
+            image_id: None,
+            error: Some("boom".into()),
+        });
+        let v: Vec<Value> = buf
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[0]["type"], "started");
+        assert_eq!(v[0]["vertex"], 1);
+        assert_eq!(v[1]["text"], "café\n");
+        assert_eq!(v[1]["stream"], "stdout");
+        assert_eq!(v[2]["base64"], "/wA=");
+        assert_eq!(v[2]["stream"], "stderr");
+        assert_eq!(v[3]["type"], "error");
+        assert_eq!(v[3]["error"], "boom");
+        assert_eq!(v[4]["type"], "result");
+        assert_eq!(v[4]["ok"], false);
+        assert!(v.iter().all(|o| o["time"].as_f64().unwrap() > 1.6e9));
+    }
+}

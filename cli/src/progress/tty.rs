@@ -200,3 +200,99 @@ impl Render for Tty {
         let _ = out.write_all(s.as_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::Buf;
+    use super::super::{Mode, Outcome, Reporter};
+    use super::*;
+    use rbuild_solver::{Event, Progress};
+
+    fn strip_times(l: &str) -> String {
+        l.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.' || c == 's')
+            .trim_end()
+            .to_string()
+    }
+
+    #[test]
+    fn running_steps_show_their_last_lines_and_finished_steps_collapse() {
+        let r = Reporter::with_writer(Mode::Tty, Box::new(Buf::default()), Some(60));
+        r.event(Event::Cached {
+            vertex: 0,
+            name: "[s 1/3] FROM busybox".into(),
+        });
+        r.event(Event::Started {
+            vertex: 1,
+            name: "[s 2/3] RUN a-very-long-command ".to_string() + &"x".repeat(80),
+        });
+        let mut data = Vec::new();
+        for i in 1..=8 {
+            data.extend_from_slice(format!("out {i}\n").as_bytes());
+        }
+        r.event(Event::Log {
+            vertex: 1,
+            stderr: true,
+            data,
+        });
+        let g = r.shared.inner.lock().unwrap();
+        let f = frame(&g.tracker, 60, None, false);
+        drop(g);
+        assert!(f[0].starts_with("[+] Building ") && f[0].ends_with("(1/2)"), "{f:?}");
+        assert_eq!(strip_times(&f[1]), " => CACHED [s 1/3] FROM busybox");
+        assert!(f.iter().all(|l| l.chars().count() <= 60), "{f:#?}");
+        assert!(f[2].contains('…'), "long names are cut: {}", f[2]);
+        let logs: Vec<&str> = f[3..].iter().map(String::as_str).collect();
+        assert_eq!(
+            logs,
+            [
+                " => => # out 3",
+                " => => # out 4",
+                " => => # out 5",
+                " => => # out 6",
+                " => => # out 7",
+                " => => # out 8"
+            ]
+        );
+        r.event(Event::Done {
+            vertex: 1,
+            seconds: 1.5,
+        });
+        let g = r.shared.inner.lock().unwrap();
+        let f = frame(&g.tracker, 60, Some(&Outcome { ok: true, ..Default::default() }), false);
+        drop(g);
+        assert_eq!(f.len(), 3, "output collapses when done: {f:#?}");
+        assert!(f[0].ends_with("(2/2) FINISHED"));
+        assert!(f[2].ends_with(" 1.5s"));
+    }
+
+    #[test]
+    fn the_last_frame_is_followed_by_the_summary_and_the_failed_steps_output() {
+        let buf = Buf::default();
+        let r = Reporter::with_writer(Mode::Tty, Box::new(buf.clone()), Some(80));
+        r.event(Event::Started {
+            vertex: 1,
+            name: "[s 1/1] RUN make".into(),
+        });
+        let data: Vec<u8> = (1..=10).flat_map(|i| format!("l{i}\n").into_bytes()).collect();
+        r.event(Event::Log {
+            vertex: 1,
+            stderr: false,
+            data,
+        });
+        r.event(Event::Failed {
+            vertex: 1,
+            message: "[s 1/1] RUN make: exit code 2".into(),
+        });
+        r.warning("Dockerfile:1: something odd");
+        r.finish(&Outcome::default());
+        let out = buf.text();
+        let last = &out[out.rfind("[+] Building").unwrap()..];
+        assert!(last.contains("FAILED"), "{last}");
+        assert!(last.contains(" => ERROR [s 1/1] RUN make"), "{last}");
+        assert!(last.contains(" => => # l10\n"), "{last}");
+        assert!(!last.contains(" => => # l4\n"), "the frame shows the last 6 lines");
+        assert!(last.contains("WARNING: Dockerfile:1: something odd"), "{last}");
+        // the whole output of the failed step follows the frame
+        assert!(last.contains("------\n > output of [s 1/1] RUN make:\nl1\nl2\n"), "{last}");
+    }
+}
