@@ -169,14 +169,7 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-const SUBCOMMANDS: &[&str] = &[
-    "build",
-    "images",
-    "debug",
-    "version",
-    "completion",
-    "help",
-];
+const SUBCOMMANDS: &[&str] = &["build", "images", "debug", "version", "completion", "help"];
 
 /// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
 /// not a global option is not a subcommand.
@@ -309,7 +302,10 @@ mod tests {
         assert_eq!(b.platforms, ["linux/amd64", "linux/arm64/v8"]);
         assert!(b.no_cache && b.pull && b.quiet && b.push && b.load);
         assert_eq!(b.no_cache_filter, ["a", "b"]);
-        assert_eq!(b.outputs, ["type=oci,dest=x.tar", "type=local,dest=\"a,b\""]);
+        assert_eq!(
+            b.outputs,
+            ["type=oci,dest=x.tar", "type=local,dest=\"a,b\""]
+        );
         assert_eq!(b.cache_from, ["user/app:cache", "type=local,src=/c"]);
         assert_eq!(b.cache_to, ["type=registry,ref=r/a:c,mode=max"]);
         assert_eq!(b.secrets, ["id=tok,src=/t", "type=env,id=K"]);
@@ -335,7 +331,8 @@ mod tests {
 
     #[test]
     fn a_plain_build_uses_no_unsupported_flag() {
-        let cli = Cli::try_parse_from(v(&["rbuild", "-t", "x", "--provenance=false", "."])).unwrap();
+        let cli =
+            Cli::try_parse_from(v(&["rbuild", "-t", "x", "--provenance=false", "."])).unwrap();
         let Command::Build(b) = cli.command else {
             panic!("not build")
         };

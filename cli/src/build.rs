@@ -15,7 +15,7 @@ use rbuild_solver::{Solver, SolverConfig};
 
 use crate::args::BuildArgs;
 use crate::progress::{Outcome, Reporter};
-use crate::render::{BuildFailed, DockerfileError};
+use crate::render::{BuildFailed, DockerfileError, UsageError};
 
 /// The loaded inputs of a build.
 struct Inputs {
@@ -88,15 +88,18 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         labels.insert(k.to_string(), v.to_string());
     }
     let platform = match b.platforms.first() {
+        // buildx: --platform local = the host
         None => Platform::host(),
-        Some(p) => parse_platform(p)?,
+        Some(p) if p == "local" => Platform::host(),
+        Some(p) => parse_platform(p).map_err(|e| UsageError(e.to_string()))?,
     };
     if platform != Platform::host() {
-        bail!(
+        return Err(UsageError(format!(
             "--platform {}: only the host platform ({}) can be built on this machine",
             platform.to_text(),
             Platform::host().to_text()
-        );
+        ))
+        .into());
     }
     let opts = BuildOpts {
         build_args,
@@ -225,16 +228,19 @@ fn solve_error(inputs: &Inputs, e: rbuild_solver::SolveError) -> anyhow::Error {
 
 pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     crate::unsupported::reject_unsupported(b)?;
+    let usage = |e: anyhow::Error| anyhow::Error::new(UsageError(e.to_string()));
     let outputs = b
         .outputs
         .iter()
         .map(|o| parse_output(o))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()
+        .map_err(usage)?;
     let tags = b
         .tags
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()
+        .map_err(usage)?;
     let mode = if b.quiet {
         crate::progress::Mode::Quiet
     } else {
@@ -290,7 +296,10 @@ fn build_image(
     let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(inputs, e))?;
     for w in &plan.warnings {
-        progress.warning(&format!("{}:{}: {}", inputs.dockerfile_name, w.line, w.message));
+        progress.warning(&format!(
+            "{}:{}: {}",
+            inputs.dockerfile_name, w.line, w.message
+        ));
     }
     let out = solver
         .solve(&plan.definition, plan.root, progress)
@@ -340,6 +349,11 @@ pub struct OutputSpec {
 pub fn parse_output(spec: &str) -> Result<OutputSpec> {
     let mut kind = None;
     let mut dest = None;
+    if !spec.contains('=') {
+        // buildx: `-o DIR` is the local exporter, `-o -` a tar stream.
+        let kind = if spec == "-" { "tar" } else { "local" };
+        bail!("--output {spec}: type={kind} is not supported yet (supported: type=oci|docker,dest=FILE)");
+    }
     for part in spec.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| {
             anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=app.tar")

@@ -39,7 +39,9 @@ pub fn is_git_url(s: &str) -> bool {
         return true;
     }
     if let Some(path) = base.strip_prefix("file://") {
-        return base.ends_with(".git") || !fragment.is_empty() || Path::new(path).join("HEAD").is_file();
+        return base.ends_with(".git")
+            || !fragment.is_empty()
+            || Path::new(path).join("HEAD").is_file();
     }
     (s.starts_with("https://") || s.starts_with("http://"))
         && (base.ends_with(".git") || !fragment.is_empty())
@@ -50,10 +52,9 @@ pub fn prepare(b: &BuildArgs) -> Result<Prepared> {
     let ctx = b.context.to_string_lossy().to_string();
     if ctx == "-" {
         if b.file.as_deref() == Some(Path::new("-")) {
-            return Err(UsageError(
-                "-f - and context - cannot both read standard input".into(),
-            )
-            .into());
+            return Err(
+                UsageError("-f - and context - cannot both read standard input".into()).into(),
+            );
         }
         let mut data = Vec::new();
         std::io::stdin()
@@ -89,10 +90,9 @@ pub fn prepare(b: &BuildArgs) -> Result<Prepared> {
         args.context = dir;
         tmp = Some(t);
     } else if !b.context.exists() {
-        return Err(UsageError(format!(
-            "unable to prepare context: path {ctx:?} not found"
-        ))
-        .into());
+        return Err(
+            UsageError(format!("unable to prepare context: path {ctx:?} not found")).into(),
+        );
     }
     if b.file.as_deref() == Some(Path::new("-")) {
         let mut data = Vec::new();
@@ -167,12 +167,7 @@ fn clone(url: &str, into: &Path) -> Result<PathBuf> {
             reference
         };
         // Shallow fetch first; servers that refuse it (e.g. a commit id) get a full fetch.
-        if git(
-            &["fetch", "-q", "--depth", "1", &remote, want],
-            Some(&repo),
-        )
-        .is_err()
-        {
+        if git(&["fetch", "-q", "--depth", "1", &remote, want], Some(&repo)).is_err() {
             git(&["fetch", "-q", &remote], Some(&repo))?;
             git(&["checkout", "-q", want], Some(&repo))?;
         } else {
@@ -180,7 +175,15 @@ fn clone(url: &str, into: &Path) -> Result<PathBuf> {
         }
         if repo.join(".gitmodules").is_file() {
             git(
-                &["submodule", "update", "-q", "--init", "--recursive", "--depth", "1"],
+                &[
+                    "submodule",
+                    "update",
+                    "-q",
+                    "--init",
+                    "--recursive",
+                    "--depth",
+                    "1",
+                ],
                 Some(&repo),
             )?;
         }

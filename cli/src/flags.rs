@@ -69,7 +69,11 @@ pub fn secret(s: &str) -> Result<String, String> {
     )?;
     match m.get("type").map(String::as_str) {
         None | Some("file") | Some("env") => {}
-        Some(t) => return Err(format!("unsupported secret type {t:?} (expected file or env)")),
+        Some(t) => {
+            return Err(format!(
+                "unsupported secret type {t:?} (expected file or env)"
+            ))
+        }
     }
     if m.get("id").is_none_or(|i| i.is_empty()) {
         return Err("missing id= (e.g. id=mytoken,src=token.txt)".into());
@@ -81,7 +85,9 @@ pub fn secret(s: &str) -> Result<String, String> {
 pub fn ssh(s: &str) -> Result<String, String> {
     let (id, paths) = s.split_once('=').unwrap_or((s, ""));
     if id.is_empty() || id.contains(',') {
-        return Err(format!("expected default or ID[=socket|key[,key]], got {s:?}"));
+        return Err(format!(
+            "expected default or ID[=socket|key[,key]], got {s:?}"
+        ));
     }
     if s.contains('=') && paths.split(',').any(str::is_empty) {
         return Err(format!("empty socket or key path in {s:?}"));
@@ -183,8 +189,21 @@ pub fn bytes(s: &str) -> Result<u64, String> {
 /// `--ulimit name=soft[:hard]`.
 pub fn ulimit(s: &str) -> Result<String, String> {
     const NAMES: &[&str] = &[
-        "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
-        "rss", "rtprio", "rttime", "sigpending", "stack",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
     ];
     let (name, limits) = s
         .split_once('=')
@@ -259,7 +278,10 @@ mod tests {
 
     #[test]
     fn csv_quotes_protect_commas() {
-        assert_eq!(csv_fields("a=1,\"b=2,3\",c").unwrap(), ["a=1", "b=2,3", "c"]);
+        assert_eq!(
+            csv_fields("a=1,\"b=2,3\",c").unwrap(),
+            ["a=1", "b=2,3", "c"]
+        );
         assert_eq!(csv_fields("src=\"x,\"\"y\"").unwrap(), ["src=x,\"y"]);
         assert!(csv_fields("a=\"open").is_err());
     }

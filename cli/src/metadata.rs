@@ -57,13 +57,22 @@ mod tests {
             config_digest: "sha256:bb".into(),
             config: Vec::new(),
         };
-        let tags = [Reference::parse("app:v1").unwrap(), Reference::parse("x/y").unwrap()];
+        let tags = [
+            Reference::parse("app:v1").unwrap(),
+            Reference::parse("x/y").unwrap(),
+        ];
         let m = metadata(&image, &tags);
         assert_eq!(m["containerimage.digest"], "sha256:aa");
         assert_eq!(m["containerimage.config.digest"], "sha256:bb");
-        assert_eq!(m["containerimage.descriptor"]["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(
+            m["containerimage.descriptor"]["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
         assert_eq!(m["containerimage.descriptor"]["size"], 7);
-        assert_eq!(m["image.name"], "docker.io/library/app:v1,docker.io/x/y:latest");
+        assert_eq!(
+            m["image.name"],
+            "docker.io/library/app:v1,docker.io/x/y:latest"
+        );
         assert!(metadata(&image, &[]).get("image.name").is_none());
     }
 }

@@ -55,7 +55,9 @@ impl std::error::Error for UsageError {}
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<UsageError>().is_some() {
         2
-    } else if e.downcast_ref::<DockerfileError>().is_some() || e.downcast_ref::<BuildFailed>().is_some() {
+    } else if e.downcast_ref::<DockerfileError>().is_some()
+        || e.downcast_ref::<BuildFailed>().is_some()
+    {
         1
     } else {
         3
@@ -185,10 +187,14 @@ mod tests {
 
     #[test]
     fn known_causes_get_a_hint() {
-        assert!(hint("process \"/bin/sh -c nope\" did not complete successfully: exit code 127")
+        assert!(
+            hint("process \"/bin/sh -c nope\" did not complete successfully: exit code 127")
+                .unwrap()
+                .contains("not found")
+        );
+        assert!(hint("\"x\" not found in build context")
             .unwrap()
-            .contains("not found"));
-        assert!(hint("\"x\" not found in build context").unwrap().contains(".dockerignore"));
+            .contains(".dockerignore"));
         assert!(hint("exit code 1").is_none());
     }
 }

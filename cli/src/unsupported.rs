@@ -39,7 +39,10 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
         return not_yet("--ssh", "SSH agent forwarding");
     }
     if b.network.as_deref().is_some_and(|n| n != "default") {
-        return not_yet("--network", "a network mode other than default for all steps");
+        return not_yet(
+            "--network",
+            "a network mode other than default for all steps",
+        );
     }
     if !b.annotations.is_empty() {
         return not_yet("--annotation", "setting annotations");

@@ -12,6 +12,7 @@ fn the_action_builds_and_reports_imageid_digest_metadata_and_a_summary() {
         .arg(script)
         .env("RBUILD_BIN", env!("CARGO_BIN_EXE_rbuild"))
         .env_remove("RBUILD_PROGRESS")
+        .env_remove("BUILDKIT_PROGRESS")
         .output()
         .expect("running bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -20,5 +21,8 @@ fn the_action_builds_and_reports_imageid_digest_metadata_and_a_summary() {
         out.status.success(),
         "scripts/test-action.sh failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("test-action: 1 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("test-action: 1 passed, 0 failed"),
+        "{stdout}"
+    );
 }

@@ -57,6 +57,7 @@ impl Project {
             .env("RBUILD_ROOT", self.store.path())
             .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
             .env_remove("RBUILD_PROGRESS")
+            .env_remove("BUILDKIT_PROGRESS")
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("NO_COLOR")
             .stdin(Stdio::null())
@@ -103,10 +104,7 @@ fn redact_digests(s: &str) -> String {
     while let Some(i) = rest.find("sha256:") {
         out.push_str(&rest[..i + 7]);
         let after = &rest[i + 7..];
-        let hex = after
-            .chars()
-            .take_while(|c| c.is_ascii_hexdigit())
-            .count();
+        let hex = after.chars().take_while(|c| c.is_ascii_hexdigit()).count();
         if hex == 64 {
             out.push_str("<digest>");
             rest = &after[64..];
@@ -155,7 +153,9 @@ fn normalize_rawjson(s: &str) -> String {
             o.insert("duration".into(), Value::from("<d>"));
         }
         if let (Some(prev), "log") = (events.last_mut(), o["type"].as_str().unwrap()) {
-            if prev["type"] == "log" && prev["vertex"] == o["vertex"] && prev["stream"] == o["stream"]
+            if prev["type"] == "log"
+                && prev["vertex"] == o["vertex"]
+                && prev["stream"] == o["stream"]
             {
                 let t = format!(
                     "{}{}",
@@ -205,7 +205,16 @@ fn three_builds(mode: &str) -> [String; 3] {
     require_env();
     let p = Project::new(GOLDEN_DOCKERFILE);
     p.file("a.txt", "A");
-    let args = ["build", "--progress", mode, "--max-parallelism", "1", "-t", "g:1", "."];
+    let args = [
+        "build",
+        "--progress",
+        mode,
+        "--max-parallelism",
+        "1",
+        "-t",
+        "g:1",
+        ".",
+    ];
     let cold = ok(p.run(&args));
     let cached = ok(p.run(&args));
     p.file("Dockerfile", FAILING_DOCKERFILE);
@@ -231,8 +240,7 @@ fn rawjson_output_of_a_cold_a_cached_and_a_failing_build_matches_the_golden_file
     golden("rawjson-cold.jsonl", &normalize_rawjson(&cold));
     golden("rawjson-cached.jsonl", &normalize_rawjson(&cached));
     // After the JSON lines comes the human-readable error report.
-    let (json, report): (Vec<&str>, Vec<&str>) =
-        failed.lines().partition(|l| l.starts_with('{'));
+    let (json, report): (Vec<&str>, Vec<&str>) = failed.lines().partition(|l| l.starts_with('{'));
     golden("rawjson-failed.jsonl", &normalize_rawjson(&json.join("\n")));
     assert!(report.join("\n").contains("exit code 3"), "{failed}");
 }
@@ -240,12 +248,16 @@ fn rawjson_output_of_a_cold_a_cached_and_a_failing_build_matches_the_golden_file
 #[test]
 fn long_output_is_never_clipped_in_plain_mode_and_errors_say_what_they_leave_out() {
     require_env();
-    let p = Project::new("FROM busybox\nRUN for i in $(seq 1 500); do echo line $i; done; exit 2\n");
+    let p =
+        Project::new("FROM busybox\nRUN for i in $(seq 1 500); do echo line $i; done; exit 2\n");
     let o = p.run(&["--progress=plain", "."]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     for i in [1, 250, 500] {
-        assert!(err.contains(&format!(" line {i}\n")), "line {i} missing:\n{err}");
+        assert!(
+            err.contains(&format!(" line {i}\n")),
+            "line {i} missing:\n{err}"
+        );
     }
     assert!(
         err.contains("[480 earlier lines of output not repeated here"),
@@ -310,10 +322,15 @@ fn replay(bytes: &[u8]) -> Vec<String> {
 
 fn run_in_pty(p: &Project, args: &str) -> (i32, Vec<String>) {
     let out = Command::new("script")
-        .args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_rbuild")), "/dev/null"])
+        .args([
+            "-qec",
+            &format!("{} {args}", env!("CARGO_BIN_EXE_rbuild")),
+            "/dev/null",
+        ])
         .env("RBUILD_ROOT", p.store.path())
         .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
         .env_remove("RBUILD_PROGRESS")
+        .env_remove("BUILDKIT_PROGRESS")
         .env("TERM", "xterm")
         .current_dir(p.dir.path())
         .stdin(Stdio::null())
@@ -330,7 +347,10 @@ fn the_tty_view_redraws_in_place_and_its_final_frame_shows_every_step() {
     // auto picks the tty view on a terminal
     let (code, screen) = run_in_pty(&p, "-t tty:1 .");
     assert_eq!(code, 0, "{screen:#?}");
-    let headers = screen.iter().filter(|l| l.starts_with("[+] Building")).count();
+    let headers = screen
+        .iter()
+        .filter(|l| l.starts_with("[+] Building"))
+        .count();
     assert_eq!(headers, 1, "frames are redrawn in place: {screen:#?}");
     let find = |needle: &str| {
         screen
@@ -361,10 +381,14 @@ fn the_tty_view_redraws_in_place_and_its_final_frame_shows_every_step() {
     let (code, screen) = run_in_pty(&p, "--progress=tty .");
     assert_eq!(code, 1);
     assert!(screen.iter().any(|l| l.ends_with("FAILED")), "{screen:#?}");
-    let err = screen.iter().position(|l| l.starts_with(" => ERROR [stage-0 3/4] RUN"));
+    let err = screen
+        .iter()
+        .position(|l| l.starts_with(" => ERROR [stage-0 3/4] RUN"));
     let err = err.unwrap_or_else(|| panic!("{screen:#?}"));
     assert_eq!(screen[err + 1], " => => # something broke", "{screen:#?}");
-    assert!(screen.iter().any(|l| l.contains(">>> RUN echo 'something broke'")));
+    assert!(screen
+        .iter()
+        .any(|l| l.contains(">>> RUN echo 'something broke'")));
 }
 
 #[test]
@@ -383,8 +407,8 @@ fn metadata_file_and_iidfile_name_the_image_that_was_stored() {
         "id.txt",
         ".",
     ]));
-    let m: Value = serde_json::from_str(&fs::read_to_string(p.dir.path().join("meta.json")).unwrap())
-        .unwrap();
+    let m: Value =
+        serde_json::from_str(&fs::read_to_string(p.dir.path().join("meta.json")).unwrap()).unwrap();
     let id = fs::read_to_string(p.dir.path().join("id.txt")).unwrap();
     assert_eq!(m["containerimage.config.digest"], id.as_str());
     assert_eq!(
@@ -402,11 +426,16 @@ fn metadata_file_and_iidfile_name_the_image_that_was_stored() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == "docker.io/library/meta:1")
+        .find(|d| {
+            d["annotations"]["org.opencontainers.image.ref.name"] == "docker.io/library/meta:1"
+        })
         .unwrap();
     assert_eq!(entry["digest"], digest);
     assert_eq!(entry["size"], m["containerimage.descriptor"]["size"]);
-    assert_eq!(entry["mediaType"], m["containerimage.descriptor"]["mediaType"]);
+    assert_eq!(
+        entry["mediaType"],
+        m["containerimage.descriptor"]["mediaType"]
+    );
     let blob = p
         .store
         .path()
@@ -428,7 +457,11 @@ fn a_dockerfile_or_a_tar_context_on_stdin() {
 
     // a tar context (built with the tar CLI) with a Dockerfile that COPYs from it
     let src = tempfile::tempdir().unwrap();
-    fs::write(src.path().join("Dockerfile"), "FROM busybox\nCOPY hello.txt /hello.txt\nRUN grep -q tarred /hello.txt\n").unwrap();
+    fs::write(
+        src.path().join("Dockerfile"),
+        "FROM busybox\nCOPY hello.txt /hello.txt\nRUN grep -q tarred /hello.txt\n",
+    )
+    .unwrap();
     fs::write(src.path().join("hello.txt"), "tarred\n").unwrap();
     for flags in ["-c", "-cz"] {
         let tar = Command::new("tar")
@@ -469,7 +502,11 @@ fn a_git_url_context_with_a_ref_and_a_subdirectory() {
     let w = work.path().join("w");
     fs::create_dir_all(w.join("app")).unwrap();
     git(&w, &["init", "-q", "-b", "main"]);
-    fs::write(w.join("app/Dockerfile"), "FROM busybox\nCOPY v.txt /v.txt\nRUN grep -q release /v.txt\n").unwrap();
+    fs::write(
+        w.join("app/Dockerfile"),
+        "FROM busybox\nCOPY v.txt /v.txt\nRUN grep -q release /v.txt\n",
+    )
+    .unwrap();
     fs::write(w.join("app/v.txt"), "release\n").unwrap();
     git(&w, &["add", "-A"]);
     git(&w, &["commit", "-q", "-m", "one"]);
@@ -481,12 +518,19 @@ fn a_git_url_context_with_a_ref_and_a_subdirectory() {
     let p = Project::new("");
     let url = format!("file://{}#v1:app", bare.display());
     let o = ok(p.run(&["--progress=plain", "--metadata-file", "m.json", &url]));
-    assert!(text(&o.stderr).contains("COPY v.txt"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("COPY v.txt"),
+        "{}",
+        text(&o.stderr)
+    );
     // main has the changed file, so the RUN check fails there: the ref was honoured.
     let url = format!("file://{}#main:app", bare.display());
     let o = p.run(&["--progress=plain", &url]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    let o = p.run(&["--progress=plain", &format!("file://{}#nosuchref", bare.display())]);
+    let o = p.run(&[
+        "--progress=plain",
+        &format!("file://{}#nosuchref", bare.display()),
+    ]);
     assert!(text(&o.stderr).contains("nosuchref"), "{}", text(&o.stderr));
 }
 
@@ -494,13 +538,31 @@ fn a_git_url_context_with_a_ref_and_a_subdirectory() {
 fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
     let p = Project::new("FROM busybox\n");
     let cases: &[(&[&str], &str)] = &[
-        (&["--build-context", "base=docker-image://alpine"], "--build-context: named build contexts is not supported yet"),
-        (&["--platform", "linux/amd64,linux/arm64"], "--platform: building several platforms"),
+        (
+            &["--build-context", "base=docker-image://alpine"],
+            "--build-context: named build contexts is not supported yet",
+        ),
+        (
+            &["--platform", "linux/amd64,linux/arm64"],
+            "--platform: building several platforms",
+        ),
         (&["--no-cache-filter", "build"], "--no-cache-filter:"),
-        (&["--push"], "--push: pushing to a registry is not supported yet"),
-        (&["--load"], "--load: loading into docker is not supported yet"),
-        (&["--cache-from", "type=registry,ref=r/a:c"], "--cache-from: remote cache import is not supported yet"),
-        (&["--cache-to", "type=local,dest=/tmp/c"], "--cache-to: remote cache export is not supported yet"),
+        (
+            &["--push"],
+            "--push: pushing to a registry is not supported yet",
+        ),
+        (
+            &["--load"],
+            "--load: loading into docker is not supported yet",
+        ),
+        (
+            &["--cache-from", "type=registry,ref=r/a:c"],
+            "--cache-from: remote cache import is not supported yet",
+        ),
+        (
+            &["--cache-to", "type=local,dest=/tmp/c"],
+            "--cache-to: remote cache export is not supported yet",
+        ),
         (&["--secret", "id=tok,src=/dev/null"], "--secret:"),
         (&["--ssh", "default"], "--ssh:"),
         (&["--network", "none"], "--network:"),
@@ -511,6 +573,14 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
         (&["--ulimit", "nofile=1024:2048"], "--ulimit:"),
         (&["--provenance", "mode=max"], "--provenance:"),
         (&["--sbom=true"], "--sbom:"),
+        (
+            &["-o", "outdir"],
+            "--output outdir: type=local is not supported yet",
+        ),
+        (
+            &["--platform", "linux/s390x"],
+            "--platform linux/s390x: only the host platform",
+        ),
     ];
     for (args, message) in cases {
         let mut a: Vec<&str> = args.to_vec();
@@ -518,7 +588,10 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
         let o = p.run(&a);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(message), "{args:?}: expected {message:?} in {err}");
+        assert!(
+            err.contains(message),
+            "{args:?}: expected {message:?} in {err}"
+        );
     }
     // Malformed values are usage errors too, naming the flag.
     for (args, flag) in [
@@ -537,7 +610,14 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
     }
     // Flags that turn a missing feature off are accepted.
     require_env();
-    ok(p.run(&["-q", "--provenance=false", "--sbom=false", "--network", "default", "."]));
+    ok(p.run(&[
+        "-q",
+        "--provenance=false",
+        "--sbom=false",
+        "--network",
+        "default",
+        ".",
+    ]));
 }
 
 #[test]
@@ -556,11 +636,17 @@ fn completion_scripts_and_version() {
     for shell in ["bash", "zsh", "fish"] {
         let o = ok(p.run(&["completion", shell]));
         let s = text(&o.stdout);
-        assert!(s.contains("rbuild") && s.contains("metadata-file"), "{shell}: {s}");
+        assert!(
+            s.contains("rbuild") && s.contains("metadata-file"),
+            "{shell}: {s}"
+        );
     }
     assert_eq!(p.run(&["completion", "tcsh"]).status.code(), Some(2));
     let v = text(&ok(p.run(&["version"])).stdout);
-    assert!(v.starts_with(&format!("rbuild {}", env!("CARGO_PKG_VERSION"))), "{v}");
+    assert!(
+        v.starts_with(&format!("rbuild {}", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
     let help = text(&ok(p.run(&["build", "--help"])).stdout);
     for word in ["Examples:", "--cache-to", "--metadata-file", "Exit codes"] {
         assert!(help.contains(word), "{word} not in help:\n{help}");

@@ -10,6 +10,7 @@
 //! - quiet: nothing.
 //!
 //! `auto` is tty when stderr is a terminal (and `TERM` is not `dumb`), else plain.
+//! `BUILDKIT_PROGRESS` is honoured when neither the flag nor `RBUILD_PROGRESS` is set.
 //!
 //! The [`Tracker`] numbers steps in the order they first appear, splits output into lines per
 //! stream and keeps what the live view needs; each display is a [`Render`] fed with
@@ -37,8 +38,16 @@ pub enum Mode {
     Quiet,
 }
 
-/// Resolve a `--progress` value; `auto` picks tty when stderr is a terminal.
+/// Resolve a `--progress` value; `auto` picks tty when stderr is a terminal. When neither the
+/// flag nor `RBUILD_PROGRESS` chose a mode, buildx's `BUILDKIT_PROGRESS` is honoured.
 pub fn resolve_mode(value: &str, stderr_is_tty: bool) -> Result<Mode> {
+    let fallback;
+    let value = if value == "auto" && std::env::var_os("RBUILD_PROGRESS").is_none() {
+        fallback = std::env::var("BUILDKIT_PROGRESS").unwrap_or_else(|_| "auto".into());
+        fallback.as_str()
+    } else {
+        value
+    };
     Ok(match value {
         "auto" | "" => {
             let dumb = std::env::var("TERM").map(|t| t == "dumb").unwrap_or(false);
@@ -376,11 +385,7 @@ impl Reporter {
                         out,
                         ..
                     } = &mut *g;
-                    let c = Change::Line {
-                        v,
-                        text: &text,
-                        t,
-                    };
+                    let c = Change::Line { v, text: &text, t };
                     render.change(tracker, &c, out.as_mut());
                 }
             }
@@ -443,6 +448,20 @@ fn ticker_loop(shared: &Shared) {
     }
 }
 
+/// The step name at the start of a solver error (`[stage 2/3] COPY a /a: reason`).
+fn name_from_message(message: &str) -> &str {
+    if !message.starts_with('[') {
+        return "";
+    }
+    let Some(close) = message.find("] ") else {
+        return "";
+    };
+    match message[close..].find(": ") {
+        Some(i) => &message[..close + i],
+        None => "",
+    }
+}
+
 /// Strip the `step name: ` prefix the solver puts in front of error messages.
 fn short_message<'a>(name: &str, message: &'a str) -> &'a str {
     message
@@ -490,11 +509,7 @@ impl Progress for Reporter {
                     );
                     let t = tracker.vertices[v].started.elapsed().as_secs_f64();
                     for text in tracker.push_output(v, stderr, &data) {
-                        let c = Change::Line {
-                            v,
-                            text: &text,
-                            t,
-                        };
+                        let c = Change::Line { v, text: &text, t };
                         render.change(tracker, &c, out);
                     }
                 }
@@ -506,6 +521,10 @@ impl Progress for Reporter {
                 }
                 Event::Failed { vertex, message } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);
+                    if tracker.vertices[v].name.is_empty() {
+                        // Failed before it started (e.g. computing its cache key).
+                        tracker.vertices[v].name = name_from_message(&message).to_string();
+                    }
                     emit_rest(tracker, render.as_mut(), v, out);
                     let m = short_message(&tracker.vertices[v].name, &message).to_string();
                     tracker.vertices[v].status = Status::Error(m.clone());
@@ -519,11 +538,7 @@ impl Progress for Reporter {
 fn emit_rest(tracker: &mut Tracker, render: &mut dyn Render, v: usize, out: &mut dyn Write) {
     let t = tracker.vertices[v].started.elapsed().as_secs_f64();
     for text in tracker.flush_output(v) {
-        let c = Change::Line {
-            v,
-            text: &text,
-            t,
-        };
+        let c = Change::Line { v, text: &text, t };
         render.change(tracker, &c, out);
     }
 }
@@ -589,7 +604,13 @@ mod tests {
 
     #[test]
     fn the_step_name_prefix_is_stripped_from_errors() {
-        assert_eq!(short_message("[a 1/2] RUN x", "[a 1/2] RUN x: boom"), "boom");
+        assert_eq!(
+            short_message("[a 1/2] RUN x", "[a 1/2] RUN x: boom"),
+            "boom"
+        );
         assert_eq!(short_message("other", "[a] x: boom"), "[a] x: boom");
+        let m = "[s 2/2] COPY a /x: failed to compute cache key: \"/a\" not found";
+        assert_eq!(name_from_message(m), "[s 2/2] COPY a /x");
+        assert_eq!(name_from_message("pulling x: y"), "");
     }
 }

@@ -48,7 +48,9 @@ impl Render for Plain {
                 self.last = None;
             }
             Change::Chunk { .. } => {}
-            Change::Line { v, text, t: secs, .. } => {
+            Change::Line {
+                v, text, t: secs, ..
+            } => {
                 self.header(t, *v, out);
                 let _ = writeln!(out, "#{} {secs:.3} {text}", t.vertices[*v].n);
             }

@@ -53,8 +53,7 @@ impl Render for RawJson {
                 match std::str::from_utf8(data) {
                     Ok(s) => o["text"] = json!(s),
                     Err(_) => {
-                        o["base64"] =
-                            json!(base64::engine::general_purpose::STANDARD.encode(data))
+                        o["base64"] = json!(base64::engine::general_purpose::STANDARD.encode(data))
                     }
                 }
                 emit(out, o);
@@ -63,10 +62,7 @@ impl Render for RawJson {
             Change::Done(v) => {
                 let vx = &t.vertices[*v];
                 let d = (vx.elapsed() * 1000.0).round() / 1000.0;
-                emit(
-                    out,
-                    json!({"type": "done", "vertex": vx.n, "duration": d}),
-                );
+                emit(out, json!({"type": "done", "vertex": vx.n, "duration": d}));
             }
             Change::Error { v, message } => {
                 let vx = &t.vertices[*v];

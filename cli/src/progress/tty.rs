@@ -113,7 +113,11 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
         "[+] Building {:.1}s ({finished}/{total}){state}",
         t.build_start.elapsed().as_secs_f64()
     );
-    let mut lines = vec![paint(color, if outcome.is_some() { "34" } else { "" }, header)];
+    let mut lines = vec![paint(
+        color,
+        if outcome.is_some() { "34" } else { "" },
+        header,
+    )];
     for v in &t.vertices {
         let (mark, code) = match &v.status {
             Status::Running => ("", "34"),
@@ -124,7 +128,11 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
         let time = format!("{:.1}s", v.elapsed());
         let left = cut(&format!(" => {mark}{}", v.name), width - time.len() - 1);
         let pad = width - left.chars().count() - time.len();
-        lines.push(paint(color, code, format!("{left}{}{time}", " ".repeat(pad))));
+        lines.push(paint(
+            color,
+            code,
+            format!("{left}{}{time}", " ".repeat(pad)),
+        ));
         let show_logs = matches!(v.status, Status::Running | Status::Error(_));
         if show_logs {
             let skip = v.lines.len().saturating_sub(LOG_LINES);
@@ -237,7 +245,10 @@ mod tests {
         let g = r.shared.inner.lock().unwrap();
         let f = frame(&g.tracker, 60, None, false);
         drop(g);
-        assert!(f[0].starts_with("[+] Building ") && f[0].ends_with("(1/2)"), "{f:?}");
+        assert!(
+            f[0].starts_with("[+] Building ") && f[0].ends_with("(1/2)"),
+            "{f:?}"
+        );
         assert_eq!(strip_times(&f[1]), " => CACHED [s 1/3] FROM busybox");
         assert!(f.iter().all(|l| l.chars().count() <= 60), "{f:#?}");
         assert!(f[2].contains('…'), "long names are cut: {}", f[2]);
@@ -258,7 +269,15 @@ mod tests {
             seconds: 1.5,
         });
         let g = r.shared.inner.lock().unwrap();
-        let f = frame(&g.tracker, 60, Some(&Outcome { ok: true, ..Default::default() }), false);
+        let f = frame(
+            &g.tracker,
+            60,
+            Some(&Outcome {
+                ok: true,
+                ..Default::default()
+            }),
+            false,
+        );
         drop(g);
         assert_eq!(f.len(), 3, "output collapses when done: {f:#?}");
         assert!(f[0].ends_with("(2/2) FINISHED"));
@@ -273,7 +292,9 @@ mod tests {
             vertex: 1,
             name: "[s 1/1] RUN make".into(),
         });
-        let data: Vec<u8> = (1..=10).flat_map(|i| format!("l{i}\n").into_bytes()).collect();
+        let data: Vec<u8> = (1..=10)
+            .flat_map(|i| format!("l{i}\n").into_bytes())
+            .collect();
         r.event(Event::Log {
             vertex: 1,
             stderr: false,
@@ -290,9 +311,18 @@ mod tests {
         assert!(last.contains("FAILED"), "{last}");
         assert!(last.contains(" => ERROR [s 1/1] RUN make"), "{last}");
         assert!(last.contains(" => => # l10\n"), "{last}");
-        assert!(!last.contains(" => => # l4\n"), "the frame shows the last 6 lines");
-        assert!(last.contains("WARNING: Dockerfile:1: something odd"), "{last}");
+        assert!(
+            !last.contains(" => => # l4\n"),
+            "the frame shows the last 6 lines"
+        );
+        assert!(
+            last.contains("WARNING: Dockerfile:1: something odd"),
+            "{last}"
+        );
         // the whole output of the failed step follows the frame
-        assert!(last.contains("------\n > output of [s 1/1] RUN make:\nl1\nl2\n"), "{last}");
+        assert!(
+            last.contains("------\n > output of [s 1/1] RUN make:\nl1\nl2\n"),
+            "{last}"
+        );
     }
 }
