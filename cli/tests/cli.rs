@@ -616,8 +616,17 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
         "--sbom=false",
         "--network",
         "default",
+        "--platform",
+        "local",
         ".",
     ]));
+    // buildx's BUILDKIT_PROGRESS picks the display when RBUILD_PROGRESS and --progress do not.
+    let o = ok(p
+        .cmd(&["."])
+        .env("BUILDKIT_PROGRESS", "rawjson")
+        .output()
+        .unwrap());
+    assert!(text(&o.stderr).starts_with('{'), "{}", text(&o.stderr));
 }
 
 #[test]
