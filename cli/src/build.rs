@@ -328,6 +328,8 @@ fn build_image(
 }
 
 pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
+    let prepared = crate::context::prepare(b)?;
+    let b = &prepared.args;
     let inputs = load_inputs(b)?;
     let solver = make_solver(root, b, &inputs.context)?;
     let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
