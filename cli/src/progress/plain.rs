@@ -1,15 +1,19 @@
 //! The plain display (CI logs), in BuildKit's format:
 //!
 //! ```text
+//!
 //! #3 [base 2/3] RUN make
 //! #3 0.412 compiling…
 //! #3 DONE 1.2s
+//!
 //! #4 [base 3/3] COPY a /a
 //! #4 CACHED
+//!
+//! #5 [stage-1 2/2] RUN ./test
 //! #5 ERROR: process "/bin/sh -c exit 3" did not complete successfully: exit code 3
 //! ```
 //!
-//! Every output line is printed as it arrives, with the seconds since its step started; nothing
+//! Steps are separated by a blank line, as in BuildKit. Every output line is printed as it arrives, with the seconds since its step started; nothing
 //! is clipped. A step's name is repeated (`#N NAME`) when its output resumes after another
 //! step's lines, so interleaved parallel steps stay readable.
 
@@ -22,14 +26,24 @@ use super::{Change, Outcome, Render, Tracker};
 #[derive(Default)]
 pub struct Plain {
     last: Option<usize>,
+    /// Whether anything was printed yet (steps are separated by a blank line, like BuildKit).
+    started: bool,
 }
 
 impl Plain {
+    fn separate(&mut self, out: &mut dyn Write) {
+        if self.started {
+            let _ = writeln!(out);
+        }
+        self.started = true;
+    }
+
     fn header(&mut self, t: &Tracker, v: usize, out: &mut dyn Write) {
         if self.last != Some(v) {
             let vx = &t.vertices[v];
             let _ = writeln!(out, "\n#{} {}", vx.n, vx.name);
         }
+        self.started = true;
         self.last = Some(v);
     }
 }
@@ -39,11 +53,13 @@ impl Render for Plain {
         match c {
             Change::Started(v) => {
                 let vx = &t.vertices[*v];
+                self.separate(out);
                 let _ = writeln!(out, "#{} {}", vx.n, vx.name);
                 self.last = Some(*v);
             }
             Change::Cached(v) => {
                 let vx = &t.vertices[*v];
+                self.separate(out);
                 let _ = writeln!(out, "#{} {}\n#{} CACHED", vx.n, vx.name, vx.n);
                 self.last = None;
             }
@@ -64,6 +80,7 @@ impl Render for Plain {
                 let vx = &t.vertices[*v];
                 if self.last != Some(*v) {
                     // The step may have failed before it started (e.g. a missing file).
+                    self.separate(out);
                     let _ = writeln!(out, "#{} {}", vx.n, vx.name);
                 }
                 let _ = writeln!(out, "#{} ERROR: {message}", vx.n);
@@ -136,7 +153,9 @@ mod tests {
             [
                 "#1 [internal] load build definition from Dockerfile",
                 "#1 DONE 0.0s",
+                "",
                 "#2 [a 1/1] RUN x",
+                "",
                 "#3 [b 1/1] RUN y",
                 "",
                 "#2 [a 1/1] RUN x",
@@ -154,6 +173,7 @@ mod tests {
                 "#2 [a 1/1] RUN x",
                 "#2 T tail",
                 "#2 ERROR: exit code 2",
+                "",
                 "#4 [c 1/1] COPY a /a",
                 "#4 CACHED",
             ]
