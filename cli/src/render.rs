@@ -143,6 +143,10 @@ pub fn snippet(d: &DockerfileError) -> String {
 /// A hint for errors whose cause is a known one.
 pub fn hint(message: &str) -> Option<&'static str> {
     let m = message.to_lowercase();
+    if m.contains("did you mean") {
+        // The message already carries the suggestion.
+        return None;
+    }
     let rules: &[(&str, &str)] = &[
         ("exit code 127", "the command was not found in the image: install it in an earlier step (e.g. RUN apk add … or apt-get install …) or check PATH"),
         ("exit code 126", "the command exists but cannot be executed: check its mode (chmod +x) and that it is not a directory"),
@@ -150,6 +154,8 @@ pub fn hint(message: &str) -> Option<&'static str> {
         ("not found in build context", "check the path (relative to the context directory) and that .dockerignore does not exclude it"),
         ("manifest unknown", "check the image name and tag: the registry has no such image"),
         ("connection refused", "the registry is unreachable: check the address, RBUILD_REGISTRY_MIRRORS and RBUILD_INSECURE_REGISTRIES"),
+        ("cannot reach registry", "the registry is unreachable: check the network, or use a mirror (RBUILD_REGISTRY_MIRRORS=docker.io=mirror:5000)"),
+        ("no stage has that name", "--from takes a stage name (FROM … AS name), a stage index, or an image reference"),
         ("unknown instruction", "instructions are FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, CMD, ENTRYPOINT, EXPOSE, LABEL, VOLUME, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER"),
         ("permission denied", "rbuild needs root (or user namespaces) to run build steps; try running it as root"),
     ];
@@ -196,5 +202,9 @@ mod tests {
             .unwrap()
             .contains(".dockerignore"));
         assert!(hint("exit code 1").is_none());
+        assert!(hint("unknown instruction \"FORM\" (did you mean FROM?)").is_none());
+        assert!(hint("unknown instruction \"XYZ\"")
+            .unwrap()
+            .contains("FROM, RUN"));
     }
 }

@@ -127,8 +127,10 @@ pub struct LocalDir {
     pub exclude: Vec<String>,
 }
 
-/// Progress events. `vertex` is the node's index in the definition.
+/// Progress events. `vertex` is the node's index in the definition. Non-exhaustive: renderers
+/// must cope with variants added later (the CLI's rawjson display passes unknown ones on).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Event {
     Started {
         vertex: usize,

@@ -134,6 +134,8 @@ pub enum Change<'a> {
         message: &'a str,
     },
     Warning(&'a str),
+    /// A solver event this version does not know, in Rust debug notation.
+    Other(&'a str),
 }
 
 /// How the build ended, for the closing summary.
@@ -529,6 +531,12 @@ impl Progress for Reporter {
                     let m = short_message(&tracker.vertices[v].name, &message).to_string();
                     tracker.vertices[v].status = Status::Error(m.clone());
                     render.change(tracker, &Change::Error { v, message: &m }, out);
+                }
+                // Variants added to the solver later (e.g. cache-miss explanations) are not
+                // lost: rawjson passes them on as `other`; the human displays skip them.
+                other => {
+                    let text = format!("{other:?}");
+                    render.change(tracker, &Change::Other(&text), out);
                 }
             }
         });

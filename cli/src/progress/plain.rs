@@ -89,6 +89,7 @@ impl Render for Plain {
             Change::Warning(text) => {
                 let _ = writeln!(out, "WARNING: {text}");
             }
+            Change::Other(_) => {}
         }
     }
 

@@ -9,6 +9,7 @@
 //! {"type":"done","vertex":3,"duration":1.234,"time":…}
 //! {"type":"error","vertex":5,"error":"process … exit code 3","time":…}
 //! {"type":"warning","message":"Dockerfile:3: …","time":…}
+//! {"type":"other","debug":"…"}      (a solver event this version does not know yet)
 //! {"type":"result","ok":true,"image":"sha256:…","duration":3.2,"steps":6,"cached":2,"time":…}
 //! ```
 //!
@@ -72,6 +73,7 @@ impl Render for RawJson {
                 );
             }
             Change::Warning(text) => emit(out, json!({"type": "warning", "message": text})),
+            Change::Other(text) => emit(out, json!({"type": "other", "debug": text})),
         }
     }
 

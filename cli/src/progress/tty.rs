@@ -152,6 +152,7 @@ impl Render for Tty {
             }
             Change::Line { .. } | Change::Chunk { .. } => self.dirty = true,
             Change::Warning(w) => self.warnings.push(w.to_string()),
+            Change::Other(_) => {}
         }
     }
 
