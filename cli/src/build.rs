@@ -33,20 +33,21 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         )
     })?;
     if !context.is_dir() {
-        bail!(
+        return Err(UsageError(format!(
             "unable to prepare context: {} is not a directory",
             context.display()
-        );
+        ))
+        .into());
     }
     let dockerfile_path = match &b.file {
         Some(f) => f.clone(),
         None => context.join("Dockerfile"),
     };
     let dockerfile = fs::read_to_string(&dockerfile_path).map_err(|e| {
-        anyhow!(
+        BuildFailed(format!(
             "failed to read dockerfile: {}: {e}",
             dockerfile_path.display()
-        )
+        ))
     })?;
     let dockerfile_name = dockerfile_path
         .file_name()

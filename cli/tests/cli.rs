@@ -634,6 +634,14 @@ fn exit_codes_separate_usage_errors_from_build_failures() {
     let p = Project::new("FROM busybox\nRUN exit 5\n");
     assert_eq!(p.run(&["--frobnicate", "."]).status.code(), Some(2));
     assert_eq!(p.run(&["no-such-dir"]).status.code(), Some(2));
+    assert_eq!(
+        p.run(&["Dockerfile"]).status.code(),
+        Some(2),
+        "not a directory"
+    );
+    let o = p.run(&["-f", "Missing.Dockerfile", "."]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("failed to read dockerfile"));
     require_env();
     let o = p.run(&["--progress=plain", "."]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
