@@ -157,6 +157,12 @@ fn clone(url: &str, into: &Path) -> Result<PathBuf> {
     } else {
         remote.to_string()
     };
+    if reference.starts_with('-') || remote.starts_with('-') {
+        return Err(UsageError(format!(
+            "invalid git context {url:?}: a ref may not start with '-'"
+        ))
+        .into());
+    }
     let repo = into.join("repo");
     fs::create_dir(&repo)?;
     let r = || -> Result<()> {

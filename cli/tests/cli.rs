@@ -532,6 +532,10 @@ fn a_git_url_context_with_a_ref_and_a_subdirectory() {
         &format!("file://{}#nosuchref", bare.display()),
     ]);
     assert!(text(&o.stderr).contains("nosuchref"), "{}", text(&o.stderr));
+    // a ref that looks like an option is refused before git runs
+    let url = format!("file://{}#--upload-pack=x", bare.display());
+    let o = p.run(&["--progress=plain", &url]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }
 
 #[test]
