@@ -261,13 +261,12 @@ pub fn unix_time() -> f64 {
 }
 
 impl Reporter {
-    /// A reporter writing to stderr.
+    /// A reporter writing to stderr (the live view follows the terminal's size as it changes).
     pub fn new(mode: Mode) -> Self {
-        let width = tty::terminal_size().map(|s| s.0);
-        Self::with_writer(mode, Box::new(std::io::stderr()), width)
+        Self::with_writer(mode, Box::new(std::io::stderr()), None)
     }
 
-    /// A reporter writing to `out` (tests use a buffer).
+    /// A reporter writing to `out` (tests use a buffer); `width` fixes the live view's width.
     pub fn with_writer(mode: Mode, out: Box<dyn Write + Send>, width: Option<usize>) -> Self {
         let render: Box<dyn Render> = match mode {
             Mode::Plain => Box::new(plain::Plain::default()),

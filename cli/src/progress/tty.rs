@@ -51,9 +51,10 @@ impl Tty {
     }
 
     fn redraw(&mut self, t: &Tracker, outcome: Option<&Outcome>, out: &mut dyn Write) {
-        let (width, height) = match terminal_size() {
-            Some((w, h)) => (self.width.unwrap_or(w), h),
-            None => (self.width.unwrap_or(80), 0),
+        // A fixed width (tests) means a fixed-size screen: no height limit.
+        let (width, height) = match self.width {
+            Some(w) => (w, 0),
+            None => terminal_size().unwrap_or((80, 0)),
         };
         let mut lines = frame(t, width, outcome, self.color);
         if height > 2 && lines.len() > height - 1 {
