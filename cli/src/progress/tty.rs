@@ -57,11 +57,7 @@ impl Tty {
             None => terminal_size().unwrap_or((80, 0)),
         };
         let mut lines = frame(t, width, outcome, self.color);
-        if height > 2 && lines.len() > height - 1 {
-            let keep = height - 2;
-            let cut = lines.len() - keep;
-            lines.drain(1..=cut);
-        }
+        fit_height(&mut lines, height);
         let mut s = String::new();
         if self.drawn > 0 {
             s.push_str(&format!("\x1b[{}A\r\x1b[J", self.drawn));
@@ -74,6 +70,15 @@ impl Tty {
         let _ = out.flush();
         self.drawn = lines.len();
         self.dirty = false;
+    }
+}
+
+/// Keep a frame within `height` rows (0 = unknown): the header and the newest lines, since
+/// lines scrolled off the top cannot be redrawn in place.
+fn fit_height(lines: &mut Vec<String>, height: usize) {
+    if height > 2 && lines.len() > height - 1 {
+        let cut = lines.len() - (height - 2);
+        lines.drain(1..=cut);
     }
 }
 
@@ -284,6 +289,16 @@ mod tests {
         assert_eq!(f.len(), 3, "output collapses when done: {f:#?}");
         assert!(f[0].ends_with("(2/2) FINISHED"));
         assert!(f[2].ends_with(" 1.5s"));
+    }
+
+    #[test]
+    fn frames_taller_than_the_terminal_keep_the_header_and_the_newest_lines() {
+        let mut lines: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        fit_height(&mut lines, 5);
+        assert_eq!(lines, ["0", "7", "8", "9"]);
+        let mut lines: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        fit_height(&mut lines, 0);
+        assert_eq!(lines.len(), 3);
     }
 
     #[test]
