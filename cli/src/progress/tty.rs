@@ -77,8 +77,9 @@ impl Tty {
 /// lines scrolled off the top cannot be redrawn in place.
 fn fit_height(lines: &mut Vec<String>, height: usize) {
     if height > 2 && lines.len() > height - 1 {
-        let cut = lines.len() - (height - 2);
-        lines.drain(1..=cut);
+        // header + (height - 2) newest lines = height - 1 rows, leaving the cursor row free
+        let end = lines.len() - (height - 2);
+        lines.drain(1..end);
     }
 }
 
