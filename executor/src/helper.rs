@@ -54,6 +54,8 @@ pub(crate) struct Scratch {
     pub(crate) hosts: PathBuf,
     pub(crate) resolv: PathBuf,
     pub(crate) hostname: PathBuf,
+    /// Mount point for the sandbox's private tmpfs (secrets, throwaway uppers, views).
+    pub(crate) mnt: PathBuf,
 }
 
 impl Scratch {
@@ -71,9 +73,11 @@ impl Scratch {
             hosts: base.join("hosts"),
             resolv: base.join("resolv.conf"),
             hostname: base.join("hostname"),
+            mnt: base.join("mnt"),
             base,
         };
         std::fs::create_dir(&s.root).map_err(|e| ExecutorError::sys("mkdir", &s.root, e))?;
+        std::fs::create_dir(&s.mnt).map_err(|e| ExecutorError::sys("mkdir", &s.mnt, e))?;
         let hostname = effective_hostname(spec);
         let write = |p: &Path, content: String| {
             std::fs::write(p, content).map_err(|e| ExecutorError::sys("write", p, e))
@@ -92,6 +96,7 @@ impl Drop for Scratch {
         }
         // Never remove recursively: `root` is a mount point in the sandbox.
         let _ = std::fs::remove_dir(&self.root);
+        let _ = std::fs::remove_dir(&self.mnt);
         let _ = std::fs::remove_dir(&self.base);
     }
 }

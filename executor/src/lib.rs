@@ -28,9 +28,11 @@
 mod error;
 mod helper;
 mod mounts;
+mod private;
 mod protocol;
 mod run;
 mod sandbox;
+mod seccomp;
 #[allow(unsafe_code)] // the only module with unsafe code
 mod sys;
 mod user;
@@ -97,6 +99,34 @@ pub enum ExtraMount {
         /// Mount read-only.
         readonly: bool,
     },
+    /// A merged view of layer directories (overlay of `lowers`, top-most first; none = an
+    /// empty directory), of which the sub path `source` is bound at `target`. Read-only unless
+    /// `writable`; writes then go to a throwaway upper dir on a private tmpfs and are discarded
+    /// when the step ends.
+    Layers {
+        /// Layer directories, top-most first.
+        lowers: Vec<PathBuf>,
+        /// Path inside the merged view (symlinks resolved inside it); `""` or `/` = all.
+        source: String,
+        /// Absolute path inside the sandbox.
+        target: String,
+        /// Writes allowed (and discarded).
+        writable: bool,
+    },
+    /// A read-only file with these contents on a private tmpfs (secrets: the bytes never touch
+    /// a disk).
+    File {
+        /// The file's bytes.
+        contents: Vec<u8>,
+        /// Absolute path inside the sandbox.
+        target: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
     /// A fresh tmpfs.
     Tmpfs {
         /// Absolute path inside the sandbox.
@@ -104,6 +134,16 @@ pub enum ExtraMount {
         /// Size limit in bytes (kernel default: half of RAM).
         size: Option<u64>,
     },
+}
+
+/// Security mode of the step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Security {
+    /// Docker's defaults: default capabilities, seccomp, no_new_privs, masked /proc paths.
+    #[default]
+    Sandbox,
+    /// Privileged (`RUN --security=insecure`): every capability, no seccomp, no masking.
+    Insecure,
 }
 
 /// Everything needed to run one step.
@@ -128,6 +168,9 @@ pub struct ExecSpec {
     pub extra_mounts: Vec<ExtraMount>,
     /// Extra `/etc/hosts` entries: (hostname, ip).
     pub extra_hosts: Vec<(String, String)>,
+    /// Security mode.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// Which output stream a chunk came from.

@@ -21,8 +21,9 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use crate::error::ExecutorError;
 use crate::helper::{effective_hostname, is_whiteout, Scratch};
 use crate::mounts::{bind, make_rprivate, mount_overlay, remount_readonly};
+use crate::private::{mkdir_p, resolve_inside, PrivateTmp};
 use crate::protocol::{HelperReport, InitMsg};
-use crate::{sys, user, ExecSpec, ExtraMount, Network, Rootfs};
+use crate::{seccomp, sys, user, ExecSpec, ExtraMount, Network, Rootfs, Security};
 
 /// `PATH` used to find the program when the step's env has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -111,6 +112,10 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     make_rprivate()?;
     // Layer contents must not depend on the solver's umask (Docker: 022).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let profile = match spec.security {
+        Security::Sandbox => Some(seccomp::default_profile()?),
+        Security::Insecure => None,
+    };
 
     let root = scratch.root.as_path();
     let (layer, overlay_upper) = match &spec.rootfs {
@@ -174,7 +179,8 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
         bind(source, &t, true)?;
     }
 
-    for m in &spec.extra_mounts {
+    let mut private = PrivateTmp::new(&scratch.mnt);
+    for (i, m) in spec.extra_mounts.iter().enumerate() {
         match m {
             ExtraMount::Bind {
                 source,
@@ -186,6 +192,60 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
                     .is_dir();
                 let t = stubs.ensure(target, is_dir)?;
                 bind(source, &t, *readonly)?;
+            }
+            ExtraMount::Layers {
+                lowers,
+                source,
+                target,
+                writable,
+            } => {
+                let base = private.dir()?.join(format!("view{i}"));
+                let view = base.join("root");
+                mkdir_p(&view)?;
+                if !lowers.is_empty() {
+                    if *writable {
+                        let (upper, work) = (base.join("upper"), base.join("work"));
+                        mkdir_p(&upper)?;
+                        mkdir_p(&work)?;
+                        mount_overlay(lowers, Some((&upper, &work)), &view)?;
+                    } else if let [one] = lowers.as_slice() {
+                        bind(one, &view, true)?;
+                    } else {
+                        mount_overlay(lowers, None, &view)?;
+                    }
+                }
+                let src = resolve_inside(&view, source)?;
+                let is_dir = std::fs::metadata(&src)
+                    .map_err(|e| err("stat bind source", &src, e))?
+                    .is_dir();
+                let t = stubs.ensure(target, is_dir)?;
+                bind(&src, &t, !*writable)?;
+            }
+            ExtraMount::File {
+                contents,
+                target,
+                mode,
+                uid,
+                gid,
+            } => {
+                let f = private.dir()?.join(format!("file{i}"));
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&f)
+                    .and_then(|mut w| w.write_all(contents))
+                    .map_err(|e| err("write file", &f, e))?;
+                rustix::fs::chown(
+                    &f,
+                    Some(rustix::fs::Uid::from_raw(*uid)),
+                    Some(rustix::fs::Gid::from_raw(*gid)),
+                )
+                .map_err(|e| err("chown", &f, e))?;
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode & 0o7777))
+                    .map_err(|e| err("chmod", &f, e))?;
+                let t = stubs.ensure(target, false)?;
+                bind(&f, &t, true)?;
             }
             ExtraMount::Tmpfs { target, size } => {
                 let t = stubs.ensure(target, true)?;
@@ -219,7 +279,10 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     unmount(".", UnmountFlags::DETACH).map_err(|e| err("detach old root", "/", e))?;
     rustix::process::chdir("/").map_err(|e| err("chdir", "/", e))?;
 
-    protect_proc()?;
+    let insecure = spec.security == Security::Insecure;
+    if !insecure {
+        protect_proc()?;
+    }
 
     // User.
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -230,7 +293,7 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     std::fs::create_dir_all(cwd).map_err(|e| err("create working directory", cwd, e))?;
 
-    drop_privileges(&creds)?;
+    drop_privileges(&creds, insecure)?;
     rustix::process::chdir(cwd).map_err(|e| err("chdir", cwd, e))?;
 
     let program = &spec.args[0];
@@ -257,6 +320,10 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     // The death signal is cleared by credential changes: set it last.
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    // Seccomp last (after no_new_privs), so that the setup above is not filtered.
+    if let Some(p) = &profile {
+        p.install()?;
+    }
     let e = cmd.exec();
     Err(InitError::Exec {
         program: program.clone(),
@@ -360,7 +427,7 @@ fn protect_proc() -> Result<(), ExecutorError> {
     Ok(())
 }
 
-fn drop_privileges(creds: &user::Credentials) -> Result<(), ExecutorError> {
+fn drop_privileges(creds: &user::Credentials, insecure: bool) -> Result<(), ExecutorError> {
     use rustix::thread::{
         clear_ambient_capability_set, remove_capability_from_bounding_set, set_capabilities,
         set_no_new_privs, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
@@ -369,12 +436,19 @@ fn drop_privileges(creds: &user::Credentials) -> Result<(), ExecutorError> {
     if creds.uid == u32::MAX || creds.gid == u32::MAX || creds.groups.contains(&u32::MAX) {
         return Err(ExecutorError::Setup("invalid uid/gid -1".into()));
     }
-    let keep = default_caps();
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
         .min(63);
+    let keep = if insecure {
+        // Everything this process holds (the host's full set when root on the host).
+        rustix::thread::capabilities(None)
+            .map_err(|e| err("capget", "", e))?
+            .permitted
+    } else {
+        default_caps()
+    };
     for bit in 0..=last {
         let cap = CapabilitySet::from_bits_retain(1u64 << bit);
         if !keep.contains(cap) {
@@ -402,7 +476,9 @@ fn drop_privileges(creds: &user::Credentials) -> Result<(), ExecutorError> {
         )
         .map_err(|e| err("capset", "", e))?;
     }
-    set_no_new_privs(true).map_err(|e| err("prctl(PR_SET_NO_NEW_PRIVS)", "", e))?;
+    if !insecure {
+        set_no_new_privs(true).map_err(|e| err("prctl(PR_SET_NO_NEW_PRIVS)", "", e))?;
+    }
     Ok(())
 }
 

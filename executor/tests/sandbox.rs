@@ -21,7 +21,8 @@ fn is_root() -> bool {
 
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "id", "hostname", "ls", "mount", "ps", "sleep", "touch", "rm", "env",
-    "pwd", "tr", "test", "readlink", "grep", "wc", "true", "mkdir", "stat",
+    "pwd", "tr", "test", "readlink", "grep", "wc", "true", "mkdir", "stat", "unshare", "umount",
+    "nsenter", "chroot", "kill",
 ];
 
 /// A busybox rootfs at `dir` (with /etc/passwd and /etc/group when `etc`).
@@ -89,6 +90,7 @@ impl Fixture {
             network: Network::Host,
             extra_mounts: vec![],
             extra_hosts: vec![],
+            security: Security::Sandbox,
         }
     }
 
@@ -508,6 +510,7 @@ fn many_long_lower_layers() {
         network: Network::Host,
         extra_mounts: vec![],
         extra_hosts: vec![],
+        security: Security::Sandbox,
     };
     let out = run(&spec);
     assert!(out.status.success(), "{}", out.stderr);
@@ -687,4 +690,123 @@ fn setup_failures_are_errors() {
         Err(ExecutorError::Protocol(msg)) => assert!(msg.contains("without a report"), "{msg}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
+}
+
+#[test]
+fn seccomp_blocks_namespace_and_mount_syscalls() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(true);
+    let out = run(&fx.spec(
+        "grep -E '^Seccomp:' /proc/self/status; \
+         mkdir -p /m; mount -t tmpfs none /m 2>/dev/null && echo mounted; \
+         umount /proc 2>/dev/null && echo unmounted; \
+         unshare -m true 2>/dev/null && echo unshared; \
+         nsenter -t 1 -m true 2>/dev/null && echo entered; \
+         chroot / true && echo chroot-ok",
+    ));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "Seccomp:\t2\nchroot-ok\n", "{}", out.stderr);
+}
+
+#[test]
+fn insecure_mode_has_every_capability_and_no_seccomp() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(true);
+    let mut spec = fx.spec("grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status");
+    spec.security = Security::Insecure;
+    let out = run(&spec);
+    assert!(out.status.success(), "{}", out.stderr);
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = ours.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert_ne!(cap_eff, "CapEff:\t00000000a80425fb");
+    assert_eq!(
+        out.stdout,
+        format!("{cap_eff}\nNoNewPrivs:\t0\nSeccomp:\t0\n")
+    );
+}
+
+#[test]
+fn layer_views_are_merged_read_only_or_throwaway_writable() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(true);
+    let bottom = fx.base.join("v-bottom");
+    let top = fx.base.join("v-top");
+    std::fs::create_dir_all(bottom.join("out/sub")).unwrap();
+    std::fs::create_dir_all(top.join("out")).unwrap();
+    std::fs::write(bottom.join("out/a"), "bottom-a\n").unwrap();
+    std::fs::write(bottom.join("out/sub/b"), "bottom-b\n").unwrap();
+    std::fs::write(top.join("out/a"), "top-a\n").unwrap();
+    std::os::unix::fs::symlink("/out/sub", top.join("link")).unwrap();
+    let mut spec = fx.spec(
+        "cat /ro/a /ro/sub/b; touch /ro/x 2>/dev/null && echo ro-writable; \
+         echo new > /rw/new && cat /rw/new && echo changed > /rw/a && cat /rw/a; \
+         cat /linked/b; ls /empty | wc -l",
+    );
+    let lowers = vec![top.clone(), bottom.clone()];
+    spec.extra_mounts = vec![
+        ExtraMount::Layers {
+            lowers: lowers.clone(),
+            source: "/out".into(),
+            target: "/ro".into(),
+            writable: false,
+        },
+        ExtraMount::Layers {
+            lowers: lowers.clone(),
+            source: "out".into(),
+            target: "/rw".into(),
+            writable: true,
+        },
+        ExtraMount::Layers {
+            lowers,
+            source: "/link".into(),
+            target: "/linked".into(),
+            writable: false,
+        },
+        ExtraMount::Layers {
+            lowers: vec![],
+            source: "/".into(),
+            target: "/empty".into(),
+            writable: false,
+        },
+    ];
+    let out = run(&spec);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "top-a\nbottom-b\nnew\nchanged\nbottom-b\n0\n");
+    // Writes were discarded, the layers are untouched, no stub is left in the layer.
+    assert_eq!(
+        std::fs::read_to_string(top.join("out/a")).unwrap(),
+        "top-a\n"
+    );
+    assert!(!top.join("out/new").exists() && !bottom.join("out/new").exists());
+    assert!(fx.upper_entries().is_empty(), "{:?}", fx.upper_entries());
+}
+
+#[test]
+fn file_mounts_hold_secrets_in_memory_only() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(true);
+    let mut spec = fx.spec(
+        "cat /run/secrets/tok; stat -c '%a %u %g' /run/secrets/tok; \
+         echo x > /run/secrets/tok 2>/dev/null && echo writable; \
+         grep -c ' /run/secrets/tok ' /proc/self/mountinfo",
+    );
+    spec.extra_mounts = vec![ExtraMount::File {
+        contents: b"s3cr3t-value".to_vec(),
+        target: "/run/secrets/tok".into(),
+        mode: 0o400,
+        uid: 1000,
+        gid: 1000,
+    }];
+    let out = run(&spec);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "s3cr3t-value400 1000 1000\n1\n");
+    assert!(fx.upper_entries().is_empty(), "{:?}", fx.upper_entries());
 }
