@@ -89,6 +89,18 @@ pub struct BuildArgs {
     /// Maximum number of steps run at once (default: number of CPUs)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
+    /// Secret to expose to RUN --mount=type=secret: id=ID[,src=FILE|,env=VAR]; repeatable
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// SSH agent socket to expose to RUN --mount=type=ssh: default|ID[=SOCKET]; repeatable
+    #[arg(long = "ssh", value_name = "SPEC")]
+    pub ssh: Vec<String>,
+    /// Extra privileged entitlement: network.host, security.insecure; repeatable
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// Network mode for RUN steps: default, none, host
+    #[arg(long = "network", value_name = "MODE")]
+    pub network: Option<String>,
     /// Build context directory
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

@@ -157,6 +157,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
                 .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
         })
         .transpose()?;
+    let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
     Ok(Solver::new(SolverConfig {
         store,
         executor,
@@ -166,6 +167,9 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         pull: b.pull,
         source_date_epoch,
         hostname: "buildkitsandbox".to_string(),
+        secrets: sandbox.secrets,
+        ssh: sandbox.ssh,
+        entitlements: sandbox.entitlements,
     }))
 }
 
@@ -246,8 +250,12 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         "[internal] load build definition from {}",
         inputs.dockerfile_name
     ));
-    let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
+    let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(&inputs, e))?;
+    rbuild_solver::runmount::force_network(
+        &mut plan.definition,
+        crate::sandbox_opts::network_mode(b.network.as_deref())?,
+    );
     if !quiet {
         for w in &plan.warnings {
             eprintln!(

@@ -11,6 +11,7 @@ mod config;
 mod images;
 mod progress;
 mod render;
+mod sandbox_opts;
 
 use std::process::ExitCode;
 
