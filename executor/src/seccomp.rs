@@ -374,11 +374,11 @@ pub(crate) fn default_profile() -> Result<Profile, ExecutorError> {
     let arch = arch()?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in ALLOWED.iter().chain(ALLOWED_ARCH) {
-        rules.insert(i64::from(*nr), Vec::new());
+        rules.insert(*nr, Vec::new());
     }
     // clone: only without namespace flags (arg 0 on x86_64 and aarch64).
     rules.insert(
-        i64::from(libc::SYS_clone),
+        libc::SYS_clone,
         vec![rule(vec![cond(
             0,
             SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS),
@@ -386,14 +386,14 @@ pub(crate) fn default_profile() -> Result<Profile, ExecutorError> {
         )?])?],
     );
     rules.insert(
-        i64::from(libc::SYS_socket),
+        libc::SYS_socket,
         vec![rule(vec![cond(0, SeccompCmpOp::Ne, AF_VSOCK)?])?],
     );
     let mut persona_rules = Vec::new();
     for p in PERSONAS {
         persona_rules.push(rule(vec![cond(0, SeccompCmpOp::Eq, *p)?])?);
     }
-    rules.insert(i64::from(libc::SYS_personality), persona_rules);
+    rules.insert(libc::SYS_personality, persona_rules);
     let main = SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
@@ -403,7 +403,7 @@ pub(crate) fn default_profile() -> Result<Profile, ExecutorError> {
     .map_err(|e| ExecutorError::Setup(format!("seccomp filter: {e}")))?;
 
     let mut clone3 = BTreeMap::new();
-    clone3.insert(i64::from(libc::SYS_clone3), Vec::new());
+    clone3.insert(libc::SYS_clone3, Vec::new());
     let clone3 = SeccompFilter::new(
         clone3,
         SeccompAction::Allow,
