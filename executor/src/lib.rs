@@ -31,6 +31,7 @@ mod mounts;
 mod private;
 mod protocol;
 mod run;
+mod runc;
 mod sandbox;
 mod seccomp;
 #[allow(unsafe_code)] // the only module with unsafe code
@@ -134,6 +135,39 @@ pub enum ExtraMount {
         /// Size limit in bytes (kernel default: half of RAM).
         size: Option<u64>,
     },
+}
+
+/// Which runtime runs the steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Runtime {
+    /// The built-in namespace sandbox (default).
+    #[default]
+    Builtin,
+    /// `runc run` of an OCI runtime bundle prepared by the helper.
+    Runc {
+        /// The runc binary.
+        binary: PathBuf,
+    },
+}
+
+impl Runtime {
+    /// `builtin` or `runc` (found in `PATH`).
+    pub fn from_name(name: &str) -> Result<Runtime, ExecutorError> {
+        match name {
+            "builtin" | "" => Ok(Runtime::Builtin),
+            "runc" => {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                std::env::split_paths(&path)
+                    .map(|d| d.join("runc"))
+                    .find(|p| p.is_file())
+                    .map(|binary| Runtime::Runc { binary })
+                    .ok_or_else(|| ExecutorError::InvalidSpec("runc not found in PATH".into()))
+            }
+            other => Err(ExecutorError::InvalidSpec(format!(
+                "unknown runtime {other:?} (builtin, runc)"
+            ))),
+        }
+    }
 }
 
 /// Security mode of the step.

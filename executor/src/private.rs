@@ -82,6 +82,46 @@ pub(crate) fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, Executor
     Ok(root.join(cur))
 }
 
+/// Like [`resolve_inside`], creating missing directories (mode 0755) on the way.
+pub(crate) fn resolve_or_create(root: &Path, rel: &str) -> Result<PathBuf, ExecutorError> {
+    let mut pending: VecDeque<OsString> = parts(Path::new(rel));
+    let mut cur = PathBuf::new();
+    let mut hops = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&c);
+        let full = root.join(&next);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(ExecutorError::Setup(format!(
+                        "too many symlinks resolving {rel}"
+                    )));
+                }
+                let link = std::fs::read_link(&full)
+                    .map_err(|e| ExecutorError::sys("readlink", &full, e))?;
+                if link.is_absolute() {
+                    cur = PathBuf::new();
+                }
+                let mut n = parts(&link);
+                n.extend(pending.drain(..));
+                pending = n;
+            }
+            Ok(_) => cur = next,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&full).map_err(|e| ExecutorError::sys("mkdir", &full, e))?;
+                cur = next;
+            }
+            Err(e) => return Err(ExecutorError::sys("stat", &full, e)),
+        }
+    }
+    Ok(root.join(cur))
+}
+
 fn parts(p: &Path) -> VecDeque<OsString> {
     p.components()
         .filter_map(|c| match c {
