@@ -101,6 +101,14 @@ pub struct BuildArgs {
     /// Network mode for RUN steps: default, none, host
     #[arg(long = "network", value_name = "MODE")]
     pub network: Option<String>,
+    /// Runtime for RUN steps: builtin (namespace sandbox) or runc
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "RBUILD_RUNTIME",
+        default_value = "builtin"
+    )]
+    pub runtime: String,
     /// Build context directory
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

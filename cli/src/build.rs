@@ -139,7 +139,11 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     let executor = rbuild_executor::Executor::new(rbuild_executor::Helper {
         program: exe,
         args: vec![rbuild_executor::HELPER_ARG.to_string()],
-    });
+    })
+    .with_runtime(
+        rbuild_executor::Runtime::from_name(&b.runtime)
+            .map_err(|e| anyhow!("--runtime {}: {e}", b.runtime))?,
+    );
     let mut locals = BTreeMap::new();
     locals.insert("context".to_string(), context.to_path_buf());
     let cpus = std::thread::available_parallelism()

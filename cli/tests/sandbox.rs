@@ -35,8 +35,12 @@ fn require_env() {
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
+    /// Built-in sandbox on overlayfs.
     Overlay,
+    /// Built-in sandbox with the copy snapshotter.
     Copy,
+    /// runc on overlayfs.
+    Runc,
 }
 
 struct Project {
@@ -114,8 +118,15 @@ impl Project {
             .env(
                 "RBUILD_SNAPSHOTTER",
                 match self.backend {
-                    Backend::Overlay => "overlay",
+                    Backend::Overlay | Backend::Runc => "overlay",
                     Backend::Copy => "copy",
+                },
+            )
+            .env(
+                "RBUILD_RUNTIME",
+                match self.backend {
+                    Backend::Runc => "runc",
+                    _ => "builtin",
                 },
             )
             .current_dir(self.dir.path());
@@ -282,13 +293,28 @@ fn every_mount_kind_works_with_the_copy_snapshotter() {
 }
 
 #[test]
+fn every_mount_kind_works_with_runc() {
+    mount_kinds(Backend::Runc);
+}
+
+#[test]
 fn a_step_cannot_see_or_reach_the_host() {
+    isolation(Backend::Overlay);
+}
+
+#[test]
+fn a_runc_step_cannot_see_or_reach_the_host() {
+    isolation(Backend::Runc);
+}
+
+fn isolation(backend: Backend) {
     let marker = tempfile::NamedTempFile::new().unwrap();
     fs::write(marker.path(), "host-only").unwrap();
     let m = marker.path().display().to_string();
     let host_pid = std::process::id();
-    let p = Project::new(&format!(
-        r#"FROM busybox
+    let p = Project::with_backend(
+        &format!(
+            r#"FROM busybox
 RUN (echo "pid1=$(cat /proc/1/comm)"; \
      echo "procs=$(ls -d /proc/[0-9]* | wc -l)"; \
      test -e /proc/self/root/bin/sh && echo control-ok; \
@@ -309,7 +335,9 @@ RUN (echo "pid1=$(cat /proc/1/comm)"; \
      ls /dev | tr '\n' ' '; echo) > /report 2>&1
 RUN --network=none ip -o link | awk -F': ' '{{print $2}}' > /links
 "#
-    ));
+        ),
+        backend,
+    );
     p.build(&["-t", "iso"]).ok();
     let rep = p.read("iso", "/report");
     let lines: Vec<&str> = rep.lines().collect();
@@ -350,13 +378,14 @@ RUN --network=none ip -o link | awk -F': ' '{{print $2}}' > /links
     assert!(lines.contains(&"NoNewPrivs:\t1"), "{rep}");
     assert!(lines.contains(&"Seccomp:\t2"), "{rep}");
     let dev = lines.last().unwrap();
-    let mut dev: Vec<&str> = dev.split_whitespace().collect();
+    // `core` (-> /proc/kcore, masked) is optional: runc links it only when kcore exists.
+    let mut dev: Vec<&str> = dev.split_whitespace().filter(|d| *d != "core").collect();
     dev.sort();
     assert_eq!(
         dev,
         [
-            "core", "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr",
-            "stdin", "stdout", "tty", "urandom", "zero"
+            "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+            "stdout", "tty", "urandom", "zero"
         ],
         "{rep}"
     );
