@@ -54,6 +54,12 @@ impl Executor {
         if spec.args.is_empty() {
             return Err(ExecutorError::InvalidSpec("args is empty".into()));
         }
+        if !rustix::process::geteuid().is_root() {
+            return Err(ExecutorError::Setup(
+                "rootless mode is not supported yet: RUN steps need root (see docs/sandbox.md)"
+                    .into(),
+            ));
+        }
         let input = HelperInput {
             spec: spec.clone(),
             runtime: self.runtime.clone(),
