@@ -92,13 +92,17 @@ fn caps(mask: u64) -> HashSet<Capability> {
         .collect()
 }
 
+/// The report, the mount stubs created (path, replaced a whiteout) and the directories
+/// copied up for them.
+pub(crate) type RuncOutcome = (HelperReport, Vec<(String, bool)>, Vec<String>);
+
 /// Run the step with runc. Called by the helper (single-threaded) instead of forking the
 /// built-in sandbox init.
 pub(crate) fn run(
     spec: &ExecSpec,
     scratch: &Scratch,
     runc: &Path,
-) -> Result<(HelperReport, Vec<(String, bool)>, Vec<String>), ExecutorError> {
+) -> Result<RuncOutcome, ExecutorError> {
     sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
     make_rprivate()?;
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
