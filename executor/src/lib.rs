@@ -88,8 +88,8 @@ pub enum Network {
     None,
 }
 
-/// An additional mount inside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An additional mount inside the sandbox. `Debug` never shows a file's contents (secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExtraMount {
     /// Recursive bind mount of a host path (file or directory).
     Bind {
@@ -135,6 +135,54 @@ pub enum ExtraMount {
         /// Size limit in bytes (kernel default: half of RAM).
         size: Option<u64>,
     },
+}
+
+impl std::fmt::Debug for ExtraMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExtraMount::Bind {
+                source,
+                target,
+                readonly,
+            } => f
+                .debug_struct("Bind")
+                .field("source", source)
+                .field("target", target)
+                .field("readonly", readonly)
+                .finish(),
+            ExtraMount::Layers {
+                lowers,
+                source,
+                target,
+                writable,
+            } => f
+                .debug_struct("Layers")
+                .field("lowers", lowers)
+                .field("source", source)
+                .field("target", target)
+                .field("writable", writable)
+                .finish(),
+            ExtraMount::File {
+                contents,
+                target,
+                mode,
+                uid,
+                gid,
+            } => f
+                .debug_struct("File")
+                .field("contents", &format_args!("<{} bytes>", contents.len()))
+                .field("target", target)
+                .field("mode", &format_args!("{mode:o}"))
+                .field("uid", uid)
+                .field("gid", gid)
+                .finish(),
+            ExtraMount::Tmpfs { target, size } => f
+                .debug_struct("Tmpfs")
+                .field("target", target)
+                .field("size", size)
+                .finish(),
+        }
+    }
 }
 
 /// Which runtime runs the steps.
@@ -239,5 +287,27 @@ impl std::fmt::Display for ExitStatus {
             (None, Some(s)) => write!(f, "killed by signal {s}"),
             (None, None) => write!(f, "unknown exit status"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_file_contents() {
+        let m = ExtraMount::File {
+            contents: b"hunter2".to_vec(),
+            target: "/run/secrets/x".into(),
+            mode: 0o400,
+            uid: 0,
+            gid: 0,
+        };
+        let text = format!("{m:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("104, 117"),
+            "{text}"
+        );
+        assert!(text.contains("<7 bytes>") && text.contains("400"), "{text}");
     }
 }
