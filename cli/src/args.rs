@@ -213,6 +213,35 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_flags_parse() {
+        let cli = Cli::try_parse_from(v(&[
+            "rbuild",
+            "--secret",
+            "id=a,src=f",
+            "--secret",
+            "id=b,env=V",
+            "--ssh",
+            "default",
+            "--allow",
+            "network.host",
+            "--network",
+            "none",
+            "--runtime",
+            "runc",
+            ".",
+        ]))
+        .unwrap();
+        let Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(b.secrets, ["id=a,src=f", "id=b,env=V"]);
+        assert_eq!(b.ssh, ["default"]);
+        assert_eq!(b.allow, ["network.host"]);
+        assert_eq!(b.network.as_deref(), Some("none"));
+        assert_eq!(b.runtime, "runc");
+    }
+
+    #[test]
     fn unknown_flags_are_rejected() {
         assert!(Cli::try_parse_from(v(&["rbuild", "--frobnicate", "."])).is_err());
     }
