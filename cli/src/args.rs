@@ -163,6 +163,14 @@ pub struct BuildArgs {
     /// Maximum number of steps run at once (default: number of CPUs)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
+    /// Runtime for RUN steps: builtin (namespace sandbox) or runc
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "RBUILD_RUNTIME",
+        default_value = "builtin"
+    )]
+    pub runtime: String,
     /// Build context: a directory, `-` (a Dockerfile or a tar archive on stdin) or a git URL
     /// (`https://host/repo.git#ref:subdir`, `git@host:repo.git`, `file:///path/repo.git`)
     #[arg(value_name = "CONTEXT")]
@@ -361,6 +369,35 @@ mod tests {
                 .to_string();
             assert!(e.contains(flag), "{flag} {value}: {e}");
         }
+    }
+
+    #[test]
+    fn sandbox_flags_parse() {
+        let cli = Cli::try_parse_from(v(&[
+            "rbuild",
+            "--secret",
+            "id=a,src=f",
+            "--secret",
+            "id=b,env=V",
+            "--ssh",
+            "default",
+            "--allow",
+            "network.host",
+            "--network",
+            "none",
+            "--runtime",
+            "runc",
+            ".",
+        ]))
+        .unwrap();
+        let Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(b.secrets, ["id=a,src=f", "id=b,env=V"]);
+        assert_eq!(b.ssh, ["default"]);
+        assert_eq!(b.allow, ["network.host"]);
+        assert_eq!(b.network.as_deref(), Some("none"));
+        assert_eq!(b.runtime, "runc");
     }
 
     #[test]

@@ -143,7 +143,11 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     let executor = rbuild_executor::Executor::new(rbuild_executor::Helper {
         program: exe,
         args: vec![rbuild_executor::HELPER_ARG.to_string()],
-    });
+    })
+    .with_runtime(
+        rbuild_executor::Runtime::from_name(&b.runtime)
+            .map_err(|e| anyhow!("--runtime {}: {e}", b.runtime))?,
+    );
     let mut locals = BTreeMap::new();
     locals.insert("context".to_string(), context.to_path_buf());
     let cpus = std::thread::available_parallelism()
@@ -161,6 +165,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
                 .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
         })
         .transpose()?;
+    let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
     Ok(Solver::new(SolverConfig {
         store,
         executor,
@@ -170,6 +175,9 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         pull: b.pull,
         source_date_epoch,
         hostname: "buildkitsandbox".to_string(),
+        secrets: sandbox.secrets,
+        ssh: sandbox.ssh,
+        entitlements: sandbox.entitlements,
     }))
 }
 
@@ -294,8 +302,12 @@ fn build_image(
         "[internal] load build definition from {}",
         inputs.dockerfile_name
     ));
-    let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
+    let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(inputs, e))?;
+    rbuild_solver::runmount::force_network(
+        &mut plan.definition,
+        crate::sandbox_opts::network_mode(b.network.as_deref())?,
+    );
     for w in &plan.warnings {
         progress.warning(&format!(
             "{}:{}: {}",

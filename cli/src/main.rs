@@ -14,6 +14,7 @@ mod images;
 mod metadata;
 mod progress;
 mod render;
+mod sandbox_opts;
 mod unsupported;
 mod version;
 

@@ -32,23 +32,8 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
     if !b.cache_to.is_empty() {
         return not_yet("--cache-to", "remote cache export");
     }
-    if !b.secrets.is_empty() {
-        return not_yet("--secret", "build secrets");
-    }
-    if !b.ssh.is_empty() {
-        return not_yet("--ssh", "SSH agent forwarding");
-    }
-    if b.network.as_deref().is_some_and(|n| n != "default") {
-        return not_yet(
-            "--network",
-            "a network mode other than default for all steps",
-        );
-    }
     if !b.annotations.is_empty() {
         return not_yet("--annotation", "setting annotations");
-    }
-    if !b.allow.is_empty() {
-        return not_yet("--allow", "granting entitlements");
     }
     if !b.add_hosts.is_empty() {
         return not_yet("--add-host", "adding /etc/hosts entries");

@@ -14,9 +14,9 @@ use rustix::process::{waitpid, Signal, WaitOptions};
 use rustix::thread::UnshareFlags;
 
 use crate::error::ExecutorError;
-use crate::protocol::{HelperReport, InitMsg, STATUS_FD};
+use crate::protocol::{HelperInput, HelperReport, InitMsg, STATUS_FD};
 use crate::sys::{self, Fork};
-use crate::{ExecSpec, ExitStatus, Network, Rootfs};
+use crate::{ExecSpec, ExitStatus, Network, Rootfs, Runtime};
 
 /// Hostname used when the spec leaves it empty (same as BuildKit).
 const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
@@ -49,11 +49,13 @@ pub fn helper_main() -> ! {
 /// Scratch directory of one run (host side): the rootfs mount point and the
 /// generated files. Removed (non-recursively, file by file) on drop.
 pub(crate) struct Scratch {
-    base: PathBuf,
+    pub(crate) base: PathBuf,
     pub(crate) root: PathBuf,
     pub(crate) hosts: PathBuf,
     pub(crate) resolv: PathBuf,
     pub(crate) hostname: PathBuf,
+    /// Mount point for the sandbox's private tmpfs (secrets, throwaway uppers, views).
+    pub(crate) mnt: PathBuf,
 }
 
 impl Scratch {
@@ -71,9 +73,11 @@ impl Scratch {
             hosts: base.join("hosts"),
             resolv: base.join("resolv.conf"),
             hostname: base.join("hostname"),
+            mnt: base.join("mnt"),
             base,
         };
         std::fs::create_dir(&s.root).map_err(|e| ExecutorError::sys("mkdir", &s.root, e))?;
+        std::fs::create_dir(&s.mnt).map_err(|e| ExecutorError::sys("mkdir", &s.mnt, e))?;
         let hostname = effective_hostname(spec);
         let write = |p: &Path, content: String| {
             std::fs::write(p, content).map_err(|e| ExecutorError::sys("write", p, e))
@@ -92,6 +96,7 @@ impl Drop for Scratch {
         }
         // Never remove recursively: `root` is a mount point in the sandbox.
         let _ = std::fs::remove_dir(&self.root);
+        let _ = std::fs::remove_dir(&self.mnt);
         let _ = std::fs::remove_dir(&self.base);
     }
 }
@@ -151,7 +156,7 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
     std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| ExecutorError::sys("read spec from stdin", "", e))?;
-    let spec: ExecSpec = serde_json::from_slice(&input)
+    let HelperInput { spec, runtime } = serde_json::from_slice(&input)
         .map_err(|e| ExecutorError::InvalidSpec(format!("decode: {e}")))?;
     if spec.args.is_empty() {
         return Err(ExecutorError::InvalidSpec("args is empty".into()));
@@ -171,6 +176,12 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
     let scratch = Scratch::create(&spec)?;
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| ExecutorError::sys("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    if let Runtime::Runc { binary } = &runtime {
+        let (report, stubs, copyups) = crate::runc::run(&spec, &scratch, binary)?;
+        remove_stubs(&spec.rootfs, &stubs, &copyups);
+        drop(scratch);
+        return Ok(report);
+    }
     let mut flags = UnshareFlags::NEWPID
         | UnshareFlags::NEWUTS
         | UnshareFlags::NEWIPC

@@ -28,9 +28,12 @@
 mod error;
 mod helper;
 mod mounts;
+mod private;
 mod protocol;
 mod run;
+mod runc;
 mod sandbox;
+mod seccomp;
 #[allow(unsafe_code)] // the only module with unsafe code
 mod sys;
 mod user;
@@ -85,8 +88,8 @@ pub enum Network {
     None,
 }
 
-/// An additional mount inside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An additional mount inside the sandbox. `Debug` never shows a file's contents (secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExtraMount {
     /// Recursive bind mount of a host path (file or directory).
     Bind {
@@ -97,6 +100,34 @@ pub enum ExtraMount {
         /// Mount read-only.
         readonly: bool,
     },
+    /// A merged view of layer directories (overlay of `lowers`, top-most first; none = an
+    /// empty directory), of which the sub path `source` is bound at `target`. Read-only unless
+    /// `writable`; writes then go to a throwaway upper dir on a private tmpfs and are discarded
+    /// when the step ends.
+    Layers {
+        /// Layer directories, top-most first.
+        lowers: Vec<PathBuf>,
+        /// Path inside the merged view (symlinks resolved inside it); `""` or `/` = all.
+        source: String,
+        /// Absolute path inside the sandbox.
+        target: String,
+        /// Writes allowed (and discarded).
+        writable: bool,
+    },
+    /// A read-only file with these contents on a private tmpfs (secrets: the bytes never touch
+    /// a disk).
+    File {
+        /// The file's bytes.
+        contents: Vec<u8>,
+        /// Absolute path inside the sandbox.
+        target: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
     /// A fresh tmpfs.
     Tmpfs {
         /// Absolute path inside the sandbox.
@@ -104,6 +135,97 @@ pub enum ExtraMount {
         /// Size limit in bytes (kernel default: half of RAM).
         size: Option<u64>,
     },
+}
+
+impl std::fmt::Debug for ExtraMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExtraMount::Bind {
+                source,
+                target,
+                readonly,
+            } => f
+                .debug_struct("Bind")
+                .field("source", source)
+                .field("target", target)
+                .field("readonly", readonly)
+                .finish(),
+            ExtraMount::Layers {
+                lowers,
+                source,
+                target,
+                writable,
+            } => f
+                .debug_struct("Layers")
+                .field("lowers", lowers)
+                .field("source", source)
+                .field("target", target)
+                .field("writable", writable)
+                .finish(),
+            ExtraMount::File {
+                contents,
+                target,
+                mode,
+                uid,
+                gid,
+            } => f
+                .debug_struct("File")
+                .field("contents", &format_args!("<{} bytes>", contents.len()))
+                .field("target", target)
+                .field("mode", &format_args!("{mode:o}"))
+                .field("uid", uid)
+                .field("gid", gid)
+                .finish(),
+            ExtraMount::Tmpfs { target, size } => f
+                .debug_struct("Tmpfs")
+                .field("target", target)
+                .field("size", size)
+                .finish(),
+        }
+    }
+}
+
+/// Which runtime runs the steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Runtime {
+    /// The built-in namespace sandbox (default).
+    #[default]
+    Builtin,
+    /// `runc run` of an OCI runtime bundle prepared by the helper.
+    Runc {
+        /// The runc binary.
+        binary: PathBuf,
+    },
+}
+
+impl Runtime {
+    /// `builtin` or `runc` (found in `PATH`).
+    pub fn from_name(name: &str) -> Result<Runtime, ExecutorError> {
+        match name {
+            "builtin" | "" => Ok(Runtime::Builtin),
+            "runc" => {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                std::env::split_paths(&path)
+                    .map(|d| d.join("runc"))
+                    .find(|p| p.is_file())
+                    .map(|binary| Runtime::Runc { binary })
+                    .ok_or_else(|| ExecutorError::InvalidSpec("runc not found in PATH".into()))
+            }
+            other => Err(ExecutorError::InvalidSpec(format!(
+                "unknown runtime {other:?} (builtin, runc)"
+            ))),
+        }
+    }
+}
+
+/// Security mode of the step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Security {
+    /// Docker's defaults: default capabilities, seccomp, no_new_privs, masked /proc paths.
+    #[default]
+    Sandbox,
+    /// Privileged (`RUN --security=insecure`): every capability, no seccomp, no masking.
+    Insecure,
 }
 
 /// Everything needed to run one step.
@@ -128,6 +250,9 @@ pub struct ExecSpec {
     pub extra_mounts: Vec<ExtraMount>,
     /// Extra `/etc/hosts` entries: (hostname, ip).
     pub extra_hosts: Vec<(String, String)>,
+    /// Security mode.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// Which output stream a chunk came from.
@@ -162,5 +287,27 @@ impl std::fmt::Display for ExitStatus {
             (None, Some(s)) => write!(f, "killed by signal {s}"),
             (None, None) => write!(f, "unknown exit status"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_file_contents() {
+        let m = ExtraMount::File {
+            contents: b"hunter2".to_vec(),
+            target: "/run/secrets/x".into(),
+            mode: 0o400,
+            uid: 0,
+            gid: 0,
+        };
+        let text = format!("{m:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("104, 117"),
+            "{text}"
+        );
+        assert!(text.contains("<7 bytes>") && text.contains("400"), "{text}");
     }
 }

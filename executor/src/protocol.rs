@@ -2,10 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ExitStatus;
+use crate::{ExecSpec, ExitStatus, Runtime};
 
 /// File descriptor number of the status pipe in the helper process.
 pub(crate) const STATUS_FD: i32 = 3;
+
+/// What the parent writes on the helper's stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct HelperInput {
+    /// The step.
+    pub(crate) spec: ExecSpec,
+    /// Which runtime runs it.
+    pub(crate) runtime: Runtime,
+}
 
 /// Final report from the helper to the parent (one JSON line on fd 3).
 #[derive(Debug, Serialize, Deserialize)]

@@ -9,19 +9,34 @@ use std::sync::mpsc;
 use rustix::pipe::{pipe_with, PipeFlags};
 
 use crate::error::ExecutorError;
-use crate::protocol::{HelperReport, STATUS_FD};
-use crate::{sys, ExecSpec, ExitStatus, Helper, Stream};
+use crate::protocol::{HelperInput, HelperReport, STATUS_FD};
+use crate::{sys, ExecSpec, ExitStatus, Helper, Runtime, Stream};
 
 /// Runs steps in sandboxes through a helper process.
 #[derive(Debug, Clone)]
 pub struct Executor {
     helper: Helper,
+    runtime: Runtime,
 }
 
 impl Executor {
     /// An executor that starts sandboxes with `helper.program helper.args…`.
     pub fn new(helper: Helper) -> Self {
-        Executor { helper }
+        Executor {
+            helper,
+            runtime: Runtime::Builtin,
+        }
+    }
+
+    /// The same executor running steps with `runtime`.
+    pub fn with_runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = runtime;
+        self
+    }
+
+    /// The runtime steps run with.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// Run the step's process; every output chunk is passed to `output` as
@@ -39,7 +54,17 @@ impl Executor {
         if spec.args.is_empty() {
             return Err(ExecutorError::InvalidSpec("args is empty".into()));
         }
-        let json = serde_json::to_vec(spec)
+        if !rustix::process::geteuid().is_root() {
+            return Err(ExecutorError::Setup(
+                "rootless mode is not supported yet: RUN steps need root (see docs/sandbox.md)"
+                    .into(),
+            ));
+        }
+        let input = HelperInput {
+            spec: spec.clone(),
+            runtime: self.runtime.clone(),
+        };
+        let json = serde_json::to_vec(&input)
             .map_err(|e| ExecutorError::InvalidSpec(format!("serialize: {e}")))?;
         let (status_r, status_w) =
             pipe_with(PipeFlags::CLOEXEC).map_err(|e| ExecutorError::HelperIo {

@@ -21,14 +21,15 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use crate::error::ExecutorError;
 use crate::helper::{effective_hostname, is_whiteout, Scratch};
 use crate::mounts::{bind, make_rprivate, mount_overlay, remount_readonly};
+use crate::private::{mkdir_p, resolve_inside, PrivateTmp};
 use crate::protocol::{HelperReport, InitMsg};
-use crate::{sys, user, ExecSpec, ExtraMount, Network, Rootfs};
+use crate::{seccomp, sys, user, ExecSpec, ExtraMount, Network, Rootfs, Security};
 
 /// `PATH` used to find the program when the step's env has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Docker's default capability set.
-fn default_caps() -> CapabilitySet {
+pub(crate) fn default_caps() -> CapabilitySet {
     CapabilitySet::CHOWN
         | CapabilitySet::DAC_OVERRIDE
         | CapabilitySet::FSETID
@@ -46,7 +47,7 @@ fn default_caps() -> CapabilitySet {
 }
 
 /// /proc and /sys paths hidden from the step (like Docker).
-const MASKED: &[&str] = &[
+pub(crate) const MASKED: &[&str] = &[
     "/proc/asound",
     "/proc/acpi",
     "/proc/kcore",
@@ -61,7 +62,7 @@ const MASKED: &[&str] = &[
 ];
 
 /// /proc paths made read-only.
-const READONLY: &[&str] = &[
+pub(crate) const READONLY: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
@@ -91,7 +92,11 @@ pub(crate) fn init(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Helpe
     }
 }
 
-fn err(op: &str, path: impl Into<PathBuf>, e: impl Into<std::io::Error>) -> ExecutorError {
+pub(crate) fn err(
+    op: &str,
+    path: impl Into<PathBuf>,
+    e: impl Into<std::io::Error>,
+) -> ExecutorError {
     ExecutorError::sys(op, path, e)
 }
 
@@ -111,26 +116,13 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     make_rprivate()?;
     // Layer contents must not depend on the solver's umask (Docker: 022).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let profile = match spec.security {
+        Security::Sandbox => Some(seccomp::default_profile()?),
+        Security::Insecure => None,
+    };
 
     let root = scratch.root.as_path();
-    let (layer, overlay_upper) = match &spec.rootfs {
-        Rootfs::Overlay { lowers, upper, .. } if lowers.is_empty() => {
-            mount_bind(upper, root).map_err(|e| err("bind mount upper dir at", root, e))?;
-            (upper.as_path(), None)
-        }
-        Rootfs::Overlay {
-            lowers,
-            upper,
-            work,
-        } => {
-            mount_overlay(lowers, Some((upper, work)), root)?;
-            (upper.as_path(), Some(upper.as_path()))
-        }
-        Rootfs::Dir(d) => {
-            mount_bind(d, root).map_err(|e| err("bind mount rootfs dir at", root, e))?;
-            (d.as_path(), None)
-        }
-    };
+    let (layer, overlay_upper) = mount_rootfs(spec, root)?;
     let mut stubs = Stubs {
         root,
         layer,
@@ -174,21 +166,13 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
         bind(source, &t, true)?;
     }
 
-    for m in &spec.extra_mounts {
-        match m {
-            ExtraMount::Bind {
-                source,
-                target,
-                readonly,
-            } => {
-                let is_dir = std::fs::metadata(source)
-                    .map_err(|e| err("stat bind source", source, e))?
-                    .is_dir();
-                let t = stubs.ensure(target, is_dir)?;
-                bind(source, &t, *readonly)?;
-            }
-            ExtraMount::Tmpfs { target, size } => {
-                let t = stubs.ensure(target, true)?;
+    let mut private = PrivateTmp::new(&scratch.mnt);
+    for (i, m) in spec.extra_mounts.iter().enumerate() {
+        let (src, target, is_dir) = prepare_source(m, i, &mut private)?;
+        let t = stubs.ensure(target, is_dir)?;
+        match src {
+            Source::Bind { path, readonly } => bind(&path, &t, readonly)?,
+            Source::Tmpfs { size } => {
                 let data = match size {
                     Some(s) => format!("mode=1777,size={s}"),
                     None => "mode=1777".to_string(),
@@ -219,7 +203,10 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     unmount(".", UnmountFlags::DETACH).map_err(|e| err("detach old root", "/", e))?;
     rustix::process::chdir("/").map_err(|e| err("chdir", "/", e))?;
 
-    protect_proc()?;
+    let insecure = spec.security == Security::Insecure;
+    if !insecure {
+        protect_proc()?;
+    }
 
     // User.
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -230,7 +217,7 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     std::fs::create_dir_all(cwd).map_err(|e| err("create working directory", cwd, e))?;
 
-    drop_privileges(&creds)?;
+    drop_privileges(&creds, insecure)?;
     rustix::process::chdir(cwd).map_err(|e| err("chdir", cwd, e))?;
 
     let program = &spec.args[0];
@@ -254,13 +241,149 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
             }
         }
     }
+    if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
+        cmd.env("HOME", &creds.home);
+    }
     // The death signal is cleared by credential changes: set it last.
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    // Seccomp last (after no_new_privs), so that the setup above is not filtered.
+    if let Some(p) = &profile {
+        p.install()?;
+    }
     let e = cmd.exec();
     Err(InitError::Exec {
         program: program.clone(),
         message: e.to_string(),
+    })
+}
+
+/// Mount the step's root filesystem at `root`; returns the layer dir and, for a real overlay,
+/// its upper dir.
+pub(crate) fn mount_rootfs<'a>(
+    spec: &'a ExecSpec,
+    root: &Path,
+) -> Result<(&'a Path, Option<&'a Path>), ExecutorError> {
+    Ok(match &spec.rootfs {
+        Rootfs::Overlay { lowers, upper, .. } if lowers.is_empty() => {
+            mount_bind(upper, root).map_err(|e| err("bind mount upper dir at", root, e))?;
+            (upper.as_path(), None)
+        }
+        Rootfs::Overlay {
+            lowers,
+            upper,
+            work,
+        } => {
+            mount_overlay(lowers, Some((upper, work)), root)?;
+            (upper.as_path(), Some(upper.as_path()))
+        }
+        Rootfs::Dir(d) => {
+            mount_bind(d, root).map_err(|e| err("bind mount rootfs dir at", root, e))?;
+            (d.as_path(), None)
+        }
+    })
+}
+
+/// Where an extra mount's content comes from, once prepared.
+pub(crate) enum Source {
+    /// Bind this path (in the current mount namespace).
+    Bind { path: PathBuf, readonly: bool },
+    /// A fresh tmpfs.
+    Tmpfs { size: Option<u64> },
+}
+
+/// Prepare the source of extra mount `i` (views and files go on the private tmpfs); returns
+/// the source, the target and whether the target is a directory.
+pub(crate) fn prepare_source<'a>(
+    m: &'a ExtraMount,
+    i: usize,
+    private: &mut PrivateTmp<'_>,
+) -> Result<(Source, &'a str, bool), ExecutorError> {
+    Ok(match m {
+        ExtraMount::Bind {
+            source,
+            target,
+            readonly,
+        } => {
+            let is_dir = std::fs::metadata(source)
+                .map_err(|e| err("stat bind source", source, e))?
+                .is_dir();
+            (
+                Source::Bind {
+                    path: source.clone(),
+                    readonly: *readonly,
+                },
+                target,
+                is_dir,
+            )
+        }
+        ExtraMount::Layers {
+            lowers,
+            source,
+            target,
+            writable,
+        } => {
+            let base = private.dir()?.join(format!("view{i}"));
+            let view = base.join("root");
+            mkdir_p(&view)?;
+            if !lowers.is_empty() {
+                if *writable {
+                    let (upper, work) = (base.join("upper"), base.join("work"));
+                    mkdir_p(&upper)?;
+                    mkdir_p(&work)?;
+                    mount_overlay(lowers, Some((&upper, &work)), &view)?;
+                } else if let [one] = lowers.as_slice() {
+                    bind(one, &view, true)?;
+                } else {
+                    mount_overlay(lowers, None, &view)?;
+                }
+            }
+            let src = resolve_inside(&view, source)?;
+            let is_dir = std::fs::metadata(&src)
+                .map_err(|e| err("stat bind source", &src, e))?
+                .is_dir();
+            (
+                Source::Bind {
+                    path: src,
+                    readonly: !*writable,
+                },
+                target,
+                is_dir,
+            )
+        }
+        ExtraMount::File {
+            contents,
+            target,
+            mode,
+            uid,
+            gid,
+        } => {
+            let f = private.dir()?.join(format!("file{i}"));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&f)
+                .and_then(|mut w| w.write_all(contents))
+                .map_err(|e| err("write file", &f, e))?;
+            rustix::fs::chown(
+                &f,
+                Some(rustix::fs::Uid::from_raw(*uid)),
+                Some(rustix::fs::Gid::from_raw(*gid)),
+            )
+            .map_err(|e| err("chown", &f, e))?;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode & 0o7777))
+                .map_err(|e| err("chmod", &f, e))?;
+            (
+                Source::Bind {
+                    path: f,
+                    readonly: true,
+                },
+                target,
+                false,
+            )
+        }
+        ExtraMount::Tmpfs { target, size } => (Source::Tmpfs { size: *size }, target, true),
     })
 }
 
@@ -360,7 +483,7 @@ fn protect_proc() -> Result<(), ExecutorError> {
     Ok(())
 }
 
-fn drop_privileges(creds: &user::Credentials) -> Result<(), ExecutorError> {
+fn drop_privileges(creds: &user::Credentials, insecure: bool) -> Result<(), ExecutorError> {
     use rustix::thread::{
         clear_ambient_capability_set, remove_capability_from_bounding_set, set_capabilities,
         set_no_new_privs, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
@@ -369,12 +492,19 @@ fn drop_privileges(creds: &user::Credentials) -> Result<(), ExecutorError> {
     if creds.uid == u32::MAX || creds.gid == u32::MAX || creds.groups.contains(&u32::MAX) {
         return Err(ExecutorError::Setup("invalid uid/gid -1".into()));
     }
-    let keep = default_caps();
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
         .min(63);
+    let keep = if insecure {
+        // Everything this process holds (the host's full set when root on the host).
+        rustix::thread::capabilities(None)
+            .map_err(|e| err("capget", "", e))?
+            .permitted
+    } else {
+        default_caps()
+    };
     for bit in 0..=last {
         let cap = CapabilitySet::from_bits_retain(1u64 << bit);
         if !keep.contains(cap) {
@@ -402,7 +532,9 @@ fn drop_privileges(creds: &user::Credentials) -> Result<(), ExecutorError> {
         )
         .map_err(|e| err("capset", "", e))?;
     }
-    set_no_new_privs(true).map_err(|e| err("prctl(PR_SET_NO_NEW_PRIVS)", "", e))?;
+    if !insecure {
+        set_no_new_privs(true).map_err(|e| err("prctl(PR_SET_NO_NEW_PRIVS)", "", e))?;
+    }
     Ok(())
 }
 
@@ -427,12 +559,12 @@ fn find_program(program: &str, path_var: &str) -> Option<PathBuf> {
 /// Creates mount targets inside the rootfs, resolving symlinks within the
 /// root, and reports every path it had to create to the helper so that it
 /// can be removed from the layer after the run.
-struct Stubs<'a> {
-    root: &'a Path,
-    layer: &'a Path,
-    overlay_upper: Option<&'a Path>,
-    msgs: &'a mut File,
-    copyups: HashSet<PathBuf>,
+pub(crate) struct Stubs<'a> {
+    pub(crate) root: &'a Path,
+    pub(crate) layer: &'a Path,
+    pub(crate) overlay_upper: Option<&'a Path>,
+    pub(crate) msgs: &'a mut dyn Write,
+    pub(crate) copyups: HashSet<PathBuf>,
 }
 
 impl Stubs<'_> {
@@ -444,7 +576,7 @@ impl Stubs<'_> {
 
     /// Make sure `target` (absolute inside the sandbox) exists as a directory
     /// (or a file when `!dir`); returns its host path under the root.
-    fn ensure(&mut self, target: &str, dir: bool) -> Result<PathBuf, ExecutorError> {
+    pub(crate) fn ensure(&mut self, target: &str, dir: bool) -> Result<PathBuf, ExecutorError> {
         let mut pending: VecDeque<OsString> = components(Path::new(target));
         let mut cur = PathBuf::new();
         let mut hops = 0;

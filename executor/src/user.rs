@@ -8,12 +8,16 @@ pub(crate) struct Credentials {
     pub gid: u32,
     /// Supplementary groups (always includes `gid`).
     pub groups: Vec<u32>,
+    /// Home directory from the passwd entry (`/` without one), for `HOME` when the step's
+    /// env has none (as runc and Docker do).
+    pub home: String,
 }
 
 struct PasswdEntry<'a> {
     name: &'a str,
     uid: u32,
     gid: u32,
+    home: &'a str,
 }
 
 struct GroupEntry<'a> {
@@ -31,6 +35,7 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry<'_>> {
                 name: f.first()?,
                 uid: f.get(2)?.trim().parse().ok()?,
                 gid: f.get(3)?.trim().parse().ok()?,
+                home: f.get(5).copied().unwrap_or(""),
             })
         })
         .collect()
@@ -70,13 +75,13 @@ pub(crate) fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Credentia
     let users = parse_passwd(passwd);
     let groups = parse_group(group);
 
-    let (uid, name, primary) = match user_part.parse::<u32>() {
+    let (uid, name, primary, home) = match user_part.parse::<u32>() {
         Ok(uid) => match users.iter().find(|e| e.uid == uid) {
-            Some(e) => (uid, Some(e.name), e.gid),
-            None => (uid, None, 0),
+            Some(e) => (uid, Some(e.name), e.gid, e.home),
+            None => (uid, None, 0, ""),
         },
         Err(_) => match users.iter().find(|e| e.name == user_part) {
-            Some(e) => (e.uid, Some(e.name), e.gid),
+            Some(e) => (e.uid, Some(e.name), e.gid, e.home),
             None => {
                 return Err(format!(
                     "unable to find user {user_part}: no matching entries in passwd file"
@@ -110,6 +115,7 @@ pub(crate) fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Credentia
         uid,
         gid,
         groups: supplementary,
+        home: if home.is_empty() { "/" } else { home }.to_string(),
     })
 }
 

@@ -9,8 +9,8 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use rbuild_executor::{ExecSpec, ExtraMount, Network, Rootfs, Stream};
-use rbuild_graph::{ExecOp, MountKind, NetworkMode, Node};
+use rbuild_executor::{ExecSpec, Rootfs, Stream};
+use rbuild_graph::{ExecOp, Node};
 
 use crate::{Chain, Event, Progress, SolveError, Solver, Value};
 
@@ -45,16 +45,17 @@ impl Solver {
             },
             None => Vec::new(),
         };
-        let mut extra = Vec::new();
-        for m in op.mounts.iter().skip(1) {
-            extra.push(self.extra_mount(m, inputs).map_err(&fail)?);
-        }
+        let prepared = self
+            .prepare_mounts(op, inputs, node.meta.ignore_cache)
+            .map_err(&fail)?;
+        let (network, security) = self.exec_modes(op);
         // Copy snapshotter: the step runs in a materialized copy of its input (removed on drop).
         let work_root = self.copy_work_root(&chain)?;
         let snap = store.new_snapshot()?;
         let lowers = self.lowers(&chain)?;
         let mut env = op.env.clone();
         env.extend(op.proxy_env.iter().cloned());
+        env.extend(prepared.env.iter().cloned());
         let spec = ExecSpec {
             rootfs: match &work_root {
                 Some(w) => Rootfs::Dir(w.dir().to_path_buf()),
@@ -69,12 +70,10 @@ impl Solver {
             cwd: op.cwd.clone(),
             user: op.user.clone(),
             hostname: self.cfg.hostname.clone(),
-            network: match op.network {
-                NetworkMode::None => Network::None,
-                NetworkMode::Default | NetworkMode::Host => Network::Host,
-            },
-            extra_mounts: extra,
+            network,
+            extra_mounts: prepared.extra.clone(),
             extra_hosts: Vec::new(),
+            security,
         };
         let mut tail = Tail::default();
         let status = self.cfg.executor.run(&spec, &mut |stream, data| {
@@ -115,77 +114,6 @@ impl Solver {
         let mut out = chain;
         out.push(layer);
         Ok(out)
-    }
-
-    fn extra_mount(&self, m: &rbuild_graph::Mount, inputs: &[Value]) -> Result<ExtraMount, String> {
-        match &m.kind {
-            MountKind::Tmpfs { size } => Ok(ExtraMount::Tmpfs {
-                target: m.target.clone(),
-                size: *size,
-            }),
-            MountKind::Bind { source, readonly } => {
-                let input = m
-                    .input
-                    .and_then(|i| inputs.get(i))
-                    .ok_or_else(|| format!("bind mount {} has no input", m.target))?;
-                match input {
-                    Value::Local(dir) => {
-                        if !*readonly {
-                            return Err(format!(
-                                "RUN --mount=type=bind,rw (target {}) is not supported yet",
-                                m.target
-                            ));
-                        }
-                        let rel = source.trim_start_matches('/');
-                        let path = crate::fileop::resolve_in_root(&dir.path, rel, true)
-                            .map_err(|e| format!("bind mount source {source}: {e}"))?;
-                        Ok(ExtraMount::Bind {
-                            source: path,
-                            target: m.target.clone(),
-                            readonly: true,
-                        })
-                    }
-                    Value::Chain(_) => Err(format!(
-                        "RUN --mount=type=bind from a stage or image (target {}) is not supported yet",
-                        m.target
-                    )),
-                }
-            }
-            MountKind::Cache { id, .. } => {
-                let dir = self.cache_mount_dir(id).map_err(|e| e.to_string())?;
-                Ok(ExtraMount::Bind {
-                    source: dir,
-                    target: m.target.clone(),
-                    readonly: false,
-                })
-            }
-            MountKind::Secret { .. } | MountKind::Ssh { .. } => Err(format!(
-                "RUN --mount type secret/ssh (target {}) is not supported yet",
-                m.target
-            )),
-        }
-    }
-
-    fn cache_mount_dir(&self, id: &str) -> Result<PathBuf, SolveError> {
-        let safe: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let digest = rbuild_graph::sha256_digest(id.as_bytes());
-        let dir = self.cfg.store.root().join("cachemounts-v1").join(format!(
-            "{}-{}",
-            &digest[7..19],
-            safe.chars().take(40).collect::<String>()
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| SolveError::io(format!("creating {}", dir.display()), e))?;
-        Ok(dir)
     }
 
     /// Snapshot dirs of a chain, top-most first (overlayfs lowerdir order).

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod fallback;
 pub mod fileop;
 pub mod image;
+pub mod runmount;
 pub mod sched;
 pub mod source;
 
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use image::{finalize_image, ImageResult};
+pub use runmount::{Entitlements, SecretSource};
 pub use sched::SolveOutput;
 
 /// Errors from solving a graph.
@@ -191,12 +193,19 @@ pub struct SolverConfig {
     pub source_date_epoch: Option<i64>,
     /// Hostname inside RUN steps.
     pub hostname: String,
+    /// Build secrets by id (`RUN --mount=type=secret`).
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// SSH agent sockets by id (`RUN --mount=type=ssh`).
+    pub ssh: BTreeMap<String, PathBuf>,
+    /// Entitlements granted (`--allow`).
+    pub entitlements: Entitlements,
 }
 
 /// The solver: owns the config and an in-process memory of resolved images.
 pub struct Solver {
     pub(crate) cfg: SolverConfig,
     pub(crate) resolved: Mutex<BTreeMap<String, ResolvedImage>>,
+    pub(crate) mounts: runmount::MountState,
 }
 
 impl Solver {
@@ -204,6 +213,7 @@ impl Solver {
         Arc::new(Solver {
             cfg,
             resolved: Mutex::new(BTreeMap::new()),
+            mounts: runmount::MountState::default(),
         })
     }
 

@@ -262,6 +262,14 @@ impl Solver {
                 Ok((key, Value::Chain(chain), true))
             }
             Op::Exec(_) | Op::File(_) => {
+                if let Op::Exec(e) = &node.op {
+                    self.check_exec_policy(e)
+                        .map_err(|message| SolveError::Step {
+                            step: name.clone(),
+                            message,
+                            lines: node.meta.lines,
+                        })?;
+                }
                 let parts = self
                     .input_parts(node, &keys, &values)
                     .map_err(|e| self.step_error(node, e))?;

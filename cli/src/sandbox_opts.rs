@@ -1,0 +1,183 @@
+//! Sandbox-related build flags (buildx syntax): `--secret`, `--ssh`, `--allow`, `--network`.
+//!
+//! - `--secret id=ID,src=FILE` (also `source=`), `--secret id=ID,env=VAR`, `--secret id=ID`
+//!   (a file or variable named like the id is not guessed: an id alone reads env `ID`, like
+//!   buildx), `type=file|env` may be given explicitly;
+//! - `--ssh default` (the `SSH_AUTH_SOCK` of rbuild's environment), `--ssh ID=SOCKET`;
+//! - `--allow network.host`, `--allow security.insecure`;
+//! - `--network default|none|host` (`host` grants `network.host`, as buildx does).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use rbuild_graph::NetworkMode;
+use rbuild_solver::{Entitlements, SecretSource};
+
+/// The parsed sandbox flags.
+#[derive(Debug, Default)]
+pub struct SandboxOpts {
+    pub secrets: BTreeMap<String, SecretSource>,
+    pub ssh: BTreeMap<String, PathBuf>,
+    pub entitlements: Entitlements,
+    pub network: NetworkMode,
+}
+
+pub fn parse(
+    secrets: &[String],
+    ssh: &[String],
+    allow: &[String],
+    network: Option<&str>,
+) -> Result<SandboxOpts> {
+    let mut o = SandboxOpts::default();
+    for s in secrets {
+        let (id, src) = parse_secret(s)?;
+        o.secrets.insert(id, src);
+    }
+    for s in ssh {
+        let (id, sock) = match s.split_once('=') {
+            Some((id, path)) => (
+                id.to_string(),
+                PathBuf::from(path.split(',').next().unwrap_or(path)),
+            ),
+            None => {
+                let sock = std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                    anyhow!(
+                        "--ssh {s}: SSH_AUTH_SOCK is not set; give the socket as --ssh {s}=PATH"
+                    )
+                })?;
+                (s.clone(), PathBuf::from(sock))
+            }
+        };
+        if id.is_empty() {
+            bail!("--ssh {s:?}: empty id");
+        }
+        let md =
+            std::fs::metadata(&sock).map_err(|e| anyhow!("--ssh {id}: {}: {e}", sock.display()))?;
+        if !std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) {
+            bail!(
+                "--ssh {id}: {} is not a socket (key files are not supported; use an agent)",
+                sock.display()
+            );
+        }
+        o.ssh.insert(id, sock);
+    }
+    for a in allow {
+        for e in a.split(',') {
+            match e.trim() {
+                "network.host" => o.entitlements.network_host = true,
+                "security.insecure" => o.entitlements.security_insecure = true,
+                other => bail!(
+                    "--allow {other:?}: unknown entitlement (network.host, security.insecure)"
+                ),
+            }
+        }
+    }
+    o.network = network_mode(network)?;
+    if o.network == NetworkMode::Host {
+        o.entitlements.network_host = true;
+    }
+    Ok(o)
+}
+
+/// The `--network` value.
+pub fn network_mode(network: Option<&str>) -> Result<NetworkMode> {
+    Ok(match network.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("default") => NetworkMode::Default,
+        Some("none") => NetworkMode::None,
+        Some("host") => NetworkMode::Host,
+        Some(other) => bail!("--network {other:?}: expected default, none or host"),
+    })
+}
+
+fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    let mut typ = None;
+    for field in s.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--secret {s:?}: expected key=value fields"))?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "id" => id = Some(v.to_string()),
+            "src" | "source" => src = Some(v.to_string()),
+            "env" => env = Some(v.to_string()),
+            "type" => typ = Some(v.to_string()),
+            other => bail!("--secret {s:?}: unknown field {other:?} (id, src, env, type)"),
+        }
+    }
+    let id = match (id, &src, &env) {
+        (Some(id), _, _) => id,
+        (None, Some(p), _) => std::path::Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        (None, None, Some(e)) => e.clone(),
+        (None, None, None) => String::new(),
+    };
+    if id.is_empty() {
+        bail!("--secret {s:?}: an id is required");
+    }
+    let source = match (typ.as_deref(), src, env) {
+        (Some("env"), Some(v), None) | (_, None, Some(v)) => SecretSource::Env(v),
+        (Some("file") | None, Some(p), None) => SecretSource::File(PathBuf::from(p)),
+        (None, None, None) => SecretSource::Env(id.clone()),
+        (Some("file"), None, None) => SecretSource::File(PathBuf::from(&id)),
+        (Some("env"), None, None) => SecretSource::Env(id.clone()),
+        _ => bail!("--secret {s:?}: give either src=FILE or env=VAR"),
+    };
+    if let SecretSource::File(p) = &source {
+        if !p.is_file() {
+            bail!("--secret {id}: {}: no such file", p.display());
+        }
+    }
+    Ok((id, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_parse_like_buildx() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("tok");
+        std::fs::write(&f, "x").unwrap();
+        let o = parse(
+            &[
+                format!("id=a,src={}", f.display()),
+                "id=b,env=HOME".into(),
+                format!("source={}", f.display()),
+                "id=c".into(),
+            ],
+            &[],
+            &["network.host".into()],
+            Some("none"),
+        )
+        .unwrap();
+        assert_eq!(o.secrets["a"], SecretSource::File(f.clone()));
+        assert_eq!(o.secrets["b"], SecretSource::Env("HOME".into()));
+        assert_eq!(o.secrets["tok"], SecretSource::File(f));
+        assert_eq!(o.secrets["c"], SecretSource::Env("c".into()));
+        assert!(o.entitlements.network_host && !o.entitlements.security_insecure);
+        assert_eq!(o.network, NetworkMode::None);
+        assert!(parse(&["id=x,src=/nonexistent/file".into()], &[], &[], None).is_err());
+        assert!(parse(&[], &[], &["device".into()], None).is_err());
+        assert!(parse(&[], &[], &[], Some("bridge")).is_err());
+        let h = parse(&[], &[], &[], Some("host")).unwrap();
+        assert!(h.entitlements.network_host);
+    }
+
+    #[test]
+    fn ssh_needs_a_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("key");
+        std::fs::write(&f, "x").unwrap();
+        assert!(parse(&[], &[format!("default={}", f.display())], &[], None).is_err());
+        let sock = d.path().join("agent.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let o = parse(&[], &[format!("default={}", sock.display())], &[], None).unwrap();
+        assert_eq!(o.ssh["default"], sock);
+    }
+}

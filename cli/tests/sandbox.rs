@@ -1,0 +1,547 @@
+//! Security and `RUN --mount` suite through the real CLI: real namespaces, overlayfs, seccomp,
+//! the test registry on 127.0.0.1:5055 (seeded with busybox by `.ci/setup.sh`). Every check
+//! runs inside a real build step; results are read from the step's output or from the image
+//! layers in the store. Needs root; a missing prerequisite fails the test with the reason.
+//!
+//! The same suite runs with the copy snapshotter (`RBUILD_SNAPSHOTTER=copy`) for the mount
+//! kinds, through [`Backend`].
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const REGISTRY: &str = "127.0.0.1:5055";
+
+/// Docker's default capability set as /proc/self/status prints it.
+const DOCKER_CAPS: &str = "00000000a80425fb";
+
+fn require_env() {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let root = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    assert!(
+        root,
+        "sandbox tests need root (namespaces, overlayfs); run them as root"
+    );
+    assert!(
+        std::net::TcpStream::connect(REGISTRY).is_ok(),
+        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
+    );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    /// Built-in sandbox on overlayfs.
+    Overlay,
+    /// Built-in sandbox with the copy snapshotter.
+    Copy,
+    /// runc on overlayfs.
+    Runc,
+}
+
+struct Project {
+    dir: TempDir,
+    store: TempDir,
+    backend: Backend,
+}
+
+struct Run {
+    out: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout(), self.stderr())
+    }
+    fn ok(self) -> Self {
+        assert!(
+            self.out.status.success(),
+            "rbuild failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    fn fails(self) -> Self {
+        assert!(
+            !self.out.status.success(),
+            "rbuild should have failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
+
+impl Project {
+    fn new(dockerfile: &str) -> Self {
+        Self::with_backend(dockerfile, Backend::Overlay)
+    }
+
+    fn with_backend(dockerfile: &str, backend: Backend) -> Self {
+        require_env();
+        let p = Project {
+            dir: tempfile::tempdir().unwrap(),
+            store: tempfile::tempdir().unwrap(),
+            backend,
+        };
+        p.file("Dockerfile", dockerfile);
+        p
+    }
+
+    fn file(&self, rel: &str, content: &str) -> &Self {
+        let p = self.dir.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+        self
+    }
+
+    fn build(&self, args: &[&str]) -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+        c.arg("build")
+            .args(args)
+            .arg(".")
+            .env("RBUILD_ROOT", self.store.path())
+            .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+            .env("RBUILD_PROGRESS", "plain")
+            .env(
+                "RBUILD_SNAPSHOTTER",
+                match self.backend {
+                    Backend::Overlay | Backend::Runc => "overlay",
+                    Backend::Copy => "copy",
+                },
+            )
+            .env(
+                "RBUILD_RUNTIME",
+                match self.backend {
+                    Backend::Runc => "runc",
+                    _ => "builtin",
+                },
+            )
+            .current_dir(self.dir.path());
+        Run {
+            out: c.output().unwrap(),
+        }
+    }
+
+    fn blob(&self, digest: &str) -> PathBuf {
+        self.store
+            .path()
+            .join("blobs-v1/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    fn manifest(&self, name: &str) -> Value {
+        let index: Value = serde_json::from_slice(
+            &fs::read(self.store.path().join("layout-v1/index.json")).unwrap(),
+        )
+        .unwrap();
+        let full = format!("docker.io/library/{name}:latest");
+        let m = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == full.as_str())
+            .unwrap_or_else(|| panic!("{full} not in the store"));
+        serde_json::from_slice(&fs::read(self.blob(m["digest"].as_str().unwrap())).unwrap())
+            .unwrap()
+    }
+
+    /// Layer blob paths of an image, bottom first.
+    fn layers(&self, name: &str) -> Vec<PathBuf> {
+        self.manifest(name)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| self.blob(l["digest"].as_str().unwrap()))
+            .collect()
+    }
+
+    /// Every path in every layer of the image (tar -t).
+    fn layer_paths(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in self.layers(name) {
+            let o = Command::new("tar").arg("-tf").arg(&l).output().unwrap();
+            assert!(o.status.success(), "tar -tf {}", l.display());
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(|s| format!("/{}", s.trim_start_matches("./").trim_end_matches('/'))),
+            );
+        }
+        out
+    }
+
+    /// Contents of `path` in the top-most layer that has it.
+    fn read(&self, name: &str, path: &str) -> String {
+        for l in self.layers(name).iter().rev() {
+            let o = Command::new("tar")
+                .arg("-xOf")
+                .arg(l)
+                .arg(path.trim_start_matches('/'))
+                .output()
+                .unwrap();
+            if o.status.success() {
+                return String::from_utf8_lossy(&o.stdout).into_owned();
+            }
+        }
+        panic!("{path} is in no layer of {name}")
+    }
+
+    /// Files of the store (blobs, index database, snapshots…) whose bytes contain `needle`.
+    fn store_files_containing(&self, needle: &[u8]) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        let mut stack = vec![self.store.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    stack.push(e.path());
+                } else if t.is_file() {
+                    let b = fs::read(e.path()).unwrap();
+                    if b.windows(needle.len()).any(|w| w == needle) {
+                        hits.push(e.path());
+                    }
+                }
+            }
+        }
+        hits
+    }
+}
+
+fn mount_kinds(backend: Backend) {
+    let p = Project::with_backend(
+        r#"FROM busybox AS base
+RUN mkdir -p /data/sub && echo base-data > /data/sub/f && ln -s /data/sub /data/link && ln -s / /data/root
+
+FROM busybox
+RUN mkdir /keep
+RUN --mount=type=bind,target=/ctx cat /ctx/hello.txt > /keep/ctx && (touch /ctx/x 2>/dev/null && echo ctx > /keep/bad || true)
+RUN --mount=type=bind,source=hello.txt,target=/one.txt,rw echo changed > /one.txt && cat /one.txt > /keep/rwfile
+RUN --mount=type=bind,target=/ctx,rw echo x > /ctx/new && ls /ctx > /keep/rwls
+RUN --mount=type=bind,from=base,source=/data/link,target=/m cat /m/f > /keep/from && (touch /m/y 2>/dev/null && echo from > /keep/bad || true)
+RUN --mount=type=bind,from=base,source=/data,target=/m,rw echo y > /m/z && cat /m/z /m/sub/f > /keep/fromrw
+RUN --mount=type=bind,from=base,source=/data/root/data/sub,target=/m cat /m/f > /keep/escape
+RUN --mount=type=tmpfs,target=/t,size=1m df -k /t | tail -1 | awk '{print $2}' > /keep/tmpfs
+RUN --mount=type=cache,target=/cache,from=base,source=/data/link ls /cache > /keep/seeded
+RUN ls / > /keep/root
+"#,
+        backend,
+    );
+    p.file("hello.txt", "hello-ctx\n");
+    let r = p.build(&["-t", "kinds"]).ok();
+    assert!(
+        !p.layer_paths("kinds").iter().any(|x| x == "/keep/bad"),
+        "a read-only bind mount was writable: {}",
+        r.all()
+    );
+    assert_eq!(p.read("kinds", "/keep/ctx"), "hello-ctx\n");
+    assert_eq!(p.read("kinds", "/keep/rwfile"), "changed\n");
+    assert_eq!(
+        p.read("kinds", "/keep/rwls"),
+        "Dockerfile\nhello.txt\nnew\n"
+    );
+    assert_eq!(p.read("kinds", "/keep/from"), "base-data\n");
+    assert_eq!(p.read("kinds", "/keep/fromrw"), "y\nbase-data\n");
+    assert_eq!(p.read("kinds", "/keep/escape"), "base-data\n");
+    assert_eq!(p.read("kinds", "/keep/tmpfs"), "1024\n");
+    assert_eq!(p.read("kinds", "/keep/seeded"), "f\n");
+    // rw writes were discarded: the context is untouched, the base stage too.
+    assert_eq!(
+        fs::read_to_string(p.dir.path().join("hello.txt")).unwrap(),
+        "hello-ctx\n"
+    );
+    assert!(!p.dir.path().join("new").exists());
+    // No mount target (or stub) in any layer, and the step's root had none.
+    let paths = p.layer_paths("kinds");
+    for t in ["/ctx", "/one.txt", "/m", "/t", "/cache"] {
+        assert!(
+            !paths
+                .iter()
+                .any(|x| x == t || x.starts_with(&format!("{t}/"))),
+            "{t} in a layer"
+        );
+    }
+    let root = p.read("kinds", "/keep/root");
+    for t in ["ctx", "one.txt", "m", "t", "cache"] {
+        assert!(
+            !root.lines().any(|l| l == t),
+            "{t} left in the rootfs: {root}"
+        );
+    }
+}
+
+#[test]
+fn every_mount_kind_works_with_overlayfs() {
+    mount_kinds(Backend::Overlay);
+}
+
+#[test]
+fn every_mount_kind_works_with_the_copy_snapshotter() {
+    mount_kinds(Backend::Copy);
+}
+
+#[test]
+fn every_mount_kind_works_with_runc() {
+    mount_kinds(Backend::Runc);
+}
+
+#[test]
+fn a_step_cannot_see_or_reach_the_host() {
+    isolation(Backend::Overlay);
+}
+
+#[test]
+fn a_runc_step_cannot_see_or_reach_the_host() {
+    isolation(Backend::Runc);
+}
+
+fn isolation(backend: Backend) {
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    fs::write(marker.path(), "host-only").unwrap();
+    let m = marker.path().display().to_string();
+    let host_pid = std::process::id();
+    let p = Project::with_backend(
+        &format!(
+            r#"FROM busybox
+RUN (echo "pid1=$(cat /proc/1/comm)"; \
+     echo "procs=$(ls -d /proc/[0-9]* | wc -l)"; \
+     test -e /proc/self/root/bin/sh && echo control-ok; \
+     test -e {m} && echo marker-visible; \
+     test -e /proc/self/root{m} && echo via-self-root; \
+     test -e /proc/1/root{m} && echo via-1-root; \
+     test -e /../../..{m} && echo via-dotdot; \
+     ln -s / /hostlink && test -e /hostlink/..{m} && echo via-symlink; \
+     test -e /proc/{host_pid} && echo host-pid-visible; \
+     mkdir -p /mnt/x && (mount -t tmpfs none /mnt/x 2>/dev/null && echo mounted); \
+     (umount /proc 2>/dev/null && echo unmounted); \
+     (unshare -U true 2>/dev/null && echo unshared); \
+     (nsenter -t 1 -n true 2>/dev/null && echo setns); \
+     (kill -0 {host_pid} 2>/dev/null && echo host-pid-signalled); \
+     cat /proc/kcore | wc -c | sed 's/^/kcore=/'; \
+     (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo proc-sys-writable; \
+     grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+     ls /dev | tr '\n' ' '; echo) > /report 2>&1
+RUN --network=none ip -o link | awk -F': ' '{{print $2}}' > /links
+"#
+        ),
+        backend,
+    );
+    p.build(&["-t", "iso"]).ok();
+    let rep = p.read("iso", "/report");
+    let lines: Vec<&str> = rep.lines().collect();
+    assert_eq!(lines[0], "pid1=sh", "{rep}");
+    // sh, the subshell, ls (and the pipe's wc): only the step's own processes.
+    let procs: usize = lines[1]
+        .trim_start_matches("procs=")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(procs <= 4, "{rep}");
+    for bad in [
+        "marker-visible",
+        "via-self-root",
+        "via-1-root",
+        "via-dotdot",
+        "via-symlink",
+        "host-pid-visible",
+        "mounted",
+        "unmounted",
+        "unshared",
+        "setns",
+        "host-pid-signalled",
+        "proc-sys-writable",
+    ] {
+        assert!(!lines.contains(&bad), "{bad}:\n{rep}");
+    }
+    assert!(lines.contains(&"control-ok"), "{rep}");
+    assert!(lines.contains(&"kcore=0"), "{rep}");
+    assert!(
+        lines.contains(&format!("CapEff:\t{DOCKER_CAPS}").as_str()),
+        "{rep}"
+    );
+    assert!(
+        lines.contains(&format!("CapBnd:\t{DOCKER_CAPS}").as_str()),
+        "{rep}"
+    );
+    assert!(lines.contains(&"NoNewPrivs:\t1"), "{rep}");
+    assert!(lines.contains(&"Seccomp:\t2"), "{rep}");
+    let dev = lines.last().unwrap();
+    // `core` (-> /proc/kcore, masked) is optional: runc links it only when kcore exists.
+    let mut dev: Vec<&str> = dev.split_whitespace().filter(|d| *d != "core").collect();
+    dev.sort();
+    assert_eq!(
+        dev,
+        [
+            "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+            "stdout", "tty", "urandom", "zero"
+        ],
+        "{rep}"
+    );
+    assert_eq!(p.read("iso", "/links"), "lo\n");
+}
+
+#[test]
+fn secrets_are_readable_in_the_step_and_nowhere_else() {
+    const FILE_SECRET: &str = "file-secret-6f1d2c9a";
+    const ENV_SECRET: &str = "env-secret-8b3e7d41";
+    let p = Project::new(
+        r#"FROM busybox
+RUN --mount=type=secret,id=tok,mode=0440,uid=1000 --mount=source=expected,target=/expected \
+    cmp -s /run/secrets/tok /expected/file && echo file-ok; \
+    stat -c '%a %u' /run/secrets/tok; \
+    (echo x > /run/secrets/tok) 2>/dev/null && echo w > /bad1; \
+    echo done > /after
+RUN --mount=type=secret,id=envtok,env=MY_TOKEN --mount=source=expected,target=/expected \
+    test "$MY_TOKEN" = "$(cat /expected/env)" && echo env-ok; \
+    test -e /run/secrets/envtok && echo f > /bad2; echo done > /after2
+RUN --mount=type=secret,id=missing echo optional-missing-ok
+"#,
+    );
+    p.file("tok.txt", FILE_SECRET);
+    p.file("expected/file", FILE_SECRET);
+    p.file("expected/env", ENV_SECRET);
+    let mut c_args = vec!["-t", "sec"];
+    let src = format!("id=tok,src={}", p.dir.path().join("tok.txt").display());
+    c_args.extend([
+        "--secret",
+        &src,
+        "--secret",
+        "id=envtok,env=RBUILD_TEST_SECRET",
+    ]);
+    std::env::set_var("RBUILD_TEST_SECRET", ENV_SECRET);
+    let r = p.build(&c_args).ok();
+    let out = r.all();
+    let said = |w: &str| out.lines().any(|l| l.ends_with(&format!(" {w}")));
+    assert!(said("file-ok"), "{out}");
+    assert!(said("440 1000"), "{out}");
+    assert!(said("env-ok"), "{out}");
+    assert!(said("optional-missing-ok"), "{out}");
+    for s in [FILE_SECRET, ENV_SECRET] {
+        assert!(!out.contains(s), "secret in the progress output: {out}");
+        // Not in any layer, config (history), manifest, the cache index or a snapshot.
+        let hits = p.store_files_containing(s.as_bytes());
+        assert!(hits.is_empty(), "secret {s} found in {hits:?}");
+    }
+    let paths = p.layer_paths("sec");
+    assert!(!paths.iter().any(|x| x.starts_with("/run")), "{paths:?}");
+    assert!(paths.iter().any(|x| x == "/after2"), "{paths:?}");
+    assert!(
+        !paths.iter().any(|x| x == "/bad1" || x == "/bad2"),
+        "secret file writable, or env-only secret mounted as a file: {paths:?}"
+    );
+    // A changed secret value does not invalidate the cache (it is not in the key).
+    p.file("tok.txt", "another-value");
+    let again = p.build(&c_args).ok();
+    assert!(
+        !again.all().lines().any(|l| l.ends_with(" file-ok")),
+        "{}",
+        again.all()
+    );
+    assert!(again.all().contains("CACHED"), "{}", again.all());
+    // required: a missing secret fails the step.
+    let q = Project::new("FROM busybox\nRUN --mount=type=secret,id=nope,required echo no\n");
+    let r = q.build(&[]).fails();
+    assert!(r.all().contains("secret nope: not found"), "{}", r.all());
+}
+
+#[test]
+fn cache_mounts_persist_between_builds_and_never_enter_layers() {
+    let df = r#"FROM busybox
+ARG RUNID
+RUN --mount=type=cache,target=/root/.cache,id=shared-cache \
+    echo "$RUNID" >> /root/.cache/runs && wc -l < /root/.cache/runs > /count && ls -ld /root/.cache | awk '{print $1}' > /perm
+RUN --mount=type=cache,target=/locked,sharing=locked,mode=0700,uid=7 stat -c '%a %u' /locked > /lockedmeta
+RUN --mount=type=cache,target=/private,sharing=private touch /private/p && ls /private > /privatels
+"#;
+    let p = Project::new(df);
+    p.build(&["-t", "c", "--build-arg", "RUNID=one"]).ok();
+    assert_eq!(p.read("c", "/count"), "1\n");
+    assert_eq!(p.read("c", "/perm"), "drwxr-xr-x\n");
+    assert_eq!(p.read("c", "/lockedmeta"), "700 7\n");
+    assert_eq!(p.read("c", "/privatels"), "p\n");
+    p.build(&["-t", "c", "--build-arg", "RUNID=two"]).ok();
+    assert_eq!(p.read("c", "/count"), "2\n");
+    // --no-cache gives the step a fresh cache mount, which later builds then reuse.
+    p.build(&["-t", "c", "--no-cache", "--build-arg", "RUNID=three"])
+        .ok();
+    assert_eq!(p.read("c", "/count"), "1\n");
+    p.build(&["-t", "c", "--build-arg", "RUNID=four"]).ok();
+    assert_eq!(p.read("c", "/count"), "2\n");
+    let paths = p.layer_paths("c");
+    for t in ["/root/.cache", "/locked", "/private"] {
+        assert!(
+            !paths
+                .iter()
+                .any(|x| x == t || x.starts_with(&format!("{t}/"))),
+            "{t} in a layer: {paths:?}"
+        );
+    }
+    let hits = p.store_files_containing(b"four\n");
+    assert!(
+        hits.iter()
+            .all(|h| h.starts_with(p.store.path().join("cachemounts-v1"))),
+        "cache content outside cachemounts-v1: {hits:?}"
+    );
+}
+
+#[test]
+fn network_and_security_modes_need_their_entitlements() {
+    let host = Project::new("FROM busybox\nRUN --network=host ip -o link | wc -l\n");
+    let r = host.build(&[]).fails();
+    assert!(
+        r.all().contains("network.host is not allowed"),
+        "{}",
+        r.all()
+    );
+    host.build(&["--allow", "network.host"]).ok();
+
+    let ins = Project::new(
+        "FROM busybox\nRUN --security=insecure grep -E '^(CapEff|Seccomp):' /proc/self/status > /st\n",
+    );
+    let r = ins.build(&[]).fails();
+    assert!(
+        r.all().contains("security.insecure is not allowed"),
+        "{}",
+        r.all()
+    );
+    ins.build(&["-t", "ins", "--allow", "security.insecure"])
+        .ok();
+    let st = ins.read("ins", "/st");
+    assert!(st.contains("Seccomp:\t0"), "{st}");
+    assert!(!st.contains(DOCKER_CAPS), "{st}");
+
+    // CLI --network=none applies to every RUN without its own --network.
+    let none = Project::new("FROM busybox\nRUN ip -o link | awk -F': ' '{print $2}' > /links\n");
+    none.build(&["-t", "none", "--network", "none"]).ok();
+    assert_eq!(none.read("none", "/links"), "lo\n");
+}
+
+#[test]
+fn ssh_agent_socket_is_forwarded() {
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let p = Project::new(
+        "FROM busybox\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"sock=$SSH_AUTH_SOCK\" > /ssh\n",
+    );
+    let arg = format!("default={}", sock.display());
+    p.build(&["-t", "ssh", "--ssh", &arg]).ok();
+    assert_eq!(p.read("ssh", "/ssh"), "sock=/run/buildkit/ssh_agent.0\n");
+    let paths = p.layer_paths("ssh");
+    assert!(!paths.iter().any(|x| x.starts_with("/run")), "{paths:?}");
+    let q = Project::new("FROM busybox\nRUN --mount=type=ssh,required echo x\n");
+    let r = q.build(&[]).fails();
+    assert!(r.all().contains("no SSH key"), "{}", r.all());
+}

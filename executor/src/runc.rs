@@ -1,0 +1,389 @@
+//! runc backend: the helper process prepares the same root filesystem and mount sources as
+//! the built-in sandbox (in its own private mount namespace, so runc — its child — sees them
+//! and everything disappears with the helper), writes an OCI runtime bundle (`config.json`
+//! built with `oci-spec`: Docker's default capabilities, the same seccomp profile, masked and
+//! read-only paths, pid/ipc/uts/mount/cgroup namespaces and a network namespace for
+//! `Network::None`), and runs `runc run`. The step's output goes straight to the helper's
+//! stdout/stderr; runc's own errors are read from its JSON log.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use rustix::thread::UnshareFlags;
+
+use crate::error::ExecutorError;
+use crate::helper::{effective_hostname, Scratch};
+use crate::mounts::make_rprivate;
+use crate::private::PrivateTmp;
+use crate::protocol::HelperReport;
+use crate::sandbox::{default_caps, err, mount_rootfs, prepare_source, Source, Stubs, MASKED};
+use crate::{seccomp, sys, user, ExecSpec, ExitStatus, Network, Security};
+
+/// Capability names by number (`capabilities(7)`).
+const CAP_NAMES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// /proc paths runc makes read-only (same as the built-in sandbox).
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn setup(msg: impl std::fmt::Display) -> ExecutorError {
+    ExecutorError::Setup(msg.to_string())
+}
+
+fn caps(mask: u64) -> HashSet<Capability> {
+    CAP_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .filter_map(|(_, n)| n.parse::<Capability>().ok())
+        .collect()
+}
+
+/// The report, the mount stubs created (path, replaced a whiteout) and the directories
+/// copied up for them.
+pub(crate) type RuncOutcome = (HelperReport, Vec<(String, bool)>, Vec<String>);
+
+/// Run the step with runc. Called by the helper (single-threaded) instead of forking the
+/// built-in sandbox init.
+pub(crate) fn run(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    runc: &Path,
+) -> Result<RuncOutcome, ExecutorError> {
+    sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
+    make_rprivate()?;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let root = scratch.root.as_path();
+    let (layer, overlay_upper) = mount_rootfs(spec, root)?;
+    let mut msgs: Vec<u8> = Vec::new();
+    let mut stubs = Stubs {
+        root,
+        layer,
+        overlay_upper,
+        msgs: &mut msgs,
+        copyups: HashSet::new(),
+    };
+    let result = prepare_and_run(spec, scratch, runc, &mut stubs);
+    drop(stubs);
+    let mut stub_list = Vec::new();
+    let mut copyups = Vec::new();
+    for line in msgs.lines().map_while(Result::ok) {
+        match serde_json::from_str::<crate::protocol::InitMsg>(&line) {
+            Ok(crate::protocol::InitMsg::Stub { path, whiteout }) => {
+                stub_list.push((path, whiteout))
+            }
+            Ok(crate::protocol::InitMsg::CopyUp { path }) => copyups.push(path),
+            _ => {}
+        }
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => HelperReport::SetupFailed {
+            message: e.to_string(),
+        },
+    };
+    Ok((report, stub_list, copyups))
+}
+
+fn prepare_and_run(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    runc: &Path,
+    stubs: &mut Stubs<'_>,
+) -> Result<HelperReport, ExecutorError> {
+    let root = stubs.root.to_path_buf();
+    let insecure = spec.security == Security::Insecure;
+    // Mount points runc creates itself: create them here so they are known stubs.
+    for (t, dir) in [
+        ("/proc", true),
+        ("/dev", true),
+        ("/sys", true),
+        ("/etc/hosts", false),
+        ("/etc/resolv.conf", false),
+        ("/etc/hostname", false),
+    ] {
+        stubs.ensure(t, dir)?;
+    }
+    let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
+    // No cgroup filesystem in the step (the built-in sandbox has none either).
+    mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+    let bind = |src: &Path, dst: &str, ro: bool| -> Result<Mount, ExecutorError> {
+        let mut opts = vec!["rbind".to_string(), "nosuid".to_string()];
+        if ro {
+            opts.push("ro".to_string());
+        }
+        MountBuilder::default()
+            .destination(dst)
+            .typ("bind")
+            .source(src)
+            .options(opts)
+            .build()
+            .map_err(setup)
+    };
+    mounts.push(bind(&scratch.hosts, "/etc/hosts", true)?);
+    mounts.push(bind(&scratch.resolv, "/etc/resolv.conf", true)?);
+    mounts.push(bind(&scratch.hostname, "/etc/hostname", true)?);
+    let mut private = PrivateTmp::new(&scratch.mnt);
+    for (i, m) in spec.extra_mounts.iter().enumerate() {
+        let (src, target, is_dir) = prepare_source(m, i, &mut private)?;
+        let resolved = stubs.ensure(target, is_dir)?;
+        let inside = Path::new("/").join(resolved.strip_prefix(&root).unwrap_or(&resolved));
+        let inside = inside.to_string_lossy().into_owned();
+        mounts.push(match src {
+            Source::Bind { path, readonly } => bind(&path, &inside, readonly)?,
+            Source::Tmpfs { size } => {
+                let mut opts = vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    "mode=1777".to_string(),
+                ];
+                if let Some(s) = size {
+                    opts.push(format!("size={s}"));
+                }
+                MountBuilder::default()
+                    .destination(inside)
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(opts)
+                    .build()
+                    .map_err(setup)?
+            }
+        });
+    }
+
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    let creds = user::resolve(&spec.user, &passwd, &group).map_err(ExecutorError::Setup)?;
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    // Created as root like the built-in sandbox (part of the layer, as in Docker).
+    let cwd_host = crate::private::resolve_or_create(&root, cwd)?;
+    let _ = cwd_host;
+
+    let mask = if insecure {
+        rustix::thread::capabilities(None)
+            .map_err(|e| err("capget", "", e))?
+            .permitted
+            .bits()
+    } else {
+        default_caps().bits()
+    };
+    let set = caps(mask);
+    let user_caps = if creds.uid == 0 {
+        set.clone()
+    } else {
+        HashSet::new()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .permitted(user_caps.clone())
+        .effective(user_caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(setup)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(spec.args.clone())
+        .env(spec.env.clone())
+        .cwd(cwd)
+        .user(
+            UserBuilder::default()
+                .uid(creds.uid)
+                .gid(creds.gid)
+                .additional_gids(creds.groups.clone())
+                .build()
+                .map_err(setup)?,
+        )
+        .capabilities(capabilities)
+        .no_new_privileges(!insecure)
+        .rlimits(Vec::new())
+        .build()
+        .map_err(setup)?;
+    let mut namespaces: Vec<LinuxNamespace> = Vec::new();
+    let mut kinds = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if spec.network == Network::None {
+        kinds.push(LinuxNamespaceType::Network);
+    }
+    for k in kinds {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(k)
+                .build()
+                .map_err(setup)?,
+        );
+    }
+    let mut linux = LinuxBuilder::default().namespaces(namespaces);
+    if !insecure {
+        linux = linux
+            .masked_paths(MASKED.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .readonly_paths(
+                READONLY_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .seccomp(seccomp::oci_profile()?);
+    }
+    let linux = linux.build().map_err(setup)?;
+    let mut oci = Spec::default();
+    oci.set_root(Some(
+        RootBuilder::default()
+            .path(root.clone())
+            .readonly(false)
+            .build()
+            .map_err(setup)?,
+    ))
+    .set_process(Some(process))
+    .set_hostname(Some(effective_hostname(spec).to_string()))
+    .set_mounts(Some(mounts))
+    .set_linux(Some(linux));
+
+    let bundle = scratch.base.join("bundle");
+    std::fs::create_dir_all(&bundle).map_err(|e| err("mkdir", &bundle, e))?;
+    oci.save(bundle.join("config.json")).map_err(setup)?;
+    let state = scratch.base.join("runc-state");
+    let log = scratch.base.join("runc.log");
+    let id = format!(
+        "rbuild-{}-{}",
+        std::process::id(),
+        scratch
+            .base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .rsplit('-')
+            .next()
+            .unwrap_or("0")
+    );
+    let status = Command::new(runc)
+        .arg("--root")
+        .arg(&state)
+        .arg("--log")
+        .arg(&log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| err("run", runc, e))?;
+    let errors = runc_errors(&log);
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(&bundle);
+    if !status.success() {
+        if let Some(msg) = errors {
+            let program = spec.args.first().cloned().unwrap_or_default();
+            return Ok(
+                if msg.contains("exec")
+                    && (msg.contains("not found") || msg.contains("no such file"))
+                {
+                    HelperReport::ExecFailed {
+                        program,
+                        message: "executable file not found in $PATH".into(),
+                    }
+                } else {
+                    HelperReport::SetupFailed {
+                        message: format!("runc: {msg}"),
+                    }
+                },
+            );
+        }
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(HelperReport::Exited(ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+    }))
+}
+
+/// Error-level messages of runc's JSON log, joined.
+fn runc_errors(log: &PathBuf) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let msgs: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error" || v["level"] == "fatal")
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .collect();
+    if msgs.is_empty() {
+        None
+    } else {
+        Some(msgs.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_names_parse() {
+        let set = caps(default_caps().bits());
+        assert_eq!(set.len(), 14);
+        assert!(set.contains(&Capability::Chown) && set.contains(&Capability::NetRaw));
+        assert!(!set.contains(&Capability::SysAdmin));
+        assert_eq!(caps(u64::MAX >> 23).len(), CAP_NAMES.len());
+    }
+}

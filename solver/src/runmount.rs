@@ -1,0 +1,561 @@
+//! RUN step mounts and sandbox policy: turns the graph's `RUN --mount` kinds into executor
+//! mounts, with BuildKit's semantics.
+//!
+//! | kind | what the step gets |
+//! |---|---|
+//! | bind (context) | the context sub path, read-only; `rw`: an overlay whose upper dir is thrown away |
+//! | bind (`from=` stage/image) | a merged read-only view of that chain (overlay of its snapshots), sub path `source`; `rw`: throwaway upper |
+//! | cache | `cachemounts-v1/<id>` in the store (never in a layer), created with `mode/uid/gid`, seeded from `from`+`source` when new; `sharing=shared` (shared flock), `locked` (exclusive flock, waits), `private` (first instance not in use, else a new one); fresh under `--no-cache` (once per build) |
+//! | tmpfs | a fresh tmpfs (`size`) |
+//! | secret | the secret's bytes as a read-only file on the sandbox's private tmpfs (`mode/uid/gid`), and/or an env var; missing: skipped unless `required` |
+//! | ssh | the agent socket bound at the target; `SSH_AUTH_SOCK` is set by the frontend |
+//!
+//! Secret bytes are read when the step starts and travel only through the helper's stdin
+//! pipe; they never enter a cache key (the op JSON has only the id), a layer, the history or
+//! progress output.
+//!
+//! Policy (BuildKit entitlements): `RUN --network=host` needs `network.host`
+//! (`--allow network.host`, implied by the CLI's `--network=host`), `RUN --security=insecure`
+//! needs `security.insecure`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rbuild_executor::{ExtraMount, Network, Security};
+use rbuild_graph::{CacheSharing, Definition, ExecOp, MountKind, NetworkMode, Op, SecurityMode};
+use rustix::fs::{flock, FlockOperation, Mode, OFlags};
+
+use crate::fallback::{materialize, use_copy_snapshotter};
+use crate::fileop::resolve_in_root;
+use crate::{Solver, Value};
+
+/// Where a build secret's bytes come from (CLI `--secret id=…,src=FILE` / `id=…,env=VAR`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// Read this file when a step uses the secret.
+    File(PathBuf),
+    /// Read this environment variable (of the rbuild process).
+    Env(String),
+    /// These bytes.
+    Bytes(Vec<u8>),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::File(p) => write!(f, "File({})", p.display()),
+            SecretSource::Env(v) => write!(f, "Env({v})"),
+            SecretSource::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The secret's bytes; `None` when the file or variable does not exist.
+    fn read(&self) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            SecretSource::File(p) => match fs::read(p) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("reading secret file {}: {e}", p.display())),
+            },
+            SecretSource::Env(v) => Ok(std::env::var_os(v)
+                .map(|s| std::os::unix::ffi::OsStrExt::as_bytes(s.as_os_str()).to_vec())),
+            SecretSource::Bytes(b) => Ok(Some(b.clone())),
+        }
+    }
+}
+
+/// Entitlements granted to the build (`--allow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entitlements {
+    /// `network.host`: `RUN --network=host`.
+    pub network_host: bool,
+    /// `security.insecure`: `RUN --security=insecure`.
+    pub security_insecure: bool,
+}
+
+/// Set the network mode of every RUN step that uses the default (CLI `--network`), like
+/// BuildKit's `force-network-mode`: the op changes, so does its cache key.
+pub fn force_network(def: &mut Definition, mode: NetworkMode) {
+    if mode == NetworkMode::Default {
+        return;
+    }
+    for n in &mut def.nodes {
+        if let Op::Exec(e) = &mut n.op {
+            if e.network == NetworkMode::Default {
+                e.network = mode;
+            }
+        }
+    }
+}
+
+/// Per-build memory of the mount code: cache ids already made fresh under `--no-cache`.
+#[derive(Debug, Default)]
+pub struct MountState {
+    fresh: Mutex<HashSet<String>>,
+}
+
+/// What a step's mounts need while it runs: held locks and temporary directories (removed on
+/// drop).
+#[derive(Default)]
+pub(crate) struct Prepared {
+    pub(crate) extra: Vec<ExtraMount>,
+    /// `KEY=VALUE` to add to the step's environment (secrets with `env=`).
+    pub(crate) env: Vec<String>,
+    locks: Vec<OwnedFd>,
+    temps: Vec<PathBuf>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        self.locks.clear();
+        for t in &self.temps {
+            let _ = fs::remove_dir_all(t);
+        }
+    }
+}
+
+fn io(what: &str, p: &Path, e: impl std::fmt::Display) -> String {
+    format!("{what} {}: {e}", p.display())
+}
+
+impl Solver {
+    /// Refuse steps whose mode needs an entitlement the build was not given.
+    pub(crate) fn check_exec_policy(&self, op: &ExecOp) -> Result<(), String> {
+        let ent = self.cfg.entitlements;
+        if op.network == NetworkMode::Host && !ent.network_host {
+            return Err(
+                "network.host is not allowed: RUN --network=host needs --allow network.host".into(),
+            );
+        }
+        if op.security == SecurityMode::Insecure && !ent.security_insecure {
+            return Err("security.insecure is not allowed: RUN --security=insecure needs --allow security.insecure".into());
+        }
+        Ok(())
+    }
+
+    /// The executor's network and security for the step.
+    pub(crate) fn exec_modes(&self, op: &ExecOp) -> (Network, Security) {
+        let net = match op.network {
+            NetworkMode::None => Network::None,
+            NetworkMode::Default | NetworkMode::Host => Network::Host,
+        };
+        let sec = match op.security {
+            SecurityMode::Sandbox => Security::Sandbox,
+            SecurityMode::Insecure => Security::Insecure,
+        };
+        (net, sec)
+    }
+
+    /// Executor mounts for `op.mounts[1..]`.
+    pub(crate) fn prepare_mounts(
+        &self,
+        op: &ExecOp,
+        inputs: &[Value],
+        no_cache: bool,
+    ) -> Result<Prepared, String> {
+        let mut p = Prepared::default();
+        for (n, m) in op.mounts.iter().enumerate().skip(1) {
+            let input = m.input.and_then(|i| inputs.get(i));
+            match &m.kind {
+                MountKind::Tmpfs { size } => p.extra.push(ExtraMount::Tmpfs {
+                    target: m.target.clone(),
+                    size: *size,
+                }),
+                MountKind::Bind { source, readonly } => {
+                    let input =
+                        input.ok_or_else(|| format!("bind mount {} has no input", m.target))?;
+                    self.bind_mount(&mut p, n, input, source, &m.target, !*readonly)?;
+                }
+                MountKind::Cache {
+                    id,
+                    sharing,
+                    source,
+                    readonly,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let spec = CacheSpec {
+                        id,
+                        sharing: *sharing,
+                        source,
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    };
+                    let dir = self.cache_mount(&mut p, &spec, input, no_cache)?;
+                    p.extra.push(ExtraMount::Bind {
+                        source: dir,
+                        target: m.target.clone(),
+                        readonly: *readonly,
+                    });
+                }
+                MountKind::Secret {
+                    id,
+                    env,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let bytes = match self.cfg.secrets.get(id) {
+                        Some(src) => src.read()?,
+                        None => None,
+                    };
+                    let Some(bytes) = bytes else {
+                        if *required {
+                            return Err(format!("secret {id}: not found"));
+                        }
+                        continue;
+                    };
+                    if let Some(var) = env {
+                        let text = String::from_utf8(bytes.clone())
+                            .map_err(|_| format!("secret {id}: env={var} needs UTF-8 bytes"))?;
+                        p.env.push(format!("{var}={text}"));
+                    }
+                    if !m.target.is_empty() {
+                        p.extra.push(ExtraMount::File {
+                            contents: bytes,
+                            target: m.target.clone(),
+                            mode: *mode,
+                            uid: *uid,
+                            gid: *gid,
+                        });
+                    }
+                }
+                MountKind::Ssh { id, required, .. } => match self.cfg.ssh.get(id) {
+                    Some(sock) => p.extra.push(ExtraMount::Bind {
+                        source: sock.clone(),
+                        target: m.target.clone(),
+                        readonly: false,
+                    }),
+                    None if *required => {
+                        return Err(format!(
+                            "no SSH key {id:?} forwarded from the client (use --ssh {id}[=SOCKET])"
+                        ))
+                    }
+                    None => {}
+                },
+            }
+        }
+        Ok(p)
+    }
+
+    fn bind_mount(
+        &self,
+        p: &mut Prepared,
+        n: usize,
+        input: &Value,
+        source: &str,
+        target: &str,
+        writable: bool,
+    ) -> Result<(), String> {
+        let rel = source.trim_start_matches('/');
+        let copy = use_copy_snapshotter();
+        match input {
+            Value::Local(dir) => {
+                let path = resolve_in_root(&dir.path, rel, true)
+                    .map_err(|e| format!("bind mount source {source}: {e}"))?;
+                let md =
+                    fs::metadata(&path).map_err(|e| format!("bind mount source {source}: {e}"))?;
+                if !writable {
+                    p.extra.push(ExtraMount::Bind {
+                        source: path,
+                        target: target.to_string(),
+                        readonly: true,
+                    });
+                } else if copy {
+                    let tmp = self.temp_dir(p, &format!("bind{n}"))?;
+                    let dst = tmp.join("src");
+                    if md.is_dir() {
+                        fs::create_dir(&dst).map_err(|e| io("mkdir", &dst, e))?;
+                        materialize(&[path], &dst).map_err(|e| e.to_string())?;
+                    } else {
+                        fs::copy(&path, &dst).map_err(|e| io("copy", &path, e))?;
+                    }
+                    p.extra.push(ExtraMount::Bind {
+                        source: dst,
+                        target: target.to_string(),
+                        readonly: false,
+                    });
+                } else if md.is_dir() {
+                    p.extra.push(ExtraMount::Layers {
+                        lowers: vec![path],
+                        source: String::new(),
+                        target: target.to_string(),
+                        writable: true,
+                    });
+                } else {
+                    let (parent, name) = match (path.parent(), path.file_name()) {
+                        (Some(a), Some(b)) => (a.to_path_buf(), b.to_string_lossy().into_owned()),
+                        _ => return Err(format!("bind mount source {source}: not a file")),
+                    };
+                    p.extra.push(ExtraMount::Layers {
+                        lowers: vec![parent],
+                        source: name,
+                        target: target.to_string(),
+                        writable: true,
+                    });
+                }
+            }
+            Value::Chain(chain) => {
+                let lowers = self.lowers(chain).map_err(|e| e.to_string())?;
+                if copy {
+                    let tmp = self.temp_dir(p, &format!("bind{n}"))?;
+                    let root = tmp.join("root");
+                    fs::create_dir(&root).map_err(|e| io("mkdir", &root, e))?;
+                    let bottom_first: Vec<PathBuf> = lowers.into_iter().rev().collect();
+                    materialize(&bottom_first, &root).map_err(|e| e.to_string())?;
+                    let path = resolve_in_root(&root, rel, true)
+                        .map_err(|e| format!("bind mount source {source}: {e}"))?;
+                    fs::symlink_metadata(&path)
+                        .map_err(|e| format!("bind mount source {source}: {e}"))?;
+                    p.extra.push(ExtraMount::Bind {
+                        source: path,
+                        target: target.to_string(),
+                        readonly: !writable,
+                    });
+                } else {
+                    p.extra.push(ExtraMount::Layers {
+                        lowers,
+                        source: rel.to_string(),
+                        target: target.to_string(),
+                        writable,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn temp_dir(&self, p: &mut Prepared, kind: &str) -> Result<PathBuf, String> {
+        let t = self.cfg.store.new_tmp_path(kind);
+        fs::create_dir_all(&t).map_err(|e| io("mkdir", &t, e))?;
+        p.temps.push(t.clone());
+        Ok(t)
+    }
+
+    /// The directory of a cache mount for this run, locked as its sharing mode says.
+    fn cache_mount(
+        &self,
+        p: &mut Prepared,
+        spec: &CacheSpec<'_>,
+        input: Option<&Value>,
+        no_cache: bool,
+    ) -> Result<PathBuf, String> {
+        let base = self.cfg.store.root().join("cachemounts-v1");
+        fs::create_dir_all(&base).map_err(|e| io("mkdir", &base, e))?;
+        let name = cache_dir_name(spec.id);
+        if no_cache {
+            let first = self
+                .mounts
+                .fresh
+                .lock()
+                .map(|mut s| s.insert(spec.id.to_string()))
+                .unwrap_or(false);
+            if first {
+                // Exclusive lock on the first instance while its content is dropped.
+                let lock = lock_file(&base, &name, 0, FlockOperation::LockExclusive)?;
+                let dir = base.join(&name);
+                if dir.exists() {
+                    let old = self.cfg.store.new_tmp_path("cache-old");
+                    fs::rename(&dir, &old).map_err(|e| io("rename", &dir, e))?;
+                    let _ = fs::remove_dir_all(&old);
+                }
+                drop(lock);
+            }
+        }
+        let (instance, lock) = match spec.sharing {
+            CacheSharing::Shared => (0, lock_file(&base, &name, 0, FlockOperation::LockShared)?),
+            CacheSharing::Locked => (
+                0,
+                lock_file(&base, &name, 0, FlockOperation::LockExclusive)?,
+            ),
+            CacheSharing::Private => {
+                let mut i = 0u32;
+                loop {
+                    match try_lock_file(&base, &name, i)? {
+                        Some(l) => break (i, l),
+                        None => i += 1,
+                    }
+                }
+            }
+        };
+        p.locks.push(lock);
+        let dir = if instance == 0 {
+            base.join(&name)
+        } else {
+            base.join(format!("{name}.{instance}"))
+        };
+        if !dir.exists() {
+            self.create_cache_dir(p, &dir, spec, input)?;
+        }
+        if input.is_none() && !spec.source.trim_start_matches('/').is_empty() {
+            // `source` without `from`: a sub path of the cache itself, kept inside it.
+            let sub = resolve_in_root(&dir, spec.source, true)
+                .map_err(|e| format!("cache mount source {}: {e}", spec.source))?;
+            fs::create_dir_all(&sub).map_err(|e| io("mkdir", &sub, e))?;
+            return Ok(sub);
+        }
+        Ok(dir)
+    }
+
+    fn create_cache_dir(
+        &self,
+        p: &mut Prepared,
+        dir: &Path,
+        spec: &CacheSpec<'_>,
+        input: Option<&Value>,
+    ) -> Result<(), String> {
+        let tmp = self.temp_dir(p, "cache-new")?;
+        let fresh = tmp.join("dir");
+        let rel = spec.source.trim_start_matches('/');
+        match input {
+            None => fs::create_dir(&fresh).map_err(|e| io("mkdir", &fresh, e))?,
+            Some(Value::Chain(chain)) => {
+                let root = tmp.join("root");
+                fs::create_dir(&root).map_err(|e| io("mkdir", &root, e))?;
+                let mut layers = self.lowers(chain).map_err(|e| e.to_string())?;
+                layers.reverse();
+                materialize(&layers, &root).map_err(|e| e.to_string())?;
+                let src = resolve_in_root(&root, rel, true)
+                    .map_err(|e| format!("cache mount source {}: {e}", spec.source))?;
+                if !src.is_dir() {
+                    return Err(format!(
+                        "cache mount source {}: not a directory in the from= stage",
+                        spec.source
+                    ));
+                }
+                fs::rename(&src, &fresh).map_err(|e| io("rename", &src, e))?;
+            }
+            Some(Value::Local(local)) => {
+                let src = resolve_in_root(&local.path, rel, true)
+                    .map_err(|e| format!("cache mount source {}: {e}", spec.source))?;
+                if !src.is_dir() {
+                    return Err(format!(
+                        "cache mount source {}: not a directory",
+                        spec.source
+                    ));
+                }
+                fs::create_dir(&fresh).map_err(|e| io("mkdir", &fresh, e))?;
+                materialize(&[src], &fresh).map_err(|e| e.to_string())?;
+            }
+        }
+        if input.is_none() {
+            fs::set_permissions(&fresh, fs::Permissions::from_mode(spec.mode & 0o7777))
+                .map_err(|e| io("chmod", &fresh, e))?;
+            rustix::fs::chown(
+                &fresh,
+                Some(rustix::fs::Uid::from_raw(spec.uid)),
+                Some(rustix::fs::Gid::from_raw(spec.gid)),
+            )
+            .map_err(|e| io("chown", &fresh, e))?;
+        }
+        // Another build may have created it meanwhile: then its directory wins.
+        match fs::rename(&fresh, dir) {
+            Ok(()) => Ok(()),
+            Err(_) if dir.is_dir() => Ok(()),
+            Err(e) => Err(io("rename", &fresh, e)),
+        }
+    }
+}
+
+struct CacheSpec<'a> {
+    id: &'a str,
+    sharing: CacheSharing,
+    source: &'a str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Directory name of a cache id: a digest prefix plus a readable, safe part.
+fn cache_dir_name(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let digest = rbuild_graph::sha256_digest(id.as_bytes());
+    format!("{}-{safe}", &digest[7..19])
+}
+
+fn open_lock(base: &Path, name: &str, instance: u32) -> Result<OwnedFd, String> {
+    let path = base.join(format!("{name}.{instance}.lock"));
+    rustix::fs::open(
+        &path,
+        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| io("open lock", &path, e))
+}
+
+fn lock_file(
+    base: &Path,
+    name: &str,
+    instance: u32,
+    op: FlockOperation,
+) -> Result<OwnedFd, String> {
+    let fd = open_lock(base, name, instance)?;
+    loop {
+        match flock(&fd, op) {
+            Ok(()) => return Ok(fd),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(format!("locking cache mount {name}: {e}")),
+        }
+    }
+}
+
+fn try_lock_file(base: &Path, name: &str, instance: u32) -> Result<Option<OwnedFd>, String> {
+    let fd = open_lock(base, name, instance)?;
+    match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(format!("locking cache mount {name}: {e}")),
+    }
+}
+
+/// Secrets by id, as the CLI passes them.
+pub type Secrets = BTreeMap<String, SecretSource>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_never_shows_bytes() {
+        let s = SecretSource::Bytes(b"hunter2".to_vec());
+        assert_eq!(format!("{s:?}"), "Bytes(<7 bytes>)");
+    }
+
+    #[test]
+    fn private_instances_are_distinct_while_locked() {
+        let d = tempfile::tempdir().unwrap();
+        let a = try_lock_file(d.path(), "x", 0).unwrap().unwrap();
+        assert!(try_lock_file(d.path(), "x", 0).unwrap().is_none());
+        let b = try_lock_file(d.path(), "x", 1).unwrap();
+        assert!(b.is_some());
+        drop(a);
+        assert!(try_lock_file(d.path(), "x", 0).unwrap().is_some());
+    }
+
+    #[test]
+    fn cache_dir_names_are_safe_and_distinct() {
+        let a = cache_dir_name("/root/.cache/go-build");
+        let b = cache_dir_name("/root/.cache/go_build");
+        assert_ne!(a, b);
+        assert!(!a.contains('/'));
+    }
+}
