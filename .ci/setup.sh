@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Test environment for rbuild: installs the real parts the tests use and starts them.
-#  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq
+#  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq, git
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
