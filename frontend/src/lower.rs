@@ -478,9 +478,9 @@ fn url_filename(url: &str) -> String {
         Some((_, path)) => path
             .rsplit('/')
             .find(|s| !s.is_empty())
-            .unwrap_or("index.html")
+            .unwrap_or("__unnamed__")
             .to_string(),
-        None => "index.html".to_string(),
+        None => "__unnamed__".to_string(),
     }
 }
 
