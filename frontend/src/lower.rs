@@ -99,6 +99,9 @@ struct StageState {
     /// Declared ARGs with a value, in declaration order.
     args: Vec<(String, String)>,
     cmd_set: bool,
+    /// ARGs given a value after an ENV of the same name: like BuildKit, their value wins for
+    /// expansion and RUN (the image config keeps the ENV value).
+    arg_over_env: BTreeSet<String>,
     /// A WORKDIR was set by this Dockerfile (for the WorkdirRelativePath check).
     workdir_set: bool,
 }
@@ -126,6 +129,11 @@ impl StageState {
         for kv in &self.config.config.env {
             if let Some((k, v)) = kv.split_once('=') {
                 m.insert(k.to_string(), v.to_string());
+            }
+        }
+        for (k, v) in &self.args {
+            if self.arg_over_env.contains(k) {
+                m.insert(k.clone(), v.clone());
             }
         }
         m
@@ -1186,6 +1194,7 @@ impl<'a> Lowerer<'a> {
                 config: ImageConfig::scratch(&platform),
                 args: Vec::new(),
                 cmd_set: false,
+                arg_over_env: BTreeSet::new(),
                 workdir_set: false,
             },
             Base::Stage(i) => {
@@ -1221,6 +1230,7 @@ impl<'a> Lowerer<'a> {
                     config: resolved.config,
                     args: Vec::new(),
                     cmd_set: false,
+                    arg_over_env: BTreeSet::new(),
                     workdir_set: false,
                 }
             }
@@ -1306,6 +1316,7 @@ impl<'a> Lowerer<'a> {
                 }
                 for (k, v) in pairs {
                     st.config.config.env_set(&k, &v);
+                    st.arg_over_env.remove(&k);
                     msg.push_str(&format!(" {k}={v}"));
                 }
                 Self::history(st, msg, true);
@@ -1342,6 +1353,9 @@ impl<'a> Lowerer<'a> {
                     match value {
                         Some(v) => {
                             msg.push_str(&format!(" {name}={v}"));
+                            if st.config.config.env_get(&name).is_some() {
+                                st.arg_over_env.insert(name.clone());
+                            }
                             set_pair(&mut st.args, &name, v);
                         }
                         None => msg.push_str(&format!(" {name}")),
@@ -1632,6 +1646,13 @@ impl<'a> Lowerer<'a> {
             Some(n) => (vec![n], Some(0)),
             None => (vec![], None),
         };
+        // Like BuildKit, missing directories are created owned by the current USER.
+        let user = st.config.config.user.clone();
+        let owner = if user.is_empty() {
+            None
+        } else {
+            Some(parse_owner(&user, step.line())?)
+        };
         let meta = self.meta(step, step.description());
         let node = self.push(
             Op::File(FileOp {
@@ -1640,7 +1661,7 @@ impl<'a> Lowerer<'a> {
                     path: path.clone(),
                     mode: 0o755,
                     make_parents: true,
-                    owner: None,
+                    owner,
                 }],
             }),
             inputs,
@@ -2150,8 +2171,21 @@ impl<'a> Lowerer<'a> {
             },
         };
 
-        // Env: image env, then declared ARGs not shadowed by ENV.
-        let mut env: Vec<String> = st.config.config.env.clone();
+        // Env: image env (an ARG declared after an ENV of its name replaces it in place), then
+        // declared ARGs not shadowed by ENV.
+        let mut env: Vec<String> = st
+            .config
+            .config
+            .env
+            .iter()
+            .map(|kv| {
+                let k = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+                match st.args.iter().find(|(a, _)| a == k) {
+                    Some((a, v)) if st.arg_over_env.contains(a) => format!("{a}={v}"),
+                    _ => kv.clone(),
+                }
+            })
+            .collect();
         for (k, v) in &st.args {
             if st.config.config.env_get(k).is_none() {
                 env.push(format!("{k}={v}"));
