@@ -280,22 +280,23 @@ impl Ctx<'_> {
         })
     }
 
-    /// (uid, gid) for an owner spec. A user without group uses the uid as gid (Docker).
+    /// (uid, gid) for an owner spec. Like BuildKit, a user name without group takes the
+    /// user's primary group from /etc/passwd; a numeric uid without group uses the uid as gid.
     fn owner(&mut self, o: &Owner) -> Result<(u32, u32), String> {
-        let uid = match &o.user {
-            IdSpec::Id(n) => *n,
+        let (uid, primary) = match &o.user {
+            IdSpec::Id(n) => (*n, *n),
             IdSpec::Name(n) => self
                 .ids()
                 .users
                 .iter()
                 .find(|u| &u.0 == n)
-                .map(|u| u.1)
+                .map(|u| (u.1, u.2))
                 .ok_or_else(|| {
                     format!("unable to find user {n}: no matching entries in passwd file")
                 })?,
         };
         let gid = match &o.group {
-            None => uid,
+            None => primary,
             Some(IdSpec::Id(n)) => *n,
             Some(IdSpec::Name(n)) => self
                 .ids()
