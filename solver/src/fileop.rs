@@ -319,11 +319,15 @@ impl Ctx<'_> {
         from_context: bool,
     ) -> Result<(), String> {
         let wildcard = c.allow_wildcard && has_glob(&c.src);
+        // Matches are found without following their last component, so a followed symlink
+        // is copied under its own name (BuildKit), then resolved inside the source root.
         let sel = Selector {
             path: c.src.clone(),
-            follow_symlinks: c.follow_symlinks,
+            follow_symlinks: false,
             allow_wildcard: c.allow_wildcard,
         };
+        let src_root = &fs::canonicalize(src_root)
+            .map_err(|e| format!("opening the copy source {}: {e}", src_root.display()))?;
         let matches = match rbuild_cache::context::expand(src_root, &sel, exclude) {
             Ok(m) => m,
             Err(rbuild_cache::CacheError::NotFound { .. }) => Vec::new(),
@@ -352,14 +356,22 @@ impl Ctx<'_> {
         let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || wildcard;
         let dest_resolved = resolve_in_root(self.root, &dest_rel, true)?;
         let dest_is_dir = dest_dir_hint || dest_resolved.is_dir();
-        for m in &matches {
-            let md = if c.follow_symlinks {
-                fs::metadata(m)
+        for named in &matches {
+            let rel_in_src = named.strip_prefix(src_root).unwrap_or(named).to_path_buf();
+            let is_link = fs::symlink_metadata(named).is_ok_and(|md| md.file_type().is_symlink());
+            let resolved;
+            let m = if c.follow_symlinks && is_link {
+                resolved = resolve_in_root(src_root, &rel_in_src.to_string_lossy(), true)?;
+                &resolved
             } else {
-                fs::symlink_metadata(m)
-            }
-            .map_err(|e| format!("{}: {e}", m.display()))?;
-            let rel_in_src = m.strip_prefix(src_root).unwrap_or(m).to_path_buf();
+                named
+            };
+            let md = fs::symlink_metadata(m).map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    Path::new("/").join(&rel_in_src).display()
+                )
+            })?;
             if c.attempt_unpack && md.is_file() && self.unpack(m, &dest_resolved, owner)? {
                 continue;
             }
@@ -375,7 +387,11 @@ impl Ctx<'_> {
                     from_context,
                 )?;
             } else {
-                let name = m.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                let name = named
+                    .file_name()
+                    .or_else(|| m.file_name())
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
                 let target = if dest_is_dir {
                     self.mkdir_all(&dest_resolved, owner)?;
                     dest_resolved.join(&name)
