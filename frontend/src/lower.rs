@@ -1822,22 +1822,27 @@ impl<'a> Lowerer<'a> {
         };
         let flags = parse_flags(inst, allowed)?;
         let vars = st.vars();
-        if flag_bool(&flags, "parents", line)? == Some(true) {
-            return Err(step.err("COPY --parents is not supported by rbuild yet"));
-        }
-        if flag_bool(&flags, "link", line)? == Some(true) {
-            self.warnings.push(Diagnostic {
-                line,
-                message: format!(
-                    "{kw} --link: lowered as a regular copy (same result, no independent layer)"
-                ),
-            });
-        }
+        let parents = flag_bool(&flags, "parents", line)? == Some(true);
         let owner = match flag(&flags, "chown") {
             Some(Some(v)) => Some(parse_owner(&self.expand(v, &vars, line)?, line)?),
             Some(None) => return Err(step.err("--chown requires a value")),
             None => None,
         };
+        let named_owner = owner.as_ref().is_some_and(|o| {
+            matches!(o.user, IdSpec::Name(_)) || matches!(o.group, Some(IdSpec::Name(_)))
+        });
+        // `--link`: copy onto scratch and stack the result on the stage with a Merge, so the
+        // copy's layer does not depend on (and is reused across changes to) earlier steps.
+        let mut link = flag_bool(&flags, "link", line)? == Some(true);
+        if link && named_owner {
+            link = false;
+            self.warnings.push(Diagnostic {
+                line,
+                message: format!(
+                    "{kw} --link --chown by name: lowered as a regular copy (names are resolved in the stage's /etc/passwd)"
+                ),
+            });
+        }
         let mode = match flag(&flags, "chmod") {
             Some(Some(v)) => Some(parse_chmod(&self.expand(v, &vars, line)?, line)?),
             Some(None) => return Err(step.err("--chmod requires a value")),
@@ -1949,6 +1954,7 @@ impl<'a> Lowerer<'a> {
             allow_wildcard: true,
             allow_empty_wildcard: true,
             exclude: exclude.clone(),
+            parents,
         };
         for src in srcs {
             if let Some(marker) = src.strip_prefix('\u{0}') {
@@ -2056,19 +2062,57 @@ impl<'a> Lowerer<'a> {
                 None => self.context()?,
             };
             let i = input_of(&mut inputs, n);
-            let mut c = base_copy(i, clean_path(&format!("/{src}")), dest_abs.clone());
+            let rel = src.strip_prefix("./").unwrap_or(src);
+            let src_path = match rel.split_once("/./") {
+                Some((before, after)) if parents && !before.is_empty() => format!(
+                    "{}/./{}",
+                    clean_path(&format!("/{before}")),
+                    clean_path(&format!("/{after}")).trim_start_matches('/')
+                ),
+                _ => clean_path(&format!("/{src}")),
+            };
+            let mut c = base_copy(i, src_path, dest_abs.clone());
             c.attempt_unpack = is_add && unpack != Some(false);
             actions.push(FileAction::Copy(c));
         }
         let meta = self.meta(step, step.description());
-        let node = self.push(
-            Op::File(FileOp {
-                dest_input,
-                actions,
-            }),
-            inputs,
-            meta,
-        )?;
+        let node = match (link, dest_input) {
+            (true, Some(d)) => {
+                // Drop the stage from the copy's inputs (indexes above it shift down by one)
+                // unless a source reads from that very node.
+                let stage_node = inputs[d];
+                let reads_stage = actions
+                    .iter()
+                    .any(|a| matches!(a, FileAction::Copy(c) if c.src_input == d));
+                if !reads_stage {
+                    inputs.remove(d);
+                    for a in &mut actions {
+                        if let FileAction::Copy(c) = a {
+                            if c.src_input > d {
+                                c.src_input -= 1;
+                            }
+                        }
+                    }
+                }
+                let copy = self.push(
+                    Op::File(FileOp {
+                        dest_input: None,
+                        actions,
+                    }),
+                    inputs,
+                    meta.clone(),
+                )?;
+                self.push(Op::Merge, vec![stage_node, copy], meta)?
+            }
+            _ => self.push(
+                Op::File(FileOp {
+                    dest_input,
+                    actions,
+                }),
+                inputs,
+                meta,
+            )?,
+        };
         st.node = Some(node);
         Self::history(st, format!("{} # buildkit", step.display()), false);
         Ok(())

@@ -118,7 +118,11 @@ pub(crate) fn apply_actions(
     src_dirs: &[(usize, PathBuf)],
 ) -> Result<(), String> {
     let dest_input = op.dest_input;
-    let mut ctx = Ctx { root, ids: None };
+    let mut ctx = Ctx {
+        root,
+        ids: None,
+        user_exclude: None,
+    };
     for action in &op.actions {
         match action {
             FileAction::Copy(c) => {
@@ -246,6 +250,9 @@ struct Ids {
 struct Ctx<'a> {
     root: &'a Path,
     ids: Option<Ids>,
+    /// `COPY --exclude` patterns of the copy in progress, with the source-relative path of
+    /// the match being copied (patterns match paths below it, or paths from the source root).
+    user_exclude: Option<(ExcludeMatcher, PathBuf)>,
 }
 
 impl Ctx<'_> {
@@ -352,8 +359,20 @@ impl Ctx<'_> {
             None if from_context => Some((0, 0)),
             None => None,
         };
+        let user_exclude = if c.exclude.is_empty() {
+            None
+        } else {
+            Some(ExcludeMatcher::new(&c.exclude).map_err(|e| format!("--exclude: {e}"))?)
+        };
+        // `--parents`: the part of the source path kept under the destination starts after a
+        // `/./` pivot, or at the source root.
+        let pivot: PathBuf = match c.src.split_once("/./") {
+            Some((before, _)) if c.parents => PathBuf::from(before.trim_start_matches('/')),
+            _ => PathBuf::new(),
+        };
         let dest_rel = c.dest.clone();
-        let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || wildcard;
+        let dest_dir_hint =
+            dest_rel.ends_with('/') || matches.len() > 1 || wildcard || c.parents;
         let dest_resolved = resolve_in_root(self.root, &dest_rel, true)?;
         let dest_is_dir = dest_dir_hint || dest_resolved.is_dir();
         for named in &matches {
@@ -372,6 +391,41 @@ impl Ctx<'_> {
                     Path::new("/").join(&rel_in_src).display()
                 )
             })?;
+            if let Some(ex) = &user_exclude {
+                let rel_text = rel_in_src.to_string_lossy();
+                let name = named
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !md.is_dir() && (ex.is_excluded(&rel_text) || ex.is_excluded(&name)) {
+                    continue;
+                }
+            }
+            self.user_exclude = user_exclude
+                .as_ref()
+                .map(|ex| (ex.clone(), rel_in_src.clone()));
+            if c.parents {
+                let kept = rel_in_src.strip_prefix(&pivot).unwrap_or(&rel_in_src);
+                let target = dest_resolved.join(kept);
+                if md.is_dir() {
+                    self.mkdir_all(&target, owner)?;
+                    self.copy_tree(
+                        m,
+                        &target,
+                        &rel_in_src,
+                        c,
+                        owner,
+                        exclude,
+                        from_context,
+                    )?;
+                } else {
+                    if let Some(parent) = target.parent() {
+                        self.mkdir_all(parent, owner)?;
+                    }
+                    self.copy_leaf(m, &target, &md, c, owner)?;
+                }
+                continue;
+            }
             if c.attempt_unpack && md.is_file() && self.unpack(m, &dest_resolved, owner)? {
                 continue;
             }
@@ -460,14 +514,24 @@ impl Ctx<'_> {
             let name = e.file_name();
             let child_rel = rel.join(&name);
             let rel_text = child_rel.to_string_lossy();
-            let excluded = from_context && exclude.is_excluded(&rel_text);
+            let (user_excluded, user_can_skip) = match &self.user_exclude {
+                Some((ex, base)) => {
+                    let below = child_rel.strip_prefix(base).unwrap_or(&child_rel);
+                    let below = below.to_string_lossy();
+                    let hit = ex.is_excluded(&below) || ex.is_excluded(&rel_text);
+                    (hit, hit && ex.can_skip_dir(&below))
+                }
+                None => (false, false),
+            };
+            let ignored = from_context && exclude.is_excluded(&rel_text);
+            let excluded = ignored || user_excluded;
             let path = e.path();
             let md = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let target = dst.join(&name);
             if md.is_dir() {
                 // An excluded directory is still walked when a `!` pattern may re-include
                 // something below it; it is kept only if something was copied into it.
-                if excluded && exclude.can_skip_dir(&rel_text) {
+                if (ignored && exclude.can_skip_dir(&rel_text)) || user_can_skip {
                     continue;
                 }
                 let existed = target.exists();
