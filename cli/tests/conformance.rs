@@ -90,8 +90,10 @@ fn http_server(root: PathBuf) -> String {
                         v.extend_from_slice(&body);
                         v
                     }
-                    _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_vec(),
+                    _ => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
                 };
                 let _ = s.write_all(&resp);
             });
@@ -125,7 +127,6 @@ fn git_repo(src: &Path, dest: &Path) -> String {
     run(&["commit", "-q", "-m", "two"]);
     format!("file://{}", dest.display())
 }
-
 
 fn copy_dir(src: &Path, dest: &Path) {
     fs::create_dir_all(dest).unwrap();
@@ -166,10 +167,13 @@ fn image_fs(store: &Path, name: &str) -> (BTreeMap<String, Entry>, Value) {
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == want.as_str())
         .unwrap_or_else(|| panic!("{want} not in the store's index.json"))
         .clone();
-    let blob = |d: &str| store.join("blobs-v1/sha256").join(d.trim_start_matches("sha256:"));
+    let blob = |d: &str| {
+        store
+            .join("blobs-v1/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
     let manifest: Value =
-        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
+        serde_json::from_slice(&fs::read(blob(desc["digest"].as_str().unwrap())).unwrap()).unwrap();
     let config: Value = serde_json::from_slice(
         &fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
     )
@@ -219,7 +223,11 @@ fn image_fs(store: &Path, name: &str) -> (BTreeMap<String, Entry>, Value) {
             if et.is_hard_link() {
                 let l = format!(
                     "/{}",
-                    e.link_name().unwrap().unwrap().to_string_lossy().trim_start_matches("./")
+                    e.link_name()
+                        .unwrap()
+                        .unwrap()
+                        .to_string_lossy()
+                        .trim_start_matches("./")
                 );
                 if let Some(src) = files.get(&l) {
                     data = src.data.clone();
@@ -227,14 +235,23 @@ fn image_fs(store: &Path, name: &str) -> (BTreeMap<String, Entry>, Value) {
             } else if kind == "file" {
                 e.read_to_end(&mut data).unwrap();
             } else if kind == "symlink" {
-                target = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                target = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
             }
             if kind != "dir" {
                 let pre = format!("{p}/");
                 files.retain(|k, _| !k.starts_with(&pre));
             }
             files.insert(
-                if p == "/." || p.is_empty() { "/".into() } else { p },
+                if p == "/." || p.is_empty() {
+                    "/".into()
+                } else {
+                    p
+                },
                 Entry {
                     kind,
                     mode: h.mode().unwrap() & 0o7777,
@@ -419,7 +436,9 @@ fn check_case(case: &Path, store: &Path, work: &Path) -> Result<(), String> {
             let sub = w[0].as_str().unwrap();
             let empty = w[1].as_bool().unwrap();
             if !g.0.contains(sub) || g.1 != empty {
-                errs.push(format!("history entry {g:?}, want {sub:?} empty_layer={empty}"));
+                errs.push(format!(
+                    "history entry {g:?}, want {sub:?} empty_layer={empty}"
+                ));
             }
         }
     }
@@ -476,4 +495,122 @@ fn conformance_cases_build_like_buildkit() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+fn rbuild(ctx: &Path, store: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(args)
+        .arg(".")
+        .env("RBUILD_ROOT", store)
+        .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+        .env("RBUILD_PROGRESS", "plain")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .current_dir(ctx)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "rbuild {args:?} failed:\n{text}");
+    text
+}
+
+fn diff_ids(store: &Path, name: &str) -> Vec<String> {
+    let (_, config) = image_fs(store, name);
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn copy_link_layer_is_reused_when_earlier_steps_change() {
+    require_env();
+    let ctx = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    fs::write(ctx.path().join("app.txt"), "app\n").unwrap();
+    let df = |v: &str| {
+        fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM busybox\nRUN echo {v} > /v\nCOPY --link app.txt /app/\nCOPY app.txt /plain/\n"),
+        )
+        .unwrap();
+    };
+    df("one");
+    rbuild(ctx.path(), store.path(), &["build", "-t", "linka"]);
+    df("two");
+    let out = rbuild(ctx.path(), store.path(), &["build", "-t", "linkb"]);
+    let a = diff_ids(store.path(), "linka");
+    let b = diff_ids(store.path(), "linkb");
+    assert_eq!(a.len(), b.len());
+    let n = a.len();
+    assert_ne!(a[n - 3], b[n - 3], "the RUN layer changed");
+    assert_eq!(a[n - 2], b[n - 2], "the --link layer is the same layer");
+    assert!(
+        cached(&out, "COPY --link app.txt /app/"),
+        "the --link copy is a cache hit after an earlier step changed:\n{out}"
+    );
+    assert!(
+        !cached(&out, "COPY app.txt /plain/"),
+        "a plain copy after the changed step reruns:\n{out}"
+    );
+}
+
+#[test]
+fn pinned_http_source_is_not_fetched_again_and_unpinned_is_keyed_by_content() {
+    require_env();
+    let srv = tempfile::tempdir().unwrap();
+    fs::write(srv.path().join("f.txt"), "v1\n").unwrap();
+    let url = http_server(srv.path().to_path_buf());
+    let ctx = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM busybox\nADD {url}/f.txt /f.txt\nRUN cat /f.txt > /copy\n"),
+    )
+    .unwrap();
+    rbuild(ctx.path(), store.path(), &["build", "-t", "h1"]);
+    let again = rbuild(ctx.path(), store.path(), &["build", "-t", "h1"]);
+    assert!(
+        cached(&again, "RUN cat /f.txt"),
+        "same content, same key:\n{again}"
+    );
+    fs::write(srv.path().join("f.txt"), "v2\n").unwrap();
+    let changed = rbuild(ctx.path(), store.path(), &["build", "-t", "h2"]);
+    assert!(
+        !cached(&changed, "RUN cat /f.txt"),
+        "new content, new key:\n{changed}"
+    );
+    let (files, _) = image_fs(store.path(), "h2");
+    assert_eq!(files["/copy"].data, b"v2\n");
+    // Pinned: after one fetch the checksum is the key, so a rebuild makes no request (if it
+    // fetched, the changed body would fail the checksum).
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\nADD --checksum={V2_SHA} {url}/f.txt /f.txt\nRUN cat /f.txt > /copy\n"
+        ),
+    )
+    .unwrap();
+    rbuild(ctx.path(), store.path(), &["build", "-t", "h3"]);
+    fs::write(srv.path().join("f.txt"), "v3\n").unwrap();
+    let pinned = rbuild(ctx.path(), store.path(), &["build", "-t", "h3"]);
+    assert!(cached(&pinned, "ADD --checksum"), "{pinned}");
+    let (files, _) = image_fs(store.path(), "h3");
+    assert_eq!(files["/f.txt"].data, b"v2\n");
+    assert_eq!(files["/f.txt"].mode, 0o600);
+}
+
+const V2_SHA: &str = "sha256:81db67b6a5702b9b68f0016f061c409bf3fb16d062fc854d1b424bb4e9c28c56";
+
+/// Whether the progress output shows the step whose title contains `step` as `CACHED`.
+fn cached(out: &str, step: &str) -> bool {
+    out.lines()
+        .filter(|l| l.contains(step))
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|id| out.lines().any(|l| l == format!("{id} CACHED")))
 }

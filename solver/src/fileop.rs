@@ -371,8 +371,7 @@ impl Ctx<'_> {
             _ => PathBuf::new(),
         };
         let dest_rel = c.dest.clone();
-        let dest_dir_hint =
-            dest_rel.ends_with('/') || matches.len() > 1 || wildcard || c.parents;
+        let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || wildcard || c.parents;
         let dest_resolved = resolve_in_root(self.root, &dest_rel, true)?;
         let dest_is_dir = dest_dir_hint || dest_resolved.is_dir();
         for named in &matches {
@@ -385,12 +384,8 @@ impl Ctx<'_> {
             } else {
                 named
             };
-            let md = fs::symlink_metadata(m).map_err(|e| {
-                format!(
-                    "{}: {e}",
-                    Path::new("/").join(&rel_in_src).display()
-                )
-            })?;
+            let md = fs::symlink_metadata(m)
+                .map_err(|e| format!("{}: {e}", Path::new("/").join(&rel_in_src).display()))?;
             if let Some(ex) = &user_exclude {
                 let rel_text = rel_in_src.to_string_lossy();
                 let name = named
@@ -409,15 +404,7 @@ impl Ctx<'_> {
                 let target = dest_resolved.join(kept);
                 if md.is_dir() {
                     self.mkdir_all(&target, owner)?;
-                    self.copy_tree(
-                        m,
-                        &target,
-                        &rel_in_src,
-                        c,
-                        owner,
-                        exclude,
-                        from_context,
-                    )?;
+                    self.copy_tree(m, &target, &rel_in_src, c, owner, exclude, from_context)?;
                 } else {
                     if let Some(parent) = target.parent() {
                         self.mkdir_all(parent, owner)?;
