@@ -8,6 +8,7 @@
 
 pub mod dockerignore;
 mod error;
+mod lint;
 mod lower;
 pub mod parser;
 pub mod shell;

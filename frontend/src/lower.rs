@@ -32,6 +32,7 @@ use rbuild_graph::{
     SecurityMode, SourceOp,
 };
 
+use crate::lint;
 use crate::parser::{self, Instruction, Severity};
 use crate::shell;
 use crate::util::{clean_path, join_abs, suggest};
@@ -199,7 +200,13 @@ struct Lowerer<'a> {
     /// `# check=` directive: skipped rules (`all` skips everything) and error mode.
     check_skip: BTreeSet<String>,
     check_error: bool,
+    /// Experimental rules enabled with `# check=experimental=…` (or `all`).
+    check_experimental: BTreeSet<String>,
     lint_failure: Option<(u32, String)>,
+    /// Variables expanded while dispatching an instruction that had no value (UndefinedVar),
+    /// collected while `track_undefined` is set.
+    undefined: std::cell::RefCell<Vec<String>>,
+    track_undefined: std::cell::Cell<bool>,
 }
 
 fn flag_name_value(flag: &str) -> (String, Option<String>) {
@@ -547,15 +554,31 @@ pub(crate) fn build(
         done: Vec::new(),
         check_skip: BTreeSet::new(),
         check_error: false,
+        check_experimental: BTreeSet::new(),
         lint_failure: None,
+        undefined: std::cell::RefCell::new(Vec::new()),
+        track_undefined: std::cell::Cell::new(false),
     };
-    for d in ast.directives.iter().filter(|d| d.name == "check") {
-        for part in d.value.split(';') {
+    // `# check=` directive, overridden by the BUILDKIT_DOCKERFILE_CHECK build arg (BuildKit).
+    let mut check_specs: Vec<String> = ast
+        .directives
+        .iter()
+        .filter(|d| d.name == "check")
+        .map(|d| d.value.clone())
+        .collect();
+    if let Some(v) = opts.build_args.get("BUILDKIT_DOCKERFILE_CHECK") {
+        check_specs = vec![v.clone()];
+    }
+    for spec in &check_specs {
+        for part in spec.split(';') {
             match part.trim().split_once('=') {
                 Some(("skip", v)) => lw
                     .check_skip
                     .extend(v.split(',').map(|r| r.trim().to_ascii_lowercase())),
                 Some(("error", v)) => lw.check_error = v.trim().eq_ignore_ascii_case("true"),
+                Some(("experimental", v)) => lw
+                    .check_experimental
+                    .extend(v.split(',').map(|r| r.trim().to_ascii_lowercase())),
                 _ => {}
             }
         }
@@ -569,9 +592,23 @@ pub(crate) fn build(
     }
     lw.lint_file(&ast.instructions);
     let mut declared: BTreeSet<String> = BTreeSet::new();
+    // Global ARG defaults alone (no --build-arg), for InvalidDefaultArgInFrom.
+    let mut defaults_only: HashMap<String, String> = lw.global.iter().cloned().collect();
     for inst in &globals {
         let pairs = lw.arg_pairs(inst)?;
         for (name, default) in pairs {
+            if lint::bad_description(text, inst.line_start, &name) {
+                lw.lint_experimental(
+                    inst.line_start,
+                    "InvalidDefinitionDescription",
+                    format!("Comment for ARG should follow the format: `# {name} <description>`"),
+                );
+            }
+            if let Some(d) = &default {
+                if let Ok(v) = lw.expand(d, &defaults_only, inst.line_start) {
+                    defaults_only.insert(name.clone(), v);
+                }
+            }
             declared.insert(name.clone());
             let value = match opts.build_args.get(&name) {
                 Some(v) => Some(v.clone()),
@@ -591,6 +628,10 @@ pub(crate) fn build(
 
     // Stage headers.
     let mut stages: Vec<StageDef> = Vec::new();
+    for (from, insts) in &stage_insts {
+        lw.lint_from(from, text, &declared, &defaults_only)?;
+        lw.lint_multiple(insts);
+    }
     for (from, insts) in stage_insts {
         let sd = lw.stage_header(from, insts, &stages)?;
         stages.push(sd);
@@ -757,6 +798,132 @@ impl<'a> Lowerer<'a> {
         self.warnings.push(Diagnostic { line, message });
     }
 
+    /// A rule BuildKit marks experimental: reported only when enabled by
+    /// `# check=experimental=<rule>` (or `all`).
+    fn lint_experimental(&mut self, line: u32, rule: &str, message: String) {
+        let lower = rule.to_ascii_lowercase();
+        if self.check_experimental.contains("all") || self.check_experimental.contains(&lower) {
+            self.lint(line, rule, message);
+        }
+    }
+
+    /// FROM checks: UndefinedArgInFrom, InvalidDefaultArgInFrom, RedundantTargetPlatform,
+    /// FromPlatformFlagConstDisallowed, InvalidDefinitionDescription.
+    fn lint_from(
+        &mut self,
+        from: &Instruction,
+        text: &str,
+        declared: &BTreeSet<String>,
+        defaults_only: &HashMap<String, String>,
+    ) -> Result<(), FrontendError> {
+        let line = from.line_start;
+        let flags = parse_flags(from, &["platform"])?;
+        let words = raw_words(&from.args, self.escape);
+        let Some(base) = words.first() else {
+            return Ok(());
+        };
+        let stage_name = match words.as_slice() {
+            [_, as_kw, n] if as_kw.eq_ignore_ascii_case("as") => Some(n.to_lowercase()),
+            _ => None,
+        };
+        let platform = flag(&flags, "platform").and_then(|v| v.as_ref());
+        let predefined: BTreeSet<String> = platform_args(&self.opts.platform)
+            .into_iter()
+            .map(|(k, _)| k)
+            .chain(["TARGETSTAGE".to_string()])
+            .collect();
+        let mut texts = vec![base.as_str()];
+        if let Some(p) = platform {
+            texts.push(p.as_str());
+        }
+        for t in texts {
+            for r in lint::referenced_vars(t, self.escape) {
+                if !declared.contains(&r.name) && !predefined.contains(&r.name) {
+                    let hint = suggest(&r.name, declared.iter().map(String::as_str))
+                        .map(|s| format!(" (did you mean {s}?)"))
+                        .unwrap_or_default();
+                    self.lint(
+                        line,
+                        "UndefinedArgInFrom",
+                        format!("FROM argument '{}' is not declared{hint}", r.name),
+                    );
+                }
+            }
+        }
+        if base.contains('$') {
+            let lookup = |k: &str| defaults_only.get(k).cloned();
+            let v = shell::expand_with(base, &lookup, self.escape).unwrap_or_default();
+            let bad = v.is_empty()
+                || v.ends_with(':')
+                || v.ends_with('@')
+                || v.starts_with(':')
+                || v.contains("::")
+                || v.contains(char::is_whitespace);
+            if bad {
+                self.lint(
+                    line,
+                    "InvalidDefaultArgInFrom",
+                    format!("Default value for ARG {base} results in empty or invalid base image name"),
+                );
+            }
+        }
+        if let Some(p) = platform {
+            let p = p.trim();
+            if p == "$TARGETPLATFORM" || p == "${TARGETPLATFORM}" {
+                self.lint(
+                    line,
+                    "RedundantTargetPlatform",
+                    format!("Setting platform to predefined {p} in FROM is redundant as this is the default behavior"),
+                );
+            } else if !p.contains('$') {
+                // A constant is fine when the stage is named after it (e.g. `AS build-amd64`).
+                let named_for_it = stage_name.as_deref().is_some_and(|n| {
+                    p.split('/')
+                        .filter(|part| !part.is_empty() && *part != "linux")
+                        .any(|part| n.contains(&part.to_ascii_lowercase()))
+                });
+                if !named_for_it {
+                    self.lint(
+                        line,
+                        "FromPlatformFlagConstDisallowed",
+                        format!("FROM --platform flag should not use constant value \"{p}\""),
+                    );
+                }
+            }
+        }
+        if let Some(n) = &stage_name {
+            if lint::bad_description(text, line, n) {
+                self.lint_experimental(
+                    line,
+                    "InvalidDefinitionDescription",
+                    format!("Comment for build stage should follow the format: `# {n} <description>`"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// MultipleInstructionsDisallowed: only the last CMD, ENTRYPOINT or HEALTHCHECK of a
+    /// stage takes effect.
+    fn lint_multiple(&mut self, insts: &[&Instruction]) {
+        for kw in ["CMD", "ENTRYPOINT", "HEALTHCHECK"] {
+            let lines: Vec<u32> = insts
+                .iter()
+                .filter(|i| i.keyword == kw)
+                .map(|i| i.line_start)
+                .collect();
+            if let Some((_, earlier)) = lines.split_last() {
+                for l in earlier {
+                    self.lint(
+                        *l,
+                        "MultipleInstructionsDisallowed",
+                        format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
+                    );
+                }
+            }
+        }
+    }
+
     fn lint_secret(&mut self, line: u32, what: &str, name: &str) {
         const WORDS: [&str; 10] = [
             "apikey",
@@ -848,8 +1015,21 @@ impl<'a> Lowerer<'a> {
         vars: &HashMap<String, String>,
         line: u32,
     ) -> Result<String, FrontendError> {
+        self.note_undefined(word, vars);
         let lookup = |k: &str| vars.get(k).cloned();
         shell::expand_with(word, &lookup, self.escape).map_err(|e| e.at_line(line))
+    }
+
+    /// Remember variables `word` uses without a value or default (UndefinedVar).
+    fn note_undefined(&self, word: &str, vars: &HashMap<String, String>) {
+        if !self.track_undefined.get() {
+            return;
+        }
+        for r in lint::referenced_vars(word, self.escape) {
+            if !r.has_default && !vars.contains_key(&r.name) {
+                self.undefined.borrow_mut().push(r.name);
+            }
+        }
     }
 
     fn expand_words(
@@ -858,6 +1038,7 @@ impl<'a> Lowerer<'a> {
         vars: &HashMap<String, String>,
         line: u32,
     ) -> Result<Vec<String>, FrontendError> {
+        self.note_undefined(word, vars);
         let lookup = |k: &str| vars.get(k).cloned();
         shell::expand_words_with(word, &lookup, self.escape).map_err(|e| e.at_line(line))
     }
@@ -1050,13 +1231,13 @@ impl<'a> Lowerer<'a> {
             if n == "scratch" || n == "context" {
                 return Err(FrontendError::instr(
                     line,
-                    format!("stage name \"{n}\" is reserved"),
+                    format!("ReservedStageName: stage name \"{n}\" is reserved"),
                 ));
             }
             if earlier.iter().any(|s| s.name.as_deref() == Some(n)) {
                 return Err(FrontendError::instr(
                     line,
-                    format!("duplicate stage name \"{n}\""),
+                    format!("DuplicateStageName: duplicate stage name \"{n}\""),
                 ));
             }
         }
@@ -1225,6 +1406,21 @@ impl<'a> Lowerer<'a> {
                     desc,
                     Some(&label),
                 )?;
+                let got = (&resolved.config.os, &resolved.config.architecture);
+                if !got.0.is_empty()
+                    && (got.0 != &platform.os || got.1 != &platform.architecture)
+                {
+                    self.lint(
+                        line,
+                        "InvalidBaseImagePlatform",
+                        format!(
+                            "Base image {reference} was pulled with platform \"{}/{}\", expected \"{}\" for current build",
+                            got.0,
+                            got.1,
+                            platform.to_text()
+                        ),
+                    );
+                }
                 StageState {
                     node: Some(node),
                     config: resolved.config,
@@ -1278,7 +1474,26 @@ impl<'a> Lowerer<'a> {
                 index: k + 2,
                 total,
             };
-            self.dispatch(&mut st, &step, idx)?;
+            self.track_undefined.set(true);
+            let r = self.dispatch(&mut st, &step, idx);
+            self.track_undefined.set(false);
+            r?;
+            let names = std::mem::take(&mut *self.undefined.borrow_mut());
+            let mut seen = BTreeSet::new();
+            for n in names {
+                if !seen.insert(n.clone()) {
+                    continue;
+                }
+                let known: Vec<String> = st.vars().into_keys().filter(|k| *k != n).collect();
+                let hint = suggest(&n, known.iter().map(String::as_str))
+                    .map(|s| format!(" (did you mean ${s}?)"))
+                    .unwrap_or_default();
+                self.lint(
+                    inst.line_start,
+                    "UndefinedVar",
+                    format!("Usage of undefined variable '${n}'{hint}"),
+                );
+            }
         }
         Ok(st)
     }
@@ -2059,7 +2274,17 @@ impl<'a> Lowerer<'a> {
             }
             let n = match from {
                 Some(n) => n,
-                None => self.context()?,
+                None => {
+                    let literal = !src.contains(['*', '?', '[']);
+                    if literal && lint::ignored(&self.opts.dockerignore, src) {
+                        self.lint(
+                            line,
+                            "CopyIgnoredFile",
+                            format!("Attempting to {kw} file \"{src}\" that is excluded by .dockerignore"),
+                        );
+                    }
+                    self.context()?
+                }
             };
             let i = input_of(&mut inputs, n);
             let rel = src.strip_prefix("./").unwrap_or(src);
