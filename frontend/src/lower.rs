@@ -1484,7 +1484,9 @@ impl<'a> Lowerer<'a> {
                 if !seen.insert(n.clone()) {
                     continue;
                 }
-                let known: Vec<String> = st.vars().into_keys().filter(|k| *k != n).collect();
+                let mut known: Vec<String> =
+                    st.vars().into_keys().filter(|k| *k != n).collect();
+                known.sort();
                 let hint = suggest(&n, known.iter().map(String::as_str))
                     .map(|s| format!(" (did you mean ${s}?)"))
                     .unwrap_or_default();
