@@ -86,6 +86,9 @@ pub struct BuildArgs {
     /// Write the image id to this file
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
+    /// Run the build checks (lint rules) and print their findings without building
+    #[arg(long)]
+    pub check: bool,
     /// Maximum number of steps run at once (default: number of CPUs)
     #[arg(long)]
     pub max_parallelism: Option<usize>,

@@ -248,6 +248,13 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     ));
     let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(&inputs, e))?;
+    if b.check {
+        return Ok(crate::check::report(
+            &inputs.dockerfile_name,
+            &inputs.dockerfile,
+            &plan.warnings,
+        ));
+    }
     if !quiet {
         for w in &plan.warnings {
             eprintln!(

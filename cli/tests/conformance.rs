@@ -13,7 +13,8 @@
 //!   `target`), `absent` (paths), `config` (keys of the image config's `config` object compared
 //!   exactly; `null` = absent), `image` (top-level config keys), `history` (substrings of
 //!   `created_by`, in order, with `empty_layer` flags), or `error` (substrings the failed build's
-//!   stderr must contain).
+//!   stderr must contain), or `exit_code` with `stdout` / `stdout_lacks` substrings (for
+//!   `--check` runs, which build nothing).
 //!
 //! The image filesystem is reconstructed from the layer tars themselves (whiteouts applied), so
 //! owners are the ones in the image, not the ones an unpacker maps.
@@ -335,7 +336,34 @@ fn check_case(case: &Path, store: &Path, work: &Path) -> Result<(), String> {
     }
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut errs: Vec<String> = Vec::new();
+    // `--check` style cases: exit code and stdout only, no image.
+    if let Some(code) = exp.get("exit_code") {
+        if out.status.code() != code.as_i64().map(|c| c as i32) {
+            errs.push(format!("exit code {:?}, want {code}", out.status.code()));
+        }
+        for w in exp["stdout"].as_array().into_iter().flatten() {
+            let w = w.as_str().unwrap();
+            if !stdout.contains(w) {
+                errs.push(format!("stdout lacks {w:?}"));
+            }
+        }
+        for w in exp["stdout_lacks"].as_array().into_iter().flatten() {
+            let w = w.as_str().unwrap();
+            if stdout.contains(w) {
+                errs.push(format!("stdout should not contain {w:?}"));
+            }
+        }
+        return if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+                errs.join("\n")
+            ))
+        };
+    }
     if let Some(want) = exp.get("error") {
         if out.status.success() {
             return Err(format!("the build should have failed:\n{stderr}"));

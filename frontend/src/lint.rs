@@ -203,7 +203,10 @@ mod tests {
                 ("F".into(), false),
             ]
         );
-        assert_eq!(names("${H:+z}${I#p}"), vec![("H".into(), true), ("I".into(), false)]);
+        assert_eq!(
+            names("${H:+z}${I#p}"),
+            vec![("H".into(), true), ("I".into(), false)]
+        );
     }
 
     #[test]

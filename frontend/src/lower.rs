@@ -863,7 +863,9 @@ impl<'a> Lowerer<'a> {
                 self.lint(
                     line,
                     "InvalidDefaultArgInFrom",
-                    format!("Default value for ARG {base} results in empty or invalid base image name"),
+                    format!(
+                        "Default value for ARG {base} results in empty or invalid base image name"
+                    ),
                 );
             }
         }
@@ -896,7 +898,9 @@ impl<'a> Lowerer<'a> {
                 self.lint_experimental(
                     line,
                     "InvalidDefinitionDescription",
-                    format!("Comment for build stage should follow the format: `# {n} <description>`"),
+                    format!(
+                        "Comment for build stage should follow the format: `# {n} <description>`"
+                    ),
                 );
             }
         }
@@ -1407,9 +1411,7 @@ impl<'a> Lowerer<'a> {
                     Some(&label),
                 )?;
                 let got = (&resolved.config.os, &resolved.config.architecture);
-                if !got.0.is_empty()
-                    && (got.0 != &platform.os || got.1 != &platform.architecture)
-                {
+                if !got.0.is_empty() && (got.0 != &platform.os || got.1 != &platform.architecture) {
                     self.lint(
                         line,
                         "InvalidBaseImagePlatform",
@@ -1484,8 +1486,7 @@ impl<'a> Lowerer<'a> {
                 if !seen.insert(n.clone()) {
                     continue;
                 }
-                let mut known: Vec<String> =
-                    st.vars().into_keys().filter(|k| *k != n).collect();
+                let mut known: Vec<String> = st.vars().into_keys().filter(|k| *k != n).collect();
                 known.sort();
                 let hint = suggest(&n, known.iter().map(String::as_str))
                     .map(|s| format!(" (did you mean ${s}?)"))
