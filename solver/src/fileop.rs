@@ -7,7 +7,7 @@
 //! a layer's `etc -> /host/etc` style link can never reach outside it.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -465,6 +465,35 @@ impl Ctx<'_> {
         use rbuild_oci::ArchiveKind;
         match rbuild_oci::archive_kind(src).map_err(|e| e.to_string())? {
             ArchiveKind::None => Ok(false),
+            ArchiveKind::Unsupported("bzip2") => {
+                let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+                let dec = bzip2::read::MultiBzDecoder::new(io::BufReader::new(f));
+                self.unpack_stream(dec, src, dest, owner)
+            }
+            ArchiveKind::Unsupported("xz") => {
+                // lzma-rs decodes into a writer: stage the inner tar in a temporary file.
+                let tmp = std::env::temp_dir().join(format!(
+                    "rbuild-xz-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or_default()
+                ));
+                let staged = (|| -> Result<(), String> {
+                    let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+                    let mut out =
+                        fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    lzma_rs::xz_decompress(&mut io::BufReader::new(f), &mut out)
+                        .map_err(|e| format!("decompressing {}: {e}", src.display()))
+                })();
+                let r = staged.and_then(|()| {
+                    let f = fs::File::open(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    self.unpack_stream(io::BufReader::new(f), src, dest, owner)
+                });
+                let _ = fs::remove_file(&tmp);
+                r
+            }
             ArchiveKind::Unsupported(kind) => Err(format!(
                 "ADD {}: unpacking {kind} archives is not supported yet",
                 src.file_name()
@@ -479,6 +508,34 @@ impl Ctx<'_> {
                 Ok(true)
             }
         }
+    }
+
+    /// Unpack a decompressed stream when it holds a tar (ustar magic in the first header);
+    /// returns false otherwise (the file is then copied as it is, like BuildKit).
+    fn unpack_stream(
+        &mut self,
+        mut r: impl io::Read,
+        src: &Path,
+        dest: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<bool, String> {
+        let mut head = vec![0u8; 512];
+        let mut n = 0;
+        while n < head.len() {
+            match r.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("decompressing {}: {e}", src.display())),
+            }
+        }
+        if n < 512 || head.get(257..262) != Some(b"ustar".as_slice()) {
+            return Ok(false);
+        }
+        self.mkdir_all(dest, owner)?;
+        rbuild_oci::extract_archive(io::Cursor::new(head).chain(r), dest)
+            .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
