@@ -28,9 +28,10 @@ pub fn report(name: &str, text: &str, warnings: &[Diagnostic]) -> ExitCode {
             println!("{name}:{}", w.line);
             println!("--------------------");
             let at = w.line as usize;
-            for n in at.saturating_sub(2).max(1)..=at {
+            let end = (w.end_line as usize).max(at);
+            for n in at.saturating_sub(2).max(1)..=end {
                 if let Some(l) = lines.get(n - 1) {
-                    let mark = if n == at { ">>>" } else { "   " };
+                    let mark = if n >= at { ">>>" } else { "   " };
                     println!("{n:>3} | {mark} {l}");
                 }
             }

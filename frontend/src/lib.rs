@@ -73,6 +73,9 @@ pub struct ResolvedImage {
 pub struct Diagnostic {
     /// 1-based Dockerfile line (0 when not tied to a line).
     pub line: u32,
+    /// Last line of the instruction the finding points at (`line` for one-line
+    /// instructions), so the span can be shown.
+    pub end_line: u32,
     pub message: String,
 }
 

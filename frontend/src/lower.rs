@@ -720,6 +720,7 @@ pub(crate) fn build(
         if !declared.contains(name) && !PROXY_ARGS.contains(&name.as_str()) && !builtin {
             lw.warnings.push(Diagnostic {
                 line: 0,
+                end_line: 0,
                 message: format!("build argument \"{name}\" was not consumed by any ARG"),
             });
         }
@@ -729,6 +730,12 @@ pub(crate) fn build(
             line,
             message: format!("lint violation (check error=true): {message}"),
         });
+    }
+    // Spans: a finding on an instruction's first line covers the whole instruction.
+    for w in &mut lw.warnings {
+        if let Some(i) = ast.instructions.iter().find(|i| i.line_start == w.line) {
+            w.end_line = w.end_line.max(i.line_end);
+        }
     }
     warnings.append(&mut lw.warnings);
     let target_stage = stages
@@ -795,7 +802,11 @@ impl<'a> Lowerer<'a> {
         if self.check_error && self.lint_failure.is_none() {
             self.lint_failure = Some((line, message.clone()));
         }
-        self.warnings.push(Diagnostic { line, message });
+        self.warnings.push(Diagnostic {
+            line,
+            end_line: line,
+            message,
+        });
     }
 
     /// A rule BuildKit marks experimental: reported only when enabled by
@@ -2056,6 +2067,7 @@ impl<'a> Lowerer<'a> {
             link = false;
             self.warnings.push(Diagnostic {
                 line,
+                end_line: line,
                 message: format!(
                     "{kw} --link --chown by name: lowered as a regular copy (names are resolved in the stage's /etc/passwd)"
                 ),

@@ -86,7 +86,11 @@ fn lower_dump(dir: &Path) -> String {
     out.push_str(&serde_json::to_string_pretty(&v).unwrap());
     out.push_str("\n== warnings ==\n");
     for w in &plan.warnings {
-        out.push_str(&format!("{}: {}\n", w.line, w.message));
+        if w.end_line > w.line {
+            out.push_str(&format!("{}-{}: {}\n", w.line, w.end_line, w.message));
+        } else {
+            out.push_str(&format!("{}: {}\n", w.line, w.message));
+        }
     }
     out
 }
