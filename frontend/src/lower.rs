@@ -2117,7 +2117,18 @@ impl<'a> Lowerer<'a> {
                 }
                 out
             }
-            None => self.expand_words(&inst.args, &vars, line)?,
+            None => {
+                let mut out = self.expand_words(&inst.args, &vars, line)?;
+                // A destination that expands to nothing means the working directory
+                // (BuildKit expands the destination as one word).
+                let raw = raw_words(&inst.args, self.escape);
+                if let [.., last] = raw.as_slice() {
+                    if raw.len() >= 2 && self.expand(last, &vars, line)?.is_empty() {
+                        out.push(".".to_string());
+                    }
+                }
+                out
+            }
         };
         let Some((dest, srcs)) = words.split_last() else {
             return Err(step.err(format!("{kw} requires at least two arguments")));

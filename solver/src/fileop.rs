@@ -371,7 +371,9 @@ impl Ctx<'_> {
             _ => PathBuf::new(),
         };
         let dest_rel = c.dest.clone();
-        let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || wildcard || c.parents;
+        // A wildcard with a single match copies to `dest` as named (BuildKit); several
+        // matches need a directory.
+        let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || c.parents;
         let dest_resolved = resolve_in_root(self.root, &dest_rel, true)?;
         let dest_is_dir = dest_dir_hint || dest_resolved.is_dir();
         for named in &matches {
