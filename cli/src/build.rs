@@ -40,6 +40,10 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
     }
     let dockerfile_path = match &b.file {
         Some(f) => f.clone(),
+        // Like BuildKit, a lowercase `dockerfile` is found when there is no `Dockerfile`.
+        None if !context.join("Dockerfile").exists() && context.join("dockerfile").exists() => {
+            context.join("dockerfile")
+        }
         None => context.join("Dockerfile"),
     };
     let dockerfile = fs::read_to_string(&dockerfile_path).map_err(|e| {
