@@ -642,3 +642,61 @@ fn cached(out: &str, step: &str) -> bool {
         .filter_map(|l| l.split_whitespace().next())
         .any(|id| out.lines().any(|l| l == format!("{id} CACHED")))
 }
+
+/// BuildKit's testCopyWildcardCache and testWildcardRenameCache: a wildcard copy's key covers
+/// the matched files' contents and names, and nothing else.
+#[test]
+fn wildcard_copy_keys_cover_matched_contents_and_names() {
+    require_env();
+    let ctx = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let p = ctx.path();
+    fs::write(p.join("foo1"), "1").unwrap();
+    fs::write(p.join("foo2"), "2").unwrap();
+    fs::write(p.join("bar"), "b").unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nCOPY foo* /files/\nRUN cat /proc/sys/kernel/random/uuid > /unique\nCOPY bar /files/\n",
+    )
+    .unwrap();
+    let unique = |tag: &str| {
+        let (files, _) = image_fs(store.path(), tag);
+        files["/unique"].data.clone()
+    };
+    rbuild(p, store.path(), &["build", "-t", "w1"]);
+    fs::write(p.join("bar"), "b2").unwrap();
+    rbuild(p, store.path(), &["build", "-t", "w2"]);
+    assert_eq!(
+        unique("w1"),
+        unique("w2"),
+        "changing bar keeps the RUN cached"
+    );
+    fs::write(p.join("foo2"), "22").unwrap();
+    rbuild(p, store.path(), &["build", "-t", "w3"]);
+    assert_ne!(
+        unique("w2"),
+        unique("w3"),
+        "changing a wildcard match reruns"
+    );
+    // Renaming a match changes the key, so the RUN that needs the old name runs and fails.
+    fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox\nCOPY foo* /files/\nRUN ls /files/foo1\n",
+    )
+    .unwrap();
+    rbuild(p, store.path(), &["build", "-t", "w4"]);
+    fs::rename(p.join("foo1"), p.join("foo3")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .args(["build", "-t", "w5", "."])
+        .env("RBUILD_ROOT", store.path())
+        .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+        .env("RBUILD_PROGRESS", "plain")
+        .current_dir(p)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the renamed match must not hit the cache:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
