@@ -110,6 +110,9 @@ fn git_repo(src: &Path, dest: &Path) -> String {
             .arg(dest)
             .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
             .args(args)
+            // Fixed dates make commit ids stable, so cases can pin them with --checksum.
+            .env("GIT_AUTHOR_DATE", "2020-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2020-01-01T00:00:00Z")
             .output()
             .unwrap();
         assert!(

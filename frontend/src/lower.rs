@@ -2257,15 +2257,19 @@ impl<'a> Lowerer<'a> {
                     },
                     None => (None, String::new()),
                 };
-                let reference = match (&checksum, reference.filter(|r| !r.is_empty())) {
-                    (Some(c), None) => Some(c.clone()),
-                    (_, r) => r,
+                let reference = reference.filter(|r| !r.is_empty());
+                // `--checksum` pins the commit: it is the reference when none is given, and
+                // otherwise the commit the reference must resolve to.
+                let (reference, git_checksum) = match (&checksum, reference) {
+                    (Some(c), None) => (Some(c.clone()), None),
+                    (c, r) => (r, c.clone()),
                 };
                 let n = self.source(
                     SourceOp::Git {
                         remote: remote.clone(),
                         reference,
                         keep_git_dir,
+                        checksum: git_checksum,
                     },
                     format!("[{} {}/{}] git {src}", step.label, step.index, step.total),
                 )?;

@@ -78,6 +78,10 @@ pub enum SourceOp {
         remote: String,
         reference: Option<String>,
         keep_git_dir: bool,
+        /// `ADD --checksum=<commit>`: the commit the reference must resolve to. Omitted from
+        /// the encoding when absent, so existing digests are unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checksum: Option<String>,
     },
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct GitSource<'a> {
     pub remote: &'a str,
     pub reference: Option<&'a str>,
     pub keep_git_dir: bool,
+    /// Commit the reference must resolve to (`ADD --checksum`); a prefix of it is accepted.
+    pub checksum: Option<&'a str>,
 }
 
 impl Solver {
@@ -156,6 +158,16 @@ impl Solver {
             lines: node.meta.lines,
         };
         let commit = resolve_git_ref(src.remote, src.reference).map_err(&fail)?;
+        if let Some(want) = src.checksum {
+            let want = want.trim().to_ascii_lowercase();
+            if want.len() < 7 || !commit.starts_with(&want) {
+                return Err(fail(format!(
+                    "checksum mismatch for {}: expected commit {want}, {} resolves to {commit}",
+                    src.remote,
+                    src.reference.unwrap_or("HEAD")
+                )));
+            }
+        }
         let key = rbuild_graph::sha256_digest(
             format!(
                 "rbuild-key-v1\ngit {commit} keep_git_dir={}",

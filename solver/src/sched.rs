@@ -258,6 +258,7 @@ impl Solver {
                 remote,
                 reference,
                 keep_git_dir,
+                checksum,
             }) => self.solve_git(
                 id,
                 node,
@@ -265,6 +266,7 @@ impl Solver {
                     remote,
                     reference: reference.as_deref(),
                     keep_git_dir: *keep_git_dir,
+                    checksum: checksum.as_deref(),
                 },
                 progress,
             ),
