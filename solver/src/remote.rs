@@ -117,7 +117,11 @@ impl Solver {
             let snap = store.new_snapshot()?;
             let dest = snap.fs.join(&filename);
             let placed = (|| -> std::io::Result<()> {
-                fs::rename(&body, &dest)?;
+                if fs::rename(&body, &dest).is_err() {
+                    // Different filesystems: copy instead.
+                    fs::copy(&body, &dest)?;
+                    fs::remove_file(&body)?;
+                }
                 fs::set_permissions(&dest, fs::Permissions::from_mode(0o600))?;
                 if let Some(m) = fetched.last_modified.and_then(|s| u64::try_from(s).ok()) {
                     let f = fs::File::options().write(true).open(&dest)?;
@@ -215,6 +219,7 @@ impl Solver {
             .iter()
             .all(|l| store.snapshot_exists(&l.snapshot) && store.has_blob(&l.blob))
         {
+            let _ = store.index_touch(key);
             Ok(Some(rec.chain))
         } else {
             Ok(None)
