@@ -1372,7 +1372,10 @@ impl<'a> Lowerer<'a> {
         sd: &StageDef<'_>,
     ) -> Result<StageState, FrontendError> {
         let label = sd.name.clone().unwrap_or_else(|| format!("stage-{idx}"));
-        let total = sd.insts.len() + 1;
+        // Like BuildKit, `FROM scratch` is not a step: the numbering starts at the first
+        // instruction.
+        let from_step_count = usize::from(!matches!(self.base_of(idx, sd), Base::Scratch));
+        let total = sd.insts.len() + from_step_count;
         let line = sd.from.line_start;
         let platform = sd
             .platform
@@ -1484,7 +1487,7 @@ impl<'a> Lowerer<'a> {
             let step = Step {
                 inst,
                 label: label.clone(),
-                index: k + 2,
+                index: k + 1 + from_step_count,
                 total,
             };
             self.track_undefined.set(true);
