@@ -445,9 +445,12 @@ impl Ctx<'_> {
                     dest_resolved.clone()
                 };
                 if md.is_dir() {
+                    let existed = fs::symlink_metadata(&target).is_ok_and(|t| t.is_dir());
                     self.copy_dir_entry(m, &target, &md, c, owner)?;
                     self.copy_tree(m, &target, &rel_in_src, c, owner, exclude, from_context)?;
-                    finish_dir(&target, &md)?;
+                    if !existed {
+                        finish_dir(&target, &md)?;
+                    }
                 } else {
                     self.copy_leaf(m, &target, &md, c, owner)?;
                 }
@@ -580,14 +583,16 @@ impl Ctx<'_> {
                 if (ignored && exclude.can_skip_dir(&rel_text)) || user_can_skip {
                     continue;
                 }
-                let existed = target.exists();
+                let existed = fs::symlink_metadata(&target).is_ok_and(|t| t.is_dir());
                 self.copy_dir_entry(&path, &target, &md, c, owner)?;
                 self.copy_tree(&path, &target, &child_rel, c, owner, exclude, from_context)?;
                 if excluded && !existed && is_empty_dir(&target) {
                     fs::remove_dir(&target).map_err(|e| format!("{}: {e}", target.display()))?;
                     continue;
                 }
-                finish_dir(&target, &md)?;
+                if !existed {
+                    finish_dir(&target, &md)?;
+                }
             } else if excluded {
                 continue;
             } else {
@@ -606,7 +611,8 @@ impl Ctx<'_> {
         owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
         match fs::symlink_metadata(target) {
-            Ok(t) if t.is_dir() => {}
+            // An existing directory keeps its owner and mode (BuildKit).
+            Ok(t) if t.is_dir() => return Ok(()),
             Ok(_) => {
                 fs::remove_file(target).map_err(|e| format!("{}: {e}", target.display()))?;
                 fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;
