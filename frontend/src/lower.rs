@@ -726,9 +726,21 @@ pub(crate) fn build(
         }
     }
     if let Some((line, message)) = lw.lint_failure.take() {
+        // BuildKit's wording: every failing rule, then the first finding.
+        let mut rules: Vec<&str> = Vec::new();
+        for w in &lw.warnings {
+            if let Some((r, _)) = w.message.split_once(": ") {
+                if r.chars().all(|c| c.is_ascii_alphanumeric()) && !rules.contains(&r) {
+                    rules.push(r);
+                }
+            }
+        }
         return Err(FrontendError::Instruction {
             line,
-            message: format!("lint violation (check error=true): {message}"),
+            message: format!(
+                "lint violation found for rules: {} (check error=true): {message}",
+                rules.join(", ")
+            ),
         });
     }
     // Spans: a finding on an instruction's first line covers the whole instruction.
