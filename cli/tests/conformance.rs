@@ -66,20 +66,40 @@ fn http_server(root: PathBuf) -> String {
                 if r.read_line(&mut first).is_err() {
                     return;
                 }
+                let mut if_none_match = None;
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                         break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("if-none-match") {
+                            if_none_match = Some(v.trim().to_string());
+                        }
                     }
                 }
                 let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let path = path.split('?').next().unwrap_or("/");
                 let file = root.join(path.trim_start_matches('/'));
                 let resp = match fs::read(&file) {
+                    Ok(body)
+                        if !path.contains("..")
+                            && Some(etag_of(&body)) == if_none_match =>
+                    {
+                        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                    }
                     Ok(body) if !path.contains("..") => {
+                        // Every full response is logged, so tests can count transfers.
+                        let mut log = fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(root.join(".served"))
+                            .unwrap();
+                        writeln!(log, "{path}").unwrap();
                         let mut head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n",
-                            body.len()
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nETag: {}\r\nConnection: close\r\n",
+                            body.len(),
+                            etag_of(&body)
                         );
                         if path.ends_with(".cd") {
                             head.push_str(
@@ -101,6 +121,25 @@ fn http_server(root: PathBuf) -> String {
         }
     });
     format!("http://{addr}")
+}
+
+/// A strong ETag derived from the body (FNV-1a).
+fn etag_of(body: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in body {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("\"{h:016x}\"")
+}
+
+/// How many full (200) responses the test server sent for `path`.
+fn served(root: &Path, path: &str) -> usize {
+    fs::read_to_string(root.join(".served"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == path)
+        .count()
 }
 
 fn git_repo(src: &Path, dest: &Path) -> String {
@@ -605,13 +644,24 @@ fn pinned_http_source_is_not_fetched_again_and_unpinned_is_keyed_by_content() {
     )
     .unwrap();
     rbuild(ctx.path(), store.path(), &["build", "-t", "h1"]);
+    assert_eq!(served(srv.path(), "/f.txt"), 1);
     let again = rbuild(ctx.path(), store.path(), &["build", "-t", "h1"]);
+    assert_eq!(
+        served(srv.path(), "/f.txt"),
+        1,
+        "the rebuild revalidated with If-None-Match and got 304"
+    );
     assert!(
         cached(&again, "RUN cat /f.txt"),
         "same content, same key:\n{again}"
     );
     fs::write(srv.path().join("f.txt"), "v2\n").unwrap();
     let changed = rbuild(ctx.path(), store.path(), &["build", "-t", "h2"]);
+    assert_eq!(
+        served(srv.path(), "/f.txt"),
+        2,
+        "changed content is transferred"
+    );
     assert!(
         !cached(&changed, "RUN cat /f.txt"),
         "new content, new key:\n{changed}"

@@ -23,10 +23,32 @@ pub struct Fetched {
     pub filename: Option<String>,
     /// `Last-Modified` as Unix seconds.
     pub last_modified: Option<i64>,
+    /// The `ETag` the server sent, for a later conditional request.
+    pub etag: Option<String>,
+}
+
+/// Result of a conditional download ([`fetch_if_changed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    /// The server answered 304: the copy fetched with that ETag is still current.
+    NotModified,
+    Fetched(Fetched),
 }
 
 /// GET `url` (following redirects) into `dest` (created or truncated).
 pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
+    match fetch_if_changed(url, dest, None)? {
+        Fetch::Fetched(f) => Ok(f),
+        Fetch::NotModified => Err(OciError::Fetch {
+            url: url.to_string(),
+            reason: "server answered 304 Not Modified to an unconditional request".into(),
+        }),
+    }
+}
+
+/// Like [`fetch`], but with `If-None-Match: etag` when an ETag from an earlier download is
+/// given, so an unchanged resource is not transferred again.
+pub fn fetch_if_changed(url: &str, dest: &Path, etag: Option<&str>) -> Result<Fetch, OciError> {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .user_agent("rbuild")
@@ -39,8 +61,15 @@ pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
         url: url.to_string(),
         reason,
     };
-    let resp = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+    let mut req = agent.get(url);
+    if let Some(e) = etag {
+        req = req.header("If-None-Match", e);
+    }
+    let resp = req.call().map_err(|e| fail(e.to_string()))?;
     let status = resp.status().as_u16();
+    if status == 304 && etag.is_some() {
+        return Ok(Fetch::NotModified);
+    }
     if !(200..300).contains(&status) {
         return Err(fail(format!("server answered HTTP {status}")));
     }
@@ -52,6 +81,7 @@ pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
     };
     let filename = header("content-disposition").and_then(|v| disposition_filename(&v));
     let last_modified = header("last-modified").and_then(|v| parse_http_date(&v));
+    let etag = header("etag");
     let mut body = resp.into_body();
     let mut reader = body.as_reader();
     let mut file = File::create(dest).map_err(OciError::io("create", dest))?;
@@ -71,12 +101,13 @@ pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
         size += n as u64;
     }
     file.sync_all().map_err(OciError::io("sync", dest))?;
-    Ok(Fetched {
+    Ok(Fetch::Fetched(Fetched {
         digest: format!("sha256:{}", hex::encode(hasher.finalize())),
         size,
         filename,
         last_modified,
-    })
+        etag,
+    }))
 }
 
 /// The `filename` parameter of a `Content-Disposition` value, reduced to its last path

@@ -5,7 +5,7 @@
 //! | source | cache key | output |
 //! |---|---|---|
 //! | http, `--checksum` pinned | the pinned digest + file name (no request on a hit) | one file, mode 0600, mtime from `Last-Modified` |
-//! | http, unpinned | the downloaded body's sha256 + file name + `Last-Modified` (always downloads, like BuildKit) | same |
+//! | http, unpinned | the downloaded body's sha256 + file name + `Last-Modified`; a later build asks with `If-None-Match` and a 304 reuses the remembered key (metadata namespace `http-etag`, like BuildKit's ETag check) | same |
 //! | git | the commit the ref resolves to (`git ls-remote`) + `keep_git_dir` | the checked-out tree (submodules included), `.git` only with `--keep-git-dir` |
 //!
 //! Downloads go through [`rbuild_oci::http::fetch`]; git through the `git` CLI.
@@ -83,7 +83,35 @@ impl Solver {
         fs::create_dir_all(&tmp)
             .map_err(|e| SolveError::io(format!("creating {}", tmp.display()), e))?;
         let body = tmp.join("body");
-        let fetched = rbuild_oci::http::fetch(src.url, &body);
+        // Unpinned: revalidate the remembered download with its ETag.
+        let remembered: Option<EtagRecord> = if src.checksum.is_none() && !node.meta.ignore_cache {
+            store
+                .meta_get(ETAG_NS, src.url)?
+                .and_then(|v| serde_json::from_str(&v).ok())
+        } else {
+            None
+        };
+        let outcome = rbuild_oci::http::fetch_if_changed(
+            src.url,
+            &body,
+            remembered.as_ref().map(|r| r.etag.as_str()),
+        );
+        if let (Ok(rbuild_oci::http::Fetch::NotModified), Some(r)) = (&outcome, &remembered) {
+            if let Some(chain) = self.lookup_chain(&r.key)? {
+                let _ = fs::remove_dir_all(&tmp);
+                progress.event(Event::Done {
+                    vertex: id,
+                    seconds: t.elapsed().as_secs_f64(),
+                });
+                return Ok((r.key.clone(), Value::Chain(chain), true));
+            }
+        }
+        let fetched = match outcome {
+            Ok(rbuild_oci::http::Fetch::Fetched(f)) => Ok(f),
+            // A 304 whose result is gone from the store: fetch unconditionally.
+            Ok(rbuild_oci::http::Fetch::NotModified) => rbuild_oci::http::fetch(src.url, &body),
+            Err(e) => Err(e),
+        };
         let result = (|| {
             let fetched = fetched.map_err(|e| fail(e.to_string()))?;
             if let Some(c) = src.checksum {
@@ -109,6 +137,15 @@ impl Solver {
                     .as_bytes(),
                 ),
             };
+            if let (Some(etag), None) = (&fetched.etag, src.checksum) {
+                let rec = EtagRecord {
+                    etag: etag.clone(),
+                    key: key.clone(),
+                };
+                if let Ok(v) = serde_json::to_string(&rec) {
+                    store.meta_put(ETAG_NS, src.url, &v)?;
+                }
+            }
             if !node.meta.ignore_cache {
                 if let Some(chain) = self.lookup_chain(&key)? {
                     return Ok((key, chain, true));
@@ -237,6 +274,15 @@ impl Solver {
         self.cfg.store.index_put(key, &json)?;
         Ok(())
     }
+}
+
+/// Metadata namespace: URL → the ETag of its last download and the key it produced.
+const ETAG_NS: &str = "http-etag";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EtagRecord {
+    etag: String,
+    key: String,
 }
 
 /// Same shape as the scheduler's index records.
