@@ -472,10 +472,33 @@ fn is_git_url(s: &str) -> bool {
         return true;
     }
     if s.starts_with("http://") || s.starts_with("https://") {
-        let base = s.split('#').next().unwrap_or(s);
+        let base = s.split(['#', '?']).next().unwrap_or(s);
         return base.ends_with(".git") || s.contains(".git#");
     }
     false
+}
+
+/// A git URL's query form (`repo.git?ref=v1&subdir=dir&checksum=…&keep-git-dir=true`, current
+/// BuildKit): the remote without the query, and the recognised parameters.
+fn git_query(src: &str) -> (String, BTreeMap<String, String>) {
+    let (before_frag, frag) = match src.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (src, None),
+    };
+    let Some((remote, query)) = before_frag.split_once('?') else {
+        return (src.to_string(), BTreeMap::new());
+    };
+    let params: BTreeMap<String, String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, "true"))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let remote = match frag {
+        Some(f) => format!("{remote}#{f}"),
+        None => remote.to_string(),
+    };
+    (remote, params)
 }
 
 fn is_http_url(s: &str) -> bool {
@@ -2261,6 +2284,8 @@ impl<'a> Lowerer<'a> {
                 continue;
             }
             if is_add && is_git_url(src) {
+                let (src, query) = git_query(src);
+                let src = &src;
                 let (remote, frag) = match src.split_once('#') {
                     Some((r, f)) => (r.to_string(), Some(f.to_string())),
                     None => (src.clone(), None),
@@ -2272,7 +2297,21 @@ impl<'a> Lowerer<'a> {
                     },
                     None => (None, String::new()),
                 };
-                let reference = reference.filter(|r| !r.is_empty());
+                let reference = reference.filter(|r| !r.is_empty()).or_else(|| {
+                    ["ref", "tag", "branch"]
+                        .iter()
+                        .find_map(|k| query.get(*k).cloned())
+                });
+                let subdir = if subdir.is_empty() {
+                    query.get("subdir").cloned().unwrap_or_default()
+                } else {
+                    subdir
+                };
+                let checksum = checksum.clone().or_else(|| query.get("checksum").cloned());
+                let keep_git_dir = keep_git_dir
+                    || query
+                        .get("keep-git-dir")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
                 // `--checksum` pins the commit: it is the reference when none is given, and
                 // otherwise the commit the reference must resolve to.
                 let (reference, git_checksum) = match (&checksum, reference) {
