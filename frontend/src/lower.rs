@@ -505,6 +505,26 @@ fn is_http_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
+/// `%XX` escapes decoded (as Go's url.Parse does for the path); invalid escapes kept.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn url_filename(url: &str) -> String {
     let no_frag = url.split('#').next().unwrap_or(url);
     let no_query = no_frag.split('?').next().unwrap_or(no_frag);
@@ -512,13 +532,19 @@ fn url_filename(url: &str) -> String {
         .split_once("://")
         .map(|(_, r)| r)
         .unwrap_or(no_query);
-    match after_scheme.split_once('/') {
+    let name = match after_scheme.split_once('/') {
         Some((_, path)) => path
             .rsplit('/')
             .find(|s| !s.is_empty())
-            .unwrap_or("__unnamed__")
-            .to_string(),
-        None => "__unnamed__".to_string(),
+            .map(percent_decode)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    // Like BuildKit, a URL without a usable last path segment names the file __unnamed__.
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        "__unnamed__".to_string()
+    } else {
+        name
     }
 }
 
@@ -2854,5 +2880,36 @@ impl<'a> Lowerer<'a> {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_file_names_like_buildkit() {
+        assert_eq!(url_filename("https://x.org/a/b.tar.gz?x=1#f"), "b.tar.gz");
+        assert_eq!(url_filename("https://x.org/dir/"), "dir");
+        assert_eq!(url_filename("https://x.org/"), "__unnamed__");
+        assert_eq!(url_filename("https://x.org"), "__unnamed__");
+        assert_eq!(url_filename("https://x.org/a%20b.txt"), "a b.txt");
+        assert_eq!(url_filename("https://x.org/a/.."), "__unnamed__");
+        assert_eq!(url_filename("https://x.org/x%2Fy"), "__unnamed__");
+        assert_eq!(url_filename("https://x.org/%zz%é"), "%zz%é");
+    }
+
+    #[test]
+    fn git_query_form() {
+        let (r, q) = git_query("https://h/r.git?ref=v1&subdir=docs&keep-git-dir");
+        assert_eq!(r, "https://h/r.git");
+        assert_eq!(q.get("ref").map(String::as_str), Some("v1"));
+        assert_eq!(q.get("subdir").map(String::as_str), Some("docs"));
+        assert_eq!(q.get("keep-git-dir").map(String::as_str), Some("true"));
+        let (r, q) = git_query("https://h/r.git#main:sub");
+        assert_eq!(r, "https://h/r.git#main:sub");
+        assert!(q.is_empty());
+        assert!(is_git_url("https://h/r.git?ref=v1"));
+        assert!(!is_git_url("https://h/file.tar.gz?x=.git"));
     }
 }

@@ -127,6 +127,16 @@ impl Solver {
                 .map(str::to_string)
                 .or_else(|| fetched.filename.clone())
                 .unwrap_or_else(|| url_basename(src.url));
+            // The name is one path component inside the layer, never a way out of it.
+            let filename = if filename.is_empty()
+                || filename == "."
+                || filename == ".."
+                || filename.contains(['/', '\0'])
+            {
+                "__unnamed__".to_string()
+            } else {
+                filename
+            };
             let key = match pinned_key {
                 Some(k) => k,
                 None => rbuild_graph::sha256_digest(
