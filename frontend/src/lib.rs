@@ -92,6 +92,9 @@ pub struct BuildPlan {
     /// Name of the target stage, or its index as text when unnamed.
     pub target_stage: String,
     pub warnings: Vec<Diagnostic>,
+    /// The `# syntax=` directive, if any: accepted and recorded (rbuild always uses its own
+    /// frontend, which implements the current Dockerfile reference).
+    pub syntax: Option<String>,
 }
 
 /// Parse and lower `dockerfile` for `opts.target` (default: the last stage).

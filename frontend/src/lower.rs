@@ -809,6 +809,11 @@ pub(crate) fn build(
         image: st.config,
         target_stage,
         warnings,
+        syntax: ast
+            .directives
+            .iter()
+            .find(|d| d.name == "syntax")
+            .map(|d| d.value.clone()),
     })
 }
 

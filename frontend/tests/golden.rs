@@ -63,6 +63,9 @@ fn lower_dump(dir: &Path) -> String {
     };
     let mut out = String::new();
     out.push_str(&format!("target: {}\n", plan.target_stage));
+    if let Some(s) = &plan.syntax {
+        out.push_str(&format!("syntax: {s}\n"));
+    }
     out.push_str("== definition ==\n");
     out.push_str(&plan.definition.dump(plan.root).unwrap());
     out.push_str("== meta ==\n");
