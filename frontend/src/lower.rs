@@ -1694,10 +1694,11 @@ impl<'a> Lowerer<'a> {
                 };
                 let msg = format!("{} {}", inst.keyword, go_quote_list(&argv));
                 if inst.keyword == "CMD" {
-                    st.config.config.cmd = Some(argv);
+                    // An empty list is omitted from the config, as BuildKit's JSON (omitempty).
+                    st.config.config.cmd = Some(argv).filter(|a| !a.is_empty());
                     st.cmd_set = true;
                 } else {
-                    st.config.config.entrypoint = Some(argv);
+                    st.config.config.entrypoint = Some(argv).filter(|a| !a.is_empty());
                     if !st.cmd_set {
                         st.config.config.cmd = None;
                     }
