@@ -1751,7 +1751,22 @@ impl<'a> Lowerer<'a> {
                             "EXPOSE: invalid protocol \"{proto}\" in \"{w}\" (tcp, udp or sctp)"
                         )));
                     }
-                    ports.insert(format!("{port}/{proto}"));
+                    // Like BuildKit (nat.ParsePortSpecs), a range exposes each port in it.
+                    match port.split_once('-') {
+                        Some((a, b)) => {
+                            let (a, b) =
+                                (a.parse::<u16>().unwrap_or(0), b.parse::<u16>().unwrap_or(0));
+                            if a > b {
+                                return Err(step.err(format!("EXPOSE: invalid port range \"{w}\"")));
+                            }
+                            for p in a..=b {
+                                ports.insert(format!("{p}/{proto}"));
+                            }
+                        }
+                        None => {
+                            ports.insert(format!("{port}/{proto}"));
+                        }
+                    }
                 }
                 let list: Vec<String> = ports.iter().map(|p| format!("{p}:{{}}")).collect();
                 for p in ports {
