@@ -160,6 +160,9 @@ pub struct BuildArgs {
     /// SBOM attestation: true, false or generator=IMAGE
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub sbom: Option<String>,
+    /// Run the build checks (lint rules) and print their findings without building
+    #[arg(long)]
+    pub check: bool,
     /// Maximum number of steps run at once (default: number of CPUs)
     #[arg(long)]
     pub max_parallelism: Option<usize>,

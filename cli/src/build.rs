@@ -41,6 +41,10 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
     }
     let dockerfile_path = match &b.file {
         Some(f) => f.clone(),
+        // Like BuildKit, a lowercase `dockerfile` is found when there is no `Dockerfile`.
+        None if !context.join("Dockerfile").exists() && context.join("dockerfile").exists() => {
+            context.join("dockerfile")
+        }
         None => context.join("Dockerfile"),
     };
     let dockerfile = fs::read_to_string(&dockerfile_path).map_err(|e| {
@@ -258,6 +262,9 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let prepared = crate::context::prepare(b)?;
     let b = &prepared.args;
     let inputs = load_inputs(b)?;
+    if b.check {
+        return check_only(root, b, &inputs);
+    }
     let progress = Reporter::new(mode);
     let result = build_image(root, b, &inputs, &progress, &tags, &outputs);
     progress.finish(&Outcome {
@@ -277,6 +284,19 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     }
     let _ = std::io::stdout().flush();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--check`: lower the Dockerfile (resolving base images for ONBUILD and config-dependent
+/// rules) and report the build checks' findings without building.
+fn check_only(root: &Path, b: &BuildArgs, inputs: &Inputs) -> Result<ExitCode> {
+    let solver = make_solver(root, b, &inputs.context)?;
+    let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
+        .map_err(|e| frontend_error(inputs, e))?;
+    Ok(crate::check::report(
+        &inputs.dockerfile_name,
+        &inputs.dockerfile,
+        &plan.warnings,
+    ))
 }
 
 /// Record how many output lines of a failed step the error's tail leaves out.

@@ -7,6 +7,7 @@
 
 mod args;
 mod build;
+mod check;
 mod config;
 mod context;
 mod flags;

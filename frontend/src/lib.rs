@@ -8,6 +8,7 @@
 
 pub mod dockerignore;
 mod error;
+mod lint;
 mod lower;
 pub mod parser;
 pub mod shell;
@@ -72,6 +73,9 @@ pub struct ResolvedImage {
 pub struct Diagnostic {
     /// 1-based Dockerfile line (0 when not tied to a line).
     pub line: u32,
+    /// Last line of the instruction the finding points at (`line` for one-line
+    /// instructions), so the span can be shown.
+    pub end_line: u32,
     pub message: String,
 }
 
@@ -88,6 +92,9 @@ pub struct BuildPlan {
     /// Name of the target stage, or its index as text when unnamed.
     pub target_stage: String,
     pub warnings: Vec<Diagnostic>,
+    /// The `# syntax=` directive, if any: accepted and recorded (rbuild always uses its own
+    /// frontend, which implements the current Dockerfile reference).
+    pub syntax: Option<String>,
 }
 
 /// Parse and lower `dockerfile` for `opts.target` (default: the last stage).

@@ -32,6 +32,7 @@ use rbuild_graph::{
     SecurityMode, SourceOp,
 };
 
+use crate::lint;
 use crate::parser::{self, Instruction, Severity};
 use crate::shell;
 use crate::util::{clean_path, join_abs, suggest};
@@ -99,6 +100,9 @@ struct StageState {
     /// Declared ARGs with a value, in declaration order.
     args: Vec<(String, String)>,
     cmd_set: bool,
+    /// ARGs given a value after an ENV of the same name: like BuildKit, their value wins for
+    /// expansion and RUN (the image config keeps the ENV value).
+    arg_over_env: BTreeSet<String>,
     /// A WORKDIR was set by this Dockerfile (for the WorkdirRelativePath check).
     workdir_set: bool,
 }
@@ -126,6 +130,11 @@ impl StageState {
         for kv in &self.config.config.env {
             if let Some((k, v)) = kv.split_once('=') {
                 m.insert(k.to_string(), v.to_string());
+            }
+        }
+        for (k, v) in &self.args {
+            if self.arg_over_env.contains(k) {
+                m.insert(k.clone(), v.clone());
             }
         }
         m
@@ -191,7 +200,13 @@ struct Lowerer<'a> {
     /// `# check=` directive: skipped rules (`all` skips everything) and error mode.
     check_skip: BTreeSet<String>,
     check_error: bool,
+    /// Experimental rules enabled with `# check=experimental=…` (or `all`).
+    check_experimental: BTreeSet<String>,
     lint_failure: Option<(u32, String)>,
+    /// Variables expanded while dispatching an instruction that had no value (UndefinedVar),
+    /// collected while `track_undefined` is set.
+    undefined: std::cell::RefCell<Vec<String>>,
+    track_undefined: std::cell::Cell<bool>,
 }
 
 fn flag_name_value(flag: &str) -> (String, Option<String>) {
@@ -457,14 +472,57 @@ fn is_git_url(s: &str) -> bool {
         return true;
     }
     if s.starts_with("http://") || s.starts_with("https://") {
-        let base = s.split('#').next().unwrap_or(s);
+        let base = s.split(['#', '?']).next().unwrap_or(s);
         return base.ends_with(".git") || s.contains(".git#");
     }
     false
 }
 
+/// A git URL's query form (`repo.git?ref=v1&subdir=dir&checksum=…&keep-git-dir=true`, current
+/// BuildKit): the remote without the query, and the recognised parameters.
+fn git_query(src: &str) -> (String, BTreeMap<String, String>) {
+    let (before_frag, frag) = match src.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (src, None),
+    };
+    let Some((remote, query)) = before_frag.split_once('?') else {
+        return (src.to_string(), BTreeMap::new());
+    };
+    let params: BTreeMap<String, String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, "true"))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let remote = match frag {
+        Some(f) => format!("{remote}#{f}"),
+        None => remote.to_string(),
+    };
+    (remote, params)
+}
+
 fn is_http_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// `%XX` escapes decoded (as Go's url.Parse does for the path); invalid escapes kept.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn url_filename(url: &str) -> String {
@@ -474,13 +532,19 @@ fn url_filename(url: &str) -> String {
         .split_once("://")
         .map(|(_, r)| r)
         .unwrap_or(no_query);
-    match after_scheme.split_once('/') {
+    let name = match after_scheme.split_once('/') {
         Some((_, path)) => path
             .rsplit('/')
             .find(|s| !s.is_empty())
-            .unwrap_or("index.html")
-            .to_string(),
-        None => "index.html".to_string(),
+            .map(percent_decode)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    // Like BuildKit, a URL without a usable last path segment names the file __unnamed__.
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        "__unnamed__".to_string()
+    } else {
+        name
     }
 }
 
@@ -539,15 +603,31 @@ pub(crate) fn build(
         done: Vec::new(),
         check_skip: BTreeSet::new(),
         check_error: false,
+        check_experimental: BTreeSet::new(),
         lint_failure: None,
+        undefined: std::cell::RefCell::new(Vec::new()),
+        track_undefined: std::cell::Cell::new(false),
     };
-    for d in ast.directives.iter().filter(|d| d.name == "check") {
-        for part in d.value.split(';') {
+    // `# check=` directive, overridden by the BUILDKIT_DOCKERFILE_CHECK build arg (BuildKit).
+    let mut check_specs: Vec<String> = ast
+        .directives
+        .iter()
+        .filter(|d| d.name == "check")
+        .map(|d| d.value.clone())
+        .collect();
+    if let Some(v) = opts.build_args.get("BUILDKIT_DOCKERFILE_CHECK") {
+        check_specs = vec![v.clone()];
+    }
+    for spec in &check_specs {
+        for part in spec.split(';') {
             match part.trim().split_once('=') {
                 Some(("skip", v)) => lw
                     .check_skip
                     .extend(v.split(',').map(|r| r.trim().to_ascii_lowercase())),
                 Some(("error", v)) => lw.check_error = v.trim().eq_ignore_ascii_case("true"),
+                Some(("experimental", v)) => lw
+                    .check_experimental
+                    .extend(v.split(',').map(|r| r.trim().to_ascii_lowercase())),
                 _ => {}
             }
         }
@@ -561,9 +641,23 @@ pub(crate) fn build(
     }
     lw.lint_file(&ast.instructions);
     let mut declared: BTreeSet<String> = BTreeSet::new();
+    // Global ARG defaults alone (no --build-arg), for InvalidDefaultArgInFrom.
+    let mut defaults_only: HashMap<String, String> = lw.global.iter().cloned().collect();
     for inst in &globals {
         let pairs = lw.arg_pairs(inst)?;
         for (name, default) in pairs {
+            if lint::bad_description(text, inst.line_start, &name) {
+                lw.lint_experimental(
+                    inst.line_start,
+                    "InvalidDefinitionDescription",
+                    format!("Comment for ARG should follow the format: `# {name} <description>`"),
+                );
+            }
+            if let Some(d) = &default {
+                if let Ok(v) = lw.expand(d, &defaults_only, inst.line_start) {
+                    defaults_only.insert(name.clone(), v);
+                }
+            }
             declared.insert(name.clone());
             let value = match opts.build_args.get(&name) {
                 Some(v) => Some(v.clone()),
@@ -583,6 +677,10 @@ pub(crate) fn build(
 
     // Stage headers.
     let mut stages: Vec<StageDef> = Vec::new();
+    for (from, insts) in &stage_insts {
+        lw.lint_from(from, text, &declared, &defaults_only)?;
+        lw.lint_multiple(insts);
+    }
     for (from, insts) in stage_insts {
         let sd = lw.stage_header(from, insts, &stages)?;
         stages.push(sd);
@@ -671,15 +769,34 @@ pub(crate) fn build(
         if !declared.contains(name) && !PROXY_ARGS.contains(&name.as_str()) && !builtin {
             lw.warnings.push(Diagnostic {
                 line: 0,
+                end_line: 0,
                 message: format!("build argument \"{name}\" was not consumed by any ARG"),
             });
         }
     }
     if let Some((line, message)) = lw.lint_failure.take() {
+        // BuildKit's wording: every failing rule, then the first finding.
+        let mut rules: Vec<&str> = Vec::new();
+        for w in &lw.warnings {
+            if let Some((r, _)) = w.message.split_once(": ") {
+                if r.chars().all(|c| c.is_ascii_alphanumeric()) && !rules.contains(&r) {
+                    rules.push(r);
+                }
+            }
+        }
         return Err(FrontendError::Instruction {
             line,
-            message: format!("lint violation (check error=true): {message}"),
+            message: format!(
+                "lint violation found for rules: {} (check error=true): {message}",
+                rules.join(", ")
+            ),
         });
+    }
+    // Spans: a finding on an instruction's first line covers the whole instruction.
+    for w in &mut lw.warnings {
+        if let Some(i) = ast.instructions.iter().find(|i| i.line_start == w.line) {
+            w.end_line = w.end_line.max(i.line_end);
+        }
     }
     warnings.append(&mut lw.warnings);
     let target_stage = stages
@@ -692,6 +809,11 @@ pub(crate) fn build(
         image: st.config,
         target_stage,
         warnings,
+        syntax: ast
+            .directives
+            .iter()
+            .find(|d| d.name == "syntax")
+            .map(|d| d.value.clone()),
     })
 }
 
@@ -746,7 +868,141 @@ impl<'a> Lowerer<'a> {
         if self.check_error && self.lint_failure.is_none() {
             self.lint_failure = Some((line, message.clone()));
         }
-        self.warnings.push(Diagnostic { line, message });
+        self.warnings.push(Diagnostic {
+            line,
+            end_line: line,
+            message,
+        });
+    }
+
+    /// A rule BuildKit marks experimental: reported only when enabled by
+    /// `# check=experimental=<rule>` (or `all`).
+    fn lint_experimental(&mut self, line: u32, rule: &str, message: String) {
+        let lower = rule.to_ascii_lowercase();
+        if self.check_experimental.contains("all") || self.check_experimental.contains(&lower) {
+            self.lint(line, rule, message);
+        }
+    }
+
+    /// FROM checks: UndefinedArgInFrom, InvalidDefaultArgInFrom, RedundantTargetPlatform,
+    /// FromPlatformFlagConstDisallowed, InvalidDefinitionDescription.
+    fn lint_from(
+        &mut self,
+        from: &Instruction,
+        text: &str,
+        declared: &BTreeSet<String>,
+        defaults_only: &HashMap<String, String>,
+    ) -> Result<(), FrontendError> {
+        let line = from.line_start;
+        let flags = parse_flags(from, &["platform"])?;
+        let words = raw_words(&from.args, self.escape);
+        let Some(base) = words.first() else {
+            return Ok(());
+        };
+        let stage_name = match words.as_slice() {
+            [_, as_kw, n] if as_kw.eq_ignore_ascii_case("as") => Some(n.to_lowercase()),
+            _ => None,
+        };
+        let platform = flag(&flags, "platform").and_then(|v| v.as_ref());
+        let predefined: BTreeSet<String> = platform_args(&self.opts.platform)
+            .into_iter()
+            .map(|(k, _)| k)
+            .chain(["TARGETSTAGE".to_string()])
+            .collect();
+        let mut texts = vec![base.as_str()];
+        if let Some(p) = platform {
+            texts.push(p.as_str());
+        }
+        for t in texts {
+            for r in lint::referenced_vars(t, self.escape) {
+                if !declared.contains(&r.name) && !predefined.contains(&r.name) {
+                    let hint = suggest(&r.name, declared.iter().map(String::as_str))
+                        .map(|s| format!(" (did you mean {s}?)"))
+                        .unwrap_or_default();
+                    self.lint(
+                        line,
+                        "UndefinedArgInFrom",
+                        format!("FROM argument '{}' is not declared{hint}", r.name),
+                    );
+                }
+            }
+        }
+        if base.contains('$') {
+            let lookup = |k: &str| defaults_only.get(k).cloned();
+            let v = shell::expand_with(base, &lookup, self.escape).unwrap_or_default();
+            let bad = v.is_empty()
+                || v.ends_with(':')
+                || v.ends_with('@')
+                || v.starts_with(':')
+                || v.contains("::")
+                || v.contains(char::is_whitespace);
+            if bad {
+                self.lint(
+                    line,
+                    "InvalidDefaultArgInFrom",
+                    format!(
+                        "Default value for ARG {base} results in empty or invalid base image name"
+                    ),
+                );
+            }
+        }
+        if let Some(p) = platform {
+            let p = p.trim();
+            if p == "$TARGETPLATFORM" || p == "${TARGETPLATFORM}" {
+                self.lint(
+                    line,
+                    "RedundantTargetPlatform",
+                    format!("Setting platform to predefined {p} in FROM is redundant as this is the default behavior"),
+                );
+            } else if !p.contains('$') {
+                // A constant is fine when the stage is named after it (e.g. `AS build-amd64`).
+                let named_for_it = stage_name.as_deref().is_some_and(|n| {
+                    p.split('/')
+                        .filter(|part| !part.is_empty() && *part != "linux")
+                        .any(|part| n.contains(&part.to_ascii_lowercase()))
+                });
+                if !named_for_it {
+                    self.lint(
+                        line,
+                        "FromPlatformFlagConstDisallowed",
+                        format!("FROM --platform flag should not use constant value \"{p}\""),
+                    );
+                }
+            }
+        }
+        if let Some(n) = &stage_name {
+            if lint::bad_description(text, line, n) {
+                self.lint_experimental(
+                    line,
+                    "InvalidDefinitionDescription",
+                    format!(
+                        "Comment for build stage should follow the format: `# {n} <description>`"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// MultipleInstructionsDisallowed: only the last CMD, ENTRYPOINT or HEALTHCHECK of a
+    /// stage takes effect.
+    fn lint_multiple(&mut self, insts: &[&Instruction]) {
+        for kw in ["CMD", "ENTRYPOINT", "HEALTHCHECK"] {
+            let lines: Vec<u32> = insts
+                .iter()
+                .filter(|i| i.keyword == kw)
+                .map(|i| i.line_start)
+                .collect();
+            if let Some((_, earlier)) = lines.split_last() {
+                for l in earlier {
+                    self.lint(
+                        *l,
+                        "MultipleInstructionsDisallowed",
+                        format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
+                    );
+                }
+            }
+        }
     }
 
     fn lint_secret(&mut self, line: u32, what: &str, name: &str) {
@@ -840,8 +1096,21 @@ impl<'a> Lowerer<'a> {
         vars: &HashMap<String, String>,
         line: u32,
     ) -> Result<String, FrontendError> {
+        self.note_undefined(word, vars);
         let lookup = |k: &str| vars.get(k).cloned();
         shell::expand_with(word, &lookup, self.escape).map_err(|e| e.at_line(line))
+    }
+
+    /// Remember variables `word` uses without a value or default (UndefinedVar).
+    fn note_undefined(&self, word: &str, vars: &HashMap<String, String>) {
+        if !self.track_undefined.get() {
+            return;
+        }
+        for r in lint::referenced_vars(word, self.escape) {
+            if !r.has_default && !vars.contains_key(&r.name) {
+                self.undefined.borrow_mut().push(r.name);
+            }
+        }
     }
 
     fn expand_words(
@@ -850,6 +1119,7 @@ impl<'a> Lowerer<'a> {
         vars: &HashMap<String, String>,
         line: u32,
     ) -> Result<Vec<String>, FrontendError> {
+        self.note_undefined(word, vars);
         let lookup = |k: &str| vars.get(k).cloned();
         shell::expand_words_with(word, &lookup, self.escape).map_err(|e| e.at_line(line))
     }
@@ -1042,13 +1312,13 @@ impl<'a> Lowerer<'a> {
             if n == "scratch" || n == "context" {
                 return Err(FrontendError::instr(
                     line,
-                    format!("stage name \"{n}\" is reserved"),
+                    format!("ReservedStageName: stage name \"{n}\" is reserved"),
                 ));
             }
             if earlier.iter().any(|s| s.name.as_deref() == Some(n)) {
                 return Err(FrontendError::instr(
                     line,
-                    format!("duplicate stage name \"{n}\""),
+                    format!("DuplicateStageName: duplicate stage name \"{n}\""),
                 ));
             }
         }
@@ -1168,7 +1438,10 @@ impl<'a> Lowerer<'a> {
         sd: &StageDef<'_>,
     ) -> Result<StageState, FrontendError> {
         let label = sd.name.clone().unwrap_or_else(|| format!("stage-{idx}"));
-        let total = sd.insts.len() + 1;
+        // Like BuildKit, `FROM scratch` is not a step: the numbering starts at the first
+        // instruction.
+        let from_step_count = usize::from(!matches!(self.base_of(idx, sd), Base::Scratch));
+        let total = sd.insts.len() + from_step_count;
         let line = sd.from.line_start;
         let platform = sd
             .platform
@@ -1186,6 +1459,7 @@ impl<'a> Lowerer<'a> {
                 config: ImageConfig::scratch(&platform),
                 args: Vec::new(),
                 cmd_set: false,
+                arg_over_env: BTreeSet::new(),
                 workdir_set: false,
             },
             Base::Stage(i) => {
@@ -1216,11 +1490,25 @@ impl<'a> Lowerer<'a> {
                     desc,
                     Some(&label),
                 )?;
+                let got = (&resolved.config.os, &resolved.config.architecture);
+                if !got.0.is_empty() && (got.0 != &platform.os || got.1 != &platform.architecture) {
+                    self.lint(
+                        line,
+                        "InvalidBaseImagePlatform",
+                        format!(
+                            "Base image {reference} was pulled with platform \"{}/{}\", expected \"{}\" for current build",
+                            got.0,
+                            got.1,
+                            platform.to_text()
+                        ),
+                    );
+                }
                 StageState {
                     node: Some(node),
                     config: resolved.config,
                     args: Vec::new(),
                     cmd_set: false,
+                    arg_over_env: BTreeSet::new(),
                     workdir_set: false,
                 }
             }
@@ -1265,10 +1553,30 @@ impl<'a> Lowerer<'a> {
             let step = Step {
                 inst,
                 label: label.clone(),
-                index: k + 2,
+                index: k + 1 + from_step_count,
                 total,
             };
-            self.dispatch(&mut st, &step, idx)?;
+            self.track_undefined.set(true);
+            let r = self.dispatch(&mut st, &step, idx);
+            self.track_undefined.set(false);
+            r?;
+            let names = std::mem::take(&mut *self.undefined.borrow_mut());
+            let mut seen = BTreeSet::new();
+            for n in names {
+                if !seen.insert(n.clone()) {
+                    continue;
+                }
+                let mut known: Vec<String> = st.vars().into_keys().filter(|k| *k != n).collect();
+                known.sort();
+                let hint = suggest(&n, known.iter().map(String::as_str))
+                    .map(|s| format!(" (did you mean ${s}?)"))
+                    .unwrap_or_default();
+                self.lint(
+                    inst.line_start,
+                    "UndefinedVar",
+                    format!("Usage of undefined variable '${n}'{hint}"),
+                );
+            }
         }
         Ok(st)
     }
@@ -1306,6 +1614,7 @@ impl<'a> Lowerer<'a> {
                 }
                 for (k, v) in pairs {
                     st.config.config.env_set(&k, &v);
+                    st.arg_over_env.remove(&k);
                     msg.push_str(&format!(" {k}={v}"));
                 }
                 Self::history(st, msg, true);
@@ -1342,6 +1651,9 @@ impl<'a> Lowerer<'a> {
                     match value {
                         Some(v) => {
                             msg.push_str(&format!(" {name}={v}"));
+                            if st.config.config.env_get(&name).is_some() {
+                                st.arg_over_env.insert(name.clone());
+                            }
                             set_pair(&mut st.args, &name, v);
                         }
                         None => msg.push_str(&format!(" {name}")),
@@ -1382,10 +1694,11 @@ impl<'a> Lowerer<'a> {
                 };
                 let msg = format!("{} {}", inst.keyword, go_quote_list(&argv));
                 if inst.keyword == "CMD" {
-                    st.config.config.cmd = Some(argv);
+                    // An empty list is omitted from the config, as BuildKit's JSON (omitempty).
+                    st.config.config.cmd = Some(argv).filter(|a| !a.is_empty());
                     st.cmd_set = true;
                 } else {
-                    st.config.config.entrypoint = Some(argv);
+                    st.config.config.entrypoint = Some(argv).filter(|a| !a.is_empty());
                     if !st.cmd_set {
                         st.config.config.cmd = None;
                     }
@@ -1438,7 +1751,22 @@ impl<'a> Lowerer<'a> {
                             "EXPOSE: invalid protocol \"{proto}\" in \"{w}\" (tcp, udp or sctp)"
                         )));
                     }
-                    ports.insert(format!("{port}/{proto}"));
+                    // Like BuildKit (nat.ParsePortSpecs), a range exposes each port in it.
+                    match port.split_once('-') {
+                        Some((a, b)) => {
+                            let (a, b) =
+                                (a.parse::<u16>().unwrap_or(0), b.parse::<u16>().unwrap_or(0));
+                            if a > b {
+                                return Err(step.err(format!("EXPOSE: invalid port range \"{w}\"")));
+                            }
+                            for p in a..=b {
+                                ports.insert(format!("{p}/{proto}"));
+                            }
+                        }
+                        None => {
+                            ports.insert(format!("{port}/{proto}"));
+                        }
+                    }
                 }
                 let list: Vec<String> = ports.iter().map(|p| format!("{p}:{{}}")).collect();
                 for p in ports {
@@ -1632,6 +1960,13 @@ impl<'a> Lowerer<'a> {
             Some(n) => (vec![n], Some(0)),
             None => (vec![], None),
         };
+        // Like BuildKit, missing directories are created owned by the current USER.
+        let user = st.config.config.user.clone();
+        let owner = if user.is_empty() {
+            None
+        } else {
+            Some(parse_owner(&user, step.line())?)
+        };
         let meta = self.meta(step, step.description());
         let node = self.push(
             Op::File(FileOp {
@@ -1640,7 +1975,7 @@ impl<'a> Lowerer<'a> {
                     path: path.clone(),
                     mode: 0o755,
                     make_parents: true,
-                    owner: None,
+                    owner,
                 }],
             }),
             inputs,
@@ -1801,22 +2136,28 @@ impl<'a> Lowerer<'a> {
         };
         let flags = parse_flags(inst, allowed)?;
         let vars = st.vars();
-        if flag_bool(&flags, "parents", line)? == Some(true) {
-            return Err(step.err("COPY --parents is not supported by rbuild yet"));
-        }
-        if flag_bool(&flags, "link", line)? == Some(true) {
-            self.warnings.push(Diagnostic {
-                line,
-                message: format!(
-                    "{kw} --link: lowered as a regular copy (same result, no independent layer)"
-                ),
-            });
-        }
+        let parents = flag_bool(&flags, "parents", line)? == Some(true);
         let owner = match flag(&flags, "chown") {
             Some(Some(v)) => Some(parse_owner(&self.expand(v, &vars, line)?, line)?),
             Some(None) => return Err(step.err("--chown requires a value")),
             None => None,
         };
+        let named_owner = owner.as_ref().is_some_and(|o| {
+            matches!(o.user, IdSpec::Name(_)) || matches!(o.group, Some(IdSpec::Name(_)))
+        });
+        // `--link`: copy onto scratch and stack the result on the stage with a Merge, so the
+        // copy's layer does not depend on (and is reused across changes to) earlier steps.
+        let mut link = flag_bool(&flags, "link", line)? == Some(true);
+        if link && named_owner {
+            link = false;
+            self.warnings.push(Diagnostic {
+                line,
+                end_line: line,
+                message: format!(
+                    "{kw} --link --chown by name: lowered as a regular copy (names are resolved in the stage's /etc/passwd)"
+                ),
+            });
+        }
         let mode = match flag(&flags, "chmod") {
             Some(Some(v)) => Some(parse_chmod(&self.expand(v, &vars, line)?, line)?),
             Some(None) => return Err(step.err("--chmod requires a value")),
@@ -1861,7 +2202,18 @@ impl<'a> Lowerer<'a> {
                 }
                 out
             }
-            None => self.expand_words(&inst.args, &vars, line)?,
+            None => {
+                let mut out = self.expand_words(&inst.args, &vars, line)?;
+                // A destination that expands to nothing means the working directory
+                // (BuildKit expands the destination as one word).
+                let raw = raw_words(&inst.args, self.escape);
+                if let [.., last] = raw.as_slice() {
+                    if raw.len() >= 2 && self.expand(last, &vars, line)?.is_empty() {
+                        out.push(".".to_string());
+                    }
+                }
+                out
+            }
         };
         let Some((dest, srcs)) = words.split_last() else {
             return Err(step.err(format!("{kw} requires at least two arguments")));
@@ -1928,6 +2280,7 @@ impl<'a> Lowerer<'a> {
             allow_wildcard: true,
             allow_empty_wildcard: true,
             exclude: exclude.clone(),
+            parents,
         };
         for src in srcs {
             if let Some(marker) = src.strip_prefix('\u{0}') {
@@ -1978,6 +2331,8 @@ impl<'a> Lowerer<'a> {
                 continue;
             }
             if is_add && is_git_url(src) {
+                let (src, query) = git_query(src);
+                let src = &src;
                 let (remote, frag) = match src.split_once('#') {
                     Some((r, f)) => (r.to_string(), Some(f.to_string())),
                     None => (src.clone(), None),
@@ -1989,15 +2344,33 @@ impl<'a> Lowerer<'a> {
                     },
                     None => (None, String::new()),
                 };
-                let reference = match (&checksum, reference.filter(|r| !r.is_empty())) {
-                    (Some(c), None) => Some(c.clone()),
-                    (_, r) => r,
+                let reference = reference.filter(|r| !r.is_empty()).or_else(|| {
+                    ["ref", "tag", "branch"]
+                        .iter()
+                        .find_map(|k| query.get(*k).cloned())
+                });
+                let subdir = if subdir.is_empty() {
+                    query.get("subdir").cloned().unwrap_or_default()
+                } else {
+                    subdir
+                };
+                let checksum = checksum.clone().or_else(|| query.get("checksum").cloned());
+                let keep_git_dir = keep_git_dir
+                    || query
+                        .get("keep-git-dir")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                // `--checksum` pins the commit: it is the reference when none is given, and
+                // otherwise the commit the reference must resolve to.
+                let (reference, git_checksum) = match (&checksum, reference) {
+                    (Some(c), None) => (Some(c.clone()), None),
+                    (c, r) => (r, c.clone()),
                 };
                 let n = self.source(
                     SourceOp::Git {
                         remote: remote.clone(),
                         reference,
                         keep_git_dir,
+                        checksum: git_checksum,
                     },
                     format!("[{} {}/{}] git {src}", step.label, step.index, step.total),
                 )?;
@@ -2032,22 +2405,70 @@ impl<'a> Lowerer<'a> {
             }
             let n = match from {
                 Some(n) => n,
-                None => self.context()?,
+                None => {
+                    let literal = !src.contains(['*', '?', '[']);
+                    if literal && lint::ignored(&self.opts.dockerignore, src) {
+                        self.lint(
+                            line,
+                            "CopyIgnoredFile",
+                            format!("Attempting to {kw} file \"{src}\" that is excluded by .dockerignore"),
+                        );
+                    }
+                    self.context()?
+                }
             };
             let i = input_of(&mut inputs, n);
-            let mut c = base_copy(i, clean_path(&format!("/{src}")), dest_abs.clone());
+            let rel = src.strip_prefix("./").unwrap_or(src);
+            let src_path = match rel.split_once("/./") {
+                Some((before, after)) if parents && !before.is_empty() => format!(
+                    "{}/./{}",
+                    clean_path(&format!("/{before}")),
+                    clean_path(&format!("/{after}")).trim_start_matches('/')
+                ),
+                _ => clean_path(&format!("/{src}")),
+            };
+            let mut c = base_copy(i, src_path, dest_abs.clone());
             c.attempt_unpack = is_add && unpack != Some(false);
             actions.push(FileAction::Copy(c));
         }
         let meta = self.meta(step, step.description());
-        let node = self.push(
-            Op::File(FileOp {
-                dest_input,
-                actions,
-            }),
-            inputs,
-            meta,
-        )?;
+        let node = match (link, dest_input) {
+            (true, Some(d)) => {
+                // Drop the stage from the copy's inputs (indexes above it shift down by one)
+                // unless a source reads from that very node.
+                let stage_node = inputs[d];
+                let reads_stage = actions
+                    .iter()
+                    .any(|a| matches!(a, FileAction::Copy(c) if c.src_input == d));
+                if !reads_stage {
+                    inputs.remove(d);
+                    for a in &mut actions {
+                        if let FileAction::Copy(c) = a {
+                            if c.src_input > d {
+                                c.src_input -= 1;
+                            }
+                        }
+                    }
+                }
+                let copy = self.push(
+                    Op::File(FileOp {
+                        dest_input: None,
+                        actions,
+                    }),
+                    inputs,
+                    meta.clone(),
+                )?;
+                self.push(Op::Merge, vec![stage_node, copy], meta)?
+            }
+            _ => self.push(
+                Op::File(FileOp {
+                    dest_input,
+                    actions,
+                }),
+                inputs,
+                meta,
+            )?,
+        };
         st.node = Some(node);
         Self::history(st, format!("{} # buildkit", step.display()), false);
         Ok(())
@@ -2150,8 +2571,21 @@ impl<'a> Lowerer<'a> {
             },
         };
 
-        // Env: image env, then declared ARGs not shadowed by ENV.
-        let mut env: Vec<String> = st.config.config.env.clone();
+        // Env: image env (an ARG declared after an ENV of its name replaces it in place), then
+        // declared ARGs not shadowed by ENV.
+        let mut env: Vec<String> = st
+            .config
+            .config
+            .env
+            .iter()
+            .map(|kv| {
+                let k = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+                match st.args.iter().find(|(a, _)| a == k) {
+                    Some((a, v)) if st.arg_over_env.contains(a) => format!("{a}={v}"),
+                    _ => kv.clone(),
+                }
+            })
+            .collect();
         for (k, v) in &st.args {
             if st.config.config.env_get(k).is_none() {
                 env.push(format!("{k}={v}"));
@@ -2467,5 +2901,36 @@ impl<'a> Lowerer<'a> {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_file_names_like_buildkit() {
+        assert_eq!(url_filename("https://x.org/a/b.tar.gz?x=1#f"), "b.tar.gz");
+        assert_eq!(url_filename("https://x.org/dir/"), "dir");
+        assert_eq!(url_filename("https://x.org/"), "__unnamed__");
+        assert_eq!(url_filename("https://x.org"), "__unnamed__");
+        assert_eq!(url_filename("https://x.org/a%20b.txt"), "a b.txt");
+        assert_eq!(url_filename("https://x.org/a/.."), "__unnamed__");
+        assert_eq!(url_filename("https://x.org/x%2Fy"), "__unnamed__");
+        assert_eq!(url_filename("https://x.org/%zz%é"), "%zz%é");
+    }
+
+    #[test]
+    fn git_query_form() {
+        let (r, q) = git_query("https://h/r.git?ref=v1&subdir=docs&keep-git-dir");
+        assert_eq!(r, "https://h/r.git");
+        assert_eq!(q.get("ref").map(String::as_str), Some("v1"));
+        assert_eq!(q.get("subdir").map(String::as_str), Some("docs"));
+        assert_eq!(q.get("keep-git-dir").map(String::as_str), Some("true"));
+        let (r, q) = git_query("https://h/r.git#main:sub");
+        assert_eq!(r, "https://h/r.git#main:sub");
+        assert!(q.is_empty());
+        assert!(is_git_url("https://h/r.git?ref=v1"));
+        assert!(!is_git_url("https://h/file.tar.gz?x=.git"));
     }
 }

@@ -27,6 +27,7 @@ const SEEDS: &[&str] = &[
     "# escape=`\nFROM scratch\nRUN <<EOF\necho hi\nEOF\nCOPY <<-'A' <<B /x/\n\ta\n\tA\nb\nB\n",
     "FROM busybox\nRUN --mount=type=cache,target=/c,id=x --mount=type=secret,id=s,env=E true\nHEALTHCHECK --interval=1s CMD [\"true\"]\nONBUILD RUN x\nADD https://e.com/a.tgz git@github.com:a/b.git /d/\n",
     "FROM a AS b\nFROM b\nENV A=${B:-${C#x}} D=${E//a/b}\nSHELL [\"/bin/bash\",\"-c\"]\nVOLUME [\"/v\"]\nSTOPSIGNAL 9\n",
+    "# check=experimental=all;error=false\n# X the x\nARG X=\nFROM --platform=$TARGETPLATFORM busybox:${X} AS s\nCOPY --parents ./a/./b* --link --exclude=*.md /d/\nADD --checksum=sha256:00 --keep-git-dir=true https://h/r.git#v1:sub /g/\nLABEL l=$UNDEF\nCMD a\nCMD b\n",
 ];
 
 const ALPHABET: &[u8] =

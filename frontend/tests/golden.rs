@@ -63,6 +63,9 @@ fn lower_dump(dir: &Path) -> String {
     };
     let mut out = String::new();
     out.push_str(&format!("target: {}\n", plan.target_stage));
+    if let Some(s) = &plan.syntax {
+        out.push_str(&format!("syntax: {s}\n"));
+    }
     out.push_str("== definition ==\n");
     out.push_str(&plan.definition.dump(plan.root).unwrap());
     out.push_str("== meta ==\n");
@@ -86,7 +89,11 @@ fn lower_dump(dir: &Path) -> String {
     out.push_str(&serde_json::to_string_pretty(&v).unwrap());
     out.push_str("\n== warnings ==\n");
     for w in &plan.warnings {
-        out.push_str(&format!("{}: {}\n", w.line, w.message));
+        if w.end_line > w.line {
+            out.push_str(&format!("{}-{}: {}\n", w.line, w.end_line, w.message));
+        } else {
+            out.push_str(&format!("{}: {}\n", w.line, w.message));
+        }
     }
     out
 }

@@ -78,6 +78,10 @@ pub enum SourceOp {
         remote: String,
         reference: Option<String>,
         keep_git_dir: bool,
+        /// `ADD --checksum=<commit>`: the commit the reference must resolve to. Omitted from
+        /// the encoding when absent, so existing digests are unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checksum: Option<String>,
     },
 }
 
@@ -270,6 +274,14 @@ pub struct CopyAction {
     pub allow_wildcard: bool,
     pub allow_empty_wildcard: bool,
     pub exclude: Vec<String>,
+    /// `COPY --parents`: recreate each source's path (below a `/./` pivot, if any) under
+    /// `dest`. Omitted from the encoding when false, so existing digests are unchanged.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub parents: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Definition {

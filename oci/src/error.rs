@@ -121,6 +121,14 @@ pub enum OciError {
         /// Underlying message.
         reason: String,
     },
+    /// An HTTP(S) download (`ADD <url>`) failed.
+    #[error("fetching {url}: {reason}")]
+    Fetch {
+        /// The URL requested.
+        url: String,
+        /// Cause.
+        reason: String,
+    },
     /// An image name is not in the local image store.
     #[error("image {0} not found in the local store")]
     ImageNotFound(String),

@@ -7,6 +7,7 @@
 pub mod digest;
 pub mod error;
 pub mod export;
+pub mod http;
 pub mod image_store;
 pub mod layer;
 pub mod reference;

@@ -7,7 +7,7 @@
 //! a layer's `etc -> /host/etc` style link can never reach outside it.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -118,7 +118,11 @@ pub(crate) fn apply_actions(
     src_dirs: &[(usize, PathBuf)],
 ) -> Result<(), String> {
     let dest_input = op.dest_input;
-    let mut ctx = Ctx { root, ids: None };
+    let mut ctx = Ctx {
+        root,
+        ids: None,
+        user_exclude: None,
+    };
     for action in &op.actions {
         match action {
             FileAction::Copy(c) => {
@@ -246,6 +250,9 @@ struct Ids {
 struct Ctx<'a> {
     root: &'a Path,
     ids: Option<Ids>,
+    /// `COPY --exclude` patterns of the copy in progress, with the source-relative path of
+    /// the match being copied (patterns match paths below it, or paths from the source root).
+    user_exclude: Option<(ExcludeMatcher, PathBuf)>,
 }
 
 impl Ctx<'_> {
@@ -280,22 +287,23 @@ impl Ctx<'_> {
         })
     }
 
-    /// (uid, gid) for an owner spec. A user without group uses the uid as gid (Docker).
+    /// (uid, gid) for an owner spec. Like BuildKit, a user name without group takes the
+    /// user's primary group from /etc/passwd; a numeric uid without group uses the uid as gid.
     fn owner(&mut self, o: &Owner) -> Result<(u32, u32), String> {
-        let uid = match &o.user {
-            IdSpec::Id(n) => *n,
+        let (uid, primary) = match &o.user {
+            IdSpec::Id(n) => (*n, *n),
             IdSpec::Name(n) => self
                 .ids()
                 .users
                 .iter()
                 .find(|u| &u.0 == n)
-                .map(|u| u.1)
+                .map(|u| (u.1, u.2))
                 .ok_or_else(|| {
                     format!("unable to find user {n}: no matching entries in passwd file")
                 })?,
         };
         let gid = match &o.group {
-            None => uid,
+            None => primary,
             Some(IdSpec::Id(n)) => *n,
             Some(IdSpec::Name(n)) => self
                 .ids()
@@ -318,11 +326,15 @@ impl Ctx<'_> {
         from_context: bool,
     ) -> Result<(), String> {
         let wildcard = c.allow_wildcard && has_glob(&c.src);
+        // Matches are found without following their last component, so a followed symlink
+        // is copied under its own name (BuildKit), then resolved inside the source root.
         let sel = Selector {
             path: c.src.clone(),
-            follow_symlinks: c.follow_symlinks,
+            follow_symlinks: false,
             allow_wildcard: c.allow_wildcard,
         };
+        let src_root = &fs::canonicalize(src_root)
+            .map_err(|e| format!("opening the copy source {}: {e}", src_root.display()))?;
         let matches = match rbuild_cache::context::expand(src_root, &sel, exclude) {
             Ok(m) => m,
             Err(rbuild_cache::CacheError::NotFound { .. }) => Vec::new(),
@@ -347,18 +359,62 @@ impl Ctx<'_> {
             None if from_context => Some((0, 0)),
             None => None,
         };
+        let user_exclude = if c.exclude.is_empty() {
+            None
+        } else {
+            Some(ExcludeMatcher::new(&c.exclude).map_err(|e| format!("--exclude: {e}"))?)
+        };
+        // `--parents`: the part of the source path kept under the destination starts after a
+        // `/./` pivot, or at the source root.
+        let pivot: PathBuf = match c.src.split_once("/./") {
+            Some((before, _)) if c.parents => PathBuf::from(before.trim_start_matches('/')),
+            _ => PathBuf::new(),
+        };
         let dest_rel = c.dest.clone();
-        let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || wildcard;
+        // A wildcard with a single match copies to `dest` as named (BuildKit); several
+        // matches need a directory.
+        let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || c.parents;
         let dest_resolved = resolve_in_root(self.root, &dest_rel, true)?;
         let dest_is_dir = dest_dir_hint || dest_resolved.is_dir();
-        for m in &matches {
-            let md = if c.follow_symlinks {
-                fs::metadata(m)
+        for named in &matches {
+            let rel_in_src = named.strip_prefix(src_root).unwrap_or(named).to_path_buf();
+            let is_link = fs::symlink_metadata(named).is_ok_and(|md| md.file_type().is_symlink());
+            let resolved;
+            let m = if c.follow_symlinks && is_link {
+                resolved = resolve_in_root(src_root, &rel_in_src.to_string_lossy(), true)?;
+                &resolved
             } else {
-                fs::symlink_metadata(m)
+                named
+            };
+            let md = fs::symlink_metadata(m)
+                .map_err(|e| format!("{}: {e}", Path::new("/").join(&rel_in_src).display()))?;
+            if let Some(ex) = &user_exclude {
+                let rel_text = rel_in_src.to_string_lossy();
+                let name = named
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !md.is_dir() && (ex.is_excluded(&rel_text) || ex.is_excluded(&name)) {
+                    continue;
+                }
             }
-            .map_err(|e| format!("{}: {e}", m.display()))?;
-            let rel_in_src = m.strip_prefix(src_root).unwrap_or(m).to_path_buf();
+            self.user_exclude = user_exclude
+                .as_ref()
+                .map(|ex| (ex.clone(), rel_in_src.clone()));
+            if c.parents {
+                let kept = rel_in_src.strip_prefix(&pivot).unwrap_or(&rel_in_src);
+                let target = dest_resolved.join(kept);
+                if md.is_dir() {
+                    self.mkdir_all(&target, owner)?;
+                    self.copy_tree(m, &target, &rel_in_src, c, owner, exclude, from_context)?;
+                } else {
+                    if let Some(parent) = target.parent() {
+                        self.mkdir_all(parent, owner)?;
+                    }
+                    self.copy_leaf(m, &target, &md, c, owner)?;
+                }
+                continue;
+            }
             if c.attempt_unpack && md.is_file() && self.unpack(m, &dest_resolved, owner)? {
                 continue;
             }
@@ -374,7 +430,11 @@ impl Ctx<'_> {
                     from_context,
                 )?;
             } else {
-                let name = m.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                let name = named
+                    .file_name()
+                    .or_else(|| m.file_name())
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
                 let target = if dest_is_dir {
                     self.mkdir_all(&dest_resolved, owner)?;
                     dest_resolved.join(&name)
@@ -385,9 +445,12 @@ impl Ctx<'_> {
                     dest_resolved.clone()
                 };
                 if md.is_dir() {
+                    let existed = fs::symlink_metadata(&target).is_ok_and(|t| t.is_dir());
                     self.copy_dir_entry(m, &target, &md, c, owner)?;
                     self.copy_tree(m, &target, &rel_in_src, c, owner, exclude, from_context)?;
-                    finish_dir(&target, &md)?;
+                    if !existed {
+                        finish_dir(&target, &md)?;
+                    }
                 } else {
                     self.copy_leaf(m, &target, &md, c, owner)?;
                 }
@@ -407,6 +470,35 @@ impl Ctx<'_> {
         use rbuild_oci::ArchiveKind;
         match rbuild_oci::archive_kind(src).map_err(|e| e.to_string())? {
             ArchiveKind::None => Ok(false),
+            ArchiveKind::Unsupported("bzip2") => {
+                let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+                let dec = bzip2::read::MultiBzDecoder::new(io::BufReader::new(f));
+                self.unpack_stream(dec, src, dest, owner)
+            }
+            ArchiveKind::Unsupported("xz") => {
+                // lzma-rs decodes into a writer: stage the inner tar in a temporary file.
+                let tmp = std::env::temp_dir().join(format!(
+                    "rbuild-xz-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or_default()
+                ));
+                let staged = (|| -> Result<(), String> {
+                    let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+                    let mut out =
+                        fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    lzma_rs::xz_decompress(&mut io::BufReader::new(f), &mut out)
+                        .map_err(|e| format!("decompressing {}: {e}", src.display()))
+                })();
+                let r = staged.and_then(|()| {
+                    let f = fs::File::open(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    self.unpack_stream(io::BufReader::new(f), src, dest, owner)
+                });
+                let _ = fs::remove_file(&tmp);
+                r
+            }
             ArchiveKind::Unsupported(kind) => Err(format!(
                 "ADD {}: unpacking {kind} archives is not supported yet",
                 src.file_name()
@@ -421,6 +513,34 @@ impl Ctx<'_> {
                 Ok(true)
             }
         }
+    }
+
+    /// Unpack a decompressed stream when it holds a tar (ustar magic in the first header);
+    /// returns false otherwise (the file is then copied as it is, like BuildKit).
+    fn unpack_stream(
+        &mut self,
+        mut r: impl io::Read,
+        src: &Path,
+        dest: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<bool, String> {
+        let mut head = vec![0u8; 512];
+        let mut n = 0;
+        while n < head.len() {
+            match r.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("decompressing {}: {e}", src.display())),
+            }
+        }
+        if n < 512 || head.get(257..262) != Some(b"ustar".as_slice()) {
+            return Ok(false);
+        }
+        self.mkdir_all(dest, owner)?;
+        rbuild_oci::extract_archive(io::Cursor::new(head).chain(r), dest)
+            .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -443,24 +563,36 @@ impl Ctx<'_> {
             let name = e.file_name();
             let child_rel = rel.join(&name);
             let rel_text = child_rel.to_string_lossy();
-            let excluded = from_context && exclude.is_excluded(&rel_text);
+            let (user_excluded, user_can_skip) = match &self.user_exclude {
+                Some((ex, base)) => {
+                    let below = child_rel.strip_prefix(base).unwrap_or(&child_rel);
+                    let below = below.to_string_lossy();
+                    let hit = ex.is_excluded(&below) || ex.is_excluded(&rel_text);
+                    (hit, hit && ex.can_skip_dir(&below))
+                }
+                None => (false, false),
+            };
+            let ignored = from_context && exclude.is_excluded(&rel_text);
+            let excluded = ignored || user_excluded;
             let path = e.path();
             let md = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let target = dst.join(&name);
             if md.is_dir() {
                 // An excluded directory is still walked when a `!` pattern may re-include
                 // something below it; it is kept only if something was copied into it.
-                if excluded && exclude.can_skip_dir(&rel_text) {
+                if (ignored && exclude.can_skip_dir(&rel_text)) || user_can_skip {
                     continue;
                 }
-                let existed = target.exists();
+                let existed = fs::symlink_metadata(&target).is_ok_and(|t| t.is_dir());
                 self.copy_dir_entry(&path, &target, &md, c, owner)?;
                 self.copy_tree(&path, &target, &child_rel, c, owner, exclude, from_context)?;
                 if excluded && !existed && is_empty_dir(&target) {
                     fs::remove_dir(&target).map_err(|e| format!("{}: {e}", target.display()))?;
                     continue;
                 }
-                finish_dir(&target, &md)?;
+                if !existed {
+                    finish_dir(&target, &md)?;
+                }
             } else if excluded {
                 continue;
             } else {
@@ -479,7 +611,8 @@ impl Ctx<'_> {
         owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
         match fs::symlink_metadata(target) {
-            Ok(t) if t.is_dir() => {}
+            // An existing directory keeps its owner and mode (BuildKit).
+            Ok(t) if t.is_dir() => return Ok(()),
             Ok(_) => {
                 fs::remove_file(target).map_err(|e| format!("{}: {e}", target.display()))?;
                 fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod fallback;
 pub mod fileop;
 pub mod image;
+pub mod remote;
 pub mod runmount;
 pub mod sched;
 pub mod source;

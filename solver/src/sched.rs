@@ -240,16 +240,36 @@ impl Solver {
                 });
                 Ok((key, Value::Chain(chain), false))
             }
-            Op::Source(SourceOp::Http { url, .. }) => Err(SolveError::Step {
-                step: name,
-                message: format!("fetching {url}: HTTP sources are not supported yet"),
-                lines: node.meta.lines,
-            }),
-            Op::Source(SourceOp::Git { remote, .. }) => Err(SolveError::Step {
-                step: name,
-                message: format!("cloning {remote}: git sources are not supported yet"),
-                lines: node.meta.lines,
-            }),
+            Op::Source(SourceOp::Http {
+                url,
+                checksum,
+                filename,
+            }) => self.solve_http(
+                id,
+                node,
+                &crate::remote::HttpSource {
+                    url,
+                    checksum: checksum.as_deref(),
+                    filename: filename.as_deref(),
+                },
+                progress,
+            ),
+            Op::Source(SourceOp::Git {
+                remote,
+                reference,
+                keep_git_dir,
+                checksum,
+            }) => self.solve_git(
+                id,
+                node,
+                &crate::remote::GitSource {
+                    remote,
+                    reference: reference.as_deref(),
+                    keep_git_dir: *keep_git_dir,
+                    checksum: checksum.as_deref(),
+                },
+                progress,
+            ),
             Op::Merge => {
                 let parts: Vec<InputPart> = keys.iter().cloned().map(InputPart::Key).collect();
                 let key = node_key(&node.op, &parts)?;

@@ -41,6 +41,10 @@ impl ImageResolver for FakeResolver {
         if reference.contains("nopath") {
             config.env.clear();
         }
+        let mut platform = platform.clone();
+        if reference.contains("armonly") {
+            platform.architecture = "arm64".into();
+        }
         Ok(ResolvedImage {
             reference: normalise(reference),
             digest: format!("sha256:{}", "0".repeat(64)),
