@@ -89,6 +89,12 @@ pub struct BuildArgs {
     /// Maximum number of steps run at once (default: number of CPUs)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
+    /// Print, for every step, why it ran or which earlier build its cached result came from
+    #[arg(long)]
+    pub explain: bool,
+    /// Do not use the cache for the steps of these stages (names or stage-N); comma-separated
+    #[arg(long = "no-cache-filter", value_name = "STAGE[,STAGE]", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
     /// Build context directory
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

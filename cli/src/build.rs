@@ -166,6 +166,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         pull: b.pull,
         source_date_epoch,
         hostname: "buildkitsandbox".to_string(),
+        cache: crate::cachecmd::cache_options(b, context),
     }))
 }
 

@@ -7,6 +7,7 @@
 
 mod args;
 mod build;
+mod cachecmd;
 mod config;
 mod images;
 mod progress;

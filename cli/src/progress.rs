@@ -98,6 +98,10 @@ impl Progress for Plain {
                 }
                 let _ = writeln!(err, "#{n} DONE {seconds:.1}s");
             }
+            Event::Explain { vertex, reason } => {
+                let (n, _) = g.number(vertex);
+                let _ = writeln!(err, "#{n} EXPLAIN: {reason}");
+            }
             Event::Failed { vertex, message } => {
                 let (n, _) = g.number(vertex);
                 if let Some(rest) = g.partial.remove(&vertex).filter(|b| !b.is_empty()) {

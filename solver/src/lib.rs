@@ -10,6 +10,7 @@
 
 pub mod cachekey;
 pub mod exec;
+pub mod explain;
 pub mod fallback;
 pub mod fileop;
 pub mod image;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use explain::CacheOptions;
 pub use image::{finalize_image, ImageResult};
 pub use sched::SolveOutput;
 
@@ -151,6 +153,11 @@ pub enum Event {
         vertex: usize,
         message: String,
     },
+    /// Why a step ran or which earlier build its cached result came from (`--explain`).
+    Explain {
+        vertex: usize,
+        reason: String,
+    },
 }
 
 /// Receiver of progress events (the CLI renders them).
@@ -189,6 +196,8 @@ pub struct SolverConfig {
     pub source_date_epoch: Option<i64>,
     /// Hostname inside RUN steps.
     pub hostname: String,
+    /// Explanations, `--no-cache-filter`, build id, cancellation ([`explain`]).
+    pub cache: CacheOptions,
 }
 
 /// The solver: owns the config and an in-process memory of resolved images.
