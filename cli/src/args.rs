@@ -26,6 +26,10 @@ pub enum Command {
     Build(BuildArgs),
     /// List tagged images in the local store
     Images(ImagesArgs),
+    /// Show the disk usage of the store (blobs, snapshots, index, cache mounts)
+    Du,
+    /// Remove build cache (unreferenced content; with flags, cache entries too)
+    Prune(PruneArgs),
     /// Developer tools
     Debug {
         #[command(subcommand)]
@@ -39,6 +43,19 @@ pub enum Command {
 pub enum DebugCommand {
     /// Print the build graph (with digests) the Dockerfile lowers to
     DumpGraph(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove all cache entries, cache mounts and the context stat cache (tagged images stay)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Remove least recently used cache until the store is at most this big (e.g. 10GB)
+    #[arg(long, value_name = "SIZE")]
+    pub keep_storage: Option<String>,
+    /// Filter: until=DURATION removes cache unused for longer than DURATION (e.g. 24h)
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -93,14 +110,18 @@ pub struct BuildArgs {
     #[arg(long)]
     pub explain: bool,
     /// Do not use the cache for the steps of these stages (names or stage-N); comma-separated
-    #[arg(long = "no-cache-filter", value_name = "STAGE[,STAGE]", value_delimiter = ',')]
+    #[arg(
+        long = "no-cache-filter",
+        value_name = "STAGE[,STAGE]",
+        value_delimiter = ','
+    )]
     pub no_cache_filter: Vec<String>,
     /// Build context directory
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
 }
 
-const SUBCOMMANDS: &[&str] = &["build", "images", "debug", "version", "help"];
+const SUBCOMMANDS: &[&str] = &["build", "images", "du", "prune", "debug", "version", "help"];
 
 /// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
 /// not a global option is not a subcommand.

@@ -243,6 +243,8 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     }
     let progress = Plain::new(quiet);
     let solver = make_solver(root, b, &inputs.context)?;
+    // Held until the image is tagged and exported: GC never removes what this build uses.
+    let lease = rbuild_solver::gc::lease(solver.store())?;
     progress.note(&format!(
         "[internal] load build definition from {}",
         inputs.dockerfile_name
@@ -277,6 +279,8 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     if let Some(p) = &b.iidfile {
         fs::write(p, &image.config_digest).with_context(|| format!("writing {}", p.display()))?;
     }
+    drop(lease);
+    crate::cachecmd::after_build(solver.store(), quiet);
     if quiet {
         println!("{}", image.config_digest);
     } else {

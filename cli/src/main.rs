@@ -37,6 +37,8 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         args::Command::Build(b) => build::run(&root, &b),
         args::Command::Images(i) => images::list(&root, &i),
+        args::Command::Du => cachecmd::du(&root),
+        args::Command::Prune(p) => cachecmd::prune(&root, &p),
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),

@@ -84,7 +84,11 @@ impl Build {
 
     /// The step whose description contains `what` (exactly one must).
     fn step(&self, what: &str) -> (bool, String) {
-        let m: Vec<_> = self.steps.iter().filter(|(k, _)| k.contains(what)).collect();
+        let m: Vec<_> = self
+            .steps
+            .iter()
+            .filter(|(k, _)| k.contains(what))
+            .collect();
         assert_eq!(
             m.len(),
             1,
@@ -103,12 +107,20 @@ impl Build {
     }
 
     fn assert_ran(&self, what: &str) -> &Self {
-        assert!(self.ran(what), "{what} should have run:\n{}", self.lines.join("\n"));
+        assert!(
+            self.ran(what),
+            "{what} should have run:\n{}",
+            self.lines.join("\n")
+        );
         self
     }
 
     fn assert_cached(&self, what: &str) -> &Self {
-        assert!(!self.ran(what), "{what} should be cached:\n{}", self.lines.join("\n"));
+        assert!(
+            !self.ran(what),
+            "{what} should be cached:\n{}",
+            self.lines.join("\n")
+        );
         self
     }
 }
@@ -171,7 +183,11 @@ fn mtime_only_change_hits_and_content_change_misses_naming_the_file() {
     p.file("a.txt", "one\n");
     let b1 = p.build(&[]).ok();
     b1.assert_ran("COPY a.txt").assert_ran("RUN cat");
-    assert!(b1.why("COPY a.txt").contains("no earlier build"), "{}", b1.why("COPY a.txt"));
+    assert!(
+        b1.why("COPY a.txt").contains("no earlier build"),
+        "{}",
+        b1.why("COPY a.txt")
+    );
     set_mtime(&p.path("a.txt"), "2001-01-01 00:00:00");
     let b2 = p.build(&[]).ok();
     b2.assert_cached("COPY a.txt").assert_cached("RUN cat");
@@ -183,9 +199,13 @@ fn mtime_only_change_hits_and_content_change_misses_naming_the_file() {
     p.file("a.txt", "two\n");
     let b3 = p.build(&[]).ok();
     b3.assert_ran("COPY a.txt").assert_ran("RUN cat");
-    assert_eq!(b3.why("COPY a.txt"), "context files changed: a.txt (changed)");
+    assert_eq!(
+        b3.why("COPY a.txt"),
+        "context files changed: a.txt (changed)"
+    );
     assert!(
-        b3.why("RUN cat").starts_with("earlier step changed: [stage-0 2/3] COPY a.txt"),
+        b3.why("RUN cat")
+            .starts_with("earlier step changed: [stage-0 2/3] COPY a.txt"),
         "{}",
         b3.why("RUN cat")
     );
@@ -215,7 +235,10 @@ fn wildcard_rename_misses_and_non_matching_file_hits() {
     let b = p.build(&[]).ok();
     b.assert_ran("COPY *.txt");
     let why = b.why("COPY *.txt");
-    assert!(why.contains("c.txt (added)") && why.contains("b.txt (removed)"), "{why}");
+    assert!(
+        why.contains("c.txt (added)") && why.contains("b.txt (removed)"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -231,7 +254,10 @@ fn unrelated_file_change_hits_steps_that_do_not_read_it() {
         .assert_cached("RUN cat /a")
         .assert_ran("COPY b.txt")
         .assert_ran("RUN cat /b");
-    assert_eq!(b.why("COPY b.txt"), "context files changed: b.txt (changed)");
+    assert_eq!(
+        b.why("COPY b.txt"),
+        "context files changed: b.txt (changed)"
+    );
     // A file no step reads at all: everything hits.
     p.file("unused.bin", "x");
     let b = p.build(&[]).ok();
@@ -352,7 +378,10 @@ fn base_image_digest_change_misses_with_pull_and_is_named() {
     let b = p.build(&["--pull"]).ok();
     b.assert_ran("RUN echo");
     let why = b.why("RUN echo");
-    assert!(why.starts_with("base image changed: docker.io/rbuildtest/"), "{why}");
+    assert!(
+        why.starts_with("base image changed: docker.io/rbuildtest/"),
+        "{why}"
+    );
     // And the re-resolved tag sticks: the next build hits.
     p.build(&[]).ok().assert_cached("RUN echo");
 }

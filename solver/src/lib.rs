@@ -13,6 +13,7 @@ pub mod exec;
 pub mod explain;
 pub mod fallback;
 pub mod fileop;
+pub mod gc;
 pub mod image;
 pub mod sched;
 pub mod source;

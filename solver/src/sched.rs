@@ -35,8 +35,8 @@ pub struct SolveOutput {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Record {
-    chain: Chain,
+pub(crate) struct Record {
+    pub(crate) chain: Chain,
     /// Build that produced the result, and when (unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     build: Option<String>,
@@ -112,9 +112,7 @@ impl Solver {
         let workers = self.cfg.max_parallelism.max(1).min(total.max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
-                s.spawn(|| {
-                    self.worker(def, &step_ids, &state, &cv, &dependents, total, progress)
-                });
+                s.spawn(|| self.worker(def, &step_ids, &state, &cv, &dependents, total, progress));
             }
         });
         let mut st = state.into_inner().map_err(|_| SolveError::Cancelled)?;
@@ -327,13 +325,11 @@ impl Solver {
                     .map_err(|e| self.step_error(node, e))?;
                 let key = node_key(&node.op, &parts)?;
                 let ignore = node.meta.ignore_cache
-                    || node.meta.stage.as_ref().is_some_and(|s| {
-                        self.cfg
-                            .cache
-                            .no_cache_stages
-                            .iter()
-                            .any(|f| f == s)
-                    });
+                    || node
+                        .meta
+                        .stage
+                        .as_ref()
+                        .is_some_and(|s| self.cfg.cache.no_cache_stages.iter().any(|f| f == s));
                 let make_rec = || StepRecord {
                     key: key.clone(),
                     op: String::from_utf8_lossy(
