@@ -44,6 +44,9 @@ pub(crate) struct Record {
     time: Option<i64>,
 }
 
+/// Per-file entry digests of one local input (path, digest).
+type FileDigests = Vec<(String, String)>;
+
 /// A solved node: key, value, and the label dependents' explanations use.
 type Solved = (String, Value, String);
 
@@ -470,7 +473,7 @@ impl Solver {
         node: &Node,
         keys: &[String],
         values: &[Value],
-    ) -> Result<(Vec<InputPart>, Vec<Vec<(String, String)>>), SolveError> {
+    ) -> Result<(Vec<InputPart>, Vec<FileDigests>), SolveError> {
         let mut parts = Vec::with_capacity(values.len());
         let mut all_files = vec![Vec::new(); values.len()];
         for (i, v) in values.iter().enumerate() {
