@@ -103,7 +103,7 @@ pub struct BuildArgs {
     /// Write the image id to this file
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
-    /// Maximum number of steps run at once (default: number of CPUs)
+    /// Maximum number of steps run at once (default: twice the CPUs, at least 4)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
     /// Print, for every step, why it ran or which earlier build its cached result came from

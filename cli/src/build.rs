@@ -162,7 +162,8 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         executor,
         registry,
         locals,
-        max_parallelism: b.max_parallelism.unwrap_or(cpus).max(1),
+        // Steps mostly wait on processes and disk: at least 4 at once, even on small machines.
+        max_parallelism: b.max_parallelism.unwrap_or((2 * cpus).max(4)).max(1),
         pull: b.pull,
         source_date_epoch,
         hostname: "buildkitsandbox".to_string(),
@@ -245,6 +246,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let solver = make_solver(root, b, &inputs.context)?;
     // Held until the image is tagged and exported: GC never removes what this build uses.
     let lease = rbuild_solver::gc::lease(solver.store())?;
+    crate::signals::install(solver.config().cache.cancel.clone());
     progress.note(&format!(
         "[internal] load build definition from {}",
         inputs.dockerfile_name

@@ -12,6 +12,7 @@ mod config;
 mod images;
 mod progress;
 mod render;
+mod signals;
 
 use std::process::ExitCode;
 

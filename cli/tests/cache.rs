@@ -463,3 +463,58 @@ fn eight_concurrent_processes_share_one_store() {
         b.assert_cached("RUN sleep 1").assert_cached("RUN echo");
     }
 }
+
+#[test]
+fn sigterm_stops_running_steps_and_leaves_the_store_usable() {
+    let p = Project::new("FROM busybox\nRUN echo start && sleep 31.7 && echo never > /n\n");
+    let mut child = p
+        .cmd(p.store.path(), &["build"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step runs (its first output line).
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if l.ends_with(" start") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the step never started");
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    // The step's process died with rbuild.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ps = Command::new("pgrep")
+        .args(["-f", "sleep 31.7"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "sandboxed process still running: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    // The store is usable and repaired: a build succeeds, nothing uncommitted remains.
+    p.file("Dockerfile", "FROM busybox\nRUN echo after > /a\n");
+    p.build(&[]).ok().assert_ran("RUN echo after");
+    for ent in fs::read_dir(p.store.path().join("snapshots-v1")).unwrap() {
+        let dir = ent.unwrap().path();
+        assert!(
+            dir.join("committed").exists(),
+            "{} left uncommitted",
+            dir.display()
+        );
+    }
+}
