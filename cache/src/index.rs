@@ -56,6 +56,21 @@ pub(crate) fn open_db(path: &Path) -> Result<Connection> {
         .map_err(err("enable WAL"))?;
     conn.execute_batch("PRAGMA synchronous=NORMAL;")
         .map_err(err("pragma synchronous"))?;
+    // Leave the WAL in place when closing: a checkpoint on every exit costs two fsyncs, and
+    // the next writer would have to re-sync a fresh WAL header. SQLite's automatic checkpoint
+    // (every 1000 pages) keeps the WAL bounded.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(err("no checkpoint on close"))?;
+    // An existing store needs no schema transaction (a write on every open).
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err("read schema version"))?;
+    if version == 1 {
+        return Ok(conn);
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err("begin schema"))?;

@@ -273,7 +273,10 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     )?;
     let images = ImageStore::open(solver.store())?;
     for t in &tags {
-        images.tag(t, &image.manifest)?;
+        // A fully cached rebuild leaves the tag as it is: no index.json rewrite (and fsync).
+        if images.get(t)?.map(|d| d.digest) != Some(image.manifest.digest.clone()) {
+            images.tag(t, &image.manifest)?;
+        }
     }
     for o in &outputs {
         export(solver.store(), &image, &tags, o)?;
