@@ -56,6 +56,21 @@ pub(crate) fn open_db(path: &Path) -> Result<Connection> {
         .map_err(err("enable WAL"))?;
     conn.execute_batch("PRAGMA synchronous=NORMAL;")
         .map_err(err("pragma synchronous"))?;
+    // Leave the WAL in place when closing: a checkpoint on every exit costs two fsyncs, and
+    // the next writer would have to re-sync a fresh WAL header. SQLite's automatic checkpoint
+    // (every 1000 pages) keeps the WAL bounded.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(err("no checkpoint on close"))?;
+    // An existing store needs no schema transaction (a write on every open).
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err("read schema version"))?;
+    if version == 1 {
+        return Ok(conn);
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err("begin schema"))?;
@@ -183,6 +198,16 @@ impl Store {
             .map_err(|e| self.db_err("index_list", e))
     }
 
+    /// Number of cache index rows.
+    pub fn index_count(&self) -> Result<u64, CacheError> {
+        let conn = self.db();
+        conn.query_row("SELECT COUNT(*) FROM cache_index", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n.max(0) as u64)
+        .map_err(|e| self.db_err("index_count", e))
+    }
+
     /// Read `(ns, key)` from the metadata table.
     pub fn meta_get(&self, ns: &str, key: &str) -> Result<Option<String>, CacheError> {
         let conn = self.db();
@@ -242,7 +267,21 @@ impl Store {
         self.lock_impl(name, false)
     }
 
+    /// Take a shared advisory lock on `locks/<name>.lock` (many holders; excludes the
+    /// exclusive [`Store::lock`]), blocking until no exclusive holder remains. Builds hold the
+    /// shared `lease` lock while they run; garbage collection takes it exclusively.
+    pub fn lock_shared(&self, name: &str) -> Result<StoreLock, CacheError> {
+        self.lock_with(name, true, true)?
+            .ok_or_else(|| CacheError::InvalidLockName {
+                name: name.to_string(),
+            })
+    }
+
     fn lock_impl(&self, name: &str, block: bool) -> Result<Option<StoreLock>> {
+        self.lock_with(name, block, false)
+    }
+
+    fn lock_with(&self, name: &str, block: bool, shared: bool) -> Result<Option<StoreLock>> {
         if name.is_empty()
             || name.len() > 200
             || name.starts_with('.')
@@ -263,10 +302,11 @@ impl Store {
             .open(&path)
             .map_err(|e| CacheError::io("open lock file", &path, e))?;
         use rustix::fs::FlockOperation as Op;
-        let op = if block {
-            Op::LockExclusive
-        } else {
-            Op::NonBlockingLockExclusive
+        let op = match (block, shared) {
+            (true, false) => Op::LockExclusive,
+            (false, false) => Op::NonBlockingLockExclusive,
+            (true, true) => Op::LockShared,
+            (false, true) => Op::NonBlockingLockShared,
         };
         loop {
             match rustix::fs::flock(&file, op) {

@@ -16,6 +16,7 @@ mod error;
 mod index;
 mod snapshot;
 mod store;
+pub mod usage;
 mod util;
 
 pub use blob::{sha256_reader, BlobInfo, BlobWriter};

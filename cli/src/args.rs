@@ -44,6 +44,10 @@ pub enum Command {
     Build(BuildArgs),
     /// List tagged images in the local store
     Images(ImagesArgs),
+    /// Show the disk usage of the store (blobs, snapshots, index, cache mounts)
+    Du,
+    /// Remove build cache (unreferenced content; with flags, cache entries too)
+    Prune(PruneArgs),
     /// Developer tools
     Debug {
         #[command(subcommand)]
@@ -62,6 +66,19 @@ pub enum Command {
 pub enum DebugCommand {
     /// Print the build graph (with digests) the Dockerfile lowers to
     DumpGraph(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove all cache entries, cache mounts and the context stat cache (tagged images stay)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Remove least recently used cache until the store is at most this big (e.g. 10GB)
+    #[arg(long, value_name = "SIZE")]
+    pub keep_storage: Option<String>,
+    /// Filter: until=DURATION removes cache unused for longer than DURATION (e.g. 24h)
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -163,9 +180,12 @@ pub struct BuildArgs {
     /// Run the build checks (lint rules) and print their findings without building
     #[arg(long)]
     pub check: bool,
-    /// Maximum number of steps run at once (default: number of CPUs)
+    /// Maximum number of steps run at once (default: twice the CPUs, at least 4)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
+    /// Print, for every step, why it ran or which earlier build its cached result came from
+    #[arg(long)]
+    pub explain: bool,
     /// Runtime for RUN steps: builtin (namespace sandbox) or runc
     #[arg(
         long,
@@ -180,7 +200,16 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-const SUBCOMMANDS: &[&str] = &["build", "images", "debug", "version", "completion", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "build",
+    "images",
+    "du",
+    "prune",
+    "debug",
+    "version",
+    "completion",
+    "help",
+];
 
 /// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
 /// not a global option is not a subcommand.

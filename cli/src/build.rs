@@ -175,13 +175,15 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         executor,
         registry,
         locals,
-        max_parallelism: b.max_parallelism.unwrap_or(cpus).max(1),
+        // Steps mostly wait on processes and disk: at least 4 at once, even on small machines.
+        max_parallelism: b.max_parallelism.unwrap_or((2 * cpus).max(4)).max(1),
         pull: b.pull,
         source_date_epoch,
         hostname: "buildkitsandbox".to_string(),
         secrets: sandbox.secrets,
         ssh: sandbox.ssh,
         entitlements: sandbox.entitlements,
+        cache: crate::cachecmd::cache_options(b, context),
     }))
 }
 
@@ -318,6 +320,9 @@ fn build_image(
     outputs: &[OutputSpec],
 ) -> Result<rbuild_solver::ImageResult> {
     let solver = make_solver(root, b, &inputs.context)?;
+    // Held until the image is tagged and exported: GC never removes what this build uses.
+    let lease = rbuild_solver::gc::lease(solver.store())?;
+    crate::signals::install(solver.config().cache.cancel.clone());
     progress.note(&format!(
         "[internal] load build definition from {}",
         inputs.dockerfile_name
@@ -349,7 +354,10 @@ fn build_image(
     progress.step_done(step);
     progress.note(&format!("writing image {}", image.config_digest));
     for t in tags {
-        images.tag(t, &image.manifest)?;
+        // A fully cached rebuild leaves the tag as it is: no index.json rewrite (and fsync).
+        if images.get(t)?.map(|d| d.digest) != Some(image.manifest.digest.clone()) {
+            images.tag(t, &image.manifest)?;
+        }
         progress.note(&format!("naming to {t}"));
     }
     for o in outputs {
@@ -357,6 +365,8 @@ fn build_image(
         export(solver.store(), &image, tags, o)?;
         progress.step_done(step);
     }
+    drop(lease);
+    crate::cachecmd::after_build(solver.store(), b.quiet);
     Ok(image)
 }
 

@@ -7,6 +7,7 @@
 
 mod args;
 mod build;
+mod cachecmd;
 mod check;
 mod config;
 mod context;
@@ -16,6 +17,7 @@ mod metadata;
 mod progress;
 mod render;
 mod sandbox_opts;
+mod signals;
 mod unsupported;
 mod version;
 
@@ -54,6 +56,8 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         args::Command::Build(b) => build::run(&root, &b),
         args::Command::Images(i) => images::list(&root, &i),
+        args::Command::Du => cachecmd::du(&root),
+        args::Command::Prune(p) => cachecmd::prune(&root, &p),
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),

@@ -17,9 +17,6 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
     if b.platforms.len() > 1 {
         return not_yet("--platform", "building several platforms at once");
     }
-    if !b.no_cache_filter.is_empty() {
-        return not_yet("--no-cache-filter", "skipping the cache for chosen stages");
-    }
     if b.push {
         return not_yet("--push", "pushing to a registry");
     }

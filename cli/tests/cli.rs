@@ -550,7 +550,6 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
             &["--platform", "linux/amd64,linux/arm64"],
             "--platform: building several platforms",
         ),
-        (&["--no-cache-filter", "build"], "--no-cache-filter:"),
         (
             &["--push"],
             "--push: pushing to a registry is not supported yet",

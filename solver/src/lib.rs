@@ -10,8 +10,10 @@
 
 pub mod cachekey;
 pub mod exec;
+pub mod explain;
 pub mod fallback;
 pub mod fileop;
+pub mod gc;
 pub mod image;
 pub mod remote;
 pub mod runmount;
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use explain::CacheOptions;
 pub use image::{finalize_image, ImageResult};
 pub use runmount::{Entitlements, SecretSource};
 pub use sched::SolveOutput;
@@ -156,6 +159,11 @@ pub enum Event {
         vertex: usize,
         message: String,
     },
+    /// Why a step ran or which earlier build its cached result came from (`--explain`).
+    Explain {
+        vertex: usize,
+        reason: String,
+    },
 }
 
 /// Receiver of progress events (the CLI renders them).
@@ -200,6 +208,8 @@ pub struct SolverConfig {
     pub ssh: BTreeMap<String, PathBuf>,
     /// Entitlements granted (`--allow`).
     pub entitlements: Entitlements,
+    /// Explanations, `--no-cache-filter`, build id, cancellation ([`explain`]).
+    pub cache: CacheOptions,
 }
 
 /// The solver: owns the config and an in-process memory of resolved images.

@@ -3,9 +3,16 @@
 //! Worker threads (at most `max_parallelism`) take ready nodes from a shared queue; a node
 //! becomes ready when all its inputs are solved. For each node the worker computes the cache
 //! key (see [`crate::cachekey`]), returns the indexed result on a hit, and otherwise runs the
-//! op and records the result. The first failure stops new work; running steps finish.
+//! op and records the result. The first failure (or [`crate::CacheOptions::cancel`]) stops new
+//! work; running steps finish.
+//!
+//! Deduplication: a miss takes the store lock `key-<hex>` (a flock, so it excludes other
+//! threads and other rbuild processes on the same store), then looks the key up again; a step
+//! that another worker or process was building is thus waited for and reused, not built twice.
+//! Explanations and step records: see [`crate::explain`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -14,6 +21,7 @@ use rbuild_graph::{Definition, FileAction, MountKind, Node, NodeId, Op, SourceOp
 use serde::{Deserialize, Serialize};
 
 use crate::cachekey::{image_key, node_key, InputPart};
+use crate::explain::{self, InputRecord, StepRecord};
 use crate::{Chain, Event, LocalDir, Progress, SolveError, Solver, Value};
 
 /// The result of solving a root node.
@@ -27,13 +35,32 @@ pub struct SolveOutput {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Record {
-    chain: Chain,
+pub(crate) struct Record {
+    pub(crate) chain: Chain,
+    /// Build that produced the result, and when (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time: Option<i64>,
+}
+
+/// Per-file entry digests of one local input (path, digest).
+type FileDigests = Vec<(String, String)>;
+
+/// A solved node: key, value, and the label dependents' explanations use.
+type Solved = (String, Value, String);
+
+/// What one node's solve produced.
+struct NodeOut {
+    key: String,
+    value: Value,
+    cached: bool,
+    label: String,
 }
 
 struct State {
     ready: VecDeque<usize>,
-    results: Vec<Option<(String, Value)>>,
+    results: Vec<Option<Solved>>,
     waiting: Vec<usize>,
     running: usize,
     failed: Option<SolveError>,
@@ -84,10 +111,11 @@ impl Solver {
         });
         let cv = Condvar::new();
         let total = order.len();
+        let step_ids = explain::step_ids(def, &self.cfg.cache.scope);
         let workers = self.cfg.max_parallelism.max(1).min(total.max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
-                s.spawn(|| self.worker(def, &state, &cv, &dependents, total, progress));
+                s.spawn(|| self.worker(def, &step_ids, &state, &cv, &dependents, total, progress));
             }
         });
         let mut st = state.into_inner().map_err(|_| SolveError::Cancelled)?;
@@ -95,13 +123,13 @@ impl Solver {
             return Err(e);
         }
         match st.results.get_mut(root.0).and_then(Option::take) {
-            Some((key, Value::Chain(chain))) => Ok(SolveOutput {
+            Some((key, Value::Chain(chain), _)) => Ok(SolveOutput {
                 chain,
                 key,
                 executed: st.executed,
                 cached: st.cached,
             }),
-            Some((key, Value::Local(_))) => Err(SolveError::BadRecord {
+            Some((key, Value::Local(_), _)) => Err(SolveError::BadRecord {
                 key,
                 message: "the build result is a local directory, not a filesystem".into(),
             }),
@@ -109,9 +137,11 @@ impl Solver {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn worker(
         &self,
         def: &Definition,
+        step_ids: &[Option<String>],
         state: &Mutex<State>,
         cv: &Condvar,
         dependents: &[Vec<usize>],
@@ -122,13 +152,16 @@ impl Solver {
             let (id, inputs) = {
                 let Ok(mut st) = state.lock() else { return };
                 loop {
+                    if self.cfg.cache.cancel.load(Ordering::SeqCst) && st.failed.is_none() {
+                        st.failed = Some(SolveError::Cancelled);
+                    }
                     if st.failed.is_some() || st.done == total {
                         cv.notify_all();
                         return;
                     }
                     if let Some(id) = st.ready.pop_front() {
                         st.running += 1;
-                        let inputs: Option<Vec<(String, Value)>> = def.nodes[id]
+                        let inputs: Option<Vec<Solved>> = def.nodes[id]
                             .inputs
                             .iter()
                             .map(|i| st.results[i.0].clone())
@@ -148,19 +181,22 @@ impl Solver {
                 }
             };
             let result = match inputs {
-                Some(inputs) => self.solve_node(id, &def.nodes[id], inputs, progress),
+                Some(inputs) => {
+                    let step = step_ids.get(id).and_then(|s| s.as_deref());
+                    self.solve_node(id, step, &def.nodes[id], inputs, progress)
+                }
                 None => Err(SolveError::Cancelled),
             };
             let Ok(mut st) = state.lock() else { return };
             st.running -= 1;
             match result {
-                Ok((key, value, was_cached)) => {
-                    if was_cached {
+                Ok(out) => {
+                    if out.cached {
                         st.cached += 1;
                     } else {
                         st.executed += 1;
                     }
-                    st.results[id] = Some((key, value));
+                    st.results[id] = Some((out.key, out.value, out.label));
                     st.done += 1;
                     for &d in &dependents[id] {
                         st.waiting[d] -= 1;
@@ -183,18 +219,32 @@ impl Solver {
         }
     }
 
-    /// Solve one node whose inputs are solved. Returns (key, value, was_cached).
+    /// Solve one node whose inputs are solved.
     fn solve_node(
         &self,
         id: usize,
+        step: Option<&str>,
         node: &Node,
-        inputs: Vec<(String, Value)>,
+        inputs: Vec<Solved>,
         progress: &dyn Progress,
-    ) -> Result<(String, Value, bool), SolveError> {
+    ) -> Result<NodeOut, SolveError> {
         let name = node.meta.description.clone();
-        let (keys, values): (Vec<String>, Vec<Value>) = inputs.into_iter().unzip();
+        let mut keys = Vec::with_capacity(inputs.len());
+        let mut values = Vec::with_capacity(inputs.len());
+        let mut labels = Vec::with_capacity(inputs.len());
+        for (k, v, l) in inputs {
+            keys.push(k);
+            values.push(v);
+            labels.push(l);
+        }
+        let out = |key: String, value: Value, cached: bool| NodeOut {
+            key,
+            value,
+            cached,
+            label: name.clone(),
+        };
         match &node.op {
-            Op::Source(SourceOp::Scratch) => Ok((
+            Op::Source(SourceOp::Scratch) => Ok(out(
                 rbuild_graph::sha256_digest(b"rbuild-key-v1\nscratch"),
                 Value::Chain(Vec::new()),
                 true,
@@ -208,7 +258,7 @@ impl Solver {
                     message: format!("no local directory named {local:?} was given to the build"),
                     lines: node.meta.lines,
                 })?;
-                Ok((
+                Ok(out(
                     rbuild_graph::sha256_digest(format!("rbuild-key-v1\nlocal {local}").as_bytes()),
                     Value::Local(LocalDir {
                         path: path.clone(),
@@ -226,50 +276,65 @@ impl Solver {
                     .resolved_for(reference, digest.as_deref(), platform)
                     .map_err(|e| self.step_error(node, e))?;
                 let key = image_key(&resolved.manifest_digest, platform);
-                if let Some(chain) = self.lookup(&key)? {
-                    progress.event(Event::Cached { vertex: id, name });
-                    return Ok((key, Value::Chain(chain), true));
-                }
-                let t = Instant::now();
-                progress.event(Event::Started { vertex: id, name });
-                let chain = self.pull_layers(&resolved)?;
-                self.record(&key, &chain)?;
-                progress.event(Event::Done {
-                    vertex: id,
-                    seconds: t.elapsed().as_secs_f64(),
-                });
-                Ok((key, Value::Chain(chain), false))
+                let at = format!("{}@{}", resolved.reference, resolved.manifest_digest);
+                let make_rec = || StepRecord {
+                    key: key.clone(),
+                    op: at.clone(),
+                    inputs: Vec::new(),
+                    build: self.cfg.cache.build_id.clone(),
+                    time: now_secs(),
+                };
+                let (chain, cached) = self.keyed(
+                    id,
+                    step,
+                    node,
+                    &key,
+                    false,
+                    &make_rec,
+                    progress,
+                    &mut || self.pull_layers(&resolved),
+                )?;
+                Ok(NodeOut {
+                    key,
+                    value: Value::Chain(chain),
+                    cached,
+                    label: format!("base image {at}"),
+                })
             }
             Op::Source(SourceOp::Http {
                 url,
                 checksum,
                 filename,
-            }) => self.solve_http(
-                id,
-                node,
-                &crate::remote::HttpSource {
-                    url,
-                    checksum: checksum.as_deref(),
-                    filename: filename.as_deref(),
-                },
-                progress,
-            ),
+            }) => self
+                .solve_http(
+                    id,
+                    node,
+                    &crate::remote::HttpSource {
+                        url,
+                        checksum: checksum.as_deref(),
+                        filename: filename.as_deref(),
+                    },
+                    progress,
+                )
+                .map(|(key, value, cached)| out(key, value, cached)),
             Op::Source(SourceOp::Git {
                 remote,
                 reference,
                 keep_git_dir,
                 checksum,
-            }) => self.solve_git(
-                id,
-                node,
-                &crate::remote::GitSource {
-                    remote,
-                    reference: reference.as_deref(),
-                    keep_git_dir: *keep_git_dir,
-                    checksum: checksum.as_deref(),
-                },
-                progress,
-            ),
+            }) => self
+                .solve_git(
+                    id,
+                    node,
+                    &crate::remote::GitSource {
+                        remote,
+                        reference: reference.as_deref(),
+                        keep_git_dir: *keep_git_dir,
+                        checksum: checksum.as_deref(),
+                    },
+                    progress,
+                )
+                .map(|(key, value, cached)| out(key, value, cached)),
             Op::Merge => {
                 let parts: Vec<InputPart> = keys.iter().cloned().map(InputPart::Key).collect();
                 let key = node_key(&node.op, &parts)?;
@@ -279,7 +344,7 @@ impl Solver {
                         chain.extend(c.iter().cloned());
                     }
                 }
-                Ok((key, Value::Chain(chain), true))
+                Ok(out(key, Value::Chain(chain), true))
             }
             Op::Exec(_) | Op::File(_) => {
                 if let Op::Exec(e) = &node.op {
@@ -290,34 +355,136 @@ impl Solver {
                             lines: node.meta.lines,
                         })?;
                 }
-                let parts = self
+                let (parts, files) = self
                     .input_parts(node, &keys, &values)
                     .map_err(|e| self.step_error(node, e))?;
                 let key = node_key(&node.op, &parts)?;
-                if !node.meta.ignore_cache {
-                    if let Some(chain) = self.lookup(&key)? {
-                        progress.event(Event::Cached { vertex: id, name });
-                        return Ok((key, Value::Chain(chain), true));
-                    }
-                }
-                let t = Instant::now();
-                progress.event(Event::Started {
-                    vertex: id,
-                    name: name.clone(),
-                });
-                let chain = match &node.op {
-                    Op::Exec(op) => self.run_exec(id, node, op, &values, progress)?,
-                    Op::File(op) => self.run_file(node, op, &values)?,
-                    _ => Vec::new(),
+                let ignore = node.meta.ignore_cache
+                    || node
+                        .meta
+                        .stage
+                        .as_ref()
+                        .is_some_and(|s| self.cfg.cache.no_cache_stages.iter().any(|f| f == s));
+                let make_rec = || StepRecord {
+                    key: key.clone(),
+                    op: String::from_utf8_lossy(
+                        &rbuild_graph::canonical_json(&node.op, "op").unwrap_or_default(),
+                    )
+                    .into_owned(),
+                    inputs: parts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| match p {
+                            InputPart::Key(k) => InputRecord::Key {
+                                key: k.clone(),
+                                label: labels.get(i).cloned().unwrap_or_default(),
+                            },
+                            InputPart::Content(sels) => InputRecord::Content {
+                                selectors: sels.clone(),
+                                files: files.get(i).cloned().unwrap_or_default(),
+                            },
+                        })
+                        .collect(),
+                    build: self.cfg.cache.build_id.clone(),
+                    time: now_secs(),
                 };
-                self.record(&key, &chain)?;
-                progress.event(Event::Done {
-                    vertex: id,
-                    seconds: t.elapsed().as_secs_f64(),
-                });
-                Ok((key, Value::Chain(chain), false))
+                let (chain, cached) = self.keyed(
+                    id,
+                    step,
+                    node,
+                    &key,
+                    ignore,
+                    &make_rec,
+                    progress,
+                    &mut || match &node.op {
+                        Op::Exec(op) => self.run_exec(id, node, op, &values, progress),
+                        Op::File(op) => self.run_file(node, op, &values),
+                        _ => Ok(Vec::new()),
+                    },
+                )?;
+                Ok(out(key, Value::Chain(chain), cached))
             }
         }
+    }
+
+    /// The cache protocol of a keyed step: look up; on a miss take the key's lock, look up
+    /// again (another worker or process may have built it meanwhile), run, record. Emits the
+    /// progress and explanation events and keeps the step record for later explanations.
+    #[allow(clippy::too_many_arguments)]
+    fn keyed(
+        &self,
+        id: usize,
+        step: Option<&str>,
+        node: &Node,
+        key: &str,
+        ignore: bool,
+        make_rec: &dyn Fn() -> StepRecord,
+        progress: &dyn Progress,
+        run: &mut dyn FnMut() -> Result<Chain, SolveError>,
+    ) -> Result<(Chain, bool), SolveError> {
+        let name = node.meta.description.clone();
+        let store = &self.cfg.store;
+        let explain = self.cfg.cache.explain;
+        let hit = |rec: Record| -> Result<(Chain, bool), SolveError> {
+            progress.event(Event::Cached {
+                vertex: id,
+                name: name.clone(),
+            });
+            if explain {
+                progress.event(Event::Explain {
+                    vertex: id,
+                    reason: explain::explain_hit(rec.build.as_deref(), rec.time),
+                });
+            }
+            if let Some(step) = step {
+                if explain::previous_key(store, step)?.as_deref() != Some(key) {
+                    explain::remember(store, step, &make_rec())?;
+                }
+            }
+            Ok((rec.chain, true))
+        };
+        if !ignore {
+            if let Some(rec) = self.lookup(key)? {
+                return hit(rec);
+            }
+        }
+        let _lock = store.lock(&lock_name(key))?;
+        if !ignore {
+            if let Some(rec) = self.lookup(key)? {
+                return hit(rec);
+            }
+        }
+        if self.cfg.cache.cancel.load(Ordering::SeqCst) {
+            return Err(SolveError::Cancelled);
+        }
+        let rec = make_rec();
+        let t = Instant::now();
+        progress.event(Event::Started {
+            vertex: id,
+            name: name.clone(),
+        });
+        if explain {
+            let reason = if ignore {
+                "cache disabled for this step (--no-cache or --no-cache-filter)".to_string()
+            } else {
+                let prev = match step {
+                    Some(s) => explain::previous_record(store, s)?,
+                    None => None,
+                };
+                explain::explain_miss(prev.as_ref(), &rec)
+            };
+            progress.event(Event::Explain { vertex: id, reason });
+        }
+        let chain = run()?;
+        self.record(key, &chain)?;
+        if let Some(step) = step {
+            explain::remember(store, step, &rec)?;
+        }
+        progress.event(Event::Done {
+            vertex: id,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        Ok((chain, false))
     }
 
     fn step_error(&self, node: &Node, e: SolveError) -> SolveError {
@@ -338,8 +505,9 @@ impl Solver {
         node: &Node,
         keys: &[String],
         values: &[Value],
-    ) -> Result<Vec<InputPart>, SolveError> {
+    ) -> Result<(Vec<InputPart>, Vec<FileDigests>), SolveError> {
         let mut parts = Vec::with_capacity(values.len());
+        let mut all_files = vec![Vec::new(); values.len()];
         for (i, v) in values.iter().enumerate() {
             match v {
                 Value::Chain(_) => parts.push(InputPart::Key(keys[i].clone())),
@@ -380,7 +548,10 @@ impl Solver {
                     let mut sums = Vec::with_capacity(sels.len());
                     for sel in &sels {
                         let sum = match checksum(&self.cfg.store, &dir.path, sel, &exclude) {
-                            Ok(s) => s.digest,
+                            Ok(s) => {
+                                all_files[i].extend(s.files);
+                                s.digest
+                            }
                             Err(rbuild_cache::CacheError::NotFound { .. })
                                 if sel.allow_wildcard && has_glob(&sel.path) =>
                             {
@@ -404,10 +575,10 @@ impl Solver {
                 }
             }
         }
-        Ok(parts)
+        Ok((parts, all_files))
     }
 
-    fn lookup(&self, key: &str) -> Result<Option<Chain>, SolveError> {
+    fn lookup(&self, key: &str) -> Result<Option<Record>, SolveError> {
         let Some(entry) = self.cfg.store.index_get(key)? else {
             return Ok(None);
         };
@@ -422,7 +593,7 @@ impl Solver {
             .all(|l| store.snapshot_exists(&l.snapshot) && store.has_blob(&l.blob))
         {
             let _ = store.index_touch(key);
-            Ok(Some(rec.chain))
+            Ok(Some(rec))
         } else {
             Ok(None)
         }
@@ -431,6 +602,8 @@ impl Solver {
     fn record(&self, key: &str, chain: &Chain) -> Result<(), SolveError> {
         let json = serde_json::to_string(&Record {
             chain: chain.clone(),
+            build: Some(self.cfg.cache.build_id.clone()),
+            time: Some(now_secs()),
         })
         .map_err(|e| SolveError::BadRecord {
             key: key.to_string(),
@@ -439,6 +612,25 @@ impl Solver {
         self.cfg.store.index_put(key, &json)?;
         Ok(())
     }
+}
+
+/// The store lock that serialises building one key: `key-<hex>`.
+fn lock_name(key: &str) -> String {
+    let hex: String = key
+        .rsplit(':')
+        .next()
+        .unwrap_or(key)
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("key-{hex}")
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn has_glob(s: &str) -> bool {

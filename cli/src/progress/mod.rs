@@ -134,6 +134,11 @@ pub enum Change<'a> {
         message: &'a str,
     },
     Warning(&'a str),
+    /// Why a step ran, or which earlier build its cached result came from (`--explain`).
+    Explain {
+        v: usize,
+        reason: &'a str,
+    },
     /// A solver event this version does not know, in Rust debug notation.
     Other(&'a str),
 }
@@ -530,6 +535,10 @@ impl Progress for Reporter {
                     let m = short_message(&tracker.vertices[v].name, &message).to_string();
                     tracker.vertices[v].status = Status::Error(m.clone());
                     render.change(tracker, &Change::Error { v, message: &m }, out);
+                }
+                Event::Explain { vertex, reason } => {
+                    let v = tracker.vertex(Key::Graph(vertex), None);
+                    render.change(tracker, &Change::Explain { v, reason: &reason }, out);
                 }
                 // Variants added to the solver later (e.g. cache-miss explanations) are not
                 // lost: rawjson passes them on as `other`; the human displays skip them.

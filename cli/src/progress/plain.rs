@@ -89,6 +89,10 @@ impl Render for Plain {
             Change::Warning(text) => {
                 let _ = writeln!(out, "WARNING: {text}");
             }
+            Change::Explain { v, reason } => {
+                self.header(t, *v, out);
+                let _ = writeln!(out, "#{} EXPLAIN: {reason}", t.vertices[*v].n);
+            }
             Change::Other(_) => {}
         }
     }

@@ -73,6 +73,10 @@ impl Render for RawJson {
                 );
             }
             Change::Warning(text) => emit(out, json!({"type": "warning", "message": text})),
+            Change::Explain { v, reason } => emit(
+                out,
+                json!({"type": "explain", "vertex": t.vertices[*v].n, "reason": reason}),
+            ),
             Change::Other(text) => emit(out, json!({"type": "other", "debug": text})),
         }
     }

@@ -36,6 +36,8 @@ pub struct Tty {
     drawn: usize,
     dirty: bool,
     warnings: Vec<String>,
+    /// `--explain` reasons, printed after the summary.
+    explains: Vec<String>,
     color: bool,
 }
 
@@ -46,6 +48,7 @@ impl Tty {
             drawn: 0,
             dirty: true,
             warnings: Vec::new(),
+            explains: Vec::new(),
             color: std::env::var_os("NO_COLOR").is_none(),
         }
     }
@@ -159,6 +162,11 @@ impl Render for Tty {
             }
             Change::Line { .. } | Change::Chunk { .. } => self.dirty = true,
             Change::Warning(w) => self.warnings.push(w.to_string()),
+            Change::Explain { v, reason } => {
+                let vx = &t.vertices[*v];
+                self.explains
+                    .push(format!("#{} {}: {reason}", vx.n, vx.name));
+            }
             Change::Other(_) => {}
         }
     }
@@ -193,6 +201,9 @@ impl Render for Tty {
         for w in &self.warnings {
             s.push_str(&paint(self.color, "33", format!("WARNING: {w}")));
             s.push('\n');
+        }
+        for e in &self.explains {
+            s.push_str(&format!("EXPLAIN {e}\n"));
         }
         // The full output of failed steps: the frame only showed its last lines.
         for v in t.vertices.iter() {

@@ -1,0 +1,21 @@
+//! Ctrl-C and SIGTERM during a build: stop at once and leave the store consistent.
+//!
+//! The handler marks the build cancelled (no new step starts) and exits with status 130.
+//! Running steps stop with the process: every sandbox helper is started with
+//! `PR_SET_PDEATHSIG` and is the init of its PID namespace, so the helpers and everything
+//! they run die with rbuild. The store needs no cleanup pass here: blobs and snapshots are
+//! committed by rename, SQLite rolls back an unfinished transaction, locks are released by
+//! the kernel, and the next `Store::open` removes the dead process's `tmp/` entries and
+//! uncommitted snapshots.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Install the handler for this build (once per process; later calls are ignored).
+pub fn install(cancel: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        cancel.store(true, Ordering::SeqCst);
+        eprintln!("\nbuild cancelled: stopping running steps");
+        std::process::exit(130);
+    });
+}
