@@ -4,16 +4,22 @@
 //!
 //! The content store lives in `rbuild-cache`; this crate only reads and writes blobs through it.
 
+pub mod auth;
+pub mod compress;
+pub mod convert;
 pub mod digest;
 pub mod error;
 pub mod export;
 pub mod image_store;
 pub mod layer;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod types;
 
+pub use compress::Compression;
+pub use convert::{convert_image, ConvertOpts};
 pub use error::OciError;
 pub use export::{export_docker_archive, export_oci_archive};
 pub use image_store::ImageStore;
