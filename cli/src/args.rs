@@ -26,6 +26,8 @@ pub enum Command {
     Build(BuildArgs),
     /// List tagged images in the local store
     Images(ImagesArgs),
+    #[command(flatten)]
+    Store(crate::store_cmds::StoreCommand),
     /// Developer tools
     Debug {
         #[command(subcommand)]
@@ -89,12 +91,27 @@ pub struct BuildArgs {
     /// Maximum number of steps run at once (default: number of CPUs)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
+    /// Push the image to its registry after the build (= --output type=registry)
+    #[arg(long)]
+    pub push: bool,
+    /// Load the image into the local docker daemon (`docker load`)
+    #[arg(long)]
+    pub load: bool,
+    /// Add a manifest annotation KEY=VALUE (or manifest:KEY=VALUE); repeatable
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Pin every timestamp (SOURCE_DATE_EPOCH=0 unless set) for bit-identical images
+    #[arg(long)]
+    pub reproducible: bool,
     /// Build context directory
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
 }
 
-const SUBCOMMANDS: &[&str] = &["build", "images", "debug", "version", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "build", "images", "debug", "version", "help", "tag", "rmi", "pull", "push", "inspect",
+    "history", "save", "load", "login", "logout",
+];
 
 /// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
 /// not a global option is not a subcommand.

@@ -156,7 +156,8 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
             v.parse::<i64>()
                 .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
         })
-        .transpose()?;
+        .transpose()?
+        .or(if b.reproducible { Some(0) } else { None });
     Ok(Solver::new(SolverConfig {
         store,
         executor,
@@ -232,6 +233,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
         .collect::<Result<Vec<_>>>()?;
+    let annotations = crate::outputs::annotations(&b.annotations)?;
     let inputs = load_inputs(b)?;
     let quiet = b.quiet || b.progress == "quiet";
     if !matches!(b.progress.as_str(), "auto" | "plain" | "tty" | "quiet") {
@@ -264,14 +266,31 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         &out.chain,
         &plan.image,
         solver.config().source_date_epoch,
-        &BTreeMap::new(),
+        &annotations,
     )?;
     let images = ImageStore::open(solver.store())?;
     for t in &tags {
         images.tag(t, &image.manifest)?;
     }
     for o in &outputs {
-        export(solver.store(), &image, &tags, o)?;
+        crate::outputs::export(
+            solver.store(),
+            &image.manifest,
+            &tags,
+            o,
+            &annotations,
+            quiet,
+        )?;
+    }
+    if b.push && !outputs.iter().any(|o| o.push) {
+        let opts = rbuild_oci::ConvertOpts {
+            annotations: annotations.clone(),
+            ..Default::default()
+        };
+        crate::outputs::push(solver.store(), &image.manifest, &tags, &opts, quiet)?;
+    }
+    if b.load {
+        crate::outputs::load_into_docker(solver.store(), &image.manifest, &tags)?;
     }
     if let Some(p) = &b.iidfile {
         fs::write(p, &image.config_digest).with_context(|| format!("writing {}", p.display()))?;
@@ -302,73 +321,11 @@ pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One `--output` spec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputSpec {
-    pub kind: String,
-    pub dest: String,
-}
+pub use crate::outputs::OutputSpec;
 
-/// Parse `type=oci,dest=FILE` (buildx syntax). Unsupported types are rejected clearly.
+/// Parse a buildx `--output` spec (see `crate::outputs`).
 pub fn parse_output(spec: &str) -> Result<OutputSpec> {
-    let mut kind = None;
-    let mut dest = None;
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=app.tar")
-        })?;
-        match k {
-            "type" => kind = Some(v.to_string()),
-            "dest" => dest = Some(v.to_string()),
-            other => bail!("--output {spec:?}: unknown key {other:?} (supported: type, dest)"),
-        }
-    }
-    let kind = kind.ok_or_else(|| anyhow!("--output {spec:?}: missing type="))?;
-    match kind.as_str() {
-        "oci" | "docker" => {}
-        other => bail!("--output type={other}: not supported yet (supported: oci, docker)"),
-    }
-    let dest = dest.ok_or_else(|| anyhow!("--output {spec:?}: missing dest="))?;
-    Ok(OutputSpec { kind, dest })
-}
-
-fn export(
-    store: &rbuild_cache::Store,
-    image: &rbuild_solver::ImageResult,
-    tags: &[Reference],
-    o: &OutputSpec,
-) -> Result<()> {
-    let write = |w: &mut dyn Write| -> Result<()> {
-        match o.kind.as_str() {
-            "oci" => rbuild_oci::export_oci_archive(store, &image.manifest, tags, w)?,
-            _ => rbuild_oci::export_docker_archive(store, &image.manifest, tags, w)?,
-        }
-        Ok(())
-    };
-    if o.dest == "-" {
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        write(&mut lock)?;
-        lock.flush()?;
-        return Ok(());
-    }
-    // Write next to the destination and rename, so a failed export leaves no partial file.
-    let dest = PathBuf::from(&o.dest);
-    let tmp = dest.with_file_name(format!(
-        ".{}.rbuild-tmp",
-        dest.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default()
-    ));
-    let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(f);
-    let r = write(&mut w).and_then(|_| w.flush().map_err(Into::into));
-    if let Err(e) = r {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.context(format!("exporting to {}", o.dest)));
-    }
-    fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
-    Ok(())
+    crate::outputs::parse(spec)
 }
 
 #[cfg(test)]
@@ -377,17 +334,10 @@ mod tests {
 
     #[test]
     fn output_specs() {
-        assert_eq!(
-            parse_output("type=oci,dest=a.tar").unwrap(),
-            OutputSpec {
-                kind: "oci".into(),
-                dest: "a.tar".into()
-            }
-        );
-        assert!(parse_output("type=local,dest=d").is_err());
+        let o = parse_output("type=oci,dest=a.tar").unwrap();
+        assert_eq!((o.kind.as_str(), o.dest.as_str()), ("oci", "a.tar"));
         assert!(parse_output("type=oci").is_err());
         assert!(parse_output("dest=x").is_err());
-        assert!(parse_output("oops").is_err());
     }
 
     #[test]

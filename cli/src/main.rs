@@ -9,8 +9,10 @@ mod args;
 mod build;
 mod config;
 mod images;
+mod outputs;
 mod progress;
 mod render;
+mod store_cmds;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         args::Command::Build(b) => build::run(&root, &b),
         args::Command::Images(i) => images::list(&root, &i),
+        args::Command::Store(c) => store_cmds::run(&root, c),
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),
