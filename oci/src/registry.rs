@@ -87,6 +87,7 @@ pub struct RegistryClient {
     pub(crate) cfg: RegistryConfig,
     tokens: Mutex<HashMap<(String, String), String>>,
     creds: Mutex<HashMap<String, Option<Credential>>>,
+    schemes: Mutex<HashMap<String, &'static str>>,
 }
 
 const RETRIES: u32 = 3;
@@ -212,6 +213,7 @@ impl RegistryClient {
             cfg,
             tokens: Mutex::new(HashMap::new()),
             creds: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -427,12 +429,33 @@ impl RegistryClient {
         result.map_err(|e| unreachable(reason_of(&e)))
     }
 
+    /// Whether plain HTTP is allowed for `host` (local, or marked insecure).
+    pub(crate) fn allows_http(&self, host: &str) -> bool {
+        is_local_host(host) || self.cfg.insecure.iter().any(|h| h == host)
+    }
+
+    /// `https`, except for hosts that allow plain HTTP: like docker, those get HTTPS when
+    /// they speak it (a TLS handshake with the host's trust roots succeeds) and HTTP
+    /// otherwise. The answer is remembered per client.
     fn scheme_for(&self, host: &str) -> &'static str {
-        if is_local_host(host) || self.cfg.insecure.iter().any(|h| h == host) {
-            "http"
-        } else {
-            "https"
+        if !self.allows_http(host) {
+            return "https";
         }
+        if let Some(s) = self.schemes.lock().ok().and_then(|m| m.get(host).copied()) {
+            return s;
+        }
+        let probe = self
+            .agent_for(host)
+            .get(&format!("https://{host}/v2/"))
+            .config()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .call();
+        let scheme = if probe.is_ok() { "https" } else { "http" };
+        if let Ok(mut m) = self.schemes.lock() {
+            m.insert(host.to_string(), scheme);
+        }
+        scheme
     }
 
     fn endpoint(&self, spec: &str) -> Endpoint {
@@ -952,7 +975,8 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(c.endpoint("10.0.0.1:5000").base, "http://10.0.0.1:5000");
+        assert!(c.allows_http("10.0.0.1:5000"));
+        assert!(!c.allows_http("10.0.0.2:5000"));
         assert_eq!(c.endpoint("ghcr.io").base, "https://ghcr.io");
         assert_eq!(
             c.endpoint("https://127.0.0.1:5055/").base,
