@@ -32,7 +32,7 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 // apply
 // ---------------------------------------------------------------------------------------------
 
-/// Extract a layer blob (gzip or uncompressed tar; zstd is detected and refused with a clear
+/// Extract a layer blob (gzip, zstd or uncompressed tar; bzip2/xz are refused with a clear
 /// error) into `dest` in overlayfs upper format. See the module docs for the safety rules.
 pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
     extract(blob, dest, true)
@@ -150,7 +150,10 @@ fn extract_mode(
     let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(buffered))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(OciError::UnsupportedCompression("zstd".into()));
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(OciError::io("read zstd layer for", dest))?,
+        )
     } else if magic.starts_with(b"BZh") {
         return Err(OciError::UnsupportedCompression("bzip2".into()));
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
