@@ -41,6 +41,18 @@ pub enum Command {
 pub enum DebugCommand {
     /// Print the build graph (with digests) the Dockerfile lowers to
     DumpGraph(BuildArgs),
+    /// Compress stdin to stdout with rbuild's layer compressor (for benchmarks)
+    Compress {
+        /// gzip, zstd or uncompressed
+        #[arg(long, default_value = "gzip")]
+        algorithm: String,
+        /// Worker threads (default: all cores)
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Compression level
+        #[arg(long)]
+        level: Option<i32>,
+    },
 }
 
 #[derive(Debug, Args)]

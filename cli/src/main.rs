@@ -42,6 +42,14 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),
+        args::Command::Debug {
+            command:
+                args::DebugCommand::Compress {
+                    algorithm,
+                    threads,
+                    level,
+                },
+        } => store_cmds::debug_compress(&algorithm, threads, level),
         args::Command::Version => {
             println!("rbuild {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -364,3 +364,16 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `rbuild debug compress`: stdin → stdout through the layer compressor.
+pub fn debug_compress(algorithm: &str, threads: Option<usize>, level: Option<i32>) -> Result<ExitCode> {
+    let c = Compression::parse(algorithm)?;
+    let threads = threads.unwrap_or_else(rbuild_oci::compress::cpus);
+    let stdin = std::io::stdin();
+    let mut input = std::io::BufReader::with_capacity(1 << 20, stdin.lock());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    rbuild_oci::compress::compress(c, level, threads, &mut input, &mut out)?;
+    std::io::Write::flush(&mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
