@@ -38,6 +38,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)]
 pub enum DebugCommand {
     /// Print the build graph (with digests) the Dockerfile lowers to
     DumpGraph(BuildArgs),

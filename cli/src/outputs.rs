@@ -377,7 +377,9 @@ mod tests {
         assert_eq!((o.kind.as_str(), o.dest.as_str()), ("oci", "a.tar"));
         assert_eq!(o.compression, Compression::Gzip);
         assert!(o.oci_media_types);
-        let o = parse("type=docker,dest=-,compression=zstd,compression-level=9,force-compression=true").unwrap();
+        let o =
+            parse("type=docker,dest=-,compression=zstd,compression-level=9,force-compression=true")
+                .unwrap();
         assert!(!o.oci_media_types && o.force);
         assert_eq!((o.compression, o.level), (Compression::Zstd, Some(9)));
         let o = parse(r#"type=image,"name=a:1,b:2",push=true"#).unwrap();

@@ -253,7 +253,10 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                     h["comment"].as_str().unwrap_or("").to_string(),
                 ));
             }
-            println!("{:<22} {:<62} {:>10}  COMMENT", "CREATED", "CREATED BY", "SIZE");
+            println!(
+                "{:<22} {:<62} {:>10}  COMMENT",
+                "CREATED", "CREATED BY", "SIZE"
+            );
             for (created, by, size, comment) in rows {
                 println!("{created:<22} {by:<62} {size:>10}  {comment}");
             }
@@ -270,7 +273,10 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 let (r, d) = lookup(&images, n)?;
                 if let Some(prev) = &desc {
                     if prev.digest != d.digest {
-                        bail!("save: all names must refer to the same image ({} differs)", r.familiar());
+                        bail!(
+                            "save: all names must refer to the same image ({} differs)",
+                            r.familiar()
+                        );
                     }
                 }
                 desc = Some(d);
@@ -366,7 +372,11 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
 }
 
 /// `rbuild debug compress`: stdin → stdout through the layer compressor.
-pub fn debug_compress(algorithm: &str, threads: Option<usize>, level: Option<i32>) -> Result<ExitCode> {
+pub fn debug_compress(
+    algorithm: &str,
+    threads: Option<usize>,
+    level: Option<i32>,
+) -> Result<ExitCode> {
     let c = Compression::parse(algorithm)?;
     let threads = threads.unwrap_or_else(rbuild_oci::compress::cpus);
     let stdin = std::io::stdin();

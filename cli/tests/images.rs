@@ -216,12 +216,25 @@ fn push_and_pull_round_trip_on_a_plain_registry_with_cross_repo_mount() {
     let name = format!("{REGISTRY}/{repo}:v1");
     e.ok(
         store.path(),
-        &["build", "-t", &name, "--push", "--annotation", "org.example.k=v", "."],
+        &[
+            "build",
+            "-t",
+            &name,
+            "--push",
+            "--annotation",
+            "org.example.k=v",
+            ".",
+        ],
     );
     // skopeo reads it from the registry
     let raw = json(&tool(
         "skopeo",
-        &["inspect", "--raw", "--tls-verify=false", &format!("docker://{name}")],
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ],
     ));
     let layers = raw["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3);
@@ -300,8 +313,7 @@ fn tls_registry_with_htpasswd_needs_login_and_rejects_a_wrong_password() {
     );
     let cfg = json(&fs::read_to_string(e.home.path().join(".docker/config.json")).unwrap());
     assert_eq!(
-        cfg["auths"][TLS_REGISTRY]["auth"],
-        "cmJ1aWxkOnJidWlsZC1zZWNyZXQ=",
+        cfg["auths"][TLS_REGISTRY]["auth"], "cmJ1aWxkOnJidWlsZC1zZWNyZXQ=",
         "base64 of user:password"
     );
     // chunked upload (1 MiB chunks) of a 3 MiB layer, zstd
@@ -452,7 +464,11 @@ fn two_clean_stores_give_the_same_digests_with_source_date_epoch() {
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let local = json(&e.ok(store.path(), &["inspect", "r:1"]));
         let exported = fs::read(e.path().join("r.tar")).unwrap();
         digests.push((local["Digest"].clone(), local["Id"].clone(), exported));
@@ -501,7 +517,10 @@ fn save_load_tag_rmi_history_and_inspect() {
         assert!(out.contains("Loaded image: s:1"), "{out}");
         let loaded = json(&e.ok(store2.path(), &["inspect", "s:1"]));
         assert_eq!(loaded["Id"], info["Id"], "{format}");
-        let layout = format!("{}/layout-v1:docker.io/library/s:1", store2.path().display());
+        let layout = format!(
+            "{}/layout-v1:docker.io/library/s:1",
+            store2.path().display()
+        );
         assert_eq!(umoci_read(&layout, "saved"), "saved\n");
     }
     // a corrupted archive blob is refused and nothing is named
@@ -526,7 +545,10 @@ fn save_load_tag_rmi_history_and_inspect() {
     );
     let store3 = tempfile::tempdir().unwrap();
     let err = e.fails(store3.path(), &["load", "-i", bad.to_str().unwrap()]);
-    assert!(err.contains("digest mismatch") || err.contains("mismatch"), "{err}");
+    assert!(
+        err.contains("digest mismatch") || err.contains("mismatch"),
+        "{err}"
+    );
     assert!(!e.ok(store3.path(), &["images"]).contains("s "));
     // rmi
     e.ok(store.path(), &["rmi", "s:copy"]);

@@ -104,9 +104,7 @@ pub fn compress(
 pub fn decompressor<'a>(c: Compression, input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match c {
         Compression::Uncompressed => Box::new(input),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(
-            input,
-        ))),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(input))),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
     })
 }
@@ -212,15 +210,14 @@ pub fn gzip_parallel(
             let mut next_out = 0u64;
             let mut sent = 0u64;
             let mut eof = false;
-            let mut flush = |pending: &mut BTreeMap<u64, Vec<u8>>,
-                             next_out: &mut u64|
-             -> io::Result<()> {
-                while let Some(data) = pending.remove(next_out) {
-                    out.write_all(&data)?;
-                    *next_out += 1;
-                }
-                Ok(())
-            };
+            let mut flush =
+                |pending: &mut BTreeMap<u64, Vec<u8>>, next_out: &mut u64| -> io::Result<()> {
+                    while let Some(data) = pending.remove(next_out) {
+                        out.write_all(&data)?;
+                        *next_out += 1;
+                    }
+                    Ok(())
+                };
             while !eof || next_out < sent {
                 if !eof && sent - next_out < (threads as u64) * 2 {
                     let chunk = read_chunk(input, GZIP_CHUNK)?;

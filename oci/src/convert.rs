@@ -69,8 +69,7 @@ pub fn convert_layer(
             media_type: layer.media_type.clone(),
         }
     })?;
-    let want = if have == opts.compression || (have != Compression::Uncompressed && !opts.force)
-    {
+    let want = if have == opts.compression || (have != Compression::Uncompressed && !opts.force) {
         have
     } else {
         opts.compression
@@ -217,9 +216,7 @@ mod tests {
             layers: vec![Descriptor::new(mt::OCI_LAYER_TAR, ld.clone(), ls)],
             annotations: BTreeMap::new(),
         };
-        let (md, ms) = store
-            .put_blob(&canonical_json("m", &m).unwrap())
-            .unwrap();
+        let (md, ms) = store.put_blob(&canonical_json("m", &m).unwrap()).unwrap();
         let desc = Descriptor::new(mt::OCI_MANIFEST, md, ms);
         for (c, oci, want_mt) in [
             (Compression::Gzip, true, mt::OCI_LAYER_GZIP),

@@ -38,10 +38,7 @@ struct DockerEntry {
 const SMALL: u64 = 4 << 20;
 
 /// Import an archive from `src`.
-pub fn import_archive(
-    store: &dyn ContentStore,
-    src: impl Read,
-) -> Result<Vec<Imported>, OciError> {
+pub fn import_archive(store: &dyn ContentStore, src: impl Read) -> Result<Vec<Imported>, OciError> {
     let mut files: HashMap<String, (String, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     let mut archive = tar::Archive::new(src);

@@ -137,12 +137,7 @@ fn extract(blob: impl Read, dest: &Path, whiteouts: bool) -> Result<(), OciError
     extract_mode(blob, dest, whiteouts, false)
 }
 
-fn extract_mode(
-    blob: impl Read,
-    dest: &Path,
-    whiteouts: bool,
-    flat: bool,
-) -> Result<(), OciError> {
+fn extract_mode(blob: impl Read, dest: &Path, whiteouts: bool, flat: bool) -> Result<(), OciError> {
     let mut buffered = BufReader::with_capacity(128 * 1024, blob);
     let magic = buffered
         .fill_buf()

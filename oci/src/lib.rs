@@ -24,7 +24,10 @@ pub use convert::{convert_image, ConvertOpts};
 pub use error::OciError;
 pub use export::{export_docker_archive, export_oci_archive};
 pub use image_store::ImageStore;
-pub use layer::{apply_layer, apply_layer_flat, archive_kind, extract_archive, write_layer, ArchiveKind, LayerOpts};
+pub use layer::{
+    apply_layer, apply_layer_flat, archive_kind, extract_archive, write_layer, ArchiveKind,
+    LayerOpts,
+};
 pub use reference::Reference;
 pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};
 pub use store::{ContentStore, DirStore};

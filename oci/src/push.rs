@@ -283,10 +283,7 @@ impl RegistryClient {
             .clone()
             .or_else(|| target.digest.clone())
             .unwrap_or_else(|| "latest".to_string());
-        let url = format!(
-            "{}/v2/{}/manifests/{object}",
-            ep.base, target.repository
-        );
+        let url = format!("{}/v2/{}/manifests/{object}", ep.base, target.repository);
         let scope = format!("repository:{}:pull,push", target.repository);
         let resp = self.send(
             &ep,

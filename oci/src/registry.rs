@@ -257,7 +257,11 @@ impl RegistryClient {
             .max_redirects(10)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
-            .tls_config(ureq::tls::TlsConfig::builder().root_certs(root_certs).build())
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(root_certs)
+                    .build(),
+            )
             .build();
         let agent = ureq::Agent::new_with_config(config);
         if let Ok(mut m) = self.agents.lock() {
@@ -272,7 +276,10 @@ impl RegistryClient {
         if let Ok(mut m) = self.creds.lock() {
             m.insert(
                 host.to_string(),
-                Some(Credential::Basic(username.to_string(), password.to_string())),
+                Some(Credential::Basic(
+                    username.to_string(),
+                    password.to_string(),
+                )),
             );
         }
     }
@@ -364,11 +371,7 @@ impl RegistryClient {
     }
 
     fn denied(&self, ep: &Endpoint) -> OciError {
-        let has = self
-            .credential(&ep.host)
-            .ok()
-            .flatten()
-            .is_some();
+        let has = self.credential(&ep.host).ok().flatten().is_some();
         OciError::Auth {
             registry: ep.host.clone(),
             reason: if has {
