@@ -571,3 +571,73 @@ fn load_without_a_docker_daemon_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--load: no docker daemon answers"), "{err}");
 }
+
+#[test]
+fn credentials_go_through_a_docker_credential_helper_when_configured() {
+    let e = Env::new("FROM busybox\nRUN echo helper > /helper\n");
+    let store = tempfile::tempdir().unwrap();
+    let name = format!("{TLS_REGISTRY}/{}:1", unique("helper/app"));
+    e.ok(store.path(), &["build", "-t", &name, "."]);
+    // a credential helper speaking docker's protocol, keeping secrets in one file
+    let bin = e.home.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let secrets = e.home.path().join("secrets.json");
+    let helper = bin.join("docker-credential-rbtest");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nset -e\ncase \"$1\" in\n  store) cat > {s} ;;\n  get) server=$(cat); if [ -f {s} ]; then cat {s}; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n  erase) rm -f {s} ;;\nesac\n",
+            s = secrets.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(e.home.path().join(".docker")).unwrap();
+    fs::write(
+        e.home.path().join(".docker/config.json"),
+        r#"{"credsStore":"rbtest","auths":{}}"#,
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = e
+            .cmd(store.path(), args)
+            .env("PATH", &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&["push", &name], "");
+    assert!(!out.status.success(), "no credentials in the helper yet");
+    let out = run(
+        &["login", TLS_REGISTRY, "-u", USER, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = json(&fs::read_to_string(&secrets).unwrap());
+    assert_eq!(saved["Username"], USER);
+    assert_eq!(saved["Secret"], PASSWORD);
+    let cfg = fs::read_to_string(e.home.path().join(".docker/config.json")).unwrap();
+    assert!(!cfg.contains(PASSWORD), "the secret is not in config.json: {cfg}");
+    let out = run(&["push", &name], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
