@@ -633,7 +633,10 @@ fn credentials_go_through_a_docker_credential_helper_when_configured() {
     assert_eq!(saved["Username"], USER);
     assert_eq!(saved["Secret"], PASSWORD);
     let cfg = fs::read_to_string(e.home.path().join(".docker/config.json")).unwrap();
-    assert!(!cfg.contains(PASSWORD), "the secret is not in config.json: {cfg}");
+    assert!(
+        !cfg.contains(PASSWORD),
+        "the secret is not in config.json: {cfg}"
+    );
     let out = run(&["push", &name], "");
     assert!(
         out.status.success(),
