@@ -8,7 +8,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
@@ -60,4 +60,50 @@ seed_busybox() {
 if ! curl -sf "http://$REG/v2/library/busybox/tags/list" | grep -q latest; then
   seed_busybox
 fi
+
+# A second registry with TLS (self-signed CA generated here) and htpasswd auth, for push/pull
+# tests with real credentials: user rbuild / password rbuild-secret.
+TREG=127.0.0.1:5056
+TLS=$W/tls
+if [ ! -f "$TLS/ca.crt" ] || [ ! -f "$TLS/server.crt" ]; then
+  mkdir -p "$TLS"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=rbuild test CA" \
+    -keyout "$TLS/ca.key" -out "$TLS/ca.crt" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$TLS/server.key" -out "$TLS/server.csr" >/dev/null 2>&1
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$TLS/ext.cnf"
+  openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$TLS/ext.cnf" -out "$TLS/server.crt" >/dev/null 2>&1
+fi
+[ -f "$TLS/htpasswd" ] || htpasswd -Bbc "$TLS/htpasswd" rbuild rbuild-secret >/dev/null 2>&1
+tls_status() { curl -s --cacert "$TLS/ca.crt" -o /dev/null -w '%{http_code}' "https://$TREG/v2/" || true; }
+if [ "$(tls_status)" != 401 ]; then
+  cat > "$W/registry-tls.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $W/registry-tls-data
+  delete:
+    enabled: true
+auth:
+  htpasswd:
+    realm: rbuild-test
+    path: $TLS/htpasswd
+http:
+  addr: $TREG
+  tls:
+    certificate: $TLS/server.crt
+    key: $TLS/server.key
+YML
+  (setsid nohup docker-registry serve "$W/registry-tls.yml" >"$W/registry-tls.log" 2>&1 &)
+  for _ in $(seq 50); do
+    [ "$(tls_status)" = 401 ] && break
+    sleep 0.2
+  done
+  [ "$(tls_status)" = 401 ] || { echo "TLS registry did not start"; cat "$W/registry-tls.log"; exit 1; }
+fi
 echo "RBUILD_TEST_REGISTRY=$REG"
+echo "RBUILD_TEST_TLS_REGISTRY=$TREG"
+echo "RBUILD_TEST_TLS_CA=$TLS/ca.crt"

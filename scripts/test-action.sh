@@ -105,9 +105,12 @@ if run_steps > "$tmp/log" 2>&1; then fail "a failing build did not fail the step
 grep -q "build failed" "$tmp/summary" || fail "no failure summary"
 grep -q "exit code 9" "$tmp/summary" || fail "the failure summary lacks the error: $(cat "$tmp/summary")"
 
-# An input whose feature rbuild lacks fails clearly.
-export INPUT_PUSH=true
-if run_steps > "$tmp/log" 2>&1; then fail "push=true did not fail"; fi
-grep -q -- "--push: pushing to a registry is not supported yet" "$tmp/log" || fail "push=true message: $(cat "$tmp/log")"
+# push: true pushes the tags to their registry (the test registry on 127.0.0.1:5055).
+printf 'FROM busybox\nRUN echo pushed > /pushed\n' > "$tmp/ws/app/Dockerfile"
+export INPUT_PUSH=true INPUT_TAGS="127.0.0.1:5055/rbuild-action/act:1"
+run_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "push=true failed"; }
+skopeo inspect --tls-verify=false docker://127.0.0.1:5055/rbuild-action/act:1 > "$tmp/pushed.json" \
+  || fail "the pushed image is not in the registry"
+grep -q '"Layers"' "$tmp/pushed.json" || fail "skopeo could not read the pushed image: $(cat "$tmp/pushed.json")"
 
 echo "test-action: 1 passed, 0 failed"

@@ -48,6 +48,8 @@ pub enum Command {
     Du,
     /// Remove build cache (unreferenced content; with flags, cache entries too)
     Prune(PruneArgs),
+    #[command(flatten)]
+    Store(crate::store_cmds::StoreCommand),
     /// Developer tools
     Debug {
         #[command(subcommand)]
@@ -63,9 +65,22 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)]
 pub enum DebugCommand {
     /// Print the build graph (with digests) the Dockerfile lowers to
     DumpGraph(BuildArgs),
+    /// Compress stdin to stdout with rbuild's layer compressor (for benchmarks)
+    Compress {
+        /// gzip, zstd or uncompressed
+        #[arg(long, default_value = "gzip")]
+        algorithm: String,
+        /// Worker threads (default: all cores)
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Compression level
+        #[arg(long)]
+        level: Option<i32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +201,9 @@ pub struct BuildArgs {
     /// Print, for every step, why it ran or which earlier build its cached result came from
     #[arg(long)]
     pub explain: bool,
+    /// Pin every timestamp (SOURCE_DATE_EPOCH=0 unless set) for bit-identical images
+    #[arg(long)]
+    pub reproducible: bool,
     /// Runtime for RUN steps: builtin (namespace sandbox) or runc
     #[arg(
         long,
@@ -209,6 +227,16 @@ const SUBCOMMANDS: &[&str] = &[
     "version",
     "completion",
     "help",
+    "tag",
+    "rmi",
+    "pull",
+    "push",
+    "inspect",
+    "history",
+    "save",
+    "load",
+    "login",
+    "logout",
 ];
 
 /// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is

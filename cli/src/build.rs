@@ -168,7 +168,8 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
             v.parse::<i64>()
                 .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
         })
-        .transpose()?;
+        .transpose()?
+        .or(if b.reproducible { Some(0) } else { None });
     let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
     Ok(Solver::new(SolverConfig {
         store,
@@ -342,13 +343,14 @@ fn build_image(
     let out = solver
         .solve(&plan.definition, plan.root, progress)
         .map_err(|e| solve_error(inputs, e))?;
+    let annotations = crate::outputs::annotations(&b.annotations)?;
     let step = progress.step("exporting to image");
     let image = rbuild_solver::finalize_image(
         solver.store(),
         &out.chain,
         &plan.image,
         solver.config().source_date_epoch,
-        &BTreeMap::new(),
+        &annotations,
     )?;
     let images = ImageStore::open(solver.store())?;
     progress.step_done(step);
@@ -362,7 +364,21 @@ fn build_image(
     }
     for o in outputs {
         let step = progress.step(&format!("exporting to {} {}", o.kind, o.dest));
-        export(solver.store(), &image, tags, o)?;
+        crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        progress.step_done(step);
+    }
+    if b.push && !outputs.iter().any(|o| o.push) {
+        let step = progress.step("pushing image");
+        let opts = rbuild_oci::ConvertOpts {
+            annotations: annotations.clone(),
+            ..Default::default()
+        };
+        crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        progress.step_done(step);
+    }
+    if b.load {
+        let step = progress.step("loading into docker");
+        crate::outputs::load_into_docker(solver.store(), &image.manifest, tags)?;
         progress.step_done(step);
     }
     drop(lease);
@@ -383,78 +399,11 @@ pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One `--output` spec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputSpec {
-    pub kind: String,
-    pub dest: String,
-}
+pub use crate::outputs::OutputSpec;
 
-/// Parse `type=oci,dest=FILE` (buildx syntax). Unsupported types are rejected clearly.
+/// Parse a buildx `--output` spec (see `crate::outputs`).
 pub fn parse_output(spec: &str) -> Result<OutputSpec> {
-    let mut kind = None;
-    let mut dest = None;
-    if !spec.contains('=') {
-        // buildx: `-o DIR` is the local exporter, `-o -` a tar stream.
-        let kind = if spec == "-" { "tar" } else { "local" };
-        bail!("--output {spec}: type={kind} is not supported yet (supported: type=oci|docker,dest=FILE)");
-    }
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=app.tar")
-        })?;
-        match k {
-            "type" => kind = Some(v.to_string()),
-            "dest" => dest = Some(v.to_string()),
-            other => bail!("--output {spec:?}: unknown key {other:?} (supported: type, dest)"),
-        }
-    }
-    let kind = kind.ok_or_else(|| anyhow!("--output {spec:?}: missing type="))?;
-    match kind.as_str() {
-        "oci" | "docker" => {}
-        other => bail!("--output type={other}: not supported yet (supported: oci, docker)"),
-    }
-    let dest = dest.ok_or_else(|| anyhow!("--output {spec:?}: missing dest="))?;
-    Ok(OutputSpec { kind, dest })
-}
-
-fn export(
-    store: &rbuild_cache::Store,
-    image: &rbuild_solver::ImageResult,
-    tags: &[Reference],
-    o: &OutputSpec,
-) -> Result<()> {
-    let write = |w: &mut dyn Write| -> Result<()> {
-        match o.kind.as_str() {
-            "oci" => rbuild_oci::export_oci_archive(store, &image.manifest, tags, w)?,
-            _ => rbuild_oci::export_docker_archive(store, &image.manifest, tags, w)?,
-        }
-        Ok(())
-    };
-    if o.dest == "-" {
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        write(&mut lock)?;
-        lock.flush()?;
-        return Ok(());
-    }
-    // Write next to the destination and rename, so a failed export leaves no partial file.
-    let dest = PathBuf::from(&o.dest);
-    let tmp = dest.with_file_name(format!(
-        ".{}.rbuild-tmp",
-        dest.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default()
-    ));
-    let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(f);
-    let r = write(&mut w).and_then(|_| w.flush().map_err(Into::into));
-    if let Err(e) = r {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.context(format!("exporting to {}", o.dest)));
-    }
-    fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
-    Ok(())
+    crate::outputs::parse(spec)
 }
 
 #[cfg(test)]
@@ -463,17 +412,10 @@ mod tests {
 
     #[test]
     fn output_specs() {
-        assert_eq!(
-            parse_output("type=oci,dest=a.tar").unwrap(),
-            OutputSpec {
-                kind: "oci".into(),
-                dest: "a.tar".into()
-            }
-        );
-        assert!(parse_output("type=local,dest=d").is_err());
+        let o = parse_output("type=oci,dest=a.tar").unwrap();
+        assert_eq!((o.kind.as_str(), o.dest.as_str()), ("oci", "a.tar"));
         assert!(parse_output("type=oci").is_err());
         assert!(parse_output("dest=x").is_err());
-        assert!(parse_output("oops").is_err());
     }
 
     #[test]

@@ -111,5 +111,7 @@ pub fn registry_config() -> Result<rbuild_oci::RegistryConfig> {
         mirrors,
         insecure,
         user_agent: format!("rbuild/{}", env!("CARGO_PKG_VERSION")),
+        docker_config: true,
+        certs_dir: std::env::var_os("RBUILD_CERTS_DIR").map(PathBuf::from),
     })
 }

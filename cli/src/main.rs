@@ -14,10 +14,12 @@ mod context;
 mod flags;
 mod images;
 mod metadata;
+mod outputs;
 mod progress;
 mod render;
 mod sandbox_opts;
 mod signals;
+mod store_cmds;
 mod unsupported;
 mod version;
 
@@ -58,9 +60,18 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Images(i) => images::list(&root, &i),
         args::Command::Du => cachecmd::du(&root),
         args::Command::Prune(p) => cachecmd::prune(&root, &p),
+        args::Command::Store(c) => store_cmds::run(&root, c),
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),
+        args::Command::Debug {
+            command:
+                args::DebugCommand::Compress {
+                    algorithm,
+                    threads,
+                    level,
+                },
+        } => store_cmds::debug_compress(&algorithm, threads, level),
         args::Command::Version | args::Command::Completion { .. } => Ok(ExitCode::SUCCESS),
     }
 }

@@ -17,20 +17,11 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
     if b.platforms.len() > 1 {
         return not_yet("--platform", "building several platforms at once");
     }
-    if b.push {
-        return not_yet("--push", "pushing to a registry");
-    }
-    if b.load {
-        return not_yet("--load", "loading into docker");
-    }
     if !b.cache_from.is_empty() {
         return not_yet("--cache-from", "remote cache import");
     }
     if !b.cache_to.is_empty() {
         return not_yet("--cache-to", "remote cache export");
-    }
-    if !b.annotations.is_empty() {
-        return not_yet("--annotation", "setting annotations");
     }
     if !b.add_hosts.is_empty() {
         return not_yet("--add-host", "adding /etc/hosts entries");

@@ -32,7 +32,7 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 // apply
 // ---------------------------------------------------------------------------------------------
 
-/// Extract a layer blob (gzip or uncompressed tar; zstd is detected and refused with a clear
+/// Extract a layer blob (gzip, zstd or uncompressed tar; bzip2/xz are refused with a clear
 /// error) into `dest` in overlayfs upper format. See the module docs for the safety rules.
 pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
     extract(blob, dest, true)
@@ -42,6 +42,13 @@ pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
 /// does: the same safe extraction as [`apply_layer`], but `.wh.*` names are ordinary files.
 pub fn extract_archive(archive: impl Read, dest: &Path) -> Result<(), OciError> {
     extract(archive, dest, false)
+}
+
+/// Apply a layer blob onto a plain root filesystem directory (`type=local` / `type=tar`
+/// outputs): whiteouts delete what lower layers put there (`.wh..wh..opq` empties the
+/// directory) instead of becoming overlay markers. Same path safety as [`apply_layer`].
+pub fn apply_layer_flat(blob: impl Read, dest: &Path) -> Result<(), OciError> {
+    extract_mode(blob, dest, true, true)
 }
 
 /// What [`archive_kind`] found at the start of a file.
@@ -127,6 +134,10 @@ fn is_tar_header(h: &[u8]) -> bool {
 }
 
 fn extract(blob: impl Read, dest: &Path, whiteouts: bool) -> Result<(), OciError> {
+    extract_mode(blob, dest, whiteouts, false)
+}
+
+fn extract_mode(blob: impl Read, dest: &Path, whiteouts: bool, flat: bool) -> Result<(), OciError> {
     let mut buffered = BufReader::with_capacity(128 * 1024, blob);
     let magic = buffered
         .fill_buf()
@@ -134,7 +145,10 @@ fn extract(blob: impl Read, dest: &Path, whiteouts: bool) -> Result<(), OciError
     let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(buffered))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(OciError::UnsupportedCompression("zstd".into()));
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(OciError::io("read zstd layer for", dest))?,
+        )
     } else if magic.starts_with(b"BZh") {
         return Err(OciError::UnsupportedCompression("bzip2".into()));
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
@@ -153,6 +167,7 @@ fn extract(blob: impl Read, dest: &Path, whiteouts: bool) -> Result<(), OciError
         dest: dest.to_path_buf(),
         dir_times: Vec::new(),
         whiteouts,
+        flat,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -185,6 +200,8 @@ struct Extractor {
     dir_times: Vec<(String, (i64, u32))>,
     /// Interpret `.wh.` entries as overlay whiteouts (layers) or keep them as files (ADD).
     whiteouts: bool,
+    /// Whiteouts delete from the destination (a flattened rootfs) instead of marking.
+    flat: bool,
 }
 
 /// Split an archive path into safe components: leading `/` and `.` are dropped (paths are
@@ -377,6 +394,21 @@ impl Extractor {
         let name_os = OsStr::from_bytes(name);
 
         // Whiteouts.
+        if self.whiteouts && self.flat && *name == OPAQUE_MARKER.as_bytes() {
+            let dir = self.ensure_dir(parent_comps)?;
+            let mut children = Vec::new();
+            for e in rustix::fs::Dir::read_from(&dir).map_err(self.err("read dir", &rel))? {
+                let e = e.map_err(self.err("read dir", &rel))?;
+                let child = e.file_name().to_bytes();
+                if child != b"." && child != b".." {
+                    children.push(OsStr::from_bytes(child).to_os_string());
+                }
+            }
+            for c in children {
+                self.clear(&dir, &c, &rel, false)?;
+            }
+            return Ok(());
+        }
         if self.whiteouts && *name == OPAQUE_MARKER.as_bytes() {
             let dir = self.ensure_dir(parent_comps)?;
             rustix::fs::fsetxattr(
@@ -401,6 +433,9 @@ impl Extractor {
             let parent = self.ensure_dir(parent_comps)?;
             let target = OsStr::from_bytes(target);
             self.clear(&parent, target, &rel, false)?;
+            if self.flat {
+                return Ok(());
+            }
             rustix::fs::mknodat(
                 &parent,
                 target,

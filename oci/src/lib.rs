@@ -4,21 +4,31 @@
 //!
 //! The content store lives in `rbuild-cache`; this crate only reads and writes blobs through it.
 
+pub mod auth;
+pub mod compress;
+pub mod convert;
 pub mod digest;
 pub mod error;
 pub mod export;
 pub mod http;
 pub mod image_store;
+pub mod import;
 pub mod layer;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod types;
 
+pub use compress::Compression;
+pub use convert::{convert_image, ConvertOpts};
 pub use error::OciError;
 pub use export::{export_docker_archive, export_oci_archive};
 pub use image_store::ImageStore;
-pub use layer::{apply_layer, archive_kind, extract_archive, write_layer, ArchiveKind, LayerOpts};
+pub use layer::{
+    apply_layer, apply_layer_flat, archive_kind, extract_archive, write_layer, ArchiveKind,
+    LayerOpts,
+};
 pub use reference::Reference;
 pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};
 pub use store::{ContentStore, DirStore};

@@ -1,14 +1,20 @@
-//! A blocking registry client for the OCI distribution spec (pull side): manifest resolution
-//! with index/platform selection, digest verification of everything fetched, mirrors,
-//! anonymous bearer-token and basic auth, plain HTTP for local and insecure registries.
+//! A blocking registry client for the OCI distribution spec: manifest resolution with
+//! index/platform selection, digest verification of everything fetched, mirrors, bearer-token
+//! (anonymous, with credentials, or with an identity token) and basic auth, credentials from
+//! docker's config, TLS with the system roots plus per-registry CAs
+//! (`/etc/docker/certs.d/<host:port>/*.crt`) and `SSL_CERT_FILE`, plain HTTP for local and
+//! insecure registries, retries with backoff on 5xx and connection errors. Push lives in
+//! [`crate::push`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
 
+use crate::auth::Credential;
 use crate::digest::{sha256_digest, verify};
 use crate::reference::{Reference, DOCKER_HUB};
 use crate::store::ContentStore;
@@ -28,6 +34,11 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// User-Agent header; "rbuild" when empty.
     pub user_agent: String,
+    /// Read credentials from docker's config (`~/.docker/config.json`, helpers).
+    pub docker_config: bool,
+    /// Directory of per-registry CA certificates (`<dir>/<host:port>/*.crt`); `None` means
+    /// `/etc/docker/certs.d`.
+    pub certs_dir: Option<PathBuf>,
 }
 
 /// The result of [`RegistryClient::resolve`].
@@ -50,17 +61,78 @@ pub struct ResolvedManifest {
 
 /// One place to ask: a base URL and the host used in messages and auth caches.
 #[derive(Debug, Clone)]
-struct Endpoint {
-    base: String,
-    host: String,
+pub(crate) struct Endpoint {
+    pub(crate) base: String,
+    pub(crate) host: String,
+}
+
+/// A request body that can be sent again (after an auth challenge or a retry).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Body<'a> {
+    /// No body.
+    Empty,
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// `len` bytes of a file from `offset`.
+    File {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// A blocking registry client. Cheap to share by reference; token caches are internal.
 pub struct RegistryClient {
-    agent: ureq::Agent,
-    cfg: RegistryConfig,
+    agents: Mutex<HashMap<String, ureq::Agent>>,
+    pub(crate) cfg: RegistryConfig,
     tokens: Mutex<HashMap<(String, String), String>>,
-    basic: Mutex<HashMap<String, (String, String)>>,
+    creds: Mutex<HashMap<String, Option<Credential>>>,
+    schemes: Mutex<HashMap<String, &'static str>>,
+}
+
+const RETRIES: u32 = 3;
+
+/// Whether an error is worth retrying (connection trouble or a 5xx answer).
+pub(crate) fn retryable(e: &OciError) -> bool {
+    matches!(e, OciError::Unreachable { .. })
+        || matches!(e, OciError::Http { status, .. } if *status >= 500)
+}
+
+/// Backoff before retry `attempt` (1-based): 250 ms, 1 s, 4 s.
+pub(crate) fn backoff(attempt: u32) {
+    std::thread::sleep(Duration::from_millis(250u64 << (2 * (attempt - 1).min(4))));
+}
+
+/// PEM certificates from a file (empty when unreadable).
+fn pem_certs(path: &Path) -> Vec<ureq::tls::Certificate<'static>> {
+    let Ok(data) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    ureq::tls::parse_pem(&data)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The system trust store: `SSL_CERT_FILE`, else the distribution's bundle.
+fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
+    if let Some(f) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        return pem_certs(Path::new(&f));
+    }
+    for f in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ] {
+        let certs = pem_certs(Path::new(f));
+        if !certs.is_empty() {
+            return certs;
+        }
+    }
+    Vec::new()
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -136,43 +208,257 @@ fn reason_of(e: &ureq::Error) -> String {
 impl RegistryClient {
     /// Build a client.
     pub fn new(cfg: RegistryConfig) -> Result<Self, OciError> {
-        let ua = if cfg.user_agent.is_empty() {
+        Ok(RegistryClient {
+            agents: Mutex::new(HashMap::new()),
+            cfg,
+            tokens: Mutex::new(HashMap::new()),
+            creds: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The HTTP agent for a host: trusts the system roots plus the host's CAs from the
+    /// certs.d directory (docker/containerd convention: `<dir>/<host:port>/*.crt`).
+    pub(crate) fn agent_for(&self, host: &str) -> ureq::Agent {
+        if let Some(a) = self.agents.lock().ok().and_then(|m| m.get(host).cloned()) {
+            return a;
+        }
+        let ua = if self.cfg.user_agent.is_empty() {
             "rbuild".to_string()
         } else {
-            cfg.user_agent.clone()
+            self.cfg.user_agent.clone()
+        };
+        let certs_dir = self
+            .cfg
+            .certs_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/docker/certs.d"));
+        let mut extra = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(certs_dir.join(host)) {
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+                .collect();
+            files.sort();
+            for f in files {
+                extra.extend(pem_certs(&f));
+            }
+        }
+        let mut roots = system_roots();
+        let root_certs = if roots.is_empty() && extra.is_empty() {
+            ureq::tls::RootCerts::WebPki
+        } else {
+            roots.extend(extra);
+            ureq::tls::RootCerts::new_with_certs(&roots)
         };
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .user_agent(ua)
             .max_redirects(10)
             .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(root_certs)
+                    .build(),
+            )
             .build();
-        Ok(RegistryClient {
-            agent: ureq::Agent::new_with_config(config),
-            cfg,
-            tokens: Mutex::new(HashMap::new()),
-            basic: Mutex::new(HashMap::new()),
-        })
+        let agent = ureq::Agent::new_with_config(config);
+        if let Ok(mut m) = self.agents.lock() {
+            m.insert(host.to_string(), agent.clone());
+        }
+        agent
     }
 
     /// Register basic-auth credentials for a registry host (used for Basic challenges and
-    /// for token requests).
+    /// for token requests); they win over docker's config.
     pub fn set_basic_auth(&self, host: &str, username: &str, password: &str) {
-        if let Ok(mut m) = self.basic.lock() {
+        if let Ok(mut m) = self.creds.lock() {
             m.insert(
                 host.to_string(),
-                (username.to_string(), password.to_string()),
+                Some(Credential::Basic(
+                    username.to_string(),
+                    password.to_string(),
+                )),
             );
         }
     }
 
-    fn scheme_for(&self, host: &str) -> &'static str {
-        if is_local_host(host) || self.cfg.insecure.iter().any(|h| h == host) {
-            "http"
-        } else {
-            "https"
+    /// Credentials for a host: set explicitly, else from docker's config (looked up once).
+    fn credential(&self, host: &str) -> Result<Option<Credential>, OciError> {
+        if let Some(c) = self.creds.lock().ok().and_then(|m| m.get(host).cloned()) {
+            return Ok(c);
         }
+        let c = if self.cfg.docker_config {
+            crate::auth::lookup(host)?
+        } else {
+            None
+        };
+        if let Ok(mut m) = self.creds.lock() {
+            m.insert(host.to_string(), c.clone());
+        }
+        Ok(c)
+    }
+
+    /// The endpoint for a registry host as configured (scheme by locality/insecure list).
+    pub(crate) fn registry_endpoint(&self, r: &Reference) -> Endpoint {
+        if r.registry == DOCKER_HUB {
+            Endpoint {
+                base: "https://registry-1.docker.io".into(),
+                host: DOCKER_HUB.into(),
+            }
+        } else {
+            self.endpoint(&r.registry)
+        }
+    }
+
+    /// Check that the registry answers and that the credentials are accepted (for `login`):
+    /// `GET /v2/`, answering any challenge.
+    pub fn check_login(&self, registry: &str) -> Result<(), OciError> {
+        let r = Reference::parse(&format!("{registry}/login-check"))?;
+        let ep = self.registry_endpoint(&r);
+        let url = format!("{}/v2/", ep.base);
+        let resp = self.send(&ep, "GET", &url, "", &[], Body::Empty, true)?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Err(Self::http_err("login", &r, &ep, resp))
+    }
+
+    /// Send one request with auth: a 401 is answered once (bearer token or basic), then the
+    /// request is sent again. With `retry`, connection errors and 5xx are retried with backoff.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send(
+        &self,
+        ep: &Endpoint,
+        method: &str,
+        url: &str,
+        scope: &str,
+        headers: &[(&str, String)],
+        body: Body<'_>,
+        retry: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, OciError> {
+        let mut auth = self.cached_auth(&ep.host, scope);
+        let mut answered = false;
+        loop {
+            let mut attempt = 0;
+            let resp = loop {
+                attempt += 1;
+                let r = self.send_once(ep, method, url, headers, auth.as_deref(), body);
+                match r {
+                    Ok(resp) if retry && resp.status().as_u16() >= 500 && attempt < RETRIES => {
+                        backoff(attempt)
+                    }
+                    Err(e) if retry && retryable(&e) && attempt < RETRIES => backoff(attempt),
+                    other => break other?,
+                }
+            };
+            if resp.status().as_u16() != 401 || answered {
+                if resp.status().as_u16() == 401 && answered {
+                    return Err(self.denied(ep));
+                }
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            auth = Some(self.answer_challenge(ep, &challenge, scope)?);
+            answered = true;
+        }
+    }
+
+    fn denied(&self, ep: &Endpoint) -> OciError {
+        let has = self.credential(&ep.host).ok().flatten().is_some();
+        OciError::Auth {
+            registry: ep.host.clone(),
+            reason: if has {
+                "access denied: the registry rejected the credentials (wrong username or password? run `rbuild login`)".into()
+            } else {
+                "access denied: the registry requires credentials (run `rbuild login`)".into()
+            },
+        }
+    }
+
+    fn send_once(
+        &self,
+        ep: &Endpoint,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        auth: Option<&str>,
+        body: Body<'_>,
+    ) -> Result<ureq::http::Response<ureq::Body>, OciError> {
+        let mut req = ureq::http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let unreachable = |reason: String| OciError::Unreachable {
+            registry: ep.host.clone(),
+            reason,
+        };
+        let agent = self.agent_for(&ep.host);
+        let result = match body {
+            Body::Empty => {
+                let req = req
+                    .body(())
+                    .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
+                agent.run(req)
+            }
+            Body::Bytes(b) => {
+                let req = req
+                    .header("Content-Length", b.len().to_string())
+                    .body(b)
+                    .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
+                agent.run(req)
+            }
+            Body::File { path, offset, len } => {
+                let mut f = std::fs::File::open(path).map_err(OciError::io("open", path))?;
+                f.seek(std::io::SeekFrom::Start(offset))
+                    .map_err(OciError::io("seek", path))?;
+                let mut take = std::io::BufReader::with_capacity(1 << 20, f).take(len);
+                let req = req
+                    .header("Content-Length", len.to_string())
+                    .body(ureq::SendBody::from_reader(&mut take))
+                    .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
+                agent.run(req)
+            }
+        };
+        result.map_err(|e| unreachable(reason_of(&e)))
+    }
+
+    /// Whether plain HTTP is allowed for `host` (local, or marked insecure).
+    pub(crate) fn allows_http(&self, host: &str) -> bool {
+        is_local_host(host) || self.cfg.insecure.iter().any(|h| h == host)
+    }
+
+    /// `https`, except for hosts that allow plain HTTP: like docker, those get HTTPS when
+    /// they speak it (a TLS handshake with the host's trust roots succeeds) and HTTP
+    /// otherwise. The answer is remembered per client.
+    fn scheme_for(&self, host: &str) -> &'static str {
+        if !self.allows_http(host) {
+            return "https";
+        }
+        if let Some(s) = self.schemes.lock().ok().and_then(|m| m.get(host).copied()) {
+            return s;
+        }
+        let probe = self
+            .agent_for(host)
+            .get(&format!("https://{host}/v2/"))
+            .config()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .call();
+        let scheme = if probe.is_ok() { "https" } else { "http" };
+        if let Ok(mut m) = self.schemes.lock() {
+            m.insert(host.to_string(), scheme);
+        }
+        scheme
     }
 
     fn endpoint(&self, spec: &str) -> Endpoint {
@@ -243,7 +529,7 @@ impl RegistryClient {
             }))
     }
 
-    /// GET `path` on `ep`, handling bearer/basic challenges once.
+    /// GET `path` on `ep`, handling bearer/basic challenges once, with retries.
     fn get(
         &self,
         ep: &Endpoint,
@@ -253,34 +539,10 @@ impl RegistryClient {
     ) -> Result<ureq::http::Response<ureq::Body>, OciError> {
         let url = format!("{}{}", ep.base, path);
         let scope = format!("repository:{}:pull", r.repository);
-        let mut auth = self.cached_auth(&ep.host, &scope);
-        for attempt in 0..2 {
-            let mut req = self.agent.get(&url);
-            if let Some(a) = accept {
-                req = req.header("Accept", a);
-            }
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            let resp = req.call().map_err(|e| OciError::Unreachable {
-                registry: ep.host.clone(),
-                reason: reason_of(&e),
-            })?;
-            if resp.status().as_u16() != 401 || attempt == 1 {
-                return Ok(resp);
-            }
-            let challenge = resp
-                .headers()
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            auth = Some(self.answer_challenge(ep, &challenge, &scope)?);
-        }
-        Err(OciError::Auth {
-            registry: ep.host.clone(),
-            reason: "authentication failed".into(),
-        })
+        let headers: Vec<(&str, String)> = accept
+            .map(|a| vec![("Accept", a.to_string())])
+            .unwrap_or_default();
+        self.send(ep, "GET", &url, &scope, &headers, Body::Empty, true)
     }
 
     fn cached_auth(&self, host: &str, scope: &str) -> Option<String> {
@@ -290,11 +552,14 @@ impl RegistryClient {
             .and_then(|m| m.get(&(host.to_string(), scope.to_string())).cloned())
     }
 
-    fn basic_header(&self, host: &str) -> Option<String> {
-        let creds = self.basic.lock().ok()?.get(host).cloned()?;
-        let enc =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", creds.0, creds.1));
-        Some(format!("Basic {enc}"))
+    fn basic_header(&self, host: &str) -> Result<Option<String>, OciError> {
+        Ok(match self.credential(host)? {
+            Some(Credential::Basic(u, p)) => {
+                let enc = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                Some(format!("Basic {enc}"))
+            }
+            _ => None,
+        })
     }
 
     fn answer_challenge(
@@ -315,8 +580,11 @@ impl RegistryClient {
         let (scheme, params) = parse_challenge(challenge)
             .ok_or_else(|| auth_err(format!("unparsable WWW-Authenticate {challenge:?}")))?;
         let header = match scheme.as_str() {
-            "basic" => self.basic_header(&ep.host).ok_or_else(|| {
-                auth_err("registry requires basic auth and no credentials are configured".into())
+            "basic" => self.basic_header(&ep.host)?.ok_or_else(|| {
+                auth_err(
+                    "registry requires basic auth and no credentials are configured (run `rbuild login`)"
+                        .into(),
+                )
             })?,
             "bearer" => {
                 let realm = params
@@ -328,16 +596,55 @@ impl RegistryClient {
                     url.push_str(&format!("{sep}service={}", pct(service)));
                     sep = '&';
                 }
-                let sc = params.get("scope").map(String::as_str).unwrap_or(scope);
-                url.push_str(&format!("{sep}scope={}", pct(sc)));
-                let mut req = self.agent.get(&url);
-                if let Some(b) = self.basic_header(&ep.host) {
-                    req = req.header("Authorization", b);
+                let sc = if scope.is_empty() {
+                    params.get("scope").map(String::as_str).unwrap_or("")
+                } else {
+                    scope
+                };
+                for one in sc.split(' ').filter(|x| !x.is_empty()) {
+                    url.push_str(&format!("{sep}scope={}", pct(one)));
+                    sep = '&';
                 }
-                let mut resp = req.call().map_err(|e| OciError::Unreachable {
+                let realm_host = realm
+                    .split("://")
+                    .nth(1)
+                    .and_then(|r| r.split('/').next())
+                    .unwrap_or(&ep.host)
+                    .to_string();
+                let agent = self.agent_for(&realm_host);
+                let call = match self.credential(&ep.host)? {
+                    Some(Credential::IdentityToken(tok)) => {
+                        // OAuth2 refresh-token grant (docker's identity tokens).
+                        let mut form = format!(
+                            "grant_type=refresh_token&client_id=rbuild&refresh_token={}",
+                            pct(&tok)
+                        );
+                        if let Some(service) = params.get("service") {
+                            form.push_str(&format!("&service={}", pct(service)));
+                        }
+                        form.push_str(&format!("&scope={}", pct(sc)));
+                        agent
+                            .post(realm.as_str())
+                            .header("Content-Type", "application/x-www-form-urlencoded")
+                            .send(form.as_bytes())
+                    }
+                    Some(Credential::Basic(u, p)) => {
+                        let enc =
+                            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                        agent
+                            .get(&url)
+                            .header("Authorization", format!("Basic {enc}"))
+                            .call()
+                    }
+                    None => agent.get(&url).call(),
+                };
+                let mut resp = call.map_err(|e| OciError::Unreachable {
                     registry: realm.clone(),
                     reason: reason_of(&e),
                 })?;
+                if resp.status().as_u16() == 401 || resp.status().as_u16() == 403 {
+                    return Err(self.denied(ep));
+                }
                 if !resp.status().is_success() {
                     return Err(auth_err(format!(
                         "token endpoint {realm} answered HTTP {}",
@@ -366,7 +673,7 @@ impl RegistryClient {
         Ok(header)
     }
 
-    fn http_err(
+    pub(crate) fn http_err(
         op: &str,
         r: &Reference,
         ep: &Endpoint,
@@ -671,7 +978,8 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(c.endpoint("10.0.0.1:5000").base, "http://10.0.0.1:5000");
+        assert!(c.allows_http("10.0.0.1:5000"));
+        assert!(!c.allows_http("10.0.0.2:5000"));
         assert_eq!(c.endpoint("ghcr.io").base, "https://ghcr.io");
         assert_eq!(
             c.endpoint("https://127.0.0.1:5055/").base,

@@ -39,7 +39,18 @@ pub trait ContentStore {
         let p = self.blob_path(digest)?;
         fs::read(&p).map_err(OciError::io("read blob", p))
     }
+    /// Store whatever `write` writes (digest computed while writing); returns (digest, size).
+    fn write_stream(&self, write: &mut StreamFn<'_>) -> Result<(String, u64), OciError>;
+    /// A value from the store's metadata table (`None` when absent or unsupported).
+    fn meta_get(&self, _ns: &str, _key: &str) -> Option<String> {
+        None
+    }
+    /// Record a value in the store's metadata table (ignored when unsupported).
+    fn meta_put(&self, _ns: &str, _key: &str, _value: &str) {}
 }
+
+/// The writer callback of [`ContentStore::write_stream`].
+pub type StreamFn<'a> = dyn FnMut(&mut dyn std::io::Write) -> Result<(), OciError> + 'a;
 
 impl ContentStore for rbuild_cache::Store {
     fn root(&self) -> PathBuf {
@@ -88,6 +99,24 @@ impl ContentStore for rbuild_cache::Store {
             },
         })?;
         Ok(())
+    }
+    fn write_stream(&self, write: &mut StreamFn<'_>) -> Result<(String, u64), OciError> {
+        let mut w = rbuild_cache::Store::blob_writer(self).map_err(|e| OciError::Store {
+            op: "write blob".into(),
+            reason: e.to_string(),
+        })?;
+        write(&mut w)?;
+        let info = w.commit(None).map_err(|e| OciError::Store {
+            op: "commit blob".into(),
+            reason: e.to_string(),
+        })?;
+        Ok((info.digest, info.size))
+    }
+    fn meta_get(&self, ns: &str, key: &str) -> Option<String> {
+        rbuild_cache::Store::meta_get(self, ns, key).ok().flatten()
+    }
+    fn meta_put(&self, ns: &str, key: &str, value: &str) {
+        let _ = rbuild_cache::Store::meta_put(self, ns, key, value);
     }
     fn lock(&self, name: &str) -> Result<LockGuard, OciError> {
         let l = rbuild_cache::Store::lock(self, name).map_err(|e| OciError::Store {
@@ -177,6 +206,23 @@ impl ContentStore for DirStore {
                 Ok(())
             })
             .and_then(|_| self.commit_tmp(&tmp, digest));
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+    fn write_stream(&self, write: &mut StreamFn<'_>) -> Result<(String, u64), OciError> {
+        let (tmp, f) = self.tmp_file()?;
+        let mut w = HashingWriter::new(std::io::BufWriter::new(f));
+        let res = write(&mut w).and_then(|_| {
+            let (bw, digest, n) = w.finish();
+            let f = bw
+                .into_inner()
+                .map_err(|e| OciError::io("write", &tmp)(e.into_error()))?;
+            f.sync_all().map_err(OciError::io("fsync", &tmp))?;
+            self.commit_tmp(&tmp, &digest)?;
+            Ok((digest, n))
+        });
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
         }

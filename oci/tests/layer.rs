@@ -230,7 +230,7 @@ fn apply_produces_overlay_format() {
 }
 
 #[test]
-fn apply_gzip_and_refuse_zstd() {
+fn apply_gzip_and_zstd_and_refuse_xz() {
     let mut t = T::new();
     t.file("hello.txt", b"hi");
     let layer = t.done();
@@ -241,10 +241,15 @@ fn apply_gzip_and_refuse_zstd() {
     apply_layer(&gz[..], dest.path()).unwrap();
     assert_eq!(fs::read(dest.path().join("hello.txt")).unwrap(), b"hi");
 
-    let zstd = [0x28u8, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
-    let err = apply_layer(&zstd[..], dest.path()).unwrap_err();
+    let zst = zstd::encode_all(&layer[..], 3).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    apply_layer(&zst[..], dest.path()).unwrap();
+    assert_eq!(fs::read(dest.path().join("hello.txt")).unwrap(), b"hi");
+
+    let xz = [0xfdu8, b'7', b'z', b'X', b'Z', 0, 0, 0];
+    let err = apply_layer(&xz[..], dest.path()).unwrap_err();
     assert!(matches!(err, OciError::UnsupportedCompression(_)));
-    assert!(err.to_string().contains("zstd"), "{err}");
+    assert!(err.to_string().contains("xz"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,407 @@
+//! Build outputs (`--output`/`-o`, docker buildx syntax), `--push` and `--load`.
+//!
+//! | type | what |
+//! |---|---|
+//! | `image` | the local store (always); `name=a,b` adds names; `push=true` pushes them |
+//! | `registry` | `image` + `push=true` |
+//! | `oci` / `docker` | OCI layout / docker archive tar at `dest=FILE` or `-` (stdout) |
+//! | `local` | the final root filesystem as a directory at `dest=DIR` |
+//! | `tar` | the final root filesystem as a tar at `dest=FILE` or `-` |
+//!
+//! Image outputs take `compression=gzip|zstd|uncompressed` (default gzip), `compression-level=N`,
+//! `force-compression=true` and `oci-mediatypes=true|false` (default true, false for `docker`).
+//! Compression happens here, never in the local store; compressed layers are cached in the
+//! store (see `rbuild_oci::convert`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rbuild_oci::{Compression, ConvertOpts, Descriptor, ImageStore, Reference};
+
+/// One `--output` spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSpec {
+    pub kind: String,
+    /// Destination (`-` for stdout); empty for `image`/`registry`.
+    pub dest: String,
+    /// Extra names (`name=`) for image outputs.
+    pub names: Vec<String>,
+    /// Push image outputs.
+    pub push: bool,
+    /// Layer/media-type conversion for image outputs.
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub force: bool,
+    pub oci_media_types: bool,
+}
+
+fn parse_bool(spec: &str, k: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => bail!("--output {spec:?}: {k}={v:?} is not true or false"),
+    }
+}
+
+/// Split on commas outside double quotes (buildx uses CSV: `"name=a,b"`).
+fn csv_fields(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in spec.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Parse a buildx `--output` spec. A bare path means `type=local,dest=PATH`, `-` means
+/// `type=tar,dest=-`.
+pub fn parse(spec: &str) -> Result<OutputSpec> {
+    let mut o = OutputSpec {
+        kind: String::new(),
+        dest: String::new(),
+        names: Vec::new(),
+        push: false,
+        compression: Compression::Gzip,
+        level: None,
+        force: false,
+        oci_media_types: true,
+    };
+    if !spec.contains('=') {
+        if spec.is_empty() {
+            bail!("--output: empty spec");
+        }
+        o.kind = if spec == "-" { "tar" } else { "local" }.into();
+        o.dest = spec.to_string();
+        return Ok(o);
+    }
+    let mut kind = None;
+    let mut media_types = None;
+    for part in csv_fields(spec) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=app.tar")
+        })?;
+        match k {
+            "type" => kind = Some(v.to_string()),
+            "dest" => o.dest = v.to_string(),
+            "name" => o
+                .names
+                .extend(v.split(',').filter(|n| !n.is_empty()).map(String::from)),
+            "push" => o.push = parse_bool(spec, k, v)?,
+            "compression" => {
+                o.compression = Compression::parse(v).map_err(|e| anyhow!("--output {spec:?}: {e}"))?
+            }
+            "compression-level" => {
+                o.level = Some(v.parse().map_err(|_| {
+                    anyhow!("--output {spec:?}: compression-level={v:?} is not a number")
+                })?)
+            }
+            "force-compression" => o.force = parse_bool(spec, k, v)?,
+            "oci-mediatypes" => media_types = Some(parse_bool(spec, k, v)?),
+            // accepted for compatibility; rbuild always behaves this way
+            "tar" | "store" | "unpack" | "annotation" | "platform-split" => {}
+            other => bail!(
+                "--output {spec:?}: unknown key {other:?} (supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes)"
+            ),
+        }
+    }
+    o.kind = kind.ok_or_else(|| anyhow!("--output {spec:?}: missing type="))?;
+    match o.kind.as_str() {
+        "image" => {}
+        "registry" => o.push = true,
+        "oci" | "docker" | "local" | "tar" => {
+            if o.dest.is_empty() {
+                bail!("--output {spec:?}: missing dest=");
+            }
+        }
+        other => bail!(
+            "--output type={other}: not supported (supported: image, registry, oci, docker, local, tar)"
+        ),
+    }
+    o.oci_media_types = media_types.unwrap_or(o.kind != "docker");
+    Ok(o)
+}
+
+impl OutputSpec {
+    fn convert_opts(&self, annotations: &BTreeMap<String, String>) -> ConvertOpts {
+        ConvertOpts {
+            compression: self.compression,
+            level: self.level,
+            force: self.force,
+            oci_media_types: self.oci_media_types,
+            annotations: annotations.clone(),
+        }
+    }
+}
+
+/// Parse `--annotation` values: `KEY=VALUE` or `manifest:KEY=VALUE` (manifest level).
+pub fn annotations(values: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in values {
+        let (level, kv) = match a.split_once(':') {
+            Some((l, rest))
+                if !l.contains('=')
+                    && matches!(
+                        l.split('[').next().unwrap_or(""),
+                        "manifest" | "index" | "manifest-descriptor" | "index-descriptor"
+                    ) =>
+            {
+                (l.split('[').next().unwrap_or(""), rest)
+            }
+            _ => ("manifest", a.as_str()),
+        };
+        if level != "manifest" {
+            bail!("--annotation {a:?}: only manifest annotations are supported (level {level:?})");
+        }
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--annotation {a:?}: expected KEY=VALUE"))?;
+        if k.is_empty() {
+            bail!("--annotation {a:?}: empty key");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Write to `dest` (a file written next to it and renamed, or stdout for `-`).
+pub fn write_dest(dest: &str, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    if dest == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        f(&mut lock)?;
+        lock.flush()?;
+        return Ok(());
+    }
+    let dest = PathBuf::from(dest);
+    let tmp = dest.with_file_name(format!(
+        ".{}.rbuild-tmp",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let r = f(&mut w).and_then(|_| w.flush().map_err(Into::into));
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.context(format!("exporting to {}", dest.display())));
+    }
+    fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
+    Ok(())
+}
+
+/// Apply the image's layers, in order, onto `dir` (a plain root filesystem).
+pub fn unpack_rootfs(store: &rbuild_cache::Store, manifest: &Descriptor, dir: &Path) -> Result<()> {
+    let images = ImageStore::open(store)?;
+    let m = images.read_manifest(manifest)?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for l in &m.layers {
+        let c = Compression::of_media_type(&l.media_type).unwrap_or(Compression::Uncompressed);
+        let f = store.open_blob(&l.digest)?;
+        let r = rbuild_oci::compress::decompressor(c, std::io::BufReader::new(f))?;
+        rbuild_oci::apply_layer_flat(r, dir)
+            .with_context(|| format!("applying layer {}", l.digest))?;
+    }
+    Ok(())
+}
+
+fn tar_dir(dir: &Path, w: &mut dyn Write) -> Result<()> {
+    let mut b = tar::Builder::new(w);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    let mut entries: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.map(|e| e.path().to_path_buf()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for p in entries {
+        let rel = p.strip_prefix(dir)?;
+        b.append_path_with_name(&p, rel)
+            .with_context(|| format!("adding {} to the tar", rel.display()))?;
+    }
+    b.finish()?;
+    Ok(())
+}
+
+/// Convert (compress, media types, annotations) for an image output.
+pub fn converted(
+    store: &rbuild_cache::Store,
+    manifest: &Descriptor,
+    opts: &ConvertOpts,
+) -> Result<Descriptor> {
+    Ok(rbuild_oci::convert_image(store, manifest, opts)?)
+}
+
+/// Push `manifest` (converted with `opts`) to every name.
+pub fn push(
+    store: &rbuild_cache::Store,
+    manifest: &Descriptor,
+    names: &[Reference],
+    opts: &ConvertOpts,
+    quiet: bool,
+) -> Result<()> {
+    if names.is_empty() {
+        bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
+    }
+    let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
+    let desc = converted(store, manifest, opts)?;
+    for n in names {
+        let rep = client
+            .push_image(store, &desc, n, &rbuild_oci::push::PushOpts::default())
+            .with_context(|| format!("pushing {}", n.familiar()))?;
+        if !quiet {
+            eprintln!(
+                "pushed {}@{} ({} uploaded, {} mounted, {} already present)",
+                n.familiar(),
+                rep.manifest_digest,
+                rep.uploaded,
+                rep.mounted,
+                rep.existing
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Run one output for a built image.
+pub fn export(
+    store: &rbuild_cache::Store,
+    manifest: &Descriptor,
+    tags: &[Reference],
+    o: &OutputSpec,
+    annotations: &BTreeMap<String, String>,
+    quiet: bool,
+) -> Result<()> {
+    let mut names: Vec<Reference> = tags.to_vec();
+    for n in &o.names {
+        names.push(Reference::parse(n).map_err(|e| anyhow!("--output name={n:?}: {e}"))?);
+    }
+    match o.kind.as_str() {
+        "image" | "registry" => {
+            let images = ImageStore::open(store)?;
+            for n in &names[tags.len()..] {
+                images.tag(n, manifest)?;
+            }
+            if o.push {
+                push(store, manifest, &names, &o.convert_opts(annotations), quiet)?;
+            }
+        }
+        "oci" | "docker" => {
+            let desc = converted(store, manifest, &o.convert_opts(annotations))?;
+            write_dest(&o.dest, |w| {
+                if o.kind == "oci" {
+                    rbuild_oci::export_oci_archive(store, &desc, &names, w)?;
+                } else {
+                    rbuild_oci::export_docker_archive(store, &desc, &names, w)?;
+                }
+                Ok(())
+            })?;
+        }
+        "local" => {
+            let dir = PathBuf::from(&o.dest);
+            unpack_rootfs(store, manifest, &dir)?;
+        }
+        "tar" => {
+            let tmp = store.new_tmp_path("rootfs");
+            let r = unpack_rootfs(store, manifest, &tmp)
+                .and_then(|_| write_dest(&o.dest, |w| tar_dir(&tmp, w)));
+            let _ = fs::remove_dir_all(&tmp);
+            r?;
+        }
+        other => bail!("--output type={other}: not supported"),
+    }
+    Ok(())
+}
+
+/// `--load`: stream a docker archive of the image into `docker load`.
+pub fn load_into_docker(
+    store: &rbuild_cache::Store,
+    manifest: &Descriptor,
+    tags: &[Reference],
+) -> Result<()> {
+    let docker = std::env::var("RBUILD_DOCKER").unwrap_or_else(|_| "docker".into());
+    let ok = Command::new(&docker)
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!("--load: no docker daemon answers (`{docker} version` failed); use --output type=docker,dest=FILE and load it elsewhere");
+    }
+    let opts = ConvertOpts {
+        compression: Compression::Uncompressed,
+        oci_media_types: false,
+        ..Default::default()
+    };
+    let desc = converted(store, manifest, &opts)?;
+    let mut child = Command::new(&docker)
+        .arg("load")
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {docker} load"))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("docker load: no stdin"))?;
+    let r = rbuild_oci::export_docker_archive(store, &desc, tags, &mut stdin);
+    drop(stdin);
+    let status = child.wait()?;
+    r?;
+    if !status.success() {
+        bail!("docker load failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        let o = parse("type=oci,dest=a.tar").unwrap();
+        assert_eq!((o.kind.as_str(), o.dest.as_str()), ("oci", "a.tar"));
+        assert_eq!(o.compression, Compression::Gzip);
+        assert!(o.oci_media_types);
+        let o =
+            parse("type=docker,dest=-,compression=zstd,compression-level=9,force-compression=true")
+                .unwrap();
+        assert!(!o.oci_media_types && o.force);
+        assert_eq!((o.compression, o.level), (Compression::Zstd, Some(9)));
+        let o = parse(r#"type=image,"name=a:1,b:2",push=true"#).unwrap();
+        assert_eq!(o.names, ["a:1", "b:2"]);
+        assert!(o.push);
+        assert!(parse("type=registry,name=x").unwrap().push);
+        assert_eq!(parse("out").unwrap().kind, "local");
+        assert_eq!(parse("-").unwrap().kind, "tar");
+        assert!(parse("type=local").is_err());
+        assert!(parse("type=oci").is_err());
+        assert!(parse("type=cacheonly").is_err());
+        assert!(parse("type=oci,dest=x,compression=lz4").is_err());
+        assert!(parse("dest=x").is_err());
+        assert!(parse("type=oci,oops").is_err());
+    }
+
+    #[test]
+    fn annotation_levels() {
+        let a = annotations(&["a=1".into(), "manifest:b=2".into()]).unwrap();
+        assert_eq!(a["a"], "1");
+        assert_eq!(a["b"], "2");
+        assert!(annotations(&["index:c=3".into()]).is_err());
+        assert!(annotations(&["nokey".into()]).is_err());
+    }
+}
