@@ -50,7 +50,8 @@ pub fn store_root(flag: Option<PathBuf>) -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/rbuild"))
 }
 
-fn is_root() -> bool {
+/// Whether rbuild runs as root (effective uid 0).
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
