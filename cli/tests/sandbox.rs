@@ -533,12 +533,20 @@ fn ssh_agent_socket_is_forwarded() {
     let d = tempfile::tempdir().unwrap();
     let sock = d.path().join("agent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let p = Project::new(
-        "FROM busybox\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"sock=$SSH_AUTH_SOCK\" > /ssh\n",
-    );
+    let p = Project::new(concat!(
+        "FROM busybox\n",
+        "RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"sock=$SSH_AUTH_SOCK\" > /ssh",
+        " && stat -c '%a %u %g' \"$SSH_AUTH_SOCK\" >> /ssh\n",
+        "RUN --mount=type=ssh,target=/agent,mode=0660,uid=1000,gid=2000 stat -c '%a %u %g' /agent > /ssh2\n",
+    ));
     let arg = format!("default={}", sock.display());
     p.build(&["-t", "ssh", "--ssh", &arg]).ok();
-    assert_eq!(p.read("ssh", "/ssh"), "sock=/run/buildkit/ssh_agent.0\n");
+    // BuildKit's defaults: the step gets its own socket, 0600 root:root.
+    assert_eq!(
+        p.read("ssh", "/ssh"),
+        "sock=/run/buildkit/ssh_agent.0\n600 0 0\n"
+    );
+    assert_eq!(p.read("ssh", "/ssh2"), "660 1000 2000\n");
     let paths = p.layer_paths("ssh");
     assert!(!paths.iter().any(|x| x.starts_with("/run")), "{paths:?}");
     let q = Project::new("FROM busybox\nRUN --mount=type=ssh,required echo x\n");

@@ -19,6 +19,7 @@ pub mod remote;
 pub mod runmount;
 pub mod sched;
 pub mod source;
+mod sshproxy;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

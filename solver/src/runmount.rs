@@ -8,7 +8,7 @@
 //! | cache | `cachemounts-v1/<id>` in the store (never in a layer), created with `mode/uid/gid`, seeded from `from`+`source` when new; `sharing=shared` (shared flock), `locked` (exclusive flock, waits), `private` (first instance not in use, else a new one); fresh under `--no-cache` (once per build) |
 //! | tmpfs | a fresh tmpfs (`size`) |
 //! | secret | the secret's bytes as a read-only file on the sandbox's private tmpfs (`mode/uid/gid`), and/or an env var; missing: skipped unless `required` |
-//! | ssh | the agent socket bound at the target; `SSH_AUTH_SOCK` is set by the frontend |
+//! | ssh | a per-step proxy socket (`mode/uid/gid`, relaying to the client's agent; `sshproxy.rs`) bound at the target; `SSH_AUTH_SOCK` is set by the frontend |
 //!
 //! Secret bytes are read when the step starts and travel only through the helper's stdin
 //! pipe; they never enter a cache key (the op JSON has only the id), a layer, the history or
@@ -31,6 +31,7 @@ use rustix::fs::{flock, FlockOperation, Mode, OFlags};
 
 use crate::fallback::{materialize, use_copy_snapshotter};
 use crate::fileop::resolve_in_root;
+use crate::sshproxy::SshProxy;
 use crate::{Solver, Value};
 
 /// Where a build secret's bytes come from (CLI `--secret id=…,src=FILE` / `id=…,env=VAR`).
@@ -109,10 +110,13 @@ pub(crate) struct Prepared {
     pub(crate) env: Vec<String>,
     locks: Vec<OwnedFd>,
     temps: Vec<PathBuf>,
+    ssh: Vec<SshProxy>,
 }
 
 impl Drop for Prepared {
     fn drop(&mut self) {
+        // Proxies first: their sockets live in the temporary directories.
+        self.ssh.clear();
         self.locks.clear();
         for t in &self.temps {
             let _ = fs::remove_dir_all(t);
@@ -229,12 +233,33 @@ impl Solver {
                         });
                     }
                 }
-                MountKind::Ssh { id, required, .. } => match self.cfg.ssh.get(id) {
-                    Some(sock) => p.extra.push(ExtraMount::Bind {
-                        source: sock.clone(),
-                        target: m.target.clone(),
-                        readonly: false,
-                    }),
+                MountKind::Ssh {
+                    id,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => match self.cfg.ssh.get(id) {
+                    Some(sock) => {
+                        let mut dir = self.temp_dir(&mut p, &format!("ssh{n}"))?;
+                        if dir.as_os_str().len() > 90 {
+                            // A unix socket path must fit in 108 bytes: use the system's
+                            // temporary directory when the store's path is too long.
+                            dir = std::env::temp_dir()
+                                .join(dir.file_name().map(|f| f.to_owned()).unwrap_or_default());
+                            fs::create_dir(&dir).map_err(|e| io("mkdir", &dir, e))?;
+                            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                                .map_err(|e| io("chmod", &dir, e))?;
+                            p.temps.push(dir.clone());
+                        }
+                        let proxy = SshProxy::start(sock, &dir, *mode, *uid, *gid)?;
+                        p.extra.push(ExtraMount::Bind {
+                            source: proxy.socket().to_path_buf(),
+                            target: m.target.clone(),
+                            readonly: false,
+                        });
+                        p.ssh.push(proxy);
+                    }
                     None if *required => {
                         return Err(format!(
                             "no SSH key {id:?} forwarded from the client (use --ssh {id}[=SOCKET])"
