@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, mount, mount_bind, mount_bind_recursive,
-    mount_change, mount_remount, move_mount, unmount, FsMountFlags, FsOpenFlags, MountAttrFlags,
-    MountFlags, MountPropagationFlags, MoveMountFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, mount, mount_bind,
+    mount_bind_recursive, mount_change, mount_remount, move_mount, unmount, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MountFlags, MountPropagationFlags, MoveMountFlags, UnmountFlags,
 };
 use rustix::thread::UnshareFlags;
 
@@ -55,6 +55,16 @@ pub(crate) fn mount_overlay(
     }
 }
 
+/// The xattr overlayfs marks opaque directories with: `user.overlay.opaque` in a user
+/// namespace (overlay mounted with `userxattr`), else `trusted.overlay.opaque`.
+pub fn opaque_xattr() -> &'static str {
+    if crate::userns::in_user_namespace() {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
+
 fn overlay_new_api(
     lowers: &[PathBuf],
     upper_work: Option<(&Path, &Path)>,
@@ -64,6 +74,11 @@ fn overlay_new_api(
     for lower in lowers {
         fsconfig_set_string(&fs, "lowerdir+", lower.as_path())
             .map_err(|e| ("fsconfig lowerdir+", e))?;
+    }
+    if crate::userns::in_user_namespace() {
+        // trusted.* xattrs are out of reach in a user namespace: whiteout/opaque markers
+        // are user.overlay.* (kernel ≥ 5.11).
+        fsconfig_set_flag(&fs, "userxattr").map_err(|e| ("fsconfig userxattr", e))?;
     }
     if let Some((upper, work)) = upper_work {
         fsconfig_set_string(&fs, "upperdir", upper).map_err(|e| ("fsconfig upperdir", e))?;
@@ -100,6 +115,9 @@ fn overlay_options(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> Ve
             data.push(b':');
         }
         data.extend_from_slice(l.as_os_str().as_bytes());
+    }
+    if crate::userns::in_user_namespace() {
+        data.extend_from_slice(b",userxattr");
     }
     if let Some((u, w)) = upper_work {
         data.extend_from_slice(b",upperdir=");
