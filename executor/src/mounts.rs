@@ -29,6 +29,16 @@ const LAYER_OPTIONS: &[(&str, &str)] = &[
     ("metacopy", "off"),
 ];
 
+/// [`LAYER_OPTIONS`] for this mode: with `userxattr` (user namespace) the kernel refuses an
+/// explicit `redirect_dir` other than `nofollow` and itself turns redirects and metacopy off.
+fn layer_options() -> &'static [(&'static str, &'static str)] {
+    if crate::userns::in_user_namespace() {
+        &[("index", "off")]
+    } else {
+        LAYER_OPTIONS
+    }
+}
+
 /// Mount an overlay of `lowers` (top-most first) at `target`; with
 /// `upper_work` it is writable, otherwise read-only (needs ≥ 1 lower).
 pub(crate) fn mount_overlay(
@@ -87,7 +97,7 @@ fn overlay_new_api(
         // or index entries, whatever the module defaults are. Best effort: a
         // kernel that does not know an option keeps its default (a failed
         // parameter does not invalidate the fs context).
-        for (key, value) in LAYER_OPTIONS {
+        for (key, value) in layer_options() {
             let _ = fsconfig_set_string(&fs, *key, *value);
         }
     }
@@ -124,7 +134,7 @@ fn overlay_options(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> Ve
         data.extend_from_slice(u.as_os_str().as_bytes());
         data.extend_from_slice(b",workdir=");
         data.extend_from_slice(w.as_os_str().as_bytes());
-        for (key, value) in LAYER_OPTIONS {
+        for (key, value) in layer_options() {
             data.extend_from_slice(format!(",{key}={value}").as_bytes());
         }
     }
