@@ -437,9 +437,18 @@ RUN --network=none ip -o link | awk -F': ' '{{print $2}}' > /links
 
 #[test]
 fn secrets_are_readable_in_the_step_and_nowhere_else() {
+    secrets(As::Root);
+}
+
+#[test]
+fn rootless_secrets_are_readable_in_the_step_and_nowhere_else() {
+    secrets(As::Rootless);
+}
+
+fn secrets(who: As) {
     const FILE_SECRET: &str = "file-secret-6f1d2c9a";
     const ENV_SECRET: &str = "env-secret-8b3e7d41";
-    let p = Project::new(
+    let p = Project::run_as(
         r#"FROM busybox
 RUN --mount=type=secret,id=tok,mode=0440,uid=1000 --mount=source=expected,target=/expected \
     cmp -s /run/secrets/tok /expected/file && echo file-ok; \
@@ -451,6 +460,8 @@ RUN --mount=type=secret,id=envtok,env=MY_TOKEN --mount=source=expected,target=/e
     test -e /run/secrets/envtok && echo f > /bad2; echo done > /after2
 RUN --mount=type=secret,id=missing echo optional-missing-ok
 "#,
+        Backend::Overlay,
+        who,
     );
     p.file("tok.txt", FILE_SECRET);
     p.file("expected/file", FILE_SECRET);
@@ -494,13 +505,26 @@ RUN --mount=type=secret,id=missing echo optional-missing-ok
     );
     assert!(again.all().contains("CACHED"), "{}", again.all());
     // required: a missing secret fails the step.
-    let q = Project::new("FROM busybox\nRUN --mount=type=secret,id=nope,required echo no\n");
+    let q = Project::run_as(
+        "FROM busybox\nRUN --mount=type=secret,id=nope,required echo no\n",
+        Backend::Overlay,
+        who,
+    );
     let r = q.build(&[]).fails();
     assert!(r.all().contains("secret nope: not found"), "{}", r.all());
 }
 
 #[test]
 fn cache_mounts_persist_between_builds_and_never_enter_layers() {
+    cache_mounts(As::Root);
+}
+
+#[test]
+fn rootless_cache_mounts_persist_between_builds_and_never_enter_layers() {
+    cache_mounts(As::Rootless);
+}
+
+fn cache_mounts(who: As) {
     let df = r#"FROM busybox
 ARG RUNID
 RUN --mount=type=cache,target=/root/.cache,id=shared-cache \
@@ -508,7 +532,7 @@ RUN --mount=type=cache,target=/root/.cache,id=shared-cache \
 RUN --mount=type=cache,target=/locked,sharing=locked,mode=0700,uid=7 stat -c '%a %u' /locked > /lockedmeta
 RUN --mount=type=cache,target=/private,sharing=private touch /private/p && ls /private > /privatels
 "#;
-    let p = Project::new(df);
+    let p = Project::run_as(df, Backend::Overlay, who);
     p.build(&["-t", "c", "--build-arg", "RUNID=one"]).ok();
     assert_eq!(p.read("c", "/count"), "1\n");
     assert_eq!(p.read("c", "/perm"), "drwxr-xr-x\n");
