@@ -118,6 +118,11 @@ pub(crate) fn run(
     };
     let result = prepare_and_run(spec, scratch, runc, &mut stubs);
     drop(stubs);
+    // Unmount the rootfs and the private tmpfs before the stubs are removed from the layer and
+    // the scratch dir is deleted (a mount point cannot be removed: it was left behind).
+    for m in [&scratch.mnt, &scratch.root] {
+        let _ = rustix::mount::unmount(m.as_path(), rustix::mount::UnmountFlags::DETACH);
+    }
     let mut stub_list = Vec::new();
     let mut copyups = Vec::new();
     for line in msgs.lines().map_while(Result::ok) {
