@@ -140,6 +140,19 @@ impl Project {
         self
     }
 
+    /// A tar archive `rel` in the context with one file `name` owned by `uid:gid`.
+    fn owned_tar(&self, rel: &str, name: &str, uid: u64, gid: u64) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_cksum();
+        b.append_data(&mut h, name, &b"tar"[..]).unwrap();
+        fs::write(self.dir.path().join(rel), b.into_inner().unwrap()).unwrap();
+    }
+
     fn build(&self, args: &[&str]) -> Run {
         let mut c = Command::new(env!("CARGO_BIN_EXE_rbuild"));
         c.arg("build")
@@ -664,16 +677,23 @@ fn rootless_layers(backend: Backend) {
     let p = Project::run_as(
         r#"FROM busybox
 COPY --chown=1000:1000 f /f
+ADD owned.tar /
 RUN touch /g && chown 1000:1000 /g && chown 65534:65534 /home && rm /etc/group && rm -rf /root && mkdir /root && echo n > /root/new
 "#,
         backend,
         As::Rootless,
     );
     p.file("f", "context file\n");
+    p.owned_tar("owned.tar", "tarred", 4242, 4343);
     p.build(&["-t", "owners"]).ok();
     let layers = p.layers("owners");
-    let copy = owners_and_paths(&p, "owners", layers.len() - 2);
+    let copy = owners_and_paths(&p, "owners", layers.len() - 3);
     assert!(copy.contains(&("1000/1000".into(), "f".into())), "{copy:?}");
+    let add = owners_and_paths(&p, "owners", layers.len() - 2);
+    assert!(
+        add.contains(&("4242/4343".into(), "tarred".into())),
+        "{add:?}"
+    );
     let run = owners_and_paths(&p, "owners", layers.len() - 1);
     for want in [
         ("1000/1000", "g"),
@@ -748,6 +768,15 @@ fn a_single_id_map_builds_as_root_and_names_the_fix_for_other_ids() {
         let err = chown.build(&[]).fails().all();
         assert!(
             err.contains("rootless mode maps only ids 0..0") && err.contains("/etc/subuid"),
+            "{who:?}: {err}"
+        );
+        // Unpacking a tar (as for a layer) with an unmapped owner names the file.
+        let add = Project::run_as("FROM busybox\nADD owned.tar /\n", Backend::Overlay, who);
+        add.owned_tar("owned.tar", "tarred", 1000, 1000);
+        let err = add.build(&[]).fails().all();
+        assert!(
+            err.contains("cannot give tarred the owner 1000:1000")
+                && err.contains("rootless mode maps only ids 0..0"),
             "{who:?}: {err}"
         );
     }

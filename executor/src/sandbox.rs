@@ -85,6 +85,8 @@ impl From<ExecutorError> for InitError {
 /// report to send to the helper.
 pub(crate) fn init(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> HelperReport {
     match setup_and_exec(spec, scratch, msgs) {
+        // The parent wraps the message in ExecutorError::Setup again: don't say it twice.
+        InitError::Setup(ExecutorError::Setup(message)) => HelperReport::SetupFailed { message },
         InitError::Setup(e) => HelperReport::SetupFailed {
             message: e.to_string(),
         },
