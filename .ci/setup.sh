@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Test environment for rbuild: installs the real parts the tests use and starts them.
 #  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq,
-#    git (git contexts), bsdutils (`script`, the tty progress test)
+#    git (git contexts), bsdutils (`script`, the tty progress test), uidmap (newuidmap/newgidmap,
+#    rootless tests)
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
@@ -17,6 +18,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/tmp/rbuild-apt.log 2>&1 || { cat /tmp/rbuild-apt.log; exit 1; }
 fi
+
+# The unprivileged user of the rootless tests (cli/tests/rootless.rs), with subordinate id
+# ranges, and one without ranges (single-id map).
+for u in rbuild-test rbuild-nosub; do
+  id "$u" >/dev/null 2>&1 || useradd -m -s /bin/sh "$u"
+done
+for f in /etc/subuid /etc/subgid; do
+  touch "$f"
+  grep -q '^rbuild-test:' "$f" || echo 'rbuild-test:200000:65536' >> "$f"
+  sed -i '/^rbuild-nosub:/d' "$f"
+done
 
 REG=127.0.0.1:5055
 W=${RBUILD_TEST_WORK:-/tmp/rbuild-test-env}
@@ -107,3 +119,4 @@ fi
 echo "RBUILD_TEST_REGISTRY=$REG"
 echo "RBUILD_TEST_TLS_REGISTRY=$TREG"
 echo "RBUILD_TEST_TLS_CA=$TLS/ca.crt"
+echo "RBUILD_TEST_ROOTLESS_USER=rbuild-test"

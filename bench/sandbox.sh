@@ -3,7 +3,8 @@
 # minus the same Dockerfile with no RUN step, divided by 30. rbuild with each runtime it has
 # (built-in; runc when `--runtime runc` is available) and — when a docker daemon answers
 # (../shared/scripts/peer-lab.sh) — BuildKit. Median of N runs (default 5) after one warm-up.
-# Needs root and the test registry (.ci/setup.sh).
+# Needs root and the test registry (.ci/setup.sh). BENCH_USER=rbuild-test runs rbuild rootless
+# as that user (setpriv; the store is given to it).
 # Usage: bash bench/sandbox.sh [runs=5] [steps=30]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,13 @@ rm -rf "$W"; mkdir -p "$W/steps" "$W/base"
 { echo "FROM busybox"; for i in $(seq 1 "$STEPS"); do echo "RUN echo step $i"; done; } > "$W/steps/Dockerfile"
 echo "FROM busybox" > "$W/base/Dockerfile"
 export RBUILD_REGISTRY_MIRRORS=docker.io=127.0.0.1:5055 RBUILD_PROGRESS=quiet RBUILD_ROOT=$W/store
+AS=()
+if [ -n "${BENCH_USER:-}" ]; then
+  mkdir -p "$W/store"; chown -R "$BENCH_USER:" "$W"
+  AS=(setpriv --reuid="$(id -u "$BENCH_USER")" --regid="$(id -g "$BENCH_USER")" --init-groups
+      env HOME="$(getent passwd "$BENCH_USER" | cut -d: -f6)")
+  echo "rootless: rbuild runs as $BENCH_USER"
+fi
 
 # median_ms CMD...: run once to warm up, then RUNS times; print the median wall time in ms.
 median_ms() {
@@ -40,8 +48,8 @@ declare -A PER
 runtimes=(builtin)
 if "$RB" build --help 2>/dev/null | grep -q -- '--runtime'; then runtimes+=(runc); fi
 for rt in "${runtimes[@]}"; do
-  s=$(median_ms "$RB" build --runtime "$rt" --no-cache -q "$W/steps")
-  b=$(median_ms "$RB" build --runtime "$rt" --no-cache -q "$W/base")
+  s=$(median_ms "${AS[@]}" "$RB" build --runtime "$rt" --no-cache -q "$W/steps")
+  b=$(median_ms "${AS[@]}" "$RB" build --runtime "$rt" --no-cache -q "$W/base")
   out=$(report "rbuild ($rt)" "$s" "$b"); echo "$out" | head -1; PER[$rt]=$(echo "$out" | tail -1)
 done
 if /usr/bin/docker info >/dev/null 2>&1; then

@@ -114,6 +114,20 @@ pub enum CacheError {
         /// The selector path.
         path: String,
     },
+    /// The store was made in the other mode (root vs rootless): its overlay xattrs differ.
+    #[error(
+        "the store at {} was made in {store} mode and cannot be used in {current} mode \
+         (overlay whiteout/opaque markers differ); use a separate store (--root / RBUILD_ROOT)",
+        path.display()
+    )]
+    ModeMismatch {
+        /// The store root.
+        path: PathBuf,
+        /// The mode recorded in the store.
+        store: String,
+        /// This process's mode.
+        current: &'static str,
+    },
 }
 
 impl CacheError {

@@ -14,6 +14,7 @@ mod blob;
 pub mod context;
 mod error;
 mod index;
+pub mod overlay;
 mod snapshot;
 mod store;
 pub mod usage;

@@ -65,9 +65,24 @@ impl Store {
                 db: Mutex::new(conn),
             }),
         };
+        store.check_mode()?;
         store.clean_tmp()?;
         store.clean_snapshots()?;
         Ok(store)
+    }
+
+    /// Record the store's mode (root / rootless) on first use; refuse the other mode later.
+    fn check_mode(&self) -> Result<(), CacheError> {
+        let current = crate::overlay::mode();
+        match self.meta_get("store", "mode")? {
+            Some(m) if m != current => Err(CacheError::ModeMismatch {
+                path: self.inner.root.clone(),
+                store: m,
+                current,
+            }),
+            Some(_) => Ok(()),
+            None => self.meta_put("store", "mode", current),
+        }
     }
 
     /// The store root (canonical).

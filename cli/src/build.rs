@@ -320,15 +320,6 @@ fn build_image(
     tags: &[Reference],
     outputs: &[OutputSpec],
 ) -> Result<rbuild_solver::ImageResult> {
-    if !crate::config::is_root() {
-        // Unpacking layers (ownership) and the RUN sandbox need root today; say so up front
-        // instead of failing on the first chown.
-        return Err(anyhow::Error::new(UsageError(
-            "rbuild build needs root for now: rootless builds are not supported yet \
-             (see docs/sandbox.md); run it as root, e.g. with sudo"
-                .to_string(),
-        )));
-    }
     let solver = make_solver(root, b, &inputs.context)?;
     // Held until the image is tagged and exported: GC never removes what this build uses.
     let lease = rbuild_solver::gc::lease(solver.store())?;

@@ -3,7 +3,8 @@
 //! `rbuild -t app:v1 .` (= `rbuild build -t app:v1 .`) parses the Dockerfile (frontend),
 //! solves the graph (solver) and stores the image (oci); `--output` exports it. The binary is
 //! also the sandbox helper: when re-executed with the executor's marker argument it becomes
-//! the helper process before anything else runs.
+//! the helper process before anything else runs, and a non-root user's command re-runs itself
+//! in a user namespace (rootless mode).
 
 mod args;
 mod build;
@@ -31,6 +32,10 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(rbuild_executor::HELPER_ARG) {
         rbuild_executor::helper_main();
     }
+    if let Err(e) = rbuild_executor::userns::enter_if_child() {
+        eprintln!("error: rootless mode: {e}");
+        return ExitCode::from(1);
+    }
     let argv = args::with_default_subcommand(std::env::args_os().collect());
     let cli = args::Cli::parse_from(argv);
     match run(cli) {
@@ -55,6 +60,9 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let root = config::store_root(cli.root.clone())?;
+    if !config::is_root() {
+        return rootless(&root);
+    }
     match cli.command {
         args::Command::Build(b) => build::run(&root, &b),
         args::Command::Images(i) => images::list(&root, &i),
@@ -74,4 +82,19 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         } => store_cmds::debug_compress(&algorithm, threads, level),
         args::Command::Version | args::Command::Completion { .. } => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Not root: run this same command again as root of a new user namespace (rootless mode,
+/// docs/sandbox.md), with the store root chosen for this user.
+fn rootless(root: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let exe = std::env::current_exe().context("locate the rbuild binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let code = rbuild_executor::userns::run_in_user_namespace(
+        &exe,
+        &args,
+        &[("RBUILD_ROOT".into(), root.as_os_str().to_owned())],
+    )
+    .context("rootless mode: starting rbuild in a user namespace")?;
+    Ok(ExitCode::from(code))
 }

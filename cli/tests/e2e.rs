@@ -814,27 +814,3 @@ fn add_unpacks_local_tar_archives_detected_by_content_and_copies_other_files() {
     );
     assert!(r.exists("/copied/bundle.tgz"), "COPY never unpacks");
 }
-
-#[test]
-fn a_non_root_user_gets_a_clear_rootless_error_not_a_half_build() {
-    let p = Project::new("FROM busybox\nRUN true\n");
-    let out = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_rbuild"))
-        .args(["build", "."])
-        .env("RBUILD_ROOT", p.store.path().join("nobody"))
-        .env("HOME", "/tmp")
-        .current_dir(p.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("rootless builds are not supported yet"),
-        "{err}"
-    );
-    assert!(
-        !p.store.path().join("nobody").exists(),
-        "nothing was written"
-    );
-}

@@ -4,7 +4,10 @@
 //! layers in the store. Needs root; a missing prerequisite fails the test with the reason.
 //!
 //! The same suite runs with the copy snapshotter (`RBUILD_SNAPSHOTTER=copy`) for the mount
-//! kinds, through [`Backend`].
+//! kinds, through [`Backend`], and rootless ([`As`]): the real binary run by the unprivileged
+//! test users of `.ci/setup.sh`, with subordinate id ranges or a single-id map.
+
+mod common;
 
 use std::fs;
 use std::path::PathBuf;
@@ -43,10 +46,25 @@ enum Backend {
     Runc,
 }
 
+/// Who runs rbuild.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum As {
+    /// The test process (root).
+    Root,
+    /// The unprivileged test user with subordinate id ranges (rootless, newuidmap).
+    Rootless,
+    /// The same user with `RBUILD_USERNS_MAP=single` (rootless, single-id map).
+    RootlessSingle,
+    /// A user without subordinate ranges (rootless, single-id map chosen automatically).
+    RootlessNoRanges,
+}
+
 struct Project {
     dir: TempDir,
     store: TempDir,
     backend: Backend,
+    user: Option<common::TestUser>,
+    single_map: bool,
 }
 
 struct Run {
@@ -90,12 +108,27 @@ impl Project {
     }
 
     fn with_backend(dockerfile: &str, backend: Backend) -> Self {
+        Self::run_as(dockerfile, backend, As::Root)
+    }
+
+    fn run_as(dockerfile: &str, backend: Backend, who: As) -> Self {
         require_env();
+        let user = match who {
+            As::Root => None,
+            As::Rootless | As::RootlessSingle => Some(common::test_user(common::RANGED_USER)),
+            As::RootlessNoRanges => Some(common::test_user(common::SINGLE_USER)),
+        };
         let p = Project {
             dir: tempfile::tempdir().unwrap(),
             store: tempfile::tempdir().unwrap(),
             backend,
+            user,
+            single_map: who == As::RootlessSingle,
         };
+        if let Some(u) = &p.user {
+            common::open_up(p.dir.path());
+            u.own(p.store.path());
+        }
         p.file("Dockerfile", dockerfile);
         p
     }
@@ -105,6 +138,19 @@ impl Project {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, content).unwrap();
         self
+    }
+
+    /// A tar archive `rel` in the context with one file `name` owned by `uid:gid`.
+    fn owned_tar(&self, rel: &str, name: &str, uid: u64, gid: u64) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_cksum();
+        b.append_data(&mut h, name, &b"tar"[..]).unwrap();
+        fs::write(self.dir.path().join(rel), b.into_inner().unwrap()).unwrap();
     }
 
     fn build(&self, args: &[&str]) -> Run {
@@ -130,6 +176,14 @@ impl Project {
                 },
             )
             .current_dir(self.dir.path());
+        if self.single_map {
+            c.env("RBUILD_USERNS_MAP", "single");
+        }
+        if let Some(u) = &self.user {
+            // A user builds its own files (overlayfs cannot copy up files of unmapped owners).
+            u.own_tree(self.dir.path());
+            c = u.wrap(&c);
+        }
         Run {
             out: c.output().unwrap(),
         }
@@ -220,8 +274,8 @@ impl Project {
     }
 }
 
-fn mount_kinds(backend: Backend) {
-    let p = Project::with_backend(
+fn mount_kinds(backend: Backend, who: As) {
+    let p = Project::run_as(
         r#"FROM busybox AS base
 RUN mkdir -p /data/sub && echo base-data > /data/sub/f && ln -s /data/sub /data/link && ln -s / /data/root
 
@@ -238,6 +292,7 @@ RUN --mount=type=cache,target=/cache,from=base,source=/data/link ls /cache > /ke
 RUN ls / > /keep/root
 "#,
         backend,
+        who,
     );
     p.file("hello.txt", "hello-ctx\n");
     let r = p.build(&["-t", "kinds"]).ok();
@@ -284,35 +339,35 @@ RUN ls / > /keep/root
 
 #[test]
 fn every_mount_kind_works_with_overlayfs() {
-    mount_kinds(Backend::Overlay);
+    mount_kinds(Backend::Overlay, As::Root);
 }
 
 #[test]
 fn every_mount_kind_works_with_the_copy_snapshotter() {
-    mount_kinds(Backend::Copy);
+    mount_kinds(Backend::Copy, As::Root);
 }
 
 #[test]
 fn every_mount_kind_works_with_runc() {
-    mount_kinds(Backend::Runc);
+    mount_kinds(Backend::Runc, As::Root);
 }
 
 #[test]
 fn a_step_cannot_see_or_reach_the_host() {
-    isolation(Backend::Overlay);
+    isolation(Backend::Overlay, As::Root);
 }
 
 #[test]
 fn a_runc_step_cannot_see_or_reach_the_host() {
-    isolation(Backend::Runc);
+    isolation(Backend::Runc, As::Root);
 }
 
-fn isolation(backend: Backend) {
+fn isolation(backend: Backend, who: As) {
     let marker = tempfile::NamedTempFile::new().unwrap();
     fs::write(marker.path(), "host-only").unwrap();
     let m = marker.path().display().to_string();
     let host_pid = std::process::id();
-    let p = Project::with_backend(
+    let p = Project::run_as(
         &format!(
             r#"FROM busybox
 RUN (echo "pid1=$(cat /proc/1/comm)"; \
@@ -337,6 +392,7 @@ RUN --network=none ip -o link | awk -F': ' '{{print $2}}' > /links
 "#
         ),
         backend,
+        who,
     );
     p.build(&["-t", "iso"]).ok();
     let rep = p.read("iso", "/report");
@@ -394,9 +450,18 @@ RUN --network=none ip -o link | awk -F': ' '{{print $2}}' > /links
 
 #[test]
 fn secrets_are_readable_in_the_step_and_nowhere_else() {
+    secrets(As::Root);
+}
+
+#[test]
+fn rootless_secrets_are_readable_in_the_step_and_nowhere_else() {
+    secrets(As::Rootless);
+}
+
+fn secrets(who: As) {
     const FILE_SECRET: &str = "file-secret-6f1d2c9a";
     const ENV_SECRET: &str = "env-secret-8b3e7d41";
-    let p = Project::new(
+    let p = Project::run_as(
         r#"FROM busybox
 RUN --mount=type=secret,id=tok,mode=0440,uid=1000 --mount=source=expected,target=/expected \
     cmp -s /run/secrets/tok /expected/file && echo file-ok; \
@@ -408,6 +473,8 @@ RUN --mount=type=secret,id=envtok,env=MY_TOKEN --mount=source=expected,target=/e
     test -e /run/secrets/envtok && echo f > /bad2; echo done > /after2
 RUN --mount=type=secret,id=missing echo optional-missing-ok
 "#,
+        Backend::Overlay,
+        who,
     );
     p.file("tok.txt", FILE_SECRET);
     p.file("expected/file", FILE_SECRET);
@@ -451,13 +518,26 @@ RUN --mount=type=secret,id=missing echo optional-missing-ok
     );
     assert!(again.all().contains("CACHED"), "{}", again.all());
     // required: a missing secret fails the step.
-    let q = Project::new("FROM busybox\nRUN --mount=type=secret,id=nope,required echo no\n");
+    let q = Project::run_as(
+        "FROM busybox\nRUN --mount=type=secret,id=nope,required echo no\n",
+        Backend::Overlay,
+        who,
+    );
     let r = q.build(&[]).fails();
     assert!(r.all().contains("secret nope: not found"), "{}", r.all());
 }
 
 #[test]
 fn cache_mounts_persist_between_builds_and_never_enter_layers() {
+    cache_mounts(As::Root);
+}
+
+#[test]
+fn rootless_cache_mounts_persist_between_builds_and_never_enter_layers() {
+    cache_mounts(As::Rootless);
+}
+
+fn cache_mounts(who: As) {
     let df = r#"FROM busybox
 ARG RUNID
 RUN --mount=type=cache,target=/root/.cache,id=shared-cache \
@@ -465,7 +545,7 @@ RUN --mount=type=cache,target=/root/.cache,id=shared-cache \
 RUN --mount=type=cache,target=/locked,sharing=locked,mode=0700,uid=7 stat -c '%a %u' /locked > /lockedmeta
 RUN --mount=type=cache,target=/private,sharing=private touch /private/p && ls /private > /privatels
 "#;
-    let p = Project::new(df);
+    let p = Project::run_as(df, Backend::Overlay, who);
     p.build(&["-t", "c", "--build-arg", "RUNID=one"]).ok();
     assert_eq!(p.read("c", "/count"), "1\n");
     assert_eq!(p.read("c", "/perm"), "drwxr-xr-x\n");
@@ -552,4 +632,196 @@ fn ssh_agent_socket_is_forwarded() {
     let q = Project::new("FROM busybox\nRUN --mount=type=ssh,required echo x\n");
     let r = q.build(&[]).fails();
     assert!(r.all().contains("no SSH key"), "{}", r.all());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rootless: the same suite as an unprivileged user, plus what only rootless mode has.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_rootless_step_cannot_see_or_reach_the_host() {
+    isolation(Backend::Overlay, As::Rootless);
+}
+
+#[test]
+fn a_rootless_step_with_a_single_id_map_cannot_see_or_reach_the_host() {
+    isolation(Backend::Overlay, As::RootlessSingle);
+}
+
+#[test]
+fn a_rootless_runc_step_cannot_see_or_reach_the_host() {
+    isolation(Backend::Runc, As::Rootless);
+}
+
+#[test]
+fn every_mount_kind_works_rootless() {
+    mount_kinds(Backend::Overlay, As::Rootless);
+}
+
+#[test]
+fn every_mount_kind_works_rootless_with_the_copy_snapshotter() {
+    mount_kinds(Backend::Copy, As::Rootless);
+}
+
+/// Layer entries as `tar -tv --numeric-owner` prints them: (owner "uid/gid", path).
+fn owners_and_paths(p: &Project, name: &str, layer: usize) -> Vec<(String, String)> {
+    let l = &p.layers(name)[layer];
+    let o = Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(l)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tar -tvf {}", l.display());
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f[1].to_string(), f[5].trim_end_matches('/').to_string())
+        })
+        .collect()
+}
+
+fn rootless_layers(backend: Backend) {
+    let p = Project::run_as(
+        r#"FROM busybox
+COPY --chown=1000:1000 f /f
+ADD owned.tar /
+RUN touch /g && chown 1000:1000 /g && chown 65534:65534 /home && rm /etc/group && rm -rf /root && mkdir /root && echo n > /root/new
+"#,
+        backend,
+        As::Rootless,
+    );
+    p.file("f", "context file\n");
+    p.owned_tar("owned.tar", "tarred", 4242, 4343);
+    p.build(&["-t", "owners"]).ok();
+    let layers = p.layers("owners");
+    let copy = owners_and_paths(&p, "owners", layers.len() - 3);
+    assert!(copy.contains(&("1000/1000".into(), "f".into())), "{copy:?}");
+    let add = owners_and_paths(&p, "owners", layers.len() - 2);
+    assert!(
+        add.contains(&("4242/4343".into(), "tarred".into())),
+        "{add:?}"
+    );
+    let run = owners_and_paths(&p, "owners", layers.len() - 1);
+    for want in [
+        ("1000/1000", "g"),
+        ("65534/65534", "home"),
+        ("0/0", "etc/.wh.group"),
+        ("0/0", "root/.wh..wh..opq"),
+        ("0/0", "root/new"),
+    ] {
+        assert!(
+            run.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} not in {run:?}"
+        );
+    }
+    assert_eq!(p.read("owners", "/root/new"), "n\n");
+    // The store was made rootless: its layer dirs mark opaque dirs with user.overlay.* (a
+    // root process refuses the store rather than misreading it).
+    let root_run = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("images")
+        .env("RBUILD_ROOT", p.store.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&root_run.stderr);
+    assert!(!root_run.status.success(), "{err}");
+    assert!(
+        err.contains("made in rootless mode") && err.contains("root mode"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rootless_layers_record_owners_whiteouts_and_opaque_dirs() {
+    rootless_layers(Backend::Overlay);
+}
+
+#[test]
+fn rootless_layers_record_owners_whiteouts_and_opaque_dirs_with_the_copy_snapshotter() {
+    rootless_layers(Backend::Copy);
+}
+
+#[test]
+fn a_single_id_map_builds_as_root_and_names_the_fix_for_other_ids() {
+    for who in [As::RootlessNoRanges, As::RootlessSingle] {
+        let p = Project::run_as(
+            "FROM busybox\nRUN cat /proc/self/uid_map > /map && echo ok > /ok\n",
+            Backend::Overlay,
+            who,
+        );
+        p.build(&["-t", "single"]).ok();
+        assert_eq!(p.read("single", "/ok"), "ok\n");
+        let map: Vec<String> = p
+            .read("single", "/map")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        // The namespace's map: 0 → the host user, one id.
+        let uid = p.user.as_ref().unwrap().uid.to_string();
+        assert_eq!(map, ["0", uid.as_str(), "1"], "{who:?}");
+
+        let user = Project::run_as("FROM busybox\nUSER 1000\nRUN id\n", Backend::Overlay, who);
+        let err = user.build(&[]).fails().all();
+        assert!(
+            err.contains("not mapped in rbuild's rootless user namespace")
+                && err.contains("/etc/subuid"),
+            "{who:?}: {err}"
+        );
+        let chown = Project::run_as(
+            "FROM busybox\nCOPY --chown=1000 f /f\n",
+            Backend::Overlay,
+            who,
+        );
+        chown.file("f", "x");
+        let err = chown.build(&[]).fails().all();
+        assert!(
+            err.contains("rootless mode maps only ids 0..0") && err.contains("/etc/subuid"),
+            "{who:?}: {err}"
+        );
+        // Unpacking a tar (as for a layer) with an unmapped owner names the file.
+        let add = Project::run_as("FROM busybox\nADD owned.tar /\n", Backend::Overlay, who);
+        add.owned_tar("owned.tar", "tarred", 1000, 1000);
+        let err = add.build(&[]).fails().all();
+        assert!(
+            err.contains("cannot give tarred the owner 1000:1000")
+                && err.contains("rootless mode maps only ids 0..0"),
+            "{who:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_rootless_user_gets_a_store_in_its_home_by_default() {
+    require_env();
+    let user = common::test_user(common::RANGED_USER);
+    let dir = tempfile::tempdir().unwrap();
+    common::open_up(dir.path());
+    fs::write(dir.path().join("Dockerfile"), "FROM busybox\nRUN true\n").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    user.own(home.path());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+    c.args(["build", "-t", "home", "."])
+        .env_remove("RBUILD_ROOT")
+        .env_remove("XDG_DATA_HOME")
+        .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+        .env("RBUILD_PROGRESS", "plain")
+        .current_dir(dir.path());
+    let mut c = user.wrap(&c);
+    c.env("HOME", home.path());
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = home.path().join(".local/share/rbuild");
+    assert!(store.join("index-v1.db").is_file(), "no store in {store:?}");
+    // The user's rbuild lists and prunes it (files owned by subordinate ids included).
+    let mut images = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+    images.arg("images");
+    let mut images = user.wrap(&images);
+    images.env("HOME", home.path());
+    let out = images.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("home"), "{text}");
 }

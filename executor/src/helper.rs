@@ -284,7 +284,8 @@ fn remove_stubs(rootfs: &Rootfs, stubs: &[(String, bool)], copyups: &[String]) {
         let empty = std::fs::read_dir(&p)
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
-        let opaque = rustix::fs::lgetxattr(&p, "trusted.overlay.opaque", &mut [0u8; 8]).is_ok();
+        let opaque =
+            rustix::fs::lgetxattr(&p, crate::mounts::opaque_xattr(), &mut [0u8; 8]).is_ok();
         if !m.is_dir() || !empty || opaque {
             continue;
         }

@@ -37,6 +37,7 @@ mod seccomp;
 #[allow(unsafe_code)] // the only module with unsafe code
 mod sys;
 mod user;
+pub mod userns;
 
 use std::path::PathBuf;
 
@@ -44,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ExecutorError;
 pub use helper::helper_main;
-pub use mounts::{overlay_supported, with_private_mounts, Mounter};
+pub use mounts::{opaque_xattr, overlay_supported, with_private_mounts, Mounter};
 pub use run::Executor;
 
 /// First argument that makes a binary act as the sandbox helper.

@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, mount, mount_bind, mount_bind_recursive,
-    mount_change, mount_remount, move_mount, unmount, FsMountFlags, FsOpenFlags, MountAttrFlags,
-    MountFlags, MountPropagationFlags, MoveMountFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, mount, mount_bind,
+    mount_bind_recursive, mount_change, mount_remount, move_mount, unmount, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MountFlags, MountPropagationFlags, MoveMountFlags, UnmountFlags,
 };
 use rustix::thread::UnshareFlags;
 
@@ -28,6 +28,16 @@ const LAYER_OPTIONS: &[(&str, &str)] = &[
     ("redirect_dir", "off"),
     ("metacopy", "off"),
 ];
+
+/// [`LAYER_OPTIONS`] for this mode: with `userxattr` (user namespace) the kernel refuses an
+/// explicit `redirect_dir` other than `nofollow` and itself turns redirects and metacopy off.
+fn layer_options() -> &'static [(&'static str, &'static str)] {
+    if crate::userns::in_user_namespace() {
+        &[("index", "off")]
+    } else {
+        LAYER_OPTIONS
+    }
+}
 
 /// Mount an overlay of `lowers` (top-most first) at `target`; with
 /// `upper_work` it is writable, otherwise read-only (needs ≥ 1 lower).
@@ -55,6 +65,16 @@ pub(crate) fn mount_overlay(
     }
 }
 
+/// The xattr overlayfs marks opaque directories with: `user.overlay.opaque` in a user
+/// namespace (overlay mounted with `userxattr`), else `trusted.overlay.opaque`.
+pub fn opaque_xattr() -> &'static str {
+    if crate::userns::in_user_namespace() {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
+
 fn overlay_new_api(
     lowers: &[PathBuf],
     upper_work: Option<(&Path, &Path)>,
@@ -65,6 +85,11 @@ fn overlay_new_api(
         fsconfig_set_string(&fs, "lowerdir+", lower.as_path())
             .map_err(|e| ("fsconfig lowerdir+", e))?;
     }
+    if crate::userns::in_user_namespace() {
+        // trusted.* xattrs are out of reach in a user namespace: whiteout/opaque markers
+        // are user.overlay.* (kernel ≥ 5.11).
+        fsconfig_set_flag(&fs, "userxattr").map_err(|e| ("fsconfig userxattr", e))?;
+    }
     if let Some((upper, work)) = upper_work {
         fsconfig_set_string(&fs, "upperdir", upper).map_err(|e| ("fsconfig upperdir", e))?;
         fsconfig_set_string(&fs, "workdir", work).map_err(|e| ("fsconfig workdir", e))?;
@@ -72,7 +97,7 @@ fn overlay_new_api(
         // or index entries, whatever the module defaults are. Best effort: a
         // kernel that does not know an option keeps its default (a failed
         // parameter does not invalidate the fs context).
-        for (key, value) in LAYER_OPTIONS {
+        for (key, value) in layer_options() {
             let _ = fsconfig_set_string(&fs, *key, *value);
         }
     }
@@ -101,12 +126,15 @@ fn overlay_options(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> Ve
         }
         data.extend_from_slice(l.as_os_str().as_bytes());
     }
+    if crate::userns::in_user_namespace() {
+        data.extend_from_slice(b",userxattr");
+    }
     if let Some((u, w)) = upper_work {
         data.extend_from_slice(b",upperdir=");
         data.extend_from_slice(u.as_os_str().as_bytes());
         data.extend_from_slice(b",workdir=");
         data.extend_from_slice(w.as_os_str().as_bytes());
-        for (key, value) in LAYER_OPTIONS {
+        for (key, value) in layer_options() {
             data.extend_from_slice(format!(",{key}={value}").as_bytes());
         }
     }

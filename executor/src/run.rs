@@ -56,7 +56,8 @@ impl Executor {
         }
         if !rustix::process::geteuid().is_root() {
             return Err(ExecutorError::Setup(
-                "rootless mode is not supported yet: RUN steps need root (see docs/sandbox.md)"
+                "the sandbox needs root, or root of a user namespace (rbuild re-runs itself \
+                 in one when started by a non-root user; see docs/sandbox.md)"
                     .into(),
             ));
         }

@@ -118,6 +118,11 @@ pub(crate) fn run(
     };
     let result = prepare_and_run(spec, scratch, runc, &mut stubs);
     drop(stubs);
+    // Unmount the rootfs and the private tmpfs before the stubs are removed from the layer and
+    // the scratch dir is deleted (a mount point cannot be removed: it was left behind).
+    for m in [&scratch.mnt, &scratch.root] {
+        let _ = rustix::mount::unmount(m.as_path(), rustix::mount::UnmountFlags::DETACH);
+    }
     let mut stub_list = Vec::new();
     let mut copyups = Vec::new();
     for line in msgs.lines().map_while(Result::ok) {
@@ -160,6 +165,9 @@ fn prepare_and_run(
     let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
     // No cgroup filesystem in the step (the built-in sandbox has none either).
     mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+    if crate::userns::in_user_namespace() {
+        rootless_mounts(&mut mounts, spec.network)?;
+    }
     let bind = |src: &Path, dst: &str, ro: bool| -> Result<Mount, ExecutorError> {
         let mut opts = vec!["rbind".to_string(), "nosuid".to_string()];
         if ro {
@@ -359,6 +367,39 @@ fn prepare_and_run(
 }
 
 /// Error-level messages of runc's JSON log, joined.
+/// Rootless (runc runs as root of rbuild's user namespace): sysfs cannot be mounted without
+/// owning the network namespace, so a step on the host network gets the host's `/sys` bound
+/// read-only (as the built-in sandbox does); devpts drops `gid=5` when gid 5 is not mapped
+/// (single-id map).
+fn rootless_mounts(mounts: &mut [Mount], network: Network) -> Result<(), ExecutorError> {
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/sys") && network == Network::Host {
+            *m = MountBuilder::default()
+                .destination("/sys")
+                .typ("bind")
+                .source("/sys")
+                .options(
+                    ["rbind", "nosuid", "noexec", "nodev", "ro"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(setup)?;
+        }
+        if m.typ().as_deref() == Some("devpts") && !crate::userns::id_mapped("gid_map", 5) {
+            let opts: Vec<String> = m
+                .options()
+                .iter()
+                .flatten()
+                .filter(|o| !o.starts_with("gid="))
+                .cloned()
+                .collect();
+            m.set_options(Some(opts));
+        }
+    }
+    Ok(())
+}
+
 fn runc_errors(log: &PathBuf) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     let msgs: Vec<String> = text

@@ -85,6 +85,8 @@ impl From<ExecutorError> for InitError {
 /// report to send to the helper.
 pub(crate) fn init(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> HelperReport {
     match setup_and_exec(spec, scratch, msgs) {
+        // The parent wraps the message in ExecutorError::Setup again: don't say it twice.
+        InitError::Setup(ExecutorError::Setup(message)) => HelperReport::SetupFailed { message },
         InitError::Setup(e) => HelperReport::SetupFailed {
             message: e.to_string(),
         },
@@ -148,13 +150,18 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
 
     // /sys (read-only; best effort: an empty dir when sysfs cannot be mounted)
     let sys_dir = stubs.ensure("/sys", true)?;
-    let _ = mount(
+    let sysfs = mount(
         "sysfs",
         &sys_dir,
         "sysfs",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::RDONLY,
         None::<&CStr>,
     );
+    if sysfs.is_err() && crate::userns::in_user_namespace() {
+        // Rootless with the host's network: sysfs can only be mounted by the owner of the
+        // network namespace, so bind the host's /sys read-only instead (as rootless podman).
+        let _ = bind(Path::new("/sys"), &sys_dir, true);
+    }
 
     // generated /etc files (read-only binds)
     for (target, source) in [
@@ -414,12 +421,18 @@ fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
     }
     let pts = dev.join("pts");
     std::fs::create_dir(&pts).map_err(|e| err("mkdir", &pts, e))?;
+    // gid 5 (tty) is not mapped in a single-id rootless namespace.
+    let devpts_opts = if crate::userns::id_mapped("gid_map", 5) {
+        c"newinstance,ptmxmode=0666,mode=0620,gid=5"
+    } else {
+        c"newinstance,ptmxmode=0666,mode=0620"
+    };
     mount(
         "devpts",
         &pts,
         "devpts",
         MountFlags::NOSUID | MountFlags::NOEXEC,
-        c"newinstance,ptmxmode=0666,mode=0620,gid=5",
+        devpts_opts,
     )
     .map_err(|e| err("mount devpts at", &pts, e))?;
     let shm = dev.join("shm");
@@ -516,11 +529,16 @@ fn drop_privileges(creds: &user::Credentials, insecure: bool) -> Result<(), Exec
     }
     let _ = clear_ambient_capability_set();
     let groups: Vec<Gid> = creds.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    set_thread_groups(&groups).map_err(|e| err("setgroups", "", e))?;
+    match set_thread_groups(&groups) {
+        Ok(()) => {}
+        // Rootless with a single-id map: setgroups(2) is denied in the namespace.
+        Err(rustix::io::Errno::PERM) if setgroups_denied() => {}
+        Err(e) => return Err(err("setgroups", "", e)),
+    }
     let gid = Gid::from_raw(creds.gid);
-    set_thread_res_gid(gid, gid, gid).map_err(|e| err("setresgid", "", e))?;
+    set_thread_res_gid(gid, gid, gid).map_err(|e| unmapped("setresgid", creds.gid, e))?;
     let uid = Uid::from_raw(creds.uid);
-    set_thread_res_uid(uid, uid, uid).map_err(|e| err("setresuid", "", e))?;
+    set_thread_res_uid(uid, uid, uid).map_err(|e| unmapped("setresuid", creds.uid, e))?;
     if creds.uid == 0 {
         set_capabilities(
             None,
@@ -536,6 +554,24 @@ fn drop_privileges(creds: &user::Credentials, insecure: bool) -> Result<(), Exec
         set_no_new_privs(true).map_err(|e| err("prctl(PR_SET_NO_NEW_PRIVS)", "", e))?;
     }
     Ok(())
+}
+
+/// Whether `setgroups(2)` is denied in this user namespace (single-id rootless map).
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
+/// A failed set*id: an id outside the rootless user namespace's map gets a message saying so.
+fn unmapped(op: &str, id: u32, e: rustix::io::Errno) -> ExecutorError {
+    if e == rustix::io::Errno::INVAL && crate::userns::in_user_namespace() {
+        return ExecutorError::Setup(format!(
+            "{op}({id}): id {id} is not mapped in rbuild's rootless user namespace ({}); \
+             give the user a subordinate id range in /etc/subuid and /etc/subgid \
+             (and install newuidmap/newgidmap) to run steps as other users",
+            crate::userns::describe_mapping()
+        ));
+    }
+    err(op, "", e)
 }
 
 /// Resolve `program` like `execvp` with the step's `PATH`.

@@ -3,7 +3,8 @@
 //! Thin, checked wrappers around the few system calls that neither `std` nor
 //! `rustix` expose as safe functions: `fork`, `unshare`, fd passing into a
 //! spawned child (`pre_exec`), adopting an inherited fd, and the
-//! `SIOCSIFFLAGS` ioctl that brings the loopback interface up.
+//! `SIOCSIFFLAGS` ioctl that brings the loopback interface up, and ignoring terminal
+//! interrupts in the rootless parent.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -140,4 +141,16 @@ pub(crate) fn loopback_up() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Ignore SIGINT and SIGQUIT in this process (the rootless parent, whose child in the user
+/// namespace receives the terminal's signals too and handles them).
+pub(crate) fn ignore_terminal_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: installing SIG_IGN (no handler code runs) for a catchable signal is always
+        // sound; the previous disposition is not needed.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
 }

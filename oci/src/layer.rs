@@ -2,7 +2,7 @@
 //!
 //! * [`apply_layer`] extracts a (gzip or uncompressed) layer tar into a directory, turning OCI
 //!   whiteouts into overlayfs ones (`.wh.NAME` → char device 0:0, `.wh..wh..opq` →
-//!   `trusted.overlay.opaque=y`). Every path is resolved with `openat2(RESOLVE_IN_ROOT)` from the
+//!   `trusted.overlay.opaque=y`, or `user.overlay.opaque` in rootless mode). Every path is resolved with `openat2(RESOLVE_IN_ROOT)` from the
 //!   destination, so `..`, absolute paths and symlinks planted by the layer can never lead a write
 //!   outside it; the final component is never followed.
 //! * [`write_layer`] turns an upper directory into a deterministic, uncompressed layer tar (the
@@ -24,8 +24,6 @@ use crate::OciError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
-const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
 // ---------------------------------------------------------------------------------------------
@@ -277,6 +275,24 @@ impl Extractor {
         }
     }
 
+    /// A failed chown; in rootless mode `EINVAL` means an id outside the namespace's map.
+    fn chown_err(&self, e: rustix::io::Errno, meta: &EntryMeta, rel: &str) -> OciError {
+        let path = self.dest.join(rel);
+        if e == rustix::io::Errno::INVAL && rbuild_cache::overlay::rootless() {
+            let msg = rbuild_cache::overlay::unmapped_id_message(
+                Path::new(rel),
+                meta.uid as u32,
+                meta.gid as u32,
+            );
+            return OciError::Io {
+                op: "unpack layer:".into(),
+                path,
+                source: io::Error::other(msg),
+            };
+        }
+        self.err("chown", rel)(e)
+    }
+
     /// Open `rel` (already cleaned) with the destination as the filesystem root.
     fn open_in_root(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, OciError> {
         self.try_open_in_root(rel, flags)
@@ -413,7 +429,7 @@ impl Extractor {
             let dir = self.ensure_dir(parent_comps)?;
             rustix::fs::fsetxattr(
                 &dir,
-                OVERLAY_OPAQUE_XATTR,
+                rbuild_cache::overlay::opaque_xattr(),
                 b"y",
                 rustix::fs::XattrFlags::empty(),
             )
@@ -594,7 +610,7 @@ impl Extractor {
                 let Ok(key) = ext.key() else { continue };
                 let value = ext.value_bytes();
                 if let Some(x) = key.strip_prefix(PAX_XATTR_PREFIX) {
-                    if !x.starts_with(OVERLAY_XATTR_PREFIX) {
+                    if !rbuild_cache::overlay::is_overlay_xattr(x.as_bytes()) {
                         meta.xattrs.push((OsString::from(x), value.to_vec()));
                     }
                 } else {
@@ -625,7 +641,7 @@ impl Extractor {
             Some(rustix::fs::Uid::from_raw(meta.uid as u32)),
             Some(rustix::fs::Gid::from_raw(meta.gid as u32)),
         )
-        .map_err(self.err("chown", rel))?;
+        .map_err(|e| self.chown_err(e, meta, rel))?;
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))
             .map_err(self.err("chmod", rel))?;
         for (k, v) in &meta.xattrs {
@@ -654,7 +670,7 @@ impl Extractor {
             Some(rustix::fs::Gid::from_raw(meta.gid as u32)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
-        .map_err(self.err("chown", rel))?;
+        .map_err(|e| self.chown_err(e, meta, rel))?;
         rustix::fs::utimensat(parent, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(self.err("set mtime", rel))?;
         Ok(())
@@ -840,7 +856,7 @@ impl<W: Write> LayerWriter<W> {
         }
         let user_xattrs: Vec<Xattr> = xattrs
             .iter()
-            .filter(|(k, _)| !k.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()))
+            .filter(|(k, _)| !rbuild_cache::overlay::is_overlay_xattr(k))
             .cloned()
             .collect();
         if ft.is_dir() {
@@ -850,7 +866,7 @@ impl<W: Write> LayerWriter<W> {
             self.emit(header.clone(), &drel, None, &user_xattrs, io::empty(), path)?;
             let opaque = xattrs
                 .iter()
-                .any(|(k, v)| k == OVERLAY_OPAQUE_XATTR.as_bytes() && v == b"y");
+                .any(|(k, v)| k == rbuild_cache::overlay::opaque_xattr().as_bytes() && v == b"y");
             if opaque {
                 let mut orel = drel.clone();
                 orel.extend_from_slice(OPAQUE_MARKER.as_bytes());

@@ -7,7 +7,7 @@
 //!    the layer directories top-down per path (a whiteout, a character device 0:0, hides the
 //!    path below it; a directory with `trusted.overlay.opaque=y` hides everything below it in
 //!    lower layers). Every visible entry is copied once, with its mode, owner, mtime and xattrs
-//!    (except `trusted.overlay.*`); hard links within one layer stay hard links.
+//!    (except `trusted.overlay.*`/`user.overlay.*`); hard links within one layer stay hard links.
 //! 2. The step runs in that directory ([`rbuild_executor::Rootfs::Dir`] for RUN, the file-op
 //!    actions for COPY/WORKDIR/…).
 //! 3. [`diff`] compares the directory with the same merged view of the input chain and writes
@@ -53,8 +53,10 @@ use crate::{Chain, SolveError, Solver, Value};
 /// Environment variable that picks the snapshotter: `copy` (alias `native`) or `overlay`.
 pub const SNAPSHOTTER_ENV: &str = "RBUILD_SNAPSHOTTER";
 
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The opaque-directory xattr of this mode (`user.overlay.opaque` rootless).
+fn opaque_xattr() -> &'static str {
+    rbuild_cache::overlay::opaque_xattr()
+}
 
 /// Whether steps run on the copy snapshotter: `RBUILD_SNAPSHOTTER=copy` forces it,
 /// `RBUILD_SNAPSHOTTER=overlay` forces overlayfs, otherwise it is used when overlayfs cannot be
@@ -496,7 +498,7 @@ fn ensure_dir(p: &Path) -> Result<(), SolveError> {
 }
 
 fn mark_opaque(dir: &Path) -> Result<(), SolveError> {
-    rustix::fs::lsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+    rustix::fs::lsetxattr(dir, opaque_xattr(), b"y", XattrFlags::empty())
         .map_err(|e| ioe("mark opaque", dir, e))
 }
 
@@ -671,7 +673,7 @@ fn read_xattrs(p: &Path) -> Result<Vec<Xattr>, SolveError> {
     }
     let mut out = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(OVERLAY_XATTR_PREFIX) {
+        if rbuild_cache::overlay::is_overlay_xattr(name) {
             continue;
         }
         let os = OsStr::from_bytes(name);
@@ -692,7 +694,7 @@ fn read_xattrs(p: &Path) -> Result<Vec<Xattr>, SolveError> {
 
 fn is_opaque(p: &Path) -> Result<bool, SolveError> {
     let mut buf = [0u8; 8];
-    match rustix::fs::lgetxattr(p, OPAQUE_XATTR, &mut buf) {
+    match rustix::fs::lgetxattr(p, opaque_xattr(), &mut buf) {
         Ok(n) => Ok(buf.get(..n) == Some(b"y".as_slice())),
         Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) | Err(Errno::RANGE) => Ok(false),
         Err(e) => Err(ioe("read xattr of", p, e)),
@@ -868,7 +870,7 @@ mod tests {
         chown(&l0.join("sub"), 7, 8);
 
         fs::create_dir_all(l1.join("a")).unwrap();
-        rustix::fs::lsetxattr(l1.join("a"), OPAQUE_XATTR, b"y", XattrFlags::empty()).unwrap();
+        rustix::fs::lsetxattr(l1.join("a"), opaque_xattr(), b"y", XattrFlags::empty()).unwrap();
         write(&l1.join("a/3"), "three");
         wh(&l1.join("b/x"));
         write(&l1.join("b/y"), "y");
@@ -911,7 +913,7 @@ mod tests {
             ]
         );
         assert_eq!(fs::read_to_string(dest.join("a/3")).unwrap(), "three");
-        assert_eq!(xattr(&dest.join("a"), OPAQUE_XATTR), None);
+        assert_eq!(xattr(&dest.join("a"), opaque_xattr()), None);
         assert_eq!(xattr(&dest.join("keep"), "user.k"), Some(b"v".to_vec()));
         let c = fs::metadata(dest.join("c")).unwrap();
         assert_eq!((c.mode() & 0o7777, c.uid(), c.gid()), (0o600, 1000, 1000));
@@ -997,9 +999,9 @@ mod tests {
             );
         }
         let opaque = recreated.then(|| b"y".to_vec());
-        assert_eq!(xattr(&u.join("a"), OPAQUE_XATTR), opaque);
-        assert_eq!(xattr(&u.join("b"), OPAQUE_XATTR), None);
-        assert_eq!(xattr(&u.join("sub"), OPAQUE_XATTR), None);
+        assert_eq!(xattr(&u.join("a"), opaque_xattr()), opaque);
+        assert_eq!(xattr(&u.join("b"), opaque_xattr()), None);
+        assert_eq!(xattr(&u.join("sub"), opaque_xattr()), None);
         assert_eq!(fs::read_to_string(u.join("keep")).unwrap(), "KEEP");
         assert_eq!(fs::metadata(u.join("b/y")).unwrap().mode() & 0o7777, 0o700);
         let sub = fs::metadata(u.join("sub")).unwrap();
@@ -1096,7 +1098,7 @@ mod tests {
             fs::metadata(upper.join("n2")).unwrap().ino()
         );
         // a directory made where a file was is opaque, as overlayfs writes it
-        assert_eq!(xattr(&upper.join("c"), OPAQUE_XATTR), Some(b"y".to_vec()));
+        assert_eq!(xattr(&upper.join("c"), opaque_xattr()), Some(b"y".to_vec()));
         let mut all = layers.clone();
         all.push(upper.clone());
         let again = t.path().join("again");

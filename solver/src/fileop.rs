@@ -789,8 +789,14 @@ fn finish_dir(target: &Path, md: &fs::Metadata) -> Result<(), String> {
 }
 
 fn lchown(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid))
-        .map_err(|e| format!("chown {}: {e}", p.display()))
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+            && rbuild_cache::overlay::rootless()
+        {
+            return rbuild_cache::overlay::unmapped_id_message(p, uid, gid);
+        }
+        format!("chown {}: {e}", p.display())
+    })
 }
 
 fn set_mtime(p: &Path, md: &fs::Metadata, follow: bool) -> Result<(), String> {
