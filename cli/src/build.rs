@@ -171,6 +171,11 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         .transpose()?
         .or(if b.reproducible { Some(0) } else { None });
     let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
+    let resources = crate::sandbox_opts::resources(b).map_err(|e| UsageError(e.to_string()))?;
+    if !resources.is_empty() {
+        rbuild_executor::cgroup::check(&resources)
+            .map_err(|e| UsageError(format!("{}: {e}", crate::sandbox_opts::resource_flags(b))))?;
+    }
     Ok(Solver::new(SolverConfig {
         store,
         executor,
@@ -185,6 +190,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         ssh: sandbox.ssh,
         entitlements: sandbox.entitlements,
         cache: crate::cachecmd::cache_options(b, context),
+        resources,
     }))
 }
 
@@ -342,6 +348,10 @@ fn build_image(
     rbuild_solver::runmount::force_network(
         &mut plan.definition,
         crate::sandbox_opts::network_mode(b.network.as_deref())?,
+    );
+    rbuild_solver::runmount::force_run_options(
+        &mut plan.definition,
+        &crate::sandbox_opts::run_options(b).map_err(|e| UsageError(e.to_string()))?,
     );
     for w in &plan.warnings {
         progress.warning(&format!(

@@ -23,15 +23,6 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
     if !b.cache_to.is_empty() {
         return not_yet("--cache-to", "remote cache export");
     }
-    if !b.add_hosts.is_empty() {
-        return not_yet("--add-host", "adding /etc/hosts entries");
-    }
-    if b.shm_size.is_some() {
-        return not_yet("--shm-size", "setting the /dev/shm size");
-    }
-    if !b.ulimits.is_empty() {
-        return not_yet("--ulimit", "setting resource limits");
-    }
     if b.provenance.as_deref().is_some_and(|v| !flags::is_false(v)) {
         return not_yet("--provenance", "provenance attestation");
     }

@@ -558,9 +558,6 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
             &["--cache-to", "type=local,dest=/tmp/c"],
             "--cache-to: remote cache export is not supported yet",
         ),
-        (&["--add-host", "db:10.0.0.2"], "--add-host:"),
-        (&["--shm-size", "64m"], "--shm-size:"),
-        (&["--ulimit", "nofile=1024:2048"], "--ulimit:"),
         (&["--provenance", "mode=max"], "--provenance:"),
         (&["--sbom=true"], "--sbom:"),
         (
@@ -586,6 +583,9 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
         (["--network", "bridge"], "--network"),
         (["--progress", "fancy"], "--progress"),
         (["--ulimit", "nofile=x"], "--ulimit"),
+        (["--memory", "lots"], "--memory"),
+        (["--memory", "1m"], "--memory"),
+        (["--cpus", "0"], "--cpus"),
         (["--output", "dest=x"], "--output"),
     ] {
         let mut a: Vec<&str> = args.to_vec();

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxNamespaceType, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use rustix::thread::UnshareFlags;
 
@@ -22,7 +23,10 @@ use crate::helper::{effective_hostname, Scratch};
 use crate::mounts::make_rprivate;
 use crate::private::PrivateTmp;
 use crate::protocol::HelperReport;
-use crate::sandbox::{default_caps, err, mount_rootfs, prepare_source, Source, Stubs, MASKED};
+use crate::sandbox::{
+    default_caps, err, mount_rootfs, prepare_source, rlimit_resource, shm_options, Source, Stubs,
+    MASKED,
+};
 use crate::{seccomp, sys, user, ExecSpec, ExitStatus, Network, Security};
 
 /// Capability names by number (`capabilities(7)`).
@@ -160,6 +164,13 @@ fn prepare_and_run(
     let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
     // No cgroup filesystem in the step (the built-in sandbox has none either).
     mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/dev/shm") {
+            let mut opts: Vec<String> = vec!["nosuid".into(), "noexec".into(), "nodev".into()];
+            opts.extend(shm_options(spec.shm_size).split(',').map(String::from));
+            m.set_options(Some(opts));
+        }
+    }
     let bind = |src: &Path, dst: &str, ro: bool| -> Result<Mount, ExecutorError> {
         let mut opts = vec!["rbind".to_string(), "nosuid".to_string()];
         if ro {
@@ -249,7 +260,7 @@ fn prepare_and_run(
         )
         .capabilities(capabilities)
         .no_new_privileges(!insecure)
-        .rlimits(Vec::new())
+        .rlimits(rlimits(&spec.rlimits)?)
         .build()
         .map_err(setup)?;
     let mut namespaces: Vec<LinuxNamespace> = Vec::new();
@@ -355,7 +366,32 @@ fn prepare_and_run(
     Ok(HelperReport::Exited(ExitStatus {
         code: status.code(),
         signal: status.signal(),
+        oom_killed: false,
     }))
+}
+
+/// `process.rlimits` of the OCI spec (`RLIMIT_NOFILE` …).
+fn rlimits(limits: &[crate::Rlimit]) -> Result<Vec<PosixRlimit>, ExecutorError> {
+    limits
+        .iter()
+        .map(|l| {
+            if rlimit_resource(&l.name).is_none() {
+                return Err(ExecutorError::InvalidSpec(format!(
+                    "unknown ulimit {:?}",
+                    l.name
+                )));
+            }
+            let typ: PosixRlimitType = format!("RLIMIT_{}", l.name.to_ascii_uppercase())
+                .parse()
+                .map_err(|_| ExecutorError::InvalidSpec(format!("unknown ulimit {:?}", l.name)))?;
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(l.soft)
+                .hard(l.hard)
+                .build()
+                .map_err(setup)
+        })
+        .collect()
 }
 
 /// Error-level messages of runc's JSON log, joined.

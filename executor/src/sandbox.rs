@@ -144,7 +144,7 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
 
     // /dev
     let dev = stubs.ensure("/dev", true)?;
-    setup_dev(&dev)?;
+    setup_dev(&dev, spec.shm_size)?;
 
     // /sys (read-only; best effort: an empty dir when sysfs cannot be mounted)
     let sys_dir = stubs.ensure("/sys", true)?;
@@ -217,6 +217,8 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     std::fs::create_dir_all(cwd).map_err(|e| err("create working directory", cwd, e))?;
 
+    // Before dropping privileges: raising a hard limit needs CAP_SYS_RESOURCE.
+    apply_rlimits(&spec.rlimits)?;
     drop_privileges(&creds, insecure)?;
     rustix::process::chdir(cwd).map_err(|e| err("chdir", cwd, e))?;
 
@@ -389,7 +391,7 @@ pub(crate) fn prepare_source<'a>(
 
 /// Minimal /dev on a tmpfs: device nodes bound from the host, devpts
 /// (new instance), /dev/shm, and the usual symlinks.
-fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
+fn setup_dev(dev: &Path, shm_size: Option<u64>) -> Result<(), ExecutorError> {
     mount(
         "tmpfs",
         dev,
@@ -424,12 +426,14 @@ fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
     .map_err(|e| err("mount devpts at", &pts, e))?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(|e| err("mkdir", &shm, e))?;
+    let shm_opts = std::ffi::CString::new(shm_options(shm_size))
+        .map_err(|_| ExecutorError::InvalidSpec("shm options".into()))?;
     mount(
         "shm",
         &shm,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        c"mode=1777,size=65536k",
+        shm_opts.as_c_str(),
     )
     .map_err(|e| err("mount tmpfs at", &shm, e))?;
     // POSIX message queues of the step's IPC namespace (best effort).
@@ -452,6 +456,61 @@ fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
     ] {
         let p = dev.join(link);
         std::os::unix::fs::symlink(to, &p).map_err(|e| err("symlink", &p, e))?;
+    }
+    Ok(())
+}
+
+/// tmpfs options of `/dev/shm`: Docker's 64 MiB unless `--shm-size` says otherwise.
+pub(crate) fn shm_options(size: Option<u64>) -> String {
+    match size {
+        Some(s) if s > 0 => format!("mode=1777,size={s}"),
+        _ => "mode=1777,size=65536k".to_string(),
+    }
+}
+
+/// The rlimit resource of a Docker ulimit name.
+pub(crate) fn rlimit_resource(name: &str) -> Option<rustix::process::Resource> {
+    use rustix::process::Resource as R;
+    Some(match name {
+        "core" => R::Core,
+        "cpu" => R::Cpu,
+        "data" => R::Data,
+        "fsize" => R::Fsize,
+        "locks" => R::Locks,
+        "memlock" => R::Memlock,
+        "msgqueue" => R::Msgqueue,
+        "nice" => R::Nice,
+        "nofile" => R::Nofile,
+        "nproc" => R::Nproc,
+        "rss" => R::Rss,
+        "rtprio" => R::Rtprio,
+        "rttime" => R::Rttime,
+        "sigpending" => R::Sigpending,
+        "stack" => R::Stack,
+        "as" => R::As,
+        _ => return None,
+    })
+}
+
+fn apply_rlimits(limits: &[crate::Rlimit]) -> Result<(), ExecutorError> {
+    for l in limits {
+        let res = rlimit_resource(&l.name)
+            .ok_or_else(|| ExecutorError::InvalidSpec(format!("unknown ulimit {:?}", l.name)))?;
+        let v = |x: u64| (x != u64::MAX).then_some(x);
+        rustix::process::setrlimit(
+            res,
+            rustix::process::Rlimit {
+                current: v(l.soft),
+                maximum: v(l.hard),
+            },
+        )
+        .map_err(|e| {
+            err(
+                &format!("setrlimit {}={}:{}", l.name, l.soft, l.hard),
+                "",
+                e,
+            )
+        })?;
     }
     Ok(())
 }

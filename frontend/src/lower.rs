@@ -2656,6 +2656,7 @@ impl<'a> Lowerer<'a> {
                 security,
                 mounts,
                 proxy_env,
+                run_options: Default::default(),
             }),
             inputs,
             meta,
