@@ -106,7 +106,9 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         ))
         .into());
     }
+    let (named_contexts, _) = crate::context::build_contexts(b)?;
     let opts = BuildOpts {
+        named_contexts,
         build_args,
         target: b.target.clone(),
         platform,
@@ -152,7 +154,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         rbuild_executor::Runtime::from_name(&b.runtime)
             .map_err(|e| anyhow!("--runtime {}: {e}", b.runtime))?,
     );
-    let mut locals = BTreeMap::new();
+    let (_, mut locals) = crate::context::build_contexts(b)?;
     locals.insert("context".to_string(), context.to_path_buf());
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -543,8 +543,8 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
     let p = Project::new("FROM busybox\n");
     let cases: &[(&[&str], &str)] = &[
         (
-            &["--build-context", "base=docker-image://alpine"],
-            "--build-context: named build contexts is not supported yet",
+            &["--build-context", "base=oci-layout:///tmp/layout"],
+            "--build-context base=oci-layout:///tmp/layout: a build context from oci-layout://",
         ),
         (
             &["--platform", "linux/amd64,linux/arm64"],

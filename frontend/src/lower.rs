@@ -36,7 +36,7 @@ use crate::lint;
 use crate::parser::{self, Instruction, Severity};
 use crate::shell;
 use crate::util::{clean_path, join_abs, suggest};
-use crate::{BuildOpts, BuildPlan, Diagnostic, FrontendError, ImageResolver};
+use crate::{BuildOpts, BuildPlan, Diagnostic, FrontendError, ImageResolver, NamedContext};
 
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 
@@ -90,6 +90,8 @@ enum Base {
     Scratch,
     Stage(usize),
     Image(String),
+    /// A named local build context (its solver local name).
+    Local(String),
 }
 
 /// The evolving state of one stage.
@@ -1354,6 +1356,10 @@ impl<'a> Lowerer<'a> {
         line: u32,
         what: &str,
     ) -> Result<Option<usize>, FrontendError> {
+        // A named build context overrides a stage of the same name (as in BuildKit).
+        if self.named_context(name).is_some() {
+            return Ok(None);
+        }
         let lname = name.to_lowercase();
         let found = self
             .stage_names
@@ -1381,6 +1387,11 @@ impl<'a> Lowerer<'a> {
         if lb == "scratch" {
             return Base::Scratch;
         }
+        match self.named_context(&sd.base) {
+            Some(NamedContext::Image(r)) => return Base::Image(r.clone()),
+            Some(NamedContext::Local(l)) => return Base::Local(l.clone()),
+            None => {}
+        }
         if let Some(i) = self
             .stage_names
             .iter()
@@ -1390,6 +1401,25 @@ impl<'a> Lowerer<'a> {
             return Base::Stage(i);
         }
         Base::Image(sd.base.clone())
+    }
+
+    /// The `--build-context` a name (not a stage) stands for, if any.
+    fn named_context(&self, name: &str) -> Option<&NamedContext> {
+        self.opts
+            .named_contexts
+            .get(name)
+            .or_else(|| self.opts.named_contexts.get(&name.to_lowercase()))
+    }
+
+    /// The local source node of a named local build context.
+    fn named_local(&mut self, local: &str) -> Result<NodeId, FrontendError> {
+        self.source(
+            SourceOp::Local {
+                name: local.to_string(),
+                exclude: Vec::new(),
+            },
+            format!("[internal] load build context {local}"),
+        )
     }
 
     fn stage_deps(&self, idx: usize, sd: &StageDef<'_>) -> Result<BTreeSet<usize>, FrontendError> {
@@ -1469,6 +1499,46 @@ impl<'a> Lowerer<'a> {
                 StageState {
                     cmd_set: false,
                     ..prev
+                }
+            }
+            Base::Local(local) => {
+                // The directory's contents become the stage's root filesystem.
+                let src = self.named_local(&local)?;
+                let meta = Meta {
+                    description: format!("[{label} 1/{total}] FROM {}", sd.base),
+                    stage: Some(label.clone()),
+                    lines: Some((line, line)),
+                    ignore_cache: self.opts.no_cache,
+                };
+                let node = self.push(
+                    Op::File(FileOp {
+                        dest_input: None,
+                        actions: vec![FileAction::Copy(CopyAction {
+                            src_input: 0,
+                            src: "/".into(),
+                            dest: "/".into(),
+                            owner: None,
+                            mode: None,
+                            follow_symlinks: true,
+                            dir_copy_contents: true,
+                            attempt_unpack: false,
+                            create_dest_path: true,
+                            allow_wildcard: false,
+                            allow_empty_wildcard: false,
+                            exclude: Vec::new(),
+                            parents: false,
+                        })],
+                    }),
+                    vec![src],
+                    meta,
+                )?;
+                StageState {
+                    node: Some(node),
+                    config: ImageConfig::scratch(&platform),
+                    args: Vec::new(),
+                    cmd_set: false,
+                    arg_over_env: BTreeSet::new(),
+                    workdir_set: false,
                 }
             }
             Base::Image(reference) => {
@@ -2088,6 +2158,12 @@ impl<'a> Lowerer<'a> {
         if v.eq_ignore_ascii_case("scratch") {
             return self.scratch();
         }
+        let v = match self.named_context(v).cloned() {
+            Some(NamedContext::Local(local)) => return self.named_local(&local),
+            Some(NamedContext::Image(r)) => r,
+            None => v.to_string(),
+        };
+        let v = v.as_str();
         let platform = self.opts.platform.clone();
         let names: Vec<String> = self.stage_names.iter().flatten().cloned().collect();
         let r = self.image(
