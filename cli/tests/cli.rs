@@ -360,9 +360,9 @@ fn the_tty_view_redraws_in_place_and_its_final_frame_shows_every_step() {
             .clone()
     };
     assert!(find("[+] Building").ends_with("FINISHED"));
-    assert!(find("FROM busybox").starts_with(" => [stage-0 1/4] FROM busybox"));
+    assert!(find("FROM busybox").starts_with(" => [1/4] FROM busybox"));
     let run = find("RUN echo one");
-    assert!(run.starts_with(" => [stage-0 3/4] RUN"), "{run}");
+    assert!(run.starts_with(" => [3/4] RUN"), "{run}");
     assert!(run.ends_with('s'), "a finished step shows its time: {run}");
     assert!(
         !screen.iter().any(|l| l.contains("=> => # one")),
@@ -383,7 +383,7 @@ fn the_tty_view_redraws_in_place_and_its_final_frame_shows_every_step() {
     assert!(screen.iter().any(|l| l.ends_with("FAILED")), "{screen:#?}");
     let err = screen
         .iter()
-        .position(|l| l.starts_with(" => ERROR [stage-0 3/4] RUN"));
+        .position(|l| l.starts_with(" => ERROR [3/4] RUN"));
     let err = err.unwrap_or_else(|| panic!("{screen:#?}"));
     assert_eq!(screen[err + 1], " => => # something broke", "{screen:#?}");
     assert!(screen

@@ -149,6 +149,8 @@ struct Step<'i> {
     label: String,
     index: usize,
     total: usize,
+    /// The Dockerfile has one stage: progress names omit the stage (`[1/3]`), as BuildKit's.
+    single: bool,
 }
 
 impl Step<'_> {
@@ -171,14 +173,17 @@ impl Step<'_> {
         }
     }
 
+    /// `[stage i/n]`, or `[i/n]` in a single-stage Dockerfile.
+    fn prefix(&self) -> String {
+        if self.single {
+            format!("[{}/{}]", self.index, self.total)
+        } else {
+            format!("[{} {}/{}]", self.label, self.index, self.total)
+        }
+    }
+
     fn description(&self) -> String {
-        format!(
-            "[{} {}/{}] {}",
-            self.label,
-            self.index,
-            self.total,
-            self.display()
-        )
+        format!("{} {}", self.prefix(), self.display())
     }
 
     fn err(&self, message: impl Into<String>) -> FrontendError {
@@ -1482,6 +1487,7 @@ impl<'a> Lowerer<'a> {
             label: label.clone(),
             index: 1,
             total,
+            single: self.stage_names.len() == 1,
         };
         let mut st = match self.base_of(idx, sd) {
             Base::Scratch => StageState {
@@ -1505,7 +1511,7 @@ impl<'a> Lowerer<'a> {
                 // The directory's contents become the stage's root filesystem.
                 let src = self.named_local(&local)?;
                 let meta = Meta {
-                    description: format!("[{label} 1/{total}] FROM {}", sd.base),
+                    description: format!("{} FROM {}", from_step.prefix(), sd.base),
                     stage: Some(label.clone()),
                     lines: Some((line, line)),
                     ignore_cache: self.opts.no_cache,
@@ -1615,6 +1621,7 @@ impl<'a> Lowerer<'a> {
                     label: label.clone(),
                     index: 1,
                     total,
+                    single: self.stage_names.len() == 1,
                 };
                 self.dispatch(&mut st, &step, idx)?;
             }
@@ -1625,6 +1632,7 @@ impl<'a> Lowerer<'a> {
                 label: label.clone(),
                 index: k + 1 + from_step_count,
                 total,
+                single: self.stage_names.len() == 1,
             };
             self.track_undefined.set(true);
             let r = self.dispatch(&mut st, &step, idx);
@@ -2171,7 +2179,7 @@ impl<'a> Lowerer<'a> {
             &platform,
             step.line(),
             what,
-            format!("[{} {}/{}] {what}={v}", step.label, step.index, step.total),
+            format!("{} {what}={v}", step.prefix()),
             Some(&step.label),
         );
         match r {
@@ -2448,7 +2456,7 @@ impl<'a> Lowerer<'a> {
                         keep_git_dir,
                         checksum: git_checksum,
                     },
-                    format!("[{} {}/{}] git {src}", step.label, step.index, step.total),
+                    format!("{} git {src}", step.prefix()),
                 )?;
                 let i = input_of(&mut inputs, n);
                 let mut c = base_copy(i, clean_path(&format!("/{subdir}")), dest_abs.clone());
@@ -2464,7 +2472,7 @@ impl<'a> Lowerer<'a> {
                         checksum: checksum.clone(),
                         filename: Some(filename.clone()),
                     },
-                    format!("[{} {}/{}] https {src}", step.label, step.index, step.total),
+                    format!("{} https {src}", step.prefix()),
                 )?;
                 let i = input_of(&mut inputs, n);
                 let d = if dest_is_dir {
