@@ -98,14 +98,6 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         Some(p) if p == "local" => Platform::host(),
         Some(p) => parse_platform(p).map_err(|e| UsageError(e.to_string()))?,
     };
-    if platform != Platform::host() {
-        return Err(UsageError(format!(
-            "--platform {}: only the host platform ({}) can be built on this machine",
-            platform.to_text(),
-            Platform::host().to_text()
-        ))
-        .into());
-    }
     let (named_contexts, _) = crate::context::build_contexts(b)?;
     let opts = BuildOpts {
         named_contexts,
@@ -355,6 +347,22 @@ fn build_image(
         &mut plan.definition,
         &crate::sandbox_opts::run_options(b).map_err(|e| UsageError(e.to_string()))?,
     );
+    if let Some((lines, message)) =
+        crate::emulation::check(&plan.definition, plan.root, &inputs.opts.platform)
+    {
+        return Err(match lines {
+            Some(lines) => anyhow::Error::new(DockerfileError {
+                path: inputs.dockerfile_name.clone(),
+                text: inputs.dockerfile.clone(),
+                lines,
+                message,
+                tail: Vec::new(),
+                step: None,
+                omitted: 0,
+            }),
+            None => anyhow::Error::new(BuildFailed(message)),
+        });
+    }
     for w in &plan.warnings {
         progress.warning(&format!(
             "{}:{}: {}",
