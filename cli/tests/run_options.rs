@@ -103,6 +103,19 @@ fn memory_limit(runtime: &str) {
         .ok();
     let r = p.build(&["--runtime", runtime]).ok();
     assert_eq!(r.cached(), 2, "{}", r.stderr());
+    // The step can read its limits: its cgroup is mounted read-only under /sys/fs/cgroup.
+    let p = Project::new(
+        "FROM busybox\nRUN cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max\n",
+    );
+    let r = p
+        .build(&["--runtime", runtime, "--memory", "64m", "--cpus", "0.5"])
+        .ok();
+    let out = r.stderr();
+    assert!(
+        out.contains(" 67108864\n")
+            && (out.contains(" 50000\n") || out.contains(" 50000 100000\n")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -32,6 +32,9 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct StepCgroup {
     /// (created dir, the dir the process was in before joining).
     dirs: Vec<(PathBuf, PathBuf)>,
+    /// Where each dir is shown inside the step (read-only): `/sys/fs/cgroup` (v2) or
+    /// `/sys/fs/cgroup/<controller>` (v1).
+    views: Vec<String>,
     /// Where the OOM kill counter is (`memory.events` or `memory.oom_control`).
     oom_file: Option<PathBuf>,
     /// The memory limit.
@@ -215,6 +218,7 @@ impl StepCgroup {
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let cg = StepCgroup {
             dirs: vec![(dir.clone(), parent)],
+            views: vec!["/sys/fs/cgroup".into()],
             oom_file: res.memory.map(|_| dir.join("memory.events")),
             memory: res.memory,
             joined: false,
@@ -245,6 +249,7 @@ impl StepCgroup {
     ) -> Result<StepCgroup, String> {
         let mut cg = StepCgroup {
             dirs: Vec::new(),
+            views: Vec::new(),
             oom_file: None,
             memory: res.memory,
             joined: false,
@@ -264,6 +269,7 @@ impl StepCgroup {
             let dir = parent.join(name);
             std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
             cg.dirs.push((dir.clone(), parent));
+            cg.views.push(format!("/sys/fs/cgroup/{c}"));
             let set = |file: &str, v: String| write(&dir.join(file), &v).map_err(|e| e.to_string());
             if c == "memory" {
                 if let Some(mem) = res.memory {
@@ -321,6 +327,16 @@ impl StepCgroup {
     /// Host directories of the cgroup (one per hierarchy).
     pub fn dirs(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|(d, _)| d.as_path())
+    }
+
+    /// (path inside the step, host directory) of each hierarchy, for read-only views that let
+    /// the step read its own limits.
+    pub(crate) fn views(&self) -> Vec<(String, PathBuf)> {
+        self.views
+            .iter()
+            .cloned()
+            .zip(self.dirs.iter().map(|(d, _)| d.clone()))
+            .collect()
     }
 }
 

@@ -183,7 +183,8 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         cg.join()?;
     }
     if let Runtime::Runc { binary } = &runtime {
-        let (report, stubs, copyups) = crate::runc::run(&spec, &scratch, binary)?;
+        let views = cgroup.as_ref().map(|c| c.views()).unwrap_or_default();
+        let (report, stubs, copyups) = crate::runc::run(&spec, &scratch, &views, binary)?;
         remove_stubs(&spec.rootfs, &stubs, &copyups);
         drop(scratch);
         return Ok(with_oom(report, cgroup.as_ref()));
@@ -203,7 +204,8 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         Fork::Child => {
             drop(msg_r);
             let mut w = File::from(msg_w);
-            let report = crate::sandbox::init(&spec, &scratch, &mut w);
+            let views = cgroup.as_ref().map(|c| c.views()).unwrap_or_default();
+            let report = crate::sandbox::init(&spec, &scratch, &views, &mut w);
             if let Ok(line) = serde_json::to_string(&InitMsg::Failed(report)) {
                 let _ = writeln!(w, "{line}");
             }

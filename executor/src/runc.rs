@@ -105,6 +105,7 @@ pub(crate) type RuncOutcome = (HelperReport, Vec<(String, bool)>, Vec<String>);
 pub(crate) fn run(
     spec: &ExecSpec,
     scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
     runc: &Path,
 ) -> Result<RuncOutcome, ExecutorError> {
     sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
@@ -120,7 +121,7 @@ pub(crate) fn run(
         msgs: &mut msgs,
         copyups: HashSet::new(),
     };
-    let result = prepare_and_run(spec, scratch, runc, &mut stubs);
+    let result = prepare_and_run(spec, scratch, cgroups, runc, &mut stubs);
     drop(stubs);
     let mut stub_list = Vec::new();
     let mut copyups = Vec::new();
@@ -145,6 +146,7 @@ pub(crate) fn run(
 fn prepare_and_run(
     spec: &ExecSpec,
     scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
     runc: &Path,
     stubs: &mut Stubs<'_>,
 ) -> Result<HelperReport, ExecutorError> {
@@ -184,6 +186,25 @@ fn prepare_and_run(
             .build()
             .map_err(setup)
     };
+    // The step's cgroup, read-only, so that it can read its limits (as the built-in sandbox).
+    if cgroups.iter().any(|(t, _)| t != "/sys/fs/cgroup") {
+        mounts.push(
+            MountBuilder::default()
+                .destination("/sys/fs/cgroup")
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(
+                    ["nosuid", "nodev", "noexec", "mode=755", "size=64k"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(setup)?,
+        );
+    }
+    for (t, host) in cgroups {
+        mounts.push(bind(host, t, true)?);
+    }
     mounts.push(bind(&scratch.hosts, "/etc/hosts", true)?);
     mounts.push(bind(&scratch.resolv, "/etc/resolv.conf", true)?);
     mounts.push(bind(&scratch.hostname, "/etc/hostname", true)?);

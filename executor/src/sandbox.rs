@@ -83,8 +83,13 @@ impl From<ExecutorError> for InitError {
 
 /// Set up the sandbox and exec the step. Returns only on failure, with the
 /// report to send to the helper.
-pub(crate) fn init(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> HelperReport {
-    match setup_and_exec(spec, scratch, msgs) {
+pub(crate) fn init(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
+    msgs: &mut File,
+) -> HelperReport {
+    match setup_and_exec(spec, scratch, cgroups, msgs) {
         InitError::Setup(e) => HelperReport::SetupFailed {
             message: e.to_string(),
         },
@@ -100,8 +105,13 @@ pub(crate) fn err(
     ExecutorError::sys(op, path, e)
 }
 
-fn setup_and_exec(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> InitError {
-    match setup(spec, scratch, msgs) {
+fn setup_and_exec(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
+    msgs: &mut File,
+) -> InitError {
+    match setup(spec, scratch, cgroups, msgs) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -109,7 +119,12 @@ fn setup_and_exec(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> InitEr
 
 enum Never {}
 
-fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, InitError> {
+fn setup(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
+    msgs: &mut File,
+) -> Result<Never, InitError> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
     sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
@@ -155,6 +170,7 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::RDONLY,
         None::<&CStr>,
     );
+    mount_cgroup_views(root, cgroups)?;
 
     // generated /etc files (read-only binds)
     for (target, source) in [
@@ -456,6 +472,37 @@ fn setup_dev(dev: &Path, shm_size: Option<u64>) -> Result<(), ExecutorError> {
     ] {
         let p = dev.join(link);
         std::os::unix::fs::symlink(to, &p).map_err(|e| err("symlink", &p, e))?;
+    }
+    Ok(())
+}
+
+/// The step's own cgroup directories, read-only at `/sys/fs/cgroup` (v2) or
+/// `/sys/fs/cgroup/<controller>` (v1, on a tmpfs), so that it can read its limits. Nothing when
+/// the step has no cgroup or sysfs is not mounted.
+fn mount_cgroup_views(root: &Path, cgroups: &[(String, PathBuf)]) -> Result<(), ExecutorError> {
+    let base = root.join("sys/fs/cgroup");
+    if cgroups.is_empty() || !base.is_dir() {
+        return Ok(());
+    }
+    let inside = |t: &str| root.join(t.trim_start_matches('/'));
+    if cgroups.iter().any(|(t, _)| t != "/sys/fs/cgroup") {
+        mount(
+            "tmpfs",
+            &base,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            c"mode=755,size=64k",
+        )
+        .map_err(|e| err("mount tmpfs at", &base, e))?;
+        for (t, _) in cgroups {
+            mkdir_p(&inside(t))?;
+        }
+    }
+    for (t, host) in cgroups {
+        bind(host, &inside(t), true)?;
+    }
+    if cgroups.iter().any(|(t, _)| t != "/sys/fs/cgroup") {
+        remount_readonly(&base)?;
     }
     Ok(())
 }

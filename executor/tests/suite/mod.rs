@@ -325,6 +325,13 @@ fn rlimits_shm_size_and_memory_limit_apply_to_the_step() {
     assert!(out.status.oom_killed, "{:?} {}", out.status, out.stderr);
     let out = run(&fx.spec("x=$(head -c 2000000 /dev/zero | tr '\\0' a); echo survived"));
     assert!(out.status.success() && !out.status.oom_killed);
+    // The step reads its own limit (v1 layout here; v2 where the unified hierarchy delegates).
+    let mut spec = fx.spec(
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+    );
+    spec.resources.memory = Some(64 << 20);
+    let out = run(&spec);
+    assert_eq!(out.stdout.trim(), "67108864", "{}", out.stderr);
 }
 
 #[test]
