@@ -339,14 +339,7 @@ fn build_image(
     ));
     let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(inputs, e))?;
-    rbuild_solver::runmount::force_network(
-        &mut plan.definition,
-        crate::sandbox_opts::network_mode(b.network.as_deref())?,
-    );
-    rbuild_solver::runmount::force_run_options(
-        &mut plan.definition,
-        &crate::sandbox_opts::run_options(b).map_err(|e| UsageError(e.to_string()))?,
-    );
+    apply_build_flags(&mut plan.definition, b)?;
     if let Some((lines, message)) =
         crate::emulation::check(&plan.definition, plan.root, &inputs.opts.platform)
     {
@@ -415,13 +408,28 @@ fn build_image(
     Ok(image)
 }
 
+/// The build-wide RUN settings (`--network`, `--add-host`, `--shm-size`, `--ulimit`) on every
+/// exec op of the lowered graph (they are part of the ops, so of their keys).
+fn apply_build_flags(def: &mut rbuild_graph::Definition, b: &BuildArgs) -> Result<()> {
+    rbuild_solver::runmount::force_network(
+        def,
+        crate::sandbox_opts::network_mode(b.network.as_deref())?,
+    );
+    rbuild_solver::runmount::force_run_options(
+        def,
+        &crate::sandbox_opts::run_options(b).map_err(|e| UsageError(e.to_string()))?,
+    );
+    Ok(())
+}
+
 pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let prepared = crate::context::prepare(b)?;
     let b = &prepared.args;
     let inputs = load_inputs(b)?;
     let solver = make_solver(root, b, &inputs.context)?;
-    let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
+    let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(&inputs, e))?;
+    apply_build_flags(&mut plan.definition, b)?;
     print!("{}", plan.definition.dump(plan.root)?);
     let cfg = plan.image.to_canonical_json()?;
     println!("image config: {}", String::from_utf8_lossy(&cfg));
