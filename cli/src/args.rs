@@ -186,6 +186,18 @@ pub struct BuildArgs {
     /// Resource limit for RUN steps NAME=SOFT[:HARD] (e.g. nofile=1024:2048); repeatable
     #[arg(long = "ulimit", value_name = "NAME=LIMIT", value_parser = flags::ulimit)]
     pub ulimits: Vec<String>,
+    /// Memory limit of each RUN step (e.g. 512m; a cgroup, as `docker build -m`)
+    #[arg(short = 'm', long = "memory", value_name = "BYTES", value_parser = flags::bytes)]
+    pub memory: Option<u64>,
+    /// CPU CFS quota of each RUN step in microseconds per period (as `docker build`)
+    #[arg(long = "cpu-quota", value_name = "MICROSECONDS")]
+    pub cpu_quota: Option<u64>,
+    /// CPU CFS period of each RUN step in microseconds (default 100000)
+    #[arg(long = "cpu-period", value_name = "MICROSECONDS")]
+    pub cpu_period: Option<u64>,
+    /// Number of CPUs each RUN step may use (e.g. 1.5; sets the CFS quota)
+    #[arg(long = "cpus", value_name = "DECIMAL")]
+    pub cpus: Option<f64>,
     /// Provenance attestation: true, false or mode=min|max
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub provenance: Option<String>,
@@ -394,7 +406,7 @@ mod tests {
         assert_eq!(b.context, PathBuf::from("ctx"));
         // every flag above except the supported ones is rejected, the first one named
         let msg = crate::unsupported::unsupported(&b).unwrap();
-        assert!(msg.starts_with("--build-context:"), "{msg}");
+        assert!(msg.starts_with("--platform:"), "{msg}");
     }
 
     #[test]

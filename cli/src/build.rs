@@ -98,15 +98,9 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         Some(p) if p == "local" => Platform::host(),
         Some(p) => parse_platform(p).map_err(|e| UsageError(e.to_string()))?,
     };
-    if platform != Platform::host() {
-        return Err(UsageError(format!(
-            "--platform {}: only the host platform ({}) can be built on this machine",
-            platform.to_text(),
-            Platform::host().to_text()
-        ))
-        .into());
-    }
+    let (named_contexts, _) = crate::context::build_contexts(b)?;
     let opts = BuildOpts {
+        named_contexts,
         build_args,
         target: b.target.clone(),
         platform,
@@ -152,7 +146,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         rbuild_executor::Runtime::from_name(&b.runtime)
             .map_err(|e| anyhow!("--runtime {}: {e}", b.runtime))?,
     );
-    let mut locals = BTreeMap::new();
+    let (_, mut locals) = crate::context::build_contexts(b)?;
     locals.insert("context".to_string(), context.to_path_buf());
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -171,6 +165,11 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         .transpose()?
         .or(if b.reproducible { Some(0) } else { None });
     let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
+    let resources = crate::sandbox_opts::resources(b).map_err(|e| UsageError(e.to_string()))?;
+    if !resources.is_empty() {
+        rbuild_executor::cgroup::check(&resources)
+            .map_err(|e| UsageError(format!("{}: {e}", crate::sandbox_opts::resource_flags(b))))?;
+    }
     Ok(Solver::new(SolverConfig {
         store,
         executor,
@@ -185,6 +184,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         ssh: sandbox.ssh,
         entitlements: sandbox.entitlements,
         cache: crate::cachecmd::cache_options(b, context),
+        resources,
     }))
 }
 
@@ -330,10 +330,23 @@ fn build_image(
     ));
     let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(inputs, e))?;
-    rbuild_solver::runmount::force_network(
-        &mut plan.definition,
-        crate::sandbox_opts::network_mode(b.network.as_deref())?,
-    );
+    apply_build_flags(&mut plan.definition, b)?;
+    if let Some((lines, message)) =
+        crate::emulation::check(&plan.definition, plan.root, &inputs.opts.platform)
+    {
+        return Err(match lines {
+            Some(lines) => anyhow::Error::new(DockerfileError {
+                path: inputs.dockerfile_name.clone(),
+                text: inputs.dockerfile.clone(),
+                lines,
+                message,
+                tail: Vec::new(),
+                step: None,
+                omitted: 0,
+            }),
+            None => anyhow::Error::new(BuildFailed(message)),
+        });
+    }
     for w in &plan.warnings {
         progress.warning(&format!(
             "{}:{}: {}",
@@ -386,13 +399,28 @@ fn build_image(
     Ok(image)
 }
 
+/// The build-wide RUN settings (`--network`, `--add-host`, `--shm-size`, `--ulimit`) on every
+/// exec op of the lowered graph (they are part of the ops, so of their keys).
+fn apply_build_flags(def: &mut rbuild_graph::Definition, b: &BuildArgs) -> Result<()> {
+    rbuild_solver::runmount::force_network(
+        def,
+        crate::sandbox_opts::network_mode(b.network.as_deref())?,
+    );
+    rbuild_solver::runmount::force_run_options(
+        def,
+        &crate::sandbox_opts::run_options(b).map_err(|e| UsageError(e.to_string()))?,
+    );
+    Ok(())
+}
+
 pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let prepared = crate::context::prepare(b)?;
     let b = &prepared.args;
     let inputs = load_inputs(b)?;
     let solver = make_solver(root, b, &inputs.context)?;
-    let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
+    let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(&inputs, e))?;
+    apply_build_flags(&mut plan.definition, b)?;
     print!("{}", plan.definition.dump(plan.root)?);
     let cfg = plan.image.to_canonical_json()?;
     println!("image config: {}", String::from_utf8_lossy(&cfg));

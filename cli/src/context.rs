@@ -28,6 +28,54 @@ pub struct Prepared {
     pub _tmp: Option<tempfile::TempDir>,
 }
 
+/// `--build-context NAME=VALUE` values rbuild supports: a local directory or
+/// `docker-image://REF` (not `oci-layout://`, git or http URLs, nor bake's `target:`).
+pub fn build_context_supported(spec: &str) -> bool {
+    let value = spec.split_once('=').map(|(_, v)| v).unwrap_or(spec);
+    let remote = ["oci-layout://", "target:", "http://", "https://"]
+        .iter()
+        .any(|p| value.starts_with(p));
+    !remote && !is_git_url(value)
+}
+
+/// The `--build-context` flags: what each name means for the frontend, and the local
+/// directories (by name) for the solver. Relative paths are relative to the working directory,
+/// as in buildx.
+pub fn build_contexts(
+    b: &BuildArgs,
+) -> Result<(
+    std::collections::BTreeMap<String, rbuild_frontend::NamedContext>,
+    std::collections::BTreeMap<String, PathBuf>,
+)> {
+    use rbuild_frontend::NamedContext;
+    let mut named = std::collections::BTreeMap::new();
+    let mut locals = std::collections::BTreeMap::new();
+    for spec in &b.build_contexts {
+        let usage =
+            |m: String| anyhow::Error::new(UsageError(format!("--build-context {spec}: {m}")));
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| usage("expected NAME=VALUE".into()))?;
+        if name == "context" || name.eq_ignore_ascii_case("scratch") {
+            return Err(usage(format!("{name:?} is a reserved name")));
+        }
+        if let Some(r) = value.strip_prefix("docker-image://") {
+            if r.is_empty() {
+                return Err(usage("docker-image:// needs an image reference".into()));
+            }
+            named.insert(name.to_string(), NamedContext::Image(r.to_string()));
+            continue;
+        }
+        let dir = fs::canonicalize(value).map_err(|e| usage(format!("{value}: {e}")))?;
+        if !dir.is_dir() {
+            return Err(usage(format!("{} is not a directory", dir.display())));
+        }
+        named.insert(name.to_string(), NamedContext::Local(name.to_string()));
+        locals.insert(name.to_string(), dir);
+    }
+    Ok((named, locals))
+}
+
 /// Whether `s` names a git repository rather than a local directory (docker's rules, plus
 /// `file://` URLs of repositories).
 pub fn is_git_url(s: &str) -> bool {

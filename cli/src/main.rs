@@ -12,6 +12,7 @@ mod cachecmd;
 mod check;
 mod config;
 mod context;
+mod emulation;
 mod flags;
 mod images;
 mod metadata;

@@ -150,6 +150,7 @@ pub fn hint(message: &str) -> Option<&'static str> {
     let rules: &[(&str, &str)] = &[
         ("exit code 127", "the command was not found in the image: install it in an earlier step (e.g. RUN apk add … or apt-get install …) or check PATH"),
         ("exit code 126", "the command exists but cannot be executed: check its mode (chmod +x) and that it is not a directory"),
+        ("reached its memory limit", "the step needs more memory than --memory allows: raise the limit or make the step use less"),
         ("exit code 137", "the process was killed (SIGKILL), often because it ran out of memory"),
         ("not found in build context", "check the path (relative to the context directory) and that .dockerignore does not exclude it"),
         ("manifest unknown", "check the image name and tag: the registry has no such image"),

@@ -5,13 +5,18 @@
 //!   buildx), `type=file|env` may be given explicitly;
 //! - `--ssh default` (the `SSH_AUTH_SOCK` of rbuild's environment), `--ssh ID=SOCKET`;
 //! - `--allow network.host`, `--allow security.insecure`;
-//! - `--network default|none|host` (`host` grants `network.host`, as buildx does).
+//! - `--network default|none|host` (`host` grants `network.host`, as buildx does);
+//! - `--add-host`, `--shm-size`, `--ulimit` ([`run_options`]) and the cgroup limits `--memory`,
+//!   `--cpu-quota`, `--cpu-period`, `--cpus` ([`resources`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
-use rbuild_graph::NetworkMode;
+use rbuild_executor::Resources;
+use rbuild_graph::{ExtraHost, NetworkMode, RunOptions, Ulimit};
+
+use crate::args::BuildArgs;
 use rbuild_solver::{Entitlements, SecretSource};
 
 /// The parsed sandbox flags.
@@ -88,6 +93,91 @@ pub fn network_mode(network: Option<&str>) -> Result<NetworkMode> {
         Some("host") => NetworkMode::Host,
         Some(other) => bail!("--network {other:?}: expected default, none or host"),
     })
+}
+
+/// `--add-host`, `--shm-size`, `--ulimit` as the options every RUN step gets. `host-gateway`
+/// is 127.0.0.1: steps use the host's network namespace unless `--network=none`.
+pub fn run_options(b: &BuildArgs) -> Result<RunOptions> {
+    let mut o = RunOptions {
+        shm_size: b.shm_size,
+        ..RunOptions::default()
+    };
+    for h in &b.add_hosts {
+        let (host, ip) = h
+            .split_once('=')
+            .or_else(|| h.split_once(':'))
+            .ok_or_else(|| anyhow!("--add-host {h:?}: expected HOST:IP"))?;
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        let ip = if ip == "host-gateway" {
+            "127.0.0.1"
+        } else {
+            ip
+        };
+        o.extra_hosts.push(ExtraHost {
+            host: host.to_string(),
+            ip: ip.to_string(),
+        });
+    }
+    for u in &b.ulimits {
+        let (name, limits) = u
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--ulimit {u:?}: expected NAME=SOFT[:HARD]"))?;
+        let (soft, hard) = limits.split_once(':').unwrap_or((limits, limits));
+        let num = |v: &str| {
+            v.parse::<i64>()
+                .map_err(|_| anyhow!("--ulimit {u:?}: {v:?} is not a number"))
+        };
+        o.ulimits.retain(|x| x.name != name);
+        o.ulimits.push(Ulimit {
+            name: name.to_string(),
+            soft: num(soft)?,
+            hard: num(hard)?,
+        });
+    }
+    Ok(o)
+}
+
+/// `--memory`, `--cpu-quota`, `--cpu-period`, `--cpus` as cgroup limits.
+pub fn resources(b: &BuildArgs) -> Result<Resources> {
+    let period = b.cpu_period;
+    let quota = match (b.cpus, b.cpu_quota) {
+        (Some(_), Some(_)) => bail!("--cpus and --cpu-quota cannot be used together"),
+        (Some(c), None) if !(c > 0.0 && c.is_finite()) => {
+            bail!("--cpus {c}: expected a positive number of CPUs")
+        }
+        (Some(c), None) => Some((c * period.unwrap_or(100_000) as f64).round() as u64),
+        (None, q) => q,
+    };
+    if period.is_some_and(|p| !(1_000..=1_000_000).contains(&p)) {
+        bail!("--cpu-period: expected 1000 to 1000000 microseconds");
+    }
+    if quota.is_some_and(|q| q < 1_000) {
+        bail!("--cpu-quota: expected at least 1000 microseconds");
+    }
+    if b.memory.is_some_and(|m| m < 6 << 20) {
+        bail!("--memory: the minimum memory limit is 6m (as Docker)");
+    }
+    Ok(Resources {
+        memory: b.memory,
+        cpu_quota: quota,
+        cpu_period: period,
+    })
+}
+
+/// The flags that set `r`, for error messages (`--memory/--cpus`).
+pub fn resource_flags(b: &BuildArgs) -> String {
+    let mut v = Vec::new();
+    for (set, name) in [
+        (b.memory.is_some(), "--memory"),
+        (b.cpu_quota.is_some(), "--cpu-quota"),
+        (b.cpu_period.is_some(), "--cpu-period"),
+        (b.cpus.is_some(), "--cpus"),
+    ] {
+        if set {
+            v.push(name);
+        }
+    }
+    v.join("/")
 }
 
 fn parse_secret(s: &str) -> Result<(String, SecretSource)> {

@@ -11,8 +11,15 @@ use crate::render::UsageError;
 /// The first unsupported flag in `b`, as a message, or `None` when everything is supported.
 pub fn unsupported(b: &BuildArgs) -> Option<String> {
     let not_yet = |flag: &str, what: &str| Some(format!("{flag}: {what} is not supported yet"));
-    if !b.build_contexts.is_empty() {
-        return not_yet("--build-context", "named build contexts");
+    if let Some(c) = b
+        .build_contexts
+        .iter()
+        .find(|c| !crate::context::build_context_supported(c))
+    {
+        return not_yet(
+            &format!("--build-context {c}"),
+            "a build context from oci-layout://, a git or http URL or target:",
+        );
     }
     if b.platforms.len() > 1 {
         return not_yet("--platform", "building several platforms at once");
@@ -22,15 +29,6 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
     }
     if !b.cache_to.is_empty() {
         return not_yet("--cache-to", "remote cache export");
-    }
-    if !b.add_hosts.is_empty() {
-        return not_yet("--add-host", "adding /etc/hosts entries");
-    }
-    if b.shm_size.is_some() {
-        return not_yet("--shm-size", "setting the /dev/shm size");
-    }
-    if !b.ulimits.is_empty() {
-        return not_yet("--ulimit", "setting resource limits");
     }
     if b.provenance.as_deref().is_some_and(|v| !flags::is_false(v)) {
         return not_yet("--provenance", "provenance attestation");

@@ -205,7 +205,7 @@ fn mtime_only_change_hits_and_content_change_misses_naming_the_file() {
     );
     assert!(
         b3.why("RUN cat")
-            .starts_with("earlier step changed: [stage-0 2/3] COPY a.txt"),
+            .starts_with("earlier step changed: [2/3] COPY a.txt"),
         "{}",
         b3.why("RUN cat")
     );
@@ -287,7 +287,7 @@ fn build_arg_change_misses_only_after_its_declaration() {
     // The later step sees V too, and its input (the step before) changed.
     assert_eq!(
         b.why("RUN echo after"),
-        r#"build arg/env changed: V="1" → V="2"; earlier step changed: [stage-0 4/5] RUN echo $V > /v"#
+        r#"build arg/env changed: V="1" → V="2"; earlier step changed: [4/5] RUN echo $V > /v"#
     );
 }
 

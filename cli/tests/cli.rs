@@ -360,9 +360,9 @@ fn the_tty_view_redraws_in_place_and_its_final_frame_shows_every_step() {
             .clone()
     };
     assert!(find("[+] Building").ends_with("FINISHED"));
-    assert!(find("FROM busybox").starts_with(" => [stage-0 1/4] FROM busybox"));
+    assert!(find("FROM busybox").starts_with(" => [1/4] FROM busybox"));
     let run = find("RUN echo one");
-    assert!(run.starts_with(" => [stage-0 3/4] RUN"), "{run}");
+    assert!(run.starts_with(" => [3/4] RUN"), "{run}");
     assert!(run.ends_with('s'), "a finished step shows its time: {run}");
     assert!(
         !screen.iter().any(|l| l.contains("=> => # one")),
@@ -383,7 +383,7 @@ fn the_tty_view_redraws_in_place_and_its_final_frame_shows_every_step() {
     assert!(screen.iter().any(|l| l.ends_with("FAILED")), "{screen:#?}");
     let err = screen
         .iter()
-        .position(|l| l.starts_with(" => ERROR [stage-0 3/4] RUN"));
+        .position(|l| l.starts_with(" => ERROR [3/4] RUN"));
     let err = err.unwrap_or_else(|| panic!("{screen:#?}"));
     assert_eq!(screen[err + 1], " => => # something broke", "{screen:#?}");
     assert!(screen
@@ -543,8 +543,8 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
     let p = Project::new("FROM busybox\n");
     let cases: &[(&[&str], &str)] = &[
         (
-            &["--build-context", "base=docker-image://alpine"],
-            "--build-context: named build contexts is not supported yet",
+            &["--build-context", "base=oci-layout:///tmp/layout"],
+            "--build-context base=oci-layout:///tmp/layout: a build context from oci-layout://",
         ),
         (
             &["--platform", "linux/amd64,linux/arm64"],
@@ -558,15 +558,8 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
             &["--cache-to", "type=local,dest=/tmp/c"],
             "--cache-to: remote cache export is not supported yet",
         ),
-        (&["--add-host", "db:10.0.0.2"], "--add-host:"),
-        (&["--shm-size", "64m"], "--shm-size:"),
-        (&["--ulimit", "nofile=1024:2048"], "--ulimit:"),
         (&["--provenance", "mode=max"], "--provenance:"),
         (&["--sbom=true"], "--sbom:"),
-        (
-            &["--platform", "linux/s390x"],
-            "--platform linux/s390x: only the host platform",
-        ),
     ];
     for (args, message) in cases {
         let mut a: Vec<&str> = args.to_vec();
@@ -586,6 +579,9 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
         (["--network", "bridge"], "--network"),
         (["--progress", "fancy"], "--progress"),
         (["--ulimit", "nofile=x"], "--ulimit"),
+        (["--memory", "lots"], "--memory"),
+        (["--memory", "1m"], "--memory"),
+        (["--cpus", "0"], "--cpus"),
         (["--output", "dest=x"], "--output"),
     ] {
         let mut a: Vec<&str> = args.to_vec();

@@ -176,11 +176,18 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
     let scratch = Scratch::create(&spec)?;
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| ExecutorError::sys("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    // The step's cgroup (limits): joined before anything of the step starts, so the step's
+    // init, runc and every process they start are inside; removed when `cgroup` drops.
+    let mut cgroup = crate::cgroup::StepCgroup::create(&spec.resources)?;
+    if let Some(cg) = &mut cgroup {
+        cg.join()?;
+    }
     if let Runtime::Runc { binary } = &runtime {
-        let (report, stubs, copyups) = crate::runc::run(&spec, &scratch, binary)?;
+        let views = cgroup.as_ref().map(|c| c.views()).unwrap_or_default();
+        let (report, stubs, copyups) = crate::runc::run(&spec, &scratch, &views, binary)?;
         remove_stubs(&spec.rootfs, &stubs, &copyups);
         drop(scratch);
-        return Ok(report);
+        return Ok(with_oom(report, cgroup.as_ref()));
     }
     let mut flags = UnshareFlags::NEWPID
         | UnshareFlags::NEWUTS
@@ -197,7 +204,8 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         Fork::Child => {
             drop(msg_r);
             let mut w = File::from(msg_w);
-            let report = crate::sandbox::init(&spec, &scratch, &mut w);
+            let views = cgroup.as_ref().map(|c| c.views()).unwrap_or_default();
+            let report = crate::sandbox::init(&spec, &scratch, &views, &mut w);
             if let Ok(line) = serde_json::to_string(&InitMsg::Failed(report)) {
                 let _ = writeln!(w, "{line}");
             }
@@ -236,11 +244,25 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
             if let Some(r) = failed {
                 return Ok(r);
             }
-            Ok(HelperReport::Exited(ExitStatus {
+            let report = HelperReport::Exited(ExitStatus {
                 code: status.exit_status(),
                 signal: status.terminating_signal(),
-            }))
+                oom_killed: false,
+            });
+            Ok(with_oom(report, cgroup.as_ref()))
         }
+    }
+}
+
+/// Mark an exit status with the cgroup's OOM kill, if any.
+fn with_oom(report: HelperReport, cgroup: Option<&crate::cgroup::StepCgroup>) -> HelperReport {
+    match report {
+        HelperReport::Exited(mut st) => {
+            let killed = st.signal == Some(9) || st.code == Some(137);
+            st.oom_killed = cgroup.is_some_and(|c| c.oom_killed(killed));
+            HelperReport::Exited(st)
+        }
+        other => other,
     }
 }
 

@@ -25,6 +25,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cgroup;
 mod error;
 mod helper;
 mod mounts;
@@ -254,6 +255,45 @@ pub struct ExecSpec {
     /// Security mode.
     #[serde(default)]
     pub security: Security,
+    /// Size of `/dev/shm` in bytes (`None`: 64 MiB, like Docker).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// Resource limits set before the program starts (`--ulimit`).
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// cgroup limits for the step (`--memory`, `--cpu-quota`, …).
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// A resource limit (`setrlimit(2)`); `u64::MAX` is unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Docker's name: `core cpu data fsize locks memlock msgqueue nice nofile nproc rss rtprio
+    /// rttime sigpending stack`.
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// cgroup limits of a step (see [`cgroup`]); all `None` = no cgroup is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Memory limit in bytes (memory + swap: the step cannot swap beyond it).
+    pub memory: Option<u64>,
+    /// CPU time in microseconds per period (CFS quota).
+    pub cpu_quota: Option<u64>,
+    /// CFS period in microseconds (default 100000).
+    pub cpu_period: Option<u64>,
+}
+
+impl Resources {
+    /// True when no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpu_quota.is_none() && self.cpu_period.is_none()
+    }
 }
 
 /// Which output stream a chunk came from.
@@ -272,6 +312,9 @@ pub struct ExitStatus {
     pub code: Option<i32>,
     /// Signal number when it was killed by a signal.
     pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the step (its cgroup hit the memory limit).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ExitStatus {

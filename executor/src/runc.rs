@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxNamespaceType, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use rustix::thread::UnshareFlags;
 
@@ -22,7 +23,10 @@ use crate::helper::{effective_hostname, Scratch};
 use crate::mounts::make_rprivate;
 use crate::private::PrivateTmp;
 use crate::protocol::HelperReport;
-use crate::sandbox::{default_caps, err, mount_rootfs, prepare_source, Source, Stubs, MASKED};
+use crate::sandbox::{
+    default_caps, err, mount_rootfs, prepare_source, rlimit_resource, shm_options, Source, Stubs,
+    MASKED,
+};
 use crate::{seccomp, sys, user, ExecSpec, ExitStatus, Network, Security};
 
 /// Capability names by number (`capabilities(7)`).
@@ -101,6 +105,7 @@ pub(crate) type RuncOutcome = (HelperReport, Vec<(String, bool)>, Vec<String>);
 pub(crate) fn run(
     spec: &ExecSpec,
     scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
     runc: &Path,
 ) -> Result<RuncOutcome, ExecutorError> {
     sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
@@ -116,7 +121,7 @@ pub(crate) fn run(
         msgs: &mut msgs,
         copyups: HashSet::new(),
     };
-    let result = prepare_and_run(spec, scratch, runc, &mut stubs);
+    let result = prepare_and_run(spec, scratch, cgroups, runc, &mut stubs);
     drop(stubs);
     // Unmount the rootfs and the private tmpfs before the stubs are removed from the layer and
     // the scratch dir is deleted (a mount point cannot be removed: it was left behind).
@@ -146,6 +151,7 @@ pub(crate) fn run(
 fn prepare_and_run(
     spec: &ExecSpec,
     scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
     runc: &Path,
     stubs: &mut Stubs<'_>,
 ) -> Result<HelperReport, ExecutorError> {
@@ -165,6 +171,13 @@ fn prepare_and_run(
     let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
     // No cgroup filesystem in the step (the built-in sandbox has none either).
     mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/dev/shm") {
+            let mut opts: Vec<String> = vec!["nosuid".into(), "noexec".into(), "nodev".into()];
+            opts.extend(shm_options(spec.shm_size).split(',').map(String::from));
+            m.set_options(Some(opts));
+        }
+    }
     if crate::userns::in_user_namespace() {
         rootless_mounts(&mut mounts, spec.network)?;
     }
@@ -181,6 +194,25 @@ fn prepare_and_run(
             .build()
             .map_err(setup)
     };
+    // The step's cgroup, read-only, so that it can read its limits (as the built-in sandbox).
+    if cgroups.iter().any(|(t, _)| t != "/sys/fs/cgroup") {
+        mounts.push(
+            MountBuilder::default()
+                .destination("/sys/fs/cgroup")
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(
+                    ["nosuid", "nodev", "noexec", "mode=755", "size=64k"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(setup)?,
+        );
+    }
+    for (t, host) in cgroups {
+        mounts.push(bind(host, t, true)?);
+    }
     mounts.push(bind(&scratch.hosts, "/etc/hosts", true)?);
     mounts.push(bind(&scratch.resolv, "/etc/resolv.conf", true)?);
     mounts.push(bind(&scratch.hostname, "/etc/hostname", true)?);
@@ -257,7 +289,7 @@ fn prepare_and_run(
         )
         .capabilities(capabilities)
         .no_new_privileges(!insecure)
-        .rlimits(Vec::new())
+        .rlimits(rlimits(&spec.rlimits)?)
         .build()
         .map_err(setup)?;
     let mut namespaces: Vec<LinuxNamespace> = Vec::new();
@@ -363,7 +395,32 @@ fn prepare_and_run(
     Ok(HelperReport::Exited(ExitStatus {
         code: status.code(),
         signal: status.signal(),
+        oom_killed: false,
     }))
+}
+
+/// `process.rlimits` of the OCI spec (`RLIMIT_NOFILE` …).
+fn rlimits(limits: &[crate::Rlimit]) -> Result<Vec<PosixRlimit>, ExecutorError> {
+    limits
+        .iter()
+        .map(|l| {
+            if rlimit_resource(&l.name).is_none() {
+                return Err(ExecutorError::InvalidSpec(format!(
+                    "unknown ulimit {:?}",
+                    l.name
+                )));
+            }
+            let typ: PosixRlimitType = format!("RLIMIT_{}", l.name.to_ascii_uppercase())
+                .parse()
+                .map_err(|_| ExecutorError::InvalidSpec(format!("unknown ulimit {:?}", l.name)))?;
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(l.soft)
+                .hard(l.hard)
+                .build()
+                .map_err(setup)
+        })
+        .collect()
 }
 
 /// Error-level messages of runc's JSON log, joined.

@@ -83,8 +83,13 @@ impl From<ExecutorError> for InitError {
 
 /// Set up the sandbox and exec the step. Returns only on failure, with the
 /// report to send to the helper.
-pub(crate) fn init(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> HelperReport {
-    match setup_and_exec(spec, scratch, msgs) {
+pub(crate) fn init(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
+    msgs: &mut File,
+) -> HelperReport {
+    match setup_and_exec(spec, scratch, cgroups, msgs) {
         // The parent wraps the message in ExecutorError::Setup again: don't say it twice.
         InitError::Setup(ExecutorError::Setup(message)) => HelperReport::SetupFailed { message },
         InitError::Setup(e) => HelperReport::SetupFailed {
@@ -102,8 +107,13 @@ pub(crate) fn err(
     ExecutorError::sys(op, path, e)
 }
 
-fn setup_and_exec(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> InitError {
-    match setup(spec, scratch, msgs) {
+fn setup_and_exec(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
+    msgs: &mut File,
+) -> InitError {
+    match setup(spec, scratch, cgroups, msgs) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -111,7 +121,12 @@ fn setup_and_exec(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> InitEr
 
 enum Never {}
 
-fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, InitError> {
+fn setup(
+    spec: &ExecSpec,
+    scratch: &Scratch,
+    cgroups: &[(String, PathBuf)],
+    msgs: &mut File,
+) -> Result<Never, InitError> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
     sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
@@ -146,7 +161,7 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
 
     // /dev
     let dev = stubs.ensure("/dev", true)?;
-    setup_dev(&dev)?;
+    setup_dev(&dev, spec.shm_size)?;
 
     // /sys (read-only; best effort: an empty dir when sysfs cannot be mounted)
     let sys_dir = stubs.ensure("/sys", true)?;
@@ -162,6 +177,7 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
         // network namespace, so bind the host's /sys read-only instead (as rootless podman).
         let _ = bind(Path::new("/sys"), &sys_dir, true);
     }
+    mount_cgroup_views(root, cgroups)?;
 
     // generated /etc files (read-only binds)
     for (target, source) in [
@@ -224,6 +240,8 @@ fn setup(spec: &ExecSpec, scratch: &Scratch, msgs: &mut File) -> Result<Never, I
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     std::fs::create_dir_all(cwd).map_err(|e| err("create working directory", cwd, e))?;
 
+    // Before dropping privileges: raising a hard limit needs CAP_SYS_RESOURCE.
+    apply_rlimits(&spec.rlimits)?;
     drop_privileges(&creds, insecure)?;
     rustix::process::chdir(cwd).map_err(|e| err("chdir", cwd, e))?;
 
@@ -396,7 +414,7 @@ pub(crate) fn prepare_source<'a>(
 
 /// Minimal /dev on a tmpfs: device nodes bound from the host, devpts
 /// (new instance), /dev/shm, and the usual symlinks.
-fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
+fn setup_dev(dev: &Path, shm_size: Option<u64>) -> Result<(), ExecutorError> {
     mount(
         "tmpfs",
         dev,
@@ -437,12 +455,14 @@ fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
     .map_err(|e| err("mount devpts at", &pts, e))?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(|e| err("mkdir", &shm, e))?;
+    let shm_opts = std::ffi::CString::new(shm_options(shm_size))
+        .map_err(|_| ExecutorError::InvalidSpec("shm options".into()))?;
     mount(
         "shm",
         &shm,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        c"mode=1777,size=65536k",
+        shm_opts.as_c_str(),
     )
     .map_err(|e| err("mount tmpfs at", &shm, e))?;
     // POSIX message queues of the step's IPC namespace (best effort).
@@ -465,6 +485,92 @@ fn setup_dev(dev: &Path) -> Result<(), ExecutorError> {
     ] {
         let p = dev.join(link);
         std::os::unix::fs::symlink(to, &p).map_err(|e| err("symlink", &p, e))?;
+    }
+    Ok(())
+}
+
+/// The step's own cgroup directories, read-only at `/sys/fs/cgroup` (v2) or
+/// `/sys/fs/cgroup/<controller>` (v1, on a tmpfs), so that it can read its limits. Nothing when
+/// the step has no cgroup or sysfs is not mounted.
+fn mount_cgroup_views(root: &Path, cgroups: &[(String, PathBuf)]) -> Result<(), ExecutorError> {
+    let base = root.join("sys/fs/cgroup");
+    if cgroups.is_empty() || !base.is_dir() {
+        return Ok(());
+    }
+    let inside = |t: &str| root.join(t.trim_start_matches('/'));
+    if cgroups.iter().any(|(t, _)| t != "/sys/fs/cgroup") {
+        mount(
+            "tmpfs",
+            &base,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            c"mode=755,size=64k",
+        )
+        .map_err(|e| err("mount tmpfs at", &base, e))?;
+        for (t, _) in cgroups {
+            mkdir_p(&inside(t))?;
+        }
+    }
+    for (t, host) in cgroups {
+        bind(host, &inside(t), true)?;
+    }
+    if cgroups.iter().any(|(t, _)| t != "/sys/fs/cgroup") {
+        remount_readonly(&base)?;
+    }
+    Ok(())
+}
+
+/// tmpfs options of `/dev/shm`: Docker's 64 MiB unless `--shm-size` says otherwise.
+pub(crate) fn shm_options(size: Option<u64>) -> String {
+    match size {
+        Some(s) if s > 0 => format!("mode=1777,size={s}"),
+        _ => "mode=1777,size=65536k".to_string(),
+    }
+}
+
+/// The rlimit resource of a Docker ulimit name.
+pub(crate) fn rlimit_resource(name: &str) -> Option<rustix::process::Resource> {
+    use rustix::process::Resource as R;
+    Some(match name {
+        "core" => R::Core,
+        "cpu" => R::Cpu,
+        "data" => R::Data,
+        "fsize" => R::Fsize,
+        "locks" => R::Locks,
+        "memlock" => R::Memlock,
+        "msgqueue" => R::Msgqueue,
+        "nice" => R::Nice,
+        "nofile" => R::Nofile,
+        "nproc" => R::Nproc,
+        "rss" => R::Rss,
+        "rtprio" => R::Rtprio,
+        "rttime" => R::Rttime,
+        "sigpending" => R::Sigpending,
+        "stack" => R::Stack,
+        "as" => R::As,
+        _ => return None,
+    })
+}
+
+fn apply_rlimits(limits: &[crate::Rlimit]) -> Result<(), ExecutorError> {
+    for l in limits {
+        let res = rlimit_resource(&l.name)
+            .ok_or_else(|| ExecutorError::InvalidSpec(format!("unknown ulimit {:?}", l.name)))?;
+        let v = |x: u64| (x != u64::MAX).then_some(x);
+        rustix::process::setrlimit(
+            res,
+            rustix::process::Rlimit {
+                current: v(l.soft),
+                maximum: v(l.hard),
+            },
+        )
+        .map_err(|e| {
+            err(
+                &format!("setrlimit {}={}:{}", l.name, l.soft, l.hard),
+                "",
+                e,
+            )
+        })?;
     }
     Ok(())
 }

@@ -35,6 +35,18 @@ pub struct BuildOpts {
     pub no_cache: bool,
     /// `--label`, merged into the final config's Labels.
     pub labels: BTreeMap<String, String>,
+    /// `--build-context NAME=…`: what `FROM NAME`, `COPY --from=NAME` and
+    /// `RUN --mount=from=NAME` mean when NAME is not a stage of the Dockerfile.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// The value of a named build context (`--build-context NAME=VALUE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `docker-image://REF`: this image instead.
+    Image(String),
+    /// A local directory, handed to the solver as the local source with this name.
+    Local(String),
 }
 
 impl Default for BuildOpts {
@@ -46,6 +58,7 @@ impl Default for BuildOpts {
             dockerignore: Vec::new(),
             no_cache: false,
             labels: BTreeMap::new(),
+            named_contexts: BTreeMap::new(),
         }
     }
 }

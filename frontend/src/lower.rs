@@ -36,7 +36,7 @@ use crate::lint;
 use crate::parser::{self, Instruction, Severity};
 use crate::shell;
 use crate::util::{clean_path, join_abs, suggest};
-use crate::{BuildOpts, BuildPlan, Diagnostic, FrontendError, ImageResolver};
+use crate::{BuildOpts, BuildPlan, Diagnostic, FrontendError, ImageResolver, NamedContext};
 
 const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 
@@ -90,6 +90,8 @@ enum Base {
     Scratch,
     Stage(usize),
     Image(String),
+    /// A named local build context (its solver local name).
+    Local(String),
 }
 
 /// The evolving state of one stage.
@@ -147,6 +149,8 @@ struct Step<'i> {
     label: String,
     index: usize,
     total: usize,
+    /// The Dockerfile has one stage: progress names omit the stage (`[1/3]`), as BuildKit's.
+    single: bool,
 }
 
 impl Step<'_> {
@@ -169,14 +173,17 @@ impl Step<'_> {
         }
     }
 
+    /// `[stage i/n]`, or `[i/n]` in a single-stage Dockerfile.
+    fn prefix(&self) -> String {
+        if self.single {
+            format!("[{}/{}]", self.index, self.total)
+        } else {
+            format!("[{} {}/{}]", self.label, self.index, self.total)
+        }
+    }
+
     fn description(&self) -> String {
-        format!(
-            "[{} {}/{}] {}",
-            self.label,
-            self.index,
-            self.total,
-            self.display()
-        )
+        format!("{} {}", self.prefix(), self.display())
     }
 
     fn err(&self, message: impl Into<String>) -> FrontendError {
@@ -1354,6 +1361,10 @@ impl<'a> Lowerer<'a> {
         line: u32,
         what: &str,
     ) -> Result<Option<usize>, FrontendError> {
+        // A named build context overrides a stage of the same name (as in BuildKit).
+        if self.named_context(name).is_some() {
+            return Ok(None);
+        }
         let lname = name.to_lowercase();
         let found = self
             .stage_names
@@ -1381,6 +1392,11 @@ impl<'a> Lowerer<'a> {
         if lb == "scratch" {
             return Base::Scratch;
         }
+        match self.named_context(&sd.base) {
+            Some(NamedContext::Image(r)) => return Base::Image(r.clone()),
+            Some(NamedContext::Local(l)) => return Base::Local(l.clone()),
+            None => {}
+        }
         if let Some(i) = self
             .stage_names
             .iter()
@@ -1390,6 +1406,25 @@ impl<'a> Lowerer<'a> {
             return Base::Stage(i);
         }
         Base::Image(sd.base.clone())
+    }
+
+    /// The `--build-context` a name (not a stage) stands for, if any.
+    fn named_context(&self, name: &str) -> Option<&NamedContext> {
+        self.opts
+            .named_contexts
+            .get(name)
+            .or_else(|| self.opts.named_contexts.get(&name.to_lowercase()))
+    }
+
+    /// The local source node of a named local build context.
+    fn named_local(&mut self, local: &str) -> Result<NodeId, FrontendError> {
+        self.source(
+            SourceOp::Local {
+                name: local.to_string(),
+                exclude: Vec::new(),
+            },
+            format!("[internal] load build context {local}"),
+        )
     }
 
     fn stage_deps(&self, idx: usize, sd: &StageDef<'_>) -> Result<BTreeSet<usize>, FrontendError> {
@@ -1452,6 +1487,7 @@ impl<'a> Lowerer<'a> {
             label: label.clone(),
             index: 1,
             total,
+            single: self.stage_names.len() == 1,
         };
         let mut st = match self.base_of(idx, sd) {
             Base::Scratch => StageState {
@@ -1469,6 +1505,46 @@ impl<'a> Lowerer<'a> {
                 StageState {
                     cmd_set: false,
                     ..prev
+                }
+            }
+            Base::Local(local) => {
+                // The directory's contents become the stage's root filesystem.
+                let src = self.named_local(&local)?;
+                let meta = Meta {
+                    description: format!("{} FROM {}", from_step.prefix(), sd.base),
+                    stage: Some(label.clone()),
+                    lines: Some((line, line)),
+                    ignore_cache: self.opts.no_cache,
+                };
+                let node = self.push(
+                    Op::File(FileOp {
+                        dest_input: None,
+                        actions: vec![FileAction::Copy(CopyAction {
+                            src_input: 0,
+                            src: "/".into(),
+                            dest: "/".into(),
+                            owner: None,
+                            mode: None,
+                            follow_symlinks: true,
+                            dir_copy_contents: true,
+                            attempt_unpack: false,
+                            create_dest_path: true,
+                            allow_wildcard: false,
+                            allow_empty_wildcard: false,
+                            exclude: Vec::new(),
+                            parents: false,
+                        })],
+                    }),
+                    vec![src],
+                    meta,
+                )?;
+                StageState {
+                    node: Some(node),
+                    config: ImageConfig::scratch(&platform),
+                    args: Vec::new(),
+                    cmd_set: false,
+                    arg_over_env: BTreeSet::new(),
+                    workdir_set: false,
                 }
             }
             Base::Image(reference) => {
@@ -1545,6 +1621,7 @@ impl<'a> Lowerer<'a> {
                     label: label.clone(),
                     index: 1,
                     total,
+                    single: self.stage_names.len() == 1,
                 };
                 self.dispatch(&mut st, &step, idx)?;
             }
@@ -1555,6 +1632,7 @@ impl<'a> Lowerer<'a> {
                 label: label.clone(),
                 index: k + 1 + from_step_count,
                 total,
+                single: self.stage_names.len() == 1,
             };
             self.track_undefined.set(true);
             let r = self.dispatch(&mut st, &step, idx);
@@ -2088,6 +2166,12 @@ impl<'a> Lowerer<'a> {
         if v.eq_ignore_ascii_case("scratch") {
             return self.scratch();
         }
+        let v = match self.named_context(v).cloned() {
+            Some(NamedContext::Local(local)) => return self.named_local(&local),
+            Some(NamedContext::Image(r)) => r,
+            None => v.to_string(),
+        };
+        let v = v.as_str();
         let platform = self.opts.platform.clone();
         let names: Vec<String> = self.stage_names.iter().flatten().cloned().collect();
         let r = self.image(
@@ -2095,7 +2179,7 @@ impl<'a> Lowerer<'a> {
             &platform,
             step.line(),
             what,
-            format!("[{} {}/{}] {what}={v}", step.label, step.index, step.total),
+            format!("{} {what}={v}", step.prefix()),
             Some(&step.label),
         );
         match r {
@@ -2372,7 +2456,7 @@ impl<'a> Lowerer<'a> {
                         keep_git_dir,
                         checksum: git_checksum,
                     },
-                    format!("[{} {}/{}] git {src}", step.label, step.index, step.total),
+                    format!("{} git {src}", step.prefix()),
                 )?;
                 let i = input_of(&mut inputs, n);
                 let mut c = base_copy(i, clean_path(&format!("/{subdir}")), dest_abs.clone());
@@ -2388,7 +2472,7 @@ impl<'a> Lowerer<'a> {
                         checksum: checksum.clone(),
                         filename: Some(filename.clone()),
                     },
-                    format!("[{} {}/{}] https {src}", step.label, step.index, step.total),
+                    format!("{} https {src}", step.prefix()),
                 )?;
                 let i = input_of(&mut inputs, n);
                 let d = if dest_is_dir {
@@ -2656,6 +2740,7 @@ impl<'a> Lowerer<'a> {
                 security,
                 mounts,
                 proxy_env,
+                run_options: Default::default(),
             }),
             inputs,
             meta,

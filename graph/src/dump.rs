@@ -75,6 +75,7 @@ mod tests {
                     },
                 }],
                 proxy_env: vec![format!("HTTP_PROXY={desc}")],
+                run_options: Default::default(),
             }),
             inputs: vec![input],
             meta: Meta {
@@ -137,6 +138,7 @@ mod tests {
                 kind: MountKind::Tmpfs { size: None },
             }],
             proxy_env: vec![],
+            run_options: Default::default(),
         });
         node.inputs = vec![i];
         assert!(d.push(node).is_err());

@@ -133,6 +133,49 @@ pub struct ExecOp {
     /// Proxy variables (`HTTP_PROXY` …): passed to the process, never part of the digest.
     #[serde(skip)]
     pub proxy_env: Vec<String>,
+    /// Build-wide sandbox settings (`--add-host`, `--shm-size`, `--ulimit`). Omitted from the
+    /// encoding when empty, so existing digests are unchanged.
+    #[serde(default, skip_serializing_if = "RunOptions::is_empty")]
+    pub run_options: RunOptions,
+}
+
+/// Sandbox settings that BuildKit keeps in an exec op's `Meta` (and so in its cache key): extra
+/// `/etc/hosts` entries (names only: BuildKit clears the addresses from the cache map), the
+/// `/dev/shm` size and rlimits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOptions {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<ExtraHost>,
+    /// Size of `/dev/shm` in bytes (`None`: 64 MiB, Docker's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+}
+
+impl RunOptions {
+    /// True when nothing is set (the op encodes as before these options existed).
+    pub fn is_empty(&self) -> bool {
+        self.extra_hosts.is_empty() && self.shm_size.is_none() && self.ulimits.is_empty()
+    }
+}
+
+/// An `/etc/hosts` entry of a RUN step (`--add-host host:ip`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraHost {
+    pub host: String,
+    /// The address: given to the step, never part of the digest or cache key (as in BuildKit).
+    #[serde(skip)]
+    pub ip: String,
+}
+
+/// A resource limit of a RUN step (`--ulimit nofile=1024:2048`); `-1` means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// `nofile`, `nproc`, … (Docker's names).
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
 }
 
 /// One mount of an exec.

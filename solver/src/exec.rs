@@ -72,8 +72,25 @@ impl Solver {
             hostname: self.cfg.hostname.clone(),
             network,
             extra_mounts: prepared.extra.clone(),
-            extra_hosts: Vec::new(),
+            extra_hosts: op
+                .run_options
+                .extra_hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.ip.clone()))
+                .collect(),
             security,
+            shm_size: op.run_options.shm_size,
+            rlimits: op
+                .run_options
+                .ulimits
+                .iter()
+                .map(|u| rbuild_executor::Rlimit {
+                    name: u.name.clone(),
+                    soft: u64::try_from(u.soft).unwrap_or(u64::MAX),
+                    hard: u64::try_from(u.hard).unwrap_or(u64::MAX),
+                })
+                .collect(),
+            resources: self.cfg.resources.clone(),
         };
         let mut tail = Tail::default();
         let status = self.cfg.executor.run(&spec, &mut |stream, data| {
@@ -96,10 +113,18 @@ impl Solver {
             let code = status
                 .code
                 .unwrap_or_else(|| 128 + status.signal.unwrap_or(0));
+            let note = match self.cfg.resources.memory {
+                Some(limit) if status.oom_killed => {
+                    format!(": out of memory: the step reached its memory limit of {limit} bytes")
+                }
+                _ if status.oom_killed => ": out of memory (killed by the OOM killer)".into(),
+                _ => String::new(),
+            };
             return Err(SolveError::ExecFailed {
                 step,
                 command: shown_command(&op.args),
                 code,
+                note,
                 tail: tail.lines(),
                 lines: node.meta.lines,
             });

@@ -35,11 +35,13 @@ pub use sched::SolveOutput;
 /// Errors from solving a graph.
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
-    #[error("{step}: process \"{command}\" did not complete successfully: exit code {code}")]
+    #[error("{step}: process \"{command}\" did not complete successfully: exit code {code}{note}")]
     ExecFailed {
         step: String,
         command: String,
         code: i32,
+        /// Why, when known (`: out of memory …`), else empty.
+        note: String,
         /// Last lines of the step's output.
         tail: Vec<String>,
         lines: Option<(u32, u32)>,
@@ -211,6 +213,9 @@ pub struct SolverConfig {
     pub entitlements: Entitlements,
     /// Explanations, `--no-cache-filter`, build id, cancellation ([`explain`]).
     pub cache: CacheOptions,
+    /// cgroup limits of every RUN step (`--memory`, `--cpu-quota`, `--cpu-period`); not part
+    /// of any cache key (as with `docker build`'s limits).
+    pub resources: rbuild_executor::Resources,
 }
 
 /// The solver: owns the config and an in-process memory of resolved images.

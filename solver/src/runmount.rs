@@ -80,6 +80,20 @@ pub struct Entitlements {
     pub security_insecure: bool,
 }
 
+/// Give every RUN step the build's `--add-host`, `--shm-size` and `--ulimit` settings, as
+/// BuildKit's Dockerfile frontend does (they are in the op, so in its cache key; the host
+/// addresses are not).
+pub fn force_run_options(def: &mut Definition, options: &rbuild_graph::RunOptions) {
+    if options.is_empty() {
+        return;
+    }
+    for n in &mut def.nodes {
+        if let Op::Exec(e) = &mut n.op {
+            e.run_options = options.clone();
+        }
+    }
+}
+
 /// Set the network mode of every RUN step that uses the default (CLI `--network`), like
 /// BuildKit's `force-network-mode`: the op changes, so does its cache key.
 pub fn force_network(def: &mut Definition, mode: NetworkMode) {

@@ -1,115 +1,132 @@
-//! Helpers shared by the CLI integration tests (`mod common;`): running the real `rbuild`
-//! binary as the unprivileged test users that `.ci/setup.sh` creates (rootless mode).
-//!
-//! `rbuild-test` has subordinate id ranges in `/etc/subuid` and `/etc/subgid` (rbuild maps them
-//! with newuidmap/newgidmap); `rbuild-nosub` has none (single-id map). A missing user or tool
-//! fails the test with the reason; nothing is skipped.
+//! Shared harness for the CLI integration tests: a project directory with its own store, runs
+//! of the real `rbuild` binary against the test registry on 127.0.0.1:5055 (mirror of
+//! docker.io), and checks of the outcome. Include it with `mod common;`. `users.rs`: running the
+//! binary as the unprivileged test users (rootless mode).
 
 #![allow(dead_code)] // each test crate uses a subset
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod users;
+#[allow(unused_imports)] // not every test crate runs as the test users
+pub use users::*;
 
-/// The test user with subordinate id ranges.
-pub const RANGED_USER: &str = "rbuild-test";
-/// The test user without subordinate ranges.
-pub const SINGLE_USER: &str = "rbuild-nosub";
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
 
-/// An unprivileged user of this machine.
-#[derive(Debug, Clone)]
-pub struct TestUser {
-    /// Login name.
-    pub name: String,
-    /// uid.
-    pub uid: u32,
-    /// Primary gid.
-    pub gid: u32,
-    /// Home directory.
-    pub home: PathBuf,
-}
+use tempfile::TempDir;
 
-/// The passwd entry of `name`; panics with the fix when it is missing, or when the tools
-/// rootless mode needs are not installed.
-pub fn test_user(name: &str) -> TestUser {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let f: Vec<&str> = passwd
+/// The plain test registry (seeded with busybox by `.ci/setup.sh`).
+pub const REGISTRY: &str = "127.0.0.1:5055";
+
+/// Fail (never skip) when the tests cannot run here: they need root and the registry.
+pub fn require_env() {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let root = status
         .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 5 && f[0] == name)
-        .unwrap_or_else(|| {
-            panic!("test user {name} does not exist: run `bash .ci/setup.sh` first (as root)")
-        });
-    for tool in ["newuidmap", "newgidmap", "setpriv"] {
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    assert!(
+        root,
+        "these tests need root (namespaces, overlayfs, cgroups); run them as root"
+    );
+    assert!(
+        std::net::TcpStream::connect(REGISTRY).is_ok(),
+        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
+    );
+}
+
+/// A build context directory and a store of its own.
+pub struct Project {
+    pub dir: TempDir,
+    pub store: TempDir,
+}
+
+/// The outcome of one rbuild run.
+pub struct Run {
+    pub out: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout(), self.stderr())
+    }
+    pub fn code(&self) -> Option<i32> {
+        self.out.status.code()
+    }
+    pub fn ok(self) -> Self {
         assert!(
-            ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-                .iter()
-                .any(|d| Path::new(d).join(tool).is_file()),
-            "{tool} is not installed: run `bash .ci/setup.sh` first (packages uidmap, util-linux)"
+            self.out.status.success(),
+            "rbuild failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            self.out.status,
+            self.stdout(),
+            self.stderr()
         );
+        self
     }
-    if name == RANGED_USER {
-        for f in ["/etc/subuid", "/etc/subgid"] {
-            let text = std::fs::read_to_string(f).unwrap_or_default();
-            assert!(
-                text.lines().any(|l| l.starts_with(&format!("{name}:"))),
-                "{name} has no range in {f}: run `bash .ci/setup.sh` first"
-            );
-        }
+    pub fn fails(self) -> Self {
+        assert!(
+            !self.out.status.success(),
+            "rbuild should have failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
     }
-    TestUser {
-        name: name.to_string(),
-        uid: f[2].parse().unwrap(),
-        gid: f[3].parse().unwrap(),
-        home: PathBuf::from(f[5]),
+    /// How many steps the plain progress output marks `CACHED`.
+    pub fn cached(&self) -> usize {
+        self.stderr().matches("CACHED").count()
     }
 }
 
-impl TestUser {
-    /// `cmd` (program, arguments, environment, working directory) run as this user through
-    /// `setpriv`, with `HOME`, `USER` and `LOGNAME` of the user.
-    pub fn wrap(&self, cmd: &Command) -> Command {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--init-groups")
-            .arg("--")
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
-        c.env("HOME", &self.home)
-            .env("USER", &self.name)
-            .env("LOGNAME", &self.name);
-        if let Some(d) = cmd.get_current_dir() {
-            c.current_dir(d);
-        }
+impl Project {
+    /// A project whose `Dockerfile` is `dockerfile`.
+    pub fn new(dockerfile: &str) -> Self {
+        require_env();
+        let p = Project {
+            dir: tempfile::tempdir().unwrap(),
+            store: tempfile::tempdir().unwrap(),
+        };
+        p.file("Dockerfile", dockerfile);
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `rel` (parents created) in the project directory.
+    pub fn file(&self, rel: &str, content: &str) -> &Self {
+        let p = self.dir.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+        self
+    }
+
+    /// `rbuild ARGS…` in the project directory with the test environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+        c.args(args)
+            .env("RBUILD_ROOT", self.store.path())
+            .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+            .env("RBUILD_PROGRESS", "plain")
+            .env_remove("RBUILD_RUNTIME")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .current_dir(self.dir.path());
         c
     }
 
-    /// Give `dir` to this user (a store root the user's rbuild writes to).
-    pub fn own(&self, dir: &Path) {
-        std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid)).unwrap();
+    /// `rbuild build ARGS… .`
+    pub fn build(&self, args: &[&str]) -> Run {
+        let mut a = vec!["build"];
+        a.extend_from_slice(args);
+        a.push(".");
+        Run {
+            out: self.cmd(&a).output().unwrap(),
+        }
     }
-
-    /// Give everything under `dir` to this user (`chown -R`).
-    pub fn own_tree(&self, dir: &Path) {
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", self.uid, self.gid))
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "chown -R {}", dir.display());
-    }
-}
-
-/// Make a root-created directory (tempfile makes them 0700) readable by other users, e.g. a
-/// build context a test user's rbuild reads.
-pub fn open_up(dir: &Path) {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
