@@ -50,10 +50,22 @@ pub(crate) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path).map_err(err("open"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(err("busy_timeout"))?;
-    // journal_mode=WAL is persistent in the file; setting it again is cheap.
-    let _mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(err("enable WAL"))?;
+    // journal_mode=WAL is persistent in the file; setting it again is cheap. Switching a new
+    // database to WAL needs an exclusive lock, and SQLite reports SQLITE_BUSY for it without
+    // calling the busy handler when another process is opening the same new store: retry.
+    let started = std::time::Instant::now();
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => break,
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(err("enable WAL")(e)),
+        }
+    }
     conn.execute_batch("PRAGMA synchronous=NORMAL;")
         .map_err(err("pragma synchronous"))?;
     // Leave the WAL in place when closing: a checkpoint on every exit costs two fsyncs, and

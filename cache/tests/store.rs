@@ -427,3 +427,24 @@ fn lock_is_exclusive_and_released_on_drop() {
         Err(CacheError::InvalidLockName { .. })
     ));
 }
+
+#[test]
+fn many_openers_of_one_new_store_all_succeed() {
+    // Switching a new database to WAL takes an exclusive lock that SQLite does not wait for:
+    // concurrent first opens must still all succeed.
+    for _round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Arc::new(dir.path().to_path_buf());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || Store::open(root.as_path()).map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            if let Err(e) = t.join().unwrap() {
+                panic!("concurrent open failed: {e}");
+            }
+        }
+    }
+}
