@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(b.context, PathBuf::from("ctx"));
         // every flag above except the supported ones is rejected, the first one named
         let msg = crate::unsupported::unsupported(&b).unwrap();
-        assert!(msg.starts_with("--platform:"), "{msg}");
+        assert!(msg.starts_with("--cache-from:"), "{msg}");
     }
 
     #[test]

@@ -116,7 +116,7 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
     })
 }
 
-fn parse_platform(s: &str) -> Result<Platform> {
+pub(crate) fn parse_platform(s: &str) -> Result<Platform> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
         [os, arch] => Ok(Platform {
@@ -257,6 +257,8 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
         .collect::<Result<Vec<_>>>()
         .map_err(usage)?;
+    let platforms = crate::multiplat::platforms(&b.platforms)?;
+    crate::multiplat::check_outputs(&platforms, &outputs, b.load)?;
     let mode = if b.quiet {
         crate::progress::Mode::Quiet
     } else {
@@ -328,45 +330,73 @@ fn build_image(
         "[internal] load build definition from {}",
         inputs.dockerfile_name
     ));
-    let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
-        .map_err(|e| frontend_error(inputs, e))?;
-    apply_build_flags(&mut plan.definition, b)?;
-    if let Some((lines, message)) =
-        crate::emulation::check(&plan.definition, plan.root, &inputs.opts.platform)
-    {
-        return Err(match lines {
-            Some(lines) => anyhow::Error::new(DockerfileError {
-                path: inputs.dockerfile_name.clone(),
-                text: inputs.dockerfile.clone(),
-                lines,
-                message,
-                tail: Vec::new(),
-                step: None,
-                omitted: 0,
-            }),
-            None => anyhow::Error::new(BuildFailed(message)),
-        });
+    // One lowering per platform; every platform's RUN steps are checked before anything runs.
+    let platforms = crate::multiplat::platforms(&b.platforms)?;
+    let mut plans = Vec::with_capacity(platforms.len());
+    for platform in &platforms {
+        let mut opts = inputs.opts.clone();
+        opts.platform = platform.clone();
+        let mut plan = rbuild_frontend::build(&inputs.dockerfile, &opts, &Resolver(&solver))
+            .map_err(|e| frontend_error(inputs, e))?;
+        apply_build_flags(&mut plan.definition, b)?;
+        if let Some((lines, message)) =
+            crate::emulation::check(&plan.definition, plan.root, platform)
+        {
+            return Err(match lines {
+                Some(lines) => anyhow::Error::new(DockerfileError {
+                    path: inputs.dockerfile_name.clone(),
+                    text: inputs.dockerfile.clone(),
+                    lines,
+                    message,
+                    tail: Vec::new(),
+                    step: None,
+                    omitted: 0,
+                }),
+                None => anyhow::Error::new(BuildFailed(message)),
+            });
+        }
+        if platforms.len() > 1 {
+            crate::multiplat::label_steps(&mut plan.definition, platform);
+        }
+        plans.push((platform.clone(), plan));
     }
-    for w in &plan.warnings {
-        progress.warning(&format!(
-            "{}:{}: {}",
-            inputs.dockerfile_name, w.line, w.message
-        ));
+    if let Some((_, plan)) = plans.first() {
+        for w in &plan.warnings {
+            progress.warning(&format!(
+                "{}:{}: {}",
+                inputs.dockerfile_name, w.line, w.message
+            ));
+        }
     }
-    let out = solver
-        .solve(&plan.definition, plan.root, progress)
-        .map_err(|e| solve_error(inputs, e))?;
     let annotations = crate::outputs::annotations(&b.annotations)?;
-    let step = progress.step("exporting to image");
-    let image = rbuild_solver::finalize_image(
-        solver.store(),
-        &out.chain,
-        &plan.image,
-        solver.config().source_date_epoch,
-        &annotations,
-    )?;
+    let index_annotations = BTreeMap::new();
+    // Platforms are solved one after the other on one solver: shared steps are reused.
+    let mut built = Vec::with_capacity(plans.len());
+    for (platform, plan) in &plans {
+        let out = solver
+            .solve(&plan.definition, plan.root, progress)
+            .map_err(|e| solve_error(inputs, e))?;
+        progress.next_graph(plan.definition.nodes.len());
+        let step = progress.step(&if plans.len() > 1 {
+            format!("exporting to image ({})", platform.to_text())
+        } else {
+            "exporting to image".to_string()
+        });
+        let image = rbuild_solver::finalize_image(
+            solver.store(),
+            &out.chain,
+            &plan.image,
+            solver.config().source_date_epoch,
+            &annotations,
+        )?;
+        progress.step_done(step);
+        built.push((platform.clone(), image));
+    }
+    let image = match built.len() {
+        1 => built.remove(0).1,
+        _ => crate::multiplat::make_index(solver.store(), &built, &index_annotations)?,
+    };
     let images = ImageStore::open(solver.store())?;
-    progress.step_done(step);
     progress.note(&format!("writing image {}", image.config_digest));
     for t in tags {
         // A fully cached rebuild leaves the tag as it is: no index.json rewrite (and fsync).

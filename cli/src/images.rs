@@ -13,9 +13,26 @@ pub fn list(root: &Path, a: &ImagesArgs) -> Result<ExitCode> {
     let images = ImageStore::open(&store)?;
     let mut rows = Vec::new();
     for (name, desc) in images.list()? {
-        let manifest = images.read_manifest(&desc)?;
-        let id = manifest.config.digest.clone();
-        let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
+        let (id, size, platforms) = if rbuild_oci::index::is_index(&desc) {
+            // A multi-platform image: one row, its id the index digest, its platforms listed.
+            let index = rbuild_oci::index::read_index(&store, &desc)?;
+            let mut size = 0;
+            let mut platforms = Vec::new();
+            for m in &index.manifests {
+                size += images
+                    .read_manifest(m)?
+                    .layers
+                    .iter()
+                    .map(|l| l.size)
+                    .sum::<u64>();
+                platforms.extend(m.platform.as_ref().map(|p| p.to_string()));
+            }
+            (desc.digest.clone(), size, platforms.join(","))
+        } else {
+            let manifest = images.read_manifest(&desc)?;
+            let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
+            (manifest.config.digest.clone(), size, String::new())
+        };
         let (repo, tag) = match Reference::parse(&name) {
             Ok(r) => {
                 let fam = r.familiar();
@@ -26,22 +43,22 @@ pub fn list(root: &Path, a: &ImagesArgs) -> Result<ExitCode> {
             }
             Err(_) => (name.clone(), "<none>".to_string()),
         };
-        rows.push((repo, tag, id, size));
+        rows.push((repo, tag, id, size, platforms));
     }
     rows.sort();
     if a.quiet {
-        for (_, _, id, _) in rows {
+        for (_, _, id, _, _) in rows {
             println!("{}", short_id(&id));
         }
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<40} {:<16} {:<14} {:>10}",
+        "{:<40} {:<16} {:<14} {:>10}  PLATFORMS",
         "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
     );
-    for (repo, tag, id, size) in rows {
+    for (repo, tag, id, size, platforms) in rows {
         println!(
-            "{repo:<40} {tag:<16} {:<14} {:>10}",
+            "{repo:<40} {tag:<16} {:<14} {:>10}  {platforms}",
             short_id(&id),
             human(size)
         );

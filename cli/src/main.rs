@@ -16,6 +16,7 @@ mod emulation;
 mod flags;
 mod images;
 mod metadata;
+mod multiplat;
 mod outputs;
 mod progress;
 mod render;

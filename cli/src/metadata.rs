@@ -27,6 +27,12 @@ pub fn metadata(image: &ImageResult, tags: &[Reference]) -> Value {
         "containerimage.descriptor": image.manifest,
         "containerimage.digest": image.manifest.digest,
     });
+    if rbuild_oci::index::is_index(&image.manifest) {
+        // A multi-platform build has no single config (buildx leaves the key out too).
+        if let Some(o) = m.as_object_mut() {
+            o.remove("containerimage.config.digest");
+        }
+    }
     if !tags.is_empty() {
         let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
         m["image.name"] = json!(names.join(","));

@@ -215,7 +215,7 @@ pub fn unpack_rootfs(store: &rbuild_cache::Store, manifest: &Descriptor, dir: &P
     Ok(())
 }
 
-fn tar_dir(dir: &Path, w: &mut dyn Write) -> Result<()> {
+pub(crate) fn tar_dir(dir: &Path, w: &mut dyn Write) -> Result<()> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
@@ -255,6 +255,10 @@ pub fn push(
     if names.is_empty() {
         bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
     }
+    if rbuild_oci::index::is_index(manifest) {
+        crate::multiplat::push(store, manifest, names, opts, &BTreeMap::new(), quiet)?;
+        return Ok(());
+    }
     let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
     let desc = converted(store, manifest, opts)?;
     for n in names {
@@ -287,6 +291,21 @@ pub fn export(
     let mut names: Vec<Reference> = tags.to_vec();
     for n in &o.names {
         names.push(Reference::parse(n).map_err(|e| anyhow!("--output name={n:?}: {e}"))?);
+    }
+    if rbuild_oci::index::is_index(manifest) {
+        let opts = o.convert_opts(annotations);
+        let extra = &names[tags.len()..];
+        let no_index_annotations = BTreeMap::new();
+        return crate::multiplat::export(
+            store,
+            manifest,
+            &names,
+            extra,
+            o,
+            &opts,
+            &no_index_annotations,
+            quiet,
+        );
     }
     match o.kind.as_str() {
         "image" | "registry" => {

@@ -28,8 +28,13 @@ pub enum StoreCommand {
     },
     /// Push an image from the local store to its registry
     Push(PushArgs),
-    /// Print an image's manifest and config as JSON
-    Inspect { name: String },
+    /// Print an image's manifest and config as JSON (a multi-platform image: its index)
+    Inspect {
+        name: String,
+        /// Of a multi-platform image, inspect this platform's manifest and config
+        #[arg(long)]
+        platform: Option<String>,
+    },
     /// Show the history of an image
     History {
         name: String,
@@ -194,6 +199,18 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 oci_media_types: !a.docker_mediatypes,
                 annotations: Default::default(),
             };
+            if rbuild_oci::index::is_index(&d) {
+                let desc = crate::multiplat::push(
+                    &store,
+                    &d,
+                    std::slice::from_ref(&r),
+                    &opts,
+                    &Default::default(),
+                    a.quiet,
+                )?;
+                println!("{}@{}", r.familiar(), desc.digest);
+                return Ok(ExitCode::SUCCESS);
+            }
             let desc = rbuild_oci::convert_image(&store, &d, &opts)?;
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
             let push_opts = rbuild_oci::push::PushOpts {
@@ -211,9 +228,39 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             }
             println!("{}@{}", r.familiar(), rep.manifest_digest);
         }
-        StoreCommand::Inspect { name } => {
+        StoreCommand::Inspect { name, platform } => {
             let (store, images) = open(root)?;
-            let (r, d) = lookup(&images, &name)?;
+            let (r, mut d) = lookup(&images, &name)?;
+            if rbuild_oci::index::is_index(&d) {
+                let index = rbuild_oci::index::read_index(&store, &d)?;
+                match platform {
+                    None => {
+                        let out = serde_json::json!({
+                            "Name": r.to_string(),
+                            "Id": d.digest,
+                            "Digest": d.digest,
+                            "MediaType": d.media_type,
+                            "Index": index,
+                        });
+                        println!("{}", serde_json::to_string_pretty(&out)?);
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Some(p) => {
+                        let want = crate::multiplat::platforms(std::slice::from_ref(&p))?.remove(0);
+                        let want = rbuild_oci::Platform {
+                            os: want.os,
+                            architecture: want.architecture,
+                            variant: want.variant,
+                        };
+                        d = rbuild_oci::index::pick(&index, &want).ok_or_else(|| {
+                            anyhow!(
+                                "inspect --platform {p}: {} has no manifest for that platform",
+                                r.familiar()
+                            )
+                        })?;
+                    }
+                }
+            }
             let manifest: Value = serde_json::from_slice(&store.read_blob(&d.digest)?)?;
             let m = images.read_manifest(&d)?;
             let config: Value = serde_json::from_slice(&store.read_blob(&m.config.digest)?)?;

@@ -21,9 +21,6 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
             "a build context from oci-layout://, a git or http URL or target:",
         );
     }
-    if b.platforms.len() > 1 {
-        return not_yet("--platform", "building several platforms at once");
-    }
     if !b.cache_from.is_empty() {
         return not_yet("--cache-from", "remote cache import");
     }

@@ -547,10 +547,6 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
             "--build-context base=oci-layout:///tmp/layout: a build context from oci-layout://",
         ),
         (
-            &["--platform", "linux/amd64,linux/arm64"],
-            "--platform: building several platforms",
-        ),
-        (
             &["--cache-from", "type=registry,ref=r/a:c"],
             "--cache-from: remote cache import is not supported yet",
         ),

@@ -1,11 +1,16 @@
 //! `--platform` for a platform other than the host's, through the real CLI: steps without a
 //! process build anywhere; a RUN step of a foreign architecture needs a binfmt_misc emulator,
 //! and without one the build stops before it starts, naming the platform and the RUN line.
-//! Several platforms at once are rejected clearly (not supported yet).
+//! Several platforms at once (buildx-style) make an OCI image index over one manifest per
+//! platform: tagged, exported (`type=oci`, per-platform `type=local` directories), pushed (each
+//! manifest by digest, then the index), kept by `prune --all`, and usable as a base image.
 
 mod common;
 
-use common::Project;
+use std::process::Command;
+
+use common::{Project, REGISTRY};
+use serde_json::Value;
 
 /// A platform that is not the host's.
 fn foreign() -> &'static str {
@@ -42,7 +47,7 @@ fn a_copy_only_image_builds_for_a_foreign_platform() {
 }
 
 #[test]
-fn a_foreign_run_step_without_an_emulator_names_the_platform_and_the_line() {
+fn a_foreign_run_step_without_an_emulator_names_the_platform_and_the_line_before_anything_runs() {
     let binfmt = std::path::Path::new("/proc/sys/fs/binfmt_misc");
     let qemu = if foreign().ends_with("arm64") {
         "qemu-aarch64"
@@ -61,17 +66,291 @@ fn a_foreign_run_step_without_an_emulator_names_the_platform_and_the_line() {
     assert!(err.contains(foreign()), "{err}");
     assert!(err.contains("binfmt_misc"), "{err}");
     assert!(err.contains(">>> RUN [\"/a.txt\"]"), "{err}");
+    // With the host's platform first, every platform is checked before anything runs.
+    let both = format!("{},{}", common::host_platform(), foreign());
+    let r = p.build(&["--platform", &both]).fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains(foreign()), "{err}");
+    assert!(err.contains(">>> RUN [\"/a.txt\"]"), "{err}");
+    assert!(
+        !err.contains(&format!("[{} ", common::host_platform())),
+        "the host platform's steps ran first: {err}"
+    );
+}
+
+/// A Dockerfile whose files and label depend on the target platform without a RUN step.
+const PER_PLATFORM: &str = "FROM scratch\nARG TARGETPLATFORM\nARG TARGETARCH\nCOPY a.txt /a-$TARGETARCH.txt\nLABEL platform=$TARGETPLATFORM\n";
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+}
+
+/// Read a blob of the project's store as JSON.
+fn blob(p: &Project, digest: &str) -> Value {
+    let path = p
+        .store
+        .path()
+        .join("blobs-v1/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    json(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// `skopeo inspect` of the `arch` image of `image` (picked from an index).
+fn skopeo_arch(arch: &str, image: &str, tls_verify: bool) -> Value {
+    let tls = format!("--tls-verify={tls_verify}");
+    let mut args = vec!["--override-arch", arch, "--override-os", "linux", "inspect"];
+    if image.starts_with("docker://") {
+        args.push(&tls);
+    }
+    args.push(image);
+    skopeo(&args)
+}
+
+fn skopeo(args: &[&str]) -> Value {
+    let o = Command::new("skopeo").args(args).output().expect("skopeo");
+    assert!(
+        o.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    json(&o.stdout)
+}
+
+/// Check an index: two manifests, amd64 then arm64, each with a config of that architecture
+/// (and the label made from `$TARGETPLATFORM`); returns the manifest digests.
+fn check_index(p: &Project, index: &Value) -> Vec<String> {
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let ms = index["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{index}");
+    let mut out = Vec::new();
+    for (m, arch) in ms.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(m["platform"]["os"], "linux", "{index}");
+        assert_eq!(m["platform"]["architecture"], arch, "{index}");
+        let manifest = blob(p, m["digest"].as_str().unwrap());
+        let config = blob(p, manifest["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["architecture"], arch, "{config}");
+        assert_eq!(
+            config["config"]["Labels"]["platform"],
+            format!("linux/{arch}"),
+            "{config}"
+        );
+        out.push(m["digest"].as_str().unwrap().to_string());
+    }
+    out
 }
 
 #[test]
-fn several_platforms_at_once_are_rejected_clearly() {
-    let p = Project::new("FROM scratch\n");
-    let r = p.build(&["--platform", "linux/amd64,linux/arm64"]).fails();
-    assert_eq!(r.code(), Some(2));
+fn two_platforms_make_an_index_that_is_tagged_exported_inspected_and_kept_by_prune() {
+    let p = Project::new(PER_PLATFORM);
+    p.file("a.txt", "A");
+    let meta = p.path().join("meta.json");
+    let r = p
+        .build(&[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "mp:1",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "-o",
+            "type=oci,dest=mp.tar",
+            "-o",
+            "type=local,dest=out",
+        ])
+        .ok();
+    // BuildKit's step names in multi-platform builds
     assert!(
-        r.stderr()
-            .contains("--platform: building several platforms at once is not supported yet"),
+        r.stderr().contains("[linux/arm64 3/4] COPY a.txt"),
         "{}",
         r.stderr()
     );
+    let layout = format!(
+        "oci:{}/layout-v1:docker.io/library/mp:1",
+        p.store.path().display()
+    );
+    let index = skopeo(&["inspect", "--raw", &layout]);
+    let manifests = check_index(&p, &index);
+
+    // --metadata-file: the index is the image's digest
+    let m = json(&std::fs::read(&meta).unwrap());
+    assert_eq!(
+        m["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let index_digest = m["containerimage.digest"].as_str().unwrap().to_string();
+    assert!(m.get("containerimage.config.digest").is_none(), "{m}");
+
+    // type=oci: index.json → the index; skopeo picks a platform from it
+    let tar = format!("oci-archive:{}/mp.tar", p.path().display());
+    // (its layers are gzip-compressed, so its manifests are not the store's)
+    let exported = skopeo(&["inspect", "--raw", &tar]);
+    assert_eq!(
+        exported["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{exported}"
+    );
+    let platforms: Vec<&Value> = exported["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["platform"])
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            &index["manifests"][0]["platform"],
+            &index["manifests"][1]["platform"]
+        ]
+    );
+    let arm = skopeo_arch("arm64", &tar, true);
+    assert_eq!(arm["Architecture"], "arm64", "{arm}");
+    assert_eq!(arm["Labels"]["platform"], "linux/arm64", "{arm}");
+    // type=local: one directory per platform, as buildx
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("out/linux_amd64/a-amd64.txt")).unwrap(),
+        "A"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("out/linux_arm64/a-arm64.txt")).unwrap(),
+        "A"
+    );
+    assert!(!p.path().join("out/linux_arm64/a-amd64.txt").exists());
+
+    // images: one row with both platforms; inspect: the index, or a platform's image
+    let images = p.cmd(&["images"]).output().unwrap();
+    let images = String::from_utf8_lossy(&images.stdout).to_string();
+    let row = images
+        .lines()
+        .find(|l| l.starts_with("mp "))
+        .unwrap_or_else(|| panic!("{images}"));
+    assert!(row.contains("linux/amd64,linux/arm64"), "{images}");
+    assert!(row.contains(&index_digest[7..19]), "{images}");
+    let o = p.cmd(&["inspect", "mp:1"]).output().unwrap();
+    let i = json(&o.stdout);
+    assert_eq!(i["Digest"], index_digest.as_str());
+    assert_eq!(i["Index"]["manifests"].as_array().unwrap().len(), 2, "{i}");
+    let o = p
+        .cmd(&["inspect", "--platform", "linux/arm64", "mp:1"])
+        .output()
+        .unwrap();
+    let i = json(&o.stdout);
+    assert_eq!(i["Config"]["architecture"], "arm64", "{i}");
+    assert_eq!(i["Digest"], manifests[1].as_str());
+
+    // prune --all removes the cache but keeps every blob of the tagged index
+    let o = p.cmd(&["prune", "--all"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(skopeo(&["inspect", "--raw", &layout]), index);
+    check_index(&p, &index);
+    for d in &manifests {
+        let manifest = blob(&p, d);
+        for l in manifest["layers"].as_array().unwrap() {
+            let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+            assert!(
+                p.store.path().join("blobs-v1/sha256").join(hex).exists(),
+                "layer {hex} pruned"
+            );
+        }
+    }
+    let back = format!("{}/again.tar", p.path().display());
+    let o = p
+        .cmd(&["save", "--format", "oci", "-o", &back, "mp:1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        skopeo(&["inspect", "--raw", &format!("oci-archive:{back}")]),
+        index
+    );
+}
+
+#[test]
+fn outputs_that_cannot_hold_an_index_are_refused_before_the_build() {
+    let p = Project::new(PER_PLATFORM);
+    p.file("a.txt", "A");
+    for args in [&["-o", "type=docker,dest=d.tar"][..], &["--load"][..]] {
+        let mut a = vec!["--platform", "linux/amd64,linux/arm64"];
+        a.extend_from_slice(args);
+        let r = p.build(&a).fails();
+        assert_eq!(r.code(), Some(2), "{}", r.stderr());
+        assert!(
+            r.stderr()
+                .contains("docker exporter does not currently support exporting manifest lists"),
+            "{}",
+            r.stderr()
+        );
+        assert!(
+            !r.stderr().contains("COPY"),
+            "nothing may run: {}",
+            r.stderr()
+        );
+    }
+    assert!(!p.path().join("d.tar").exists());
+}
+
+#[test]
+fn a_pushed_multi_platform_image_is_an_index_in_the_registry_and_a_base_image() {
+    let p = Project::new(PER_PLATFORM);
+    p.file("a.txt", "A");
+    let name = format!("{REGISTRY}/rbuild-test/multiplat-{}:v1", std::process::id());
+    let meta = p.path().join("meta.json");
+    p.build(&[
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        "-t",
+        &name,
+        "--push",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+    ])
+    .ok();
+    let remote = format!("docker://{name}");
+    let index = skopeo(&["inspect", "--tls-verify=false", "--raw", &remote]);
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let ms = index["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{index}");
+    assert_eq!(ms[1]["platform"]["architecture"], "arm64");
+    // the pushed index is the converted one (gzip layers): --metadata-file names what was built
+    let m = json(&std::fs::read(&meta).unwrap());
+    assert!(m["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    let arm = skopeo_arch("arm64", &remote, false);
+    assert_eq!(arm["Architecture"], "arm64", "{arm}");
+    assert_eq!(arm["Labels"]["platform"], "linux/arm64", "{arm}");
+    let amd = skopeo_arch("amd64", &remote, false);
+    assert_eq!(amd["Architecture"], "amd64", "{amd}");
+
+    // FROM the pushed index, built for the host: the host's manifest is picked
+    let q = Project::new(&format!("FROM {name}\nCOPY b.txt /b.txt\n"));
+    q.file("b.txt", "B");
+    q.build(&["-o", "type=local,dest=out"]).ok();
+    let arch = common::host_platform()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(q.path().join(format!("out/a-{arch}.txt"))).unwrap(),
+        "A"
+    );
+    assert_eq!(
+        std::fs::read_to_string(q.path().join("out/b.txt")).unwrap(),
+        "B"
+    );
+    // and for the other platform
+    q.build(&["--platform", foreign(), "-o", "type=local,dest=out2"])
+        .ok();
+    let other = foreign().rsplit('/').next().unwrap();
+    assert!(q.path().join(format!("out2/a-{other}.txt")).exists());
 }

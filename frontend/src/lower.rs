@@ -2741,6 +2741,11 @@ impl<'a> Lowerer<'a> {
                 mounts,
                 proxy_env,
                 run_options: Default::default(),
+                platform: Some(Platform {
+                    os: st.config.os.clone(),
+                    architecture: st.config.architecture.clone(),
+                    variant: st.config.variant.clone(),
+                }),
             }),
             inputs,
             meta,

@@ -76,6 +76,7 @@ mod tests {
                 }],
                 proxy_env: vec![format!("HTTP_PROXY={desc}")],
                 run_options: Default::default(),
+                platform: None,
             }),
             inputs: vec![input],
             meta: Meta {
@@ -139,6 +140,7 @@ mod tests {
             }],
             proxy_env: vec![],
             run_options: Default::default(),
+            platform: None,
         });
         node.inputs = vec![i];
         assert!(d.push(node).is_err());

@@ -137,6 +137,10 @@ pub struct ExecOp {
     /// encoding when empty, so existing digests are unchanged.
     #[serde(default, skip_serializing_if = "RunOptions::is_empty")]
     pub run_options: RunOptions,
+    /// The platform the process runs as (its stage's: the base image's, or the target's for
+    /// scratch), so two platforms never share a step's result, as BuildKit keys `Op.platform`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
 }
 
 /// Sandbox settings that BuildKit keeps in an exec op's `Meta` (and so in its cache key): extra

@@ -83,15 +83,8 @@ fn image_blobs(
     Ok((out, m))
 }
 
-fn write_layout<W: Write>(
-    w: &mut ArchiveWriter<W>,
-    store: &dyn ContentStore,
-    manifest: &Descriptor,
-    names: &[Reference],
-    blobs: &[Descriptor],
-    extra: &[(&str, Vec<u8>)],
-) -> Result<(), OciError> {
-    // index.json: one entry per name (or one unnamed entry).
+/// index.json of an exported layout: one entry per name (or one unnamed entry).
+pub(crate) fn layout_index(manifest: &Descriptor, names: &[Reference]) -> Index {
     let mut index = Index {
         schema_version: 2,
         media_type: Some(mt::OCI_INDEX.into()),
@@ -126,6 +119,18 @@ fn write_layout<W: Write>(
         d.annotations.insert(ANNOTATION_CONTAINERD_NAME.into(), n);
         index.manifests.push(d);
     }
+    index
+}
+
+fn write_layout<W: Write>(
+    w: &mut ArchiveWriter<W>,
+    store: &dyn ContentStore,
+    manifest: &Descriptor,
+    names: &[Reference],
+    blobs: &[Descriptor],
+    extra: &[(&str, Vec<u8>)],
+) -> Result<(), OciError> {
+    let index = layout_index(manifest, names);
     let index_json = canonical_json("index.json", &index)?;
     let oci_layout: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -170,7 +175,12 @@ pub fn export_oci_archive(
     names: &[Reference],
     out: impl Write,
 ) -> Result<(), OciError> {
-    let (blobs, _) = image_blobs(store, manifest)?;
+    // An index (multi-platform image): index.json points at it; every platform's blobs go in.
+    let blobs = if crate::index::is_index(manifest) {
+        crate::index::index_blobs(store, manifest)?
+    } else {
+        image_blobs(store, manifest)?.0
+    };
     let mut w = ArchiveWriter {
         builder: tar::Builder::new(out),
     };
@@ -196,6 +206,9 @@ pub fn export_docker_archive(
     names: &[Reference],
     out: impl Write,
 ) -> Result<(), OciError> {
+    if crate::index::is_index(manifest) {
+        return Err(crate::index::docker_archive_error());
+    }
     let (blobs, m) = image_blobs(store, manifest)?;
     let mut tags: Vec<String> = names
         .iter()

@@ -13,6 +13,7 @@ pub mod export;
 pub mod http;
 pub mod image_store;
 pub mod import;
+pub mod index;
 pub mod layer;
 pub mod push;
 pub mod reference;

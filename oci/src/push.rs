@@ -271,6 +271,24 @@ impl RegistryClient {
         if let Some(e) = first_err.lock().ok().and_then(|mut f| f.take()) {
             return Err(e);
         }
+        self.put_manifest(store, manifest, target)?;
+        let src = format!("{}/{}", target.registry, target.repository);
+        for d in blobs.iter().chain(std::iter::once(&m.config)) {
+            remember_source(store, &d.digest, &src);
+        }
+        let mut rep = report.into_inner().unwrap_or_default();
+        rep.manifest_digest = manifest.digest.clone();
+        Ok(rep)
+    }
+
+    /// `PUT` a manifest or index blob (digest-verified) as `target` (its tag or digest).
+    pub(crate) fn put_manifest(
+        &self,
+        store: &dyn ContentStore,
+        manifest: &Descriptor,
+        target: &Reference,
+    ) -> Result<(), OciError> {
+        let ep = self.registry_endpoint(target);
         let bytes = store.read_blob(&manifest.digest)?;
         crate::digest::verify(
             &format!("manifest {}", manifest.digest),
@@ -297,13 +315,7 @@ impl RegistryClient {
         if resp.status().as_u16() != 201 && !resp.status().is_success() {
             return Err(Self::http_err("push manifest of", target, &ep, resp));
         }
-        let src = format!("{}/{}", target.registry, target.repository);
-        for d in blobs.iter().chain(std::iter::once(&m.config)) {
-            remember_source(store, &d.digest, &src);
-        }
-        let mut rep = report.into_inner().unwrap_or_default();
-        rep.manifest_digest = manifest.digest.clone();
-        Ok(rep)
+        Ok(())
     }
 
     /// Pull an image into the store: manifest (as served), config and layers, all verified.

@@ -10,7 +10,7 @@
 //! | image source | manifest digest, platform | the tag text (two tags of one manifest share a key) |
 //! | scratch | the constant `scratch` | — |
 //! | local source | not keyed: read only through selectors of the ops that use it | session, mtimes |
-//! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts), each input's key | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
+//! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts, platform), each input's key | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
 //! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files |
 //! | merge | each input's key, in order | — |
 //! | http (`ADD <url>`) | pinned `--checksum` + file name, else the body's sha256 + file name + `Last-Modified` (see [`crate::remote`]) | the URL text |
@@ -69,6 +69,10 @@ mod tests {
     use rbuild_graph::{ExecOp, Mount, MountKind, NetworkMode, SecurityMode};
 
     fn exec(env: &[&str], proxy: &[&str]) -> Op {
+        exec_on(env, proxy, None)
+    }
+
+    fn exec_on(env: &[&str], proxy: &[&str], platform: Option<rbuild_graph::Platform>) -> Op {
         Op::Exec(ExecOp {
             args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
             env: env.iter().map(|s| s.to_string()).collect(),
@@ -86,6 +90,7 @@ mod tests {
             }],
             proxy_env: proxy.iter().map(|s| s.to_string()).collect(),
             run_options: Default::default(),
+            platform,
         })
     }
 
@@ -97,6 +102,27 @@ mod tests {
         let c = node_key(&exec(&["A=2"], &["HTTP_PROXY=x"]), &base).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_platform_of_an_exec_changes_its_key() {
+        // A RUN on scratch has the same input (scratch) for every platform: only the op's
+        // platform keeps linux/amd64 and linux/arm64 apart (BuildKit keys Op.platform).
+        let amd = rbuild_graph::Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        };
+        let mut arm = amd.clone();
+        arm.architecture = "arm64".into();
+        let scratch = [InputPart::Key("scratch".into())];
+        let a = node_key(&exec_on(&[], &[], Some(amd.clone())), &scratch).unwrap();
+        let b = node_key(&exec_on(&[], &[], Some(arm)), &scratch).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            node_key(&exec_on(&[], &[], Some(amd)), &scratch).unwrap()
+        );
     }
 
     #[test]

@@ -80,18 +80,34 @@ fn pinned_blobs(store: &Store) -> Result<HashSet<String>, SolveError> {
             message: e.to_string(),
         })?;
     for m in index.manifests {
-        out.insert(m.digest.clone());
-        // A manifest we cannot read pins nothing more, but is itself kept.
-        let Ok(bytes) = store.read_blob(&m.digest) else {
-            continue;
-        };
-        let Ok(manifest) = serde_json::from_slice::<rbuild_oci::Manifest>(&bytes) else {
-            continue;
-        };
+        pin_tree(store, &m, &mut out);
+    }
+    Ok(out)
+}
+
+/// Pin a tagged manifest (its config and layers) or a tagged index (each of its manifests,
+/// with their configs and layers). A blob we cannot read pins nothing more, but is kept.
+fn pin_tree(store: &Store, desc: &rbuild_oci::Descriptor, out: &mut HashSet<String>) {
+    out.insert(desc.digest.clone());
+    let Ok(bytes) = store.read_blob(&desc.digest) else {
+        return;
+    };
+    if rbuild_oci::index::is_index(desc) {
+        if let Ok(index) = serde_json::from_slice::<rbuild_oci::Index>(&bytes) {
+            for m in index
+                .manifests
+                .iter()
+                .filter(|m| !rbuild_oci::index::is_index(m))
+            {
+                pin_tree(store, m, out);
+            }
+        }
+        return;
+    }
+    if let Ok(manifest) = serde_json::from_slice::<rbuild_oci::Manifest>(&bytes) {
         out.insert(manifest.config.digest.clone());
         out.extend(manifest.layers.into_iter().map(|l| l.digest));
     }
-    Ok(out)
 }
 
 /// Prune the store. The caller must hold [`gc_lock`].

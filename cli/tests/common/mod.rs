@@ -34,6 +34,14 @@ pub fn require_env() {
     );
 }
 
+/// The host's platform as `linux/<arch>` (Go architecture names).
+pub fn host_platform() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "linux/arm64",
+        _ => "linux/amd64",
+    }
+}
+
 /// A build context directory and a store of its own.
 pub struct Project {
     pub dir: TempDir,

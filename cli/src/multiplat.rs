@@ -1,0 +1,260 @@
+//! Multi-platform builds (`--platform linux/amd64,linux/arm64`, buildx-style): the build
+//! lowers and solves once per platform on one solver (so steps that do not depend on the
+//! platform, such as context checksums, are shared; platforms run one after the other), then
+//! writes an OCI image index over the per-platform manifests. The index is what gets tagged,
+//! exported and pushed; this module holds the outputs of an index.
+//!
+//! | output | with an index |
+//! |---|---|
+//! | `image` / `registry` / `--push` | the index is tagged; a push sends each manifest by digest, then the index under the tag |
+//! | `oci` | `index.json` → the index; every manifest, config and layer in `blobs/` |
+//! | `docker`, `--load` | refused before the build (a docker archive holds no index; BuildKit's error) |
+//! | `local` / `tar` | one directory per platform (`linux_amd64/`, `linux_arm_v7/`), as buildx |
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rbuild_graph::{Definition, Platform};
+use rbuild_oci::{ConvertOpts, Descriptor, ImageStore, Reference};
+use rbuild_solver::ImageResult;
+
+use crate::outputs::OutputSpec;
+use crate::render::UsageError;
+
+/// The platforms of a build (`--platform`, comma lists and repeats; `local` = the host),
+/// duplicates removed, in the order given; the host when none is given.
+pub fn platforms(values: &[String]) -> Result<Vec<Platform>> {
+    let mut out: Vec<Platform> = Vec::new();
+    for v in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        let p = if v == "local" {
+            Platform::host()
+        } else {
+            crate::build::parse_platform(v).map_err(|e| UsageError(e.to_string()))?
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        out.push(Platform::host());
+    }
+    Ok(out)
+}
+
+/// Outputs that cannot hold several platforms, refused before anything is built.
+pub fn check_outputs(platforms: &[Platform], outputs: &[OutputSpec], load: bool) -> Result<()> {
+    if platforms.len() < 2 {
+        return Ok(());
+    }
+    let list = platforms
+        .iter()
+        .map(|p| p.to_text())
+        .collect::<Vec<_>>()
+        .join(",");
+    if outputs.iter().any(|o| o.kind == "docker") {
+        return Err(UsageError(format!(
+            "--output type=docker: docker exporter does not currently support exporting manifest lists (building {list}); build one platform, or use type=oci"
+        ))
+        .into());
+    }
+    if load {
+        return Err(UsageError(format!(
+            "--load: docker exporter does not currently support exporting manifest lists (building {list}); build one platform, or use --push / type=oci"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Prefix every step name with its platform, as BuildKit does in multi-platform builds:
+/// `[linux/arm64 2/3] COPY …` (`[stage 2/3]` → `[linux/arm64 stage 2/3]`).
+pub fn label_steps(def: &mut Definition, platform: &Platform) {
+    for n in &mut def.nodes {
+        if let Some(rest) = n.meta.description.strip_prefix('[') {
+            if !rest.starts_with("internal]") {
+                n.meta.description = format!("[{} {rest}", platform.to_text());
+            }
+        }
+    }
+}
+
+fn oci_platform(p: &Platform) -> rbuild_oci::Platform {
+    rbuild_oci::Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: p.variant.clone(),
+    }
+}
+
+/// Write the index over the per-platform images (in platform order). The result stands for
+/// the whole build: its `manifest` is the index, its `config_digest` the index digest (what
+/// buildx writes to `--iidfile` for a multi-platform build).
+pub fn make_index(
+    store: &rbuild_cache::Store,
+    images: &[(Platform, ImageResult)],
+    annotations: &BTreeMap<String, String>,
+) -> Result<ImageResult> {
+    let manifests: Vec<Descriptor> = images
+        .iter()
+        .map(|(p, i)| {
+            let mut d = i.manifest.clone();
+            d.platform = Some(oci_platform(p));
+            d
+        })
+        .collect();
+    let index = rbuild_oci::index::put_index(store, &manifests, annotations)?;
+    Ok(ImageResult {
+        config_digest: index.digest.clone(),
+        manifest: index,
+        config: Vec::new(),
+    })
+}
+
+/// `linux_amd64`, `linux_arm_v7`: buildx's per-platform directory names.
+fn platform_dir(p: &rbuild_oci::Platform) -> String {
+    let mut s = format!("{}_{}", p.os, p.architecture);
+    if let Some(v) = &p.variant {
+        s.push('_');
+        s.push_str(v);
+    }
+    s
+}
+
+/// Unpack each platform's root filesystem into `dir/<os>_<arch>[_<variant>]/`.
+fn unpack_each(store: &rbuild_cache::Store, index: &Descriptor, dir: &Path) -> Result<()> {
+    let idx = rbuild_oci::index::read_index(store, index)?;
+    for m in &idx.manifests {
+        let p = m.platform.as_ref().ok_or_else(|| {
+            anyhow!(
+                "index {}: manifest {} has no platform",
+                index.digest,
+                m.digest
+            )
+        })?;
+        crate::outputs::unpack_rootfs(store, m, &dir.join(platform_dir(p)))?;
+    }
+    Ok(())
+}
+
+/// Push the index (converted with `opts`) to every name.
+pub fn push(
+    store: &rbuild_cache::Store,
+    index: &Descriptor,
+    names: &[Reference],
+    opts: &ConvertOpts,
+    index_annotations: &BTreeMap<String, String>,
+    quiet: bool,
+) -> Result<Descriptor> {
+    if names.is_empty() {
+        bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
+    }
+    let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
+    let desc = rbuild_oci::index::convert_index(store, index, opts, index_annotations)?;
+    for n in names {
+        let rep = client
+            .push_index(store, &desc, n, &rbuild_oci::push::PushOpts::default())
+            .with_context(|| format!("pushing {}", n.familiar()))?;
+        if !quiet {
+            eprintln!(
+                "pushed {}@{} (index; {} uploaded, {} mounted, {} already present)",
+                n.familiar(),
+                rep.manifest_digest,
+                rep.uploaded,
+                rep.mounted,
+                rep.existing
+            );
+        }
+    }
+    Ok(desc)
+}
+
+/// Run one output for a built index (see the table above). `names` are the tags plus the
+/// output's own `name=`s; `extra` those the image store does not have yet.
+#[allow(clippy::too_many_arguments)]
+pub fn export(
+    store: &rbuild_cache::Store,
+    index: &Descriptor,
+    names: &[Reference],
+    extra: &[Reference],
+    o: &OutputSpec,
+    opts: &ConvertOpts,
+    index_annotations: &BTreeMap<String, String>,
+    quiet: bool,
+) -> Result<()> {
+    match o.kind.as_str() {
+        "image" | "registry" => {
+            let images = ImageStore::open(store)?;
+            for n in extra {
+                images.tag(n, index)?;
+            }
+            if o.push {
+                push(store, index, names, opts, index_annotations, quiet)?;
+            }
+        }
+        "oci" => {
+            let desc = rbuild_oci::index::convert_index(store, index, opts, index_annotations)?;
+            crate::outputs::write_dest(&o.dest, |w| {
+                rbuild_oci::export_oci_archive(store, &desc, names, w)?;
+                Ok(())
+            })?;
+        }
+        "docker" => return Err(rbuild_oci::index::docker_archive_error().into()),
+        "local" => unpack_each(store, index, &PathBuf::from(&o.dest))?,
+        "tar" => {
+            let tmp = store.new_tmp_path("rootfs");
+            let r = unpack_each(store, index, &tmp).and_then(|_| {
+                crate::outputs::write_dest(&o.dest, |w| crate::outputs::tar_dir(&tmp, w))
+            });
+            let _ = fs::remove_dir_all(&tmp);
+            r?;
+        }
+        other => bail!("--output type={other}: not supported"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_lists() {
+        let ps = platforms(&[
+            "linux/amd64".into(),
+            "linux/arm64".into(),
+            "linux/amd64".into(),
+        ])
+        .unwrap();
+        assert_eq!(ps.len(), 2);
+        assert_eq!(ps[1].architecture, "arm64");
+        assert_eq!(platforms(&[]).unwrap(), vec![Platform::host()]);
+        assert!(platforms(&["linux".into()]).is_err());
+        assert_eq!(
+            platform_dir(&rbuild_oci::Platform {
+                os: "linux".into(),
+                architecture: "arm".into(),
+                variant: Some("v7".into()),
+            }),
+            "linux_arm_v7"
+        );
+    }
+
+    #[test]
+    fn step_labels_carry_the_platform() {
+        let mut def = Definition::default();
+        def.nodes.push(rbuild_graph::Node {
+            op: rbuild_graph::Op::Merge,
+            inputs: Vec::new(),
+            meta: rbuild_graph::Meta {
+                description: "[2/3] COPY a b".into(),
+                ..Default::default()
+            },
+        });
+        let mut p = Platform::host();
+        p.architecture = "arm64".into();
+        label_steps(&mut def, &p);
+        assert_eq!(def.nodes[0].meta.description, "[linux/arm64 2/3] COPY a b");
+    }
+}
