@@ -354,7 +354,7 @@ fn build_image(
         .map_err(|e| solve_error(inputs, e))?;
     let annotations = crate::outputs::annotations(&b.annotations)?;
     let step = progress.step("exporting to image");
-    let image = rbuild_solver::finalize_image(
+    let mut image = rbuild_solver::finalize_image(
         solver.store(),
         &out.chain,
         &plan.image,
@@ -371,9 +371,13 @@ fn build_image(
         }
         progress.note(&format!("naming to {t}"));
     }
+    // buildx reports the pushed manifest (compressed layers) in --metadata-file
+    let mut pushed = None;
     for o in outputs {
         let step = progress.step(&format!("exporting to {} {}", o.kind, o.dest));
-        crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        let p =
+            crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        pushed = pushed.or(p);
         progress.step_done(step);
     }
     if b.push && !outputs.iter().any(|o| o.push) {
@@ -382,7 +386,8 @@ fn build_image(
             annotations: annotations.clone(),
             ..Default::default()
         };
-        crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        let p = crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        pushed = pushed.or(Some(p));
         progress.step_done(step);
     }
     if b.load {
@@ -392,6 +397,9 @@ fn build_image(
     }
     drop(lease);
     crate::cachecmd::after_build(solver.store(), b.quiet);
+    if let Some(d) = pushed {
+        image.manifest = d;
+    }
     Ok(image)
 }
 

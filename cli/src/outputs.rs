@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rbuild_oci::{Compression, ConvertOpts, Descriptor, ImageStore, Reference};
+use rbuild_oci::{
+    ArchiveFormat, ArchiveSink, Compression, ConvertOpts, Descriptor, ImageStore, Reference,
+};
 
 /// One `--output` spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,14 +175,50 @@ pub fn annotations(values: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// The reader of stdout went away while an output was written to `-` (`… | head -c1`):
+/// `main` exits quietly with 141, like a tool killed by SIGPIPE.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
 /// Write to `dest` (a file written next to it and renamed, or stdout for `-`).
 pub fn write_dest(dest: &str, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    write_dest_sink(dest, |sink| match sink {
+        ArchiveSink::File(file) => {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            f(&mut w)?;
+            w.flush()?;
+            Ok(())
+        }
+        ArchiveSink::Stream(w) => f(w),
+    })
+}
+
+/// [`write_dest`] handing out the file itself when `dest` is a file (archives seek in it).
+pub fn write_dest_sink(dest: &str, f: impl FnOnce(ArchiveSink<'_>) -> Result<()>) -> Result<()> {
     if dest == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
-        f(&mut lock)?;
-        lock.flush()?;
-        return Ok(());
+        return f(ArchiveSink::Stream(&mut lock))
+            .and_then(|_| lock.flush().map_err(Into::into))
+            .map_err(|e| {
+                let closed = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                });
+                if closed {
+                    anyhow::Error::new(StdoutClosed)
+                } else {
+                    e
+                }
+            });
     }
     let dest = PathBuf::from(dest);
     let tmp = dest.with_file_name(format!(
@@ -189,13 +227,12 @@ pub fn write_dest(dest: &str, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> R
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default()
     ));
-    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let r = f(&mut w).and_then(|_| w.flush().map_err(Into::into));
-    if let Err(e) = r {
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if let Err(e) = f(ArchiveSink::File(&mut file)) {
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("exporting to {}", dest.display())));
     }
+    drop(file);
     fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
     Ok(())
 }
@@ -244,14 +281,15 @@ pub fn converted(
     Ok(rbuild_oci::convert_image(store, manifest, opts)?)
 }
 
-/// Push `manifest` (converted with `opts`) to every name.
+/// Push `manifest` (converted with `opts`) to every name; returns the pushed manifest's
+/// descriptor (what `--metadata-file` reports as `containerimage.digest`).
 pub fn push(
     store: &rbuild_cache::Store,
     manifest: &Descriptor,
     names: &[Reference],
     opts: &ConvertOpts,
     quiet: bool,
-) -> Result<()> {
+) -> Result<Descriptor> {
     if names.is_empty() {
         bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
     }
@@ -272,10 +310,10 @@ pub fn push(
             );
         }
     }
-    Ok(())
+    Ok(desc)
 }
 
-/// Run one output for a built image.
+/// Run one output for a built image; returns the pushed manifest's descriptor when it pushed.
 pub fn export(
     store: &rbuild_cache::Store,
     manifest: &Descriptor,
@@ -283,7 +321,7 @@ pub fn export(
     o: &OutputSpec,
     annotations: &BTreeMap<String, String>,
     quiet: bool,
-) -> Result<()> {
+) -> Result<Option<Descriptor>> {
     let mut names: Vec<Reference> = tags.to_vec();
     for n in &o.names {
         names.push(Reference::parse(n).map_err(|e| anyhow!("--output name={n:?}: {e}"))?);
@@ -295,17 +333,19 @@ pub fn export(
                 images.tag(n, manifest)?;
             }
             if o.push {
-                push(store, manifest, &names, &o.convert_opts(annotations), quiet)?;
+                let d = push(store, manifest, &names, &o.convert_opts(annotations), quiet)?;
+                return Ok(Some(d));
             }
         }
         "oci" | "docker" => {
-            let desc = converted(store, manifest, &o.convert_opts(annotations))?;
-            write_dest(&o.dest, |w| {
-                if o.kind == "oci" {
-                    rbuild_oci::export_oci_archive(store, &desc, &names, w)?;
-                } else {
-                    rbuild_oci::export_docker_archive(store, &desc, &names, w)?;
-                }
+            let format = if o.kind == "oci" {
+                ArchiveFormat::Oci
+            } else {
+                ArchiveFormat::Docker
+            };
+            let opts = o.convert_opts(annotations);
+            write_dest_sink(&o.dest, |sink| {
+                rbuild_oci::export_archive(store, manifest, &opts, &names, format, sink)?;
                 Ok(())
             })?;
         }
@@ -322,7 +362,7 @@ pub fn export(
         }
         other => bail!("--output type={other}: not supported"),
     }
-    Ok(())
+    Ok(None)
 }
 
 /// `--load`: stream a docker archive of the image into `docker load`.
@@ -360,10 +400,11 @@ pub fn load_into_docker(
     let r = rbuild_oci::export_docker_archive(store, &desc, tags, &mut stdin);
     drop(stdin);
     let status = child.wait()?;
-    r?;
+    // docker load's own failure explains a broken pipe on its stdin
     if !status.success() {
         bail!("docker load failed ({status})");
     }
+    r?;
     Ok(())
 }
 
