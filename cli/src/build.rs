@@ -122,7 +122,7 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
     })
 }
 
-fn parse_platform(s: &str) -> Result<Platform> {
+pub(crate) fn parse_platform(s: &str) -> Result<Platform> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
         [os, arch] => Ok(Platform {
@@ -352,14 +352,15 @@ fn build_image(
     let out = solver
         .solve(&plan.definition, plan.root, progress)
         .map_err(|e| solve_error(inputs, e))?;
-    let annotations = crate::outputs::annotations(&b.annotations)?;
+    let annotations = crate::outputs::annotations(&b.annotations, &inputs.opts.platform)
+        .map_err(|e| UsageError(e.to_string()))?;
     let step = progress.step("exporting to image");
     let mut image = rbuild_solver::finalize_image(
         solver.store(),
         &out.chain,
         &plan.image,
         solver.config().source_date_epoch,
-        &annotations,
+        &annotations.manifest,
     )?;
     let images = ImageStore::open(solver.store())?;
     progress.step_done(step);
@@ -383,7 +384,7 @@ fn build_image(
     if b.push && !outputs.iter().any(|o| o.push) {
         let step = progress.step("pushing image");
         let opts = rbuild_oci::ConvertOpts {
-            annotations: annotations.clone(),
+            annotations: annotations.manifest.clone(),
             ..Default::default()
         };
         let p = crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;

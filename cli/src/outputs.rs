@@ -134,43 +134,80 @@ pub fn parse(spec: &str) -> Result<OutputSpec> {
 }
 
 impl OutputSpec {
-    fn convert_opts(&self, annotations: &BTreeMap<String, String>) -> ConvertOpts {
+    fn convert_opts(&self, annotations: &Annotations) -> ConvertOpts {
         ConvertOpts {
             compression: self.compression,
             level: self.level,
             force: self.force,
             oci_media_types: self.oci_media_types,
-            annotations: annotations.clone(),
+            annotations: annotations.manifest.clone(),
+            descriptor_annotations: annotations.manifest_descriptor.clone(),
         }
     }
 }
 
-/// Parse `--annotation` values: `KEY=VALUE` or `manifest:KEY=VALUE` (manifest level).
-pub fn annotations(values: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
+/// `--annotation` values by level (buildx: `[TYPE[PLATFORM]:]KEY=VALUE`, default `manifest`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Annotations {
+    /// On the image manifest (local store, archives, pushes).
+    pub manifest: BTreeMap<String, String>,
+    /// On the manifest's descriptor: the entries of an archive's `index.json` and of the
+    /// local store's layout (a pushed single manifest has no descriptor to carry them).
+    pub manifest_descriptor: BTreeMap<String, String>,
+}
+
+/// Parse `--annotation` values for an image of `platform`. A `[os/arch]` qualifier for
+/// another platform is skipped (that manifest is not built). `index:` and
+/// `index-descriptor:` are refused: rbuild builds one single-platform manifest and no index
+/// (BuildKit refuses index annotations on single-platform exports too).
+pub fn annotations(values: &[String], platform: &rbuild_graph::Platform) -> Result<Annotations> {
+    let mut out = Annotations::default();
     for a in values {
-        let (level, kv) = match a.split_once(':') {
-            Some((l, rest))
-                if !l.contains('=')
-                    && matches!(
-                        l.split('[').next().unwrap_or(""),
-                        "manifest" | "index" | "manifest-descriptor" | "index-descriptor"
-                    ) =>
-            {
-                (l.split('[').next().unwrap_or(""), rest)
+        let (level, qualifier, kv) = match a.split_once(':') {
+            Some((l, rest)) if !l.contains('=') => {
+                let (name, q) = match l.split_once('[') {
+                    Some((n, q)) => (
+                        n,
+                        Some(q.strip_suffix(']').ok_or_else(|| {
+                            anyhow!("--annotation {a:?}: missing ']' after the platform")
+                        })?),
+                    ),
+                    None => (l, None),
+                };
+                match name {
+                    "manifest" | "index" | "manifest-descriptor" | "index-descriptor" => {
+                        (name, q, rest)
+                    }
+                    // a key with a colon and no level (e.g. `a:b=c`)
+                    _ => ("manifest", None, a.as_str()),
+                }
             }
-            _ => ("manifest", a.as_str()),
+            _ => ("manifest", None, a.as_str()),
         };
-        if level != "manifest" {
-            bail!("--annotation {a:?}: only manifest annotations are supported (level {level:?})");
-        }
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| anyhow!("--annotation {a:?}: expected KEY=VALUE"))?;
         if k.is_empty() {
             bail!("--annotation {a:?}: empty key");
         }
-        out.insert(k.to_string(), v.to_string());
+        if let Some(q) = qualifier {
+            let p =
+                crate::build::parse_platform(q).map_err(|e| anyhow!("--annotation {a:?}: {e}"))?;
+            if p.os != platform.os
+                || p.architecture != platform.architecture
+                || (p.variant.is_some() && p.variant != platform.variant)
+            {
+                continue;
+            }
+        }
+        let map = match level {
+            "manifest" => &mut out.manifest,
+            "manifest-descriptor" => &mut out.manifest_descriptor,
+            _ => bail!(
+                "--annotation {a:?}: {level} annotations need an image index, and rbuild builds a single-platform image without one (use manifest: or manifest-descriptor:)"
+            ),
+        };
+        map.insert(k.to_string(), v.to_string());
     }
     Ok(out)
 }
@@ -319,7 +356,7 @@ pub fn export(
     manifest: &Descriptor,
     tags: &[Reference],
     o: &OutputSpec,
-    annotations: &BTreeMap<String, String>,
+    annotations: &Annotations,
     quiet: bool,
 ) -> Result<Option<Descriptor>> {
     let mut names: Vec<Reference> = tags.to_vec();
@@ -439,10 +476,33 @@ mod tests {
 
     #[test]
     fn annotation_levels() {
-        let a = annotations(&["a=1".into(), "manifest:b=2".into()]).unwrap();
-        assert_eq!(a["a"], "1");
-        assert_eq!(a["b"], "2");
-        assert!(annotations(&["index:c=3".into()]).is_err());
-        assert!(annotations(&["nokey".into()]).is_err());
+        let host = rbuild_graph::Platform::host();
+        let here = format!("manifest[{}/{}]:p=1", host.os, host.architecture);
+        let a = annotations(
+            &[
+                "a=1".into(),
+                "manifest:b=2".into(),
+                "manifest-descriptor:c=3".into(),
+                "manifest[plan9/mips]:skipped=1".into(),
+                here,
+                "x:y=z".into(),
+            ],
+            &host,
+        )
+        .unwrap();
+        assert_eq!(a.manifest["a"], "1");
+        assert_eq!(a.manifest["b"], "2");
+        assert_eq!(a.manifest["p"], "1");
+        assert_eq!(a.manifest["x:y"], "z");
+        assert!(!a.manifest.contains_key("skipped"));
+        assert_eq!(a.manifest_descriptor["c"], "3");
+        for bad in [
+            "index:c=3",
+            "index-descriptor:c=3",
+            "nokey",
+            "manifest[linux:k=v",
+        ] {
+            assert!(annotations(&[bad.into()], &host).is_err(), "{bad}");
+        }
     }
 }

@@ -130,6 +130,20 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`Env::ok`] with SOURCE_DATE_EPOCH=1700000000 (2023-11-14T22:13:20Z).
+    fn ok_epoch(&self, store: &Path, args: &[&str]) {
+        let out = self
+            .cmd(store, args)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rbuild {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn fails(&self, store: &Path, args: &[&str]) -> String {
         let out = self.run(store, args);
         assert!(
@@ -456,18 +470,9 @@ fn two_clean_stores_give_the_same_digests_with_source_date_epoch() {
         // a different mtime on the context file each time
         let f = e.path().join("a.txt");
         tool("touch", &["-d", mtime, f.to_str().unwrap()]);
-        let out = e
-            .cmd(
-                store.path(),
-                &["build", "-t", "r:1", "-o", "type=oci,dest=r.tar", "."],
-            )
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        e.ok_epoch(
+            store.path(),
+            &["build", "-t", "r:1", "-o", "type=oci,dest=r.tar", "."],
         );
         let local = json(&e.ok(store.path(), &["inspect", "r:1"]));
         let exported = fs::read(e.path().join("r.tar")).unwrap();
@@ -821,4 +826,70 @@ fn metadata_file_reports_the_pushed_manifest_digest() {
     );
     let (meta2, remote2) = digests("meta2.json", &name2);
     assert_eq!(meta2["containerimage.digest"], remote2);
+}
+
+#[test]
+fn annotations_at_manifest_and_descriptor_levels_and_created() {
+    let e = Env::new("FROM busybox\nRUN echo a > /a\n");
+    let store = tempfile::tempdir().unwrap();
+    e.ok_epoch(
+        store.path(),
+        &[
+            "build",
+            "-t",
+            "ann:1",
+            "--annotation",
+            "org.example.m=1",
+            "--annotation",
+            "manifest:org.example.m2=2",
+            "--annotation",
+            "manifest-descriptor:org.example.d=3",
+            "--annotation",
+            "manifest[plan9/mips]:org.example.other=4",
+            "-o",
+            "type=oci,dest=ann.tar",
+            ".",
+        ],
+    );
+    let raw = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci-archive:{}", e.path().join("ann.tar").display()),
+        ],
+    ));
+    let a = &raw["annotations"];
+    assert_eq!(a["org.example.m"], "1");
+    assert_eq!(a["org.example.m2"], "2");
+    assert!(a.get("org.example.d").is_none() && a.get("org.example.other").is_none());
+    // created = the config's created (SOURCE_DATE_EPOCH)
+    assert_eq!(
+        a["org.opencontainers.image.created"],
+        "2023-11-14T22:13:20Z"
+    );
+    let local = json(&e.ok(store.path(), &["inspect", "ann:1"]));
+    assert_eq!(
+        local["Manifest"]["annotations"]["org.opencontainers.image.created"],
+        local["Config"]["created"]
+    );
+    // the descriptor annotation is on the index.json entry
+    let x = untar(&e.path().join("ann.tar"));
+    let index = json(&fs::read_to_string(x.path().join("index.json")).unwrap());
+    let entry = &index["manifests"][0]["annotations"];
+    assert_eq!(entry["org.example.d"], "3");
+    assert_eq!(
+        entry["org.opencontainers.image.ref.name"],
+        "docker.io/library/ann:1"
+    );
+    // index levels need an index: a usage error naming the flag
+    for bad in ["index:k=v", "index-descriptor:k=v"] {
+        let out = e.run(store.path(), &["build", "--annotation", bad, "."]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("--annotation") && err.contains("index"),
+            "{err}"
+        );
+    }
 }

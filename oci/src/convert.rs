@@ -31,6 +31,8 @@ pub struct ConvertOpts {
     pub oci_media_types: bool,
     /// Annotations added to the manifest.
     pub annotations: BTreeMap<String, String>,
+    /// Annotations on the manifest's descriptor (an archive's `index.json` entries).
+    pub descriptor_annotations: BTreeMap<String, String>,
 }
 
 impl Default for ConvertOpts {
@@ -41,6 +43,7 @@ impl Default for ConvertOpts {
             force: false,
             oci_media_types: true,
             annotations: BTreeMap::new(),
+            descriptor_annotations: BTreeMap::new(),
         }
     }
 }

@@ -188,7 +188,12 @@ pub fn export_archive(
             None => plan_layer(store, l, opts)?,
         });
     }
-    let finalize = |layers| assemble_manifest(&m, manifest, layers, opts);
+    let finalize = |layers| {
+        assemble_manifest(&m, manifest, layers, opts).map(|(mut d, bytes)| {
+            d.annotations.extend(opts.descriptor_annotations.clone());
+            (d, bytes)
+        })
+    };
     match sink {
         ArchiveSink::File(f) => {
             let threads = cpus();
@@ -318,19 +323,23 @@ fn layout_index(manifest: &Descriptor, names: &[Reference]) -> Index {
         .collect();
     full_names.sort();
     full_names.dedup();
-    if full_names.is_empty() {
-        index.manifests.push(Descriptor::new(
-            manifest.media_type.clone(),
-            manifest.digest.clone(),
-            manifest.size,
-        ));
-    }
-    for n in full_names {
+    // the manifest's descriptor annotations (`--annotation manifest-descriptor:`) on each entry
+    let entry = || {
         let mut d = Descriptor::new(
             manifest.media_type.clone(),
             manifest.digest.clone(),
             manifest.size,
         );
+        d.annotations = manifest.annotations.clone();
+        d.annotations.remove(mt::ANNOTATION_REF_NAME);
+        d.annotations.remove(ANNOTATION_CONTAINERD_NAME);
+        d
+    };
+    if full_names.is_empty() {
+        index.manifests.push(entry());
+    }
+    for n in full_names {
+        let mut d = entry();
         d.annotations
             .insert(mt::ANNOTATION_REF_NAME.into(), n.clone());
         d.annotations.insert(ANNOTATION_CONTAINERD_NAME.into(), n);
