@@ -678,7 +678,16 @@ fn a_big_layer_is_compressed_into_the_archive_as_standard_gzip() {
     let store = tempfile::tempdir().unwrap();
     e.ok(
         store.path(),
-        &["build", "-t", "big:1", "-o", "type=oci,dest=file.tar", "."],
+        &[
+            "build",
+            "-t",
+            "big:1",
+            "-o",
+            "type=oci,dest=file.tar",
+            "-o",
+            "type=docker,dest=docker.tar",
+            ".",
+        ],
     );
     // the same export to stdout goes through the store: the same bytes
     let out = e.run(
@@ -734,6 +743,20 @@ fn a_big_layer_is_compressed_into_the_archive_as_standard_gzip() {
         &["unpack", "--image", &layout, bundle.to_str().unwrap()],
     );
     assert!(fs::read(bundle.join("rootfs/big.bin")).unwrap() == big);
+    // the docker archive of the same build: streamed the same way, read by skopeo
+    let info = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            &format!("docker-archive:{}", e.path().join("docker.tar").display()),
+        ],
+    ));
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+    let x = untar(&e.path().join("docker.tar"));
+    let m = json(&fs::read_to_string(x.path().join("manifest.json")).unwrap());
+    assert_eq!(m[0]["RepoTags"], serde_json::json!(["big:1"]));
+    let layer = x.path().join(m[0]["Layers"][1].as_str().unwrap());
+    tool("gzip", &["-t", layer.to_str().unwrap()]);
 }
 
 #[test]
