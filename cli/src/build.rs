@@ -116,7 +116,7 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
     })
 }
 
-fn parse_platform(s: &str) -> Result<Platform> {
+pub(crate) fn parse_platform(s: &str) -> Result<Platform> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
         [os, arch] => Ok(Platform {
@@ -356,14 +356,15 @@ fn build_image(
     let out = solver
         .solve(&plan.definition, plan.root, progress)
         .map_err(|e| solve_error(inputs, e))?;
-    let annotations = crate::outputs::annotations(&b.annotations)?;
+    let annotations = crate::outputs::annotations(&b.annotations, &inputs.opts.platform)
+        .map_err(|e| UsageError(e.to_string()))?;
     let step = progress.step("exporting to image");
-    let image = rbuild_solver::finalize_image(
+    let mut image = rbuild_solver::finalize_image(
         solver.store(),
         &out.chain,
         &plan.image,
         solver.config().source_date_epoch,
-        &annotations,
+        &annotations.manifest,
     )?;
     let images = ImageStore::open(solver.store())?;
     progress.step_done(step);
@@ -375,18 +376,23 @@ fn build_image(
         }
         progress.note(&format!("naming to {t}"));
     }
+    // buildx reports the pushed manifest (compressed layers) in --metadata-file
+    let mut pushed = None;
     for o in outputs {
         let step = progress.step(&format!("exporting to {} {}", o.kind, o.dest));
-        crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        let p =
+            crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        pushed = pushed.or(p);
         progress.step_done(step);
     }
     if b.push && !outputs.iter().any(|o| o.push) {
         let step = progress.step("pushing image");
         let opts = rbuild_oci::ConvertOpts {
-            annotations: annotations.clone(),
+            annotations: annotations.manifest.clone(),
             ..Default::default()
         };
-        crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        let p = crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        pushed = pushed.or(Some(p));
         progress.step_done(step);
     }
     if b.load {
@@ -396,6 +402,9 @@ fn build_image(
     }
     drop(lease);
     crate::cachecmd::after_build(solver.store(), b.quiet);
+    if let Some(d) = pushed {
+        image.manifest = d;
+    }
     Ok(image)
 }
 

@@ -192,7 +192,7 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 level: a.compression_level,
                 force: a.force_compression,
                 oci_media_types: !a.docker_mediatypes,
-                annotations: Default::default(),
+                ..Default::default()
             };
             let desc = rbuild_oci::convert_image(&store, &d, &opts)?;
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;

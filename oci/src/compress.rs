@@ -109,39 +109,33 @@ pub fn decompressor<'a>(c: Compression, input: impl Read + 'a) -> io::Result<Box
     })
 }
 
-/// Whether a chunk looks incompressible: a level-1 pass over a 64 KiB sample saves < 2 %.
-/// Deflate at any level stores such data in stored blocks anyway; skipping the search is what
-/// keeps random data at disk speed.
-fn incompressible(chunk: &[u8]) -> bool {
-    let sample = &chunk[..chunk.len().min(64 << 10)];
-    if sample.len() < 4096 {
-        return false;
-    }
-    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    if e.write_all(sample).is_err() {
-        return false;
-    }
-    match e.finish() {
-        Ok(v) => v.len() * 100 >= sample.len() * 98,
-        Err(_) => false,
-    }
-}
-
-fn gzip_member(chunk: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let lvl = if level > 0 && incompressible(chunk) {
-        0
-    } else {
-        level
-    };
+fn gzip_encode(chunk: &[u8], level: u32) -> io::Result<Vec<u8>> {
     let mut e = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
         .write(
             Vec::with_capacity(chunk.len() / 2 + 64),
-            flate2::Compression::new(lvl),
+            flate2::Compression::new(level),
         );
     e.write_all(chunk)?;
     e.finish()
+}
+
+/// Size of `n` bytes as stored deflate blocks in a gzip member: 10-byte header, 5 bytes per
+/// block of at most 65535 bytes (at least one block), 8-byte trailer.
+fn stored_size(n: usize) -> usize {
+    18 + n + 5 * n.div_ceil(65535).max(1)
+}
+
+/// One chunk as a gzip member at `level`. Like zlib's per-block choice, when the compressed
+/// member is bigger than storing the bytes (random or already-compressed data), the member is
+/// re-encoded as stored blocks: the decision follows the real result at the real level.
+fn gzip_member(chunk: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let out = gzip_encode(chunk, level)?;
+    if level > 0 && out.len() > stored_size(chunk.len()) {
+        return gzip_encode(chunk, 0);
+    }
+    Ok(out)
 }
 
 fn read_chunk(input: &mut dyn Read, size: usize) -> io::Result<Vec<u8>> {
@@ -292,6 +286,30 @@ mod tests {
             .unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, input);
+    }
+
+    #[test]
+    fn random_chunks_are_stored_not_expanded() {
+        let mut v = Vec::with_capacity(GZIP_CHUNK);
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        while v.len() < GZIP_CHUNK {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        let m = gzip_member(&v, 6).unwrap();
+        assert!(
+            m.len() <= v.len() + v.len() / 1000,
+            "{} > {}",
+            m.len(),
+            v.len()
+        );
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&m[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]
