@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Export speed: build + export (gzip OCI archive) of a COPY of incompressible files, rbuild and —
+# Export speed: build + export (gzip OCI archive, uncompressed OCI archive, rootfs tar) of a COPY of
+# incompressible files, rbuild and —
 # when a docker daemon answers (../shared/scripts/peer-lab.sh) — BuildKit, side by side; then
 # gzip throughput of rbuild's layer compressor on all cores vs one core, on compressible data
 # (a tar of /usr) and on incompressible data. Needs root and the test registry (.ci/setup.sh).
@@ -39,6 +40,16 @@ hyperfine -r 5 -u second --export-json "$W/rbuild-export.json" \
   --prepare "rm -rf $STORE $W/out.tar" \
   "RBUILD_ROOT=$STORE $RB build --no-cache -q -o type=oci,dest=$W/out.tar $CTX" | sed -n '/Time/p'
 echo "rbuild build+export median: $(median "$W/rbuild-export.json") s  ($(stat -c %s "$W/out.tar") bytes)"
+hyperfine -r 3 -u second --export-json "$W/rbuild-oci-plain.json" \
+  --prepare "rm -rf $STORE $W/out.tar" \
+  "RBUILD_ROOT=$STORE $RB build --no-cache -q -o type=oci,dest=$W/out.tar,compression=uncompressed $CTX" | sed -n '/Time/p'
+echo "rbuild build+export type=oci,compression=uncompressed median: $(median "$W/rbuild-oci-plain.json") s"
+# the exporter BuildKit 0.8 has under dockerd (no type=oci there): the rootfs as a tar
+hyperfine -r 3 -u second --export-json "$W/rbuild-tar.json" \
+  --prepare "rm -rf $STORE $W/out.tar" \
+  "RBUILD_ROOT=$STORE $RB build --no-cache -q -o type=tar,dest=$W/out.tar $CTX" | sed -n '/Time/p'
+echo "rbuild build+export type=tar median: $(median "$W/rbuild-tar.json") s"
+rm -f "$W/out.tar"
 hyperfine -r 5 -u second --export-json "$W/rbuild-build.json" \
   --prepare "rm -rf $STORE" \
   "RBUILD_ROOT=$STORE $RB build --no-cache -q $CTX" | sed -n '/Time/p'

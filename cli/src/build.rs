@@ -368,8 +368,8 @@ fn build_image(
             ));
         }
     }
-    let annotations = crate::outputs::annotations(&b.annotations)?;
-    let index_annotations = BTreeMap::new();
+    let multi = plans.len() > 1;
+    let mut index_annotations = None;
     // Platforms are solved one after the other on one solver: shared steps are reused.
     let mut built = Vec::with_capacity(plans.len());
     for (platform, plan) in &plans {
@@ -377,24 +377,32 @@ fn build_image(
             .solve(&plan.definition, plan.root, progress)
             .map_err(|e| solve_error(inputs, e))?;
         progress.next_graph(plan.definition.nodes.len());
-        let step = progress.step(&if plans.len() > 1 {
+        let annotations = crate::outputs::annotations(&b.annotations, platform, multi)
+            .map_err(|e| UsageError(e.to_string()))?;
+        let step = progress.step(&if multi {
             format!("exporting to image ({})", platform.to_text())
         } else {
             "exporting to image".to_string()
         });
-        let image = rbuild_solver::finalize_image(
+        let mut image = rbuild_solver::finalize_image(
             solver.store(),
             &out.chain,
             &plan.image,
             solver.config().source_date_epoch,
-            &annotations,
+            &annotations.manifest,
         )?;
         progress.step_done(step);
+        if multi {
+            // in an index, `manifest-descriptor:` annotations go on the manifest's entry
+            image.manifest.annotations = annotations.manifest_descriptor.clone();
+        }
+        index_annotations = Some(annotations);
         built.push((platform.clone(), image));
     }
-    let image = match built.len() {
+    let annotations = index_annotations.unwrap_or_default();
+    let mut image = match built.len() {
         1 => built.remove(0).1,
-        _ => crate::multiplat::make_index(solver.store(), &built, &index_annotations)?,
+        _ => crate::multiplat::make_index(solver.store(), &built, &annotations.index)?,
     };
     let images = ImageStore::open(solver.store())?;
     progress.note(&format!("writing image {}", image.config_digest));
@@ -405,18 +413,23 @@ fn build_image(
         }
         progress.note(&format!("naming to {t}"));
     }
+    // buildx reports the pushed manifest (compressed layers) in --metadata-file
+    let mut pushed = None;
     for o in outputs {
         let step = progress.step(&format!("exporting to {} {}", o.kind, o.dest));
-        crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        let p =
+            crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        pushed = pushed.or(p);
         progress.step_done(step);
     }
     if b.push && !outputs.iter().any(|o| o.push) {
         let step = progress.step("pushing image");
         let opts = rbuild_oci::ConvertOpts {
-            annotations: annotations.clone(),
+            annotations: annotations.manifest.clone(),
             ..Default::default()
         };
-        crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        let p = crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        pushed = pushed.or(Some(p));
         progress.step_done(step);
     }
     if b.load {
@@ -426,6 +439,9 @@ fn build_image(
     }
     drop(lease);
     crate::cachecmd::after_build(solver.store(), b.quiet);
+    if let Some(d) = pushed {
+        image.manifest = d;
+    }
     Ok(image)
 }
 

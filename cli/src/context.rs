@@ -128,7 +128,19 @@ pub fn prepare(b: &BuildArgs) -> Result<Prepared> {
     let mut tmp = None;
     if is_git_url(&ctx) {
         let t = tempfile::tempdir().context("creating a temporary directory for the clone")?;
-        let dir = clone(&ctx, t.path())?;
+        let (dir, commit) = clone(&ctx, t.path())?;
+        // Known provenance of a git context as manifest annotations (first, so an explicit
+        // --annotation of the same key wins).
+        args.annotations.splice(
+            0..0,
+            [
+                format!(
+                    "manifest:org.opencontainers.image.source={}",
+                    public_url(&remote_of(&ctx))
+                ),
+                format!("manifest:org.opencontainers.image.revision={commit}"),
+            ],
+        );
         // With a remote context, -f is relative to the context (docker).
         if let Some(f) = &b.file {
             if f.is_relative() && f != Path::new("-") {
@@ -177,7 +189,20 @@ fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn git(args: &[&str], cwd: Option<&Path>) -> Result<()> {
+/// A git remote without credentials (`https://user:token@host/r.git` → `https://host/r.git`):
+/// it goes into the image.
+fn public_url(remote: &str) -> String {
+    if let Some((scheme, rest)) = remote.split_once("://") {
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return format!("{scheme}://{host}/{path}");
+        }
+    }
+    remote.to_string()
+}
+
+/// Run git; returns its standard output.
+fn git(args: &[&str], cwd: Option<&Path>) -> Result<String> {
     let mut c = Command::new("git");
     c.args(args).env("GIT_TERMINAL_PROMPT", "0");
     if let Some(d) = cwd {
@@ -193,18 +218,24 @@ fn git(args: &[&str], cwd: Option<&Path>) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Clone `url#ref:subdir` into `into/repo`; returns the context directory.
-fn clone(url: &str, into: &Path) -> Result<PathBuf> {
-    let (remote, fragment) = url.split_once('#').unwrap_or((url, ""));
-    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-    let remote = if remote.starts_with("github.com/") {
+/// The repository URL of a git context (no `#fragment`; `github.com/…` → `https://github.com/…`).
+fn remote_of(url: &str) -> String {
+    let remote = url.split_once('#').map_or(url, |(r, _)| r);
+    if remote.starts_with("github.com/") {
         format!("https://{remote}")
     } else {
         remote.to_string()
-    };
+    }
+}
+
+/// Clone `url#ref:subdir` into `into/repo`; returns the context directory and the commit.
+fn clone(url: &str, into: &Path) -> Result<(PathBuf, String)> {
+    let fragment = url.split_once('#').map_or("", |(_, f)| f);
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let remote = remote_of(url);
     if reference.starts_with('-') || remote.starts_with('-') {
         return Err(UsageError(format!(
             "invalid git context {url:?}: a ref may not start with '-'"
@@ -213,7 +244,7 @@ fn clone(url: &str, into: &Path) -> Result<PathBuf> {
     }
     let repo = into.join("repo");
     fs::create_dir(&repo)?;
-    let r = || -> Result<()> {
+    let r = || -> Result<String> {
         git(&["init", "-q"], Some(&repo))?;
         let want = if reference.is_empty() {
             "HEAD"
@@ -241,20 +272,33 @@ fn clone(url: &str, into: &Path) -> Result<PathBuf> {
                 Some(&repo),
             )?;
         }
-        Ok(())
+        git(&["rev-parse", "HEAD"], Some(&repo))
     };
-    r().with_context(|| format!("unable to prepare context: cloning {remote}"))?;
+    let commit = r().with_context(|| format!("unable to prepare context: cloning {remote}"))?;
     let _ = fs::remove_dir_all(repo.join(".git"));
     let dir = repo.join(subdir.trim_start_matches('/'));
     if !dir.is_dir() {
         bail!("unable to prepare context: {subdir:?} is not a directory in {remote}");
     }
-    Ok(dir)
+    Ok((dir, commit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_reach_the_source_annotation() {
+        assert_eq!(
+            public_url("https://user:tok@example.com/org/r.git"),
+            "https://example.com/org/r.git"
+        );
+        assert_eq!(
+            public_url("git@github.com:org/r.git"),
+            "git@github.com:org/r.git"
+        );
+        assert_eq!(public_url("file:///srv/r.git"), "file:///srv/r.git");
+    }
 
     #[test]
     fn git_urls_are_recognised() {

@@ -38,15 +38,40 @@ fn main() -> ExitCode {
         eprintln!("error: rootless mode: {e}");
         return ExitCode::from(1);
     }
+    quiet_broken_pipe();
     let argv = args::with_default_subcommand(std::env::args_os().collect());
     let cli = args::Cli::parse_from(argv);
     match run(cli) {
         Ok(code) => code,
+        Err(e) if e.is::<outputs::StdoutClosed>() => ExitCode::from(BROKEN_PIPE_STATUS),
         Err(e) => {
             render::print_error(&e);
             ExitCode::from(render::exit_code(&e))
         }
     }
+}
+
+/// Exit status when stdout's reader went away (`rbuild inspect | head -1`): what a shell
+/// reports for a process killed by SIGPIPE (128 + 13), without a message.
+const BROKEN_PIPE_STATUS: u8 = 141;
+
+/// Rust ignores SIGPIPE, so writing to a closed pipe fails with EPIPE and `println!` panics.
+/// Turn that panic into a quiet exit, like a tool killed by SIGPIPE; any other panic is
+/// reported as usual.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(i32::from(BROKEN_PIPE_STATUS));
+        }
+        default(info);
+    }));
 }
 
 fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {

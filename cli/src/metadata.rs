@@ -5,7 +5,7 @@
 //! {
 //!   "containerimage.config.digest": "sha256:…",     // the image id
 //!   "containerimage.descriptor": {"mediaType": "…", "digest": "sha256:…", "size": 1234},
-//!   "containerimage.digest": "sha256:…",            // the manifest digest
+//!   "containerimage.digest": "sha256:…",            // the manifest digest (pushed one when pushing)
 //!   "image.name": "docker.io/library/app:v1,docker.io/library/app:latest"
 //! }
 //! ```

@@ -6,21 +6,21 @@
 //!
 //! | output | with an index |
 //! |---|---|
-//! | `image` / `registry` / `--push` | the index is tagged; a push sends each manifest by digest, then the index under the tag |
-//! | `oci` | `index.json` → the index; every manifest, config and layer in `blobs/` |
+//! | `image` / `registry` / `--push` | the index is tagged; a push sends each manifest by digest, then the index under the tag (`rbuild_oci::index`) |
+//! | `oci` | `index.json` → the index (with `index-descriptor:` annotations); every manifest, config and layer in `blobs/` (`rbuild_oci::export`) |
 //! | `docker`, `--load` | refused before the build (a docker archive holds no index; BuildKit's error) |
-//! | `local` / `tar` | one directory per platform (`linux_amd64/`, `linux_arm_v7/`), as buildx |
+//! | `local` / `tar` | one directory per platform (`linux_amd64/`, `linux_arm_v7/`), as buildx ([`export_rootfs`]) |
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rbuild_graph::{Definition, Platform};
-use rbuild_oci::{ConvertOpts, Descriptor, ImageStore, Reference};
+use rbuild_oci::{ConvertOpts, Descriptor, Reference};
 use rbuild_solver::ImageResult;
 
-use crate::outputs::OutputSpec;
+use crate::outputs::{Annotations, OutputSpec};
 use crate::render::UsageError;
 
 /// The platforms of a build (`--platform`, comma lists and repeats; `local` = the host),
@@ -138,20 +138,16 @@ fn unpack_each(store: &rbuild_cache::Store, index: &Descriptor, dir: &Path) -> R
     Ok(())
 }
 
-/// Push the index (converted with `opts`) to every name.
+/// Push the index (converted with `opts`) to every name; returns the pushed index.
 pub fn push(
     store: &rbuild_cache::Store,
     index: &Descriptor,
     names: &[Reference],
     opts: &ConvertOpts,
-    index_annotations: &BTreeMap<String, String>,
     quiet: bool,
 ) -> Result<Descriptor> {
-    if names.is_empty() {
-        bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
-    }
     let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-    let desc = rbuild_oci::index::convert_index(store, index, opts, index_annotations)?;
+    let desc = rbuild_oci::index::convert_index(store, index, opts)?;
     for n in names {
         let rep = client
             .push_index(store, &desc, n, &rbuild_oci::push::PushOpts::default())
@@ -170,49 +166,31 @@ pub fn push(
     Ok(desc)
 }
 
-/// Run one output for a built index (see the table above). `names` are the tags plus the
-/// output's own `name=`s; `extra` those the image store does not have yet.
-#[allow(clippy::too_many_arguments)]
-pub fn export(
+/// `type=local` / `type=tar` of an index: one root filesystem per platform, in
+/// `<os>_<arch>[_<variant>]/` (buildx's layout).
+pub fn export_rootfs(
     store: &rbuild_cache::Store,
     index: &Descriptor,
-    names: &[Reference],
-    extra: &[Reference],
     o: &OutputSpec,
-    opts: &ConvertOpts,
-    index_annotations: &BTreeMap<String, String>,
-    quiet: bool,
 ) -> Result<()> {
-    match o.kind.as_str() {
-        "image" | "registry" => {
-            let images = ImageStore::open(store)?;
-            for n in extra {
-                images.tag(n, index)?;
-            }
-            if o.push {
-                push(store, index, names, opts, index_annotations, quiet)?;
-            }
-        }
-        "oci" => {
-            let desc = rbuild_oci::index::convert_index(store, index, opts, index_annotations)?;
-            crate::outputs::write_dest(&o.dest, |w| {
-                rbuild_oci::export_oci_archive(store, &desc, names, w)?;
-                Ok(())
-            })?;
-        }
-        "docker" => return Err(rbuild_oci::index::docker_archive_error().into()),
-        "local" => unpack_each(store, index, &PathBuf::from(&o.dest))?,
-        "tar" => {
-            let tmp = store.new_tmp_path("rootfs");
-            let r = unpack_each(store, index, &tmp).and_then(|_| {
-                crate::outputs::write_dest(&o.dest, |w| crate::outputs::tar_dir(&tmp, w))
-            });
-            let _ = fs::remove_dir_all(&tmp);
-            r?;
-        }
-        other => bail!("--output type={other}: not supported"),
+    if o.kind == "local" {
+        return unpack_each(store, index, &PathBuf::from(&o.dest));
     }
-    Ok(())
+    let tmp = store.new_tmp_path("rootfs");
+    let r = unpack_each(store, index, &tmp)
+        .and_then(|_| crate::outputs::write_dest(&o.dest, |w| crate::outputs::tar_dir(&tmp, w)));
+    let _ = fs::remove_dir_all(&tmp);
+    r
+}
+
+/// The annotations of an index's outputs: its manifests' descriptor annotations are in the
+/// index already; the index's descriptor (an OCI archive's `index.json` entry) takes
+/// `index-descriptor:`.
+pub fn output_annotations(a: &Annotations) -> Annotations {
+    Annotations {
+        manifest_descriptor: a.index_descriptor.clone(),
+        ..a.clone()
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rbuild_oci::{Compression, ConvertOpts, Descriptor, ImageStore, Reference};
+use rbuild_oci::{
+    ArchiveFormat, ArchiveSink, Compression, ConvertOpts, Descriptor, ImageStore, Reference,
+};
 
 /// One `--output` spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,55 +134,140 @@ pub fn parse(spec: &str) -> Result<OutputSpec> {
 }
 
 impl OutputSpec {
-    fn convert_opts(&self, annotations: &BTreeMap<String, String>) -> ConvertOpts {
+    fn convert_opts(&self, annotations: &Annotations) -> ConvertOpts {
         ConvertOpts {
             compression: self.compression,
             level: self.level,
             force: self.force,
             oci_media_types: self.oci_media_types,
-            annotations: annotations.clone(),
+            annotations: annotations.manifest.clone(),
+            descriptor_annotations: annotations.manifest_descriptor.clone(),
         }
     }
 }
 
-/// Parse `--annotation` values: `KEY=VALUE` or `manifest:KEY=VALUE` (manifest level).
-pub fn annotations(values: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
+/// `--annotation` values by level (buildx: `[TYPE[PLATFORM]:]KEY=VALUE`, default `manifest`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Annotations {
+    /// On the image manifest (local store, archives, pushes).
+    pub manifest: BTreeMap<String, String>,
+    /// On the manifest's descriptor: the entries of an archive's `index.json` and of the
+    /// local store's layout (a pushed single manifest has no descriptor to carry them). In a
+    /// multi-platform build: the manifest's entry in the index.
+    pub manifest_descriptor: BTreeMap<String, String>,
+    /// On the image index (multi-platform builds only).
+    pub index: BTreeMap<String, String>,
+    /// On the index's descriptor: the entries of an OCI archive's `index.json`
+    /// (multi-platform builds only).
+    pub index_descriptor: BTreeMap<String, String>,
+}
+
+/// Parse `--annotation` values for an image of `platform`. A `[os/arch]` qualifier for
+/// another platform is skipped (that manifest is not built). `index:` and
+/// `index-descriptor:` need an index (`has_index`: a multi-platform build); without one they
+/// are refused (BuildKit refuses index annotations on single-platform exports too).
+pub fn annotations(
+    values: &[String],
+    platform: &rbuild_graph::Platform,
+    has_index: bool,
+) -> Result<Annotations> {
+    let mut out = Annotations::default();
     for a in values {
-        let (level, kv) = match a.split_once(':') {
-            Some((l, rest))
-                if !l.contains('=')
-                    && matches!(
-                        l.split('[').next().unwrap_or(""),
-                        "manifest" | "index" | "manifest-descriptor" | "index-descriptor"
-                    ) =>
-            {
-                (l.split('[').next().unwrap_or(""), rest)
+        let (level, qualifier, kv) = match a.split_once(':') {
+            Some((l, rest)) if !l.contains('=') => {
+                let (name, q) = match l.split_once('[') {
+                    Some((n, q)) => (
+                        n,
+                        Some(q.strip_suffix(']').ok_or_else(|| {
+                            anyhow!("--annotation {a:?}: missing ']' after the platform")
+                        })?),
+                    ),
+                    None => (l, None),
+                };
+                match name {
+                    "manifest" | "index" | "manifest-descriptor" | "index-descriptor" => {
+                        (name, q, rest)
+                    }
+                    // a key with a colon and no level (e.g. `a:b=c`)
+                    _ => ("manifest", None, a.as_str()),
+                }
             }
-            _ => ("manifest", a.as_str()),
+            _ => ("manifest", None, a.as_str()),
         };
-        if level != "manifest" {
-            bail!("--annotation {a:?}: only manifest annotations are supported (level {level:?})");
-        }
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| anyhow!("--annotation {a:?}: expected KEY=VALUE"))?;
         if k.is_empty() {
             bail!("--annotation {a:?}: empty key");
         }
-        out.insert(k.to_string(), v.to_string());
+        if let Some(q) = qualifier {
+            let p =
+                crate::build::parse_platform(q).map_err(|e| anyhow!("--annotation {a:?}: {e}"))?;
+            if p.os != platform.os
+                || p.architecture != platform.architecture
+                || (p.variant.is_some() && p.variant != platform.variant)
+            {
+                continue;
+            }
+        }
+        let map = match level {
+            "manifest" => &mut out.manifest,
+            "manifest-descriptor" => &mut out.manifest_descriptor,
+            "index" if has_index => &mut out.index,
+            "index-descriptor" if has_index => &mut out.index_descriptor,
+            _ => bail!(
+                "--annotation {a:?}: {level} annotations need an image index, and rbuild builds a single-platform image without one (use manifest: or manifest-descriptor:, or build several platforms)"
+            ),
+        };
+        map.insert(k.to_string(), v.to_string());
     }
     Ok(out)
 }
 
+/// The reader of stdout went away while an output was written to `-` (`… | head -c1`):
+/// `main` exits quietly with 141, like a tool killed by SIGPIPE.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
 /// Write to `dest` (a file written next to it and renamed, or stdout for `-`).
 pub fn write_dest(dest: &str, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    write_dest_sink(dest, |sink| match sink {
+        ArchiveSink::File(file) => {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            f(&mut w)?;
+            w.flush()?;
+            Ok(())
+        }
+        ArchiveSink::Stream(w) => f(w),
+    })
+}
+
+/// [`write_dest`] handing out the file itself when `dest` is a file (archives seek in it).
+pub fn write_dest_sink(dest: &str, f: impl FnOnce(ArchiveSink<'_>) -> Result<()>) -> Result<()> {
     if dest == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
-        f(&mut lock)?;
-        lock.flush()?;
-        return Ok(());
+        return f(ArchiveSink::Stream(&mut lock))
+            .and_then(|_| lock.flush().map_err(Into::into))
+            .map_err(|e| {
+                let closed = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                });
+                if closed {
+                    anyhow::Error::new(StdoutClosed)
+                } else {
+                    e
+                }
+            });
     }
     let dest = PathBuf::from(dest);
     let tmp = dest.with_file_name(format!(
@@ -189,13 +276,12 @@ pub fn write_dest(dest: &str, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> R
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default()
     ));
-    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let r = f(&mut w).and_then(|_| w.flush().map_err(Into::into));
-    if let Err(e) = r {
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if let Err(e) = f(ArchiveSink::File(&mut file)) {
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("exporting to {}", dest.display())));
     }
+    drop(file);
     fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
     Ok(())
 }
@@ -244,20 +330,20 @@ pub fn converted(
     Ok(rbuild_oci::convert_image(store, manifest, opts)?)
 }
 
-/// Push `manifest` (converted with `opts`) to every name.
+/// Push `manifest` (converted with `opts`) to every name; returns the pushed manifest's
+/// descriptor (what `--metadata-file` reports as `containerimage.digest`).
 pub fn push(
     store: &rbuild_cache::Store,
     manifest: &Descriptor,
     names: &[Reference],
     opts: &ConvertOpts,
     quiet: bool,
-) -> Result<()> {
+) -> Result<Descriptor> {
     if names.is_empty() {
         bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
     }
     if rbuild_oci::index::is_index(manifest) {
-        crate::multiplat::push(store, manifest, names, opts, &BTreeMap::new(), quiet)?;
-        return Ok(());
+        return crate::multiplat::push(store, manifest, names, opts, quiet);
     }
     let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
     let desc = converted(store, manifest, opts)?;
@@ -276,37 +362,33 @@ pub fn push(
             );
         }
     }
-    Ok(())
+    Ok(desc)
 }
 
-/// Run one output for a built image.
+/// Run one output for a built image; returns the pushed manifest's descriptor when it pushed.
 pub fn export(
     store: &rbuild_cache::Store,
     manifest: &Descriptor,
     tags: &[Reference],
     o: &OutputSpec,
-    annotations: &BTreeMap<String, String>,
+    annotations: &Annotations,
     quiet: bool,
-) -> Result<()> {
+) -> Result<Option<Descriptor>> {
     let mut names: Vec<Reference> = tags.to_vec();
     for n in &o.names {
         names.push(Reference::parse(n).map_err(|e| anyhow!("--output name={n:?}: {e}"))?);
     }
-    if rbuild_oci::index::is_index(manifest) {
-        let opts = o.convert_opts(annotations);
-        let extra = &names[tags.len()..];
-        let no_index_annotations = BTreeMap::new();
-        return crate::multiplat::export(
-            store,
-            manifest,
-            &names,
-            extra,
-            o,
-            &opts,
-            &no_index_annotations,
-            quiet,
-        );
-    }
+    let index_annotations;
+    let annotations = if rbuild_oci::index::is_index(manifest) {
+        if matches!(o.kind.as_str(), "local" | "tar") {
+            crate::multiplat::export_rootfs(store, manifest, o)?;
+            return Ok(None);
+        }
+        index_annotations = crate::multiplat::output_annotations(annotations);
+        &index_annotations
+    } else {
+        annotations
+    };
     match o.kind.as_str() {
         "image" | "registry" => {
             let images = ImageStore::open(store)?;
@@ -314,17 +396,19 @@ pub fn export(
                 images.tag(n, manifest)?;
             }
             if o.push {
-                push(store, manifest, &names, &o.convert_opts(annotations), quiet)?;
+                let d = push(store, manifest, &names, &o.convert_opts(annotations), quiet)?;
+                return Ok(Some(d));
             }
         }
         "oci" | "docker" => {
-            let desc = converted(store, manifest, &o.convert_opts(annotations))?;
-            write_dest(&o.dest, |w| {
-                if o.kind == "oci" {
-                    rbuild_oci::export_oci_archive(store, &desc, &names, w)?;
-                } else {
-                    rbuild_oci::export_docker_archive(store, &desc, &names, w)?;
-                }
+            let format = if o.kind == "oci" {
+                ArchiveFormat::Oci
+            } else {
+                ArchiveFormat::Docker
+            };
+            let opts = o.convert_opts(annotations);
+            write_dest_sink(&o.dest, |sink| {
+                rbuild_oci::export_archive(store, manifest, &opts, &names, format, sink)?;
                 Ok(())
             })?;
         }
@@ -341,7 +425,7 @@ pub fn export(
         }
         other => bail!("--output type={other}: not supported"),
     }
-    Ok(())
+    Ok(None)
 }
 
 /// `--load`: stream a docker archive of the image into `docker load`.
@@ -379,10 +463,11 @@ pub fn load_into_docker(
     let r = rbuild_oci::export_docker_archive(store, &desc, tags, &mut stdin);
     drop(stdin);
     let status = child.wait()?;
-    r?;
+    // docker load's own failure explains a broken pipe on its stdin
     if !status.success() {
         bail!("docker load failed ({status})");
     }
+    r?;
     Ok(())
 }
 
@@ -417,10 +502,51 @@ mod tests {
 
     #[test]
     fn annotation_levels() {
-        let a = annotations(&["a=1".into(), "manifest:b=2".into()]).unwrap();
-        assert_eq!(a["a"], "1");
-        assert_eq!(a["b"], "2");
-        assert!(annotations(&["index:c=3".into()]).is_err());
-        assert!(annotations(&["nokey".into()]).is_err());
+        let host = rbuild_graph::Platform::host();
+        let here = format!("manifest[{}/{}]:p=1", host.os, host.architecture);
+        let a = annotations(
+            &[
+                "a=1".into(),
+                "manifest:b=2".into(),
+                "manifest-descriptor:c=3".into(),
+                "manifest[plan9/mips]:skipped=1".into(),
+                here,
+                "x:y=z".into(),
+            ],
+            &host,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.manifest["a"], "1");
+        assert_eq!(a.manifest["b"], "2");
+        assert_eq!(a.manifest["p"], "1");
+        assert_eq!(a.manifest["x:y"], "z");
+        assert!(!a.manifest.contains_key("skipped"));
+        assert_eq!(a.manifest_descriptor["c"], "3");
+        for bad in [
+            "index:c=3",
+            "index-descriptor:c=3",
+            "nokey",
+            "manifest[linux:k=v",
+        ] {
+            assert!(annotations(&[bad.into()], &host, false).is_err(), "{bad}");
+        }
+        // with an index (several platforms), the index levels are kept apart
+        let a = annotations(
+            &[
+                "index:i=1".into(),
+                "index-descriptor:d=2".into(),
+                "m=3".into(),
+            ],
+            &host,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.index["i"].as_str(), a.index_descriptor["d"].as_str()),
+            ("1", "2")
+        );
+        assert_eq!(a.manifest["m"], "3");
+        assert!(!a.manifest.contains_key("i"));
     }
 }

@@ -197,17 +197,11 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 level: a.compression_level,
                 force: a.force_compression,
                 oci_media_types: !a.docker_mediatypes,
-                annotations: Default::default(),
+                ..Default::default()
             };
             if rbuild_oci::index::is_index(&d) {
-                let desc = crate::multiplat::push(
-                    &store,
-                    &d,
-                    std::slice::from_ref(&r),
-                    &opts,
-                    &Default::default(),
-                    a.quiet,
-                )?;
+                let desc =
+                    crate::multiplat::push(&store, &d, std::slice::from_ref(&r), &opts, a.quiet)?;
                 println!("{}@{}", r.familiar(), desc.digest);
                 return Ok(ExitCode::SUCCESS);
             }

@@ -517,11 +517,35 @@ fn a_git_url_context_with_a_ref_and_a_subdirectory() {
     git(work.path(), &["clone", "-q", "--bare", "w", "repo.git"]);
     let p = Project::new("");
     let url = format!("file://{}#v1:app", bare.display());
-    let o = ok(p.run(&["--progress=plain", "--metadata-file", "m.json", &url]));
+    let o = ok(p.run(&[
+        "--progress=plain",
+        "--metadata-file",
+        "m.json",
+        "-t",
+        "gitctx:v1",
+        &url,
+    ]));
     assert!(
         text(&o.stderr).contains("COPY v.txt"),
         "{}",
         text(&o.stderr)
+    );
+    // the repository and commit are the manifest's source/revision annotations
+    let v1 = Command::new("git")
+        .args(["rev-parse", "v1^{commit}"])
+        .current_dir(&w)
+        .output()
+        .unwrap();
+    let img: serde_json::Value =
+        serde_json::from_slice(&ok(p.run(&["inspect", "gitctx:v1"])).stdout).unwrap();
+    let a = &img["Manifest"]["annotations"];
+    assert_eq!(
+        a["org.opencontainers.image.source"],
+        format!("file://{}", bare.display())
+    );
+    assert_eq!(
+        a["org.opencontainers.image.revision"],
+        text(&v1.stdout).trim()
     );
     // main has the changed file, so the RUN check fails there: the ref was honoured.
     let url = format!("file://{}#main:app", bare.display());

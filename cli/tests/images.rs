@@ -130,6 +130,20 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`Env::ok`] with SOURCE_DATE_EPOCH=1700000000 (2023-11-14T22:13:20Z).
+    fn ok_epoch(&self, store: &Path, args: &[&str]) {
+        let out = self
+            .cmd(store, args)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rbuild {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn fails(&self, store: &Path, args: &[&str]) -> String {
         let out = self.run(store, args);
         assert!(
@@ -456,18 +470,9 @@ fn two_clean_stores_give_the_same_digests_with_source_date_epoch() {
         // a different mtime on the context file each time
         let f = e.path().join("a.txt");
         tool("touch", &["-d", mtime, f.to_str().unwrap()]);
-        let out = e
-            .cmd(
-                store.path(),
-                &["build", "-t", "r:1", "-o", "type=oci,dest=r.tar", "."],
-            )
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        e.ok_epoch(
+            store.path(),
+            &["build", "-t", "r:1", "-o", "type=oci,dest=r.tar", "."],
         );
         let local = json(&e.ok(store.path(), &["inspect", "r:1"]));
         let exported = fs::read(e.path().join("r.tar")).unwrap();
@@ -643,4 +648,271 @@ fn credentials_go_through_a_docker_credential_helper_when_configured() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The layer blobs of an extracted OCI archive, in manifest order.
+fn archive_layers(x: &Path) -> Vec<PathBuf> {
+    let index = json(&fs::read_to_string(x.join("index.json")).unwrap());
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = |d: &str| x.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let manifest = json(&fs::read_to_string(blob(&m)).unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blob(l["digest"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_big_layer_is_compressed_into_the_archive_as_standard_gzip() {
+    // > 8 MiB: compressed on all cores straight into the archive file (not through the store);
+    // half incompressible, half text, so members are both stored and deflated
+    let e = Env::new("FROM busybox\nCOPY big.bin /big.bin\n");
+    let mut big = noise(6 << 20, 11);
+    big.extend(b"layer text ".iter().cycle().take(6 << 20));
+    e.file("big.bin", &big);
+    let store = tempfile::tempdir().unwrap();
+    e.ok(
+        store.path(),
+        &[
+            "build",
+            "-t",
+            "big:1",
+            "-o",
+            "type=oci,dest=file.tar",
+            "-o",
+            "type=docker,dest=docker.tar",
+            ".",
+        ],
+    );
+    // the same export to stdout goes through the store: the same bytes
+    let out = e.run(
+        store.path(),
+        &["build", "-t", "big:1", "-o", "type=oci,dest=-", "."],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = fs::read(e.path().join("file.tar")).unwrap();
+    assert!(file == out.stdout, "file and stdout archives differ");
+    let x = untar(&e.path().join("file.tar"));
+    let layers = archive_layers(x.path());
+    assert_eq!(layers.len(), 2);
+    for l in &layers {
+        tool("gzip", &["-t", l.to_str().unwrap()]);
+    }
+    // gzip -dc gives a tar whose big.bin is the context file, byte for byte
+    let tar = Command::new("gzip")
+        .arg("-dc")
+        .arg(&layers[1])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let mut a = tar::Archive::new(&tar.stdout[..]);
+    let mut found = false;
+    for ent in a.entries().unwrap() {
+        let mut ent = ent.unwrap();
+        if ent.path().unwrap().to_str() == Some("big.bin") {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut ent, &mut body).unwrap();
+            assert!(body == big, "big.bin differs after gzip -dc");
+            found = true;
+        }
+    }
+    assert!(found, "big.bin is in the layer");
+    // skopeo (Go's gzip) and umoci read the archive
+    let info = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            &format!("oci-archive:{}", e.path().join("file.tar").display()),
+        ],
+    ));
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+    let layout = format!("{}:docker.io/library/big:1", x.path().display());
+    let t = tempfile::tempdir().unwrap();
+    let bundle = t.path().join("b");
+    tool(
+        "umoci",
+        &["unpack", "--image", &layout, bundle.to_str().unwrap()],
+    );
+    assert!(fs::read(bundle.join("rootfs/big.bin")).unwrap() == big);
+    // the docker archive of the same build: streamed the same way, read by skopeo
+    let info = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            &format!("docker-archive:{}", e.path().join("docker.tar").display()),
+        ],
+    ));
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 2);
+    let x = untar(&e.path().join("docker.tar"));
+    let m = json(&fs::read_to_string(x.path().join("manifest.json")).unwrap());
+    assert_eq!(m[0]["RepoTags"], serde_json::json!(["big:1"]));
+    let layer = x.path().join(m[0]["Layers"][1].as_str().unwrap());
+    tool("gzip", &["-t", layer.to_str().unwrap()]);
+}
+
+#[test]
+fn writing_to_a_closed_pipe_exits_quietly() {
+    let e = Env::new("FROM busybox\n");
+    let store = tempfile::tempdir().unwrap();
+    e.ok(store.path(), &["build", "-t", "pipe:1", "."]);
+    for args in [
+        &["inspect", "pipe:1"][..],
+        &["history", "pipe:1"][..],
+        &["build", "-q", "-o", "type=tar,dest=-", "."][..],
+        &["save", "pipe:1"][..],
+    ] {
+        // the reader of stdout is gone before rbuild writes anything
+        let mut child = e
+            .cmd(store.path(), args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+    }
+    // and through a shell pipeline, like `rbuild inspect | head -1`
+    let rb = env!("CARGO_BIN_EXE_rbuild");
+    let script = format!(
+        "set -o pipefail; {rb} build -q -o type=tar,dest=- . | head -c 10 >/dev/null; echo status=$?"
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("RBUILD_ROOT", store.path())
+        .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+        .current_dir(e.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("status=141"), "{text} {err}");
+    assert!(!err.contains("panicked") && !err.contains("Error"), "{err}");
+}
+
+#[test]
+fn metadata_file_reports_the_pushed_manifest_digest() {
+    let e = Env::new("FROM busybox\nRUN echo meta > /meta\n");
+    let store = tempfile::tempdir().unwrap();
+    let name = format!("{REGISTRY}/{}:v1", unique("rbuild-e2e/meta"));
+    e.ok(
+        store.path(),
+        &[
+            "build",
+            "-t",
+            &name,
+            "--push",
+            "--metadata-file",
+            "meta.json",
+            ".",
+        ],
+    );
+    // (metadata file, digest skopeo reads from the registry)
+    let digests = |file: &str, name: &str| {
+        let meta = json(&fs::read_to_string(e.path().join(file)).unwrap());
+        let remote = json(&tool(
+            "skopeo",
+            &["inspect", "--tls-verify=false", &format!("docker://{name}")],
+        ));
+        (meta, remote["Digest"].clone())
+    };
+    let (meta, remote) = digests("meta.json", &name);
+    assert_eq!(meta["containerimage.digest"], remote);
+    assert_eq!(meta["containerimage.descriptor"]["digest"], remote);
+    // the pushed manifest has gzip layers: not the local (uncompressed) one
+    let local = json(&e.ok(store.path(), &["inspect", &name]));
+    assert_ne!(meta["containerimage.digest"], local["Digest"]);
+    // type=registry output too
+    let name2 = format!("{REGISTRY}/{}:v2", unique("rbuild-e2e/meta"));
+    e.ok(
+        store.path(),
+        &[
+            "build",
+            "-o",
+            &format!("type=registry,name={name2}"),
+            "--metadata-file",
+            "meta2.json",
+            ".",
+        ],
+    );
+    let (meta2, remote2) = digests("meta2.json", &name2);
+    assert_eq!(meta2["containerimage.digest"], remote2);
+}
+
+#[test]
+fn annotations_at_manifest_and_descriptor_levels_and_created() {
+    let e = Env::new("FROM busybox\nRUN echo a > /a\n");
+    let store = tempfile::tempdir().unwrap();
+    e.ok_epoch(
+        store.path(),
+        &[
+            "build",
+            "-t",
+            "ann:1",
+            "--annotation",
+            "org.example.m=1",
+            "--annotation",
+            "manifest:org.example.m2=2",
+            "--annotation",
+            "manifest-descriptor:org.example.d=3",
+            "--annotation",
+            "manifest[plan9/mips]:org.example.other=4",
+            "-o",
+            "type=oci,dest=ann.tar",
+            ".",
+        ],
+    );
+    let raw = json(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci-archive:{}", e.path().join("ann.tar").display()),
+        ],
+    ));
+    let a = &raw["annotations"];
+    assert_eq!(a["org.example.m"], "1");
+    assert_eq!(a["org.example.m2"], "2");
+    assert!(a.get("org.example.d").is_none() && a.get("org.example.other").is_none());
+    // created = the config's created (SOURCE_DATE_EPOCH)
+    assert_eq!(
+        a["org.opencontainers.image.created"],
+        "2023-11-14T22:13:20Z"
+    );
+    let local = json(&e.ok(store.path(), &["inspect", "ann:1"]));
+    assert_eq!(
+        local["Manifest"]["annotations"]["org.opencontainers.image.created"],
+        local["Config"]["created"]
+    );
+    // the descriptor annotation is on the index.json entry
+    let x = untar(&e.path().join("ann.tar"));
+    let index = json(&fs::read_to_string(x.path().join("index.json")).unwrap());
+    let entry = &index["manifests"][0]["annotations"];
+    assert_eq!(entry["org.example.d"], "3");
+    assert_eq!(
+        entry["org.opencontainers.image.ref.name"],
+        "docker.io/library/ann:1"
+    );
+    // index levels need an index: a usage error naming the flag
+    for bad in ["index:k=v", "index-descriptor:k=v"] {
+        let out = e.run(store.path(), &["build", "--annotation", bad, "."]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("--annotation") && err.contains("index"),
+            "{err}"
+        );
+    }
 }

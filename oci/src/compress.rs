@@ -109,39 +109,69 @@ pub fn decompressor<'a>(c: Compression, input: impl Read + 'a) -> io::Result<Box
     })
 }
 
-/// Whether a chunk looks incompressible: a level-1 pass over a 64 KiB sample saves < 2 %.
-/// Deflate at any level stores such data in stored blocks anyway; skipping the search is what
-/// keeps random data at disk speed.
-fn incompressible(chunk: &[u8]) -> bool {
-    let sample = &chunk[..chunk.len().min(64 << 10)];
-    if sample.len() < 4096 {
-        return false;
-    }
-    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    if e.write_all(sample).is_err() {
-        return false;
-    }
-    match e.finish() {
-        Ok(v) => v.len() * 100 >= sample.len() * 98,
-        Err(_) => false,
-    }
-}
-
-fn gzip_member(chunk: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let lvl = if level > 0 && incompressible(chunk) {
-        0
-    } else {
-        level
-    };
+fn gzip_encode(chunk: &[u8], level: u32) -> io::Result<Vec<u8>> {
     let mut e = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
         .write(
             Vec::with_capacity(chunk.len() / 2 + 64),
-            flate2::Compression::new(lvl),
+            flate2::Compression::new(level),
         );
     e.write_all(chunk)?;
     e.finish()
+}
+
+/// Size of `n` bytes as stored deflate blocks in a gzip member: 10-byte header, 5 bytes per
+/// block of at most 65535 bytes (at least one block), 8-byte trailer.
+fn stored_size(n: usize) -> usize {
+    18 + n + 5 * n.div_ceil(65535).max(1)
+}
+
+/// Whether a chunk is incompressible (random or already-compressed bytes: media, archives):
+/// four 16 KiB windows spread over the chunk, deflated at level 1, save less than 2 % of their
+/// size. Deflate at any level can only emit such bytes as stored blocks (or a little bigger),
+/// so the chunk is stored without the level-`n` search — the same output size to within
+/// 0.01 %, at disk speed instead of ~30 MB/s per core. A chunk with any compressible window is
+/// compressed at the real level (the same kind of heuristic as zstd's and btrfs's
+/// incompressibility checks).
+fn incompressible(chunk: &[u8]) -> bool {
+    const WINDOW: usize = 16 << 10;
+    const WINDOWS: usize = 4;
+    if chunk.len() < WINDOW * WINDOWS {
+        return false;
+    }
+    let step = (chunk.len() - WINDOW) / (WINDOWS - 1);
+    let (mut raw, mut packed) = (0usize, 0usize);
+    for w in 0..WINDOWS {
+        let window = &chunk[w * step..w * step + WINDOW];
+        let mut e = flate2::write::DeflateEncoder::new(
+            Vec::with_capacity(WINDOW + 64),
+            flate2::Compression::fast(),
+        );
+        if e.write_all(window).is_err() {
+            return false;
+        }
+        match e.finish() {
+            Ok(v) => packed += v.len(),
+            Err(_) => return false,
+        }
+        raw += WINDOW;
+    }
+    packed * 100 >= raw * 98
+}
+
+/// One chunk as a gzip member at `level`. Incompressible chunks (see [`incompressible`]) are
+/// stored; otherwise, like zlib's per-block choice, when the compressed member comes out
+/// bigger than storing the bytes, the member is re-encoded as stored blocks.
+fn gzip_member(chunk: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    if level > 0 && incompressible(chunk) {
+        return gzip_encode(chunk, 0);
+    }
+    let out = gzip_encode(chunk, level)?;
+    if level > 0 && out.len() > stored_size(chunk.len()) {
+        return gzip_encode(chunk, 0);
+    }
+    Ok(out)
 }
 
 fn read_chunk(input: &mut dyn Read, size: usize) -> io::Result<Vec<u8>> {
@@ -292,6 +322,55 @@ mod tests {
             .unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, input);
+    }
+
+    #[test]
+    fn random_chunks_are_stored_not_expanded() {
+        let mut v = Vec::with_capacity(GZIP_CHUNK);
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        while v.len() < GZIP_CHUNK {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        let m = gzip_member(&v, 6).unwrap();
+        assert!(
+            m.len() <= v.len() + v.len() / 1000,
+            "{} > {}",
+            m.len(),
+            v.len()
+        );
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&m[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn a_chunk_with_compressible_parts_is_compressed() {
+        // Random first half, text second half: one window finds the text, so the chunk is
+        // compressed at the real level (much smaller than stored).
+        let mut v = Vec::with_capacity(GZIP_CHUNK);
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        while v.len() < GZIP_CHUNK / 2 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        while v.len() < GZIP_CHUNK {
+            v.extend_from_slice(b"the quick brown fox jumps over the lazy dog\n");
+        }
+        assert!(!incompressible(&v));
+        let m = gzip_member(&v, 6).unwrap();
+        assert!(m.len() < v.len() * 6 / 10, "{} bytes", m.len());
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&m[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct ConvertOpts {
     pub oci_media_types: bool,
     /// Annotations added to the manifest.
     pub annotations: BTreeMap<String, String>,
+    /// Annotations on the manifest's descriptor (an archive's `index.json` entries).
+    pub descriptor_annotations: BTreeMap<String, String>,
 }
 
 impl Default for ConvertOpts {
@@ -41,6 +43,7 @@ impl Default for ConvertOpts {
             force: false,
             oci_media_types: true,
             annotations: BTreeMap::new(),
+            descriptor_annotations: BTreeMap::new(),
         }
     }
 }
@@ -56,13 +59,62 @@ fn layer_media_type(c: Compression, oci: bool) -> &'static str {
     }
 }
 
-/// Re-encode one layer blob (cached). Returns the new descriptor.
-pub fn convert_layer(
+/// A layer that must be re-encoded: where from, to what, and its cache key.
+#[derive(Debug, Clone)]
+pub struct LayerJob {
+    /// The source layer.
+    pub src: Descriptor,
+    /// Its compression.
+    pub have: Compression,
+    /// The target compression.
+    pub want: Compression,
+    /// The target level.
+    pub level: i32,
+    /// The descriptor to fill in (media type set; digest and size are the source's).
+    pub out: Descriptor,
+}
+
+impl LayerJob {
+    fn cache_key(&self) -> String {
+        format!("{}|{}|{}", self.src.digest, self.want.name(), self.level)
+    }
+
+    /// Decompress the source blob and compress it into `w` on `threads` threads.
+    pub fn compress_into(
+        &self,
+        store: &dyn ContentStore,
+        threads: usize,
+        w: &mut dyn std::io::Write,
+    ) -> Result<(), OciError> {
+        let src = store.open_blob(&self.src.digest)?;
+        let mut reader = decompressor(self.have, std::io::BufReader::with_capacity(1 << 20, src))
+            .map_err(OciError::io("decompress layer", &self.src.digest))?;
+        compress(self.want, Some(self.level), threads, &mut reader, w)
+            .map_err(OciError::io("compress layer", &self.src.digest))
+    }
+
+    /// Remember that the layer compressed this way is the stored blob `digest` (`size` bytes).
+    fn remember(&self, store: &dyn ContentStore, digest: &str, size: u64) {
+        store.meta_put("compressed", &self.cache_key(), &format!("{digest} {size}"));
+    }
+}
+
+/// What converting one layer takes.
+#[derive(Debug, Clone)]
+pub enum LayerPlan {
+    /// Nothing to compress: the blob (in the store) under this descriptor.
+    Ready(Descriptor),
+    /// The layer must be re-encoded.
+    Compress(LayerJob),
+}
+
+/// Decide how to convert one layer: a media-type change only, a compressed variant already in
+/// the store (the `compressed` cache), or a re-encoding.
+pub fn plan_layer(
     store: &dyn ContentStore,
     layer: &Descriptor,
     opts: &ConvertOpts,
-    threads: usize,
-) -> Result<Descriptor, OciError> {
+) -> Result<LayerPlan, OciError> {
     let have = Compression::of_media_type(&layer.media_type).ok_or_else(|| {
         OciError::UnsupportedMediaType {
             what: format!("layer {}", layer.digest),
@@ -77,51 +129,63 @@ pub fn convert_layer(
     let mut out = layer.clone();
     out.media_type = layer_media_type(want, opts.oci_media_types).to_string();
     if want == have {
-        return Ok(out);
+        return Ok(LayerPlan::Ready(out));
     }
-    let level = opts.level.unwrap_or(want.default_level());
-    let key = format!("{}|{}|{}", layer.digest, want.name(), level);
-    if let Some(v) = store.meta_get("compressed", &key) {
+    let job = LayerJob {
+        src: layer.clone(),
+        have,
+        want,
+        level: opts.level.unwrap_or(want.default_level()),
+        out,
+    };
+    if let Some(v) = store.meta_get("compressed", &job.cache_key()) {
         if let Some((d, s)) = v.split_once(' ') {
             if let Ok(size) = s.parse::<u64>() {
                 if digest_hex(d).is_ok() && store.has_blob(d) {
+                    let mut out = job.out;
                     out.digest = d.to_string();
                     out.size = size;
-                    return Ok(out);
+                    return Ok(LayerPlan::Ready(out));
                 }
             }
         }
     }
-    let src = store.open_blob(&layer.digest)?;
-    let mut reader = decompressor(have, std::io::BufReader::with_capacity(1 << 20, src))
-        .map_err(OciError::io("decompress layer", &layer.digest))?;
-    let (digest, size) = store.write_stream(&mut |w| {
-        compress(want, Some(level), threads, &mut reader, w)
-            .map_err(OciError::io("compress layer", &layer.digest))
-    })?;
-    store.meta_put("compressed", &key, &format!("{digest} {size}"));
+    Ok(LayerPlan::Compress(job))
+}
+
+/// Re-encode one layer blob into the content store (cached). Returns the new descriptor.
+pub fn convert_layer(
+    store: &dyn ContentStore,
+    layer: &Descriptor,
+    opts: &ConvertOpts,
+    threads: usize,
+) -> Result<Descriptor, OciError> {
+    let job = match plan_layer(store, layer, opts)? {
+        LayerPlan::Ready(d) => return Ok(d),
+        LayerPlan::Compress(job) => job,
+    };
+    let (digest, size) = store.write_stream(&mut |w| job.compress_into(store, threads, w))?;
+    job.remember(store, &digest, size);
+    let mut out = job.out;
     out.digest = digest;
     out.size = size;
     Ok(out)
 }
 
-/// Convert the image `manifest` (in `store`) and return the new manifest's descriptor. When
-/// nothing changes, the original descriptor is returned. Layers are converted one after the
-/// other, each on all cores (small layers run concurrently).
-pub fn convert_image(
+/// Layers below this size are converted several at once (one core each); bigger ones one after
+/// the other on all cores.
+pub const SMALL_LAYER: u64 = 8 << 20;
+
+/// Convert `layers` (index, descriptor) into the store: big ones one after the other on all
+/// cores, small ones several at once.
+pub fn convert_layers(
     store: &(dyn ContentStore + Sync),
-    manifest: &Descriptor,
+    layers: &[(usize, &Descriptor)],
     opts: &ConvertOpts,
-) -> Result<Descriptor, OciError> {
-    let m = read_manifest(store, manifest)?;
+) -> BTreeMap<usize, Result<Descriptor, OciError>> {
     let threads = cpus();
-    // Big layers use every core inside the compressor; small ones are done in parallel.
     let results: Mutex<BTreeMap<usize, Result<Descriptor, OciError>>> = Mutex::new(BTreeMap::new());
-    let (small, big): (Vec<_>, Vec<_>) = m
-        .layers
-        .iter()
-        .enumerate()
-        .partition(|(_, l)| l.size < (8 << 20));
+    let (small, big): (Vec<_>, Vec<_>) = layers.iter().partition(|(_, l)| l.size < SMALL_LAYER);
     for (i, l) in &big {
         let r = convert_layer(store, l, opts, threads);
         if let Ok(mut g) = results.lock() {
@@ -141,28 +205,18 @@ pub fn convert_image(
             });
         }
     });
-    let results = results.into_inner().map_err(|_| OciError::Store {
-        op: "convert image".into(),
-        reason: "a worker thread panicked".into(),
-    })?;
-    let mut layers = Vec::with_capacity(m.layers.len());
-    for i in 0..m.layers.len() {
-        match results.get(&i) {
-            Some(Ok(d)) => layers.push(d.clone()),
-            Some(Err(e)) => {
-                return Err(OciError::Store {
-                    op: format!("convert layer {}", m.layers[i].digest),
-                    reason: e.to_string(),
-                })
-            }
-            None => {
-                return Err(OciError::Store {
-                    op: format!("convert layer {}", m.layers[i].digest),
-                    reason: "not converted".into(),
-                })
-            }
-        }
-    }
+    results.into_inner().unwrap_or_default()
+}
+
+/// The converted manifest of `m` (stored under `manifest`) with `layers`: media types and
+/// annotations per `opts`. Returns its descriptor and canonical bytes, or `None` for the bytes
+/// when nothing changed (the original manifest is reused).
+pub fn assemble_manifest(
+    m: &Manifest,
+    manifest: &Descriptor,
+    layers: Vec<Descriptor>,
+    opts: &ConvertOpts,
+) -> Result<(Descriptor, Option<Vec<u8>>), OciError> {
     let (manifest_mt, config_mt) = if opts.oci_media_types {
         (mt::OCI_MANIFEST, mt::OCI_CONFIG)
     } else {
@@ -180,12 +234,54 @@ pub fn convert_image(
         layers,
         annotations,
     };
-    if new == m && manifest.media_type == manifest_mt {
-        return Ok(manifest.clone());
+    if new == *m && manifest.media_type == manifest_mt {
+        return Ok((manifest.clone(), None));
     }
     let bytes = canonical_json("manifest", &new)?;
-    let (digest, size) = store.put_blob(&bytes)?;
-    Ok(Descriptor::new(manifest_mt, digest, size))
+    let desc = Descriptor::new(
+        manifest_mt,
+        crate::digest::sha256_digest(&bytes),
+        bytes.len() as u64,
+    );
+    Ok((desc, Some(bytes)))
+}
+
+/// Convert the image `manifest` (in `store`) and return the new manifest's descriptor. When
+/// nothing changes, the original descriptor is returned. Big layers are converted one after
+/// the other, each on all cores; small layers run concurrently.
+pub fn convert_image(
+    store: &(dyn ContentStore + Sync),
+    manifest: &Descriptor,
+    opts: &ConvertOpts,
+) -> Result<Descriptor, OciError> {
+    let m = read_manifest(store, manifest)?;
+    let all: Vec<(usize, &Descriptor)> = m.layers.iter().enumerate().collect();
+    let mut results = convert_layers(store, &all, opts);
+    let mut layers = Vec::with_capacity(m.layers.len());
+    for (i, l) in m.layers.iter().enumerate() {
+        match results.remove(&i) {
+            Some(Ok(d)) => layers.push(d),
+            Some(Err(e)) => {
+                return Err(OciError::Store {
+                    op: format!("convert layer {}", l.digest),
+                    reason: e.to_string(),
+                })
+            }
+            None => {
+                return Err(OciError::Store {
+                    op: format!("convert layer {}", l.digest),
+                    reason: "not converted".into(),
+                })
+            }
+        }
+    }
+    match assemble_manifest(&m, manifest, layers, opts)? {
+        (desc, None) => Ok(desc),
+        (desc, Some(bytes)) => {
+            store.put_blob(&bytes)?;
+            Ok(desc)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -66,12 +66,11 @@ pub fn pick(index: &Index, platform: &Platform) -> Option<Descriptor> {
 }
 
 /// Convert every manifest of an index with `opts` and store a new index over the results
-/// (platforms and descriptor annotations kept). `index_annotations` are added to the index.
+/// (platforms, descriptor annotations and the index's own annotations kept).
 pub fn convert_index(
     store: &(dyn ContentStore + Sync),
     desc: &Descriptor,
     opts: &ConvertOpts,
-    index_annotations: &BTreeMap<String, String>,
 ) -> Result<Descriptor, OciError> {
     let index = read_index(store, desc)?;
     let mut manifests = Vec::with_capacity(index.manifests.len());
@@ -81,12 +80,10 @@ pub fn convert_index(
         d.annotations.extend(m.annotations.clone());
         manifests.push(d);
     }
-    let mut annotations = index.annotations.clone();
-    annotations.extend(index_annotations.clone());
-    if manifests == index.manifests && annotations == index.annotations {
+    if manifests == index.manifests {
         return Ok(desc.clone());
     }
-    put_index(store, &manifests, &annotations)
+    put_index(store, &manifests, &index.annotations)
 }
 
 /// Every blob of an index: the index, then per manifest the manifest, its config and layers;
@@ -212,7 +209,6 @@ mod tests {
                 compression: crate::Compression::Uncompressed,
                 ..Default::default()
             },
-            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(same, desc);

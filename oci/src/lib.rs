@@ -24,7 +24,9 @@ pub mod types;
 pub use compress::Compression;
 pub use convert::{convert_image, ConvertOpts};
 pub use error::OciError;
-pub use export::{export_docker_archive, export_oci_archive};
+pub use export::{
+    export_archive, export_docker_archive, export_oci_archive, ArchiveFormat, ArchiveSink,
+};
 pub use image_store::ImageStore;
 pub use layer::{
     apply_layer, apply_layer_flat, archive_kind, extract_archive, write_layer, ArchiveKind,

@@ -12,6 +12,9 @@ use crate::{Chain, Layer, SolveError, Solver};
 /// Media type of the uncompressed layers rbuild writes.
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
+/// The OCI annotation for the image's creation time.
+pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+
 /// The image a build produced.
 #[derive(Debug, Clone)]
 pub struct ImageResult {
@@ -81,7 +84,13 @@ pub fn finalize_image(
             platform: None,
         })
         .collect();
-    let manifest = images.put_image(&bytes, &layers, annotations)?;
+    // org.opencontainers.image.created = the config's created (so SOURCE_DATE_EPOCH and
+    // --reproducible keep the manifest digest stable); an explicit --annotation wins
+    let mut annotations = annotations.clone();
+    annotations
+        .entry(ANNOTATION_CREATED.to_string())
+        .or_insert(stamp);
+    let manifest = images.put_image(&bytes, &layers, &annotations)?;
     Ok(ImageResult {
         manifest,
         config_digest: rbuild_graph::sha256_digest(&bytes),
