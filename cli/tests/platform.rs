@@ -108,6 +108,20 @@ fn skopeo_arch(arch: &str, image: &str, tls_verify: bool) -> Value {
     skopeo(&args)
 }
 
+/// `sha256:<hex>` of `data` (sha256sum).
+fn sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
 fn skopeo(args: &[&str]) -> Value {
     let o = Command::new("skopeo").args(args).output().expect("skopeo");
     assert!(
@@ -319,12 +333,18 @@ fn a_pushed_multi_platform_image_is_an_index_in_the_registry_and_a_base_image() 
     let ms = index["manifests"].as_array().unwrap();
     assert_eq!(ms.len(), 2, "{index}");
     assert_eq!(ms[1]["platform"]["architecture"], "arm64");
-    // the pushed index is the converted one (gzip layers): --metadata-file names what was built
+    // --metadata-file names the pushed index (gzip layers, so not the store's)
     let m = json(&std::fs::read(&meta).unwrap());
-    assert!(m["containerimage.digest"]
-        .as_str()
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw", &remote])
+        .output()
         .unwrap()
-        .starts_with("sha256:"));
+        .stdout;
+    assert_eq!(m["containerimage.digest"], sha256(&raw), "{m}");
+    assert_eq!(
+        m["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
     let arm = skopeo_arch("arm64", &remote, false);
     assert_eq!(arm["Architecture"], "arm64", "{arm}");
     assert_eq!(arm["Labels"]["platform"], "linux/arm64", "{arm}");
@@ -353,4 +373,75 @@ fn a_pushed_multi_platform_image_is_an_index_in_the_registry_and_a_base_image() 
         .ok();
     let other = foreign().rsplit('/').next().unwrap();
     assert!(q.path().join(format!("out2/a-{other}.txt")).exists());
+}
+
+#[test]
+fn annotations_reach_the_index_its_descriptor_and_each_platforms_entry() {
+    let p = Project::new(PER_PLATFORM);
+    p.file("a.txt", "A");
+    let args = [
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--annotation",
+        "index:org.opencontainers.image.title=multi",
+        "--annotation",
+        "index-descriptor:org.example.entry=1",
+        "--annotation",
+        "manifest-descriptor[linux/arm64]:org.example.arm=yes",
+        "--annotation",
+        "manifest:org.example.every=1",
+        "-o",
+        "type=oci,dest=ann.tar",
+    ];
+    p.build(&args).ok();
+    let tar = format!("oci-archive:{}/ann.tar", p.path().display());
+    let index = skopeo(&["inspect", "--raw", &tar]);
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.title"], "multi",
+        "{index}"
+    );
+    let ms = index["manifests"].as_array().unwrap();
+    assert_eq!(ms[1]["annotations"]["org.example.arm"], "yes", "{index}");
+    assert!(ms[0].get("annotations").is_none(), "{index}");
+    let layout = Command::new("tar")
+        .args(["-xOf", "ann.tar", "index.json"])
+        .current_dir(p.path())
+        .output()
+        .unwrap();
+    let layout = json(&layout.stdout);
+    assert_eq!(
+        layout["manifests"][0]["annotations"]["org.example.entry"], "1",
+        "{layout}"
+    );
+    // the manifests carry manifest: annotations
+    let manifest = Command::new("tar")
+        .args([
+            "-xOf",
+            "ann.tar",
+            &format!(
+                "blobs/sha256/{}",
+                ms[0]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:")
+            ),
+        ])
+        .current_dir(p.path())
+        .output()
+        .unwrap();
+    let manifest = json(&manifest.stdout);
+    assert_eq!(
+        manifest["annotations"]["org.example.every"], "1",
+        "{manifest}"
+    );
+    // one platform has no index: index levels are refused there
+    let r = p
+        .build(&["--annotation", "index:org.opencontainers.image.title=x"])
+        .fails();
+    assert_eq!(r.code(), Some(2), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("build several platforms"),
+        "{}",
+        r.stderr()
+    );
 }
