@@ -270,7 +270,20 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
         }
         StoreCommand::History { name, no_trunc } => {
             let (store, images) = open(root)?;
-            let (_, d) = lookup(&images, &name)?;
+            let (r, mut d) = lookup(&images, &name)?;
+            if rbuild_oci::index::is_index(&d) {
+                // a multi-platform image: the host platform's history (as docker)
+                let index = rbuild_oci::index::read_index(&store, &d)?;
+                d = rbuild_oci::index::pick(&index, &rbuild_oci::Platform::host()).ok_or_else(
+                    || {
+                        anyhow!(
+                            "history: {} has no image for this host's platform {}",
+                            r.familiar(),
+                            rbuild_oci::Platform::host()
+                        )
+                    },
+                )?;
+            }
             let m = images.read_manifest(&d)?;
             let config: Value = serde_json::from_slice(&store.read_blob(&m.config.digest)?)?;
             let empty = Vec::new();
@@ -349,15 +362,20 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 bail!("load: the archive holds no image");
             }
             for img in loaded {
-                // check the image is complete before naming it
-                let m = images.read_manifest(&img.manifest)?;
-                for b in std::iter::once(&m.config).chain(m.layers.iter()) {
-                    if !store.has_blob(&b.digest) {
-                        bail!("load: blob {} is missing from the archive", b.digest);
+                // check the image is complete before naming it (the import checked an index)
+                let id = if rbuild_oci::index::is_index(&img.manifest) {
+                    img.manifest.digest.clone()
+                } else {
+                    let m = images.read_manifest(&img.manifest)?;
+                    for b in std::iter::once(&m.config).chain(m.layers.iter()) {
+                        if !store.has_blob(&b.digest) {
+                            bail!("load: blob {} is missing from the archive", b.digest);
+                        }
                     }
-                }
+                    m.config.digest
+                };
                 if img.names.is_empty() {
-                    println!("Loaded image ID: {}", m.config.digest);
+                    println!("Loaded image ID: {id}");
                 }
                 for n in &img.names {
                     images.tag(n, &img.manifest)?;

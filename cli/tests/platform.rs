@@ -270,6 +270,30 @@ fn two_platforms_make_an_index_that_is_tagged_exported_inspected_and_kept_by_pru
             );
         }
     }
+    // history shows the host platform's image
+    let o = p.cmd(&["history", "mp:1"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("COPY a.txt"),
+        "{o:?}"
+    );
+    // rbuild load of the type=oci archive into another store keeps the index and its name
+    let other = tempfile::tempdir().unwrap();
+    let o = p
+        .cmd(&["load", "-i", "mp.tar"])
+        .env("RBUILD_ROOT", other.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = p
+        .cmd(&["images"])
+        .env("RBUILD_ROOT", other.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("linux/amd64,linux/arm64"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let back = format!("{}/again.tar", p.path().display());
     let o = p
         .cmd(&["save", "--format", "oci", "-o", &back, "mp:1"])

@@ -3,7 +3,7 @@
 //! into the content store once: files under `blobs/sha256/` are verified against their names
 //! (a mismatch is an error and nothing is stored), other files are stored by their content
 //! digest. Then `index.json` (OCI) or `manifest.json` (docker) says which images and names the
-//! archive holds.
+//! archive holds; an OCI entry may be an image index (a multi-platform image, loaded whole).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -134,11 +134,13 @@ pub fn import_archive(store: &dyn ContentStore, src: impl Read) -> Result<Vec<Im
         if !store.has_blob(&d.digest) {
             return Err(missing(&format!("blobs/sha256/{}", digest_hex(&d.digest)?)));
         }
-        if d.media_type == mt::OCI_INDEX || d.media_type == mt::DOCKER_MANIFEST_LIST {
-            return Err(OciError::UnsupportedMediaType {
-                what: format!("archive entry {}", d.digest),
-                media_type: d.media_type,
-            });
+        if crate::index::is_index(&d) {
+            // A multi-platform image: every manifest, config and layer must be there.
+            for b in crate::index::index_blobs(store, &d)? {
+                if !store.has_blob(&b.digest) {
+                    return Err(missing(&format!("blobs/sha256/{}", digest_hex(&b.digest)?)));
+                }
+            }
         }
         let names = d
             .annotations
