@@ -7,6 +7,10 @@
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p rbuild --test cli` rewrites the golden files.
 
+mod common;
+
+use common::{require_env, REGISTRY};
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,20 +18,6 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use tempfile::TempDir;
-
-const REGISTRY: &str = "127.0.0.1:5055";
-
-fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    assert!(root, "CLI build tests need root (namespaces, overlayfs)");
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
-    );
-}
 
 struct Project {
     dir: TempDir,

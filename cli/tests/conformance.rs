@@ -19,6 +19,10 @@
 //! The image filesystem is reconstructed from the layer tars themselves (whiteouts applied), so
 //! owners are the ones in the image, not the ones an unpacker maps.
 
+mod common;
+
+use common::REGISTRY;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,22 +32,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const REGISTRY: &str = "127.0.0.1:5055";
-
 fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    assert!(root, "conformance tests need root (namespaces, overlayfs)");
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
-    );
-    assert!(
-        Command::new("git").arg("--version").output().is_ok(),
-        "git is not installed: run `bash .ci/setup.sh` first"
-    );
+    common::require_env();
+    common::require_tools(&["git"]);
 }
 
 fn cases_dir() -> PathBuf {

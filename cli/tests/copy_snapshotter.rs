@@ -6,40 +6,16 @@
 //! Dockerfile (both with `SOURCE_DATE_EPOCH=0`): the layers must be the same, byte for byte.
 //! A missing prerequisite fails the test with the reason; nothing is skipped.
 
+mod common;
+
+use common::image::{skopeo_inspect, tar_listing, umoci_unpack, Unpacked};
+use common::{require_env, Run, REGISTRY};
+
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 use tempfile::TempDir;
-
-const REGISTRY: &str = "127.0.0.1:5055";
-
-fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    assert!(
-        root,
-        "copy-snapshotter end-to-end tests need root (namespaces, mknod, chown); run them as root"
-    );
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
-    );
-    for tool in ["skopeo", "umoci", "tar"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .unwrap()
-                .status
-                .success(),
-            "{tool} is not installed: run `bash .ci/setup.sh` first"
-        );
-    }
-}
 
 /// A build context plus a store, built with one snapshotter (`copy` or `overlay`).
 struct Project {
@@ -48,32 +24,10 @@ struct Project {
     snapshotter: &'static str,
 }
 
-struct Run {
-    out: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn ok(self) -> Self {
-        assert!(
-            self.out.status.success(),
-            "rbuild failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-            self.out.status,
-            self.stdout(),
-            self.stderr()
-        );
-        self
-    }
-}
-
 impl Project {
     fn new(dockerfile: &str, snapshotter: &'static str, files: &[(&str, &str)]) -> Self {
         require_env();
+        common::require_tools(&["skopeo", "umoci", "tar"]);
         let p = Project {
             dir: tempfile::tempdir().unwrap(),
             store: tempfile::tempdir().unwrap(),
@@ -115,16 +69,12 @@ impl Project {
     }
 
     fn skopeo(&self, what: &str, name: &str) -> Value {
-        let out = Command::new("skopeo")
-            .args(["inspect", what, &format!("oci:{}", self.layout(name))])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo inspect failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        skopeo_inspect(what, &self.layout(name))
+    }
+
+    /// The image's root filesystem, unpacked by umoci from the local store.
+    fn unpack(&self, name: &str) -> Unpacked {
+        umoci_unpack(&self.layout(name))
     }
 
     fn diff_ids(&self, name: &str) -> Vec<String> {
@@ -136,26 +86,6 @@ impl Project {
             .collect()
     }
 
-    /// The image's root filesystem, unpacked by umoci from the local store.
-    fn unpack(&self, name: &str) -> Unpacked {
-        let t = tempfile::tempdir().unwrap();
-        let bundle = t.path().join("bundle");
-        let out = Command::new("umoci")
-            .args(["unpack", "--image", &self.layout(name)])
-            .arg(&bundle)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "umoci unpack failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Unpacked {
-            _t: t,
-            rootfs: bundle.join("rootfs"),
-        }
-    }
-
     /// `tar -tv` listings of every layer of an image, bottom first.
     fn layer_listings(&self, name: &str) -> Vec<String> {
         let m = self.skopeo("--raw", name);
@@ -165,14 +95,7 @@ impl Project {
             .iter()
             .map(|l| {
                 let digest = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
-                let blob = self.store.path().join("blobs-v1/sha256").join(digest);
-                let out = Command::new("tar").arg("-tvf").arg(&blob).output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "tar -tvf failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8_lossy(&out.stdout).into_owned()
+                tar_listing(&self.store.path().join("blobs-v1/sha256").join(digest))
             })
             .collect()
     }
@@ -186,32 +109,6 @@ impl Project {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-struct Unpacked {
-    _t: TempDir,
-    rootfs: PathBuf,
-}
-
-impl Unpacked {
-    fn path(&self, p: &str) -> PathBuf {
-        self.rootfs.join(p.trim_start_matches('/'))
-    }
-    fn read(&self, p: &str) -> String {
-        fs::read_to_string(self.path(p))
-            .unwrap_or_else(|e| panic!("reading {p} from the image: {e}"))
-    }
-    fn exists(&self, p: &str) -> bool {
-        fs::symlink_metadata(self.path(p)).is_ok()
-    }
-    fn names(&self, p: &str) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.path(p))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
     }
 }
 

@@ -4,82 +4,28 @@
 //! umoci as independent readers of what rbuild writes. A missing prerequisite fails the test
 //! with the reason; nothing is skipped.
 
+mod common;
+
+use common::image::{skopeo_inspect, tar_listing, umoci_unpack, Unpacked};
+use common::{require_env, Run, REGISTRY};
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 use tempfile::TempDir;
-
-const REGISTRY: &str = "127.0.0.1:5055";
-
-fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    assert!(
-        root,
-        "end-to-end tests need root (namespaces, overlayfs); run them as root"
-    );
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
-    );
-    for tool in ["skopeo", "umoci", "tar"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .unwrap()
-                .status
-                .success(),
-            "{tool} is not installed: run `bash .ci/setup.sh` first"
-        );
-    }
-}
 
 struct Project {
     dir: TempDir,
     store: TempDir,
 }
 
-struct Run {
-    out: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn ok(self) -> Self {
-        assert!(
-            self.out.status.success(),
-            "rbuild failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-            self.out.status,
-            self.stdout(),
-            self.stderr()
-        );
-        self
-    }
-    fn fails(self) -> Self {
-        assert!(
-            !self.out.status.success(),
-            "rbuild should have failed:\nstdout:\n{}\nstderr:\n{}",
-            self.stdout(),
-            self.stderr()
-        );
-        self
-    }
-}
-
 impl Project {
     fn new(dockerfile: &str) -> Self {
         require_env();
+        common::require_tools(&["skopeo", "umoci", "tar"]);
         let p = Project {
             dir: tempfile::tempdir().unwrap(),
             store: tempfile::tempdir().unwrap(),
@@ -131,54 +77,21 @@ impl Project {
         )
     }
 
+    /// `tar -tv` listing of layer `i` (negative counts from the top) of an image.
     /// The image config, read by skopeo from the local store's OCI layout.
     fn config(&self, name: &str) -> Value {
-        let out = Command::new("skopeo")
-            .args(["inspect", "--config", &format!("oci:{}", self.layout(name))])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo inspect failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        skopeo_inspect("--config", &self.layout(name))
     }
 
     fn manifest(&self, name: &str) -> Value {
-        let out = Command::new("skopeo")
-            .args(["inspect", "--raw", &format!("oci:{}", self.layout(name))])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo inspect failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        skopeo_inspect("--raw", &self.layout(name))
     }
 
     /// The image's root filesystem, unpacked by umoci from the local store.
     fn unpack(&self, name: &str) -> Unpacked {
-        let t = tempfile::tempdir().unwrap();
-        let bundle = t.path().join("bundle");
-        let out = Command::new("umoci")
-            .args(["unpack", "--image", &self.layout(name)])
-            .arg(&bundle)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "umoci unpack failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Unpacked {
-            _t: t,
-            rootfs: bundle.join("rootfs"),
-        }
+        umoci_unpack(&self.layout(name))
     }
 
-    /// `tar -tv` listing of layer `i` (negative counts from the top) of an image.
     fn layer_listing(&self, name: &str, i: isize) -> String {
         let m = self.manifest(name);
         let layers = m["layers"].as_array().unwrap();
@@ -187,32 +100,7 @@ impl Project {
             .as_str()
             .unwrap()
             .trim_start_matches("sha256:");
-        let blob = self.store.path().join("blobs-v1/sha256").join(digest);
-        let out = Command::new("tar").arg("-tvf").arg(&blob).output().unwrap();
-        assert!(
-            out.status.success(),
-            "tar -tvf failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-struct Unpacked {
-    _t: TempDir,
-    rootfs: PathBuf,
-}
-
-impl Unpacked {
-    fn read(&self, p: &str) -> String {
-        fs::read_to_string(self.rootfs.join(p.trim_start_matches('/')))
-            .unwrap_or_else(|e| panic!("reading {p} from the image: {e}"))
-    }
-    fn exists(&self, p: &str) -> bool {
-        fs::symlink_metadata(self.rootfs.join(p.trim_start_matches('/'))).is_ok()
-    }
-    fn meta(&self, p: &str) -> fs::Metadata {
-        fs::symlink_metadata(self.rootfs.join(p.trim_start_matches('/'))).unwrap()
+        tar_listing(&self.store.path().join("blobs-v1/sha256").join(digest))
     }
 }
 

@@ -4,6 +4,10 @@
 //! and a fresh `~/.docker/config.json` per test (HOME points into a temp dir). A missing
 //! prerequisite fails the test with the reason; nothing is skipped.
 
+mod common;
+
+use common::REGISTRY;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,7 +16,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tempfile::TempDir;
 
-const REGISTRY: &str = "127.0.0.1:5055";
 const TLS_REGISTRY: &str = "127.0.0.1:5056";
 const USER: &str = "rbuild";
 const PASSWORD: &str = "rbuild-secret";
@@ -28,35 +31,17 @@ fn ca_file() -> PathBuf {
 }
 
 fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
+    common::require_env();
     assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
-        "these tests build images and need root"
+        std::net::TcpStream::connect(TLS_REGISTRY).is_ok(),
+        "the test registry on {TLS_REGISTRY} is not running: run `bash .ci/setup.sh` first"
     );
-    for r in [REGISTRY, TLS_REGISTRY] {
-        assert!(
-            std::net::TcpStream::connect(r).is_ok(),
-            "the test registry on {r} is not running: run `bash .ci/setup.sh` first"
-        );
-    }
     assert!(
         ca_file().is_file(),
         "{} is missing: run `bash .ci/setup.sh` first",
         ca_file().display()
     );
-    for tool in ["skopeo", "umoci", "tar"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .unwrap()
-                .status
-                .success(),
-            "{tool} is not installed: run `bash .ci/setup.sh` first"
-        );
-    }
+    common::require_tools(&["skopeo", "umoci", "tar"]);
 }
 
 /// A unique repository name per test and run.

@@ -123,6 +123,7 @@ fn sha256(data: &[u8]) -> String {
 }
 
 fn skopeo(args: &[&str]) -> Value {
+    common::require_tools(&["skopeo"]);
     let o = Command::new("skopeo").args(args).output().expect("skopeo");
     assert!(
         o.status.success(),

@@ -9,32 +9,17 @@
 
 mod common;
 
+use common::{require_env, Run, REGISTRY};
+
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-const REGISTRY: &str = "127.0.0.1:5055";
-
 /// Docker's default capability set as /proc/self/status prints it.
 const DOCKER_CAPS: &str = "00000000a80425fb";
-
-fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    assert!(
-        root,
-        "sandbox tests need root (namespaces, overlayfs); run them as root"
-    );
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
-    );
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -65,41 +50,6 @@ struct Project {
     backend: Backend,
     user: Option<common::TestUser>,
     single_map: bool,
-}
-
-struct Run {
-    out: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout(), self.stderr())
-    }
-    fn ok(self) -> Self {
-        assert!(
-            self.out.status.success(),
-            "rbuild failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-            self.out.status,
-            self.stdout(),
-            self.stderr()
-        );
-        self
-    }
-    fn fails(self) -> Self {
-        assert!(
-            !self.out.status.success(),
-            "rbuild should have failed:\nstdout:\n{}\nstderr:\n{}",
-            self.stdout(),
-            self.stderr()
-        );
-        self
-    }
 }
 
 impl Project {

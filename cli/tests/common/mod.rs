@@ -1,10 +1,11 @@
 //! Shared harness for the CLI integration tests: a project directory with its own store, runs
 //! of the real `rbuild` binary against the test registry on 127.0.0.1:5055 (mirror of
 //! docker.io), and checks of the outcome. Include it with `mod common;`. `users.rs`: running the
-//! binary as the unprivileged test users (rootless mode).
+//! binary as the unprivileged test users (rootless mode); `image.rs`: skopeo/umoci/tar readers.
 
 #![allow(dead_code)] // each test crate uses a subset
 
+pub mod image;
 mod users;
 #[allow(unused_imports)] // not every test crate runs as the test users
 pub use users::*;
@@ -39,6 +40,21 @@ pub fn host_platform() -> &'static str {
     match std::env::consts::ARCH {
         "aarch64" => "linux/arm64",
         _ => "linux/amd64",
+    }
+}
+
+/// Fail (never skip) when one of `tools` is not on the PATH.
+pub fn require_tools(tools: &[&str]) {
+    for tool in tools {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{tool} is not installed: run `bash .ci/setup.sh` first"
+        );
     }
 }
 
