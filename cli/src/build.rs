@@ -369,16 +369,20 @@ fn build_image(
         }
     }
     let multi = plans.len() > 1;
-    let mut index_annotations = None;
-    // Platforms are solved one after the other on one solver: shared steps are reused.
+    let annotations = platforms
+        .iter()
+        .map(|p| crate::outputs::annotations(&b.annotations, p, multi))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| UsageError(e.to_string()))?;
+    // Platforms are solved at the same time on one solver: shared steps are computed once.
+    let graphs: Vec<_> = plans
+        .iter()
+        .map(|(_, plan)| (&plan.definition, plan.root))
+        .collect();
+    let outs = crate::multiplat::solve_all(&solver, &graphs, progress);
     let mut built = Vec::with_capacity(plans.len());
-    for (platform, plan) in &plans {
-        let out = solver
-            .solve(&plan.definition, plan.root, progress)
-            .map_err(|e| solve_error(inputs, e))?;
-        progress.next_graph(plan.definition.nodes.len());
-        let annotations = crate::outputs::annotations(&b.annotations, platform, multi)
-            .map_err(|e| UsageError(e.to_string()))?;
+    for (((platform, plan), out), annotations) in plans.iter().zip(outs).zip(&annotations) {
+        let out = out.map_err(|e| solve_error(inputs, e))?;
         let step = progress.step(&if multi {
             format!("exporting to image ({})", platform.to_text())
         } else {
@@ -396,10 +400,15 @@ fn build_image(
             // in an index, `manifest-descriptor:` annotations go on the manifest's entry
             image.manifest.annotations = annotations.manifest_descriptor.clone();
         }
-        index_annotations = Some(annotations);
         built.push((platform.clone(), image));
     }
-    let annotations = index_annotations.unwrap_or_default();
+    // the index levels are the same for every platform; an index's manifests have theirs
+    let annotations = annotations.into_iter().next().unwrap_or_default();
+    let annotations = if multi {
+        crate::multiplat::output_annotations(&annotations)
+    } else {
+        annotations
+    };
     let mut image = match built.len() {
         1 => built.remove(0).1,
         _ => crate::multiplat::make_index(solver.store(), &built, &annotations.index)?,

@@ -1,6 +1,6 @@
 //! Multi-platform builds (`--platform linux/amd64,linux/arm64`, buildx-style): the build
-//! lowers and solves once per platform on one solver (so steps that do not depend on the
-//! platform, such as context checksums, are shared; platforms run one after the other), then
+//! lowers once per platform, then solves the platforms' graphs at the same time on one solver
+//! (so steps that do not depend on the platform, such as context checksums, are shared), then
 //! writes an OCI image index over the per-platform manifests. The index is what gets tagged,
 //! exported and pushed; this module holds the outputs of an index.
 //!
@@ -16,9 +16,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use rbuild_graph::{Definition, Platform};
+use rbuild_graph::{Definition, NodeId, Platform};
 use rbuild_oci::{ConvertOpts, Descriptor, Reference};
-use rbuild_solver::ImageResult;
+use rbuild_solver::{Event, ImageResult, Progress, SolveError, SolveOutput, Solver};
 
 use crate::outputs::{Annotations, OutputSpec};
 use crate::render::UsageError;
@@ -112,6 +112,93 @@ pub fn make_index(
     })
 }
 
+/// The progress of one platform's graph: vertex ids moved past the graphs of the platforms
+/// before it, so that the steps of platforms solved at the same time are numbered apart.
+pub struct Offset<'a> {
+    pub inner: &'a dyn Progress,
+    pub base: usize,
+}
+
+impl Progress for Offset<'_> {
+    fn event(&self, event: Event) {
+        let b = self.base;
+        self.inner.event(match event {
+            Event::Started { vertex, name } => Event::Started {
+                vertex: vertex + b,
+                name,
+            },
+            Event::Cached { vertex, name } => Event::Cached {
+                vertex: vertex + b,
+                name,
+            },
+            Event::Log {
+                vertex,
+                stderr,
+                data,
+            } => Event::Log {
+                vertex: vertex + b,
+                stderr,
+                data,
+            },
+            Event::Done { vertex, seconds } => Event::Done {
+                vertex: vertex + b,
+                seconds,
+            },
+            Event::Failed { vertex, message } => Event::Failed {
+                vertex: vertex + b,
+                message,
+            },
+            Event::Explain { vertex, reason } => Event::Explain {
+                vertex: vertex + b,
+                reason,
+            },
+            other => other,
+        });
+    }
+}
+
+/// Solve every platform's graph at the same time (as BuildKit does) on one solver, so steps
+/// they share (context checksums, base layers, `FROM --platform=$BUILDPLATFORM` stages) are
+/// computed once: a step another solve is building is waited for through its key lock.
+/// Results in platform order; the first platform's error wins.
+pub fn solve_all(
+    solver: &Solver,
+    graphs: &[(&Definition, NodeId)],
+    progress: &dyn Progress,
+) -> Vec<Result<SolveOutput, SolveError>> {
+    if let [(def, root)] = graphs {
+        return vec![solver.solve(def, *root, progress)];
+    }
+    let mut bases = Vec::with_capacity(graphs.len());
+    let mut base = 0;
+    for (def, _) in graphs {
+        bases.push(base);
+        base += def.nodes.len();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = graphs
+            .iter()
+            .zip(bases)
+            .map(|(&(def, root), base)| {
+                s.spawn(move || {
+                    solver.solve(
+                        def,
+                        root,
+                        &Offset {
+                            inner: progress,
+                            base,
+                        },
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
 /// `linux_amd64`, `linux_arm_v7`: buildx's per-platform directory names.
 fn platform_dir(p: &rbuild_oci::Platform) -> String {
     let mut s = format!("{}_{}", p.os, p.architecture);
@@ -183,11 +270,13 @@ pub fn export_rootfs(
     r
 }
 
-/// The annotations of an index's outputs: its manifests' descriptor annotations are in the
-/// index already; the index's descriptor (an OCI archive's `index.json` entry) takes
+/// The annotations of an index's outputs and pushes: its manifests carry their own
+/// (`manifest:`, per platform) and their entries' (`manifest-descriptor:`) already, so
+/// conversion adds none; the index's descriptor (an OCI archive's `index.json` entry) takes
 /// `index-descriptor:`.
 pub fn output_annotations(a: &Annotations) -> Annotations {
     Annotations {
+        manifest: BTreeMap::new(),
         manifest_descriptor: a.index_descriptor.clone(),
         ..a.clone()
     }
@@ -217,6 +306,32 @@ mod tests {
             }),
             "linux_arm_v7"
         );
+    }
+
+    #[test]
+    fn each_platforms_vertices_are_numbered_apart() {
+        struct Seen(std::sync::Mutex<Vec<usize>>);
+        impl Progress for Seen {
+            fn event(&self, e: Event) {
+                if let Event::Started { vertex, .. } | Event::Done { vertex, .. } = e {
+                    self.0.lock().unwrap().push(vertex);
+                }
+            }
+        }
+        let seen = Seen(Default::default());
+        let o = Offset {
+            inner: &seen,
+            base: 7,
+        };
+        o.event(Event::Started {
+            vertex: 2,
+            name: "x".into(),
+        });
+        o.event(Event::Done {
+            vertex: 2,
+            seconds: 0.0,
+        });
+        assert_eq!(*seen.0.lock().unwrap(), [9, 9]);
     }
 
     #[test]

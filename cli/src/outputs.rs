@@ -378,17 +378,10 @@ pub fn export(
     for n in &o.names {
         names.push(Reference::parse(n).map_err(|e| anyhow!("--output name={n:?}: {e}"))?);
     }
-    let index_annotations;
-    let annotations = if rbuild_oci::index::is_index(manifest) {
-        if matches!(o.kind.as_str(), "local" | "tar") {
-            crate::multiplat::export_rootfs(store, manifest, o)?;
-            return Ok(None);
-        }
-        index_annotations = crate::multiplat::output_annotations(annotations);
-        &index_annotations
-    } else {
-        annotations
-    };
+    if rbuild_oci::index::is_index(manifest) && matches!(o.kind.as_str(), "local" | "tar") {
+        crate::multiplat::export_rootfs(store, manifest, o)?;
+        return Ok(None);
+    }
     match o.kind.as_str() {
         "image" | "registry" => {
             let images = ImageStore::open(store)?;

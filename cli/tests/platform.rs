@@ -415,6 +415,8 @@ fn annotations_reach_the_index_its_descriptor_and_each_platforms_entry() {
         "manifest-descriptor[linux/arm64]:org.example.arm=yes",
         "--annotation",
         "manifest:org.example.every=1",
+        "--annotation",
+        "manifest[linux/arm64]:org.example.armonly=1",
         "-o",
         "type=oci,dest=ann.tar",
     ];
@@ -458,6 +460,10 @@ fn annotations_reach_the_index_its_descriptor_and_each_platforms_entry() {
     assert_eq!(
         manifest["annotations"]["org.example.every"], "1",
         "{manifest}"
+    );
+    assert!(
+        manifest["annotations"].get("org.example.armonly").is_none(),
+        "an arm64-only annotation on the amd64 manifest: {manifest}"
     );
     // one platform has no index: index levels are refused there
     let r = p

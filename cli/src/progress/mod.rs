@@ -157,8 +157,6 @@ pub struct Tracker {
     pub vertices: Vec<Vertex>,
     index: HashMap<Key, usize>,
     next_cli: usize,
-    /// Added to graph vertex ids: the nodes of the graphs solved before (one per platform).
-    graph_base: usize,
     pub build_start: Instant,
 }
 
@@ -168,16 +166,11 @@ impl Tracker {
             vertices: Vec::new(),
             index: HashMap::new(),
             next_cli: 0,
-            graph_base: 0,
             build_start: Instant::now(),
         }
     }
 
     fn vertex(&mut self, key: Key, name: Option<&str>) -> usize {
-        let key = match key {
-            Key::Graph(v) => Key::Graph(self.graph_base + v),
-            other => other,
-        };
         if let Some(&i) = self.index.get(&key) {
             if let Some(name) = name {
                 self.vertices[i].name = name.to_string();
@@ -314,12 +307,6 @@ impl Reporter {
                 f(&mut g);
             }
         }
-    }
-
-    /// The next graph's vertices are new steps (a multi-platform build solves one graph per
-    /// platform): `nodes` is the size of the graph just solved.
-    pub fn next_graph(&self, nodes: usize) {
-        self.with(|g| g.tracker.graph_base += nodes);
     }
 
     /// Start a CLI step (not a graph node); returns its handle for [`Reporter::step_done`].
