@@ -164,6 +164,11 @@ pub enum Event {
         vertex: usize,
         reason: String,
     },
+    /// The step was stopped (its process killed, its partial layer discarded) because
+    /// another step of the build failed.
+    Cancelled {
+        vertex: usize,
+    },
 }
 
 /// Receiver of progress events (the CLI renders them).
@@ -217,6 +222,9 @@ pub struct Solver {
     pub(crate) cfg: SolverConfig,
     pub(crate) resolved: Mutex<BTreeMap<String, ResolvedImage>>,
     pub(crate) mounts: runmount::MountState,
+    /// Set by the scheduler on the first failure: running RUN steps are killed and no new
+    /// step starts ([`Solver::aborted`]).
+    pub(crate) abort: std::sync::atomic::AtomicBool,
 }
 
 impl Solver {
@@ -225,6 +233,7 @@ impl Solver {
             cfg,
             resolved: Mutex::new(BTreeMap::new()),
             mounts: runmount::MountState::default(),
+            abort: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -234,5 +243,16 @@ impl Solver {
 
     pub fn config(&self) -> &SolverConfig {
         &self.cfg
+    }
+
+    /// Whether running steps should stop: a step of this build failed, or the build was
+    /// cancelled (Ctrl-C / SIGTERM).
+    pub(crate) fn aborted(&self) -> bool {
+        self.abort.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .cfg
+                .cache
+                .cancel
+                .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
