@@ -598,11 +598,9 @@ impl Solver {
         };
         // A record whose snapshots or blobs were pruned is a miss, not an error.
         let store = &self.cfg.store;
-        if rec
-            .chain
-            .iter()
-            .all(|l| store.snapshot_exists(&l.snapshot) && store.has_blob(&l.blob))
-        {
+        if rec.chain.iter().all(|l| {
+            store.snapshot_exists(&l.snapshot) && (l.blob.is_empty() || store.has_blob(&l.blob))
+        }) {
             let _ = store.index_touch(key);
             Ok(Some(rec))
         } else {
