@@ -225,6 +225,8 @@ pub struct Solver {
     /// Set by the scheduler on the first failure: running RUN steps are killed and no new
     /// step starts ([`Solver::aborted`]).
     pub(crate) abort: std::sync::atomic::AtomicBool,
+    /// Whether steps use the copy snapshotter ([`Solver::copy_mode`]), decided once.
+    pub(crate) copy_mode: std::sync::OnceLock<bool>,
 }
 
 impl Solver {
@@ -234,6 +236,7 @@ impl Solver {
             resolved: Mutex::new(BTreeMap::new()),
             mounts: runmount::MountState::default(),
             abort: std::sync::atomic::AtomicBool::new(false),
+            copy_mode: std::sync::OnceLock::new(),
         })
     }
 
