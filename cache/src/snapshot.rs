@@ -88,6 +88,14 @@ impl Store {
         util::fsync_dir(&dir)
     }
 
+    /// Flush everything written to the store's filesystem to disk (`syncfs`): one call makes
+    /// many freshly written snapshots durable before their markers are written.
+    pub fn sync_filesystem(&self) -> Result<(), CacheError> {
+        let base = self.inner.root.join(SNAPSHOTS_DIR);
+        let dir = fs::File::open(&base).map_err(|e| CacheError::io("open", &base, e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| CacheError::io("syncfs", &base, e.into()))
+    }
+
     /// The layer directory of a committed snapshot.
     pub fn snapshot_fs(&self, id: &str) -> Result<PathBuf, CacheError> {
         valid_id(id)?;
