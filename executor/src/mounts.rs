@@ -75,6 +75,10 @@ fn overlay_new_api(
         for (key, value) in LAYER_OPTIONS {
             let _ = fsconfig_set_string(&fs, *key, *value);
         }
+        // No sync of the whole upper filesystem at unmount (kernel ≥ 5.10): the store commits
+        // step snapshots with a boot-scoped marker and syncs them in batches instead
+        // (rbuild_cache::Store::commit_snapshot_unsynced). Best effort like the options above.
+        let _ = rustix::mount::fsconfig_set_flag(&fs, "volatile");
     }
     fsconfig_create(&fs).map_err(|e| ("fsconfig create", e))?;
     let attrs = if upper_work.is_some() {

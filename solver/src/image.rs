@@ -27,7 +27,10 @@ impl Solver {
     /// here: [`materialize_layers`] writes it when an image needs the layer, so layers of
     /// intermediate stages never cost a tar.
     pub(crate) fn commit_layer(&self, snap: &rbuild_cache::Snapshot) -> Result<Layer, SolveError> {
-        self.cfg.store.commit_snapshot(&snap.id)?;
+        // No sync here: the marker counts during this boot only until the store settles it
+        // (one syncfs for many snapshots, `Store::settle_snapshots`), so a crash never leaves
+        // a committed snapshot with missing data, and a step does not wait for the disk.
+        self.cfg.store.commit_snapshot_unsynced(&snap.id)?;
         let created = self.cfg.source_date_epoch.unwrap_or_else(unix_now);
         Ok(Layer {
             snapshot: snap.id.clone(),
