@@ -20,9 +20,13 @@ use std::path::PathBuf;
 const ID_LEN: usize = 10;
 const COMMITTED: &str = "committed";
 const OWNER: &str = "owner";
-/// [`Store::open`] settles snapshots committed unsynced at least this long ago (twice the
-/// kernel's default dirty-page expiry, so their data is normally on disk already).
-pub const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// [`Store::open`] settles snapshots committed unsynced at least this long ago. By then the
+/// kernel has normally written their data back (default dirty expiry: 30 s), so the `syncfs`
+/// costs little on a quiet machine; but it also flushes every other process's dirty data on
+/// that filesystem, so it should not run at every open. The price of the delay: a crash or
+/// reboot within this window of a build drops that build's step snapshots (cache misses,
+/// never wrong data).
+pub const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 /// Uncommitted snapshots without a readable owner file are removed after this long.
 const ORPHAN_SECS: u64 = 3600;
 /// Prefix of an unsynced marker's content.
