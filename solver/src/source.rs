@@ -12,6 +12,9 @@ use rbuild_oci::{Reference, RegistryClient};
 
 use crate::{Chain, Layer, ResolvedImage, SolveError, Solver};
 
+/// A pulled layer and whether its snapshot is new (still to be committed).
+type Pulled = (Layer, bool);
+
 const RESOLVE_NS: &str = "resolve";
 const LAYER_NS: &str = "layer-snapshot";
 
@@ -114,7 +117,7 @@ impl Solver {
             });
         }
         let reference = Reference::parse(&image.reference)?;
-        let results: Mutex<Vec<Option<Result<(Layer, bool), SolveError>>>> =
+        let results: Mutex<Vec<Option<Result<Pulled, SolveError>>>> =
             Mutex::new((0..image.layers.len()).map(|_| None).collect());
         // Layers download and unpack in parallel (bounded by the parallelism setting).
         let width = self.cfg.max_parallelism.clamp(1, 4);
@@ -191,7 +194,7 @@ impl Solver {
         reference: &Reference,
         desc: &rbuild_oci::Descriptor,
         diff_id: &str,
-    ) -> Result<(Layer, bool), SolveError> {
+    ) -> Result<Pulled, SolveError> {
         let store = &self.cfg.store;
         let layer = |snapshot: String| Layer {
             snapshot,
