@@ -41,6 +41,13 @@ pub(crate) fn mount_overlay(
             "overlay mount needs at least one lower directory".into(),
         ));
     }
+    if let Some((_, work)) = upper_work {
+        // An earlier `volatile` mount of this upper/work pair leaves work/incompat/volatile,
+        // which makes overlayfs refuse any later mount of it. Whether the upper's data is
+        // trustworthy is the caller's business (the store's commit markers decide), so the
+        // marker is cleared for a deliberate re-mount.
+        let _ = std::fs::remove_dir_all(work.join("work").join("incompat"));
+    }
     match overlay_new_api(lowers, upper_work, target) {
         Ok(()) => Ok(()),
         // ENOSYS: no fsopen; EINVAL on "lowerdir+": kernel older than 6.8.
