@@ -4,7 +4,7 @@
 //! that allocated it, and `<id>/committed` a marker written by [`Store::commit_snapshot`] (the
 //! data is on disk: the marker is empty) or [`Store::commit_snapshot_unsynced`] (the data may
 //! still be only in the page cache: the marker holds `boot <kernel boot id>`, and counts only
-//! during that boot — after a crash or reboot the snapshot is treat as uncommitted and removed).
+//! during that boot — after a crash or reboot the snapshot is treated as uncommitted and removed).
 //! [`Store::settle_snapshots`] makes unsynced snapshots durable with one `syncfs` and empties
 //! their markers. [`Store::open`] removes uncommitted snapshots whose owner is dead (a crash
 //! mid-build) and unsynced ones from an earlier boot.
