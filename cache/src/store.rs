@@ -49,7 +49,9 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open (creating when needed) the store at `root`, then repair what a crashed run left:
-    /// stale `tmp/` entries and uncommitted snapshots of dead processes are removed.
+    /// stale `tmp/` entries, uncommitted snapshots of dead processes and unsynced ones from an
+    /// earlier boot are removed; unsynced snapshots older than
+    /// [`SETTLE_AFTER`](crate::snapshot::SETTLE_AFTER) are synced.
     pub fn open(root: &Path) -> Result<Store, CacheError> {
         for sub in [BLOBS_DIR, SNAPSHOTS_DIR, TMP_DIR, LOCKS_DIR] {
             let p = root.join(sub);
@@ -68,6 +70,8 @@ impl Store {
         store.check_mode()?;
         store.clean_tmp()?;
         store.clean_snapshots()?;
+        // Best effort: a failed sync leaves the markers unsynced, which is safe.
+        let _ = store.settle_snapshots(crate::snapshot::SETTLE_AFTER);
         Ok(store)
     }
 

@@ -448,3 +448,49 @@ fn many_openers_of_one_new_store_all_succeed() {
         }
     }
 }
+
+#[test]
+fn unsynced_snapshots_count_during_their_boot_only_and_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let marker = |id: &str| dir.path().join("snapshots-v1").join(id).join("committed");
+
+    let s = store.new_snapshot().unwrap();
+    std::fs::write(s.fs.join("file"), b"layer").unwrap();
+    store.commit_snapshot_unsynced(&s.id).unwrap();
+    assert!(store.snapshot_exists(&s.id));
+    assert_eq!(store.list_snapshots().unwrap(), vec![s.id.clone()]);
+    let text = std::fs::read_to_string(marker(&s.id)).unwrap();
+    assert!(text.starts_with("boot "), "{text:?}");
+    // Young: another open leaves it unsynced and committed.
+    drop(Store::open(dir.path()).unwrap());
+    assert!(store.snapshot_exists(&s.id));
+    assert!(!std::fs::read(marker(&s.id)).unwrap().is_empty());
+    // Settled: the marker says "on disk" (empty), whatever the boot.
+    assert_eq!(
+        store.settle_snapshots(std::time::Duration::ZERO).unwrap(),
+        1
+    );
+    assert!(std::fs::read(marker(&s.id)).unwrap().is_empty());
+    assert!(store.snapshot_exists(&s.id));
+
+    // Committed unsynced during an earlier boot (a crash or reboot since): not trusted, and
+    // the next open removes it.
+    let old = store.new_snapshot().unwrap();
+    std::fs::write(old.fs.join("file"), b"maybe lost").unwrap();
+    store.commit_snapshot_unsynced(&old.id).unwrap();
+    std::fs::write(
+        marker(&old.id),
+        "boot 00000000-0000-0000-0000-000000000000\n",
+    )
+    .unwrap();
+    assert!(!store.snapshot_exists(&old.id));
+    assert!(matches!(
+        store.snapshot_fs(&old.id),
+        Err(CacheError::SnapshotNotCommitted { .. })
+    ));
+    assert_eq!(store.list_snapshots().unwrap(), vec![s.id.clone()]);
+    drop(Store::open(dir.path()).unwrap());
+    assert!(!dir.path().join("snapshots-v1").join(&old.id).exists());
+    assert!(store.snapshot_exists(&s.id));
+}

@@ -379,7 +379,17 @@ fn build_image(
         .iter()
         .map(|(_, plan)| (&plan.definition, plan.root))
         .collect();
-    let outs = crate::multiplat::solve_all(&solver, &graphs, progress);
+    let mut outs = crate::multiplat::solve_all(&solver, &graphs, progress);
+    // A failing platform stops the others (the solver's abort flag): its error is the
+    // build's, not the other platforms' `Cancelled`.
+    if let Some(i) = outs
+        .iter()
+        .position(|o| matches!(o, Err(e) if !matches!(e, rbuild_solver::SolveError::Cancelled)))
+    {
+        if let Err(e) = outs.swap_remove(i) {
+            return Err(solve_error(inputs, e));
+        }
+    }
     let mut built = Vec::with_capacity(plans.len());
     for (((platform, plan), out), annotations) in plans.iter().zip(outs).zip(&annotations) {
         let out = out.map_err(|e| solve_error(inputs, e))?;

@@ -152,6 +152,7 @@ impl Progress for Offset<'_> {
                 vertex: vertex + b,
                 reason,
             },
+            Event::Cancelled { vertex } => Event::Cancelled { vertex: vertex + b },
             other => other,
         });
     }

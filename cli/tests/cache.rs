@@ -518,3 +518,106 @@ fn sigterm_stops_running_steps_and_leaves_the_store_usable() {
         );
     }
 }
+
+/// Snapshot directories of a store that lack the `committed` marker (partial layers).
+fn uncommitted_snapshots(store: &Path) -> Vec<String> {
+    fs::read_dir(store.join("snapshots-v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| !d.join("committed").exists())
+        .map(|d| d.display().to_string())
+        .collect()
+}
+
+#[test]
+fn first_failure_cancels_running_steps_in_other_branches() {
+    let slow = "RUN echo start && sleep 29.3 && touch /done";
+    let df = |bad: &str| {
+        format!(
+            "FROM busybox AS slow\n{slow}\nFROM busybox AS bad\nRUN {bad}\nFROM busybox\nCOPY --from=slow /done /done\nCOPY --from=bad /etc/passwd /p\n"
+        )
+    };
+    let p = Project::new(&df("sleep 1 && exit 3"));
+    let b = p.build(&["--max-parallelism", "4"]);
+    assert!(!b.out.status.success());
+    let text = b.lines.join("\n");
+    // The build's error is the failing step's, not the cancellation of the other one.
+    let last = b.lines.iter().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        text.contains("exit code 3") && !text.contains("build cancelled"),
+        "{text}"
+    );
+    assert!(!last.contains("cancel"), "{text}");
+    // The sleeping step had started and was reported cancelled, never done.
+    let n = b
+        .lines
+        .iter()
+        .find(|l| l.contains("[slow 2/2] RUN"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the slow step never started:\n{text}"))
+        .to_string();
+    assert!(
+        b.lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{n} ")) && l.ends_with(" start")),
+        "the slow step was not running yet:\n{text}"
+    );
+    assert!(
+        b.lines.contains(&format!("{n} CANCELED")),
+        "the slow step was not cancelled:\n{text}"
+    );
+    assert!(!b.lines.contains(&format!("{n} DONE")), "{text}");
+    // Its process was killed with the sandbox.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ps = Command::new("pgrep")
+        .args(["-f", "sleep 29.3"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "cancelled step still running: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    // No partial layer was committed (checked before any other rbuild repairs the store).
+    let left = uncommitted_snapshots(p.store.path());
+    assert!(left.is_empty(), "partial snapshots left: {left:?}");
+
+    // With the failing step fixed, the cancelled step is not a cache hit: it runs again.
+    p.file("Dockerfile", &df("true"));
+    let mut child = p
+        .cmd(p.store.path(), &["build", "--max-parallelism", "4"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        let mut slow_n: Option<String> = None;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            seen.push(l.clone());
+            if slow_n.is_none() && l.contains("[slow 2/2] RUN") {
+                slow_n = l.split_whitespace().next().map(str::to_string);
+            }
+            let Some(n) = &slow_n else { continue };
+            let ran = l.starts_with(&format!("{n} ")) && l.ends_with(" start");
+            if ran || l == format!("{n} CACHED") {
+                let _ = tx.send((ran, seen.join("\n")));
+                return;
+            }
+        }
+        let _ = tx.send((false, seen.join("\n")));
+    });
+    let (ran, seen) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("no progress from the rebuild");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(ran, "the cancelled step was reused from the cache:\n{seen}");
+}

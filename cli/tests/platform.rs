@@ -476,3 +476,23 @@ fn annotations_reach_the_index_its_descriptor_and_each_platforms_entry() {
         r.stderr()
     );
 }
+
+#[test]
+fn a_failing_platform_fails_the_build_with_its_own_error() {
+    // only amd64 has its file: the arm64 COPY fails; amd64 may finish or be stopped
+    let p = Project::new("FROM scratch\nARG TARGETARCH\nCOPY a-$TARGETARCH.txt /a\n");
+    p.file("a-amd64.txt", "A");
+    let r = p
+        .build(&["--platform", "linux/amd64,linux/arm64", "-t", "half:1"])
+        .fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("a-arm64.txt"), "{err}");
+    assert!(!err.contains("ERROR: build cancelled"), "{err}");
+    // nothing is tagged
+    let o = p.cmd(&["images"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("half"),
+        "{o:?}"
+    );
+}

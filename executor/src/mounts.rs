@@ -51,6 +51,13 @@ pub(crate) fn mount_overlay(
             "overlay mount needs at least one lower directory".into(),
         ));
     }
+    if let Some((_, work)) = upper_work {
+        // An earlier `volatile` mount of this upper/work pair leaves work/incompat/volatile,
+        // which makes overlayfs refuse any later mount of it. Whether the upper's data is
+        // trustworthy is the caller's business (the store's commit markers decide), so the
+        // marker is cleared for a deliberate re-mount.
+        let _ = std::fs::remove_dir_all(work.join("work").join("incompat"));
+    }
     match overlay_new_api(lowers, upper_work, target) {
         Ok(()) => Ok(()),
         // ENOSYS: no fsopen; EINVAL on "lowerdir+": kernel older than 6.8.
@@ -100,6 +107,10 @@ fn overlay_new_api(
         for (key, value) in layer_options() {
             let _ = fsconfig_set_string(&fs, *key, *value);
         }
+        // No sync of the whole upper filesystem at unmount (kernel ≥ 5.10): the store commits
+        // step snapshots with a boot-scoped marker and syncs them in batches instead
+        // (rbuild_cache::Store::commit_snapshot_unsynced). Best effort like the options above.
+        let _ = rustix::mount::fsconfig_set_flag(&fs, "volatile");
     }
     fsconfig_create(&fs).map_err(|e| ("fsconfig create", e))?;
     let attrs = if upper_work.is_some() {

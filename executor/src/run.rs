@@ -12,6 +12,9 @@ use crate::error::ExecutorError;
 use crate::protocol::{HelperInput, HelperReport, STATUS_FD};
 use crate::{sys, ExecSpec, ExitStatus, Helper, Runtime, Stream};
 
+/// How often [`Executor::run_cancellable`] checks whether the step was cancelled.
+pub const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Runs steps in sandboxes through a helper process.
 #[derive(Debug, Clone)]
 pub struct Executor {
@@ -50,6 +53,20 @@ impl Executor {
         &self,
         spec: &ExecSpec,
         output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<ExitStatus, ExecutorError> {
+        self.run_cancellable(spec, output, &|| false)
+    }
+
+    /// [`run`](Self::run), killing the sandbox as soon as `cancelled` returns true (polled
+    /// every [`CANCEL_POLL`]). The helper is killed with SIGKILL; the step's process tree dies
+    /// with it (the sandbox init has `PR_SET_PDEATHSIG` and is pid 1 of its namespace). The
+    /// result is then the helper's status as usual (e.g. killed by signal 9): the caller, which
+    /// knows why it cancelled, decides what to report.
+    pub fn run_cancellable(
+        &self,
+        spec: &ExecSpec,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<ExitStatus, ExecutorError> {
         if spec.args.is_empty() {
             return Err(ExecutorError::InvalidSpec("args is empty".into()));
@@ -93,8 +110,21 @@ impl Executor {
         }
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        let pid = rustix::process::Pid::from_child(&child);
+        let finished = std::sync::atomic::AtomicBool::new(false);
 
         let status_bytes = std::thread::scope(|scope| {
+            // The helper is not waited for before this scope ends, so its pid cannot be reused
+            // while the watcher may still signal it.
+            let watcher = scope.spawn(|| {
+                while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                    if cancelled() {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        return;
+                    }
+                    std::thread::sleep(CANCEL_POLL);
+                }
+            });
             let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
             for (stream, pipe) in [
                 (
@@ -134,7 +164,10 @@ impl Executor {
             for (stream, chunk) in rx {
                 output(stream, &chunk);
             }
-            status_reader.join()
+            let r = status_reader.join();
+            finished.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = watcher.join();
+            r
         });
         let wait = child.wait().map_err(|e| ExecutorError::HelperIo {
             op: "wait for helper",

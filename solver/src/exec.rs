@@ -93,23 +93,37 @@ impl Solver {
             resources: self.cfg.resources.clone(),
         };
         let mut tail = Tail::default();
-        let status = self.cfg.executor.run(&spec, &mut |stream, data| {
-            tail.push(data);
-            progress.event(Event::Log {
-                vertex,
-                stderr: matches!(stream, Stream::Stderr),
-                data: data.to_vec(),
-            });
-        });
+        let aborted = || self.aborted();
+        let status = self.cfg.executor.run_cancellable(
+            &spec,
+            &mut |stream, data| {
+                tail.push(data);
+                progress.event(Event::Log {
+                    vertex,
+                    stderr: matches!(stream, Stream::Stderr),
+                    data: data.to_vec(),
+                });
+            },
+            &aborted,
+        );
         let status = match status {
             Ok(s) => s,
             Err(e) => {
                 let _ = store.remove_snapshot(&snap.id);
-                return Err(e.into());
+                // A killed helper reports nothing: the cancellation is the reason.
+                return Err(if self.aborted() {
+                    SolveError::Cancelled
+                } else {
+                    e.into()
+                });
             }
         };
         if !status.success() {
             let _ = store.remove_snapshot(&snap.id);
+            if self.aborted() {
+                // Killed because another step failed (or Ctrl-C): not this step's failure.
+                return Err(SolveError::Cancelled);
+            }
             let code = status
                 .code
                 .unwrap_or_else(|| 128 + status.signal.unwrap_or(0));

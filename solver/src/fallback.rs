@@ -186,9 +186,38 @@ impl Drop for WorkRoot {
 }
 
 impl Solver {
+    /// [`use_copy_snapshotter`] with the probe's answer remembered in the store per kernel
+    /// boot (metadata `host`/`overlay`: `<boot id> yes|no`): the probe mounts an overlay, and
+    /// unmounting it syncs the whole filesystem, which a build should not pay every time.
+    pub(crate) fn copy_mode(&self) -> bool {
+        if let Some(forced) = forced_copy(std::env::var(SNAPSHOTTER_ENV).ok().as_deref()) {
+            return forced;
+        }
+        *self.copy_mode.get_or_init(|| {
+            let store = &self.cfg.store;
+            let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+            if let (Some(boot), Ok(Some(v))) = (&boot, store.meta_get("host", "overlay")) {
+                if let Some((b, ok)) = v.split_once(' ') {
+                    if b == boot {
+                        return ok != "yes";
+                    }
+                }
+            }
+            let ok = rbuild_executor::overlay_supported();
+            if let Some(boot) = boot {
+                let v = format!("{boot} {}", if ok { "yes" } else { "no" });
+                let _ = store.meta_put("host", "overlay", &v);
+            }
+            !ok
+        })
+    }
+
     /// In copy mode, the materialized root of a step on `chain`; `None` when overlayfs is used.
     pub(crate) fn copy_work_root(&self, chain: &Chain) -> Result<Option<WorkRoot>, SolveError> {
-        if !use_copy_snapshotter() {
+        if !self.copy_mode() {
             return Ok(None);
         }
         let mut layers = self.lowers(chain)?;

@@ -42,7 +42,7 @@ impl Solver {
         };
         let snap = store.new_snapshot()?;
         let mnt = store.tmp_dir().join(format!("mnt-{}", snap.id));
-        let result = if crate::fallback::use_copy_snapshotter() {
+        let result = if self.copy_mode() {
             self.file_copy_mode(op, inputs, &base, &snap, &mnt)
         } else {
             self.file_in_namespace(op, inputs, &base, &snap, &mnt)
@@ -634,31 +634,39 @@ impl Ctx<'_> {
         c: &CopyAction,
         owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
-        if let Ok(t) = fs::symlink_metadata(target) {
-            if t.is_dir() {
-                fs::remove_dir_all(target).map_err(|e| format!("{}: {e}", target.display()))?;
-            } else {
-                fs::remove_file(target).map_err(|e| format!("{}: {e}", target.display()))?;
-            }
-        }
         let ft = md.file_type();
         let (uid, gid) = owner.unwrap_or((md.uid(), md.gid()));
+        if ft.is_file() {
+            // The common case (nothing at the target yet) costs two opens and fd calls only;
+            // whatever is in the way is removed first otherwise.
+            let mode = apply_chmod(c.mode.as_ref(), md.mode() & 0o7777, false)?;
+            let dst = match create_new(target) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    remove_existing(target)?;
+                    create_new(target).map_err(|e| format!("{}: {e}", target.display()))?
+                }
+                Err(e) => return Err(format!("{}: {e}", target.display())),
+            };
+            let from = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+            copy_data(&from, &dst, md.len())
+                .map_err(|e| format!("copying {}: {e}", src.display()))?;
+            let t = md.modified().map_err(|e| e.to_string())?;
+            std::os::unix::fs::fchown(&dst, Some(uid), Some(gid))
+                .and_then(|()| dst.set_permissions(fs::Permissions::from_mode(mode)))
+                .and_then(|()| dst.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)))
+                .map_err(|e| format!("{}: {e}", target.display()))?;
+            return Ok(());
+        }
+        remove_existing(target)?;
         if ft.is_symlink() {
             let link = fs::read_link(src).map_err(|e| format!("{}: {e}", src.display()))?;
             symlink(&link, target).map_err(|e| format!("{}: {e}", target.display()))?;
             lchown(target, uid, gid)?;
             return set_mtime(target, md, false);
         }
-        if !ft.is_file() {
-            // Devices, fifos and sockets are not copied (Docker skips sockets; devices need mknod).
-            return Ok(());
-        }
-        fs::copy(src, target).map_err(|e| format!("copying {}: {e}", src.display()))?;
-        let mode = apply_chmod(c.mode.as_ref(), md.mode() & 0o7777, false)?;
-        lchown(target, uid, gid)?;
-        fs::set_permissions(target, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", target.display()))?;
-        set_mtime(target, md, true)
+        // Devices, fifos and sockets are not copied (Docker skips sockets; devices need mknod).
+        Ok(())
     }
 
     /// mkdir -p of a resolved host path inside the root; new dirs get 0755 and `owner`.
@@ -775,6 +783,52 @@ impl Ctx<'_> {
             lchown(&at, u, g)?;
         }
         Ok(())
+    }
+}
+
+/// Create a regular file that must not exist yet (never following a symlink at `p`).
+fn create_new(p: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)
+}
+
+/// Remove whatever is at `p` (a directory recursively); nothing there is fine.
+fn remove_existing(p: &Path) -> Result<(), String> {
+    match fs::symlink_metadata(p) {
+        Ok(t) if t.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(_) => Ok(()),
+    }
+    .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Copy a file's `len` bytes with sendfile (no user-space copy, one call for a small file);
+/// falls back to read/write where the filesystems do not support it.
+fn copy_data(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
+    let mut done = 0u64;
+    loop {
+        let want = (len.saturating_sub(done)).clamp(1 << 16, 1 << 30) as usize;
+        match rustix::fs::sendfile(to, from, None, want) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                done += n as u64;
+                // The size stat saw when the step's cache key was computed: done.
+                if done >= len {
+                    return Ok(());
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if done == 0 => {
+                let (mut r, mut w) = (from, to);
+                io::copy(&mut r, &mut w)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -145,10 +145,27 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, SolveErr
     if let Some(limit) = opts.keep_storage {
         let mut snap_refs: HashMap<String, usize> = HashMap::new();
         let mut blob_refs: HashMap<String, usize> = HashMap::new();
+        // Tars written later for step snapshots count as those layers' blobs.
+        let mut tars: HashMap<String, String> = HashMap::new();
+        for (key, json) in store.meta_list(crate::image::LAYER_TAR_NS)? {
+            if let Ok(info) = serde_json::from_str::<rbuild_cache::BlobInfo>(&json) {
+                tars.insert(
+                    crate::image::tar_meta_snapshot(&key).to_string(),
+                    info.digest,
+                );
+            }
+        }
+        let blob_of = |l: &crate::Layer| -> String {
+            if l.blob.is_empty() {
+                tars.get(&l.snapshot).cloned().unwrap_or_default()
+            } else {
+                l.blob.clone()
+            }
+        };
         for (_, _, rec) in &entries {
             for l in rec.iter().flat_map(|r| r.chain.iter()) {
                 *snap_refs.entry(l.snapshot.clone()).or_default() += 1;
-                *blob_refs.entry(l.blob.clone()).or_default() += 1;
+                *blob_refs.entry(blob_of(l)).or_default() += 1;
             }
         }
         let blob_sizes: BTreeMap<String, u64> = store
@@ -190,10 +207,11 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, SolveErr
                         total = total.saturating_sub(*snap_sizes.get(&l.snapshot).unwrap_or(&0));
                     }
                 }
-                if let Some(n) = blob_refs.get_mut(&l.blob) {
+                let blob = blob_of(l);
+                if let Some(n) = blob_refs.get_mut(&blob) {
                     *n -= 1;
-                    if *n == 0 && !pinned.contains(&l.blob) {
-                        total = total.saturating_sub(*blob_sizes.get(&l.blob).unwrap_or(&0));
+                    if *n == 0 && !pinned.contains(&blob) {
+                        total = total.saturating_sub(*blob_sizes.get(&blob).unwrap_or(&0));
                     }
                 }
             }
@@ -220,6 +238,16 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, SolveErr
     for (diff_id, snap) in store.meta_list(LAYER_NS)? {
         if !live_snaps.contains(&snap) {
             store.meta_delete(LAYER_NS, &diff_id)?;
+        }
+    }
+    // Layer tars written for step snapshots live as long as their snapshot.
+    for (key, json) in store.meta_list(crate::image::LAYER_TAR_NS)? {
+        if live_snaps.contains(crate::image::tar_meta_snapshot(&key)) {
+            if let Ok(info) = serde_json::from_str::<rbuild_cache::BlobInfo>(&json) {
+                live_blobs.insert(info.digest);
+            }
+        } else {
+            store.meta_delete(crate::image::LAYER_TAR_NS, &key)?;
         }
     }
     for id in store.list_snapshots()? {

@@ -167,6 +167,11 @@ pub enum Event {
         vertex: usize,
         reason: String,
     },
+    /// The step was stopped (its process killed, its partial layer discarded) because
+    /// another step of the build failed.
+    Cancelled {
+        vertex: usize,
+    },
 }
 
 /// Receiver of progress events (the CLI renders them).
@@ -223,6 +228,11 @@ pub struct Solver {
     pub(crate) cfg: SolverConfig,
     pub(crate) resolved: Mutex<BTreeMap<String, ResolvedImage>>,
     pub(crate) mounts: runmount::MountState,
+    /// Set by the scheduler on the first failure: running RUN steps are killed and no new
+    /// step starts ([`Solver::aborted`]).
+    pub(crate) abort: std::sync::atomic::AtomicBool,
+    /// Whether steps use the copy snapshotter ([`Solver::copy_mode`]), decided once.
+    pub(crate) copy_mode: std::sync::OnceLock<bool>,
 }
 
 impl Solver {
@@ -231,6 +241,8 @@ impl Solver {
             cfg,
             resolved: Mutex::new(BTreeMap::new()),
             mounts: runmount::MountState::default(),
+            abort: std::sync::atomic::AtomicBool::new(false),
+            copy_mode: std::sync::OnceLock::new(),
         })
     }
 
@@ -240,5 +252,16 @@ impl Solver {
 
     pub fn config(&self) -> &SolverConfig {
         &self.cfg
+    }
+
+    /// Whether running steps should stop: a step of this build failed, or the build was
+    /// cancelled (Ctrl-C / SIGTERM).
+    pub(crate) fn aborted(&self) -> bool {
+        self.abort.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .cfg
+                .cache
+                .cancel
+                .load(std::sync::atomic::Ordering::SeqCst)
     }
 }

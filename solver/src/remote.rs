@@ -261,11 +261,9 @@ impl Solver {
             return Ok(None);
         };
         let store = &self.cfg.store;
-        if rec
-            .chain
-            .iter()
-            .all(|l| store.snapshot_exists(&l.snapshot) && store.has_blob(&l.blob))
-        {
+        if rec.chain.iter().all(|l| {
+            store.snapshot_exists(&l.snapshot) && (l.blob.is_empty() || store.has_blob(&l.blob))
+        }) {
             let _ = store.index_touch(key);
             Ok(Some(rec.chain))
         } else {

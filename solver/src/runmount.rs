@@ -29,7 +29,7 @@ use rbuild_executor::{ExtraMount, Network, Security};
 use rbuild_graph::{CacheSharing, Definition, ExecOp, MountKind, NetworkMode, Op, SecurityMode};
 use rustix::fs::{flock, FlockOperation, Mode, OFlags};
 
-use crate::fallback::{materialize, use_copy_snapshotter};
+use crate::fallback::materialize;
 use crate::fileop::resolve_in_root;
 use crate::sshproxy::SshProxy;
 use crate::{Solver, Value};
@@ -296,7 +296,7 @@ impl Solver {
         writable: bool,
     ) -> Result<(), String> {
         let rel = source.trim_start_matches('/');
-        let copy = use_copy_snapshotter();
+        let copy = self.copy_mode();
         match input {
             Value::Local(dir) => {
                 let path = resolve_in_root(&dir.path, rel, true)

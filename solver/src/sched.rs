@@ -4,7 +4,10 @@
 //! becomes ready when all its inputs are solved. For each node the worker computes the cache
 //! key (see [`crate::cachekey`]), returns the indexed result on a hit, and otherwise runs the
 //! op and records the result. The first failure (or [`crate::CacheOptions::cancel`]) stops new
-//! work; running steps finish.
+//! work and cancels the running RUN steps: their sandboxes are killed, their snapshots removed
+//! and nothing is recorded for them (they are reported with [`Event::Cancelled`]); the first
+//! failure is the build's error. File ops and pulls already running finish (they are short and
+//! leave a complete, correct result).
 //!
 //! Deduplication: a miss takes the store lock `key-<hex>` (a flock, so it excludes other
 //! threads and other rbuild processes on the same store), then looks the key up again; a step
@@ -205,6 +208,12 @@ impl Solver {
                         }
                     }
                 }
+                Err(SolveError::Cancelled) if st.failed.is_some() || self.aborted() => {
+                    progress.event(Event::Cancelled { vertex: id });
+                    if st.failed.is_none() {
+                        st.failed = Some(SolveError::Cancelled);
+                    }
+                }
                 Err(e) => {
                     progress.event(Event::Failed {
                         vertex: id,
@@ -213,6 +222,8 @@ impl Solver {
                     if st.failed.is_none() {
                         st.failed = Some(e);
                     }
+                    // Stop the steps still running in other branches.
+                    self.abort.store(true, Ordering::SeqCst);
                 }
             }
             cv.notify_all();
@@ -454,7 +465,7 @@ impl Solver {
                 return hit(rec);
             }
         }
-        if self.cfg.cache.cancel.load(Ordering::SeqCst) {
+        if self.aborted() {
             return Err(SolveError::Cancelled);
         }
         let rec = make_rec();
@@ -587,11 +598,9 @@ impl Solver {
         };
         // A record whose snapshots or blobs were pruned is a miss, not an error.
         let store = &self.cfg.store;
-        if rec
-            .chain
-            .iter()
-            .all(|l| store.snapshot_exists(&l.snapshot) && store.has_blob(&l.blob))
-        {
+        if rec.chain.iter().all(|l| {
+            store.snapshot_exists(&l.snapshot) && (l.blob.is_empty() || store.has_blob(&l.blob))
+        }) {
             let _ = store.index_touch(key);
             Ok(Some(rec))
         } else {

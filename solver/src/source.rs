@@ -12,6 +12,9 @@ use rbuild_oci::{Reference, RegistryClient};
 
 use crate::{Chain, Layer, ResolvedImage, SolveError, Solver};
 
+/// A pulled layer and whether its snapshot is new (still to be committed).
+type Pulled = (Layer, bool);
+
 const RESOLVE_NS: &str = "resolve";
 const LAYER_NS: &str = "layer-snapshot";
 
@@ -114,7 +117,7 @@ impl Solver {
             });
         }
         let reference = Reference::parse(&image.reference)?;
-        let results: Mutex<Vec<Option<Result<Layer, SolveError>>>> =
+        let results: Mutex<Vec<Option<Result<Pulled, SolveError>>>> =
             Mutex::new((0..image.layers.len()).map(|_| None).collect());
         // Layers download and unpack in parallel (bounded by the parallelism setting).
         let width = self.cfg.max_parallelism.clamp(1, 4);
@@ -141,19 +144,57 @@ impl Solver {
             }
         });
         let results = results.into_inner().map_err(|_| SolveError::Cancelled)?;
+        let store = &self.cfg.store;
         let mut chain = Vec::with_capacity(results.len());
+        let mut fresh = Vec::new();
+        let mut failed = None;
         for r in results {
-            chain.push(r.ok_or(SolveError::Cancelled)??);
+            match r.ok_or(SolveError::Cancelled).and_then(|r| r) {
+                Ok((layer, new)) => {
+                    if new {
+                        fresh.push((layer.diff_id.clone(), layer.snapshot.clone()));
+                    }
+                    chain.push(layer);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        // Unpacked snapshots become durable with one syncfs, then get their markers: a crash
+        // never leaves a committed snapshot with missing data.
+        let committed = match failed {
+            Some(e) => Err(e),
+            None if fresh.is_empty() => Ok(()),
+            None => store
+                .sync_filesystem()
+                .map_err(SolveError::from)
+                .and_then(|()| {
+                    fresh.iter().try_for_each(|(diff_id, id)| {
+                        store.commit_snapshot(id)?;
+                        store.meta_put(LAYER_NS, diff_id, id)?;
+                        Ok(())
+                    })
+                }),
+        };
+        if let Err(e) = committed {
+            for (_, id) in &fresh {
+                if !store.snapshot_exists(id) {
+                    let _ = store.remove_snapshot(id);
+                }
+            }
+            return Err(e);
         }
         Ok(chain)
     }
 
+    /// Fetch and unpack one layer; `true` when its snapshot is new and still to be committed.
     fn pull_one(
         &self,
         reference: &Reference,
         desc: &rbuild_oci::Descriptor,
         diff_id: &str,
-    ) -> Result<Layer, SolveError> {
+    ) -> Result<Pulled, SolveError> {
         let store = &self.cfg.store;
         let layer = |snapshot: String| Layer {
             snapshot,
@@ -165,7 +206,7 @@ impl Solver {
         };
         if let Some(id) = store.meta_get(LAYER_NS, diff_id)? {
             if store.snapshot_exists(&id) && store.has_blob(&desc.digest) {
-                return Ok(layer(id));
+                return Ok((layer(id), false));
             }
         }
         self.cfg
@@ -177,10 +218,11 @@ impl Solver {
             })?;
         let snap = store.new_snapshot()?;
         let file = store.open_blob(&desc.digest)?;
-        rbuild_oci::apply_layer(std::io::BufReader::new(file), &snap.fs)?;
-        store.commit_snapshot(&snap.id)?;
-        store.meta_put(LAYER_NS, diff_id, &snap.id)?;
-        Ok(layer(snap.id))
+        if let Err(e) = rbuild_oci::apply_layer(std::io::BufReader::new(file), &snap.fs) {
+            let _ = store.remove_snapshot(&snap.id);
+            return Err(e.into());
+        }
+        Ok((layer(snap.id), true))
     }
 }
 

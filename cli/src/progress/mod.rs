@@ -79,6 +79,8 @@ pub enum Status {
     Cached,
     Done(f64),
     Error(String),
+    /// Stopped because another step failed.
+    Cancelled,
 }
 
 /// Output lines kept per step for the live view and for error reports (the plain and rawjson
@@ -133,6 +135,8 @@ pub enum Change<'a> {
         v: usize,
         message: &'a str,
     },
+    /// Stopped because another step failed (BuildKit's `CANCELED`).
+    Cancelled(usize),
     Warning(&'a str),
     /// Why a step ran, or which earlier build its cached result came from (`--explain`).
     Explain {
@@ -535,6 +539,12 @@ impl Progress for Reporter {
                     let m = short_message(&tracker.vertices[v].name, &message).to_string();
                     tracker.vertices[v].status = Status::Error(m.clone());
                     render.change(tracker, &Change::Error { v, message: &m }, out);
+                }
+                Event::Cancelled { vertex } => {
+                    let v = tracker.vertex(Key::Graph(vertex), None);
+                    emit_rest(tracker, render.as_mut(), v, out);
+                    tracker.vertices[v].status = Status::Cancelled;
+                    render.change(tracker, &Change::Cancelled(v), out);
                 }
                 Event::Explain { vertex, reason } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);

@@ -86,6 +86,11 @@ impl Render for Plain {
                 let _ = writeln!(out, "#{} ERROR: {message}", vx.n);
                 self.last = None;
             }
+            Change::Cancelled(v) => {
+                self.header(t, *v, out);
+                let _ = writeln!(out, "#{} CANCELED", t.vertices[*v].n);
+                self.last = None;
+            }
             Change::Warning(text) => {
                 let _ = writeln!(out, "WARNING: {text}");
             }

@@ -72,6 +72,10 @@ impl Render for RawJson {
                     json!({"type": "error", "vertex": vx.n, "name": vx.name, "error": message}),
                 );
             }
+            Change::Cancelled(v) => {
+                let vx = &t.vertices[*v];
+                emit(out, json!({"type": "canceled", "vertex": vx.n}));
+            }
             Change::Warning(text) => emit(out, json!({"type": "warning", "message": text})),
             Change::Explain { v, reason } => emit(
                 out,

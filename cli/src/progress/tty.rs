@@ -134,6 +134,7 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
             Status::Cached => ("CACHED ", ""),
             Status::Done(_) => ("", ""),
             Status::Error(_) => ("ERROR ", "31"),
+            Status::Cancelled => ("CANCELED ", "33"),
         };
         let time = format!("{:.1}s", v.elapsed());
         let left = cut(&format!(" => {mark}{}", v.name), width - time.len() - 1);
@@ -157,9 +158,11 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
 impl Render for Tty {
     fn change(&mut self, t: &Tracker, c: &Change<'_>, out: &mut dyn Write) {
         match c {
-            Change::Started(_) | Change::Cached(_) | Change::Done(_) | Change::Error { .. } => {
-                self.redraw(t, None, out)
-            }
+            Change::Started(_)
+            | Change::Cached(_)
+            | Change::Done(_)
+            | Change::Error { .. }
+            | Change::Cancelled(_) => self.redraw(t, None, out),
             Change::Line { .. } | Change::Chunk { .. } => self.dirty = true,
             Change::Warning(w) => self.warnings.push(w.to_string()),
             Change::Explain { v, reason } => {
