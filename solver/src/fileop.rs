@@ -653,7 +653,8 @@ impl Ctx<'_> {
                 .map_err(|e| format!("copying {}: {e}", src.display()))?;
             let t = md.modified().map_err(|e| e.to_string())?;
             std::os::unix::fs::fchown(&dst, Some(uid), Some(gid))
-                .and_then(|()| dst.set_permissions(fs::Permissions::from_mode(mode)))
+                .map_err(|e| chown_error(target, uid, gid, e))?;
+            dst.set_permissions(fs::Permissions::from_mode(mode))
                 .and_then(|()| dst.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)))
                 .map_err(|e| format!("{}: {e}", target.display()))?;
             return Ok(());
@@ -843,14 +844,17 @@ fn finish_dir(target: &Path, md: &fs::Metadata) -> Result<(), String> {
 }
 
 fn lchown(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| {
-        if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
-            && rbuild_cache::overlay::rootless()
-        {
-            return rbuild_cache::overlay::unmapped_id_message(p, uid, gid);
-        }
-        format!("chown {}: {e}", p.display())
-    })
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| chown_error(p, uid, gid, e))
+}
+
+/// A failed chown; rootless, EINVAL means an id outside the user namespace's map.
+fn chown_error(p: &Path, uid: u32, gid: u32, e: io::Error) -> String {
+    if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+        && rbuild_cache::overlay::rootless()
+    {
+        return rbuild_cache::overlay::unmapped_id_message(p, uid, gid);
+    }
+    format!("chown {}: {e}", p.display())
 }
 
 fn set_mtime(p: &Path, md: &fs::Metadata, follow: bool) -> Result<(), String> {
