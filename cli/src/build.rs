@@ -377,7 +377,7 @@ fn build_image(
     // Platforms are solved at the same time on one solver: shared steps are computed once.
     let graphs: Vec<_> = plans
         .iter()
-        .map(|(_, plan)| (&plan.definition, plan.root))
+        .map(|(platform, plan)| (platform, &plan.definition, plan.root))
         .collect();
     let mut outs = crate::multiplat::solve_all(&solver, &graphs, progress);
     // A failing platform stops the others (the solver's abort flag): its error is the

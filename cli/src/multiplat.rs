@@ -164,15 +164,15 @@ impl Progress for Offset<'_> {
 /// Results in platform order; the first platform's error wins.
 pub fn solve_all(
     solver: &Solver,
-    graphs: &[(&Definition, NodeId)],
+    graphs: &[(&Platform, &Definition, NodeId)],
     progress: &dyn Progress,
 ) -> Vec<Result<SolveOutput, SolveError>> {
-    if let [(def, root)] = graphs {
+    if let [(_, def, root)] = graphs {
         return vec![solver.solve(def, *root, progress)];
     }
     let mut bases = Vec::with_capacity(graphs.len());
     let mut base = 0;
-    for (def, _) in graphs {
+    for (_, def, _) in graphs {
         bases.push(base);
         base += def.nodes.len();
     }
@@ -180,16 +180,14 @@ pub fn solve_all(
         let handles: Vec<_> = graphs
             .iter()
             .zip(bases)
-            .map(|(&(def, root), base)| {
+            .map(|(&(platform, def, root), base)| {
                 s.spawn(move || {
-                    solver.solve(
-                        def,
-                        root,
-                        &Offset {
-                            inner: progress,
-                            base,
-                        },
-                    )
+                    let progress = Offset {
+                        inner: progress,
+                        base,
+                    };
+                    // explain identities per platform (`--explain` compares like with like)
+                    solver.solve_variant(def, root, &progress, &platform.to_text())
                 })
             })
             .collect();

@@ -496,3 +496,28 @@ fn a_failing_platform_fails_the_build_with_its_own_error() {
         "{o:?}"
     );
 }
+
+#[test]
+fn explain_compares_each_platform_with_its_own_previous_build() {
+    let p = Project::new(PER_PLATFORM);
+    p.file("a.txt", "A");
+    let args = ["--explain", "--platform", "linux/amd64,linux/arm64"];
+    p.build(&args).ok();
+    p.file("a.txt", "changed");
+    let r = p.build(&args).ok();
+    let err = r.stderr();
+    // both platforms' COPY missed because of a.txt, and nothing else
+    let reasons: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split_once(" EXPLAIN: ").map(|(_, r)| r))
+        .filter(|r| r.contains("a.txt"))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "context files changed: a.txt (changed)",
+            "context files changed: a.txt (changed)"
+        ],
+        "{err}"
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Every keyed step (image source, exec, file) has a *step identity* that survives edits of
 //! the inputs: `sha256(scope, stage, ordinal of the node within its stage)`, where the scope
-//! is chosen by the caller (the CLI uses the Dockerfile path and target). After a step is
+//! is chosen by the caller (the CLI uses the Dockerfile path and target, plus the platform in
+//! a multi-platform build: [`crate::Solver::solve_variant`]). After a step is
 //! solved, the store's metadata table remembers, under that identity, the key it had and a
 //! [`StepRecord`] with what went into the key (op JSON, each input's key and label, the
 //! per-file digests of context selections). The next build whose key differs diffs its

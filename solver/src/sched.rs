@@ -80,6 +80,19 @@ impl Solver {
         root: NodeId,
         progress: &dyn Progress,
     ) -> Result<SolveOutput, SolveError> {
+        self.solve_variant(def, root, progress, "")
+    }
+
+    /// [`Solver::solve`] for one variant of the build (a multi-platform build solves one
+    /// graph per platform): `variant` joins the scope of the step identities (see
+    /// [`crate::explain`]), so each platform's steps are remembered and explained apart.
+    pub fn solve_variant(
+        &self,
+        def: &Definition,
+        root: NodeId,
+        progress: &dyn Progress,
+        variant: &str,
+    ) -> Result<SolveOutput, SolveError> {
         let order = def.reachable(root)?;
         let n = def.nodes.len();
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -114,7 +127,10 @@ impl Solver {
         });
         let cv = Condvar::new();
         let total = order.len();
-        let step_ids = explain::step_ids(def, &self.cfg.cache.scope);
+        let step_ids = match variant {
+            "" => explain::step_ids(def, &self.cfg.cache.scope),
+            v => explain::step_ids(def, &format!("{}\n{v}", self.cfg.cache.scope)),
+        };
         let workers = self.cfg.max_parallelism.max(1).min(total.max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
