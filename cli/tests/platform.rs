@@ -521,3 +521,33 @@ fn explain_compares_each_platform_with_its_own_previous_build() {
         "{err}"
     );
 }
+
+#[test]
+fn a_build_platform_stage_runs_once_for_all_target_platforms() {
+    // The RUN runs natively (FROM --platform=$BUILDPLATFORM): no emulator needed, and its
+    // key carries the build platform, so the second target platform reuses it.
+    let p = Project::new(
+        "FROM --platform=$BUILDPLATFORM busybox AS build\nCOPY a.txt /a\nRUN cp /a /b && echo ran-once\nFROM scratch\nARG TARGETARCH\nCOPY --from=build /b /b-$TARGETARCH\n",
+    );
+    p.file("a.txt", "A");
+    let r = p
+        .build(&[
+            "--platform",
+            &format!("{},{}", common::host_platform(), foreign()),
+            "-o",
+            "type=local,dest=out",
+        ])
+        .ok();
+    let err = r.stderr();
+    let ran = err
+        .lines()
+        .filter(|l| l.ends_with(" ran-once") && !l.contains("RUN"))
+        .count();
+    assert_eq!(ran, 1, "{err}");
+    let arch = |p: &str| p.rsplit('/').next().unwrap().to_string();
+    let (host, other) = (arch(common::host_platform()), arch(foreign()));
+    for a in [&host, &other] {
+        let f = p.path().join(format!("out/linux_{a}/b-{a}"));
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "A", "{}", f.display());
+    }
+}
