@@ -72,8 +72,12 @@ if [ "${BENCH_BUILDKIT:-1}" = 1 ] && /usr/bin/docker info >/dev/null 2>&1; then 
 if [ "${BENCH_BUILDAH:-1}" = 1 ] && command -v buildah >/dev/null; then TOOLS+=(buildah); fi
 
 export RBUILD_REGISTRY_MIRRORS=docker.io=$REG RBUILD_PROGRESS=quiet DOCKER_BUILDKIT=1
-STORE=$W/store
-rm -rf "$STORE" "$W/buildah"
+# A fresh store per run. Old ones are deleted only after the timings: on ext4 without a journal
+# (these VMs) inodes freed in the last minutes are skipped one by one when new files are made
+# (ext4's recently_deleted), so deleting a 4 GB store right before the runs slows every file
+# creation for minutes — BuildKit's store in /var/lib/docker is never deleted between runs either.
+STORE=$W/store-$(date +%s)
+OLD_STORES=$(find "$W" -maxdepth 1 \( -name 'store' -o -name 'store-*' -o -name buildah \) ! -path "$STORE")
 EDIT=$CTX/src/d00/f00000.bin
 PREP_EDIT="head -c 16 /dev/urandom >> $EDIT"
 
@@ -120,3 +124,6 @@ try: print('%.2fx' % (float(sys.argv[1]) / float(sys.argv[2])))
 except Exception: print('n/a')" "${MED[rbuild-$wl]:-x}" "${MED[buildkit-$wl]:-x}")
   printf '%16s\n' "$r"
 done
+
+# Now the old stores can go.
+[ -z "$OLD_STORES" ] || rm -rf $OLD_STORES

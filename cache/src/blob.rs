@@ -3,6 +3,11 @@
 //! Every write is a checked commit: bytes go to a file in `tmp/`, are fsynced, their digest and
 //! size are verified, then the file is renamed into place and the directory fsynced. A reader
 //! therefore never sees a partial blob, and two processes writing the same blob both succeed.
+//!
+//! Big blobs are written back while they are written: every [`WRITEBACK_EVERY`] bytes a
+//! background thread runs `fdatasync` on the file, so the commit's fsync waits only for the
+//! tail instead of the whole blob (the durability is the same; the disk works during the
+//! write instead of after it).
 
 use crate::error::{CacheError, Result};
 use crate::store::{Store, BLOBS_DIR};
@@ -11,6 +16,11 @@ use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+/// Bytes between two background write-backs of a blob being written.
+pub const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A committed blob: its digest (`sha256:<hex>`) and size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -139,7 +149,40 @@ impl Store {
             tmp,
             hasher: Sha256::new(),
             size: 0,
+            unsynced: 0,
+            writeback: None,
         })
+    }
+}
+
+/// The background thread that writes a blob back while it grows.
+struct Writeback {
+    wake: SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Writeback {
+    fn start(file: &fs::File) -> Option<Writeback> {
+        let file = file.try_clone().ok()?;
+        // One pending request at most: a queued fdatasync covers everything written before it
+        // runs.
+        let (wake, requests) = sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("blob-writeback".into())
+            .spawn(move || {
+                while requests.recv().is_ok() {
+                    // Errors show up again in the commit's own fsync.
+                    let _ = file.sync_data();
+                }
+            })
+            .ok()?;
+        Some(Writeback { wake, thread })
+    }
+
+    /// Stop after the pending request, if any.
+    fn finish(self) {
+        drop(self.wake);
+        let _ = self.thread.join();
     }
 }
 
@@ -151,6 +194,9 @@ pub struct BlobWriter {
     tmp: PathBuf,
     hasher: Sha256,
     size: u64,
+    /// Bytes written since the last write-back request.
+    unsynced: u64,
+    writeback: Option<Writeback>,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -171,6 +217,19 @@ impl Write for BlobWriter {
         let n = f.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
+        self.unsynced += n as u64;
+        if self.unsynced >= WRITEBACK_EVERY {
+            self.unsynced = 0;
+            if self.writeback.is_none() {
+                self.writeback = Writeback::start(f);
+            }
+            if let Some(w) = &self.writeback {
+                match w.wake.try_send(()) {
+                    Ok(()) | Err(TrySendError::Full(())) => {}
+                    Err(TrySendError::Disconnected(())) => self.writeback = None,
+                }
+            }
+        }
         Ok(n)
     }
 
@@ -198,6 +257,9 @@ impl BlobWriter {
                 io::Error::other("blob writer already finished"),
             )
         })?;
+        if let Some(w) = self.writeback.take() {
+            w.finish();
+        }
         file.sync_all()
             .map_err(|e| CacheError::io("fsync", &self.tmp, e))?;
         let on_disk = file
@@ -252,6 +314,9 @@ impl BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
+        if let Some(w) = self.writeback.take() {
+            w.finish();
+        }
         self.file = None;
         if !self.tmp.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.tmp);
