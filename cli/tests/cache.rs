@@ -4,6 +4,10 @@
 //! and a miss; which steps ran is read from the plain progress output (`#N CACHED`), and why
 //! from `--explain` (`#N EXPLAIN: …`). A missing prerequisite fails the test with the reason.
 
+mod common;
+
+use common::{require_env, REGISTRY};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,20 +15,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use tempfile::TempDir;
-
-const REGISTRY: &str = "127.0.0.1:5055";
-
-fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    assert!(root, "cache tests need root (namespaces, overlayfs)");
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
-    );
-}
 
 struct Project {
     dir: TempDir,
