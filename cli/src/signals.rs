@@ -3,7 +3,8 @@
 //! The handler marks the build cancelled (no new step starts) and exits with status 130.
 //! Running steps stop with the process: every sandbox helper is started with
 //! `PR_SET_PDEATHSIG` and is the init of its PID namespace, so the helpers and everything
-//! they run die with rbuild. The store needs no cleanup pass here: blobs and snapshots are
+//! they run die with rbuild; the containers of `--runtime runc` steps are killed through runc
+//! first. The store needs no cleanup pass here: blobs and snapshots are
 //! committed by rename, SQLite rolls back an unfinished transaction, locks are released by
 //! the kernel, and the next `Store::open` removes the dead process's `tmp/` entries and
 //! uncommitted snapshots.
@@ -16,6 +17,8 @@ pub fn install(cancel: Arc<AtomicBool>) {
     let _ = ctrlc::set_handler(move || {
         cancel.store(true, Ordering::SeqCst);
         eprintln!("\nbuild cancelled: stopping running steps");
+        // runc containers do not die with rbuild by themselves.
+        rbuild_executor::kill_running_containers();
         std::process::exit(130);
     });
 }

@@ -4,6 +4,10 @@
 //! and a miss; which steps ran is read from the plain progress output (`#N CACHED`), and why
 //! from `--explain` (`#N EXPLAIN: …`). A missing prerequisite fails the test with the reason.
 
+mod common;
+
+use common::{require_env, REGISTRY};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,20 +15,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use tempfile::TempDir;
-
-const REGISTRY: &str = "127.0.0.1:5055";
-
-fn require_env() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    assert!(root, "cache tests need root (namespaces, overlayfs)");
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "the test registry on {REGISTRY} is not running: run `bash .ci/setup.sh` first"
-    );
-}
 
 struct Project {
     dir: TempDir,
@@ -466,9 +456,20 @@ fn eight_concurrent_processes_share_one_store() {
 
 #[test]
 fn sigterm_stops_running_steps_and_leaves_the_store_usable() {
-    let p = Project::new("FROM busybox\nRUN echo start && sleep 31.7 && echo never > /n\n");
+    sigterm_case("builtin", "31.7");
+}
+
+#[test]
+fn sigterm_stops_running_runc_steps_and_their_containers() {
+    sigterm_case("runc", "31.3");
+}
+
+fn sigterm_case(runtime: &str, secs: &str) {
+    let p = Project::new(&format!(
+        "FROM busybox\nRUN echo start && sleep {secs} && echo never > /n\n"
+    ));
     let mut child = p
-        .cmd(p.store.path(), &["build"])
+        .cmd(p.store.path(), &["build", "--runtime", runtime])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -498,17 +499,19 @@ fn sigterm_stops_running_steps_and_leaves_the_store_usable() {
     // The step's process died with rbuild.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let ps = Command::new("pgrep")
-        .args(["-f", "sleep 31.7"])
+        .args(["-f", &format!("sleep {secs}")])
         .output()
         .unwrap();
     assert!(
         ps.stdout.is_empty(),
-        "sandboxed process still running: {}",
+        "{runtime}: sandboxed process still running: {}",
         String::from_utf8_lossy(&ps.stdout)
     );
     // The store is usable and repaired: a build succeeds, nothing uncommitted remains.
     p.file("Dockerfile", "FROM busybox\nRUN echo after > /a\n");
-    p.build(&[]).ok().assert_ran("RUN echo after");
+    p.build(&["--runtime", runtime])
+        .ok()
+        .assert_ran("RUN echo after");
     for ent in fs::read_dir(p.store.path().join("snapshots-v1")).unwrap() {
         let dir = ent.unwrap().path();
         assert!(
@@ -527,6 +530,31 @@ fn uncommitted_snapshots(store: &Path) -> Vec<String> {
         .filter(|d| !d.join("committed").exists())
         .map(|d| d.display().to_string())
         .collect()
+}
+
+#[test]
+fn first_failure_kills_the_containers_of_running_runc_steps() {
+    let p = Project::new(
+        "FROM busybox AS slow\nRUN echo start && sleep 28.9 && touch /done\nFROM busybox AS bad\nRUN sleep 1 && exit 3\nFROM busybox\nCOPY --from=slow /done /done\nCOPY --from=bad /etc/passwd /p\n",
+    );
+    let b = p.build(&["--max-parallelism", "4", "--runtime", "runc"]);
+    assert!(!b.out.status.success());
+    let text = b.lines.join("\n");
+    assert!(text.contains("exit code 3"), "{text}");
+    assert!(
+        b.lines.iter().any(|l| l.ends_with(" CANCELED")),
+        "the slow step was not cancelled:\n{text}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ps = Command::new("pgrep")
+        .args(["-f", "sleep 28.9"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "the cancelled runc container still runs: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
 }
 
 #[test]

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ExecutorError;
 pub use helper::helper_main;
 pub use mounts::{opaque_xattr, overlay_supported, with_private_mounts, Mounter};
-pub use run::Executor;
+pub use run::{kill_running_containers, Executor};
 
 /// First argument that makes a binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__rbuild-sandbox";

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
@@ -111,7 +112,17 @@ impl Executor {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let pid = rustix::process::Pid::from_child(&child);
+        let child_id = child.id();
         let finished = std::sync::atomic::AtomicBool::new(false);
+        // A runc container outlives a killed helper (runc's init is not the helper's child):
+        // remember it so that cancellation and Ctrl-C can kill it through runc.
+        let _runc = match &self.runtime {
+            Runtime::Runc { binary } => {
+                crate::runc::sweep_stale_state();
+                Some(RuncGuard::register(binary, child.id()))
+            }
+            Runtime::Builtin => None,
+        };
 
         let status_bytes = std::thread::scope(|scope| {
             // The helper is not waited for before this scope ends, so its pid cannot be reused
@@ -120,6 +131,11 @@ impl Executor {
                 while !finished.load(std::sync::atomic::Ordering::SeqCst) {
                     if cancelled() {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        if let Runtime::Runc { binary } = &self.runtime {
+                            // runc dies with the helper (parent-death signal); its container
+                            // does not.
+                            crate::runc::kill_container(binary, child_id);
+                        }
                         return;
                     }
                     std::thread::sleep(CANCEL_POLL);
@@ -199,5 +215,43 @@ impl Executor {
                 Err(ExecutorError::Exec { program, message })
             }
         }
+    }
+}
+
+/// Helpers running a runc container right now (runc binary, helper pid).
+static RUNC_HELPERS: std::sync::Mutex<Vec<(PathBuf, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Registration of one runc helper in [`RUNC_HELPERS`] for the duration of its run.
+struct RuncGuard {
+    helper: u32,
+}
+
+impl RuncGuard {
+    fn register(binary: &Path, helper: u32) -> RuncGuard {
+        if let Ok(mut v) = RUNC_HELPERS.lock() {
+            v.push((binary.to_path_buf(), helper));
+        }
+        RuncGuard { helper }
+    }
+}
+
+impl Drop for RuncGuard {
+    fn drop(&mut self) {
+        if let Ok(mut v) = RUNC_HELPERS.lock() {
+            v.retain(|(_, h)| *h != self.helper);
+        }
+    }
+}
+
+/// Kill the containers of every runc step this process is running (for Ctrl-C/SIGTERM,
+/// before exiting: the built-in runtime's sandboxes die with the process by themselves, runc
+/// containers would not).
+pub fn kill_running_containers() {
+    let running: Vec<(PathBuf, u32)> = match RUNC_HELPERS.lock() {
+        Ok(v) => v.clone(),
+        Err(_) => return,
+    };
+    for (binary, helper) in running {
+        crate::runc::kill_container(&binary, helper);
     }
 }

@@ -340,22 +340,11 @@ fn prepare_and_run(
     let bundle = scratch.base.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(|e| err("mkdir", &bundle, e))?;
     oci.save(bundle.join("config.json")).map_err(setup)?;
-    let state = scratch.base.join("runc-state");
+    let state = state_root(std::process::id());
     let log = scratch.base.join("runc.log");
-    let id = format!(
-        "rbuild-{}-{}",
-        std::process::id(),
-        scratch
-            .base
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .rsplit('-')
-            .next()
-            .unwrap_or("0")
-    );
-    let status = Command::new(runc)
-        .arg("--root")
+    let id = container_id(std::process::id());
+    let mut cmd = Command::new(runc);
+    cmd.arg("--root")
         .arg(&state)
         .arg("--log")
         .arg(&log)
@@ -365,9 +354,9 @@ fn prepare_and_run(
         .arg("--bundle")
         .arg(&bundle)
         .arg(&id)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| err("run", runc, e))?;
+        .stdin(Stdio::null());
+    crate::sys::kill_with_parent(&mut cmd);
+    let status = cmd.status().map_err(|e| err("run", runc, e))?;
     let errors = runc_errors(&log);
     let _ = std::fs::remove_dir_all(&state);
     let _ = std::fs::remove_file(&log);
@@ -397,6 +386,65 @@ fn prepare_and_run(
         signal: status.signal(),
         oom_killed: false,
     }))
+}
+
+/// runc's state directory for the container of the helper with this pid: known to the parent,
+/// which kills the container through it when the step is cancelled ([`kill_container`]).
+pub(crate) fn state_root(helper_pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!(".rbuild-runc-{helper_pid}"))
+}
+
+/// The container id of the helper with this pid.
+pub(crate) fn container_id(helper_pid: u32) -> String {
+    format!("rbuild-{helper_pid}")
+}
+
+/// Kill (SIGKILL to its init: the kernel then kills its whole pid namespace) and delete the
+/// container of a helper, if it runs; then remove its state directory. Best effort.
+pub(crate) fn kill_container(runc: &Path, helper_pid: u32) {
+    let state = state_root(helper_pid);
+    if !state.exists() {
+        return;
+    }
+    let id = container_id(helper_pid);
+    for args in [
+        vec!["kill", id.as_str(), "KILL"],
+        vec!["delete", "--force", id.as_str()],
+    ] {
+        let _ = Command::new(runc)
+            .arg("--root")
+            .arg(&state)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Remove the runc state directories of helpers that are gone (a Ctrl-C can leave an empty
+/// one behind: runc may still be tidying it up when rbuild exits). Once per process.
+pub(crate) fn sweep_stale_state() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for ent in dir.flatten() {
+            let name = ent.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".rbuild-runc-"))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(ent.path());
+            }
+        }
+    });
 }
 
 /// `process.rlimits` of the OCI spec (`RLIMIT_NOFILE` …).

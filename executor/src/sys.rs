@@ -91,6 +91,20 @@ pub(crate) fn pass_fd_to_child(cmd: &mut Command, fd: RawFd, target: RawFd) {
     }
 }
 
+/// Make the process spawned by `cmd` receive SIGKILL when the spawning thread dies (runc under
+/// the helper: a killed helper must not leave runc creating or running a container).
+pub(crate) fn kill_with_parent(cmd: &mut Command) {
+    let hook = || -> io::Result<()> {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .map_err(io::Error::from)
+    };
+    // SAFETY: the hook runs in the child between fork and exec; prctl(PR_SET_PDEATHSIG) is
+    // async-signal-safe, allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 /// Take ownership of a file descriptor inherited from our parent (e.g. the
 /// status fd 3 of the helper), after checking that it is open. The fd is
 /// made close-on-exec.
