@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use rbuild_graph::{Definition, NodeId, Platform};
-use rbuild_oci::{ConvertOpts, Descriptor, Reference};
+use rbuild_oci::Descriptor;
 use rbuild_solver::{Event, ImageResult, Progress, SolveError, SolveOutput, Solver};
 
 use crate::outputs::{Annotations, OutputSpec};
@@ -222,34 +222,6 @@ fn unpack_each(store: &rbuild_cache::Store, index: &Descriptor, dir: &Path) -> R
         crate::outputs::unpack_rootfs(store, m, &dir.join(platform_dir(p)))?;
     }
     Ok(())
-}
-
-/// Push the index (converted with `opts`) to every name; returns the pushed index.
-pub fn push(
-    store: &rbuild_cache::Store,
-    index: &Descriptor,
-    names: &[Reference],
-    opts: &ConvertOpts,
-    quiet: bool,
-) -> Result<Descriptor> {
-    let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-    let desc = rbuild_oci::index::convert_index(store, index, opts)?;
-    for n in names {
-        let rep = client
-            .push_index(store, &desc, n, &rbuild_oci::push::PushOpts::default())
-            .with_context(|| format!("pushing {}", n.familiar()))?;
-        if !quiet {
-            eprintln!(
-                "pushed {}@{} (index; {} uploaded, {} mounted, {} already present)",
-                n.familiar(),
-                rep.manifest_digest,
-                rep.uploaded,
-                rep.mounted,
-                rep.existing
-            );
-        }
-    }
-    Ok(desc)
 }
 
 /// `type=local` / `type=tar` of an index: one root filesystem per platform, in

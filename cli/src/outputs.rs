@@ -342,20 +342,28 @@ pub fn push(
     if names.is_empty() {
         bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
     }
-    if rbuild_oci::index::is_index(manifest) {
-        return crate::multiplat::push(store, manifest, names, opts, quiet);
-    }
+    // An image index (several platforms) is pushed manifest by manifest, then the index.
+    let index = rbuild_oci::index::is_index(manifest);
     let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-    let desc = converted(store, manifest, opts)?;
+    let desc = if index {
+        rbuild_oci::index::convert_index(store, manifest, opts)?
+    } else {
+        converted(store, manifest, opts)?
+    };
+    let push_opts = rbuild_oci::push::PushOpts::default();
     for n in names {
-        let rep = client
-            .push_image(store, &desc, n, &rbuild_oci::push::PushOpts::default())
-            .with_context(|| format!("pushing {}", n.familiar()))?;
+        let rep = if index {
+            client.push_index(store, &desc, n, &push_opts)
+        } else {
+            client.push_image(store, &desc, n, &push_opts)
+        }
+        .with_context(|| format!("pushing {}", n.familiar()))?;
         if !quiet {
             eprintln!(
-                "pushed {}@{} ({} uploaded, {} mounted, {} already present)",
+                "pushed {}@{} ({}{} uploaded, {} mounted, {} already present)",
                 n.familiar(),
                 rep.manifest_digest,
+                if index { "index; " } else { "" },
                 rep.uploaded,
                 rep.mounted,
                 rep.existing

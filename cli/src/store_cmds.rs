@@ -201,7 +201,7 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             };
             if rbuild_oci::index::is_index(&d) {
                 let desc =
-                    crate::multiplat::push(&store, &d, std::slice::from_ref(&r), &opts, a.quiet)?;
+                    crate::outputs::push(&store, &d, std::slice::from_ref(&r), &opts, a.quiet)?;
                 println!("{}@{}", r.familiar(), desc.digest);
                 return Ok(ExitCode::SUCCESS);
             }
