@@ -248,19 +248,24 @@ fn write_config(path: &PathBuf, cfg: &Map<String, Value>) -> Result<(), OciError
     Ok(())
 }
 
+/// The credential helper that stores `host`'s credentials: `credHelpers[key|host]`, else
+/// `credsStore`.
+fn helper_for(cfg: &Map<String, Value>, key: &str, host: &str) -> Option<String> {
+    cfg.get("credHelpers")
+        .and_then(Value::as_object)
+        .and_then(|m| m.get(key).or_else(|| m.get(host)))
+        .and_then(Value::as_str)
+        .or_else(|| cfg.get("credsStore").and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 /// Save credentials for `host` (into the credential helper when one is configured for it,
 /// else base64 into `auths`). Returns where they went.
 pub fn store(host: &str, username: &str, password: &str) -> Result<String, OciError> {
     let (path, mut cfg) = read_config()?;
     let key = key_for(host);
-    let helper = cfg
-        .get("credHelpers")
-        .and_then(Value::as_object)
-        .and_then(|m| m.get(&key).or_else(|| m.get(host)))
-        .and_then(Value::as_str)
-        .or_else(|| cfg.get("credsStore").and_then(Value::as_str))
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    let helper = helper_for(&cfg, &key, host);
     if let Some(h) = helper {
         let input = json!({"ServerURL": key, "Username": username, "Secret": password});
         helper_run(&h, "store", input.to_string().as_bytes(), host)?;
@@ -292,14 +297,7 @@ pub fn store(host: &str, username: &str, password: &str) -> Result<String, OciEr
 pub fn erase(host: &str) -> Result<bool, OciError> {
     let (path, mut cfg) = read_config()?;
     let key = key_for(host);
-    let helper = cfg
-        .get("credHelpers")
-        .and_then(Value::as_object)
-        .and_then(|m| m.get(&key).or_else(|| m.get(host)))
-        .and_then(Value::as_str)
-        .or_else(|| cfg.get("credsStore").and_then(Value::as_str))
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    let helper = helper_for(&cfg, &key, host);
     let mut found = false;
     if let Some(h) = helper {
         found = helper_run(&h, "erase", key.as_bytes(), host).is_ok();
