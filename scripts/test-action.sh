@@ -22,7 +22,7 @@ fi
 # --- action.yml is consistent -------------------------------------------------------------
 inputs=$(awk '/^inputs:/{f=1;next} /^[a-z]/{f=0} f && /^  [a-z-]+:$/{sub(":","");print $1}' "$action")
 [ -n "$inputs" ] || fail "no inputs found in action.yml"
-for name in context file tags labels build-args target platforms push load outputs cache-from cache-to secrets no-cache pull provenance; do
+for name in context file tags labels build-args target platforms push load outputs cache-from cache-to secrets secret-files secret-envs no-cache pull provenance call cgroup-parent github-token builder; do
   grep -qx "$name" <<< "$inputs" || fail "input $name (docker/build-push-action) is missing"
 done
 for name in $inputs; do
@@ -33,7 +33,10 @@ for out in imageid digest metadata; do
   grep -q "value: \${{ steps.build.outputs.$out }}" "$action" || fail "output $out is not mapped"
 done
 mapfile -t runs < <(sed -n 's/^      run: //p' "$action")
-[ "${#runs[@]}" = 2 ] || fail "expected 2 steps, found ${#runs[@]}"
+[ "${#runs[@]}" = 3 ] || fail "expected 3 run steps (version, install, build), found ${#runs[@]}"
+grep -q '^      uses: actions/cache@' "$action" || fail "the tool cache step is missing"
+grep -q 'path: ${{ steps.version.outputs.dir }}' "$action" || fail "the tool cache is not the version step's dir"
+grep -q 'key: ${{ steps.version.outputs.key }}' "$action" || fail "the tool cache is not keyed on the version"
 
 # --- run the steps ----------------------------------------------------------------------
 tmp="$(mktemp -d)"
@@ -101,7 +104,7 @@ grep -Eq "\| Steps \| [0-9]+ \(3 cached\)" "$tmp/summary" || fail "summary of th
 # A failing build fails the step, writes no outputs and summarises the error.
 printf 'FROM busybox\nRUN echo broken >&2; exit 9\n' > "$tmp/ws/app/Dockerfile"
 if run_steps > "$tmp/log" 2>&1; then fail "a failing build did not fail the step"; fi
-[ ! -s "$tmp/output" ] || fail "a failing build wrote outputs: $(cat "$tmp/output")"
+! grep -Eq '^(imageid|digest|metadata)' "$tmp/output" || fail "a failing build wrote outputs: $(cat "$tmp/output")"
 grep -q "build failed" "$tmp/summary" || fail "no failure summary"
 grep -q "exit code 9" "$tmp/summary" || fail "the failure summary lacks the error: $(cat "$tmp/summary")"
 
@@ -112,5 +115,85 @@ run_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "push=true failed"; }
 skopeo inspect --tls-verify=false docker://127.0.0.1:5055/rbuild-action/act:1 > "$tmp/pushed.json" \
   || fail "the pushed image is not in the registry"
 grep -q '"Layers"' "$tmp/pushed.json" || fail "skopeo could not read the pushed image: $(cat "$tmp/pushed.json")"
+
+# --- the install step's download path ----------------------------------------------------
+# A release archive made by scripts/release.sh from the binary under test, served over HTTP on
+# 127.0.0.1; the steps run with a PATH that has neither rbuild nor cargo.
+version=$(bash "$repo/scripts/action/version.sh" | sed -n 's/^version=//p')
+[ -n "$version" ] || fail "the version step printed no version"
+mkdir -p "$tmp/srv/v$version" "$tmp/fakebin"
+RBUILD_DIST="$tmp/srv/v$version" RBUILD_CHECKSUMS="$tmp/checksums.txt" \
+  bash "$repo/scripts/release.sh" --binary "$RBUILD_BIN" > "$tmp/release.log" || fail "release.sh failed"
+archive=$(head -n 1 "$tmp/release.log")
+[ -f "$archive" ] || fail "release.sh made no archive: $(cat "$tmp/release.log")"
+grep -q "  $(basename "$archive")\$" "$tmp/checksums.txt" || fail "release.sh pinned no checksum"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server --bind 127.0.0.1 --directory "$tmp/srv" "$port" > "$tmp/http.log" 2>&1 &
+http_pid=$!
+trap 'kill $http_pid 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+for tool in bash sh curl sha256sum tar gzip install mv mkdir mktemp rm sed awk cut uname basename dirname head cat tr cp chmod; do
+  ln -sf "$(command -v "$tool")" "$tmp/fakebin/$tool"
+done
+install_steps() { # run the version and install steps (not the build) with a bare PATH
+  : > "$tmp/path"
+  (
+    cd "$tmp/ws"
+    export GITHUB_ACTION_PATH="$repo" GITHUB_OUTPUT="$tmp/output" GITHUB_PATH="$tmp/path" \
+      RUNNER_TEMP="$tmp" RUNNER_TOOL_CACHE="$tmp/toolcache" PATH="$tmp/fakebin" \
+      RBUILD_DOWNLOAD_BASE="http://127.0.0.1:$port" RBUILD_CHECKSUMS="$tmp/checksums.txt"
+    eval "${runs[0]}" && eval "${runs[1]}"
+  )
+}
+install_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "install from the release archive failed"; }
+grep -q "sha256 .* verified" "$tmp/log" || fail "the archive was not verified: $(cat "$tmp/log")"
+grep -q "GET /v$version/$(basename "$archive")" "$tmp/http.log" || fail "nothing was downloaded: $(cat "$tmp/http.log")"
+dir=$(cat "$tmp/path")
+[ -x "$dir/rbuild" ] || fail "no rbuild in the GITHUB_PATH dir '$dir'"
+"$dir/rbuild" version | grep -q "^rbuild $version" || fail "the installed rbuild does not run"
+# Second run: the tool cache (what actions/cache restores) is used, nothing is downloaded.
+kill $http_pid; wait $http_pid 2>/dev/null || true
+install_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "install from the tool cache failed"; }
+grep -q "(tool cache)" "$tmp/log" || fail "the tool cache was not used: $(cat "$tmp/log")"
+# A download whose sha256 is not the pinned one is never used: the step builds from source
+# (a fake cargo here, recording its arguments) into the tool cache instead.
+python3 -m http.server --bind 127.0.0.1 --directory "$tmp/srv" "$port" > "$tmp/http.log" 2>&1 &
+http_pid=$!
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+rm -rf "$tmp/toolcache"
+sed -i "s/^[0-9a-f]\{64\}  /$(printf '0%.0s' $(seq 64))  /" "$tmp/checksums.txt"
+cat > "$tmp/fakebin/cargo" <<CARGO
+#!/bin/sh
+echo "\$@" > "$tmp/cargo-args"
+root=\$(echo "\$@" | sed -n 's/.*--root \([^ ]*\).*/\1/p')
+mkdir -p "\$root/bin" && cp "$RBUILD_BIN" "\$root/bin/rbuild"
+CARGO
+chmod +x "$tmp/fakebin/cargo"
+install_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "the fallback build failed"; }
+grep -q "not using the download" "$tmp/log" || fail "a tampered archive was not refused: $(cat "$tmp/log")"
+grep -q "install --locked --path $repo/cli --root $tmp/toolcache/" "$tmp/cargo-args" || fail "cargo install args: $(cat "$tmp/cargo-args")"
+grep -q "(built from source)" "$tmp/log" || fail "the source build was not used"
+# No pinned checksum and no cargo: the step fails and says what to do.
+rm -rf "$tmp/toolcache" "$tmp/fakebin/cargo"
+: > "$tmp/checksums.txt"
+if install_steps > "$tmp/log" 2>&1; then fail "install without a verified archive or cargo succeeded"; fi
+grep -q "no verified release binary and no cargo" "$tmp/log" || fail "unclear install error: $(cat "$tmp/log")"
+
+# --- the default context: the repository's Git context at GITHUB_REF -------------------------
+git init -q --bare "$tmp/git/org/app.git"
+git -C "$tmp/ws/app" init -q -b main
+git -C "$tmp/ws/app" add -A >/dev/null
+printf 'FROM busybox\nCOPY msg.txt /msg.txt\nRUN cat /msg.txt > /copied\n' > "$tmp/ws/app/Dockerfile"
+git -C "$tmp/ws/app" add -A
+git -C "$tmp/ws/app" -c user.name=t -c user.email=t@e commit -q -m ctx
+git -C "$tmp/ws/app" push -q "$tmp/git/org/app.git" main
+unset INPUT_CONTEXT
+export INPUT_PUSH=false INPUT_TAGS=act:git INPUT_GITHUB_TOKEN=tok-$RANDOM$RANDOM INPUT_BUILDER=mybuilder
+export GITHUB_SERVER_URL="file://$tmp/git" GITHUB_REPOSITORY=org/app GITHUB_REF=refs/heads/main
+run_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "the default Git context build failed"; }
+grep -q "^rbuild build .* file://$tmp/git/org/app.git#refs/heads/main\$" "$tmp/log" || fail "the default context is not the Git context: $(grep '^rbuild build' "$tmp/log")"
+! grep "^rbuild build" "$tmp/log" | grep -q "$INPUT_GITHUB_TOKEN" || fail "the token is on the command line"
+grep -q "input 'builder' is ignored" "$tmp/log" || fail "the ignored builder input is not reported"
+grep -q "file://$tmp/git/org/app.git#refs/heads/main" "$tmp/summary" || fail "the summary lacks the Git context"
 
 echo "test-action: 1 passed, 0 failed"

@@ -42,6 +42,7 @@ while IFS= read -r s; do
   args+=(--secret "id=$key,src=$work/secret-$n")
 done < <(list "${INPUT_SECRETS:-}")
 while IFS= read -r s; do args+=(--secret "id=${s%%=*},src=${s#*=}"); done < <(list "${INPUT_SECRET_FILES:-}")
+while IFS= read -r s; do args+=(--secret "id=${s%%=*},env=${s#*=}"); done < <(list "${INPUT_SECRET_ENVS:-}")
 truthy "${INPUT_NO_CACHE:-}" && args+=(--no-cache)
 while IFS= read -r f; do args+=(--no-cache-filter "$f"); done < <(list "${INPUT_NO_CACHE_FILTERS:-}" csv)
 truthy "${INPUT_PULL:-}" && args+=(--pull)
@@ -52,7 +53,34 @@ while IFS= read -r a; do args+=(--allow "$a"); done < <(list "${INPUT_ALLOW:-}" 
 [ -n "${INPUT_SHM_SIZE:-}" ] && args+=(--shm-size "$INPUT_SHM_SIZE")
 while IFS= read -r u; do args+=(--ulimit "$u"); done < <(list "${INPUT_ULIMIT:-}")
 while IFS= read -r s; do args+=(--ssh "$s"); done < <(list "${INPUT_SSH:-}")
-args+=("${INPUT_CONTEXT:-.}")
+[ -n "${INPUT_CALL:-}" ] && args+=("--call=$INPUT_CALL")
+for ignored in builder cgroup-parent; do
+  var="INPUT_$(tr 'a-z-' 'A-Z_' <<< "$ignored")"
+  [ -n "${!var:-}" ] && echo "::warning::rbuild: input '$ignored' is ignored (${!var}): rbuild has no builder instances and gives each RUN step its own cgroup"
+done
+
+# The context: as build-push-action, the Git context of the workflow's repository at its ref
+# when none is given (GITHUB_REF, else GITHUB_SHA). A token for it reaches git as an HTTP
+# header through git's environment config, never on the command line or in the log.
+context="${INPUT_CONTEXT:-}"
+if [ -z "$context" ]; then
+  if [ -n "${GITHUB_REPOSITORY:-}" ]; then
+    ref="${GITHUB_REF:-${GITHUB_SHA:-}}"
+    context="${GITHUB_SERVER_URL:-https://github.com}/$GITHUB_REPOSITORY.git${ref:+#$ref}"
+    if [ -n "${INPUT_GITHUB_TOKEN:-}" ]; then
+      echo "::add-mask::$INPUT_GITHUB_TOKEN"
+      auth="$(printf 'x-access-token:%s' "$INPUT_GITHUB_TOKEN" | base64 -w0)"
+      echo "::add-mask::$auth"
+      n="${GIT_CONFIG_COUNT:-0}"
+      export "GIT_CONFIG_KEY_$n=http.${GITHUB_SERVER_URL:-https://github.com}/.extraheader"
+      export "GIT_CONFIG_VALUE_$n=AUTHORIZATION: basic $auth"
+      export GIT_CONFIG_COUNT=$((n + 1))
+    fi
+  else
+    context=.
+  fi
+fi
+args+=("$context")
 
 rbuild="$(command -v rbuild || echo "${RUNNER_TEMP:-/tmp}/rbuild-install/bin/rbuild")"
 # RUN steps need namespaces: run as root (GitHub-hosted runners have passwordless sudo).
@@ -113,5 +141,5 @@ cached=$(grep -cE '^#[0-9]+ CACHED' "$work/log" || true)
   echo "| Image ID | \`$imageid\` |"
   echo "| Digest | \`$digest\` |"
   echo "| Steps | $steps ($cached cached) |"
-  echo "| Context | \`${INPUT_CONTEXT:-.}\` |"
+  echo "| Context | \`$context\` |"
 } | summary
