@@ -98,69 +98,141 @@ pub fn ignored(patterns: &[String], rel: &str) -> bool {
     excluded
 }
 
+/// Whether the segments `pat` (with `**` for any number of segments) match all of `path`:
+/// dynamic programming over (pattern, path) positions, O(|pat|·|path|) segment matches (a
+/// recursive search is exponential in the number of `**`).
 fn match_segs(pat: &[&str], path: &[&str]) -> bool {
-    match pat.split_first() {
-        None => path.is_empty(),
-        Some((&"**", rest)) => (0..=path.len()).any(|k| match_segs(rest, &path[k..])),
-        Some((first, rest)) => match path.split_first() {
-            Some((p, prest)) => glob(first, p) && match_segs(rest, prest),
-            None => false,
-        },
+    // ok[j] = pat[i..] matches path[j..], computed for i from the end.
+    let n = path.len();
+    let mut ok = vec![false; n + 1];
+    if let Some(last) = ok.get_mut(n) {
+        *last = true;
     }
-}
-
-/// `*`, `?` and `[…]` matching within one path segment.
-fn glob(pat: &str, s: &str) -> bool {
-    let p: Vec<char> = pat.chars().collect();
-    let t: Vec<char> = s.chars().collect();
-    fn go(p: &[char], t: &[char]) -> bool {
-        match p.first() {
-            None => t.is_empty(),
-            Some('*') => (0..=t.len()).any(|k| go(&p[1..], &t[k..])),
-            Some('?') => !t.is_empty() && go(&p[1..], &t[1..]),
-            Some('[') => {
-                let Some(end) = p.iter().position(|c| *c == ']') else {
-                    return !t.is_empty() && t[0] == '[' && go(&p[1..], &t[1..]);
-                };
-                let Some(&c) = t.first() else { return false };
-                let class = &p[1..end];
-                let (neg, class) = match class.first() {
-                    Some('^') | Some('!') => (true, &class[1..]),
-                    _ => (false, class),
-                };
-                let mut hit = false;
-                let mut k = 0;
-                while k < class.len() {
-                    if k + 2 < class.len() && class[k + 1] == '-' {
-                        if class[k] <= c && c <= class[k + 2] {
-                            hit = true;
-                        }
-                        k += 3;
-                    } else {
-                        if class[k] == c {
-                            hit = true;
-                        }
-                        k += 1;
+    for seg in pat.iter().rev() {
+        let mut next = vec![false; n + 1];
+        if *seg == "**" {
+            // Any number of segments: next[j] = ok[j] || next[j+1].
+            let mut any = false;
+            for j in (0..=n).rev() {
+                any = any || ok.get(j).copied().unwrap_or(false);
+                if let Some(slot) = next.get_mut(j) {
+                    *slot = any;
+                }
+            }
+        } else {
+            for (j, p) in path.iter().enumerate() {
+                if ok.get(j + 1).copied().unwrap_or(false) && glob(seg, p) {
+                    if let Some(slot) = next.get_mut(j) {
+                        *slot = true;
                     }
                 }
-                hit != neg && go(&p[end + 1..], &t[1..])
             }
-            Some('\\') if p.len() > 1 => !t.is_empty() && t[0] == p[1] && go(&p[2..], &t[1..]),
-            Some(c) => !t.is_empty() && t[0] == *c && go(&p[1..], &t[1..]),
         }
+        ok = next;
     }
-    go(&p, &t)
+    ok.first().copied().unwrap_or(false)
 }
 
-/// For `InvalidDefinitionDescription`: the comment block directly above line `line` (1-based)
-/// of `text`, if any, must start with `# <name> `. Returns true when there is such a comment
-/// and it does not.
-pub fn bad_description(text: &str, line: u32, name: &str) -> bool {
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(idx) = (line as usize).checked_sub(2) else {
-        return false;
+/// One element of a segment pattern.
+enum GlobTok {
+    Any,
+    One,
+    Lit(char),
+    /// `[…]`: negated, ranges (single characters are `(c, c)`).
+    Class(bool, Vec<(char, char)>),
+}
+
+fn glob_tokens(pat: &str) -> Vec<GlobTok> {
+    let p: Vec<char> = pat.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&c) = p.get(i) {
+        i += 1;
+        match c {
+            '*' => out.push(GlobTok::Any),
+            '?' => out.push(GlobTok::One),
+            '\\' if i < p.len() => {
+                out.push(GlobTok::Lit(p.get(i).copied().unwrap_or('\\')));
+                i += 1;
+            }
+            '[' => {
+                let Some(len) = p.get(i..).and_then(|r| r.iter().position(|c| *c == ']')) else {
+                    out.push(GlobTok::Lit('['));
+                    continue;
+                };
+                let class = p.get(i..i + len).unwrap_or(&[]);
+                i += len + 1;
+                let (neg, class) = match class.split_first() {
+                    Some(('^' | '!', rest)) => (true, rest),
+                    _ => (false, class),
+                };
+                let mut ranges = Vec::new();
+                let mut k = 0;
+                while let Some(&a) = class.get(k) {
+                    match (class.get(k + 1), class.get(k + 2)) {
+                        (Some('-'), Some(&b)) => {
+                            ranges.push((a, b));
+                            k += 3;
+                        }
+                        _ => {
+                            ranges.push((a, a));
+                            k += 1;
+                        }
+                    }
+                }
+                out.push(GlobTok::Class(neg, ranges));
+            }
+            c => out.push(GlobTok::Lit(c)),
+        }
+    }
+    out
+}
+
+/// `*`, `?` and `[…]` matching within one path segment: linear backtracking over the last
+/// `*` (O(|pattern|·|text|), never exponential).
+fn glob(pat: &str, s: &str) -> bool {
+    let p = glob_tokens(pat);
+    let t: Vec<char> = s.chars().collect();
+    let one = |tok: &GlobTok, c: char| match tok {
+        GlobTok::Any => false,
+        GlobTok::One => true,
+        GlobTok::Lit(l) => *l == c,
+        GlobTok::Class(neg, ranges) => ranges.iter().any(|(a, b)| *a <= c && c <= *b) != *neg,
     };
-    let Some(above) = lines.get(idx) else {
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(&c) = t.get(ti) {
+        match p.get(pi) {
+            Some(GlobTok::Any) => {
+                star = Some((pi, ti));
+                pi += 1;
+                continue;
+            }
+            Some(tok) if one(tok, c) => {
+                pi += 1;
+                ti += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|t| matches!(t, GlobTok::Any)))
+}
+
+/// For `InvalidDefinitionDescription`: the comment directly above a definition (`above`, the
+/// line before it), if any, must start with `# <name> `. Returns true when there is such a
+/// comment and it does not.
+pub fn bad_description(above: Option<&str>, name: &str) -> bool {
+    let Some(above) = above else {
         return false;
     };
     let Some(comment) = above.trim_start().strip_prefix('#') else {
@@ -227,10 +299,14 @@ mod tests {
 
     #[test]
     fn description_comments() {
-        let t = "# syntax=docker/dockerfile:1\nFROM a AS base\n# base the base stage\nFROM b AS base2\n# wrong words\nARG X\n\nARG Y\n";
-        assert!(!bad_description(t, 2, "base"));
-        assert!(bad_description(t, 4, "base2"));
-        assert!(bad_description(t, 6, "X"));
-        assert!(!bad_description(t, 8, "Y"));
+        assert!(!bad_description(
+            Some("# syntax=docker/dockerfile:1"),
+            "base"
+        ));
+        assert!(bad_description(Some("# base the base stage"), "base2"));
+        assert!(!bad_description(Some("# base2 the base stage"), "base2"));
+        assert!(bad_description(Some("# wrong words"), "X"));
+        assert!(!bad_description(Some(""), "Y"));
+        assert!(!bad_description(None, "Y"));
     }
 }

@@ -23,7 +23,8 @@
 //! - History: one entry per instruction (plus ONBUILD triggers) with `empty_layer=false` for
 //!   each node-producing step, so the solver appends one diff_id per such step.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
 
 use rbuild_graph::image::DEFAULT_PATH;
 use rbuild_graph::{
@@ -94,22 +95,169 @@ enum Base {
     Local(String),
 }
 
+/// Ordered name → value pairs with an index, so that setting and looking up a name costs
+/// O(1) however many there are (ARG scopes).
+#[derive(Clone, Default)]
+struct Scope {
+    pairs: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
+
+impl Scope {
+    fn set(&mut self, key: &str, value: String) {
+        match self.index.get(key).and_then(|&i| self.pairs.get_mut(i)) {
+            Some(slot) => slot.1 = value,
+            None => {
+                self.index.insert(key.to_string(), self.pairs.len());
+                self.pairs.push((key.to_string(), value));
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.index
+            .get(key)
+            .and_then(|&i| self.pairs.get(i))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, (String, String)> {
+        self.pairs.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// Variables an expansion can read.
+trait Vars {
+    fn var(&self, key: &str) -> Option<&str>;
+}
+
+impl Vars for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+impl Vars for Scope {
+    fn var(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
+/// Approximate heap bytes of a string held in a config (text + allocation overhead).
+fn held(s: &str) -> usize {
+    s.len() + 32
+}
+
 /// The evolving state of one stage.
 #[derive(Clone)]
 struct StageState {
     node: Option<NodeId>,
     config: ImageConfig,
     /// Declared ARGs with a value, in declaration order.
-    args: Vec<(String, String)>,
+    args: Scope,
     cmd_set: bool,
     /// ARGs given a value after an ENV of the same name: like BuildKit, their value wins for
     /// expansion and RUN (the image config keeps the ENV value).
     arg_over_env: BTreeSet<String>,
     /// A WORKDIR was set by this Dockerfile (for the WorkdirRelativePath check).
     workdir_set: bool,
+    /// Position of each name in `config.config.env` (its first entry).
+    env_index: HashMap<String, usize>,
+    /// Variables visible to expansion, kept up to date by `set_env`/`set_arg` (shared until
+    /// changed, so reading it costs nothing).
+    vars: Rc<HashMap<String, String>>,
 }
 
 impl StageState {
+    /// A stage starting from `config` (its env indexed).
+    fn new(node: Option<NodeId>, config: ImageConfig) -> Self {
+        let mut env_index = HashMap::new();
+        let mut vars = HashMap::new();
+        for (i, kv) in config.config.env.iter().enumerate() {
+            if let Some((k, v)) = kv.split_once('=') {
+                env_index.entry(k.to_string()).or_insert(i);
+                vars.insert(k.to_string(), v.to_string());
+            }
+        }
+        StageState {
+            node,
+            config,
+            args: Scope::default(),
+            cmd_set: false,
+            arg_over_env: BTreeSet::new(),
+            workdir_set: false,
+            env_index,
+            vars: Rc::new(vars),
+        }
+    }
+
+    /// Heap bytes a copy of this state holds (charged when a stage is derived from it).
+    fn size(&self) -> usize {
+        let c = &self.config;
+        let strs = |v: &[String]| v.iter().map(|s| held(s)).sum::<usize>();
+        let history: usize = c
+            .history
+            .iter()
+            .map(|h| held(h.created_by.as_deref().unwrap_or("")) + 64)
+            .sum();
+        let labels: usize = c.config.labels.iter().map(|(k, v)| held(k) + held(v)).sum();
+        let args: usize = self.args.iter().map(|(k, v)| 2 * (held(k) + held(v))).sum();
+        let vars: usize = self.vars.iter().map(|(k, v)| held(k) + held(v)).sum();
+        history
+            + labels
+            + args
+            + vars
+            + 2 * strs(&c.config.env)
+            + strs(&c.config.on_build)
+            + strs(&c.rootfs.diff_ids)
+            + c.config
+                .exposed_ports
+                .keys()
+                .map(|k| held(k))
+                .sum::<usize>()
+            + c.config.volumes.keys().map(|k| held(k)).sum::<usize>()
+    }
+
+    /// `ENV key=value`: replaces the entry in place or appends it.
+    fn set_env(&mut self, key: &str, value: &str) {
+        let entry = format!("{key}={value}");
+        match self
+            .env_index
+            .get(key)
+            .and_then(|&i| self.config.config.env.get_mut(i))
+        {
+            Some(slot) => *slot = entry,
+            None => {
+                self.env_index
+                    .insert(key.to_string(), self.config.config.env.len());
+                self.config.config.env.push(entry);
+            }
+        }
+        self.arg_over_env.remove(key);
+        Rc::make_mut(&mut self.vars).insert(key.to_string(), value.to_string());
+    }
+
+    /// An ARG got a value: it wins for expansion (also over an ENV of the same name).
+    fn set_arg(&mut self, key: &str, value: String) {
+        if self.env_index.contains_key(key) {
+            self.arg_over_env.insert(key.to_string());
+        }
+        Rc::make_mut(&mut self.vars).insert(key.to_string(), value.clone());
+        self.args.set(key, value);
+    }
+
     fn shell(&self) -> Vec<String> {
         if self.config.config.shell.is_empty() {
             vec!["/bin/sh".to_string(), "-c".to_string()]
@@ -126,20 +274,10 @@ impl StageState {
         }
     }
 
-    /// Variables visible to expansion: ENV wins over ARG.
-    fn vars(&self) -> HashMap<String, String> {
-        let mut m: HashMap<String, String> = self.args.iter().cloned().collect();
-        for kv in &self.config.config.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                m.insert(k.to_string(), v.to_string());
-            }
-        }
-        for (k, v) in &self.args {
-            if self.arg_over_env.contains(k) {
-                m.insert(k.clone(), v.clone());
-            }
-        }
-        m
+    /// Variables visible to expansion: ENV wins over ARG, an ARG set after an ENV of its
+    /// name wins over it. Drop the returned handle before changing the stage.
+    fn vars(&self) -> Rc<HashMap<String, String>> {
+        Rc::clone(&self.vars)
     }
 }
 
@@ -201,8 +339,18 @@ struct Lowerer<'a> {
     images: BTreeMap<(String, String), (NodeId, crate::ResolvedImage)>,
     sources: BTreeMap<String, NodeId>,
     warnings: Vec<Diagnostic>,
-    global: Vec<(String, String)>,
+    global: Scope,
     stage_names: Vec<Option<String>>,
+    /// How many stages still to be dispatched are built `FROM` each stage: the last one
+    /// takes the base's state instead of copying it.
+    base_uses: Vec<usize>,
+    /// Stage name → index (names are unique).
+    stage_index: HashMap<String, usize>,
+    /// What expansions and stage copies may still cost (one budget per build).
+    budget: shell::Budget,
+    /// "did you mean" hints computed so far (each costs a scan of the candidates; capped so
+    /// thousands of findings stay linear).
+    hints: std::cell::Cell<usize>,
     done: Vec<Option<StageState>>,
     /// `# check=` directive: skipped rules (`all` skips everything) and error mode.
     check_skip: BTreeSet<String>,
@@ -605,8 +753,19 @@ pub(crate) fn build(
         images: BTreeMap::new(),
         sources: BTreeMap::new(),
         warnings: Vec::new(),
-        global: platform_args(&opts.platform),
+        global: Scope::default(),
         stage_names: Vec::new(),
+        base_uses: Vec::new(),
+        stage_index: HashMap::new(),
+        budget: shell::Budget::for_input(
+            text.len()
+                + opts
+                    .build_args
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>(),
+        ),
+        hints: std::cell::Cell::new(0),
         done: Vec::new(),
         check_skip: BTreeSet::new(),
         check_error: false,
@@ -615,6 +774,23 @@ pub(crate) fn build(
         undefined: std::cell::RefCell::new(Vec::new()),
         track_undefined: std::cell::Cell::new(false),
     };
+    for (k, v) in platform_args(&opts.platform) {
+        lw.global.set(&k, v);
+    }
+    // The line above each ARG and FROM (for InvalidDefinitionDescription), kept for those
+    // lines only.
+    let defs: HashSet<u32> = ast
+        .instructions
+        .iter()
+        .filter(|i| matches!(i.keyword.as_str(), "ARG" | "FROM"))
+        .map(|i| i.line_start)
+        .collect();
+    let above: HashMap<u32, &str> = text
+        .lines()
+        .zip(1u32..)
+        .filter(|(_, n)| defs.contains(&n.saturating_add(1)))
+        .map(|(l, n)| (n.saturating_add(1), l))
+        .collect();
     // `# check=` directive, overridden by the BUILDKIT_DOCKERFILE_CHECK build arg (BuildKit).
     let mut check_specs: Vec<String> = ast
         .directives
@@ -653,7 +829,7 @@ pub(crate) fn build(
     for inst in &globals {
         let pairs = lw.arg_pairs(inst)?;
         for (name, default) in pairs {
-            if lint::bad_description(text, inst.line_start, &name) {
+            if lint::bad_description(above.get(&inst.line_start).copied(), &name) {
                 lw.lint_experimental(
                     inst.line_start,
                     "InvalidDefinitionDescription",
@@ -669,15 +845,12 @@ pub(crate) fn build(
             let value = match opts.build_args.get(&name) {
                 Some(v) => Some(v.clone()),
                 None => match default {
-                    Some(d) => {
-                        let vars: HashMap<String, String> = lw.global.iter().cloned().collect();
-                        Some(lw.expand(&d, &vars, inst.line_start)?)
-                    }
+                    Some(d) => Some(lw.expand(&d, &lw.global, inst.line_start)?),
                     None => None,
                 },
             };
             if let Some(v) = value {
-                set_pair(&mut lw.global, &name, v);
+                lw.global.set(&name, v);
             }
         }
     }
@@ -685,11 +858,21 @@ pub(crate) fn build(
     // Stage headers.
     let mut stages: Vec<StageDef> = Vec::new();
     for (from, insts) in &stage_insts {
-        lw.lint_from(from, text, &declared, &defaults_only)?;
+        lw.lint_from(
+            from,
+            above.get(&from.line_start).copied(),
+            &declared,
+            &defaults_only,
+        )?;
         lw.lint_multiple(insts);
     }
+    let mut names: HashSet<String> = HashSet::new();
     for (from, insts) in stage_insts {
-        let sd = lw.stage_header(from, insts, &stages)?;
+        let sd = lw.stage_header(from, insts, &names)?;
+        if let Some(n) = &sd.name {
+            names.insert(n.clone());
+            lw.stage_index.insert(n.clone(), stages.len());
+        }
         stages.push(sd);
     }
     lw.stage_names = stages.iter().map(|s| s.name.clone()).collect();
@@ -716,7 +899,7 @@ pub(crate) fn build(
         .get(target)
         .and_then(|s| s.name.clone())
         .unwrap_or_else(|| "default".to_string());
-    set_pair(&mut lw.global, "TARGETSTAGE", target_name);
+    lw.global.set("TARGETSTAGE", target_name);
 
     // Dependencies and reachability.
     let mut deps: Vec<BTreeSet<usize>> = Vec::new();
@@ -747,6 +930,16 @@ pub(crate) fn build(
     }
 
     lw.done = vec![None; stages.len()];
+    lw.base_uses = vec![0; stages.len()];
+    for (idx, sd) in stages.iter().enumerate() {
+        if reachable.get(idx).copied().unwrap_or(false) {
+            if let Base::Stage(i) = lw.base_of(idx, sd) {
+                if let Some(u) = lw.base_uses.get_mut(i) {
+                    *u += 1;
+                }
+            }
+        }
+    }
     for (idx, sd) in stages.iter().enumerate() {
         if !reachable.get(idx).copied().unwrap_or(false) {
             continue;
@@ -772,7 +965,7 @@ pub(crate) fn build(
     for name in opts.build_args.keys() {
         let builtin = name.starts_with("BUILDKIT_")
             || name == "SOURCE_DATE_EPOCH"
-            || lw.global.iter().any(|(k, _)| k == name);
+            || lw.global.contains(name);
         if !declared.contains(name) && !PROXY_ARGS.contains(&name.as_str()) && !builtin {
             lw.warnings.push(Diagnostic {
                 line: 0,
@@ -800,9 +993,14 @@ pub(crate) fn build(
         });
     }
     // Spans: a finding on an instruction's first line covers the whole instruction.
+    let ends: HashMap<u32, u32> = ast
+        .instructions
+        .iter()
+        .map(|i| (i.line_start, i.line_end))
+        .collect();
     for w in &mut lw.warnings {
-        if let Some(i) = ast.instructions.iter().find(|i| i.line_start == w.line) {
-            w.end_line = w.end_line.max(i.line_end);
+        if let Some(end) = ends.get(&w.line) {
+            w.end_line = w.end_line.max(*end);
         }
     }
     warnings.append(&mut lw.warnings);
@@ -850,14 +1048,6 @@ fn platform_args(target: &Platform) -> Vec<(String, String)> {
     v
 }
 
-fn set_pair(list: &mut Vec<(String, String)>, key: &str, value: String) {
-    if let Some(slot) = list.iter_mut().find(|(k, _)| k == key) {
-        slot.1 = value;
-    } else {
-        list.push((key.to_string(), value));
-    }
-}
-
 fn valid_stage_name(n: &str) -> bool {
     let mut chars = n.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
@@ -896,7 +1086,7 @@ impl<'a> Lowerer<'a> {
     fn lint_from(
         &mut self,
         from: &Instruction,
-        text: &str,
+        above: Option<&str>,
         declared: &BTreeSet<String>,
         defaults_only: &HashMap<String, String>,
     ) -> Result<(), FrontendError> {
@@ -923,7 +1113,8 @@ impl<'a> Lowerer<'a> {
         for t in texts {
             for r in lint::referenced_vars(t, self.escape) {
                 if !declared.contains(&r.name) && !predefined.contains(&r.name) {
-                    let hint = suggest(&r.name, declared.iter().map(String::as_str))
+                    let hint = self
+                        .hint(&r.name, declared.iter().map(String::as_str))
                         .map(|s| format!(" (did you mean {s}?)"))
                         .unwrap_or_default();
                     self.lint(
@@ -936,7 +1127,7 @@ impl<'a> Lowerer<'a> {
         }
         if base.contains('$') {
             let lookup = |k: &str| defaults_only.get(k).cloned();
-            let v = shell::expand_with(base, &lookup, self.escape).unwrap_or_default();
+            let v = shell::expand_in(base, &lookup, self.escape, &self.budget).unwrap_or_default();
             let bad = v.is_empty()
                 || v.ends_with(':')
                 || v.ends_with('@')
@@ -978,7 +1169,7 @@ impl<'a> Lowerer<'a> {
             }
         }
         if let Some(n) = &stage_name {
-            if lint::bad_description(text, line, n) {
+            if lint::bad_description(above, n) {
                 self.lint_experimental(
                     line,
                     "InvalidDefinitionDescription",
@@ -1097,24 +1288,19 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn expand(
-        &self,
-        word: &str,
-        vars: &HashMap<String, String>,
-        line: u32,
-    ) -> Result<String, FrontendError> {
+    fn expand(&self, word: &str, vars: &impl Vars, line: u32) -> Result<String, FrontendError> {
         self.note_undefined(word, vars);
-        let lookup = |k: &str| vars.get(k).cloned();
-        shell::expand_with(word, &lookup, self.escape).map_err(|e| e.at_line(line))
+        let lookup = |k: &str| vars.var(k).map(str::to_string);
+        shell::expand_in(word, &lookup, self.escape, &self.budget).map_err(|e| e.at_line(line))
     }
 
     /// Remember variables `word` uses without a value or default (UndefinedVar).
-    fn note_undefined(&self, word: &str, vars: &HashMap<String, String>) {
+    fn note_undefined(&self, word: &str, vars: &impl Vars) {
         if !self.track_undefined.get() {
             return;
         }
         for r in lint::referenced_vars(word, self.escape) {
-            if !r.has_default && !vars.contains_key(&r.name) {
+            if !r.has_default && vars.var(&r.name).is_none() {
                 self.undefined.borrow_mut().push(r.name);
             }
         }
@@ -1123,12 +1309,32 @@ impl<'a> Lowerer<'a> {
     fn expand_words(
         &self,
         word: &str,
-        vars: &HashMap<String, String>,
+        vars: &impl Vars,
         line: u32,
     ) -> Result<Vec<String>, FrontendError> {
         self.note_undefined(word, vars);
-        let lookup = |k: &str| vars.get(k).cloned();
-        shell::expand_words_with(word, &lookup, self.escape).map_err(|e| e.at_line(line))
+        let lookup = |k: &str| vars.var(k).map(str::to_string);
+        shell::expand_words_in(word, &lookup, self.escape, &self.budget)
+            .map_err(|e| e.at_line(line))
+    }
+
+    /// Charge `bytes` of copied state or produced text to the build's budget.
+    fn spend(&self, bytes: usize, line: u32) -> Result<(), FrontendError> {
+        self.budget.spend_bytes(bytes).map_err(|e| e.at_line(line))
+    }
+
+    /// A "did you mean" hint, while fewer than 256 were computed in this build.
+    fn hint<'c, I: IntoIterator<Item = &'c str>>(
+        &self,
+        word: &str,
+        candidates: I,
+    ) -> Option<String> {
+        let n = self.hints.get();
+        if n >= 256 {
+            return None;
+        }
+        self.hints.set(n + 1);
+        suggest(word, candidates)
     }
 
     fn meta(&self, step: &Step<'_>, description: String) -> Meta {
@@ -1284,11 +1490,11 @@ impl<'a> Lowerer<'a> {
         &self,
         from: &'i Instruction,
         insts: Vec<&'i Instruction>,
-        earlier: &[StageDef<'_>],
+        earlier: &HashSet<String>,
     ) -> Result<StageDef<'i>, FrontendError> {
         let line = from.line_start;
         let flags = parse_flags(from, &["platform"])?;
-        let vars: HashMap<String, String> = self.global.iter().cloned().collect();
+        let vars = &self.global;
         let words = raw_words(&from.args, self.escape);
         let (base_raw, name) = match words.as_slice() {
             [b] => (b.clone(), None),
@@ -1302,7 +1508,7 @@ impl<'a> Lowerer<'a> {
                 ))
             }
         };
-        let base = self.expand(&base_raw, &vars, line)?;
+        let base = self.expand(&base_raw, vars, line)?;
         if base.is_empty() {
             return Err(FrontendError::instr(
                 line,
@@ -1322,7 +1528,7 @@ impl<'a> Lowerer<'a> {
                     format!("ReservedStageName: stage name \"{n}\" is reserved"),
                 ));
             }
-            if earlier.iter().any(|s| s.name.as_deref() == Some(n)) {
+            if earlier.contains(n) {
                 return Err(FrontendError::instr(
                     line,
                     format!("DuplicateStageName: duplicate stage name \"{n}\""),
@@ -1331,7 +1537,7 @@ impl<'a> Lowerer<'a> {
         }
         let platform = match flag(&flags, "platform") {
             Some(Some(p)) => {
-                let p = self.expand(p, &vars, line)?;
+                let p = self.expand(p, vars, line)?;
                 Some(parse_platform(&p).ok_or_else(|| {
                     FrontendError::instr(line, format!("FROM --platform: invalid platform \"{p}\""))
                 })?)
@@ -1366,16 +1572,12 @@ impl<'a> Lowerer<'a> {
             return Ok(None);
         }
         let lname = name.to_lowercase();
-        let found = self
-            .stage_names
-            .iter()
-            .position(|n| n.as_deref() == Some(lname.as_str()))
-            .or_else(|| {
-                lname
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|i| *i < self.stage_names.len())
-            });
+        let found = self.stage_index.get(&lname).copied().or_else(|| {
+            lname
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < self.stage_names.len())
+        });
         match found {
             Some(i) if i >= current => Err(FrontendError::instr(
                 line,
@@ -1397,12 +1599,7 @@ impl<'a> Lowerer<'a> {
             Some(NamedContext::Local(l)) => return Base::Local(l.clone()),
             None => {}
         }
-        if let Some(i) = self
-            .stage_names
-            .iter()
-            .take(idx)
-            .position(|n| n.as_deref() == Some(lb.as_str()))
-        {
+        if let Some(&i) = self.stage_index.get(&lb).filter(|&&i| i < idx) {
             return Base::Stage(i);
         }
         Base::Image(sd.base.clone())
@@ -1490,18 +1687,28 @@ impl<'a> Lowerer<'a> {
             single: self.stage_names.len() == 1,
         };
         let mut st = match self.base_of(idx, sd) {
-            Base::Scratch => StageState {
-                node: None,
-                config: ImageConfig::scratch(&platform),
-                args: Vec::new(),
-                cmd_set: false,
-                arg_over_env: BTreeSet::new(),
-                workdir_set: false,
-            },
+            Base::Scratch => StageState::new(None, ImageConfig::scratch(&platform)),
             Base::Stage(i) => {
-                let prev = self.done.get(i).and_then(Clone::clone).ok_or_else(|| {
+                let not_built = || {
                     FrontendError::instr(line, format!("FROM: stage \"{}\" was not built", sd.base))
-                })?;
+                };
+                let uses = self.base_uses.get_mut(i).ok_or_else(not_built)?;
+                *uses = uses.saturating_sub(1);
+                let last = *uses == 0;
+                let slot = self.done.get_mut(i).ok_or_else(not_built)?;
+                let prev = if last {
+                    // The last stage built from it takes the state; `COPY --from` only needs
+                    // the node, which stays.
+                    let node = slot.as_ref().ok_or_else(not_built)?.node;
+                    slot.replace(StageState::new(node, ImageConfig::default()))
+                        .ok_or_else(not_built)?
+                } else {
+                    // Each other derived stage holds a copy of its base's state: charged, so
+                    // that many stages derived from a big one cannot hold n² entries.
+                    let prev = slot.as_ref().ok_or_else(not_built)?.clone();
+                    self.spend(prev.size(), line)?;
+                    prev
+                };
                 StageState {
                     cmd_set: false,
                     ..prev
@@ -1538,14 +1745,7 @@ impl<'a> Lowerer<'a> {
                     vec![src],
                     meta,
                 )?;
-                StageState {
-                    node: Some(node),
-                    config: ImageConfig::scratch(&platform),
-                    args: Vec::new(),
-                    cmd_set: false,
-                    arg_over_env: BTreeSet::new(),
-                    workdir_set: false,
-                }
+                StageState::new(Some(node), ImageConfig::scratch(&platform))
             }
             Base::Image(reference) => {
                 let desc = format!(
@@ -1579,18 +1779,11 @@ impl<'a> Lowerer<'a> {
                         ),
                     );
                 }
-                StageState {
-                    node: Some(node),
-                    config: resolved.config,
-                    args: Vec::new(),
-                    cmd_set: false,
-                    arg_over_env: BTreeSet::new(),
-                    workdir_set: false,
-                }
+                StageState::new(Some(node), resolved.config)
             }
         };
-        if st.config.config.env_get("PATH").is_none() {
-            st.config.config.env_set("PATH", DEFAULT_PATH);
+        if !st.env_index.contains_key("PATH") {
+            st.set_env("PATH", DEFAULT_PATH);
         }
         if st.config.config.working_dir.is_empty() {
             st.config.config.working_dir = "/".to_string();
@@ -1644,9 +1837,19 @@ impl<'a> Lowerer<'a> {
                 if !seen.insert(n.clone()) {
                     continue;
                 }
-                let mut known: Vec<String> = st.vars().into_keys().filter(|k| *k != n).collect();
-                known.sort();
-                let hint = suggest(&n, known.iter().map(String::as_str))
+                let hint = if self.hints.get() < 256 {
+                    let mut known: Vec<&str> = st
+                        .vars
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|k| *k != n)
+                        .collect();
+                    known.sort_unstable();
+                    self.hint(&n, known)
+                } else {
+                    None
+                };
+                let hint = hint
                     .map(|s| format!(" (did you mean ${s}?)"))
                     .unwrap_or_default();
                 self.lint(
@@ -1685,14 +1888,14 @@ impl<'a> Lowerer<'a> {
             "ENV" => {
                 parse_flags(inst, &[])?;
                 let vars = st.vars();
-                let pairs = self.kv_pairs(inst, &vars, "ENV")?;
+                let pairs = self.kv_pairs(inst, &*vars, "ENV")?;
+                drop(vars);
                 let mut msg = String::from("ENV");
                 for (k, _) in &pairs {
                     self.lint_secret(line, "ENV", k);
                 }
                 for (k, v) in pairs {
-                    st.config.config.env_set(&k, &v);
-                    st.arg_over_env.remove(&k);
+                    st.set_env(&k, &v);
                     msg.push_str(&format!(" {k}={v}"));
                 }
                 Self::history(st, msg, true);
@@ -1701,7 +1904,7 @@ impl<'a> Lowerer<'a> {
             "LABEL" => {
                 parse_flags(inst, &[])?;
                 let vars = st.vars();
-                let pairs = self.kv_pairs(inst, &vars, "LABEL")?;
+                let pairs = self.kv_pairs(inst, &*vars, "LABEL")?;
                 let mut msg = String::from("LABEL");
                 for (k, v) in pairs {
                     msg.push_str(&format!(" {k}={v}"));
@@ -1711,28 +1914,27 @@ impl<'a> Lowerer<'a> {
                 Ok(())
             }
             "ARG" => {
+                // Defaults see the variables as they were before this instruction.
                 let vars = st.vars();
-                let mut msg = String::from("ARG");
+                let mut values = Vec::new();
                 for (name, default) in self.arg_pairs(inst)? {
                     self.lint_secret(line, "ARG", &name);
                     let value = match self.opts.build_args.get(&name) {
                         Some(v) => Some(v.clone()),
                         None => match default {
-                            Some(d) => Some(self.expand(&d, &vars, line)?),
-                            None => self
-                                .global
-                                .iter()
-                                .find(|(k, _)| *k == name)
-                                .map(|(_, v)| v.clone()),
+                            Some(d) => Some(self.expand(&d, &*vars, line)?),
+                            None => self.global.get(&name).map(str::to_string),
                         },
                     };
+                    values.push((name, value));
+                }
+                drop(vars);
+                let mut msg = String::from("ARG");
+                for (name, value) in values {
                     match value {
                         Some(v) => {
                             msg.push_str(&format!(" {name}={v}"));
-                            if st.config.config.env_get(&name).is_some() {
-                                st.arg_over_env.insert(name.clone());
-                            }
-                            set_pair(&mut st.args, &name, v);
+                            st.set_arg(&name, v);
                         }
                         None => msg.push_str(&format!(" {name}")),
                     }
@@ -1743,7 +1945,7 @@ impl<'a> Lowerer<'a> {
             "USER" => {
                 parse_flags(inst, &[])?;
                 let vars = st.vars();
-                let user = &self.expand(&inst.args, &vars, line)?;
+                let user = &self.expand(&inst.args, &*vars, line)?;
                 if user.trim().is_empty() {
                     return Err(step.err("USER requires exactly one argument"));
                 }
@@ -1787,7 +1989,7 @@ impl<'a> Lowerer<'a> {
             "EXPOSE" => {
                 parse_flags(inst, &[])?;
                 let vars = st.vars();
-                let words = self.expand_words(&inst.args, &vars, line)?;
+                let words = self.expand_words(&inst.args, &*vars, line)?;
                 if words.is_empty() {
                     return Err(step.err("EXPOSE requires at least one argument"));
                 }
@@ -1860,11 +2062,11 @@ impl<'a> Lowerer<'a> {
                     Some(v) => {
                         let mut out = Vec::new();
                         for w in v {
-                            out.push(self.expand(w, &vars, line)?);
+                            out.push(self.expand(w, &*vars, line)?);
                         }
                         out
                     }
-                    None => self.expand_words(&inst.args, &vars, line)?,
+                    None => self.expand_words(&inst.args, &*vars, line)?,
                 };
                 if vols.is_empty() || vols.iter().any(|v| v.trim().is_empty()) {
                     return Err(step.err("VOLUME specified can not be an empty string"));
@@ -1881,7 +2083,7 @@ impl<'a> Lowerer<'a> {
             "STOPSIGNAL" => {
                 parse_flags(inst, &[])?;
                 let vars = st.vars();
-                let sig = &self.expand(&inst.args, &vars, line)?;
+                let sig = &self.expand(&inst.args, &*vars, line)?;
                 if sig.trim().is_empty() {
                     return Err(step.err("STOPSIGNAL requires exactly one argument"));
                 }
@@ -1957,7 +2159,7 @@ impl<'a> Lowerer<'a> {
     fn kv_pairs(
         &mut self,
         inst: &Instruction,
-        vars: &HashMap<String, String>,
+        vars: &impl Vars,
         what: &str,
     ) -> Result<Vec<(String, String)>, FrontendError> {
         let line = inst.line_start;
@@ -2016,7 +2218,7 @@ impl<'a> Lowerer<'a> {
         let inst = step.inst;
         parse_flags(inst, &[])?;
         let vars = st.vars();
-        let p = &self.expand(&inst.args, &vars, step.line())?;
+        let p = &self.expand(&inst.args, &*vars, step.line())?;
         if p.trim().is_empty() {
             return Err(step.err("WORKDIR requires exactly one argument"));
         }
@@ -2222,7 +2424,7 @@ impl<'a> Lowerer<'a> {
         let vars = st.vars();
         let parents = flag_bool(&flags, "parents", line)? == Some(true);
         let owner = match flag(&flags, "chown") {
-            Some(Some(v)) => Some(parse_owner(&self.expand(v, &vars, line)?, line)?),
+            Some(Some(v)) => Some(parse_owner(&self.expand(v, &*vars, line)?, line)?),
             Some(None) => return Err(step.err("--chown requires a value")),
             None => None,
         };
@@ -2243,7 +2445,7 @@ impl<'a> Lowerer<'a> {
             });
         }
         let mode = match flag(&flags, "chmod") {
-            Some(Some(v)) => Some(parse_chmod(&self.expand(v, &vars, line)?, line)?),
+            Some(Some(v)) => Some(parse_chmod(&self.expand(v, &*vars, line)?, line)?),
             Some(None) => return Err(step.err("--chmod requires a value")),
             None => None,
         };
@@ -2253,11 +2455,11 @@ impl<'a> Lowerer<'a> {
                 let v = v
                     .as_deref()
                     .ok_or_else(|| step.err("--exclude requires a value"))?;
-                exclude.push(self.expand(v, &vars, line)?);
+                exclude.push(self.expand(v, &*vars, line)?);
             }
         }
         let checksum = match flag(&flags, "checksum") {
-            Some(Some(v)) => Some(self.expand(v, &vars, line)?),
+            Some(Some(v)) => Some(self.expand(v, &*vars, line)?),
             Some(None) => return Err(step.err("--checksum requires a value")),
             None => None,
         };
@@ -2268,7 +2470,7 @@ impl<'a> Lowerer<'a> {
             Some(v) => {
                 let mut out = Vec::new();
                 for w in v {
-                    out.push(self.expand(w, &vars, line)?);
+                    out.push(self.expand(w, &*vars, line)?);
                 }
                 out
             }
@@ -2281,18 +2483,18 @@ impl<'a> Lowerer<'a> {
                     {
                         out.push(format!("\u{0}{w}"));
                     } else {
-                        out.extend(self.expand_words(&w, &vars, line)?);
+                        out.extend(self.expand_words(&w, &*vars, line)?);
                     }
                 }
                 out
             }
             None => {
-                let mut out = self.expand_words(&inst.args, &vars, line)?;
+                let mut out = self.expand_words(&inst.args, &*vars, line)?;
                 // A destination that expands to nothing means the working directory
                 // (BuildKit expands the destination as one word).
                 let raw = raw_words(&inst.args, self.escape);
                 if let [.., last] = raw.as_slice() {
-                    if raw.len() >= 2 && self.expand(last, &vars, line)?.is_empty() {
+                    if raw.len() >= 2 && self.expand(last, &*vars, line)?.is_empty() {
                         out.push(".".to_string());
                     }
                 }
@@ -2374,7 +2576,7 @@ impl<'a> Lowerer<'a> {
                 heredoc_idx += 1;
                 let data = if h.expand {
                     let lookup = |k: &str| vars.get(k).cloned();
-                    shell::expand_heredoc(&h.body, &lookup, self.escape)
+                    shell::expand_heredoc_in(&h.body, &lookup, self.escape, &self.budget)
                         .map_err(|e| e.at_line(line))?
                 } else {
                     h.body.clone()
@@ -2664,21 +2866,21 @@ impl<'a> Lowerer<'a> {
             .iter()
             .map(|kv| {
                 let k = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
-                match st.args.iter().find(|(a, _)| a == k) {
-                    Some((a, v)) if st.arg_over_env.contains(a) => format!("{a}={v}"),
+                match st.args.get(k) {
+                    Some(v) if st.arg_over_env.contains(k) => format!("{k}={v}"),
                     _ => kv.clone(),
                 }
             })
             .collect();
-        for (k, v) in &st.args {
-            if st.config.config.env_get(k).is_none() {
+        for (k, v) in st.args.iter() {
+            if !st.env_index.contains_key(k) {
                 env.push(format!("{k}={v}"));
             }
         }
         let mut proxy_env = Vec::new();
         for p in PROXY_ARGS {
             if let Some(v) = self.opts.build_args.get(p) {
-                if !st.args.iter().any(|(k, _)| k == p) {
+                if !st.args.contains(p) {
                     proxy_env.push(format!("{p}={v}"));
                 }
             }
@@ -2721,13 +2923,18 @@ impl<'a> Lowerer<'a> {
         let mut created_by = String::from("RUN ");
         if !st.args.is_empty() {
             created_by.push_str(&format!("|{}", st.args.len()));
-            for (k, v) in &st.args {
+            for (k, v) in st.args.iter() {
                 created_by.push_str(&format!(" {k}={v}"));
             }
             created_by.push(' ');
         }
         created_by.push_str(&args.join(" "));
         created_by.push_str(" # buildkit");
+        // Every RUN copies the stage's env and ARGs: charged, so n ARGs × n RUNs stay bounded.
+        self.spend(
+            created_by.len() + env.iter().map(|e| held(e)).sum::<usize>(),
+            step.line(),
+        )?;
 
         let meta = self.meta(step, step.description());
         let node = self.push(
