@@ -1,0 +1,447 @@
+//! Stages: FROM headers, stage references (`--from`, `FROM <stage>`, `--mount from=`),
+//! their dependencies, and dispatching one stage (its base, ONBUILD triggers, instructions).
+
+use super::*;
+
+impl Lowerer<'_> {
+    pub(super) fn stage_header<'i>(
+        &self,
+        from: &'i Instruction,
+        insts: Vec<&'i Instruction>,
+        earlier: &HashSet<String>,
+    ) -> Result<StageDef<'i>, FrontendError> {
+        let line = from.line_start;
+        let flags = parse_flags(from, &["platform"])?;
+        let vars = &self.global;
+        let words = raw_words(&from.args, self.escape);
+        let (base_raw, name) = match words.as_slice() {
+            [b] => (b.clone(), None),
+            [b, as_kw, n] if as_kw.eq_ignore_ascii_case("as") => {
+                (b.clone(), Some(n.to_lowercase()))
+            }
+            _ => {
+                return Err(FrontendError::instr(
+                    line,
+                    "FROM requires either one argument, or three: FROM <source> [AS <name>]",
+                ))
+            }
+        };
+        let base = self.expand(&base_raw, vars, line)?;
+        if base.is_empty() {
+            return Err(FrontendError::instr(
+                line,
+                format!("FROM: base name \"{base_raw}\" expands to an empty string"),
+            ));
+        }
+        if let Some(n) = &name {
+            if !valid_stage_name(n) {
+                return Err(FrontendError::instr(
+                    line,
+                    format!("invalid stage name \"{n}\": must match [a-z][a-z0-9-_.]*"),
+                ));
+            }
+            if n == "scratch" || n == "context" {
+                return Err(FrontendError::instr(
+                    line,
+                    format!("ReservedStageName: stage name \"{n}\" is reserved"),
+                ));
+            }
+            if earlier.contains(n) {
+                return Err(FrontendError::instr(
+                    line,
+                    format!("DuplicateStageName: duplicate stage name \"{n}\""),
+                ));
+            }
+        }
+        let platform = match flag(&flags, "platform") {
+            Some(Some(p)) => {
+                let p = self.expand(p, vars, line)?;
+                Some(parse_platform(&p).ok_or_else(|| {
+                    FrontendError::instr(line, format!("FROM --platform: invalid platform \"{p}\""))
+                })?)
+            }
+            Some(None) => {
+                return Err(FrontendError::instr(
+                    line,
+                    "FROM --platform requires a value",
+                ))
+            }
+            None => None,
+        };
+        Ok(StageDef {
+            from,
+            insts,
+            name,
+            base,
+            platform,
+        })
+    }
+
+    /// A stage referenced by `name` (stage name or index) from stage `current`.
+    pub(super) fn stage_ref(
+        &self,
+        name: &str,
+        current: usize,
+        line: u32,
+        what: &str,
+    ) -> Result<Option<usize>, FrontendError> {
+        // A named build context overrides a stage of the same name (as in BuildKit).
+        if self.named_context(name).is_some() {
+            return Ok(None);
+        }
+        let lname = name.to_lowercase();
+        let found = self.stage_index.get(&lname).copied().or_else(|| {
+            lname
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < self.stage_names.len())
+        });
+        match found {
+            Some(i) if i >= current => Err(FrontendError::instr(
+                line,
+                format!(
+                    "{what}: stage \"{name}\" is defined at or after the current stage; it needs to be defined before it"
+                ),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    pub(super) fn base_of(&self, idx: usize, sd: &StageDef<'_>) -> Base {
+        let lb = sd.base.to_lowercase();
+        if lb == "scratch" {
+            return Base::Scratch;
+        }
+        match self.named_context(&sd.base) {
+            Some(NamedContext::Image(r)) => return Base::Image(r.clone()),
+            Some(NamedContext::Local(l)) => return Base::Local(l.clone()),
+            None => {}
+        }
+        if let Some(&i) = self.stage_index.get(&lb).filter(|&&i| i < idx) {
+            return Base::Stage(i);
+        }
+        Base::Image(sd.base.clone())
+    }
+
+    /// The `--build-context` a name (not a stage) stands for, if any.
+    pub(super) fn named_context(&self, name: &str) -> Option<&NamedContext> {
+        self.opts
+            .named_contexts
+            .get(name)
+            .or_else(|| self.opts.named_contexts.get(&name.to_lowercase()))
+    }
+
+    /// The local source node of a named local build context.
+    pub(super) fn named_local(&mut self, local: &str) -> Result<NodeId, FrontendError> {
+        self.source(
+            SourceOp::Local {
+                name: local.to_string(),
+                exclude: Vec::new(),
+            },
+            format!("[internal] load build context {local}"),
+        )
+    }
+
+    pub(super) fn stage_deps(
+        &self,
+        idx: usize,
+        sd: &StageDef<'_>,
+    ) -> Result<BTreeSet<usize>, FrontendError> {
+        let mut deps = BTreeSet::new();
+        if let Base::Stage(i) = self.base_of(idx, sd) {
+            deps.insert(i);
+        }
+        for inst in &sd.insts {
+            for f in &inst.flags {
+                let (k, v) = flag_name_value(f);
+                let Some(v) = v else { continue };
+                if k == "from" && matches!(inst.keyword.as_str(), "COPY" | "ADD") {
+                    if let Some(i) = self.stage_ref(
+                        &v,
+                        idx,
+                        inst.line_start,
+                        &format!("{} --from={v}", inst.keyword),
+                    )? {
+                        deps.insert(i);
+                    }
+                }
+                if k == "mount" && inst.keyword == "RUN" {
+                    for field in v.split(',') {
+                        if let Some((fk, fv)) = field.split_once('=') {
+                            if fk.trim().eq_ignore_ascii_case("from") {
+                                if let Some(i) = self.stage_ref(
+                                    fv.trim(),
+                                    idx,
+                                    inst.line_start,
+                                    "RUN --mount from",
+                                )? {
+                                    deps.insert(i);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(deps)
+    }
+
+    pub(super) fn dispatch_stage(
+        &mut self,
+        idx: usize,
+        sd: &StageDef<'_>,
+    ) -> Result<StageState, FrontendError> {
+        let label = sd.name.clone().unwrap_or_else(|| format!("stage-{idx}"));
+        // Like BuildKit, `FROM scratch` is not a step: the numbering starts at the first
+        // instruction.
+        let from_step_count = usize::from(!matches!(self.base_of(idx, sd), Base::Scratch));
+        let total = sd.insts.len() + from_step_count;
+        let line = sd.from.line_start;
+        let platform = sd
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.opts.platform.clone());
+        let from_step = Step {
+            inst: sd.from,
+            label: label.clone(),
+            index: 1,
+            total,
+            single: self.stage_names.len() == 1,
+        };
+        let mut st = match self.base_of(idx, sd) {
+            Base::Scratch => StageState::new(None, ImageConfig::scratch(&platform)),
+            Base::Stage(i) => {
+                let not_built = || {
+                    FrontendError::instr(line, format!("FROM: stage \"{}\" was not built", sd.base))
+                };
+                let uses = self.base_uses.get_mut(i).ok_or_else(not_built)?;
+                *uses = uses.saturating_sub(1);
+                let last = *uses == 0;
+                let slot = self.done.get_mut(i).ok_or_else(not_built)?;
+                let prev = if last {
+                    // The last stage built from it takes the state; `COPY --from` only needs
+                    // the node, which stays.
+                    let node = slot.as_ref().ok_or_else(not_built)?.node;
+                    slot.replace(StageState::new(node, ImageConfig::default()))
+                        .ok_or_else(not_built)?
+                } else {
+                    // Each other derived stage holds a copy of its base's state: charged, so
+                    // that many stages derived from a big one cannot hold n² entries.
+                    let prev = slot.as_ref().ok_or_else(not_built)?.clone();
+                    self.spend(prev.size(), line)?;
+                    prev
+                };
+                StageState {
+                    cmd_set: false,
+                    ..prev
+                }
+            }
+            Base::Local(local) => {
+                // The directory's contents become the stage's root filesystem.
+                let src = self.named_local(&local)?;
+                let meta = Meta {
+                    description: format!("{} FROM {}", from_step.prefix(), sd.base),
+                    stage: Some(label.clone()),
+                    lines: Some((line, line)),
+                    ignore_cache: self.opts.no_cache,
+                };
+                let node = self.push(
+                    Op::File(FileOp {
+                        dest_input: None,
+                        actions: vec![FileAction::Copy(CopyAction {
+                            src_input: 0,
+                            src: "/".into(),
+                            dest: "/".into(),
+                            owner: None,
+                            mode: None,
+                            follow_symlinks: true,
+                            dir_copy_contents: true,
+                            attempt_unpack: false,
+                            create_dest_path: true,
+                            allow_wildcard: false,
+                            allow_empty_wildcard: false,
+                            exclude: Vec::new(),
+                            parents: false,
+                        })],
+                    }),
+                    vec![src],
+                    meta,
+                )?;
+                StageState::new(Some(node), ImageConfig::scratch(&platform))
+            }
+            Base::Image(reference) => {
+                let desc = format!(
+                    "{} FROM {}",
+                    from_step
+                        .description()
+                        .split(']')
+                        .next()
+                        .map(|s| format!("{s}]"))
+                        .unwrap_or_default(),
+                    reference
+                );
+                let (node, resolved) = self.image(
+                    &reference,
+                    &platform,
+                    line,
+                    &format!("FROM {reference}"),
+                    desc,
+                    Some(&label),
+                )?;
+                let got = (&resolved.config.os, &resolved.config.architecture);
+                if !got.0.is_empty() && (got.0 != &platform.os || got.1 != &platform.architecture) {
+                    self.lint(
+                        line,
+                        "InvalidBaseImagePlatform",
+                        format!(
+                            "Base image {reference} was pulled with platform \"{}/{}\", expected \"{}\" for current build",
+                            got.0,
+                            got.1,
+                            platform.to_text()
+                        ),
+                    );
+                }
+                StageState::new(Some(node), resolved.config)
+            }
+        };
+        if !st.env_index.contains_key("PATH") {
+            st.set_env("PATH", DEFAULT_PATH);
+        }
+        if st.config.config.working_dir.is_empty() {
+            st.config.config.working_dir = "/".to_string();
+        }
+        // ONBUILD triggers of the base run right after FROM.
+        let triggers = std::mem::take(&mut st.config.config.on_build);
+        for trig in triggers {
+            let ast = parser::parse(&trig);
+            if let Some(e) = ast.first_error() {
+                return Err(FrontendError::instr(
+                    line,
+                    format!("ONBUILD trigger \"{trig}\": {}", e.message),
+                ));
+            }
+            for mut t in ast.instructions {
+                check_keyword(&t)
+                    .map_err(|e| FrontendError::instr(line, format!("ONBUILD trigger: {e}")))?;
+                if matches!(t.keyword.as_str(), "FROM" | "ONBUILD" | "MAINTAINER") {
+                    return Err(FrontendError::instr(
+                        line,
+                        format!("ONBUILD trigger {} is not allowed", t.keyword),
+                    ));
+                }
+                t.line_start = line;
+                t.line_end = sd.from.line_end;
+                let step = Step {
+                    inst: &t,
+                    label: label.clone(),
+                    index: 1,
+                    total,
+                    single: self.stage_names.len() == 1,
+                };
+                self.dispatch(&mut st, &step, idx)?;
+            }
+        }
+        for (k, inst) in sd.insts.iter().enumerate() {
+            let step = Step {
+                inst,
+                label: label.clone(),
+                index: k + 1 + from_step_count,
+                total,
+                single: self.stage_names.len() == 1,
+            };
+            self.track_undefined.set(true);
+            let r = self.dispatch(&mut st, &step, idx);
+            self.track_undefined.set(false);
+            r?;
+            let names = std::mem::take(&mut *self.undefined.borrow_mut());
+            let mut seen = BTreeSet::new();
+            for n in names {
+                if !seen.insert(n.clone()) {
+                    continue;
+                }
+                let hint = if self.hints.get() < 256 {
+                    let mut known: Vec<&str> = st
+                        .vars
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|k| *k != n)
+                        .collect();
+                    known.sort_unstable();
+                    self.hint(&n, known)
+                } else {
+                    None
+                };
+                let hint = hint
+                    .map(|s| format!(" (did you mean ${s}?)"))
+                    .unwrap_or_default();
+                self.lint(
+                    inst.line_start,
+                    "UndefinedVar",
+                    format!("Usage of undefined variable '${n}'{hint}"),
+                );
+            }
+        }
+        Ok(st)
+    }
+
+    pub(super) fn node_or_scratch(&mut self, n: Option<NodeId>) -> Result<NodeId, FrontendError> {
+        match n {
+            Some(n) => Ok(n),
+            None => self.scratch(),
+        }
+    }
+
+    /// Source node for `--from=<v>` (stage, index or image).
+    pub(super) fn source_for_from(
+        &mut self,
+        v: &str,
+        stage_idx: usize,
+        step: &Step<'_>,
+        what: &str,
+    ) -> Result<NodeId, FrontendError> {
+        if v.contains('$') {
+            return Err(step.err(format!(
+                "{what}={v}: variables are not expanded in --from; define a new stage with FROM using ARG from global scope"
+            )));
+        }
+        if let Some(i) = self.stage_ref(v, stage_idx, step.line(), &format!("{what}={v}"))? {
+            let n = self
+                .done
+                .get(i)
+                .and_then(|s| s.as_ref())
+                .map(|s| s.node)
+                .ok_or_else(|| step.err(format!("{what}={v}: stage was not built")))?;
+            return self.node_or_scratch(n);
+        }
+        if v.eq_ignore_ascii_case("scratch") {
+            return self.scratch();
+        }
+        let v = match self.named_context(v).cloned() {
+            Some(NamedContext::Local(local)) => return self.named_local(&local),
+            Some(NamedContext::Image(r)) => r,
+            None => v.to_string(),
+        };
+        let v = v.as_str();
+        let platform = self.opts.platform.clone();
+        let names: Vec<String> = self.stage_names.iter().flatten().cloned().collect();
+        let r = self.image(
+            v,
+            &platform,
+            step.line(),
+            what,
+            format!("{} {what}={v}", step.prefix()),
+            Some(&step.label),
+        );
+        match r {
+            Ok((n, _)) => Ok(n),
+            Err(FrontendError::Resolve { line, message, .. }) => Err(FrontendError::FromNotFound {
+                line,
+                instruction: format!("{what}={v}"),
+                name: v.to_string(),
+                message,
+                suggestion: suggest(&v.to_lowercase(), names.iter().map(String::as_str)),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
