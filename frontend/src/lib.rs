@@ -105,8 +105,9 @@ pub struct BuildPlan {
     /// Name of the target stage, or its index as text when unnamed.
     pub target_stage: String,
     pub warnings: Vec<Diagnostic>,
-    /// The `# syntax=` directive, if any: accepted and recorded (rbuild always uses its own
-    /// frontend, which implements the current Dockerfile reference).
+    /// The `# syntax=` directive, if any. Only the official Dockerfile frontend's references
+    /// are accepted (rbuild always uses its own frontend, which implements the current
+    /// Dockerfile reference); any other value is an error naming the line.
     pub syntax: Option<String>,
 }
 

@@ -373,8 +373,22 @@ pub fn parse(text: &str) -> Ast {
         if inst.args.starts_with('[') {
             inst.json = serde_json::from_str::<Vec<String>>(&inst.args).ok();
         }
-        if inst.json.is_none() && matches!(inst.keyword.as_str(), "RUN" | "COPY" | "ADD") {
-            let markers = find_heredocs(&inst.args);
+        // Heredocs belong to RUN/COPY/ADD, also as an ONBUILD trigger (BuildKit's
+        // heredocCompoundDirectives).
+        let heredoc_args = match inst.keyword.as_str() {
+            "RUN" | "COPY" | "ADD" if inst.json.is_none() => Some(inst.args.as_str()),
+            "ONBUILD" => inst
+                .args
+                .split_once(char::is_whitespace)
+                .filter(|(k, rest)| {
+                    matches!(k.to_ascii_uppercase().as_str(), "RUN" | "COPY" | "ADD")
+                        && serde_json::from_str::<Vec<String>>(rest.trim()).is_err()
+                })
+                .map(|(_, rest)| rest),
+            _ => None,
+        };
+        if let Some(hargs) = heredoc_args {
+            let markers = find_heredocs(hargs);
             for (name, expand, chomp, fd) in markers {
                 let mut body = String::new();
                 let mut closed = false;

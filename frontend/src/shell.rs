@@ -169,8 +169,9 @@ pub fn expand_words_in(
     Ok(words)
 }
 
-/// Expand a heredoc body: `$` expansions happen, quotes stay literal, and the escape character
-/// only escapes `$` and itself.
+/// Expand a heredoc body (COPY/ADD `<<EOF`): `$` expansions happen, quotes stay literal, and
+/// the escape character escapes the next character, as BuildKit's `ExpandRaw` (whose lexer
+/// always uses a backslash, whatever the escape directive).
 pub fn expand_heredoc(body: &str, env: Lookup<'_>, escape: char) -> Result<String, FrontendError> {
     expand_heredoc_in(body, env, escape, &Budget::for_input(body.len()))
 }
@@ -284,12 +285,12 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             if mode == Mode::Heredoc {
                 if c == self.escape {
-                    match self.peek() {
-                        Some(n) if n == '$' || n == self.escape => {
-                            self.pos += 1;
-                            lit(&mut out, n, mode);
-                        }
-                        _ => lit(&mut out, c, mode),
+                    // As BuildKit's lexer with quotes skipped: the escape character escapes
+                    // whatever follows (`\$` → `$`, `\\` → `\`, backslash-newline → newline)
+                    // and is dropped at the end.
+                    if let Some(n) = self.peek() {
+                        self.pos += 1;
+                        lit(&mut out, n, mode);
                     }
                 } else if c == '$' {
                     let text = self.dollar()?;

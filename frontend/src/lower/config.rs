@@ -378,11 +378,18 @@ impl Lowerer<'_> {
         let line = step.line();
         parse_flags(inst, &[])?;
         let vars = st.vars();
-        let words = self.expand_words(&inst.args, &*vars, line)?;
+        // Like BuildKit (instructions.parseExpose), the arguments are sorted as written, then
+        // expanded; the history lists every port in that order (duplicates kept).
+        let mut raw = raw_words(&inst.args, self.escape);
+        raw.sort();
+        let mut words = Vec::new();
+        for r in &raw {
+            words.extend(self.expand_words(r, &*vars, line)?);
+        }
         if words.is_empty() {
             return Err(step.err("EXPOSE requires at least one argument"));
         }
-        let mut ports = BTreeSet::new();
+        let mut ports = Vec::new();
         for w in words {
             let spec = match w.rsplit_once(':') {
                 Some((_, p)) => {
@@ -427,20 +434,24 @@ impl Lowerer<'_> {
                     if a > b {
                         return Err(step.err(format!("EXPOSE: invalid port range \"{w}\"")));
                     }
+                    // A range is up to 65536 ports from a few bytes: charged.
+                    self.spend(usize::from(b - a) * 16, line)?;
                     for p in a..=b {
-                        ports.insert(format!("{p}/{proto}"));
+                        ports.push(format!("{p}/{proto}"));
                     }
                 }
                 None => {
-                    ports.insert(format!("{port}/{proto}"));
+                    // As a number (`080` is port 80), as BuildKit's strconv.Itoa.
+                    ports.push(format!("{}/{proto}", port.parse::<u16>().unwrap_or(0)));
                 }
             }
         }
-        let list: Vec<String> = ports.iter().map(|p| format!("{p}:{{}}")).collect();
+        let msg = format!("EXPOSE [{}]", ports.join(" "));
+        self.spend(msg.len(), line)?;
         for p in ports {
             st.config.config.exposed_ports.insert(p, Default::default());
         }
-        Self::history(st, format!("EXPOSE map[{}]", list.join(" ")), true);
+        Self::history(st, msg, true);
         Ok(())
     }
 
@@ -544,12 +555,12 @@ impl Lowerer<'_> {
         let inst = step.inst;
         let line = step.line();
         parse_flags(inst, &[])?;
-        let (kw, rest) = inst
+        let kw = inst
             .args
-            .split_once(char::is_whitespace)
-            .map(|(k, r)| (k, r.trim()))
-            .unwrap_or((inst.args.as_str(), ""));
-        let kw = kw.to_ascii_uppercase();
+            .split(char::is_whitespace)
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
         if kw.is_empty() {
             return Err(step.err("ONBUILD requires at least one argument"));
         }
@@ -563,12 +574,9 @@ impl Lowerer<'_> {
                 suggestion: suggest(&kw, KEYWORDS),
             });
         }
-        let trigger = if rest.is_empty() {
-            kw
-        } else {
-            format!("{kw} {rest}")
-        };
-        Self::history(st, format!("ONBUILD {trigger}"), true);
+        // The trigger as written with its heredoc bodies (BuildKit's parseOnBuild); BuildKit
+        // (dispatchOnbuild) records it in the config only, with no history entry.
+        let trigger = super::stages::onbuild_trigger_text(inst);
         st.config.config.on_build.push(trigger);
         Ok(())
     }

@@ -110,8 +110,19 @@ impl Lowerer<'_> {
         let flags = parse_flags(inst, allowed)?;
         let vars = st.vars();
         let parents = flag_bool(&flags, "parents", line)? == Some(true);
+        // History as BuildKit writes it (dispatchCopy): the keyword, `--parents`, `--chown=`,
+        // `--chmod=` (expanded), the sources, heredocs as `<<NAME`, the destination; no
+        // `--from` or other flags.
+        let mut created_by = String::from(kw);
+        if parents {
+            created_by.push_str(" --parents");
+        }
         let owner = match flag(&flags, "chown") {
-            Some(Some(v)) => Some(parse_owner(&self.expand(v, &*vars, line)?, line)?),
+            Some(Some(v)) => {
+                let v = self.expand(v, &*vars, line)?;
+                created_by.push_str(&format!(" --chown={v}"));
+                Some(parse_owner(&v, line)?)
+            }
             Some(None) => return Err(step.err("--chown requires a value")),
             None => None,
         };
@@ -132,7 +143,11 @@ impl Lowerer<'_> {
             });
         }
         let mode = match flag(&flags, "chmod") {
-            Some(Some(v)) => Some(parse_chmod(&self.expand(v, &*vars, line)?, line)?),
+            Some(Some(v)) => {
+                let v = self.expand(v, &*vars, line)?;
+                created_by.push_str(&format!(" --chmod={v}"));
+                Some(parse_chmod(&v, line)?)
+            }
             Some(None) => return Err(step.err("--chmod requires a value")),
             None => None,
         };
@@ -199,6 +214,15 @@ impl Lowerer<'_> {
         if dest.starts_with('\u{0}') {
             return Err(step.err(format!("{kw}: a heredoc cannot be the destination")));
         }
+        for src in srcs.iter().filter(|s| !s.starts_with('\u{0}')) {
+            created_by.push(' ');
+            created_by.push_str(src);
+        }
+        for h in &inst.heredocs {
+            created_by.push_str(&format!(" <<{}", h.name));
+        }
+        created_by.push(' ');
+        created_by.push_str(dest);
         let dest_is_dir =
             dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest == "..";
         if srcs.len() > 1 && !dest_is_dir {
@@ -263,7 +287,9 @@ impl Lowerer<'_> {
                 heredoc_idx += 1;
                 let data = if h.expand {
                     let lookup = |k: &str| vars.get(k).cloned();
-                    shell::expand_heredoc_in(&h.body, &lookup, self.escape, &self.budget)
+                    // BuildKit expands heredoc files with a `\` lexer whatever the escape
+                    // directive (dockerfile2llb: shell.NewLex('\\') for ExpandRaw).
+                    shell::expand_heredoc_in(&h.body, &lookup, '\\', &self.budget)
                         .map_err(|e| e.at_line(line))?
                 } else {
                     h.body.clone()
@@ -443,7 +469,7 @@ impl Lowerer<'_> {
             )?,
         };
         st.node = Some(node);
-        Self::history(st, format!("{} # buildkit", step.display()), false);
+        Self::history(st, format!("{created_by} # buildkit"), false);
         Ok(())
     }
 }

@@ -296,6 +296,23 @@ impl StageState {
     }
 }
 
+/// `[label i/n]` as BuildKit's prefixCommand writes it: the index padded to the width of the
+/// total (`[base  3/12]`); `[i/n]` when the Dockerfile has one stage.
+fn progress_prefix(label: &str, single: bool, index: usize, total: usize) -> String {
+    let width = total.max(1).to_string().len();
+    if single {
+        format!("[{index:>width$}/{total}]")
+    } else {
+        format!("[{label} {index:>width$}/{total}]")
+    }
+}
+
+/// Whether BuildKit numbers an instruction as a step (dispatchState.cmdTotal: the FROM of an
+/// image, RUN, COPY, ADD, WORKDIR; ENV, LABEL, USER … are not shown).
+fn numbered(inst: &Instruction) -> bool {
+    matches!(inst.keyword.as_str(), "RUN" | "COPY" | "ADD" | "WORKDIR")
+}
+
 /// Per-step context (for metadata and errors).
 struct Step<'i> {
     inst: &'i Instruction,
@@ -304,6 +321,8 @@ struct Step<'i> {
     total: usize,
     /// The Dockerfile has one stage: progress names omit the stage (`[1/3]`), as BuildKit's.
     single: bool,
+    /// An ONBUILD trigger of the base (named `ONBUILD …` in the progress).
+    onbuild: bool,
 }
 
 impl Step<'_> {
@@ -328,15 +347,13 @@ impl Step<'_> {
 
     /// `[stage i/n]`, or `[i/n]` in a single-stage Dockerfile.
     fn prefix(&self) -> String {
-        if self.single {
-            format!("[{}/{}]", self.index, self.total)
-        } else {
-            format!("[{} {}/{}]", self.label, self.index, self.total)
-        }
+        progress_prefix(&self.label, self.single, self.index, self.total)
     }
 
+    /// The progress name: prefix, `ONBUILD ` for a trigger, the instruction.
     fn description(&self) -> String {
-        format!("{} {}", self.prefix(), self.display())
+        let onbuild = if self.onbuild { "ONBUILD " } else { "" };
+        format!("{} {onbuild}{}", self.prefix(), self.display())
     }
 
     fn err(&self, message: impl Into<String>) -> FrontendError {
@@ -392,6 +409,7 @@ pub(crate) fn build(
             message: e.message.clone(),
         });
     }
+    check_syntax(&ast, opts)?;
     let mut warnings: Vec<Diagnostic> = Vec::new();
 
     // Split into global ARGs and stages.
@@ -579,8 +597,8 @@ pub(crate) fn build(
 
     // Dependencies and reachability.
     let mut deps: Vec<BTreeSet<usize>> = Vec::new();
-    for (idx, sd) in stages.iter().enumerate() {
-        deps.push(lw.stage_deps(idx, sd)?);
+    for idx in 0..stages.len() {
+        deps.push(lw.stage_deps(idx, &stages)?);
     }
     let mut reachable = vec![false; stages.len()];
     let mut stack = vec![target];
@@ -696,6 +714,64 @@ pub(crate) fn build(
             .find(|d| d.name == "syntax")
             .map(|d| d.value.clone()),
     })
+}
+
+/// `# syntax=` (or the `BUILDKIT_SYNTAX` build arg): rbuild is its own Dockerfile frontend, so
+/// it accepts the official frontend's references (`docker/dockerfile`, `-upstream`, any tag or
+/// digest, with or without `docker.io/`), whose features it implements, and refuses anything
+/// else instead of ignoring it (BuildKit would run that frontend).
+fn check_syntax(ast: &parser::Ast, opts: &BuildOpts) -> Result<(), FrontendError> {
+    let (line, value) = match opts.build_args.get("BUILDKIT_SYNTAX") {
+        Some(v) => (0, v.as_str()),
+        None => match ast.directives.iter().find(|d| d.name == "syntax") {
+            Some(d) => (d.line, d.value.as_str()),
+            None => return Ok(()),
+        },
+    };
+    if is_official_frontend(value) {
+        return Ok(());
+    }
+    let message = format!(
+        "unsupported syntax \"{value}\": rbuild builds Dockerfiles with its own frontend and \
+         accepts only the official Dockerfile frontend here (docker/dockerfile or \
+         docker/dockerfile-upstream, any tag or digest, e.g. docker/dockerfile:1); remove the \
+         line to build with rbuild"
+    );
+    Err(match line {
+        0 => FrontendError::Expand {
+            line: None,
+            message: format!("--build-arg BUILDKIT_SYNTAX: {message}"),
+        },
+        line => FrontendError::Syntax { line, message },
+    })
+}
+
+/// `[docker.io/|index.docker.io/]docker/dockerfile[-upstream][:tag][@sha256:hex]`.
+fn is_official_frontend(reference: &str) -> bool {
+    let r = reference.trim();
+    let r = r
+        .strip_prefix("docker.io/")
+        .or_else(|| r.strip_prefix("index.docker.io/"))
+        .unwrap_or(r);
+    let (r, digest) = match r.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (r, None),
+    };
+    let (name, tag) = match r.split_once(':') {
+        Some((n, t)) => (n, Some(t)),
+        None => (r, None),
+    };
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    });
+    let digest_ok = digest.is_none_or(|d| {
+        d.strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    });
+    matches!(name, "docker/dockerfile" | "docker/dockerfile-upstream") && tag_ok && digest_ok
 }
 
 pub(crate) fn check_keyword(inst: &Instruction) -> Result<(), FrontendError> {
@@ -853,7 +929,7 @@ impl<'a> Lowerer<'a> {
         platform: &Platform,
         line: u32,
         context: &str,
-        description: String,
+        description: &dyn Fn(&crate::ResolvedImage) -> String,
         stage: Option<&str>,
     ) -> Result<(NodeId, crate::ResolvedImage), FrontendError> {
         let key = (reference.to_string(), platform.to_text());
@@ -884,7 +960,7 @@ impl<'a> Lowerer<'a> {
             Op::Source(op),
             vec![],
             Meta {
-                description,
+                description: description(&resolved),
                 stage: stage.map(str::to_string),
                 lines: Some((line, line)),
                 ignore_cache: false,

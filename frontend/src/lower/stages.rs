@@ -113,6 +113,10 @@ impl Lowerer<'_> {
             return Base::Scratch;
         }
         match self.named_context(&sd.base) {
+            // `docker-image://scratch` is the empty image, as in BuildKit.
+            Some(NamedContext::Image(r)) if r.eq_ignore_ascii_case("scratch") => {
+                return Base::Scratch
+            }
             Some(NamedContext::Image(r)) => return Base::Image(r.clone()),
             Some(NamedContext::Local(l)) => return Base::Local(l.clone()),
             None => {}
@@ -142,48 +146,71 @@ impl Lowerer<'_> {
         )
     }
 
+    /// The stages stage `idx` needs: its base, `--from`/`--mount from=` references, and those
+    /// of the ONBUILD triggers of a base stage (which run in this stage, as BuildKit's
+    /// initOnBuildTriggers adds their dependencies).
     pub(super) fn stage_deps(
         &self,
         idx: usize,
-        sd: &StageDef<'_>,
+        stages: &[StageDef<'_>],
     ) -> Result<BTreeSet<usize>, FrontendError> {
         let mut deps = BTreeSet::new();
+        let Some(sd) = stages.get(idx) else {
+            return Ok(deps);
+        };
         if let Base::Stage(i) = self.base_of(idx, sd) {
             deps.insert(i);
+            for ob in stages
+                .get(i)
+                .map(|b| b.insts.as_slice())
+                .unwrap_or(&[])
+                .iter()
+                .filter(|t| t.keyword == "ONBUILD")
+            {
+                for t in parser::parse(&onbuild_trigger_text(ob)).instructions {
+                    self.inst_deps(&t, idx, sd.from.line_start, &mut deps)?;
+                }
+            }
         }
         for inst in &sd.insts {
-            for f in &inst.flags {
-                let (k, v) = flag_name_value(f);
-                let Some(v) = v else { continue };
-                if k == "from" && matches!(inst.keyword.as_str(), "COPY" | "ADD") {
-                    if let Some(i) = self.stage_ref(
-                        &v,
-                        idx,
-                        inst.line_start,
-                        &format!("{} --from={v}", inst.keyword),
-                    )? {
-                        deps.insert(i);
-                    }
+            self.inst_deps(inst, idx, inst.line_start, &mut deps)?;
+        }
+        Ok(deps)
+    }
+
+    /// Stages one instruction references (`COPY/ADD --from`, `RUN --mount from=`).
+    fn inst_deps(
+        &self,
+        inst: &Instruction,
+        idx: usize,
+        line: u32,
+        deps: &mut BTreeSet<usize>,
+    ) -> Result<(), FrontendError> {
+        for f in &inst.flags {
+            let (k, v) = flag_name_value(f);
+            let Some(v) = v else { continue };
+            if k == "from" && matches!(inst.keyword.as_str(), "COPY" | "ADD") {
+                if let Some(i) =
+                    self.stage_ref(&v, idx, line, &format!("{} --from={v}", inst.keyword))?
+                {
+                    deps.insert(i);
                 }
-                if k == "mount" && inst.keyword == "RUN" {
-                    for field in v.split(',') {
-                        if let Some((fk, fv)) = field.split_once('=') {
-                            if fk.trim().eq_ignore_ascii_case("from") {
-                                if let Some(i) = self.stage_ref(
-                                    fv.trim(),
-                                    idx,
-                                    inst.line_start,
-                                    "RUN --mount from",
-                                )? {
-                                    deps.insert(i);
-                                }
+            }
+            if k == "mount" && inst.keyword == "RUN" {
+                for field in v.split(',') {
+                    if let Some((fk, fv)) = field.split_once('=') {
+                        if fk.trim().eq_ignore_ascii_case("from") {
+                            if let Some(i) =
+                                self.stage_ref(fv.trim(), idx, line, "RUN --mount from")?
+                            {
+                                deps.insert(i);
                             }
                         }
                     }
                 }
             }
         }
-        Ok(deps)
+        Ok(())
     }
 
     pub(super) fn dispatch_stage(
@@ -192,10 +219,13 @@ impl Lowerer<'_> {
         sd: &StageDef<'_>,
     ) -> Result<StageState, FrontendError> {
         let label = sd.name.clone().unwrap_or_else(|| format!("stage-{idx}"));
-        // Like BuildKit, `FROM scratch` is not a step: the numbering starts at the first
-        // instruction.
-        let from_step_count = usize::from(!matches!(self.base_of(idx, sd), Base::Scratch));
-        let total = sd.insts.len() + from_step_count;
+        let single = self.stage_names.len() == 1;
+        let base = self.base_of(idx, sd);
+        // Numbering as BuildKit's: the FROM of an image or local context is step 1 (not
+        // `FROM scratch`, not a stage), then each RUN/COPY/ADD/WORKDIR; the total also counts
+        // the base's ONBUILD triggers, known once the base is.
+        let from_step_count = usize::from(matches!(base, Base::Image(_) | Base::Local(_)));
+        let own = sd.insts.iter().filter(|i| numbered(i)).count();
         let line = sd.from.line_start;
         let platform = sd
             .platform
@@ -205,19 +235,20 @@ impl Lowerer<'_> {
             inst: sd.from,
             label: label.clone(),
             index: 1,
-            total,
-            single: self.stage_names.len() == 1,
+            total: from_step_count + own,
+            single,
+            onbuild: false,
         };
-        let mut st = match self.base_of(idx, sd) {
+        let mut st = match &base {
             Base::Scratch => StageState::new(None, ImageConfig::scratch(&platform)),
             Base::Stage(i) => {
                 let not_built = || {
                     FrontendError::instr(line, format!("FROM: stage \"{}\" was not built", sd.base))
                 };
-                let uses = self.base_uses.get_mut(i).ok_or_else(not_built)?;
+                let uses = self.base_uses.get_mut(*i).ok_or_else(not_built)?;
                 *uses = uses.saturating_sub(1);
                 let last = *uses == 0;
-                let slot = self.done.get_mut(i).ok_or_else(not_built)?;
+                let slot = self.done.get_mut(*i).ok_or_else(not_built)?;
                 let prev = if last {
                     // The last stage built from it takes the state; `COPY --from` only needs
                     // the node, which stays.
@@ -238,7 +269,7 @@ impl Lowerer<'_> {
             }
             Base::Local(local) => {
                 // The directory's contents become the stage's root filesystem.
-                let src = self.named_local(&local)?;
+                let src = self.named_local(local)?;
                 let meta = Meta {
                     description: format!("{} FROM {}", from_step.prefix(), sd.base),
                     stage: Some(label.clone()),
@@ -270,22 +301,19 @@ impl Lowerer<'_> {
                 StageState::new(Some(node), ImageConfig::scratch(&platform))
             }
             Base::Image(reference) => {
-                let desc = format!(
-                    "{} FROM {}",
-                    from_step
-                        .description()
-                        .split(']')
-                        .next()
-                        .map(|s| format!("{s}]"))
-                        .unwrap_or_default(),
-                    reference
-                );
+                let desc = |r: &crate::ResolvedImage| {
+                    let total = from_step_count + own + r.config.config.on_build.len();
+                    format!(
+                        "{} FROM {reference}",
+                        progress_prefix(&label, single, 1, total)
+                    )
+                };
                 let (node, resolved) = self.image(
-                    &reference,
+                    reference,
                     &platform,
                     line,
                     &format!("FROM {reference}"),
-                    desc,
+                    &desc,
                     Some(&label),
                 )?;
                 let got = (&resolved.config.os, &resolved.config.architecture);
@@ -307,11 +335,15 @@ impl Lowerer<'_> {
         if !st.env_index.contains_key("PATH") {
             st.set_env("PATH", DEFAULT_PATH);
         }
-        if st.config.config.working_dir.is_empty() {
+        // Like BuildKit: only an empty image (scratch, a local context) starts at WorkingDir
+        // "/" (dockerfile2llb.emptyImage); an image keeps its own value, even empty.
+        if matches!(base, Base::Scratch | Base::Local(_)) {
             st.config.config.working_dir = "/".to_string();
         }
         // ONBUILD triggers of the base run right after FROM.
         let triggers = std::mem::take(&mut st.config.config.on_build);
+        let total = from_step_count + own + triggers.len();
+        let mut index = from_step_count;
         for trig in triggers {
             let ast = parser::parse(&trig);
             if let Some(e) = ast.first_error() {
@@ -331,23 +363,27 @@ impl Lowerer<'_> {
                 }
                 t.line_start = line;
                 t.line_end = sd.from.line_end;
+                index += usize::from(numbered(&t));
                 let step = Step {
                     inst: &t,
                     label: label.clone(),
-                    index: 1,
+                    index,
                     total,
-                    single: self.stage_names.len() == 1,
+                    single,
+                    onbuild: true,
                 };
                 self.dispatch(&mut st, &step, idx)?;
             }
         }
-        for (k, inst) in sd.insts.iter().enumerate() {
+        for inst in &sd.insts {
+            index += usize::from(numbered(inst));
             let step = Step {
                 inst,
                 label: label.clone(),
-                index: k + 1 + from_step_count,
+                index,
                 total,
-                single: self.stage_names.len() == 1,
+                single,
+                onbuild: false,
             };
             self.track_undefined.set(true);
             let r = self.dispatch(&mut st, &step, idx);
@@ -418,6 +454,9 @@ impl Lowerer<'_> {
         }
         let v = match self.named_context(v).cloned() {
             Some(NamedContext::Local(local)) => return self.named_local(&local),
+            Some(NamedContext::Image(r)) if r.eq_ignore_ascii_case("scratch") => {
+                return self.scratch();
+            }
             Some(NamedContext::Image(r)) => r,
             None => v.to_string(),
         };
@@ -429,7 +468,7 @@ impl Lowerer<'_> {
             &platform,
             step.line(),
             what,
-            format!("{} {what}={v}", step.prefix()),
+            &|_| format!("{} {what}={v}", step.prefix()),
             Some(&step.label),
         );
         match r {
@@ -444,4 +483,16 @@ impl Lowerer<'_> {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The trigger an `ONBUILD` instruction records: the instruction after the keyword, with its
+/// heredoc bodies (BuildKit's parseOnBuild: `original + "\n" + content + name` per heredoc).
+pub(super) fn onbuild_trigger_text(inst: &Instruction) -> String {
+    let mut t = inst.args.clone();
+    for h in &inst.heredocs {
+        t.push('\n');
+        t.push_str(&h.body);
+        t.push_str(&h.name);
+    }
+    t
 }
