@@ -225,7 +225,12 @@ impl Lowerer<'_> {
         // `FROM scratch`, not a stage), then each RUN/COPY/ADD/WORKDIR; the total also counts
         // the base's ONBUILD triggers, known once the base is.
         let from_step_count = usize::from(matches!(base, Base::Image(_) | Base::Local(_)));
-        let own = sd.insts.iter().filter(|i| numbered(i)).count();
+        // A named context that is the empty image still counts its FROM in the total, though
+        // no FROM step is shown (BuildKit: `[1/2] COPY …` for `--build-context
+        // base=docker-image://scratch`).
+        let hidden_from =
+            usize::from(matches!(base, Base::Scratch) && !sd.base.eq_ignore_ascii_case("scratch"));
+        let own = sd.insts.iter().filter(|i| numbered(i)).count() + hidden_from;
         let line = sd.from.line_start;
         let platform = sd
             .platform
