@@ -11,6 +11,7 @@ use crate::lower::flags::{flag, parse_flags, raw_words};
 use crate::lower::{platform_args, Lowerer};
 use crate::parser::Instruction;
 use crate::shell;
+use crate::util::{glob_match, GlobTok};
 use crate::Diagnostic;
 use crate::FrontendError;
 
@@ -143,15 +144,7 @@ fn match_segs(pat: &[&str], path: &[&str]) -> bool {
     ok.first().copied().unwrap_or(false)
 }
 
-/// One element of a segment pattern.
-enum GlobTok {
-    Any,
-    One,
-    Lit(char),
-    /// `[…]`: negated, ranges (single characters are `(c, c)`).
-    Class(bool, Vec<(char, char)>),
-}
-
+/// A `.dockerignore`-style segment pattern: `*`, `?`, `[…]` classes, backslash escapes.
 fn glob_tokens(pat: &str) -> Vec<GlobTok> {
     let p: Vec<char> = pat.chars().collect();
     let mut out = Vec::new();
@@ -198,44 +191,13 @@ fn glob_tokens(pat: &str) -> Vec<GlobTok> {
     out
 }
 
-/// `*`, `?` and `[…]` matching within one path segment: linear backtracking over the last
-/// `*` (O(|pattern|·|text|), never exponential).
+/// `*`, `?` and `[…]` matching within one path segment.
 fn glob(pat: &str, s: &str) -> bool {
-    let p = glob_tokens(pat);
     let t: Vec<char> = s.chars().collect();
-    let one = |tok: &GlobTok, c: char| match tok {
-        GlobTok::Any => false,
-        GlobTok::One => true,
-        GlobTok::Lit(l) => *l == c,
-        GlobTok::Class(neg, ranges) => ranges.iter().any(|(a, b)| *a <= c && c <= *b) != *neg,
-    };
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while let Some(&c) = t.get(ti) {
-        match p.get(pi) {
-            Some(GlobTok::Any) => {
-                star = Some((pi, ti));
-                pi += 1;
-                continue;
-            }
-            Some(tok) if one(tok, c) => {
-                pi += 1;
-                ti += 1;
-                continue;
-            }
-            _ => {}
-        }
-        match star {
-            Some((sp, st)) => {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|t| matches!(t, GlobTok::Any)))
+    glob_match(&glob_tokens(pat), &t, |_| {
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or(false)
 }
 
 /// For `InvalidDefinitionDescription`: the comment directly above a definition (`above`, the

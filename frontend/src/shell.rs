@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 
+use crate::util::{glob_match, GlobTok};
 use crate::FrontendError;
 
 /// A variable lookup: `Some(value)` when the variable is set (possibly to "").
@@ -515,74 +516,28 @@ impl<'a> Scanner<'a> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tok {
-    Star,
-    One,
-    Lit(char),
-}
-
-fn glob_tokens(p: &str) -> Vec<Tok> {
+/// `${v#p}`-style pattern: `*`, `?`, backslash-escaped literals (no classes: BuildKit's
+/// convertShellPatternToRegex escapes `[`).
+fn glob_tokens(p: &str) -> Vec<GlobTok> {
     let mut out = Vec::new();
     let mut it = p.chars();
     while let Some(c) = it.next() {
         match c {
             '\\' => match it.next() {
-                Some(n) => out.push(Tok::Lit(n)),
-                None => out.push(Tok::Lit('\\')),
+                Some(n) => out.push(GlobTok::Lit(n)),
+                None => out.push(GlobTok::Lit('\\')),
             },
-            '*' => out.push(Tok::Star),
-            '?' => out.push(Tok::One),
-            c => out.push(Tok::Lit(c)),
+            '*' => out.push(GlobTok::Any),
+            '?' => out.push(GlobTok::One),
+            c => out.push(GlobTok::Lit(c)),
         }
     }
     out
 }
 
-/// Whole-string glob match (linear backtracking over the last `*`); each step is charged.
-fn glob_match(p: &[Tok], t: &[char], budget: &Budget) -> Result<bool, FrontendError> {
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    let mut steps = 0usize;
-    while ti < t.len() {
-        steps += 1;
-        if steps >= 4096 {
-            budget.spend_steps(steps)?;
-            steps = 0;
-        }
-        match p.get(pi) {
-            Some(Tok::Star) => {
-                star = Some((pi, ti));
-                pi += 1;
-                continue;
-            }
-            Some(Tok::One) => {
-                pi += 1;
-                ti += 1;
-                continue;
-            }
-            Some(Tok::Lit(c)) if t.get(ti) == Some(c) => {
-                pi += 1;
-                ti += 1;
-                continue;
-            }
-            _ => {}
-        }
-        match star {
-            Some((sp, st)) => {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => break,
-        }
-    }
-    budget.spend_steps(steps + 1)?;
-    if ti < t.len() {
-        return Ok(false);
-    }
-    Ok(p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|t| *t == Tok::Star)))
+/// [`glob_match`] with its steps charged to the expansion budget.
+fn glob_match_in(p: &[GlobTok], t: &[char], budget: &Budget) -> Result<bool, FrontendError> {
+    glob_match(p, t, |n| budget.spend_steps(n))
 }
 
 fn collect(c: &[char]) -> String {
@@ -591,7 +546,7 @@ fn collect(c: &[char]) -> String {
 
 fn trim_prefix(
     v: &str,
-    p: &[Tok],
+    p: &[GlobTok],
     longest: bool,
     budget: &Budget,
 ) -> Result<String, FrontendError> {
@@ -599,7 +554,7 @@ fn trim_prefix(
     let n = t.len();
     for k in 0..=n {
         let i = if longest { n - k } else { k };
-        if glob_match(p, t.get(..i).unwrap_or(&[]), budget)? {
+        if glob_match_in(p, t.get(..i).unwrap_or(&[]), budget)? {
             return Ok(collect(t.get(i..).unwrap_or(&[])));
         }
     }
@@ -608,7 +563,7 @@ fn trim_prefix(
 
 fn trim_suffix(
     v: &str,
-    p: &[Tok],
+    p: &[GlobTok],
     longest: bool,
     budget: &Budget,
 ) -> Result<String, FrontendError> {
@@ -616,7 +571,7 @@ fn trim_suffix(
     let n = t.len();
     for k in 0..=n {
         let i = if longest { k } else { n - k };
-        if glob_match(p, t.get(i..).unwrap_or(&[]), budget)? {
+        if glob_match_in(p, t.get(i..).unwrap_or(&[]), budget)? {
             return Ok(collect(t.get(..i).unwrap_or(&[])));
         }
     }
@@ -625,7 +580,7 @@ fn trim_suffix(
 
 fn replace(
     v: &str,
-    p: &[Tok],
+    p: &[GlobTok],
     repl: &str,
     all: bool,
     budget: &Budget,
@@ -642,7 +597,7 @@ fn replace(
         if !done {
             let mut found = None;
             for j in ((i + 1)..=n).rev() {
-                if glob_match(p, t.get(i..j).unwrap_or(&[]), budget)? {
+                if glob_match_in(p, t.get(i..j).unwrap_or(&[]), budget)? {
                     found = Some(j);
                     break;
                 }
@@ -671,7 +626,7 @@ mod tests {
     fn glob_basics() {
         let b = Budget::for_input(0);
         let m = |p: &str, t: &str| {
-            glob_match(&glob_tokens(p), &t.chars().collect::<Vec<_>>(), &b).unwrap_or(false)
+            glob_match_in(&glob_tokens(p), &t.chars().collect::<Vec<_>>(), &b).unwrap_or(false)
         };
         assert!(m("a*c", "abbc"));
         assert!(m("*", ""));

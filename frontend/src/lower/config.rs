@@ -313,17 +313,22 @@ impl Lowerer<'_> {
         st: &mut StageState,
         step: &Step<'_>,
     ) -> Result<(), FrontendError> {
+        let user = self.one_argument(st, step)?;
+        Self::history(st, format!("USER {user}"), true);
+        st.config.config.user = user;
+        Ok(())
+    }
+
+    /// The single expanded argument of USER/STOPSIGNAL (no flags; empty is an error).
+    fn one_argument(&mut self, st: &StageState, step: &Step<'_>) -> Result<String, FrontendError> {
         let inst = step.inst;
-        let line = step.line();
         parse_flags(inst, &[])?;
         let vars = st.vars();
-        let user = &self.expand(&inst.args, &*vars, line)?;
-        if user.trim().is_empty() {
-            return Err(step.err("USER requires exactly one argument"));
+        let value = self.expand(&inst.args, &*vars, step.line())?;
+        if value.trim().is_empty() {
+            return Err(step.err(format!("{} requires exactly one argument", inst.keyword)));
         }
-        st.config.config.user = user.clone();
-        Self::history(st, format!("USER {user}"), true);
-        Ok(())
+        Ok(value)
     }
 
     /// `CMD` and `ENTRYPOINT`.
@@ -494,16 +499,9 @@ impl Lowerer<'_> {
         st: &mut StageState,
         step: &Step<'_>,
     ) -> Result<(), FrontendError> {
-        let inst = step.inst;
-        let line = step.line();
-        parse_flags(inst, &[])?;
-        let vars = st.vars();
-        let sig = &self.expand(&inst.args, &*vars, line)?;
-        if sig.trim().is_empty() {
-            return Err(step.err("STOPSIGNAL requires exactly one argument"));
-        }
-        st.config.config.stop_signal = sig.clone();
+        let sig = self.one_argument(st, step)?;
         Self::history(st, format!("STOPSIGNAL {sig}"), true);
+        st.config.config.stop_signal = sig;
         Ok(())
     }
 
