@@ -119,6 +119,11 @@ const KNOWN_DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
 /// its size in memory.
 pub const MAX_ARGS: usize = 1 << 16;
 
+/// Most instructions one Dockerfile may have. Each costs a few hundred bytes once parsed and
+/// lowered (its strings, history entry, config change), so a file of tiny lines (`USER a`)
+/// would otherwise take ~50× its size; real Dockerfiles have a few thousand at most.
+pub const MAX_INSTRUCTIONS: usize = 1 << 17;
+
 /// Upper bound of the words `args` splits into (unquoted whitespace runs; quotes kept
 /// together), stopping early past `MAX_ARGS`.
 fn count_words(args: &str, escape: char) -> usize {
@@ -286,6 +291,15 @@ pub fn parse(text: &str) -> Ast {
             continue;
         }
         let start = i;
+        if ast.instructions.len() >= MAX_INSTRUCTIONS {
+            diag(
+                &mut ast,
+                start,
+                Severity::Error,
+                format!("more than {MAX_INSTRUCTIONS} instructions (limit)"),
+            );
+            break;
+        }
         let mut logical = String::new();
         let mut cur = line;
         let mut warned_empty = false;
@@ -388,7 +402,16 @@ pub fn parse(text: &str) -> Ast {
             _ => None,
         };
         if let Some(hargs) = heredoc_args {
-            let markers = find_heredocs(hargs);
+            let mut markers = find_heredocs(hargs);
+            if markers.len() > MAX_ARGS {
+                diag(
+                    &mut ast,
+                    start,
+                    Severity::Error,
+                    format!("{}: more than {MAX_ARGS} heredocs (limit)", inst.keyword),
+                );
+                markers.clear();
+            }
             for (name, expand, chomp, fd) in markers {
                 let mut body = String::new();
                 let mut closed = false;
@@ -538,6 +561,10 @@ fn find_heredocs(args: &str) -> Vec<(String, bool, bool, Option<u32>)> {
         }
         if !name.is_empty() && q.is_none() {
             out.push((name, !quoted, chomp, fd));
+            if out.len() > MAX_ARGS {
+                // Over the limit: the caller reports it.
+                break;
+            }
         }
         k = p.max(k + 2);
     }

@@ -228,6 +228,60 @@ fn huge_line_is_a_small_multiple() {
 }
 
 #[test]
+fn heredoc_and_port_range_floods_are_bounded() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Many heredocs on one RUN: each a few bytes of input.
+    let n = 60_000;
+    let df = format!(
+        "FROM busybox\nRUN {}\n{}",
+        "<<A ".repeat(n),
+        "A\n".repeat(n)
+    );
+    let c = assert_bounded("many-heredocs", &df, 24);
+    assert!(c.result.is_ok());
+    let n = 200_000;
+    let df = format!(
+        "FROM busybox\nRUN {}\n{}",
+        "<<A ".repeat(n),
+        "A\n".repeat(n)
+    );
+    let c = assert_bounded("too-many-heredocs", &df, 24);
+    assert_limit_error("too-many-heredocs", &c, 2);
+    // Each `EXPOSE 1-65535` line is ~600 KiB of history from 14 bytes: charged, refused.
+    let df = format!("FROM busybox\n{}", "EXPOSE 1-65535\n".repeat(2000));
+    let c = assert_bounded("expose-ranges", &df, 64);
+    let line = c.result.as_ref().err().and_then(|e| e.line()).unwrap_or(0);
+    assert_limit_error("expose-ranges", &c, line);
+    // ONBUILD triggers copied into many derived stages.
+    let mut df = String::from("FROM busybox AS base\n");
+    for _ in 0..2000 {
+        df.push_str("ONBUILD ENV A=1\n");
+    }
+    for i in 0..2000 {
+        df.push_str(&format!("FROM base AS s{i}\n"));
+    }
+    df.push_str("FROM busybox\n");
+    for i in 0..2000 {
+        df.push_str(&format!("COPY --from=s{i} /x /x{i}\n"));
+    }
+    let c = assert_bounded("onbuild-fan-out", &df, 64);
+    let line = c.result.as_ref().err().and_then(|e| e.line()).unwrap_or(0);
+    assert_limit_error("onbuild-fan-out", &c, line);
+}
+
+#[test]
+fn tiny_instruction_floods_are_bounded() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Hundreds of bytes per instruction once parsed and lowered, from 7 bytes of input.
+    let df = format!("FROM busybox\n{}", "USER a\n".repeat(1 << 20));
+    let c = assert_bounded("tiny-instructions", &df, 64);
+    assert_limit_error("tiny-instructions", &c, (1 << 17) + 1);
+    let df = format!("FROM busybox\n{}", "USER a\n".repeat(100_000));
+    let c = assert_bounded("many-instructions", &df, 96);
+    assert!(c.result.is_ok());
+}
+
+#[test]
 fn too_many_arguments_are_refused() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Each split word costs dozens of bytes: a line of one-letter words is refused beyond

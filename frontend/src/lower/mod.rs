@@ -225,7 +225,7 @@ impl StageState {
         let history: usize = c
             .history
             .iter()
-            .map(|h| held(h.created_by.as_deref().unwrap_or("")) + 64)
+            .map(|h| held(h.created_by.as_deref().unwrap_or("")) + 160)
             .sum();
         let labels: usize = c.config.labels.iter().map(|(k, v)| held(k) + held(v)).sum();
         let args: usize = self.args.iter().map(|(k, v)| 2 * (held(k) + held(v))).sum();

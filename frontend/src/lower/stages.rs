@@ -350,6 +350,10 @@ impl Lowerer<'_> {
         let total = from_step_count + own + triggers.len();
         let mut index = from_step_count;
         for trig in triggers {
+            // Triggers replay instructions that are not in this Dockerfile's text (a base
+            // stage's ONBUILDs run in every stage built from it): charged with what their
+            // result holds (history, config entries).
+            self.spend(held(&trig) + 256, line)?;
             let ast = parser::parse(&trig);
             if let Some(e) = ast.first_error() {
                 return Err(FrontendError::instr(
