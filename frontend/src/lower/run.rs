@@ -14,6 +14,9 @@ impl Lowerer<'_> {
         let vars = st.vars();
         let shell = st.shell();
         let mut extra_mounts: Vec<Mount> = Vec::new();
+        // A RUN of one heredoc is named after its body's first line, as BuildKit's
+        // summarizeHeredoc: `RUN <<EOF (apt-get update...)`.
+        let mut summary: Option<String> = None;
         let mut args: Vec<String> = match &inst.json {
             Some(v) => v.clone(),
             None if !inst.heredocs.is_empty() => {
@@ -28,6 +31,13 @@ impl Lowerer<'_> {
                     }
                     _ => false,
                 };
+                if let ([h], true) = (inst.heredocs.as_slice(), only) {
+                    let body = h.body.trim();
+                    let mut lines = body.split('\n');
+                    let first = lines.next().unwrap_or("").trim_end_matches('\r');
+                    let more = if lines.next().is_some() { "..." } else { "" };
+                    summary = Some(format!(" ({first}{more})"));
+                }
                 match inst.heredocs.as_slice() {
                     [h] if only && h.body.starts_with("#!") => {
                         let path = format!("/dev/pipes/{}", h.name);
@@ -179,7 +189,10 @@ impl Lowerer<'_> {
             step.line(),
         )?;
 
-        let meta = self.meta(step, step.description());
+        let meta = self.meta(
+            step,
+            format!("{}{}", step.description(), summary.unwrap_or_default()),
+        );
         let node = self.push(
             Op::Exec(ExecOp {
                 args: std::mem::take(&mut args),
