@@ -282,6 +282,31 @@ fn tiny_instruction_floods_are_bounded() {
 }
 
 #[test]
+fn dockerignore_checks_are_bounded() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // CopyIgnoredFile matches every literal COPY source against every .dockerignore pattern:
+    // 50k × 60k glob matches (minutes) unless bounded; the lint is skipped past 2^22 matches.
+    let opts = BuildOpts {
+        dockerignore: (0..50_000).map(|i| format!("*x{i}*y*z")).collect(),
+        ..BuildOpts::default()
+    };
+    let srcs: Vec<String> = (0..60_000).map(|i| format!("a/b/c{i}")).collect();
+    let df = format!("FROM busybox\nCOPY {} /d/\n", srcs.join(" "));
+    let r = build(&df, &opts, &FakeResolver);
+    assert!(r.is_ok(), "{:?}", r.err().map(|e| e.to_string()));
+    // Still reported while within the bound.
+    let opts = BuildOpts {
+        dockerignore: vec!["secret.txt".into()],
+        ..BuildOpts::default()
+    };
+    let p = build("FROM busybox\nCOPY secret.txt /s\n", &opts, &FakeResolver).unwrap();
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.message.starts_with("CopyIgnoredFile")));
+}
+
+#[test]
 fn too_many_arguments_are_refused() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Each split word costs dozens of bytes: a line of one-letter words is refused beyond

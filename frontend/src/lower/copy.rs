@@ -406,7 +406,13 @@ impl Lowerer<'_> {
                 Some(n) => n,
                 None => {
                     let literal = !src.contains(['*', '?', '[']);
-                    if literal && lint::ignored(&self.opts.dockerignore, src) {
+                    // Bounded: past 2^22 pattern matches the check is skipped (a lint only).
+                    let cost = self.opts.dockerignore.len() * (src.matches('/').count() + 1);
+                    let checked = literal && cost <= self.ignore_checks_left;
+                    if checked {
+                        self.ignore_checks_left -= cost;
+                    }
+                    if checked && lint::ignored(&self.opts.dockerignore, src) {
                         self.lint(
                             line,
                             "CopyIgnoredFile",

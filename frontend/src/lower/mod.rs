@@ -383,6 +383,9 @@ pub(crate) struct Lowerer<'a> {
     /// "did you mean" hints computed so far (each costs a scan of the candidates; capped so
     /// thousands of findings stay linear).
     hints: std::cell::Cell<usize>,
+    /// `.dockerignore` pattern matches left for the CopyIgnoredFile check (patterns ×
+    /// sources would otherwise grow with the product of two hostile inputs).
+    ignore_checks_left: usize,
     done: Vec<Option<StageState>>,
     /// `# check=` directive: skipped rules (`all` skips everything) and error mode.
     pub(crate) check_skip: BTreeSet<String>,
@@ -460,6 +463,7 @@ pub(crate) fn build(
                     .sum::<usize>(),
         ),
         hints: std::cell::Cell::new(0),
+        ignore_checks_left: 1 << 22,
         done: Vec::new(),
         check_skip: BTreeSet::new(),
         check_error: false,
