@@ -38,6 +38,9 @@ pub struct BuildOpts {
     /// `--build-context NAME=…`: what `FROM NAME`, `COPY --from=NAME` and
     /// `RUN --mount=from=NAME` mean when NAME is not a stage of the Dockerfile.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Cleaned `.dockerignore` patterns of each named local context (by its local name), as
+    /// BuildKit applies the `.dockerignore` at the root of a `--build-context NAME=DIR`.
+    pub named_context_excludes: BTreeMap<String, Vec<String>>,
 }
 
 /// The value of a named build context (`--build-context NAME=VALUE`).
@@ -59,6 +62,7 @@ impl Default for BuildOpts {
             no_cache: false,
             labels: BTreeMap::new(),
             named_contexts: BTreeMap::new(),
+            named_context_excludes: BTreeMap::new(),
         }
     }
 }

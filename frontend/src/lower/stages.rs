@@ -140,7 +140,12 @@ impl Lowerer<'_> {
         self.source(
             SourceOp::Local {
                 name: local.to_string(),
-                exclude: Vec::new(),
+                exclude: self
+                    .opts
+                    .named_context_excludes
+                    .get(local)
+                    .cloned()
+                    .unwrap_or_default(),
             },
             format!("[internal] load build context {local}"),
         )
