@@ -98,9 +98,22 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         Some(p) if p == "local" => Platform::host(),
         Some(p) => parse_platform(p).map_err(|e| UsageError(e.to_string()))?,
     };
-    let (named_contexts, _) = crate::context::build_contexts(b)?;
+    let (named_contexts, locals) = crate::context::build_contexts(b)?;
+    // A named local context's own .dockerignore applies to it (BuildKit's namedcontext.go).
+    let mut named_context_excludes = BTreeMap::new();
+    for (name, dir) in &locals {
+        let p = dir.join(".dockerignore");
+        if p.is_file() {
+            let text =
+                fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let patterns = rbuild_frontend::dockerignore::parse(&text)
+                .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            named_context_excludes.insert(name.clone(), patterns);
+        }
+    }
     let opts = BuildOpts {
         named_contexts,
+        named_context_excludes,
         build_args,
         target: b.target.clone(),
         platform,

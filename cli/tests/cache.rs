@@ -277,7 +277,7 @@ fn build_arg_change_misses_only_after_its_declaration() {
     // The later step sees V too, and its input (the step before) changed.
     assert_eq!(
         b.why("RUN echo after"),
-        r#"build arg/env changed: V="1" → V="2"; earlier step changed: [4/5] RUN echo $V > /v"#
+        r#"build arg/env changed: V="1" → V="2"; earlier step changed: [3/4] RUN echo $V > /v"#
     );
 }
 

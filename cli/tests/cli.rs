@@ -661,3 +661,43 @@ fn completion_scripts_and_version() {
         assert!(help.contains(word), "{word} not in help:\n{help}");
     }
 }
+
+/// Issue 11 item 8: Dockerfiles whose expansion doubles or squares a value on every line used
+/// to make rbuild abort ("memory allocation … failed", exit 134) under an address-space cap.
+/// Under a 2 GiB cap each now fails cleanly: exit 1 and an error naming the line and the limit.
+#[test]
+fn expansion_bombs_fail_cleanly_under_a_memory_cap() {
+    common::require_tools(&["prlimit"]);
+    let doubling = format!(
+        "ARG A=0123456789abcdef\n{}FROM scratch\n",
+        "ARG A=$A$A$A$A\n".repeat(30)
+    );
+    let in_stage = format!(
+        "FROM scratch\nENV A=0123456789abcdef\n{}",
+        "ENV A=$A$A$A$A\n".repeat(30)
+    );
+    let replace = format!(
+        "FROM scratch\nARG A=0123456789abcdef0123456789abcdef\n{}",
+        "ARG A=${A//?/$A}\n".repeat(8)
+    );
+    for df in [doubling, in_stage, replace] {
+        let p = Project::new(&df);
+        let o = Command::new("prlimit")
+            .arg(format!("--as={}", 2u64 << 30))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_rbuild"))
+            .args(["--progress=plain", "."])
+            .env("RBUILD_ROOT", p.store.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdin(Stdio::null())
+            .current_dir(p.dir.path())
+            .output()
+            .unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{df:.60}…: {err}");
+        assert!(
+            err.contains("expansion limit exceeded") && err.contains("Dockerfile:"),
+            "{err}"
+        );
+    }
+}

@@ -38,6 +38,9 @@ pub struct BuildOpts {
     /// `--build-context NAME=…`: what `FROM NAME`, `COPY --from=NAME` and
     /// `RUN --mount=from=NAME` mean when NAME is not a stage of the Dockerfile.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Cleaned `.dockerignore` patterns of each named local context (by its local name), as
+    /// BuildKit applies the `.dockerignore` at the root of a `--build-context NAME=DIR`.
+    pub named_context_excludes: BTreeMap<String, Vec<String>>,
 }
 
 /// The value of a named build context (`--build-context NAME=VALUE`).
@@ -59,6 +62,7 @@ impl Default for BuildOpts {
             no_cache: false,
             labels: BTreeMap::new(),
             named_contexts: BTreeMap::new(),
+            named_context_excludes: BTreeMap::new(),
         }
     }
 }
@@ -105,8 +109,9 @@ pub struct BuildPlan {
     /// Name of the target stage, or its index as text when unnamed.
     pub target_stage: String,
     pub warnings: Vec<Diagnostic>,
-    /// The `# syntax=` directive, if any: accepted and recorded (rbuild always uses its own
-    /// frontend, which implements the current Dockerfile reference).
+    /// The `# syntax=` directive, if any. Only the official Dockerfile frontend's references
+    /// are accepted (rbuild always uses its own frontend, which implements the current
+    /// Dockerfile reference); any other value is an error naming the line.
     pub syntax: Option<String>,
 }
 

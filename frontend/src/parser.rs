@@ -114,6 +114,55 @@ impl Ast {
 
 const KNOWN_DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
 
+/// Most arguments one instruction may have (words, JSON elements or flags). Each argument
+/// costs a few dozen bytes once split, so without a cap a line of `a a a …` would take ~100×
+/// its size in memory.
+pub const MAX_ARGS: usize = 1 << 16;
+
+/// Most instructions one Dockerfile may have. Each costs a few hundred bytes once parsed and
+/// lowered (its strings, history entry, config change), so a file of tiny lines (`USER a`)
+/// would otherwise take ~50× its size; real Dockerfiles have a few thousand at most.
+pub const MAX_INSTRUCTIONS: usize = 1 << 17;
+
+/// Upper bound of the words `args` splits into (unquoted whitespace runs; quotes kept
+/// together), stopping early past `MAX_ARGS`.
+fn count_words(args: &str, escape: char) -> usize {
+    let mut n = 0usize;
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in args.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if c == escape && quote != Some('\'') {
+            escaped = true;
+            in_word = true;
+            continue;
+        }
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => in_word = false,
+            None => {
+                if !in_word {
+                    n += 1;
+                    if n > MAX_ARGS {
+                        return n;
+                    }
+                }
+                in_word = true;
+            }
+        }
+    }
+    n
+}
+
 fn parse_directive(line: &str) -> Option<(String, String)> {
     let rest = line.trim().strip_prefix('#')?;
     let (k, v) = rest.split_once('=')?;
@@ -139,14 +188,47 @@ fn continuation(line: &str, escape: char) -> Option<&str> {
     t.strip_suffix(escape)
 }
 
+/// The physical lines of a text, indexed by their start offsets (8 bytes per line rather
+/// than a 16-byte slice: a file of empty lines stays a small multiple of its size).
+struct Lines<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+}
+
+impl<'t> Lines<'t> {
+    fn new(text: &'t str) -> Self {
+        let mut starts = Vec::with_capacity(text.bytes().filter(|b| *b == b'\n').count() + 1);
+        starts.push(0);
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        Lines { text, starts }
+    }
+
+    /// Line `i` without its `\n` (and a trailing `\r`).
+    fn get(&self, i: usize) -> Option<&'t str> {
+        let start = *self.starts.get(i)?;
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.text.len(), |e| e.saturating_sub(1));
+        let l = self.text.get(start..end)?;
+        Some(l.strip_suffix('\r').unwrap_or(l))
+    }
+
+    fn first(&self) -> Option<&'t str> {
+        self.get(0)
+    }
+}
+
 /// Parse a Dockerfile. Never fails.
 pub fn parse(text: &str) -> Ast {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let body = text.strip_suffix('\n').unwrap_or(text);
-    let lines: Vec<&str> = body
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
+    let lines = Lines::new(body);
     let mut ast = Ast {
         directives: Vec::new(),
         escape: '\\',
@@ -203,14 +285,24 @@ pub fn parse(text: &str) -> Ast {
     }
 
     let escape = ast.escape;
-    while let Some(&line) = lines.get(i) {
+    while let Some(line) = lines.get(i) {
         if line.trim().is_empty() || is_comment(line) {
             i += 1;
             continue;
         }
         let start = i;
+        if ast.instructions.len() >= MAX_INSTRUCTIONS {
+            diag(
+                &mut ast,
+                start,
+                Severity::Error,
+                format!("more than {MAX_INSTRUCTIONS} instructions (limit)"),
+            );
+            break;
+        }
         let mut logical = String::new();
         let mut cur = line;
+        let mut warned_empty = false;
         loop {
             match continuation(cur, escape) {
                 Some(stripped) => {
@@ -221,12 +313,17 @@ pub fn parse(text: &str) -> Ast {
                         match lines.get(i) {
                             Some(l) if is_comment(l) => i += 1,
                             Some(l) if l.trim().is_empty() => {
-                                diag(
-                                    &mut ast,
-                                    i,
-                                    Severity::Warning,
-                                    "empty continuation line".to_string(),
-                                );
+                                // One warning per instruction (a flood of empty lines must
+                                // not become a flood of diagnostics).
+                                if !warned_empty {
+                                    warned_empty = true;
+                                    diag(
+                                        &mut ast,
+                                        i,
+                                        Severity::Warning,
+                                        "empty continuation line".to_string(),
+                                    );
+                                }
                                 i += 1;
                             }
                             _ => break,
@@ -265,15 +362,60 @@ pub fn parse(text: &str) -> Ast {
             json: None,
             heredocs: Vec::new(),
         };
+        // RUN/CMD/ENTRYPOINT/HEALTHCHECK/SHELL/ONBUILD keep their shell form as one string;
+        // everything else splits into words (and every JSON form into elements).
+        let splits = !matches!(
+            inst.keyword.as_str(),
+            "RUN" | "CMD" | "ENTRYPOINT" | "HEALTHCHECK" | "SHELL" | "ONBUILD"
+        );
+        let json_like = inst.args.starts_with('[');
+        let too_many = inst.flags.len() > MAX_ARGS
+            || (json_like && inst.args.matches('"').count() > 2 * MAX_ARGS)
+            || (splits && count_words(&inst.args, escape) > MAX_ARGS);
+        if too_many {
+            diag(
+                &mut ast,
+                start,
+                Severity::Error,
+                format!("{}: more than {MAX_ARGS} arguments (limit)", inst.keyword),
+            );
+            // Drop the text: the build fails on this error anyway.
+            inst.args.clear();
+            inst.original.clear();
+            inst.flags.clear();
+        }
         if inst.args.starts_with('[') {
             inst.json = serde_json::from_str::<Vec<String>>(&inst.args).ok();
         }
-        if inst.json.is_none() && matches!(inst.keyword.as_str(), "RUN" | "COPY" | "ADD") {
-            let markers = find_heredocs(&inst.args);
+        // Heredocs belong to RUN/COPY/ADD, also as an ONBUILD trigger (BuildKit's
+        // heredocCompoundDirectives).
+        let heredoc_args = match inst.keyword.as_str() {
+            "RUN" | "COPY" | "ADD" if inst.json.is_none() => Some(inst.args.as_str()),
+            "ONBUILD" => inst
+                .args
+                .split_once(char::is_whitespace)
+                .filter(|(k, rest)| {
+                    matches!(k.to_ascii_uppercase().as_str(), "RUN" | "COPY" | "ADD")
+                        && serde_json::from_str::<Vec<String>>(rest.trim()).is_err()
+                })
+                .map(|(_, rest)| rest),
+            _ => None,
+        };
+        if let Some(hargs) = heredoc_args {
+            let mut markers = find_heredocs(hargs);
+            if markers.len() > MAX_ARGS {
+                diag(
+                    &mut ast,
+                    start,
+                    Severity::Error,
+                    format!("{}: more than {MAX_ARGS} heredocs (limit)", inst.keyword),
+                );
+                markers.clear();
+            }
             for (name, expand, chomp, fd) in markers {
                 let mut body = String::new();
                 let mut closed = false;
-                while let Some(&l) = lines.get(i) {
+                while let Some(l) = lines.get(i) {
                     i += 1;
                     let cmp = if chomp { l.trim_start_matches('\t') } else { l };
                     if cmp == name {
@@ -339,6 +481,10 @@ fn split_flags(rest: &str) -> (Vec<String>, &str) {
             return (flags, s.trim_start());
         }
         flags.push(word.to_string());
+        if flags.len() > MAX_ARGS {
+            // Over the limit: the caller reports it; the rest is not split.
+            return (flags, "");
+        }
     }
 }
 
@@ -415,6 +561,10 @@ fn find_heredocs(args: &str) -> Vec<(String, bool, bool, Option<u32>)> {
         }
         if !name.is_empty() && q.is_none() {
             out.push((name, !quoted, chomp, fd));
+            if out.len() > MAX_ARGS {
+                // Over the limit: the caller reports it.
+                break;
+            }
         }
         k = p.max(k + 2);
     }

@@ -1,4 +1,4 @@
-//! Small helpers: slash-path cleaning and "did you mean" suggestions.
+//! Small helpers: slash-path cleaning, glob matching and "did you mean" suggestions.
 
 /// Clean a slash-separated path like Go's `path.Clean` (no filesystem access).
 pub fn clean_path(p: &str) -> String {
@@ -38,6 +38,76 @@ pub fn join_abs(base: &str, p: &str) -> String {
         let b = if base.is_empty() { "/" } else { base };
         clean_path(&format!("/{b}/{p}"))
     }
+}
+
+/// One element of a glob pattern (`${v#p}` patterns use the first three; `.dockerignore`-style
+/// path segments also classes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GlobTok {
+    /// `*`: any run of characters.
+    Any,
+    /// `?`: one character.
+    One,
+    Lit(char),
+    /// `[…]`: negated, ranges (single characters are `(c, c)`).
+    Class(bool, Vec<(char, char)>),
+}
+
+impl GlobTok {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            GlobTok::Any => false,
+            GlobTok::One => true,
+            GlobTok::Lit(l) => *l == c,
+            GlobTok::Class(neg, ranges) => ranges.iter().any(|(a, b)| *a <= c && c <= *b) != *neg,
+        }
+    }
+}
+
+/// Whole-text glob match: backtracking over the last `*` only, so O(|pattern|·|text|) steps,
+/// never exponential. `charge` is told the steps taken (in batches) and may stop the match.
+pub fn glob_match<E>(
+    p: &[GlobTok],
+    t: &[char],
+    mut charge: impl FnMut(usize) -> Result<(), E>,
+) -> Result<bool, E> {
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    let mut steps = 0usize;
+    while let Some(&c) = t.get(ti) {
+        steps += 1;
+        if steps >= 4096 {
+            charge(steps)?;
+            steps = 0;
+        }
+        match p.get(pi) {
+            Some(GlobTok::Any) => {
+                star = Some((pi, ti));
+                pi += 1;
+                continue;
+            }
+            Some(tok) if tok.matches(c) => {
+                pi += 1;
+                ti += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => {
+                charge(steps + 1)?;
+                return Ok(false);
+            }
+        }
+    }
+    charge(steps + 1)?;
+    Ok(p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|t| *t == GlobTok::Any)))
 }
 
 /// Optimal-string-alignment edit distance (transpositions count as one edit).
@@ -96,6 +166,38 @@ mod tests {
         assert_eq!(join_abs("/src", "sub/../x"), "/src/x");
         assert_eq!(join_abs("/src", "/abs"), "/abs");
         assert_eq!(join_abs("", "."), "/");
+    }
+
+    #[test]
+    fn glob_steps_are_bounded_by_pattern_times_text() {
+        // `*a*a…*b` over "aaa…": exponential for a recursive matcher.
+        let mut p: Vec<GlobTok> = Vec::new();
+        for _ in 0..12 {
+            p.push(GlobTok::Any);
+            p.push(GlobTok::Lit('a'));
+        }
+        p.push(GlobTok::Any);
+        p.push(GlobTok::Lit('b'));
+        let t: Vec<char> = "a".repeat(2000).chars().collect();
+        let mut steps = 0usize;
+        let r = glob_match(&p, &t, |n| {
+            steps += n;
+            Ok::<(), ()>(())
+        });
+        assert_eq!(r, Ok(false));
+        assert!(steps <= (p.len() + 1) * (t.len() + 1), "{steps} steps");
+        let class = [
+            GlobTok::Class(false, vec![('a', 'c')]),
+            GlobTok::Class(true, vec![('x', 'x')]),
+        ];
+        assert_eq!(
+            glob_match(&class, &['b', 'y'], |_| Ok::<(), ()>(())),
+            Ok(true)
+        );
+        assert_eq!(
+            glob_match(&class, &['b', 'x'], |_| Ok::<(), ()>(())),
+            Ok(false)
+        );
     }
 
     #[test]

@@ -138,8 +138,14 @@ fn backtick_escape_and_heredoc_mode() {
         expand_with("C:\\path\\$A", &lookup, '`').unwrap(),
         "C:\\path\\apple"
     );
+    // BuildKit (ExpandRaw, quotes skipped): the escape character escapes whatever follows.
     assert_eq!(
         expand_heredoc("say \"$A\" 'x' \\$A \\n\n", &lookup, '\\').unwrap(),
-        "say \"apple\" 'x' $A \\n\n"
+        "say \"apple\" 'x' $A n\n"
     );
+    // testCopyHeredocSpecialSymbols: `\` + newline, `\\`, `\$`.
+    assert_eq!(expand_heredoc("\\\n", &lookup, '\\').unwrap(), "\n");
+    assert_eq!(expand_heredoc("\\\\\n", &lookup, '\\').unwrap(), "\\\n");
+    assert_eq!(expand_heredoc("\\$\n", &lookup, '\\').unwrap(), "$\n");
+    assert_eq!(expand_heredoc("a\\", &lookup, '\\').unwrap(), "a");
 }

@@ -330,3 +330,183 @@ fn equivalent_image_references_share_one_source_node() {
         .count();
     assert_eq!(images, 1);
 }
+
+// ---- BuildKit v0.25 fidelity (issue 15); expectations from moby/buildkit v0.25.2 sources ----
+
+fn created_by(p: &BuildPlan) -> Vec<String> {
+    p.image
+        .history
+        .iter()
+        .filter_map(|h| h.created_by.clone())
+        .collect()
+}
+
+#[test]
+fn working_dir_is_kept_from_the_base_and_slash_only_for_scratch() {
+    // dockerfile2llb: only emptyImage() sets WorkingDir "/"; an image keeps its own (empty).
+    assert_eq!(
+        plan("FROM busybox\nRUN true\n").image.config.working_dir,
+        ""
+    );
+    assert_eq!(
+        plan("FROM scratch\nENV A=1\n").image.config.working_dir,
+        "/"
+    );
+    assert_eq!(
+        plan("FROM busybox AS a\nWORKDIR /w\nFROM a\nRUN true\n")
+            .image
+            .config
+            .working_dir,
+        "/w"
+    );
+    // RUN still runs in / when the image has no WorkingDir.
+    let p = plan("FROM busybox\nRUN true\n");
+    let Op::Exec(e) = root_op(&p) else {
+        panic!("root is not an exec")
+    };
+    assert_eq!(e.cwd, "/");
+}
+
+#[test]
+fn copy_and_expose_history_as_buildkit_writes_it() {
+    // testExportedHistory: `COPY foo2 foo3` (no --from), `EXPOSE [1234/udp 2375/tcp 5000/tcp]`.
+    let p = plan(
+        "FROM busybox AS base\nFROM busybox\nARG D=foo3\nCOPY --from=base --link --chown=1:2 --chmod=644 foo2 $D\nEXPOSE 2375 5000 1234/udp\nCOPY <<EOF /h\nx\nEOF\n",
+    );
+    let h = created_by(&p);
+    assert!(
+        h.contains(&"COPY --chown=1:2 --chmod=644 foo2 foo3 # buildkit".to_string()),
+        "{h:?}"
+    );
+    assert!(
+        h.contains(&"EXPOSE [1234/udp 2375/tcp 5000/tcp]".to_string()),
+        "{h:?}"
+    );
+    assert!(h.contains(&"COPY <<EOF /h # buildkit".to_string()), "{h:?}");
+}
+
+#[test]
+fn onbuild_heredoc_parses_and_records_no_history() {
+    let p = plan("FROM busybox\nONBUILD RUN <<EOF\necho hi\nEOF\n");
+    assert_eq!(p.image.config.on_build, vec!["RUN <<EOF\necho hi\nEOF"]);
+    assert!(created_by(&p).iter().all(|c| !c.starts_with("ONBUILD")));
+    // The trigger runs in a stage built from it.
+    let p = plan("FROM busybox AS base\nONBUILD RUN <<EOF\necho hi\nEOF\nFROM base\n");
+    let Op::Exec(e) = root_op(&p) else {
+        panic!("the trigger did not run")
+    };
+    assert_eq!(e.args.last().map(String::as_str), Some("echo hi\n"));
+}
+
+#[test]
+fn onbuild_copy_from_a_stage_is_a_dependency_of_the_derived_stage() {
+    // testOnBuildInheritedStageWithFrom.
+    let p = plan(
+        "FROM busybox AS src\nRUN echo 12 > /f\nFROM busybox AS base\nONBUILD COPY --from=src /f /out/foo\nFROM base AS mid\nRUN cp /out/foo /out/bar\nFROM scratch\nCOPY --from=mid /out/bar /\n",
+    );
+    let descs: Vec<&str> = p
+        .definition
+        .nodes
+        .iter()
+        .map(|n| n.meta.description.as_str())
+        .collect();
+    assert!(
+        descs.iter().any(|d| d.contains("ONBUILD COPY --from=src")),
+        "{descs:?}"
+    );
+}
+
+#[test]
+fn syntax_directive_accepts_official_frontends_only() {
+    for ok in [
+        "docker/dockerfile:1",
+        "docker/dockerfile:1.7-labs",
+        "docker.io/docker/dockerfile-upstream:master",
+        "docker/dockerfile@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "docker/dockerfile",
+    ] {
+        let r = build(
+            &format!("# syntax={ok}\nFROM busybox\n"),
+            &opts(),
+            &FakeResolver,
+        );
+        assert!(r.is_ok(), "{ok}: {:?}", r.err().map(|e| e.to_string()));
+    }
+    for bad in [
+        "tonistiigi/dockerfile:x",
+        "docker/dockerfile:1 extra",
+        "example.com/docker/dockerfile:1",
+        "docker/dockerfile@sha256:xyz",
+    ] {
+        let e = build(
+            &format!("# syntax={bad}\nFROM busybox\n"),
+            &opts(),
+            &FakeResolver,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{bad} accepted"));
+        let t = e.to_string();
+        assert!(
+            t.starts_with("Dockerfile:1: unsupported syntax") && t.contains("docker/dockerfile"),
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn build_context_docker_image_scratch_is_the_empty_image() {
+    let mut o = opts();
+    o.named_contexts.insert(
+        "base".into(),
+        rbuild_frontend::NamedContext::Image("scratch".into()),
+    );
+    let p = build("FROM base\nENV A=1\n", &o, &FakeResolver).unwrap();
+    assert!(p
+        .definition
+        .nodes
+        .iter()
+        .all(|n| !matches!(n.op, Op::Source(SourceOp::Image { .. }))));
+    assert_eq!(p.image.config.working_dir, "/");
+    let p = build("FROM busybox\nCOPY --from=base / /b/\n", &o, &FakeResolver).unwrap();
+    assert!(p
+        .definition
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::Source(SourceOp::Scratch))));
+}
+
+#[test]
+fn step_numbering_counts_only_buildkit_steps() {
+    // prefixCommand / cmdTotal: FROM <image> is 1, then RUN/COPY/ADD/WORKDIR; ENV, LABEL,
+    // USER … not counted; a stage built FROM a stage shows no FROM step.
+    let p = plan(
+        "FROM busybox AS a\nENV A=1\nLABEL l=1\nRUN true\nUSER 1\nWORKDIR /w\nFROM a AS b\nENV B=1\nRUN false\nFROM busybox\nCOPY --from=b /x /x\n",
+    );
+    let descs: Vec<&str> = p
+        .definition
+        .nodes
+        .iter()
+        .map(|n| n.meta.description.as_str())
+        .collect();
+    for want in [
+        "[a 1/3] FROM busybox",
+        "[a 2/3] RUN true",
+        "[a 3/3] WORKDIR /w",
+        "[b 1/1] RUN false",
+        "[stage-2 2/2] COPY --from=b /x /x",
+    ] {
+        assert!(descs.contains(&want), "{want} not in {descs:?}");
+    }
+    // Padding to the width of the total, as `%*d`.
+    let mut df = String::from("FROM busybox AS a\n");
+    for _ in 0..10 {
+        df.push_str("RUN true\n");
+    }
+    df.push_str("FROM a\n");
+    let p = plan(&df);
+    assert!(p
+        .definition
+        .nodes
+        .iter()
+        .any(|n| n.meta.description == "[a  2/11] RUN true"));
+}

@@ -1,0 +1,265 @@
+//! Flag and argument parsing shared by the instructions: `--flag[=value]` lists, raw words,
+//! platforms, owners, modes, durations and sizes.
+
+use super::*;
+
+pub(crate) fn flag_name_value(flag: &str) -> (String, Option<String>) {
+    let f = flag.trim_start_matches('-');
+    match f.split_once('=') {
+        Some((k, v)) => (k.to_ascii_lowercase(), Some(v.to_string())),
+        None => (f.to_ascii_lowercase(), None),
+    }
+}
+
+/// Validate flags against `allowed`; returns (name, value) pairs in order.
+pub(crate) fn parse_flags(
+    inst: &Instruction,
+    allowed: &[&str],
+) -> Result<Vec<(String, Option<String>)>, FrontendError> {
+    let mut out = Vec::new();
+    for f in &inst.flags {
+        let (k, v) = flag_name_value(f);
+        if !allowed.contains(&k.as_str()) {
+            return Err(FrontendError::UnknownFlag {
+                line: inst.line_start,
+                instruction: inst.keyword.clone(),
+                suggestion: suggest(&k, allowed.iter().copied()),
+                flag: k,
+            });
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+pub(crate) fn flag<'f>(
+    flags: &'f [(String, Option<String>)],
+    name: &str,
+) -> Option<&'f Option<String>> {
+    flags.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+pub(crate) fn flag_bool(
+    flags: &[(String, Option<String>)],
+    name: &str,
+    line: u32,
+) -> Result<Option<bool>, FrontendError> {
+    match flag(flags, name) {
+        None => Ok(None),
+        Some(None) => Ok(Some(true)),
+        Some(Some(v)) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "" => Ok(Some(true)),
+            "false" | "0" => Ok(Some(false)),
+            _ => Err(FrontendError::instr(
+                line,
+                format!("--{name}: expected true or false, got \"{v}\""),
+            )),
+        },
+    }
+}
+
+/// Split text into raw words on unquoted whitespace, keeping quotes and escapes.
+pub(crate) fn raw_words(s: &str, escape: char) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut braces = 0usize;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == escape && quote != Some('\'') {
+            cur.push(c);
+            if let Some(n) = chars.next() {
+                cur.push(n);
+            }
+            continue;
+        }
+        if quote != Some('\'') {
+            if c == '$' && chars.peek() == Some(&'{') {
+                braces += 1;
+            } else if c == '}' && braces > 0 {
+                braces -= 1;
+            }
+        }
+        if braces > 0 && quote.is_none() && c.is_whitespace() {
+            cur.push(c);
+            continue;
+        }
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                cur.push(c);
+            }
+            None => {
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                    cur.push(c);
+                } else if c.is_whitespace() {
+                    if !cur.is_empty() {
+                        words.push(std::mem::take(&mut cur));
+                    }
+                } else {
+                    cur.push(c);
+                }
+            }
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+/// Go's `%q` of a string slice, as BuildKit writes CMD/ENTRYPOINT history.
+pub(crate) fn go_quote_list(items: &[String]) -> String {
+    let q: Vec<String> = items
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\"")))
+        .collect();
+    format!("[{}]", q.join(" "))
+}
+
+pub(crate) fn parse_platform(s: &str) -> Option<Platform> {
+    let mut parts = s.split('/');
+    let os = parts.next()?.trim();
+    let arch = parts.next()?.trim();
+    let variant = parts.next().map(str::to_string);
+    if os.is_empty() || arch.is_empty() || parts.next().is_some() {
+        return None;
+    }
+    Some(Platform {
+        os: os.to_string(),
+        architecture: arch.to_string(),
+        variant: variant.filter(|v| !v.is_empty()),
+    })
+}
+
+pub(crate) fn parse_id(s: &str) -> IdSpec {
+    match s.parse::<u32>() {
+        Ok(n) => IdSpec::Id(n),
+        Err(_) => IdSpec::Name(s.to_string()),
+    }
+}
+
+pub(crate) fn parse_owner(s: &str, line: u32) -> Result<Owner, FrontendError> {
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    if u.is_empty() || g.is_some_and(str::is_empty) {
+        return Err(FrontendError::instr(
+            line,
+            format!("--chown: invalid user[:group] \"{s}\""),
+        ));
+    }
+    Ok(Owner {
+        user: parse_id(u),
+        group: g.map(parse_id),
+    })
+}
+
+pub(crate) fn valid_symbolic_mode(s: &str) -> bool {
+    s.split(',').all(|clause| {
+        let body = clause.trim_start_matches(['u', 'g', 'o', 'a']);
+        if body.is_empty() {
+            return false;
+        }
+        // one or more op+perms groups
+        let mut chars = body.chars().peekable();
+        let mut groups = 0;
+        while let Some(op) = chars.next() {
+            if !matches!(op, '+' | '-' | '=') {
+                return false;
+            }
+            groups += 1;
+            let mut perms = String::new();
+            while let Some(&c) = chars.peek() {
+                if matches!(c, '+' | '-' | '=') {
+                    break;
+                }
+                perms.push(c);
+                chars.next();
+            }
+            let ok = perms.chars().all(|c| "rwxXst".contains(c))
+                || matches!(perms.as_str(), "u" | "g" | "o");
+            if !ok {
+                return false;
+            }
+        }
+        groups > 0
+    })
+}
+
+pub(crate) fn parse_chmod(s: &str, line: u32) -> Result<Chmod, FrontendError> {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return match u32::from_str_radix(s, 8) {
+            Ok(n) if n <= 0o7777 => Ok(Chmod::Octal(n)),
+            _ => Err(FrontendError::instr(
+                line,
+                format!("--chmod: invalid octal mode \"{s}\""),
+            )),
+        };
+    }
+    if valid_symbolic_mode(s) {
+        Ok(Chmod::Symbolic(s.to_string()))
+    } else {
+        Err(FrontendError::instr(
+            line,
+            format!("--chmod: invalid mode \"{s}\""),
+        ))
+    }
+}
+
+/// Go-style duration ("30s", "1m30s", "500ms") to nanoseconds.
+pub(crate) fn parse_duration(s: &str) -> Option<u64> {
+    if s == "0" {
+        return Some(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at_checked(num_len)?;
+        let n: f64 = num.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at_checked(unit_len)?;
+        let mult = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += n * mult;
+        rest = next;
+    }
+    if total.is_finite() && (0.0..1.8e19).contains(&total) {
+        // Truncation toward zero is the intended rounding for durations.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(total as u64)
+    } else {
+        None
+    }
+}
+
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last()? {
+        'k' => (t.get(..t.len() - 1)?, 1u64 << 10),
+        'm' => (t.get(..t.len() - 1)?, 1 << 20),
+        'g' => (t.get(..t.len() - 1)?, 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
