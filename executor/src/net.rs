@@ -52,6 +52,9 @@ const SLIRP: &str = "slirp4netns";
 const FIX: &str = "install slirp4netns (Debian/Ubuntu: apt-get install slirp4netns; \
                    Fedora: dnf install slirp4netns), or give the build the host's network \
                    explicitly with --network=host (or no network with --network=none)";
+/// The alternatives when slirp4netns is there but fails.
+const OR_HOST: &str = "or give the build the host's network explicitly with --network=host \
+                       (or no network with --network=none)";
 
 /// Entry of the holder process (called by [`crate::helper_main`] when the last argument is
 /// [`NETNS_ARG`]). Never returns.
@@ -233,7 +236,7 @@ fn holder_ready(holder: &mut Child) -> Result<(), ExecutorError> {
     let _ = holder.wait();
     let why = line.trim().strip_prefix("error: ").unwrap_or(line.trim());
     Err(ExecutorError::Setup(format!(
-        "cannot create the isolated network namespace of RUN steps: {}; {FIX}",
+        "cannot create the isolated network namespace of RUN steps: {}; {OR_HOST}",
         if why.is_empty() {
             "the holder process ended"
         } else {
@@ -284,8 +287,14 @@ fn slirp_ready(child: &mut Child, ready: OwnedFd) -> Result<(), ExecutorError> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("WARNING"))
         .collect();
+    let hint = if text.iter().any(|l| l.contains("/dev/net/tun")) {
+        "; /dev/net/tun must be usable (mode 0666, as distributions ship it, for rootless \
+         builds)"
+    } else {
+        ""
+    };
     Err(ExecutorError::Setup(format!(
-        "cannot set up the isolated network of RUN steps: {SLIRP} failed{}; {FIX}",
+        "cannot set up the isolated network of RUN steps: {SLIRP} failed{}{hint}; {OR_HOST}",
         if text.is_empty() {
             String::new()
         } else {
