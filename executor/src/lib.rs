@@ -213,19 +213,22 @@ impl Runtime {
     pub fn from_name(name: &str) -> Result<Runtime, ExecutorError> {
         match name {
             "builtin" | "" => Ok(Runtime::Builtin),
-            "runc" => {
-                let path = std::env::var_os("PATH").unwrap_or_default();
-                std::env::split_paths(&path)
-                    .map(|d| d.join("runc"))
-                    .find(|p| p.is_file())
-                    .map(|binary| Runtime::Runc { binary })
-                    .ok_or_else(|| ExecutorError::InvalidSpec("runc not found in PATH".into()))
-            }
+            "runc" => find_in_path("runc")
+                .map(|binary| Runtime::Runc { binary })
+                .ok_or_else(|| ExecutorError::InvalidSpec("runc not found in PATH".into())),
             other => Err(ExecutorError::InvalidSpec(format!(
                 "unknown runtime {other:?} (builtin, runc)"
             ))),
         }
     }
+}
+
+/// The file `name` in a directory of `PATH`, if there is one.
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Security mode of the step.

@@ -116,7 +116,7 @@ impl Netns {
     }
 
     fn create(helper: &Helper) -> Result<Netns, ExecutorError> {
-        let slirp = find_in_path(SLIRP).ok_or_else(|| {
+        let slirp = crate::find_in_path(SLIRP).ok_or_else(|| {
             ExecutorError::Setup(format!(
                 "the default network of RUN steps is an isolated network namespace with \
                  outbound access, which needs {SLIRP}, not found in PATH: {FIX}"
@@ -301,14 +301,6 @@ fn slirp_ready(child: &mut Child, ready: OwnedFd) -> Result<(), ExecutorError> {
             format!(" ({})", text.join("; "))
         }
     )))
-}
-
-/// `name` in `PATH`, if it is there.
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The isolated network namespaces of one executor (see the module doc).
