@@ -2,14 +2,15 @@
 # Test environment for rbuild: installs the real parts the tests use and starts them.
 #  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq,
 #    git (git contexts), bsdutils (`script`, the tty progress test), uidmap (newuidmap/newgidmap,
-#    rootless tests)
+#    rootless tests), slirp4netns and passt (the isolated default network of RUN steps; iproute2's
+#    `ip` builds the test network namespaces)
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
@@ -18,6 +19,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/tmp/rbuild-apt.log 2>&1 || { cat /tmp/rbuild-apt.log; exit 1; }
 fi
+
+# Rootless slirp4netns opens /dev/net/tun: distributions ship it 0666 (udev's default rule); a
+# container without udev may have it 0600.
+if [ -c /dev/net/tun ]; then chmod 0666 /dev/net/tun; fi
 
 # The unprivileged user of the rootless tests (cli/tests/rootless.rs), with subordinate id
 # ranges, and one without ranges (single-id map).

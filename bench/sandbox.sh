@@ -4,7 +4,9 @@
 # (built-in; runc when `--runtime runc` is available) and — when a docker daemon answers
 # (../shared/scripts/peer-lab.sh) — BuildKit. Median of N runs (default 5) after one warm-up.
 # Needs root and the test registry (.ci/setup.sh). BENCH_USER=rbuild-test runs rbuild rootless
-# as that user (setpriv; the store is given to it).
+# as that user (setpriv; the store is given to it). The steps use rbuild's default network (an
+# isolated namespace with slirp4netns, docs/sandbox.md); BENCH_RBUILD_FLAGS adds flags to every
+# rbuild build (e.g. `--network=host` measures the host network, rbuild's default before).
 # Usage: bash bench/sandbox.sh [runs=5] [steps=30]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +50,8 @@ declare -A PER
 runtimes=(builtin)
 if "$RB" build --help 2>/dev/null | grep -q -- '--runtime'; then runtimes+=(runc); fi
 for rt in "${runtimes[@]}"; do
-  s=$(median_ms "${AS[@]}" "$RB" build --runtime "$rt" --no-cache -q "$W/steps")
-  b=$(median_ms "${AS[@]}" "$RB" build --runtime "$rt" --no-cache -q "$W/base")
+  s=$(median_ms "${AS[@]}" "$RB" build --runtime "$rt" ${BENCH_RBUILD_FLAGS:-} --no-cache -q "$W/steps")
+  b=$(median_ms "${AS[@]}" "$RB" build --runtime "$rt" ${BENCH_RBUILD_FLAGS:-} --no-cache -q "$W/base")
   out=$(report "rbuild ($rt)" "$s" "$b"); echo "$out" | head -1; PER[$rt]=$(echo "$out" | tail -1)
 done
 if /usr/bin/docker info >/dev/null 2>&1; then

@@ -156,7 +156,7 @@ pub struct BuildArgs {
     /// SSH agent socket or keys for RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY]]
     #[arg(long = "ssh", value_name = "SPEC", value_parser = flags::ssh)]
     pub ssh: Vec<String>,
-    /// Network mode for RUN steps: default, none or host
+    /// Network mode for RUN steps: default (isolated, outbound only), none or host
     #[arg(long, value_name = "MODE", value_parser = flags::network)]
     pub network: Option<String>,
     /// Set an image label KEY=VALUE; repeatable

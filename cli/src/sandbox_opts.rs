@@ -96,7 +96,8 @@ pub fn network_mode(network: Option<&str>) -> Result<NetworkMode> {
 }
 
 /// `--add-host`, `--shm-size`, `--ulimit` as the options every RUN step gets. `host-gateway`
-/// is 127.0.0.1: steps use the host's network namespace unless `--network=none`.
+/// is 127.0.0.1: the host only with `--network=host` (the default isolated network never
+/// reaches the host's loopback).
 pub fn run_options(b: &BuildArgs) -> Result<RunOptions> {
     let mut o = RunOptions {
         shm_size: b.shm_size,

@@ -26,6 +26,9 @@ const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 /// [`ExecSpec`] as JSON from stdin, runs the step, writes the report to fd 3
 /// and exits. Never returns.
 pub fn helper_main() -> ! {
+    if std::env::args().next_back().as_deref() == Some(crate::net::NETNS_ARG) {
+        crate::net::holder_main();
+    }
     let status = sys::adopt_inherited_fd(STATUS_FD);
     let report = match run_helper() {
         Ok(r) => r,
@@ -156,8 +159,21 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
     std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| ExecutorError::sys("read spec from stdin", "", e))?;
-    let HelperInput { spec, runtime } = serde_json::from_slice(&input)
+    let HelperInput {
+        spec,
+        runtime,
+        netns,
+    } = serde_json::from_slice(&input)
         .map_err(|e| ExecutorError::InvalidSpec(format!("decode: {e}")))?;
+    let netns = match (spec.network, netns) {
+        (Network::Isolated, Some(p)) => Some(p),
+        (Network::Isolated, None) => {
+            return Err(ExecutorError::InvalidSpec(
+                "isolated network without a namespace".into(),
+            ))
+        }
+        _ => None,
+    };
     if spec.args.is_empty() {
         return Err(ExecutorError::InvalidSpec("args is empty".into()));
     }
@@ -184,7 +200,8 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
     }
     if let Runtime::Runc { binary } = &runtime {
         let views = cgroup.as_ref().map(|c| c.views()).unwrap_or_default();
-        let (report, stubs, copyups) = crate::runc::run(&spec, &scratch, &views, binary)?;
+        let (report, stubs, copyups) =
+            crate::runc::run(&spec, &scratch, &views, binary, netns.as_deref())?;
         remove_stubs(&spec.rootfs, &stubs, &copyups);
         drop(scratch);
         return Ok(with_oom(report, cgroup.as_ref()));
@@ -193,8 +210,10 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         | UnshareFlags::NEWUTS
         | UnshareFlags::NEWIPC
         | UnshareFlags::NEWCGROUP;
-    if spec.network == Network::None {
-        flags |= UnshareFlags::NEWNET;
+    match &netns {
+        Some(path) => join_netns(path)?,
+        None if spec.network == Network::None => flags |= UnshareFlags::NEWNET,
+        None => {}
     }
     sys::unshare(flags).map_err(|e| ExecutorError::sys("unshare namespaces", "", e))?;
     let (msg_r, msg_w) =
@@ -252,6 +271,16 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
             Ok(with_oom(report, cgroup.as_ref()))
         }
     }
+}
+
+/// Move this (single-threaded) process into the network namespace at `path`.
+fn join_netns(path: &Path) -> Result<(), ExecutorError> {
+    let ns = File::open(path).map_err(|e| ExecutorError::sys("open network namespace", path, e))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&ns),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| ExecutorError::sys("join network namespace", path, e))
 }
 
 /// Mark an exit status with the cgroup's OOM kill, if any.

@@ -13,7 +13,9 @@
 //! - fd 3 of the helper is a status pipe on which it writes one JSON report
 //!   (exit status, setup failure or exec failure) before exiting.
 //!
-//! The helper unshares pid/uts/ipc (and net for [`Network::None`]) namespaces,
+//! The helper joins the step's network namespace ([`Network::Isolated`]: one of the
+//! executor's pool, see `net.rs`) or unshares one ([`Network::None`]), unshares pid/uts/ipc
+//! namespaces,
 //! forks a child that becomes pid 1 of the new pid namespace, which creates a
 //! private mount namespace, mounts the rootfs (overlayfs), `/proc`, `/sys`
 //! (ro), a minimal `/dev`, binds generated `/etc/hosts`, `/etc/resolv.conf`,
@@ -29,6 +31,7 @@ pub mod cgroup;
 mod error;
 mod helper;
 mod mounts;
+mod net;
 mod private;
 mod protocol;
 mod run;
@@ -47,6 +50,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ExecutorError;
 pub use helper::helper_main;
 pub use mounts::{opaque_xattr, overlay_supported, with_private_mounts, Mounter};
+pub use net::NETNS_ARG;
 pub use run::{kill_running_containers, Executor};
 
 /// First argument that makes a binary act as the sandbox helper.
@@ -84,7 +88,11 @@ pub enum Rootfs {
 /// Network mode of the step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
-    /// Share the host's network namespace (the default).
+    /// An isolated network namespace with outbound access through a user-space NAT
+    /// (slirp4netns), without the host's loopback; from the executor's pool (see `net.rs`).
+    /// The default of RUN steps.
+    Isolated,
+    /// Share the host's network namespace (`--network=host`, an explicit opt-in).
     Host,
     /// New network namespace with only the loopback interface, up.
     None,
@@ -205,19 +213,22 @@ impl Runtime {
     pub fn from_name(name: &str) -> Result<Runtime, ExecutorError> {
         match name {
             "builtin" | "" => Ok(Runtime::Builtin),
-            "runc" => {
-                let path = std::env::var_os("PATH").unwrap_or_default();
-                std::env::split_paths(&path)
-                    .map(|d| d.join("runc"))
-                    .find(|p| p.is_file())
-                    .map(|binary| Runtime::Runc { binary })
-                    .ok_or_else(|| ExecutorError::InvalidSpec("runc not found in PATH".into()))
-            }
+            "runc" => find_in_path("runc")
+                .map(|binary| Runtime::Runc { binary })
+                .ok_or_else(|| ExecutorError::InvalidSpec("runc not found in PATH".into())),
             other => Err(ExecutorError::InvalidSpec(format!(
                 "unknown runtime {other:?} (builtin, runc)"
             ))),
         }
     }
+}
+
+/// The file `name` in a directory of `PATH`, if there is one.
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Security mode of the step.

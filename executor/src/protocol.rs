@@ -14,6 +14,9 @@ pub(crate) struct HelperInput {
     pub(crate) spec: ExecSpec,
     /// Which runtime runs it.
     pub(crate) runtime: Runtime,
+    /// The network namespace to join (`/proc/<pid>/ns/net`) for [`crate::Network::Isolated`].
+    #[serde(default)]
+    pub(crate) netns: Option<std::path::PathBuf>,
 }
 
 /// Final report from the helper to the parent (one JSON line on fd 3).

@@ -11,7 +11,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 
 use crate::error::ExecutorError;
 use crate::protocol::{HelperInput, HelperReport, STATUS_FD};
-use crate::{sys, ExecSpec, ExitStatus, Helper, Runtime, Stream};
+use crate::{sys, ExecSpec, ExitStatus, Helper, Network, Runtime, Stream};
 
 /// How often [`Executor::run_cancellable`] checks whether the step was cancelled.
 pub const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -21,6 +21,8 @@ pub const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20
 pub struct Executor {
     helper: Helper,
     runtime: Runtime,
+    /// Isolated network namespaces, shared by the clones of this executor (one build).
+    net: std::sync::Arc<crate::net::NetPool>,
 }
 
 impl Executor {
@@ -29,6 +31,7 @@ impl Executor {
         Executor {
             helper,
             runtime: Runtime::Builtin,
+            net: Default::default(),
         }
     }
 
@@ -79,11 +82,31 @@ impl Executor {
                     .into(),
             ));
         }
+        // The default network: a namespace of the pool, back in it when the step is over
+        // (thrown away after an insecure step, which could have reconfigured it).
+        let lease = match spec.network {
+            Network::Isolated => Some(self.net.acquire(&self.helper)?),
+            Network::Host | Network::None => None,
+        };
         let input = HelperInput {
             spec: spec.clone(),
             runtime: self.runtime.clone(),
+            netns: lease.as_ref().map(|l| l.path()),
         };
-        let json = serde_json::to_vec(&input)
+        let result = self.run_helper(&input, output, cancelled);
+        if let (Some(l), Ok(_)) = (lease, &result) {
+            l.release(spec.security == crate::Security::Insecure);
+        }
+        result
+    }
+
+    fn run_helper(
+        &self,
+        input: &HelperInput,
+        output: &mut dyn FnMut(Stream, &[u8]),
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<ExitStatus, ExecutorError> {
+        let json = serde_json::to_vec(input)
             .map_err(|e| ExecutorError::InvalidSpec(format!("serialize: {e}")))?;
         let (status_r, status_w) =
             pipe_with(PipeFlags::CLOEXEC).map_err(|e| ExecutorError::HelperIo {

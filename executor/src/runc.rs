@@ -2,8 +2,8 @@
 //! the built-in sandbox (in its own private mount namespace, so runc — its child — sees them
 //! and everything disappears with the helper), writes an OCI runtime bundle (`config.json`
 //! built with `oci-spec`: Docker's default capabilities, the same seccomp profile, masked and
-//! read-only paths, pid/ipc/uts/mount/cgroup namespaces and a network namespace for
-//! `Network::None`), and runs `runc run`. The step's output goes straight to the helper's
+//! read-only paths, pid/ipc/uts/mount/cgroup namespaces, a new network namespace for
+//! `Network::None` or the pool's namespace for `Network::Isolated`), and runs `runc run`. The step's output goes straight to the helper's
 //! stdout/stderr; runc's own errors are read from its JSON log.
 
 use std::collections::HashSet;
@@ -107,6 +107,7 @@ pub(crate) fn run(
     scratch: &Scratch,
     cgroups: &[(String, PathBuf)],
     runc: &Path,
+    netns: Option<&Path>,
 ) -> Result<RuncOutcome, ExecutorError> {
     sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
     make_rprivate()?;
@@ -121,7 +122,7 @@ pub(crate) fn run(
         msgs: &mut msgs,
         copyups: HashSet::new(),
     };
-    let result = prepare_and_run(spec, scratch, cgroups, runc, &mut stubs);
+    let result = prepare_and_run(spec, scratch, cgroups, runc, netns, &mut stubs);
     drop(stubs);
     // Unmount the rootfs and the private tmpfs before the stubs are removed from the layer and
     // the scratch dir is deleted (a mount point cannot be removed: it was left behind).
@@ -153,6 +154,7 @@ fn prepare_and_run(
     scratch: &Scratch,
     cgroups: &[(String, PathBuf)],
     runc: &Path,
+    netns: Option<&Path>,
     stubs: &mut Stubs<'_>,
 ) -> Result<HelperReport, ExecutorError> {
     let root = stubs.root.to_path_buf();
@@ -307,6 +309,16 @@ fn prepare_and_run(
         namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(k)
+                .build()
+                .map_err(setup)?,
+        );
+    }
+    // The isolated network: the pool's namespace, joined by runc.
+    if let Some(path) = netns {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
                 .build()
                 .map_err(setup)?,
         );

@@ -161,7 +161,8 @@ impl Solver {
     pub(crate) fn exec_modes(&self, op: &ExecOp) -> (Network, Security) {
         let net = match op.network {
             NetworkMode::None => Network::None,
-            NetworkMode::Default | NetworkMode::Host => Network::Host,
+            NetworkMode::Default => Network::Isolated,
+            NetworkMode::Host => Network::Host,
         };
         let sec = match op.security {
             SecurityMode::Sandbox => Security::Sandbox,

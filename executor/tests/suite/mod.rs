@@ -88,7 +88,7 @@ impl Fixture {
             cwd: "/".into(),
             user: String::new(),
             hostname: "sandbox".into(),
-            network: Network::Host,
+            network: Network::Isolated,
             extra_mounts: vec![],
             extra_hosts: vec![],
             security: Security::Sandbox,
@@ -452,6 +452,54 @@ fn network_none_has_only_loopback() {
     assert_eq!(out.stdout.lines().last(), Some("unknown"), "lo is not up");
 }
 
+/// Run `spec` with `exec`, expecting success; stdout.
+fn run_with(exec: &Executor, spec: &ExecSpec) -> String {
+    let mut stdout = Vec::new();
+    let st = exec
+        .run(spec, &mut |s, b| {
+            if s == Stream::Stdout {
+                stdout.extend_from_slice(b)
+            }
+        })
+        .unwrap_or_else(|e| panic!("run failed: {e}"));
+    assert!(st.success(), "{st}");
+    String::from_utf8_lossy(&stdout).into_owned()
+}
+
+#[test]
+fn isolated_network_is_a_pooled_namespace_with_a_nat_interface() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(true);
+    let exec = executor();
+    let script = "readlink /proc/self/ns/net; cat /proc/net/dev; cat /proc/net/route";
+    let spec = fx.spec(script);
+    assert_eq!(spec.network, Network::Isolated);
+    let first = run_with(&exec, &spec);
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let ns = first.lines().next().unwrap().to_string();
+    assert_ne!(ns, host_ns.to_string_lossy(), "the step shares the host's network");
+    let ifaces: Vec<&str> = first
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
+        .filter(|n| !n.contains(' ') && !n.starts_with("net"))
+        .collect();
+    assert_eq!(ifaces, vec!["lo", "tap0"], "{first}");
+    // default route through slirp's gateway 10.0.2.2 (0202000A in /proc/net/route)
+    assert!(first.contains("tap0\t00000000\t0202000A"), "{first}");
+    // the next step reuses the namespace
+    let second = run_with(&exec, &spec);
+    assert_eq!(second.lines().next(), Some(ns.as_str()), "not reused");
+    // an insecure step's namespace is not reused: it could have reconfigured it
+    let mut insecure = fx.spec(script);
+    insecure.security = Security::Insecure;
+    let third = run_with(&exec, &insecure);
+    assert_eq!(third.lines().next(), Some(ns.as_str()));
+    let fourth = run_with(&exec, &spec);
+    assert_ne!(fourth.lines().next(), Some(ns.as_str()), "reused after insecure");
+}
+
 #[test]
 fn background_children_die_with_the_step() {
     if !is_root() {
@@ -743,9 +791,20 @@ fn setup_failures_are_errors() {
         program: PathBuf::from("/bin/busybox"),
         args: vec!["true".into()],
     });
-    match bogus.run(&fx.spec("true"), &mut |_, _| {}) {
+    let mut no_net = fx.spec("true");
+    no_net.network = Network::None;
+    match bogus.run(&no_net, &mut |_, _| {}) {
         Err(ExecutorError::Protocol(msg)) => assert!(msg.contains("without a report"), "{msg}"),
         other => panic!("expected a protocol error, got {other:?}"),
+    }
+    // It cannot hold a network namespace either: the default network fails, naming the fix
+    // (never a silent fallback to the host's network).
+    match bogus.run(&fx.spec("true"), &mut |_, _| {}) {
+        Err(ExecutorError::Setup(msg)) => assert!(
+            msg.contains("isolated network") && msg.contains("--network=host"),
+            "{msg}"
+        ),
+        other => panic!("expected a setup error, got {other:?}"),
     }
 }
 
