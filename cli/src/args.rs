@@ -20,7 +20,7 @@ Examples:
   rbuild completion bash > /etc/bash_completion.d/rbuild
 
 Environment: RBUILD_ROOT (store), RBUILD_PROGRESS (auto|tty|plain|rawjson|quiet), NO_COLOR.
-Exit codes: 0 success, 1 build failed, 2 usage error, 3 internal error.";
+Exit codes: 0 success, 1 build or command failed, 2 usage error, 3 a bug in rbuild.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,6 +85,9 @@ pub enum DebugCommand {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
+    /// Do not prompt for confirmation (rbuild never prompts; accepted as docker's flag)
+    #[arg(short, long)]
+    pub force: bool,
     /// Remove all cache entries, cache mounts and the context stat cache (tagged images stay)
     #[arg(short, long)]
     pub all: bool,
@@ -153,7 +156,7 @@ pub struct BuildArgs {
     /// Secret for RUN --mount=type=secret: id=ID[,src=FILE] or type=env,id=ID[,env=VAR]
     #[arg(long = "secret", value_name = "SPEC", value_parser = flags::secret)]
     pub secrets: Vec<String>,
-    /// SSH agent socket or keys for RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY]]
+    /// SSH agent socket for RUN --mount=type=ssh: default|ID[=SOCKET] (an agent socket; key files are refused)
     #[arg(long = "ssh", value_name = "SPEC", value_parser = flags::ssh)]
     pub ssh: Vec<String>,
     /// Network mode for RUN steps: default, none or host

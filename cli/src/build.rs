@@ -144,7 +144,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     })
     .with_runtime(
         rbuild_executor::Runtime::from_name(&b.runtime)
-            .map_err(|e| anyhow!("--runtime {}: {e}", b.runtime))?,
+            .map_err(|e| UsageError(format!("--runtime {}: {e}", b.runtime)))?,
     );
     let (_, mut locals) = crate::context::build_contexts(b)?;
     locals.insert("context".to_string(), context.to_path_buf());
@@ -159,12 +159,16 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
                 .find_map(|a| a.strip_prefix("SOURCE_DATE_EPOCH=").map(String::from))
         })
         .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
+            v.parse::<i64>().map_err(|_| {
+                UsageError(format!(
+                    "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+                ))
+            })
         })
         .transpose()?
         .or(if b.reproducible { Some(0) } else { None });
-    let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
+    let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())
+        .map_err(crate::render::usage)?;
     let resources = crate::sandbox_opts::resources(b).map_err(|e| UsageError(e.to_string()))?;
     if !resources.is_empty() {
         rbuild_executor::cgroup::check(&resources)

@@ -52,6 +52,24 @@ pub fn du(root: &Path) -> Result<ExitCode> {
 
 /// `rbuild prune`: waits for running builds, then removes cache (see `rbuild_solver::gc`).
 pub fn prune(root: &Path, p: &PruneArgs) -> Result<ExitCode> {
+    let opts = prune_options(p).map_err(crate::render::usage)?;
+    let store = open(root)?;
+    let _gc = gc_lock(&store, true)?;
+    let r = gc::prune(&store, &opts)?;
+    println!(
+        "removed {} cache entries, {} snapshots, {} blobs; reclaimed {} (store {} → {})",
+        r.entries_removed,
+        r.snapshots_removed,
+        r.blobs_removed,
+        human_size(r.bytes_before.saturating_sub(r.bytes_after)),
+        human_size(r.bytes_before),
+        human_size(r.bytes_after)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The prune flags as options; an error names the flag (a usage error).
+fn prune_options(p: &PruneArgs) -> Result<PruneOptions> {
     let mut opts = PruneOptions {
         all: p.all,
         ..PruneOptions::default()
@@ -72,19 +90,7 @@ pub fn prune(root: &Path, p: &PruneArgs) -> Result<ExitCode> {
             _ => bail!("--filter {f:?}: supported filters: until=DURATION"),
         }
     }
-    let store = open(root)?;
-    let _gc = gc_lock(&store, true)?;
-    let r = gc::prune(&store, &opts)?;
-    println!(
-        "removed {} cache entries, {} snapshots, {} blobs; reclaimed {} (store {} → {})",
-        r.entries_removed,
-        r.snapshots_removed,
-        r.blobs_removed,
-        human_size(r.bytes_before.saturating_sub(r.bytes_after)),
-        human_size(r.bytes_before),
-        human_size(r.bytes_after)
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(opts)
 }
 
 fn open(root: &Path) -> Result<rbuild_cache::Store> {

@@ -41,12 +41,18 @@ fn main() -> ExitCode {
     quiet_broken_pipe();
     let argv = args::with_default_subcommand(std::env::args_os().collect());
     let cli = args::Cli::parse_from(argv);
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) if e.is::<outputs::StdoutClosed>() => ExitCode::from(BROKEN_PIPE_STATUS),
-        Err(e) => {
+    // A panic is a bug in rbuild: the hook printed it; exit with the bug status.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) if e.is::<outputs::StdoutClosed>() => ExitCode::from(BROKEN_PIPE_STATUS),
+        Ok(Err(e)) => {
             render::print_error(&e);
             ExitCode::from(render::exit_code(&e))
+        }
+        Err(_) => {
+            eprintln!("ERROR: internal error (a bug in rbuild, please report it): panic");
+            ExitCode::from(render::BUG_STATUS)
         }
     }
 }

@@ -10,6 +10,8 @@ use clap::{Args, Subcommand};
 use rbuild_oci::{Compression, ConvertOpts, Descriptor, ImageStore, Reference};
 use serde_json::Value;
 
+use crate::render::UsageError;
+
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// Give an image in the local store another name: tag SOURCE TARGET
@@ -107,8 +109,9 @@ pub struct LoginArgs {
     pub password_stdin: bool,
 }
 
+/// An image name given on the command line; a malformed one is a usage error.
 fn parse_ref(s: &str) -> Result<Reference> {
-    Reference::parse(s).map_err(|e| anyhow!("{e}"))
+    Reference::parse(s).map_err(|e| UsageError(e.to_string()).into())
 }
 
 fn open(root: &Path) -> Result<(rbuild_cache::Store, ImageStore)> {
@@ -168,7 +171,10 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 Some(p) => {
                     let parts: Vec<&str> = p.split('/').collect();
                     if parts.len() < 2 || parts.len() > 3 {
-                        bail!("--platform {p:?}: expected os/arch[/variant]");
+                        return Err(UsageError(format!(
+                            "--platform {p:?}: expected os/arch[/variant]"
+                        ))
+                        .into());
                     }
                     rbuild_oci::Platform {
                         os: parts[0].into(),
@@ -193,7 +199,8 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             let (store, images) = open(root)?;
             let (r, d) = lookup(&images, &a.name)?;
             let opts = ConvertOpts {
-                compression: Compression::parse(&a.compression)?,
+                compression: Compression::parse(&a.compression)
+                    .map_err(|e| UsageError(format!("--compression: {e}")))?,
                 level: a.compression_level,
                 force: a.force_compression,
                 oci_media_types: !a.docker_mediatypes,
@@ -320,6 +327,12 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             output,
             format,
         } => {
+            if format != "docker" && format != "oci" {
+                return Err(UsageError(format!(
+                    "save --format {format:?}: expected docker or oci"
+                ))
+                .into());
+            }
             let (store, images) = open(root)?;
             let mut refs = Vec::new();
             let mut desc: Option<Descriptor> = None;
@@ -391,11 +404,14 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             let host = registry_host(a.server.as_deref());
             let user = match a.username {
                 Some(u) => u,
-                None => bail!("login: give the username with -u"),
+                None => return Err(UsageError("login: give the username with -u".into()).into()),
             };
             let password = if a.password_stdin {
                 if a.password.is_some() {
-                    bail!("login: --password and --password-stdin are mutually exclusive");
+                    return Err(UsageError(
+                        "login: --password and --password-stdin are mutually exclusive".into(),
+                    )
+                    .into());
                 }
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -406,7 +422,12 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                         eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
                         p
                     }
-                    None => bail!("login: give the password with --password-stdin (or -p)"),
+                    None => {
+                        return Err(UsageError(
+                            "login: give the password with --password-stdin (or -p)".into(),
+                        )
+                        .into())
+                    }
                 }
             };
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
