@@ -366,10 +366,7 @@ fn build_image(
     }
     if let Some((_, plan)) = plans.first() {
         for w in &plan.warnings {
-            progress.warning(&format!(
-                "{}:{}: {}",
-                inputs.dockerfile_name, w.line, w.message
-            ));
+            progress.warning_at(&inputs.dockerfile_name, w.line, w.end_line, &w.message);
         }
     }
     let multi = plans.len() > 1;
@@ -383,6 +380,9 @@ fn build_image(
         .iter()
         .map(|(platform, plan)| (platform, &plan.definition, plan.root))
         .collect();
+    for ((_, def, _), base) in graphs.iter().zip(crate::multiplat::progress_bases(&graphs)) {
+        progress.set_graph(base, def);
+    }
     let mut outs = crate::multiplat::solve_all(&solver, &graphs, progress);
     // A failing platform stops the others (the solver's abort flag): its error is the
     // build's, not the other platforms' `Cancelled`.

@@ -6,7 +6,7 @@
 //!   `#N CACHED`, `#N DONE 1.2s`, `#N ERROR: …`) for CI logs; output is never clipped;
 //! - [`tty`]: a live view redrawn with ANSI escapes (one line per step with a timer, the last
 //!   lines of a running step's output, `CACHED` marks, a summary);
-//! - [`rawjson`]: one JSON object per line (schema in docs/progress.md);
+//! - [`rawjson`]: BuildKit's SolveStatus JSON, one object per line (docs/progress.md);
 //! - quiet: nothing.
 //!
 //! `auto` is tty when stderr is a terminal (and `TERM` is not `dumb`), else plain.
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 use rbuild_solver::{Event, Progress};
@@ -96,6 +96,15 @@ pub struct Vertex {
     pub status: Status,
     /// When the step started (or was found cached).
     pub started: Instant,
+    /// The same moment on the wall clock (rawjson's `started`).
+    pub started_at: SystemTime,
+    /// When the step finished, failed, was cancelled or found cached (rawjson's `completed`).
+    pub completed_at: Option<SystemTime>,
+    /// BuildKit's vertex digest: the graph node's definition digest, or for a step of the
+    /// CLI one derived from its number and name.
+    pub digest: String,
+    /// Digests of the graph nodes this step's node takes as inputs.
+    pub inputs: Vec<String>,
     /// The last [`KEEP_LINES`] complete output lines.
     pub lines: std::collections::VecDeque<String>,
     /// How many earlier lines were dropped from `lines`.
@@ -137,7 +146,7 @@ pub enum Change<'a> {
     },
     /// Stopped because another step failed (BuildKit's `CANCELED`).
     Cancelled(usize),
-    Warning(&'a str),
+    Warning(&'a Warning<'a>),
     /// Why a step ran, or which earlier build its cached result came from (`--explain`).
     Explain {
         v: usize,
@@ -145,6 +154,17 @@ pub enum Change<'a> {
     },
     /// A solver event this version does not know, in Rust debug notation.
     Other(&'a str),
+}
+
+/// A Dockerfile warning: its text as the human displays show it (`Dockerfile:3: …`) and,
+/// when known, where it points (rawjson's `sourceInfo` and `range`).
+#[derive(Debug)]
+pub struct Warning<'a> {
+    pub text: &'a str,
+    pub message: &'a str,
+    pub file: Option<&'a str>,
+    /// First and last 1-based line.
+    pub lines: Option<(u32, u32)>,
 }
 
 /// How the build ended, for the closing summary.
@@ -160,6 +180,8 @@ pub struct Outcome {
 pub struct Tracker {
     pub vertices: Vec<Vertex>,
     index: HashMap<Key, usize>,
+    /// Graph node ids (as the solver numbers them, offsets included) → digest and inputs.
+    graph: HashMap<usize, (String, Vec<usize>)>,
     next_cli: usize,
     pub build_start: Instant,
 }
@@ -169,6 +191,7 @@ impl Tracker {
         Tracker {
             vertices: Vec::new(),
             index: HashMap::new(),
+            graph: HashMap::new(),
             next_cli: 0,
             build_start: Instant::now(),
         }
@@ -182,17 +205,46 @@ impl Tracker {
             return i;
         }
         let i = self.vertices.len();
+        let (digest, inputs) = match key {
+            Key::Graph(id) => match self.graph.get(&id) {
+                Some((d, ins)) => (
+                    d.clone(),
+                    ins.iter()
+                        .filter_map(|i| self.graph.get(i).map(|(d, _)| d.clone()))
+                        .collect(),
+                ),
+                None => (synthetic_digest("graph", id, ""), Vec::new()),
+            },
+            Key::Cli(id) => (synthetic_digest("cli", id, name.unwrap_or("")), Vec::new()),
+        };
         self.vertices.push(Vertex {
             n: i + 1,
             name: name.unwrap_or("").to_string(),
             status: Status::Running,
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            completed_at: None,
+            digest,
+            inputs,
             lines: Default::default(),
             dropped: 0,
             partial: [Vec::new(), Vec::new()],
         });
         self.index.insert(key, i);
         i
+    }
+
+    /// Set a step's state; a final state records when it completed.
+    fn set_status(&mut self, v: usize, status: Status) {
+        let vx = &mut self.vertices[v];
+        if status == Status::Running {
+            vx.started = Instant::now();
+            vx.started_at = SystemTime::now();
+            vx.completed_at = None;
+        } else {
+            vx.completed_at = Some(SystemTime::now());
+        }
+        vx.status = status;
     }
 
     /// Split output into lines; returns the complete lines.
@@ -261,12 +313,10 @@ pub struct Reporter {
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Seconds since the Unix epoch, with millisecond precision.
-pub fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_millis() as f64) / 1000.0)
-        .unwrap_or(0.0)
+/// A vertex digest for a step that is not a graph node (BuildKit gives such vertexes random
+/// digests; these are stable within a build).
+fn synthetic_digest(kind: &str, id: usize, name: &str) -> String {
+    rbuild_graph::sha256_digest(format!("rbuild-progress/{kind}/{id}/{name}").as_bytes())
 }
 
 impl Reporter {
@@ -335,7 +385,7 @@ impl Reporter {
         self.with(|g| {
             let v = g.tracker.vertex(Key::Cli(id), None);
             let secs = g.tracker.vertices[v].started.elapsed().as_secs_f64();
-            g.tracker.vertices[v].status = Status::Done(secs);
+            g.tracker.set_status(v, Status::Done(secs));
             let Inner {
                 tracker,
                 render,
@@ -346,13 +396,38 @@ impl Reporter {
         });
     }
 
+    /// The graph about to be solved, its node ids offset by `base` (as the solver numbers them
+    /// for several platforms): gives steps their definition digests and inputs (rawjson).
+    pub fn set_graph(&self, base: usize, def: &rbuild_graph::Definition) {
+        let Ok(digests) = def.digests() else {
+            return;
+        };
+        if let Ok(mut g) = self.shared.inner.lock() {
+            for (i, (node, digest)) in def.nodes.iter().zip(digests).enumerate() {
+                let inputs = node.inputs.iter().map(|n| base + n.0).collect();
+                g.tracker.graph.insert(base + i, (digest, inputs));
+            }
+        }
+    }
+
     /// A CLI step that is over as soon as it is shown.
     pub fn note(&self, name: &str) {
         let id = self.step(name);
         self.step_done(id);
     }
 
-    pub fn warning(&self, text: &str) {
+    /// A warning about lines `line..=end_line` of the Dockerfile `file`.
+    pub fn warning_at(&self, file: &str, line: u32, end_line: u32, message: &str) {
+        let text = format!("{file}:{line}: {message}");
+        self.emit_warning(&Warning {
+            text: &text,
+            message,
+            file: Some(file),
+            lines: (line > 0).then_some((line, end_line.max(line))),
+        });
+    }
+
+    fn emit_warning(&self, w: &Warning<'_>) {
         self.with(|g| {
             let Inner {
                 tracker,
@@ -360,7 +435,7 @@ impl Reporter {
                 out,
                 ..
             } = g;
-            render.change(tracker, &Change::Warning(text), out.as_mut());
+            render.change(tracker, &Change::Warning(w), out.as_mut());
         });
     }
 
@@ -493,13 +568,12 @@ impl Progress for Reporter {
             match event {
                 Event::Started { vertex, name } => {
                     let v = tracker.vertex(Key::Graph(vertex), Some(&name));
-                    tracker.vertices[v].started = Instant::now();
-                    tracker.vertices[v].status = Status::Running;
+                    tracker.set_status(v, Status::Running);
                     render.change(tracker, &Change::Started(v), out);
                 }
                 Event::Cached { vertex, name } => {
                     let v = tracker.vertex(Key::Graph(vertex), Some(&name));
-                    tracker.vertices[v].status = Status::Cached;
+                    tracker.set_status(v, Status::Cached);
                     render.change(tracker, &Change::Cached(v), out);
                 }
                 Event::Log {
@@ -526,7 +600,7 @@ impl Progress for Reporter {
                 Event::Done { vertex, seconds } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);
                     emit_rest(tracker, render.as_mut(), v, out);
-                    tracker.vertices[v].status = Status::Done(seconds);
+                    tracker.set_status(v, Status::Done(seconds));
                     render.change(tracker, &Change::Done(v), out);
                 }
                 Event::Failed { vertex, message } => {
@@ -537,13 +611,13 @@ impl Progress for Reporter {
                     }
                     emit_rest(tracker, render.as_mut(), v, out);
                     let m = short_message(&tracker.vertices[v].name, &message).to_string();
-                    tracker.vertices[v].status = Status::Error(m.clone());
+                    tracker.set_status(v, Status::Error(m.clone()));
                     render.change(tracker, &Change::Error { v, message: &m }, out);
                 }
                 Event::Cancelled { vertex } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);
                     emit_rest(tracker, render.as_mut(), v, out);
-                    tracker.vertices[v].status = Status::Cancelled;
+                    tracker.set_status(v, Status::Cancelled);
                     render.change(tracker, &Change::Cancelled(v), out);
                 }
                 Event::Explain { vertex, reason } => {

@@ -91,8 +91,8 @@ impl Render for Plain {
                 let _ = writeln!(out, "#{} CANCELED", t.vertices[*v].n);
                 self.last = None;
             }
-            Change::Warning(text) => {
-                let _ = writeln!(out, "WARNING: {text}");
+            Change::Warning(w) => {
+                let _ = writeln!(out, "WARNING: {}", w.text);
             }
             Change::Explain { v, reason } => {
                 self.header(t, *v, out);

@@ -164,7 +164,7 @@ impl Render for Tty {
             | Change::Error { .. }
             | Change::Cancelled(_) => self.redraw(t, None, out),
             Change::Line { .. } | Change::Chunk { .. } => self.dirty = true,
-            Change::Warning(w) => self.warnings.push(w.to_string()),
+            Change::Warning(w) => self.warnings.push(w.text.to_string()),
             Change::Explain { v, reason } => {
                 let vx = &t.vertices[*v];
                 self.explains
@@ -336,7 +336,7 @@ mod tests {
             vertex: 1,
             message: "[s 1/1] RUN make: exit code 2".into(),
         });
-        r.warning("Dockerfile:1: something odd");
+        r.warning_at("Dockerfile", 1, 1, "something odd");
         r.finish(&Outcome::default());
         let out = buf.text();
         let last = &out[out.rfind("[+] Building").unwrap()..];
