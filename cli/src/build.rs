@@ -220,6 +220,7 @@ fn frontend_error(inputs: &Inputs, e: rbuild_frontend::FrontendError) -> anyhow:
             tail: Vec::new(),
             step: None,
             omitted: 0,
+            log_above: true,
         }),
         None => anyhow::Error::new(BuildFailed(e.to_string())),
     }
@@ -241,6 +242,7 @@ fn solve_error(inputs: &Inputs, e: rbuild_solver::SolveError) -> anyhow::Error {
             tail,
             step,
             omitted: 0,
+            log_above: true,
         }),
         None => anyhow::Error::new(BuildFailed(e.to_string())),
     }
@@ -278,6 +280,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let result = build_image(root, b, &inputs, &progress, &tags, &outputs);
     progress.finish(&Outcome {
         ok: result.is_ok(),
+        cancelled: false,
         image_id: result.as_ref().ok().map(|i| i.config_digest.clone()),
         error: result.as_ref().err().map(|e| e.to_string()),
     });
@@ -313,6 +316,7 @@ fn omitted_lines(mut e: anyhow::Error, progress: &Reporter) -> anyhow::Error {
     if let Some(d) = e.downcast_mut::<DockerfileError>() {
         if let Some(total) = d.step.as_deref().and_then(|s| progress.output_lines(s)) {
             d.omitted = total.saturating_sub(d.tail.len());
+            d.log_above = progress.prints_all_output();
         }
     }
     e
@@ -329,7 +333,7 @@ fn build_image(
     let solver = make_solver(root, b, &inputs.context)?;
     // Held until the image is tagged and exported: GC never removes what this build uses.
     let lease = rbuild_solver::gc::lease(solver.store())?;
-    crate::signals::install(solver.config().cache.cancel.clone());
+    crate::signals::install(solver.config().cache.cancel.clone(), progress.canceller());
     progress.note(&format!(
         "[internal] load build definition from {}",
         inputs.dockerfile_name
@@ -355,6 +359,7 @@ fn build_image(
                     tail: Vec::new(),
                     step: None,
                     omitted: 0,
+                    log_above: true,
                 }),
                 None => anyhow::Error::new(BuildFailed(message)),
             });

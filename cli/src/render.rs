@@ -19,8 +19,11 @@ pub struct DockerfileError {
     /// Output tail of a failed step, if any.
     pub tail: Vec<String>,
     pub step: Option<String>,
-    /// Output lines of the failed step that are not in `tail` (shown in the progress log).
+    /// Output lines of the failed step that are not in `tail`.
     pub omitted: usize,
+    /// Whether the progress display above printed the step's whole output (plain, rawjson);
+    /// the live view shows only its last lines.
+    pub log_above: bool,
 }
 
 impl fmt::Display for DockerfileError {
@@ -113,8 +116,13 @@ pub fn print_error(e: &anyhow::Error) {
                 out.push_str(&format!(" > {step}:\n"));
             }
             if d.omitted > 0 {
+                let see = if d.log_above {
+                    "see the build log above"
+                } else {
+                    "--progress=plain shows all output"
+                };
                 out.push_str(&format!(
-                    "[{} earlier lines of output not repeated here; see the build log above]\n",
+                    "[{} earlier lines of output not repeated here; {see}]\n",
                     d.omitted
                 ));
             }
@@ -220,6 +228,7 @@ mod tests {
             tail: vec![],
             step: None,
             omitted: 0,
+            log_above: true,
         };
         let s = snippet(&d);
         assert!(s.starts_with("Dockerfile:3\n"));

@@ -366,59 +366,21 @@ fn long_output_is_never_clipped_in_plain_mode_and_errors_say_what_they_leave_out
     );
 }
 
-/// A minimal terminal: enough of VT100 to replay the tty display (text, CR, LF, cursor up,
-/// erase to the end of the screen, colours ignored). Returns the screen lines.
+/// The screen after replaying the tty display on a terminal model (vt100: 500 rows, so
+/// nothing scrolls away); returns the screen lines.
 fn replay(bytes: &[u8]) -> Vec<String> {
-    let s = String::from_utf8_lossy(bytes);
-    let mut screen: Vec<Vec<char>> = vec![Vec::new()];
-    let (mut row, mut col) = (0usize, 0usize);
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => {
-                assert_eq!(chars.next(), Some('['), "only CSI sequences are used");
-                let mut arg = String::new();
-                let cmd = loop {
-                    let c = chars.next().unwrap();
-                    if c.is_ascii_alphabetic() {
-                        break c;
-                    }
-                    arg.push(c);
-                };
-                match cmd {
-                    'A' => row = row.saturating_sub(arg.parse::<usize>().unwrap_or(1)),
-                    'J' => {
-                        screen.truncate(row + 1);
-                        screen[row].truncate(col);
-                    }
-                    'm' => {}
-                    other => panic!("unexpected escape {other:?}"),
-                }
-            }
-            '\r' => col = 0,
-            '\n' => {
-                row += 1;
-                col = 0;
-                if screen.len() <= row {
-                    screen.push(Vec::new());
-                }
-            }
-            c => {
-                let line = &mut screen[row];
-                if line.len() <= col {
-                    line.resize(col, ' ');
-                    line.push(c);
-                } else {
-                    line[col] = c;
-                }
-                col += 1;
-            }
-        }
+    let nz = |n: u16| std::num::NonZeroU16::new(n).unwrap();
+    let mut parser = vt100::Parser::new(nz(500), nz(200), 0);
+    parser.process(bytes);
+    let mut lines: Vec<String> = parser
+        .screen()
+        .rows(0, 200)
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
     }
-    screen
-        .into_iter()
-        .map(|l| l.into_iter().collect::<String>().trim_end().to_string())
-        .collect()
+    lines
 }
 
 fn run_in_pty(p: &Project, args: &str) -> (i32, Vec<String>) {
@@ -771,4 +733,52 @@ fn completion_scripts_and_version() {
     for word in ["Examples:", "--cache-to", "--metadata-file", "Exit codes"] {
         assert!(help.contains(word), "{word} not in help:\n{help}");
     }
+}
+
+#[test]
+fn ctrl_c_marks_the_running_step_canceled_and_exits_130() {
+    require_env();
+    let p = Project::new("FROM busybox\nRUN echo start && sleep 29.3\n");
+    let mut child = p
+        .cmd(&["--progress=plain", "."])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = Vec::new();
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if l.ends_with(" start") {
+                let _ = tx.send(());
+            }
+            all.push(l);
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the step never started");
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    let lines = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{lines:#?}");
+    let run = lines
+        .iter()
+        .find(|l| l.contains("RUN echo start"))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        lines.contains(&format!("{run} CANCELED")),
+        "the running step is marked: {lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("build cancelled")));
 }

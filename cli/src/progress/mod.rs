@@ -171,6 +171,8 @@ pub struct Warning<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub ok: bool,
+    /// Stopped by Ctrl-C or SIGTERM.
+    pub cancelled: bool,
     pub image_id: Option<String>,
     pub error: Option<String>,
 }
@@ -310,6 +312,7 @@ struct Shared {
 /// The progress sink handed to the solver; also records the CLI's own steps.
 pub struct Reporter {
     shared: Arc<Shared>,
+    mode: Mode,
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -327,10 +330,20 @@ impl Reporter {
 
     /// A reporter writing to `out` (tests use a buffer); `width` fixes the live view's width.
     pub fn with_writer(mode: Mode, out: Box<dyn Write + Send>, width: Option<usize>) -> Self {
+        Self::with_screen(mode, out, width.map(|w| (w, 0)))
+    }
+
+    /// A reporter writing to `out`; `screen` fixes the live view's (columns, rows), rows 0
+    /// meaning no height limit.
+    pub fn with_screen(
+        mode: Mode,
+        out: Box<dyn Write + Send>,
+        screen: Option<(usize, usize)>,
+    ) -> Self {
         let render: Box<dyn Render> = match mode {
             Mode::Plain => Box::new(plain::Plain::default()),
             Mode::RawJson => Box::new(rawjson::RawJson),
-            Mode::Tty => Box::new(tty::Tty::new(width)),
+            Mode::Tty => Box::new(tty::Tty::new(screen)),
             Mode::Quiet => Box::new(Silent),
         };
         let shared = Arc::new(Shared {
@@ -351,6 +364,7 @@ impl Reporter {
         };
         Reporter {
             shared,
+            mode,
             ticker: Mutex::new(ticker),
         }
     }
@@ -437,6 +451,67 @@ impl Reporter {
             } = g;
             render.change(tracker, &Change::Warning(w), out.as_mut());
         });
+    }
+
+    /// One tick of the live view's timer, now (tests drive frames with it).
+    #[cfg(test)]
+    pub fn tick_now(&self) {
+        self.with(|g| {
+            let Inner {
+                tracker,
+                render,
+                out,
+                ..
+            } = g;
+            render.tick(tracker, out.as_mut());
+        });
+    }
+
+    /// Whether the display prints every output line (plain, rawjson), so an error report
+    /// can refer to the log above.
+    pub fn prints_all_output(&self) -> bool {
+        matches!(self.mode, Mode::Plain | Mode::RawJson)
+    }
+
+    /// A function for the Ctrl-C handler: marks the running steps `CANCELED`, draws the last
+    /// frame (or writes the last lines) and closes the display, so the terminal shows where
+    /// the build stopped. Safe to call from another thread while events arrive.
+    pub fn canceller(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            if let Ok(mut s) = shared.stop.lock() {
+                *s = true;
+            }
+            shared.cv.notify_all();
+            let Ok(mut g) = shared.inner.lock() else {
+                return;
+            };
+            if g.finished {
+                return;
+            }
+            g.finished = true;
+            let Inner {
+                tracker,
+                render,
+                out,
+                ..
+            } = &mut *g;
+            for v in 0..tracker.vertices.len() {
+                if tracker.vertices[v].status == Status::Running {
+                    emit_rest(tracker, render.as_mut(), v, out.as_mut());
+                    tracker.set_status(v, Status::Cancelled);
+                    render.change(tracker, &Change::Cancelled(v), out.as_mut());
+                }
+            }
+            let outcome = Outcome {
+                ok: false,
+                cancelled: true,
+                image_id: None,
+                error: Some("build cancelled".into()),
+            };
+            render.finish(tracker, &outcome, out.as_mut());
+            let _ = out.flush();
+        }
     }
 
     /// How many output lines the step named `name` printed (for error reports).

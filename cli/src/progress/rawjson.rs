@@ -196,6 +196,7 @@ mod tests {
         r.warning_at("Dockerfile", 2, 3, "odd");
         r.finish(&Outcome {
             ok: false,
+            cancelled: false,
             image_id: None,
             error: Some("boom".into()),
         });
