@@ -104,6 +104,22 @@ pub struct ImagesArgs {
     /// Only print image ids
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also list the base images builds pulled (they have no tag of their own)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Show digests
+    #[arg(long)]
+    pub digests: bool,
+    /// Filter: reference=PATTERN, dangling=true|false, before=IMAGE, since=IMAGE, label=KEY[=VALUE]; repeatable
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Output format: table [TEMPLATE], json, or a template such as '{{.Repository}}:{{.Tag}}'
+    /// (fields: .Repository .Tag .ID .Digest .CreatedSince .CreatedAt .Size .Platforms)
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Do not truncate image ids
+    #[arg(long)]
+    pub no_trunc: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -254,9 +270,8 @@ const SUBCOMMANDS: &[&str] = &[
     "logout",
 ];
 
-/// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
-/// not a global option is not a subcommand.
-pub fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
+/// The first argument that is not a global option, and its index.
+fn first_command_arg(argv: &[OsString]) -> Option<(usize, String)> {
     let mut i = 1;
     while i < argv.len() {
         let a = argv[i].to_string_lossy().to_string();
@@ -268,13 +283,47 @@ pub fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
             i += 1;
             continue;
         }
+        return Some((i, a));
+    }
+    None
+}
+
+/// `rbuild imgaes`: a word in the command's place that is neither a subcommand nor a path to
+/// build (`rbuild DIR` is `rbuild build DIR`) is an unknown command; the message suggests the
+/// closest one (cobra's wording, as docker and buildx).
+pub fn unknown_command(argv: &[OsString]) -> Option<String> {
+    let (_, a) = first_command_arg(argv)?;
+    let looks_like_context = a.starts_with('-')
+        || a.contains('/')
+        || a.contains(':')
+        || a.starts_with('.')
+        || a.ends_with(".git")
+        || std::path::Path::new(&a).exists();
+    if looks_like_context || SUBCOMMANDS.contains(&a.as_str()) {
+        return None;
+    }
+    Some(
+        match rbuild_frontend::suggest(&a, SUBCOMMANDS.iter().copied()) {
+            Some(s) => format!(
+                "unknown command {a:?} for \"rbuild\"\n\nDid you mean this?\n\t{s}\n\nRun 'rbuild --help' for usage; to build a directory, give its path (./{a})."
+            ),
+            None => format!(
+                "unknown command {a:?} for \"rbuild\", and no directory {a:?} to build\n\nRun 'rbuild --help' for usage."
+            ),
+        },
+    )
+}
+
+/// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
+/// not a global option is not a subcommand.
+pub fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
+    if let Some((i, a)) = first_command_arg(&argv) {
         if SUBCOMMANDS.contains(&a.as_str())
             || matches!(a.as_str(), "-h" | "--help" | "-V" | "--version")
         {
             return argv;
         }
         argv.insert(i, OsString::from("build"));
-        return argv;
     }
     argv
 }
@@ -304,6 +353,33 @@ mod tests {
         assert_eq!(v(&["rbuild", "images"]), ["rbuild", "images"]);
         assert_eq!(v(&["rbuild", "--help"]), ["rbuild", "--help"]);
         assert_eq!(v(&["rbuild"]), ["rbuild"]);
+    }
+
+    #[test]
+    fn misspelt_commands_are_unknown_and_paths_are_builds() {
+        let u = |a: &[&str]| unknown_command(&a.iter().map(OsString::from).collect::<Vec<_>>());
+        let m = u(&["rbuild", "imgaes"]).unwrap();
+        assert!(
+            m.contains("unknown command \"imgaes\"") && m.contains("\timages"),
+            "{m}"
+        );
+        assert!(u(&["rbuild", "--root", "/r", "pussh"])
+            .unwrap()
+            .contains("\tpush"));
+        assert!(u(&["rbuild", "zzzzzz"]).unwrap().contains("no directory"));
+        for ok in [
+            "images",
+            ".",
+            "./imgaes",
+            "-t",
+            "-",
+            "https://github.com/a/b.git",
+            "git@github.com:a/b.git",
+            "/",
+        ] {
+            assert_eq!(u(&["rbuild", ok]), None, "{ok}");
+        }
+        assert_eq!(u(&["rbuild"]), None);
     }
 
     #[test]

@@ -39,7 +39,12 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     quiet_broken_pipe();
-    let argv = args::with_default_subcommand(std::env::args_os().collect());
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(message) = args::unknown_command(&argv) {
+        eprintln!("ERROR: {message}");
+        return ExitCode::from(2);
+    }
+    let argv = args::with_default_subcommand(argv);
     let cli = args::Cli::parse_from(argv);
     // A panic is a bug in rbuild: the hook printed it; exit with the bug status.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));

@@ -296,31 +296,47 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             let empty = Vec::new();
             let history = config["history"].as_array().unwrap_or(&empty);
             let mut layers = m.layers.iter().rev();
-            let mut rows = Vec::new();
-            for h in history.iter().rev() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut lines = vec!["IMAGE\tCREATED\tCREATED BY\tSIZE\tCOMMENT".to_string()];
+            for (n, h) in history.iter().rev().enumerate() {
                 let size = if h["empty_layer"] == true {
                     0
                 } else {
-                    layers.next().map(|l| l.size).unwrap_or(0)
+                    match layers.next() {
+                        Some(l) => content_size(&store, l)?,
+                        None => 0,
+                    }
                 };
                 let mut by = h["created_by"].as_str().unwrap_or("").to_string();
-                if !no_trunc && by.chars().count() > 60 {
-                    by = by.chars().take(57).collect::<String>() + "...";
+                if !no_trunc && by.chars().count() > 45 {
+                    by = by.chars().take(44).collect::<String>() + "…";
                 }
-                rows.push((
-                    h["created"].as_str().unwrap_or("").to_string(),
-                    by,
-                    size,
-                    h["comment"].as_str().unwrap_or("").to_string(),
+                let created = h["created"]
+                    .as_str()
+                    .and_then(rbuild_oci::http::parse_rfc3339)
+                    .map(|c| format!("{} ago", crate::images::human_duration(now - c)))
+                    .unwrap_or_default();
+                let image = if n == 0 {
+                    m.config
+                        .digest
+                        .trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect()
+                } else {
+                    "<missing>".to_string()
+                };
+                lines.push(format!(
+                    "{image}\t{created}\t{}\t{}\t{}",
+                    by.replace('\t', " "),
+                    crate::images::human_size(size),
+                    h["comment"].as_str().unwrap_or("")
                 ));
             }
-            println!(
-                "{:<22} {:<62} {:>10}  COMMENT",
-                "CREATED", "CREATED BY", "SIZE"
-            );
-            for (created, by, size, comment) in rows {
-                println!("{created:<22} {by:<62} {size:>10}  {comment}");
-            }
+            print!("{}", crate::images::tabulate(&lines));
         }
         StoreCommand::Save {
             names,
@@ -449,6 +465,27 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The size of a layer's content as docker's history shows it: the bytes of its regular
+/// files (not the tar, whose headers and padding make a 3-byte file 2048 bytes).
+fn content_size(store: &rbuild_cache::Store, layer: &Descriptor) -> Result<u64> {
+    let file = store.open_blob(&layer.digest)?;
+    let c = Compression::of_media_type(&layer.media_type).unwrap_or(Compression::Uncompressed);
+    let reader = rbuild_oci::compress::decompressor(c, std::io::BufReader::new(file))
+        .with_context(|| format!("reading layer {}", layer.digest))?;
+    let mut archive = tar::Archive::new(reader);
+    let mut total = 0u64;
+    for entry in archive
+        .entries()
+        .with_context(|| format!("reading layer {}", layer.digest))?
+    {
+        let entry = entry.with_context(|| format!("reading layer {}", layer.digest))?;
+        if entry.header().entry_type().is_file() {
+            total += entry.header().size().unwrap_or(0);
+        }
+    }
+    Ok(total)
 }
 
 /// `rbuild debug compress`: stdin → stdout through the layer compressor.

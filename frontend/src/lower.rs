@@ -421,8 +421,9 @@ fn parse_chmod(s: &str, line: u32) -> Result<Chmod, FrontendError> {
     }
 }
 
-/// Go-style duration ("30s", "1m30s", "500ms") to nanoseconds.
-fn parse_duration(s: &str) -> Option<u64> {
+/// Go-style duration ("30s", "1m30s", "500ms") to nanoseconds (`time.ParseDuration`'s
+/// syntax; HEALTHCHECK flags, and `rbuild prune --filter until=`).
+pub fn parse_duration(s: &str) -> Option<u64> {
     if s == "0" {
         return Some(0);
     }
