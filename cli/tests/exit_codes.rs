@@ -211,3 +211,57 @@ fn no_input_reaches_the_bug_status() {
         assert!(!r.stderr().contains("panicked"), "{args:?}: {}", r.stderr());
     }
 }
+
+#[test]
+fn an_untrusted_tls_registry_says_where_the_ca_goes_instead_of_falling_back_to_http() {
+    let p = Project::new("FROM 127.0.0.1:5056/library/busybox\n");
+    assert!(
+        std::net::TcpStream::connect(TLS_REGISTRY).is_ok(),
+        "TLS registry not running: run `bash .ci/setup.sh`"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["pull", "127.0.0.1:5056/library/busybox"],
+        vec!["build", "."],
+    ] {
+        let r = Run {
+            out: p
+                .cmd(&args)
+                .env("RBUILD_CERTS_DIR", empty.path())
+                .env_remove("SSL_CERT_FILE")
+                .output()
+                .unwrap(),
+        };
+        expect(&r, 1, "certificate is not trusted");
+        let err = r.stderr();
+        assert!(
+            err.contains(&format!("{}/{TLS_REGISTRY}/ca.crt", empty.path().display())),
+            "{err}"
+        );
+        assert!(
+            err.contains("RBUILD_CERTS_DIR") && err.contains("SSL_CERT_FILE"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("HTTP 400"),
+            "no fall-back to plain HTTP: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_registry_without_the_image_names_the_repository_it_was_asked_for() {
+    let p = Project::new("FROM nothere-image:1\n");
+    // docker.io is mirrored to the plain test registry: the path asked there is library/…
+    let r = run(&p, &["pull", "nothere-image:1"]);
+    expect(&r, 1, "manifest unknown");
+    assert!(
+        r.stderr().contains(&format!(
+            "registry {REGISTRY} has no library/nothere-image:1"
+        )),
+        "{}",
+        r.stderr()
+    );
+    let r = p.build(&[]);
+    expect(&r, 1, "library/nothere-image:1");
+}

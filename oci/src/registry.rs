@@ -190,6 +190,20 @@ fn pct(s: &str) -> String {
     out
 }
 
+/// The TLS library's reason when `e` is a server certificate that no trusted CA signed.
+fn untrusted_certificate(e: &ureq::Error) -> Option<String> {
+    let tls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }?;
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_)
+    )
+    .then(|| tls.to_string())
+}
+
 fn reason_of(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Io(io) => match io.kind() {
@@ -228,11 +242,7 @@ impl RegistryClient {
         } else {
             self.cfg.user_agent.clone()
         };
-        let certs_dir = self
-            .cfg
-            .certs_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/docker/certs.d"));
+        let certs_dir = self.certs_dir();
         let mut extra = Vec::new();
         if let Ok(rd) = std::fs::read_dir(certs_dir.join(host)) {
             let mut files: Vec<PathBuf> = rd
@@ -429,7 +439,26 @@ impl RegistryClient {
                 agent.run(req)
             }
         };
-        result.map_err(|e| unreachable(reason_of(&e)))
+        result.map_err(|e| match untrusted_certificate(&e) {
+            Some(reason) => self.untrusted(&ep.host, reason),
+            None => unreachable(reason_of(&e)),
+        })
+    }
+
+    fn untrusted(&self, host: &str, reason: String) -> OciError {
+        OciError::UntrustedCertificate {
+            registry: host.to_string(),
+            reason,
+            certs_dir: self.certs_dir().display().to_string(),
+        }
+    }
+
+    /// The certs.d directory (docker/containerd convention: `<dir>/<host:port>/*.crt`).
+    fn certs_dir(&self) -> PathBuf {
+        self.cfg
+            .certs_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/docker/certs.d"))
     }
 
     /// Whether plain HTTP is allowed for `host` (local, or marked insecure).
@@ -438,8 +467,9 @@ impl RegistryClient {
     }
 
     /// `https`, except for hosts that allow plain HTTP: like docker, those get HTTPS when
-    /// they speak it (a TLS handshake with the host's trust roots succeeds) and HTTP
-    /// otherwise. The answer is remembered per client.
+    /// they speak it and HTTP otherwise. A host that speaks TLS with a certificate rbuild
+    /// does not trust stays HTTPS (its requests then fail naming the certificate and where
+    /// the CA goes), never a silent fall-back to HTTP. The answer is remembered per client.
     fn scheme_for(&self, host: &str) -> &'static str {
         if !self.allows_http(host) {
             return "https";
@@ -454,7 +484,11 @@ impl RegistryClient {
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
             .call();
-        let scheme = if probe.is_ok() { "https" } else { "http" };
+        let scheme = match &probe {
+            Ok(_) => "https",
+            Err(e) if untrusted_certificate(e).is_some() => "https",
+            Err(_) => "http",
+        };
         if let Ok(mut m) = self.schemes.lock() {
             m.insert(host.to_string(), scheme);
         }
@@ -734,8 +768,14 @@ impl RegistryClient {
         let mut resp = self.get(ep, r, &path, Some(&accept))?;
         let status = resp.status().as_u16();
         if status == 404 {
+            let sep = if object.starts_with("sha256:") {
+                '@'
+            } else {
+                ':'
+            };
             return Err(OciError::ManifestUnknown {
                 reference: r.familiar(),
+                path: format!("{}{sep}{object}", r.repository),
                 registry: ep.host.clone(),
             });
         }
