@@ -30,8 +30,10 @@ Exit codes: 0 success, 1 build or command failed, 2 usage error, 3 a bug in rbui
     after_help = EXAMPLES
 )]
 pub struct Cli {
-    /// Store directory (default: /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise)
-    #[arg(long, global = true, env = "RBUILD_ROOT")]
+    /// Store directory [env: RBUILD_ROOT] (default: /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise)
+    // RBUILD_ROOT is read by config::store_root, not by clap: clap would print
+    // `--root <ROOT>` in usage lines as if the user had typed it.
+    #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -61,6 +63,11 @@ pub enum Command {
     Completion {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff): `rbuild man | man -l -`, `rbuild man build`
+    Man {
+        /// The command whose page to print (default: rbuild itself)
+        command: Option<String>,
     },
 }
 
@@ -133,7 +140,7 @@ pub struct BuildArgs {
     /// Build-time variable KEY=VALUE (or KEY to take it from the environment); repeatable
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
-    /// Additional build context NAME=PATH|docker-image://REF|git URL; repeatable
+    /// Additional build context NAME=PATH|docker-image://REF; repeatable (oci-layout://, git and http URLs, target: are rejected: not supported yet)
     #[arg(long = "build-context", value_name = "NAME=VALUE", value_parser = flags::build_context)]
     pub build_contexts: Vec<String>,
     /// Target stage to build
@@ -154,7 +161,7 @@ pub struct BuildArgs {
     /// Suppress build output and print the image id on success
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output destination: type=oci|docker,dest=FILE (buildx syntax); repeatable
+    /// Output: type=oci|docker|tar,dest=FILE|-, type=local,dest=DIR, type=image|registry[,name=REF][,push=true] (buildx syntax); repeatable
     #[arg(short = 'o', long = "output", value_name = "SPEC", value_parser = flags::output)]
     pub outputs: Vec<String>,
     /// Push the image to its registry (shorthand for --output=type=registry)
@@ -163,10 +170,10 @@ pub struct BuildArgs {
     /// Load the image into docker (shorthand for --output=type=docker)
     #[arg(long)]
     pub load: bool,
-    /// External cache source: NAME or type=registry|local|gha,…; repeatable
+    /// External cache source: NAME or type=registry|local|gha,… (rejected: not supported yet)
     #[arg(long = "cache-from", value_name = "SPEC", value_parser = flags::cache)]
     pub cache_from: Vec<String>,
-    /// Cache export destination: NAME or type=inline|registry|local|gha,…; repeatable
+    /// Cache export destination: NAME or type=inline|registry|local|gha,… (rejected: not supported yet)
     #[arg(long = "cache-to", value_name = "SPEC", value_parser = flags::cache)]
     pub cache_to: Vec<String>,
     /// Secret for RUN --mount=type=secret: id=ID[,src=FILE] or type=env,id=ID[,env=VAR]
@@ -217,10 +224,10 @@ pub struct BuildArgs {
     /// Number of CPUs each RUN step may use (e.g. 1.5; sets the CFS quota)
     #[arg(long = "cpus", value_name = "DECIMAL")]
     pub cpus: Option<f64>,
-    /// Provenance attestation: true, false or mode=min|max
+    /// Provenance attestation: false (anything else is rejected: not supported yet)
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub provenance: Option<String>,
-    /// SBOM attestation: true, false or generator=IMAGE
+    /// SBOM attestation: false (anything else is rejected: not supported yet)
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub sbom: Option<String>,
     /// Run the build checks (lint rules) and print their findings without building
@@ -257,6 +264,7 @@ const SUBCOMMANDS: &[&str] = &[
     "debug",
     "version",
     "completion",
+    "man",
     "help",
     "tag",
     "rmi",

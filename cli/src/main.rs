@@ -95,6 +95,10 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
             version::completion(*shell, &mut std::io::stdout());
             return Ok(ExitCode::SUCCESS);
         }
+        args::Command::Man { command } => {
+            version::man(command.as_deref(), &mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let root = config::store_root(cli.root.clone())?;
@@ -118,7 +122,9 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
                     level,
                 },
         } => store_cmds::debug_compress(&algorithm, threads, level),
-        args::Command::Version | args::Command::Completion { .. } => Ok(ExitCode::SUCCESS),
+        args::Command::Version | args::Command::Completion { .. } | args::Command::Man { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
