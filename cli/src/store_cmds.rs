@@ -185,9 +185,10 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 None => rbuild_oci::Platform::host(),
             };
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-            let d = client
-                .pull_image(&r, &platform, &store)
-                .with_context(|| format!("pulling {}", r.familiar()))?;
+            let d = with_transfer_progress(false, &format!("pulling {}", r.familiar()), |t| {
+                client.pull_image_with_progress(&r, &platform, &store, t)
+            })
+            .with_context(|| format!("pulling {}", r.familiar()))?;
             if r.tag.is_some() || r.digest.is_none() {
                 let mut named = r.clone();
                 named.digest = None;
@@ -214,13 +215,15 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             }
             let desc = rbuild_oci::convert_image(&store, &d, &opts)?;
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-            let push_opts = rbuild_oci::push::PushOpts {
-                chunk_size: a.chunk_mib.max(1) << 20,
-                ..Default::default()
-            };
-            let rep = client
-                .push_image(&store, &desc, &r, &push_opts)
-                .with_context(|| format!("pushing {}", r.familiar()))?;
+            let rep = with_transfer_progress(a.quiet, &format!("pushing {}", r.familiar()), |t| {
+                let push_opts = rbuild_oci::push::PushOpts {
+                    chunk_size: a.chunk_mib.max(1) << 20,
+                    progress: std::sync::Arc::new(t.clone()),
+                    ..Default::default()
+                };
+                client.push_image(&store, &desc, &r, &push_opts)
+            })
+            .with_context(|| format!("pushing {}", r.familiar()))?;
             if !a.quiet {
                 eprintln!(
                     "{} uploaded, {} mounted, {} already present",
@@ -465,6 +468,62 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run a registry transfer as one progress step named `name` (the display chosen as for
+/// builds: `--progress`'s environment `RBUILD_PROGRESS`, tty on a terminal, else plain), its
+/// blobs' byte progress shown under it.
+fn with_transfer_progress<T>(
+    quiet: bool,
+    name: &str,
+    f: impl FnOnce(&TransferSink) -> Result<T, rbuild_oci::OciError>,
+) -> Result<T> {
+    use rbuild_solver::Progress;
+    use std::io::IsTerminal;
+    let mode = if quiet {
+        crate::progress::Mode::Quiet
+    } else {
+        let value = std::env::var("RBUILD_PROGRESS").unwrap_or_else(|_| "auto".into());
+        crate::progress::resolve_mode(&value, std::io::stderr().is_terminal())
+            .map_err(crate::render::usage)?
+    };
+    let reporter = std::sync::Arc::new(crate::progress::Reporter::new(mode));
+    reporter.event(rbuild_solver::Event::Started {
+        vertex: 0,
+        name: name.to_string(),
+    });
+    let started = std::time::Instant::now();
+    let sink = TransferSink(std::sync::Arc::clone(&reporter));
+    let result = f(&sink);
+    match &result {
+        Ok(_) => reporter.event(rbuild_solver::Event::Done {
+            vertex: 0,
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+        Err(e) => reporter.event(rbuild_solver::Event::Failed {
+            vertex: 0,
+            message: e.to_string(),
+        }),
+    }
+    reporter.finish(&crate::progress::Outcome {
+        ok: result.is_ok(),
+        ..Default::default()
+    });
+    Ok(result?)
+}
+
+/// Byte progress of a `pull` or `push` command, shown as its one step's statuses.
+#[derive(Clone)]
+struct TransferSink(std::sync::Arc<crate::progress::Reporter>);
+
+impl rbuild_oci::progress::TransferProgress for TransferSink {
+    fn transfer(&self, t: &rbuild_oci::progress::Transfer) {
+        rbuild_solver::VertexTransfers {
+            vertex: 0,
+            progress: self.0.as_ref(),
+        }
+        .transfer(t);
+    }
 }
 
 /// The size of a layer's content as docker's history shows it: the bytes of its regular

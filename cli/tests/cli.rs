@@ -782,3 +782,65 @@ fn ctrl_c_marks_the_running_step_canceled_and_exits_130() {
     );
     assert!(lines.iter().any(|l| l.contains("build cancelled")));
 }
+
+#[test]
+fn pulls_and_pushes_show_per_layer_bytes_in_plain_and_rawjson() {
+    require_env();
+    let p = Project::new("FROM busybox\nRUN head -c 3000000 /dev/urandom > /big\n");
+    let name = format!("{REGISTRY}/rbuild-test/bytes-{}:1", std::process::id());
+    ok(p.run(&["build", "-q", "-t", &name, "."]));
+    let push = ok(p
+        .cmd(&["push", &name])
+        .env("RBUILD_PROGRESS", "plain")
+        .output()
+        .unwrap());
+    let err = text(&push.stderr);
+    assert!(err.contains(&format!("#1 pushing {name}")), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("#1 sha256:") && l.contains("MB / 3MB") && l.ends_with(" done")),
+        "the 3 MB layer's bytes: {err}"
+    );
+    // a fresh store pulls it
+    let store = tempfile::tempdir().unwrap();
+    let pull = ok(p
+        .cmd(&["pull", &name])
+        .env("RBUILD_ROOT", store.path())
+        .env("RBUILD_PROGRESS", "plain")
+        .output()
+        .unwrap());
+    let err = text(&pull.stderr);
+    assert!(
+        err.lines().any(|l| l.starts_with("#1 sha256:")
+            && l.contains("3MB / 3MB")
+            && l.ends_with(" done")),
+        "{err}"
+    );
+    // a build pulling it: rawjson statuses in BuildKit's schema
+    p.file("Dockerfile", &format!("FROM {name}\nRUN true\n"));
+    let store = tempfile::tempdir().unwrap();
+    let b = ok(p
+        .cmd(&["build", "--progress=rawjson", "."])
+        .env("RBUILD_ROOT", store.path())
+        .output()
+        .unwrap());
+    let out = text(&b.stderr);
+    check_buildx_schema(&out);
+    let statuses: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("statuses").cloned())
+        .flat_map(|s| s.as_array().cloned().unwrap_or_default())
+        .collect();
+    let big = statuses
+        .iter()
+        .filter(|s| s["total"].as_u64() > Some(2_000_000))
+        .collect::<Vec<_>>();
+    assert!(!big.is_empty(), "{out}");
+    let last = big.last().unwrap();
+    assert_eq!(last["current"], last["total"], "{last}");
+    assert!(
+        last["completed"].is_string() && last["name"] == "downloading",
+        "{last}"
+    );
+}

@@ -78,6 +78,8 @@ pub(crate) enum Body<'a> {
         path: &'a Path,
         offset: u64,
         len: u64,
+        /// Counts the bytes sent (upload progress).
+        meter: Option<&'a crate::progress::Meter<'a>>,
     },
 }
 
@@ -427,14 +429,23 @@ impl RegistryClient {
                     .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
                 agent.run(req)
             }
-            Body::File { path, offset, len } => {
+            Body::File {
+                path,
+                offset,
+                len,
+                meter,
+            } => {
                 let mut f = std::fs::File::open(path).map_err(OciError::io("open", path))?;
                 f.seek(std::io::SeekFrom::Start(offset))
                     .map_err(OciError::io("seek", path))?;
-                let mut take = std::io::BufReader::with_capacity(1 << 20, f).take(len);
+                let take = std::io::BufReader::with_capacity(1 << 20, f).take(len);
+                let mut reader: Box<dyn Read> = match meter {
+                    Some(m) => Box::new(crate::progress::MeteredReader::new(take, m)),
+                    None => Box::new(take),
+                };
                 let req = req
                     .header("Content-Length", len.to_string())
-                    .body(ureq::SendBody::from_reader(&mut take))
+                    .body(ureq::SendBody::from_reader(&mut reader))
                     .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
                 agent.run(req)
             }
@@ -951,11 +962,28 @@ impl RegistryClient {
         desc: &Descriptor,
         store: &dyn ContentStore,
     ) -> Result<(), OciError> {
+        self.fetch_blob_with_progress(r, desc, store, &crate::progress::NoTransferProgress)
+    }
+
+    /// [`RegistryClient::fetch_blob`], reporting the bytes received to `progress`.
+    pub fn fetch_blob_with_progress(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        store: &dyn ContentStore,
+        progress: &dyn crate::progress::TransferProgress,
+    ) -> Result<(), OciError> {
         crate::digest::digest_hex(&desc.digest)?;
         if store.has_blob(&desc.digest) {
             return Ok(());
         }
-        self.with_endpoints(r, |ep| {
+        let meter = crate::progress::Meter::start(
+            progress,
+            &desc.digest,
+            crate::progress::Action::Downloading,
+            desc.size,
+        );
+        let result = self.with_endpoints(r, |ep| {
             let path = format!("/v2/{}/blobs/{}", r.repository, desc.digest);
             let resp = self.get(ep, r, &path, None)?;
             if !resp.status().is_success() {
@@ -966,14 +994,17 @@ impl RegistryClient {
                     resp,
                 ));
             }
-            let mut reader = resp
+            let reader = resp
                 .into_body()
                 .into_with_config()
                 .limit(desc.size.saturating_add(1))
                 .reader();
+            let mut reader = crate::progress::MeteredReader::new(reader, &meter);
             let mut reader: &mut dyn Read = &mut reader;
             store.ingest(&mut reader, &desc.digest, desc.size)
-        })
+        });
+        meter.finish(result.is_ok());
+        result
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Vertex {
     pub digest: String,
     /// Digests of the graph nodes this step's node takes as inputs.
     pub inputs: Vec<String>,
+    /// Blob transfers (pulled layers, pushed blobs) in the order they started.
+    pub transfers: Vec<Transfer>,
     /// The last [`KEEP_LINES`] complete output lines.
     pub lines: std::collections::VecDeque<String>,
     /// How many earlier lines were dropped from `lines`.
@@ -119,6 +121,43 @@ impl Vertex {
             Status::Cached => 0.0,
             _ => self.started.elapsed().as_secs_f64(),
         }
+    }
+}
+
+/// Byte progress of one blob moved by a step.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// The blob digest.
+    pub id: String,
+    /// `downloading` or `uploading`.
+    pub action: &'static str,
+    pub current: u64,
+    pub total: u64,
+    pub done: bool,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub completed_at: Option<SystemTime>,
+}
+
+impl Transfer {
+    /// Bytes per second since the transfer started.
+    pub fn rate(&self) -> f64 {
+        let s = self.started.elapsed().as_secs_f64();
+        if s > 0.0 {
+            self.current as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// `sha256:0123456789ab 12.6MB / 95MB` (the digest shortened as BuildKit's view does).
+    pub fn text(&self) -> String {
+        let short: String = self.id.chars().take(19).collect();
+        format!(
+            "{short} {} / {}",
+            crate::images::human_size(self.current),
+            crate::images::human_size(self.total)
+        )
     }
 }
 
@@ -146,6 +185,11 @@ pub enum Change<'a> {
     },
     /// Stopped because another step failed (BuildKit's `CANCELED`).
     Cancelled(usize),
+    /// Bytes moved for `vertices[v].transfers[i]`.
+    Transfer {
+        v: usize,
+        i: usize,
+    },
     Warning(&'a Warning<'a>),
     /// Why a step ran, or which earlier build its cached result came from (`--explain`).
     Explain {
@@ -228,6 +272,7 @@ impl Tracker {
             completed_at: None,
             digest,
             inputs,
+            transfers: Vec::new(),
             lines: Default::default(),
             dropped: 0,
             partial: [Vec::new(), Vec::new()],
@@ -694,6 +739,41 @@ impl Progress for Reporter {
                     emit_rest(tracker, render.as_mut(), v, out);
                     tracker.set_status(v, Status::Cancelled);
                     render.change(tracker, &Change::Cancelled(v), out);
+                }
+                Event::Transfer {
+                    vertex,
+                    id,
+                    action,
+                    current,
+                    total,
+                    done,
+                } => {
+                    let v = tracker.vertex(Key::Graph(vertex), None);
+                    let list = &mut tracker.vertices[v].transfers;
+                    let i = match list.iter().position(|x| x.id == id && x.action == action) {
+                        Some(i) => i,
+                        None => {
+                            list.push(Transfer {
+                                id,
+                                action,
+                                current: 0,
+                                total,
+                                done: false,
+                                started: Instant::now(),
+                                started_at: SystemTime::now(),
+                                completed_at: None,
+                            });
+                            list.len() - 1
+                        }
+                    };
+                    let x = &mut list[i];
+                    x.current = current;
+                    x.total = total;
+                    if done && !x.done {
+                        x.completed_at = Some(SystemTime::now());
+                    }
+                    x.done = done;
+                    render.change(tracker, &Change::Transfer { v, i }, out);
                 }
                 Event::Explain { vertex, reason } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);

@@ -105,6 +105,25 @@ impl Render for RawJson {
                 }]}),
             ),
             Change::Line { .. } => {}
+            Change::Transfer { v, i } => {
+                let vx = &t.vertices[*v];
+                let x = &vx.transfers[*i];
+                let mut o = json!({
+                    "id": x.id,
+                    "vertex": vx.digest,
+                    "name": x.action,
+                    "current": x.current,
+                    "timestamp": go_time(SystemTime::now()),
+                    "started": go_time(x.started_at),
+                });
+                if x.total > 0 {
+                    o["total"] = json!(x.total);
+                }
+                if let Some(c) = x.completed_at {
+                    o["completed"] = json!(go_time(c));
+                }
+                emit(out, json!({ "statuses": [o] }));
+            }
             Change::Warning(w) => {
                 let mut o = json!({
                     "level": 1,

@@ -28,6 +28,9 @@ use super::{Change, Outcome, Render, Status, Tracker};
 /// Output lines shown under a running step (BuildKit's default).
 pub const LOG_LINES: usize = 6;
 
+/// Transfers (layers pulled or pushed) shown under a running step.
+pub const TRANSFER_LINES: usize = 8;
+
 /// (columns, rows) of the terminal on stderr, if it is one and reports a size.
 pub fn terminal_size() -> Option<(usize, usize)> {
     let ws = rustix::termios::tcgetwinsize(std::io::stderr()).ok()?;
@@ -160,6 +163,30 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
             code,
             format!("{left}{}{time}", " ".repeat(pad)),
         ));
+        if v.status == Status::Running {
+            // byte progress of the step's transfers (the last few), BuildKit's statuses
+            let skip = v.transfers.len().saturating_sub(TRANSFER_LINES);
+            for x in v.transfers.iter().skip(skip) {
+                let (detail, secs) = if x.done {
+                    let took = x
+                        .completed_at
+                        .and_then(|c| c.duration_since(x.started_at).ok());
+                    (" done".to_string(), took)
+                } else {
+                    (
+                        format!(" {}/s", crate::images::human_size(x.rate() as u64)),
+                        Some(x.started.elapsed()),
+                    )
+                };
+                let time = format!("{:.1}s", secs.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+                let left = cut(
+                    &format!(" => => {}{detail}", x.text()),
+                    width - time.len() - 1,
+                );
+                let pad = width - left.chars().count() - time.len();
+                lines.push(format!("{left}{}{time}", " ".repeat(pad)));
+            }
+        }
         let show_logs = matches!(v.status, Status::Running | Status::Error(_));
         if show_logs {
             let skip = v.lines.len().saturating_sub(LOG_LINES);
@@ -179,7 +206,9 @@ impl Render for Tty {
             | Change::Done(_)
             | Change::Error { .. }
             | Change::Cancelled(_) => self.redraw(t, None, out),
-            Change::Line { .. } | Change::Chunk { .. } => self.dirty = true,
+            Change::Line { .. } | Change::Chunk { .. } | Change::Transfer { .. } => {
+                self.dirty = true
+            }
             Change::Warning(w) => self.warnings.push(w.text.to_string()),
             Change::Explain { v, reason } => {
                 let vx = &t.vertices[*v];
@@ -562,5 +591,63 @@ mod tests {
             "{screen:#?}"
         );
         assert_eq!(term.scrollback(), 0);
+    }
+
+    #[test]
+    fn a_pulling_step_shows_each_layers_bytes_and_rate() {
+        let buf = Buf::default();
+        let r = Reporter::with_screen(Mode::Tty, Box::new(buf.clone()), Some((100, 24)));
+        r.event(Event::Started {
+            vertex: 0,
+            name: "[1/2] FROM big".into(),
+        });
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for (current, done) in [(0, false), (31_400_000, false), (95_000_000, true)] {
+            r.event(Event::Transfer {
+                vertex: 0,
+                id: digest.clone(),
+                action: "downloading",
+                current,
+                total: 95_000_000,
+                done,
+            });
+        }
+        r.event(Event::Transfer {
+            vertex: 0,
+            id: format!("sha256:{}", "cd".repeat(32)),
+            action: "downloading",
+            current: 1_000_000,
+            total: 2_000_000,
+            done: false,
+        });
+        r.tick_now();
+        let mut term = Term::new(24, 100);
+        term.feed(&buf.0.lock().unwrap());
+        let screen = term.screen();
+        let layer = screen
+            .iter()
+            .find(|l| l.starts_with(" => => sha256:abababababab 95MB / 95MB done"))
+            .unwrap_or_else(|| panic!("{screen:#?}"));
+        assert!(layer.ends_with('s'), "{layer}");
+        let running = screen
+            .iter()
+            .find(|l| l.starts_with(" => => sha256:cdcdcdcdcdcd 1MB / 2MB "))
+            .unwrap_or_else(|| panic!("{screen:#?}"));
+        assert!(running.contains("B/s"), "a rate: {running}");
+        r.event(Event::Done {
+            vertex: 0,
+            seconds: 1.0,
+        });
+        r.finish(&Outcome {
+            ok: true,
+            ..Default::default()
+        });
+        let mut term = Term::new(24, 100);
+        term.feed(&buf.0.lock().unwrap());
+        assert!(
+            !term.screen().iter().any(|l| l.contains("sha256:abab")),
+            "a finished step collapses: {:#?}",
+            term.screen()
+        );
     }
 }
