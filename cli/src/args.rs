@@ -230,9 +230,12 @@ pub struct BuildArgs {
     /// SBOM attestation: false (anything else is rejected: not supported yet)
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub sbom: Option<String>,
-    /// Run the build checks (lint rules) and print their findings without building
+    /// Run the build checks (lint rules) and print their findings without building (= --call=check)
     #[arg(long)]
     pub check: bool,
+    /// What to do instead of building: build (default), check, outline, targets; `,format=json` for JSON
+    #[arg(long, value_name = "METHOD[,format=json]", value_parser = crate::call::value)]
+    pub call: Option<String>,
     /// Maximum number of steps run at once (default: twice the CPUs, at least 4)
     #[arg(long)]
     pub max_parallelism: Option<usize>,

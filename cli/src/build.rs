@@ -273,8 +273,35 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let prepared = crate::context::prepare(b)?;
     let b = &prepared.args;
     let inputs = load_inputs(b)?;
-    if b.check {
-        return check_only(root, b, &inputs);
+    let call = b
+        .call
+        .as_deref()
+        .map(crate::call::parse)
+        .transpose()
+        .map_err(UsageError)?;
+    match call.map(|c| (c.method, c.json)) {
+        Some((crate::call::Method::Outline, json)) => {
+            let o = crate::call::outline(&inputs.dockerfile, b.target.as_deref())
+                .map_err(BuildFailed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else {
+                print!("{}", crate::call::outline_text(&o));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some((crate::call::Method::Targets, json)) => {
+            let l = crate::call::targets(&inputs.dockerfile);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+            } else {
+                print!("{}", crate::call::targets_text(&l));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some((crate::call::Method::Check, json)) => return check_only(root, b, &inputs, json),
+        _ if b.check => return check_only(root, b, &inputs, false),
+        _ => {}
     }
     let progress = Reporter::new(mode);
     let result = build_image(root, b, &inputs, &progress, &tags, &outputs);
@@ -300,10 +327,19 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
 
 /// `--check`: lower the Dockerfile (resolving base images for ONBUILD and config-dependent
 /// rules) and report the build checks' findings without building.
-fn check_only(root: &Path, b: &BuildArgs, inputs: &Inputs) -> Result<ExitCode> {
+fn check_only(root: &Path, b: &BuildArgs, inputs: &Inputs, json: bool) -> Result<ExitCode> {
     let solver = make_solver(root, b, &inputs.context)?;
     let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(inputs, e))?;
+    if json {
+        let r = crate::call::lint_json(&inputs.dockerfile_name, &inputs.dockerfile, &plan.warnings);
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(if plan.warnings.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     Ok(crate::check::report(
         &inputs.dockerfile_name,
         &inputs.dockerfile,

@@ -382,13 +382,19 @@ fn fill(parts: &[(bool, String)], f: &dyn Fn(&str) -> String) -> String {
 /// Lay out tab-separated cells like Go's tabwriter with docker's settings (minimum width 10,
 /// padding 3): every column but the last as wide as its widest cell plus 3.
 pub fn tabulate(lines: &[String]) -> String {
+    tabulate_with(lines, 10, 3)
+}
+
+/// Go's tabwriter with `minwidth` and `padding`: every column but the last as wide as its
+/// widest cell plus `padding`, at least `minwidth`.
+pub fn tabulate_with(lines: &[String], minwidth: usize, padding: usize) -> String {
     let cells: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
     let cols = cells.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; cols];
     for row in &cells {
         for (i, c) in row.iter().enumerate() {
             if i + 1 < row.len() {
-                widths[i] = widths[i].max((c.chars().count() + 3).max(10));
+                widths[i] = widths[i].max((c.chars().count() + padding).max(minwidth));
             }
         }
     }

@@ -9,6 +9,7 @@
 mod args;
 mod build;
 mod cachecmd;
+mod call;
 mod check;
 mod config;
 mod context;

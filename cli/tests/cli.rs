@@ -844,3 +844,65 @@ fn pulls_and_pushes_show_per_layer_bytes_in_plain_and_rawjson() {
         "{last}"
     );
 }
+
+#[test]
+fn call_outline_targets_and_check_print_buildx_results() {
+    require_env();
+    let p = Project::new(
+        "ARG VERSION=1.2\n# base the build environment\nFROM busybox AS base\nRUN --mount=type=secret,id=token,required true\n\n# app the final image\nfrom base AS app\n# PORT the port to listen on\nARG PORT=8080\nRUN --mount=type=ssh true\n",
+    );
+    let o = ok(p.run(&["build", "--call=outline", "."]));
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with("TARGET:      app\nDESCRIPTION: the final image\n\n"),
+        "{out}"
+    );
+    assert!(out.contains("BUILD ARG   VALUE   DESCRIPTION\nVERSION     1.2\nPORT        8080    the port to listen on\n"), "{out}");
+    assert!(out.contains("SECRET   REQUIRED\ntoken    true\n"), "{out}");
+    assert!(out.contains("SSH       REQUIRED\ndefault\n"), "{out}");
+    let o = ok(p.run(&[
+        "build",
+        "--call=outline,format=json",
+        "--target",
+        "base",
+        ".",
+    ]));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["name"], "base");
+    assert_eq!(
+        v["args"][0],
+        serde_json::json!({"name": "VERSION", "value": "1.2", "location": {"sourceIndex": 0, "ranges": [{"start": {"line": 1}, "end": {"line": 1}}]}})
+    );
+    assert!(v.get("ssh").is_none(), "{v}");
+    let o = ok(p.run(&["build", "--call=targets", "."]));
+    assert_eq!(
+        text(&o.stdout),
+        "TARGET        DESCRIPTION\nbase          the build environment\napp (default) the final image\n"
+    );
+    let o = ok(p.run(&["build", "--call=targets,format=json", "."]));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["targets"][1]["name"], "app");
+    assert_eq!(v["targets"][1]["default"], true);
+    assert_eq!(v["targets"][0]["base"], "busybox");
+    // check: the lowercase `from` is a finding; exit 1 as buildx
+    let o = p.run(&["build", "--call=check,format=json", "."]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = &v["warnings"][0];
+    assert_eq!(w["ruleName"], "ConsistentInstructionCasing", "{v}");
+    assert!(w["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/consistent-instruction-casing/"));
+    assert_eq!(w["location"]["ranges"][0]["start"]["line"], 7);
+    assert_eq!(v["sources"][0]["filename"], "Dockerfile");
+    let o = p.run(&["build", "--call=check", "."]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stdout).contains("WARNING: ConsistentInstructionCasing"));
+    // nothing was built
+    assert!(text(&ok(p.run(&["images", "-q"])).stdout).is_empty());
+    let o = p.run(&["build", "--call=dance", "."]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = p.run(&["build", "--call=outline", "--target", "nope", "."]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+}
