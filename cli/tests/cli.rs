@@ -118,6 +118,15 @@ fn normalize_plain(s: &str) -> String {
             let tail = parts.next();
             if second == "DONE" {
                 l = format!("#{n} DONE <d>");
+            } else if second.starts_with("sha256:") {
+                // byte progress of a layer: only its last line is stable
+                match line.strip_suffix(" done") {
+                    Some(rest) => {
+                        let upto = rest.rsplit_once(' ').map(|(a, _)| a).unwrap_or(rest);
+                        l = format!("{upto} <d> done");
+                    }
+                    None => continue,
+                }
             } else if second.contains('.') && second.parse::<f64>().is_ok() {
                 l = format!("#{n} <t> {}", tail.unwrap_or(""));
             }
@@ -138,6 +147,10 @@ fn normalize_rawjson(s: &str) -> String {
         let mut v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not one JSON object per line: {line:?}: {e}"));
         redact_times(&mut v);
+        // byte progress: only a transfer's last status is stable (the others are timed)
+        if v.get("statuses").is_some_and(|s| s[0].get("completed").is_none()) {
+            continue;
+        }
         if let Some(r) = v.get_mut("result") {
             assert!(r["duration"].as_f64().unwrap() >= 0.0);
             r["duration"] = Value::from("<d>");
