@@ -429,16 +429,14 @@ pub fn list(root: &Path, a: &ImagesArgs) -> Result<ExitCode> {
     let images = ImageStore::open(&store)?;
     let rows = filter(rows(&store, &images, a.all)?, &a.filter)?;
     if a.quiet {
-        let mut seen = std::collections::BTreeSet::new();
+        // one id per row, as docker (an image with two tags prints its id twice)
         for r in rows {
             let id = if a.no_trunc {
                 r.id.clone()
             } else {
                 short_id(&r.id)
             };
-            if seen.insert(id.clone()) {
-                println!("{id}");
-            }
+            println!("{id}");
         }
         return Ok(ExitCode::SUCCESS);
     }

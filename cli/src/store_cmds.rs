@@ -541,7 +541,7 @@ fn content_size(store: &rbuild_cache::Store, layer: &Descriptor) -> Result<u64> 
     {
         let entry = entry.with_context(|| format!("reading layer {}", layer.digest))?;
         if entry.header().entry_type().is_file() {
-            total += entry.header().size().unwrap_or(0);
+            total = total.saturating_add(entry.header().size().unwrap_or(0));
         }
     }
     Ok(total)

@@ -148,7 +148,9 @@ fn normalize_rawjson(s: &str) -> String {
             .unwrap_or_else(|e| panic!("not one JSON object per line: {line:?}: {e}"));
         redact_times(&mut v);
         // byte progress: only a transfer's last status is stable (the others are timed)
-        if v.get("statuses").is_some_and(|s| s[0].get("completed").is_none()) {
+        if v.get("statuses")
+            .is_some_and(|s| s[0].get("completed").is_none())
+        {
             continue;
         }
         if let Some(r) = v.get_mut("result") {

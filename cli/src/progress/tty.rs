@@ -112,6 +112,14 @@ fn paint(color: bool, code: &str, s: String) -> String {
     }
 }
 
+/// A step's output line as the frame may show it: control characters (escape sequences that
+/// would move the cursor, clear the screen or change the frame's height) become `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Cut `s` to at most `width` characters.
 fn cut(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -191,7 +199,7 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
         if show_logs {
             let skip = v.lines.len().saturating_sub(LOG_LINES);
             for l in v.lines.iter().skip(skip) {
-                lines.push(cut(&format!(" => => # {l}"), width));
+                lines.push(cut(&format!(" => => # {}", printable(l)), width));
             }
         }
     }
@@ -648,6 +656,32 @@ mod tests {
             !term.screen().iter().any(|l| l.contains("sha256:abab")),
             "a finished step collapses: {:#?}",
             term.screen()
+        );
+    }
+
+    #[test]
+    fn a_steps_escape_sequences_cannot_clear_the_screen_or_move_the_frame() {
+        let buf = Buf::default();
+        let r = Reporter::with_screen(Mode::Tty, Box::new(buf.clone()), Some((80, 24)));
+        r.event(Event::Started {
+            vertex: 0,
+            name: "[1/1] RUN evil".into(),
+        });
+        r.event(Event::Log {
+            vertex: 0,
+            stderr: false,
+            data: b"\x1b[2J\x1b[3J\x1b[Hwiped\x1b[10Bdown\x07\r\n".to_vec(),
+        });
+        r.tick_now();
+        let mut term = Term::new(24, 80);
+        term.feed(b"kept above\r\n");
+        term.feed(&buf.0.lock().unwrap());
+        let screen = term.screen();
+        assert_eq!(screen[0], "kept above", "{screen:#?}");
+        assert!(screen[1].starts_with("[+] Building"), "{screen:#?}");
+        assert!(
+            screen[3].starts_with(" => => # ?[2J?[3J?[Hwiped?[10Bdown?"),
+            "{screen:#?}"
         );
     }
 }
