@@ -20,7 +20,7 @@ Examples:
   rbuild completion bash > /etc/bash_completion.d/rbuild
 
 Environment: RBUILD_ROOT (store), RBUILD_PROGRESS (auto|tty|plain|rawjson|quiet), NO_COLOR.
-Exit codes: 0 success, 1 build failed, 2 usage error, 3 internal error.";
+Exit codes: 0 success, 1 build or command failed, 2 usage error, 3 a bug in rbuild.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,8 +30,10 @@ Exit codes: 0 success, 1 build failed, 2 usage error, 3 internal error.";
     after_help = EXAMPLES
 )]
 pub struct Cli {
-    /// Store directory (default: /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise)
-    #[arg(long, global = true, env = "RBUILD_ROOT")]
+    /// Store directory [env: RBUILD_ROOT] (default: /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise)
+    // RBUILD_ROOT is read by config::store_root, not by clap: clap would print
+    // `--root <ROOT>` in usage lines as if the user had typed it.
+    #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +64,11 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Print a man page (roff): `rbuild man | man -l -`, `rbuild man build`
+    Man {
+        /// The command whose page to print (default: rbuild itself)
+        command: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +92,9 @@ pub enum DebugCommand {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
+    /// Do not prompt for confirmation (rbuild never prompts; accepted as docker's flag)
+    #[arg(short, long)]
+    pub force: bool,
     /// Remove all cache entries, cache mounts and the context stat cache (tagged images stay)
     #[arg(short, long)]
     pub all: bool,
@@ -101,6 +111,22 @@ pub struct ImagesArgs {
     /// Only print image ids
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also list the base images builds pulled (they have no tag of their own)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Show digests
+    #[arg(long)]
+    pub digests: bool,
+    /// Filter: reference=PATTERN, dangling=true|false, before=IMAGE, since=IMAGE, label=KEY[=VALUE]; repeatable
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Output format: table [TEMPLATE], json, or a template such as '{{.Repository}}:{{.Tag}}'
+    /// (fields: .Repository .Tag .ID .Digest .CreatedSince .CreatedAt .Size .Platforms)
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Do not truncate image ids
+    #[arg(long)]
+    pub no_trunc: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -114,7 +140,7 @@ pub struct BuildArgs {
     /// Build-time variable KEY=VALUE (or KEY to take it from the environment); repeatable
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
-    /// Additional build context NAME=PATH|docker-image://REF|git URL; repeatable
+    /// Additional build context NAME=PATH|docker-image://REF; repeatable (oci-layout://, git and http URLs, target: are rejected: not supported yet)
     #[arg(long = "build-context", value_name = "NAME=VALUE", value_parser = flags::build_context)]
     pub build_contexts: Vec<String>,
     /// Target stage to build
@@ -135,7 +161,7 @@ pub struct BuildArgs {
     /// Suppress build output and print the image id on success
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output destination: type=oci|docker,dest=FILE (buildx syntax); repeatable
+    /// Output: type=oci|docker|tar,dest=FILE|-, type=local,dest=DIR, type=image|registry[,name=REF][,push=true] (buildx syntax); repeatable
     #[arg(short = 'o', long = "output", value_name = "SPEC", value_parser = flags::output)]
     pub outputs: Vec<String>,
     /// Push the image to its registry (shorthand for --output=type=registry)
@@ -144,16 +170,16 @@ pub struct BuildArgs {
     /// Load the image into docker (shorthand for --output=type=docker)
     #[arg(long)]
     pub load: bool,
-    /// External cache source: NAME or type=registry|local|gha,…; repeatable
+    /// External cache source: NAME or type=registry|local|gha,… (rejected: not supported yet)
     #[arg(long = "cache-from", value_name = "SPEC", value_parser = flags::cache)]
     pub cache_from: Vec<String>,
-    /// Cache export destination: NAME or type=inline|registry|local|gha,…; repeatable
+    /// Cache export destination: NAME or type=inline|registry|local|gha,… (rejected: not supported yet)
     #[arg(long = "cache-to", value_name = "SPEC", value_parser = flags::cache)]
     pub cache_to: Vec<String>,
     /// Secret for RUN --mount=type=secret: id=ID[,src=FILE] or type=env,id=ID[,env=VAR]
     #[arg(long = "secret", value_name = "SPEC", value_parser = flags::secret)]
     pub secrets: Vec<String>,
-    /// SSH agent socket or keys for RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY]]
+    /// SSH agent socket for RUN --mount=type=ssh: default|ID[=SOCKET] (an agent socket; key files are refused)
     #[arg(long = "ssh", value_name = "SPEC", value_parser = flags::ssh)]
     pub ssh: Vec<String>,
     /// Network mode for RUN steps: default (isolated, outbound only), none or host
@@ -198,15 +224,18 @@ pub struct BuildArgs {
     /// Number of CPUs each RUN step may use (e.g. 1.5; sets the CFS quota)
     #[arg(long = "cpus", value_name = "DECIMAL")]
     pub cpus: Option<f64>,
-    /// Provenance attestation: true, false or mode=min|max
+    /// Provenance attestation: false (anything else is rejected: not supported yet)
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub provenance: Option<String>,
-    /// SBOM attestation: true, false or generator=IMAGE
+    /// SBOM attestation: false (anything else is rejected: not supported yet)
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub sbom: Option<String>,
-    /// Run the build checks (lint rules) and print their findings without building
+    /// Run the build checks (lint rules) and print their findings without building (= --call=check)
     #[arg(long)]
     pub check: bool,
+    /// What to do instead of building: build (default), check, outline, targets; `,format=json` for JSON
+    #[arg(long, value_name = "METHOD[,format=json]", value_parser = crate::call::value)]
+    pub call: Option<String>,
     /// Maximum number of steps run at once (default: twice the CPUs, at least 4)
     #[arg(long)]
     pub max_parallelism: Option<usize>,
@@ -238,6 +267,7 @@ const SUBCOMMANDS: &[&str] = &[
     "debug",
     "version",
     "completion",
+    "man",
     "help",
     "tag",
     "rmi",
@@ -251,9 +281,8 @@ const SUBCOMMANDS: &[&str] = &[
     "logout",
 ];
 
-/// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
-/// not a global option is not a subcommand.
-pub fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
+/// The first argument that is not a global option, and its index.
+fn first_command_arg(argv: &[OsString]) -> Option<(usize, String)> {
     let mut i = 1;
     while i < argv.len() {
         let a = argv[i].to_string_lossy().to_string();
@@ -265,13 +294,47 @@ pub fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
             i += 1;
             continue;
         }
+        return Some((i, a));
+    }
+    None
+}
+
+/// `rbuild imgaes`: a word in the command's place that is neither a subcommand nor a path to
+/// build (`rbuild DIR` is `rbuild build DIR`) is an unknown command; the message suggests the
+/// closest one (cobra's wording, as docker and buildx).
+pub fn unknown_command(argv: &[OsString]) -> Option<String> {
+    let (_, a) = first_command_arg(argv)?;
+    let looks_like_context = a.starts_with('-')
+        || a.contains('/')
+        || a.contains(':')
+        || a.starts_with('.')
+        || a.ends_with(".git")
+        || std::path::Path::new(&a).exists();
+    if looks_like_context || SUBCOMMANDS.contains(&a.as_str()) {
+        return None;
+    }
+    Some(
+        match rbuild_frontend::suggest(&a, SUBCOMMANDS.iter().copied()) {
+            Some(s) => format!(
+                "unknown command {a:?} for \"rbuild\"\n\nDid you mean this?\n\t{s}\n\nRun 'rbuild --help' for usage; to build a directory, give its path (./{a})."
+            ),
+            None => format!(
+                "unknown command {a:?} for \"rbuild\", and no directory {a:?} to build\n\nRun 'rbuild --help' for usage."
+            ),
+        },
+    )
+}
+
+/// `rbuild -t x .` means `rbuild build -t x .`: insert `build` when the first argument that is
+/// not a global option is not a subcommand.
+pub fn with_default_subcommand(mut argv: Vec<OsString>) -> Vec<OsString> {
+    if let Some((i, a)) = first_command_arg(&argv) {
         if SUBCOMMANDS.contains(&a.as_str())
             || matches!(a.as_str(), "-h" | "--help" | "-V" | "--version")
         {
             return argv;
         }
         argv.insert(i, OsString::from("build"));
-        return argv;
     }
     argv
 }
@@ -301,6 +364,33 @@ mod tests {
         assert_eq!(v(&["rbuild", "images"]), ["rbuild", "images"]);
         assert_eq!(v(&["rbuild", "--help"]), ["rbuild", "--help"]);
         assert_eq!(v(&["rbuild"]), ["rbuild"]);
+    }
+
+    #[test]
+    fn misspelt_commands_are_unknown_and_paths_are_builds() {
+        let u = |a: &[&str]| unknown_command(&a.iter().map(OsString::from).collect::<Vec<_>>());
+        let m = u(&["rbuild", "imgaes"]).unwrap();
+        assert!(
+            m.contains("unknown command \"imgaes\"") && m.contains("\timages"),
+            "{m}"
+        );
+        assert!(u(&["rbuild", "--root", "/r", "pussh"])
+            .unwrap()
+            .contains("\tpush"));
+        assert!(u(&["rbuild", "zzzzzz"]).unwrap().contains("no directory"));
+        for ok in [
+            "images",
+            ".",
+            "./imgaes",
+            "-t",
+            "-",
+            "https://github.com/a/b.git",
+            "git@github.com:a/b.git",
+            "/",
+        ] {
+            assert_eq!(u(&["rbuild", ok]), None, "{ok}");
+        }
+        assert_eq!(u(&["rbuild"]), None);
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     })
     .with_runtime(
         rbuild_executor::Runtime::from_name(&b.runtime)
-            .map_err(|e| anyhow!("--runtime {}: {e}", b.runtime))?,
+            .map_err(|e| UsageError(format!("--runtime {}: {e}", b.runtime)))?,
     );
     let (_, mut locals) = crate::context::build_contexts(b)?;
     locals.insert("context".to_string(), context.to_path_buf());
@@ -172,12 +172,16 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
                 .find_map(|a| a.strip_prefix("SOURCE_DATE_EPOCH=").map(String::from))
         })
         .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
+            v.parse::<i64>().map_err(|_| {
+                UsageError(format!(
+                    "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+                ))
+            })
         })
         .transpose()?
         .or(if b.reproducible { Some(0) } else { None });
-    let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
+    let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())
+        .map_err(crate::render::usage)?;
     let resources = crate::sandbox_opts::resources(b).map_err(|e| UsageError(e.to_string()))?;
     if !resources.is_empty() {
         rbuild_executor::cgroup::check(&resources)
@@ -229,6 +233,7 @@ fn frontend_error(inputs: &Inputs, e: rbuild_frontend::FrontendError) -> anyhow:
             tail: Vec::new(),
             step: None,
             omitted: 0,
+            log_above: true,
         }),
         None => anyhow::Error::new(BuildFailed(e.to_string())),
     }
@@ -250,6 +255,7 @@ fn solve_error(inputs: &Inputs, e: rbuild_solver::SolveError) -> anyhow::Error {
             tail,
             step,
             omitted: 0,
+            log_above: true,
         }),
         None => anyhow::Error::new(BuildFailed(e.to_string())),
     }
@@ -280,13 +286,41 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let prepared = crate::context::prepare(b)?;
     let b = &prepared.args;
     let inputs = load_inputs(b)?;
-    if b.check {
-        return check_only(root, b, &inputs);
+    let call = b
+        .call
+        .as_deref()
+        .map(crate::call::parse)
+        .transpose()
+        .map_err(UsageError)?;
+    match call.map(|c| (c.method, c.json)) {
+        Some((crate::call::Method::Outline, json)) => {
+            let o = crate::call::outline(&inputs.dockerfile, b.target.as_deref())
+                .map_err(BuildFailed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else {
+                print!("{}", crate::call::outline_text(&o));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some((crate::call::Method::Targets, json)) => {
+            let l = crate::call::targets(&inputs.dockerfile);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+            } else {
+                print!("{}", crate::call::targets_text(&l));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some((crate::call::Method::Check, json)) => return check_only(root, b, &inputs, json),
+        _ if b.check => return check_only(root, b, &inputs, false),
+        _ => {}
     }
     let progress = Reporter::new(mode);
     let result = build_image(root, b, &inputs, &progress, &tags, &outputs);
     progress.finish(&Outcome {
         ok: result.is_ok(),
+        cancelled: false,
         image_id: result.as_ref().ok().map(|i| i.config_digest.clone()),
         error: result.as_ref().err().map(|e| e.to_string()),
     });
@@ -306,10 +340,19 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
 
 /// `--check`: lower the Dockerfile (resolving base images for ONBUILD and config-dependent
 /// rules) and report the build checks' findings without building.
-fn check_only(root: &Path, b: &BuildArgs, inputs: &Inputs) -> Result<ExitCode> {
+fn check_only(root: &Path, b: &BuildArgs, inputs: &Inputs, json: bool) -> Result<ExitCode> {
     let solver = make_solver(root, b, &inputs.context)?;
     let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(inputs, e))?;
+    if json {
+        let r = crate::call::lint_json(&inputs.dockerfile_name, &inputs.dockerfile, &plan.warnings);
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(if plan.warnings.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     Ok(crate::check::report(
         &inputs.dockerfile_name,
         &inputs.dockerfile,
@@ -322,6 +365,7 @@ fn omitted_lines(mut e: anyhow::Error, progress: &Reporter) -> anyhow::Error {
     if let Some(d) = e.downcast_mut::<DockerfileError>() {
         if let Some(total) = d.step.as_deref().and_then(|s| progress.output_lines(s)) {
             d.omitted = total.saturating_sub(d.tail.len());
+            d.log_above = progress.prints_all_output();
         }
     }
     e
@@ -338,7 +382,7 @@ fn build_image(
     let solver = make_solver(root, b, &inputs.context)?;
     // Held until the image is tagged and exported: GC never removes what this build uses.
     let lease = rbuild_solver::gc::lease(solver.store())?;
-    crate::signals::install(solver.config().cache.cancel.clone());
+    crate::signals::install(solver.config().cache.cancel.clone(), progress.canceller());
     progress.note(&format!(
         "[internal] load build definition from {}",
         inputs.dockerfile_name
@@ -364,6 +408,7 @@ fn build_image(
                     tail: Vec::new(),
                     step: None,
                     omitted: 0,
+                    log_above: true,
                 }),
                 None => anyhow::Error::new(BuildFailed(message)),
             });
@@ -375,10 +420,7 @@ fn build_image(
     }
     if let Some((_, plan)) = plans.first() {
         for w in &plan.warnings {
-            progress.warning(&format!(
-                "{}:{}: {}",
-                inputs.dockerfile_name, w.line, w.message
-            ));
+            progress.warning_at(&inputs.dockerfile_name, w.line, w.end_line, &w.message);
         }
     }
     let multi = plans.len() > 1;
@@ -392,6 +434,9 @@ fn build_image(
         .iter()
         .map(|(platform, plan)| (platform, &plan.definition, plan.root))
         .collect();
+    for ((_, def, _), base) in graphs.iter().zip(crate::multiplat::progress_bases(&graphs)) {
+        progress.set_graph(base, def);
+    }
     let mut outs = crate::multiplat::solve_all(&solver, &graphs, progress);
     // A failing platform stops the others (the solver's abort flag): its error is the
     // build's, not the other platforms' `Cancelled`.

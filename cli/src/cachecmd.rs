@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rbuild_solver::gc::{self, gc_lock, human_size, parse_duration, parse_size, PruneOptions};
+use rbuild_solver::gc::{self, gc_lock, human_size, parse_size, PruneOptions};
 use rbuild_solver::CacheOptions;
 
 use crate::args::{BuildArgs, PruneArgs};
@@ -52,26 +52,7 @@ pub fn du(root: &Path) -> Result<ExitCode> {
 
 /// `rbuild prune`: waits for running builds, then removes cache (see `rbuild_solver::gc`).
 pub fn prune(root: &Path, p: &PruneArgs) -> Result<ExitCode> {
-    let mut opts = PruneOptions {
-        all: p.all,
-        ..PruneOptions::default()
-    };
-    if let Some(k) = &p.keep_storage {
-        opts.keep_storage = Some(
-            parse_size(k)
-                .ok_or_else(|| anyhow!("--keep-storage {k:?}: expected a size like 10GB"))?,
-        );
-    }
-    for f in &p.filter {
-        match f.split_once('=') {
-            Some(("until", d)) => {
-                opts.until = Some(parse_duration(d).ok_or_else(|| {
-                    anyhow!("--filter until={d:?}: expected a duration like 24h, 90m, 7d")
-                })?)
-            }
-            _ => bail!("--filter {f:?}: supported filters: until=DURATION"),
-        }
-    }
+    let opts = prune_options(p).map_err(crate::render::usage)?;
     let store = open(root)?;
     let _gc = gc_lock(&store, true)?;
     let r = gc::prune(&store, &opts)?;
@@ -85,6 +66,40 @@ pub fn prune(root: &Path, p: &PruneArgs) -> Result<ExitCode> {
         human_size(r.bytes_after)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The prune flags as options; an error names the flag (a usage error).
+fn prune_options(p: &PruneArgs) -> Result<PruneOptions> {
+    let mut opts = PruneOptions {
+        all: p.all,
+        ..PruneOptions::default()
+    };
+    if let Some(k) = &p.keep_storage {
+        opts.keep_storage = Some(
+            parse_size(k)
+                .ok_or_else(|| anyhow!("--keep-storage {k:?}: expected a size like 10GB"))?,
+        );
+    }
+    for f in &p.filter {
+        match f.split_once('=') {
+            Some(("until", d)) => {
+                opts.until = Some(parse_until(d).ok_or_else(|| {
+                    anyhow!("--filter until={d:?}: expected a duration like 24h, 1h30m, 90m, 7d")
+                })?)
+            }
+            _ => bail!("--filter {f:?}: supported filters: until=DURATION"),
+        }
+    }
+    Ok(opts)
+}
+
+/// A prune age: Go's duration syntax (`24h`, `1h30m`, `90m`, as docker) or whole days (`7d`).
+fn parse_until(d: &str) -> Option<std::time::Duration> {
+    let d = d.trim();
+    if let Some(days) = d.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+        return days.checked_mul(86_400).map(std::time::Duration::from_secs);
+    }
+    rbuild_frontend::parse_go_duration(d).map(std::time::Duration::from_nanos)
 }
 
 fn open(root: &Path) -> Result<rbuild_cache::Store> {
@@ -142,5 +157,24 @@ pub fn after_build(store: &rbuild_cache::Store, quiet: bool) {
         ),
         Ok(_) => {}
         Err(e) => eprintln!("WARNING: automatic GC: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_until;
+    use std::time::Duration;
+
+    #[test]
+    fn prune_ages_take_go_durations_and_days() {
+        assert_eq!(parse_until("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_until("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_until("90m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_until("2h45m30s"), Some(Duration::from_secs(9930)));
+        assert_eq!(parse_until("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_until("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_until("10"), None);
+        assert_eq!(parse_until("soon"), None);
+        assert_eq!(parse_until("-1h"), None);
     }
 }

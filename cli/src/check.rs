@@ -10,17 +10,9 @@ use rbuild_frontend::Diagnostic;
 pub fn report(name: &str, text: &str, warnings: &[Diagnostic]) -> ExitCode {
     let lines: Vec<&str> = text.lines().collect();
     for w in warnings {
-        let (rule, detail) = match w.message.split_once(": ") {
-            Some((r, d)) if !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()) => {
-                (Some(r), d)
-            }
-            _ => (None, w.message.as_str()),
-        };
+        let (rule, detail) = split_rule(&w.message);
         match rule {
-            Some(r) => println!(
-                "WARNING: {r} - https://docs.docker.com/go/dockerfile/rule/{}/",
-                kebab(r)
-            ),
+            Some(r) => println!("WARNING: {r} - {}", rule_url(r)),
             None => println!("WARNING:"),
         }
         println!("{detail}");
@@ -50,6 +42,24 @@ pub fn report(name: &str, text: &str, warnings: &[Diagnostic]) -> ExitCode {
         );
         ExitCode::FAILURE
     }
+}
+
+/// `RuleName: detail` → (rule, detail); a message without a rule name is all detail.
+pub fn split_rule(message: &str) -> (Option<&str>, &str) {
+    match message.split_once(": ") {
+        Some((r, d)) if !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            (Some(r), d)
+        }
+        _ => (None, message),
+    }
+}
+
+/// The documentation page of a rule, as BuildKit links it.
+pub fn rule_url(rule: &str) -> String {
+    format!(
+        "https://docs.docker.com/go/dockerfile/rule/{}/",
+        kebab(rule)
+    )
 }
 
 /// `JSONArgsRecommended` → `json-args-recommended`.

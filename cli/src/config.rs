@@ -39,6 +39,9 @@ pub fn store_root(flag: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p);
     }
+    if let Some(p) = std::env::var_os("RBUILD_ROOT").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
     if is_root() {
         return Ok(PathBuf::from("/var/lib/rbuild"));
     }

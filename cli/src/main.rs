@@ -9,6 +9,7 @@
 mod args;
 mod build;
 mod cachecmd;
+mod call;
 mod check;
 mod config;
 mod context;
@@ -39,14 +40,25 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     quiet_broken_pipe();
-    let argv = args::with_default_subcommand(std::env::args_os().collect());
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(message) = args::unknown_command(&argv) {
+        eprintln!("ERROR: {message}");
+        return ExitCode::from(2);
+    }
+    let argv = args::with_default_subcommand(argv);
     let cli = args::Cli::parse_from(argv);
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) if e.is::<outputs::StdoutClosed>() => ExitCode::from(BROKEN_PIPE_STATUS),
-        Err(e) => {
+    // A panic is a bug in rbuild: the hook printed it; exit with the bug status.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) if e.is::<outputs::StdoutClosed>() => ExitCode::from(BROKEN_PIPE_STATUS),
+        Ok(Err(e)) => {
             render::print_error(&e);
             ExitCode::from(render::exit_code(&e))
+        }
+        Err(_) => {
+            eprintln!("ERROR: internal error (a bug in rbuild, please report it): panic");
+            ExitCode::from(render::BUG_STATUS)
         }
     }
 }
@@ -84,6 +96,10 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
             version::completion(*shell, &mut std::io::stdout());
             return Ok(ExitCode::SUCCESS);
         }
+        args::Command::Man { command } => {
+            version::man(command.as_deref(), &mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let root = config::store_root(cli.root.clone())?;
@@ -107,7 +123,9 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
                     level,
                 },
         } => store_cmds::debug_compress(&algorithm, threads, level),
-        args::Command::Version | args::Command::Completion { .. } => Ok(ExitCode::SUCCESS),
+        args::Command::Version | args::Command::Completion { .. } | args::Command::Man { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -162,6 +162,18 @@ impl Progress for Offset<'_> {
 /// they share (context checksums, base layers, `FROM --platform=$BUILDPLATFORM` stages) are
 /// computed once: a step another solve is building is waited for through its key lock.
 /// Results in platform order; the first platform's error wins.
+/// The offset added to each graph's node ids in progress events when several platforms are
+/// solved at once (none for a single graph).
+pub fn progress_bases(graphs: &[(&Platform, &Definition, NodeId)]) -> Vec<usize> {
+    let mut bases = Vec::with_capacity(graphs.len());
+    let mut base = 0;
+    for (_, def, _) in graphs {
+        bases.push(if graphs.len() == 1 { 0 } else { base });
+        base += def.nodes.len();
+    }
+    bases
+}
+
 pub fn solve_all(
     solver: &Solver,
     graphs: &[(&Platform, &Definition, NodeId)],
@@ -170,12 +182,7 @@ pub fn solve_all(
     if let [(_, def, root)] = graphs {
         return vec![solver.solve(def, *root, progress)];
     }
-    let mut bases = Vec::with_capacity(graphs.len());
-    let mut base = 0;
-    for (_, def, _) in graphs {
-        bases.push(base);
-        base += def.nodes.len();
-    }
+    let bases = progress_bases(graphs);
     std::thread::scope(|s| {
         let handles: Vec<_> = graphs
             .iter()

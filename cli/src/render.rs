@@ -1,8 +1,11 @@
 //! Error display, BuildKit-style: for failed RUN steps the last lines of output (and how many
 //! earlier lines are not repeated), then the Dockerfile lines involved with line numbers, a
 //! `>>>` marker and a caret line under the failing instruction, the error, and a hint when the
-//! cause is a known one. Exit codes (docs/cli.md): 1 build failed, 2 usage error (clap's own
-//! errors and [`UsageError`]), 3 internal error.
+//! cause is a known one. Exit codes (docs/cli.md), decided in one place ([`exit_code`]) from
+//! the error types in the chain: 2 usage error (clap's own errors and [`UsageError`]), 3 a bug
+//! in rbuild ([`Internal`], a graph the frontend lowered that the solver rejects, a panic),
+//! 1 everything else: the build or the command failed (a failing step, a registry that refuses
+//! or cannot be reached, an image that is not there, a full disk, no docker daemon).
 
 use std::fmt;
 
@@ -16,8 +19,11 @@ pub struct DockerfileError {
     /// Output tail of a failed step, if any.
     pub tail: Vec<String>,
     pub step: Option<String>,
-    /// Output lines of the failed step that are not in `tail` (shown in the progress log).
+    /// Output lines of the failed step that are not in `tail`.
     pub omitted: usize,
+    /// Whether the progress display above printed the step's whole output (plain, rawjson);
+    /// the live view shows only its last lines.
+    pub log_above: bool,
 }
 
 impl fmt::Display for DockerfileError {
@@ -52,16 +58,53 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<UsageError>().is_some() {
-        2
-    } else if e.downcast_ref::<DockerfileError>().is_some()
-        || e.downcast_ref::<BuildFailed>().is_some()
-    {
-        1
-    } else {
-        3
+/// A broken invariant of rbuild itself (exit code 3): never caused by input, always a bug.
+#[derive(Debug)]
+pub struct Internal(pub String);
+
+impl fmt::Display for Internal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "internal error (a bug in rbuild, please report it): {}",
+            self.0
+        )
     }
+}
+
+impl std::error::Error for Internal {}
+
+/// Exit status of a panic: a bug, like [`Internal`].
+pub const BUG_STATUS: u8 = 3;
+
+/// The exit code of a failed command: the first classified error in the chain decides.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<UsageError>() {
+            return 2;
+        }
+        if cause.is::<Internal>() {
+            return BUG_STATUS;
+        }
+        if let Some(rbuild_solver::SolveError::Graph(_)) =
+            cause.downcast_ref::<rbuild_solver::SolveError>()
+        {
+            // the frontend produced a graph the solver cannot read
+            return BUG_STATUS;
+        }
+        if cause.is::<DockerfileError>() || cause.is::<BuildFailed>() {
+            return 1;
+        }
+    }
+    1
+}
+
+/// `Err(e)` → a [`UsageError`] with the whole message (for helpers that check flag values).
+pub fn usage(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<UsageError>() {
+        return e;
+    }
+    anyhow::Error::new(UsageError(format!("{e:#}")))
 }
 
 pub fn print_error(e: &anyhow::Error) {
@@ -73,8 +116,13 @@ pub fn print_error(e: &anyhow::Error) {
                 out.push_str(&format!(" > {step}:\n"));
             }
             if d.omitted > 0 {
+                let see = if d.log_above {
+                    "see the build log above"
+                } else {
+                    "--progress=plain shows all output"
+                };
                 out.push_str(&format!(
-                    "[{} earlier lines of output not repeated here; see the build log above]\n",
+                    "[{} earlier lines of output not repeated here; {see}]\n",
                     d.omitted
                 ));
             }
@@ -180,6 +228,7 @@ mod tests {
             tail: vec![],
             step: None,
             omitted: 0,
+            log_above: true,
         };
         let s = snippet(&d);
         assert!(s.starts_with("Dockerfile:3\n"));
@@ -190,6 +239,30 @@ mod tests {
             s.contains(" 3 | >>> RUN exit 3\n   |     ^^^^^^^^^^\n 4 |"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_error_types_in_the_chain() {
+        use anyhow::Context;
+        let bad: anyhow::Error = UsageError("--x".into()).into();
+        assert_eq!(exit_code(&bad), 2);
+        let wrapped = Err::<(), _>(bad).context("while parsing").unwrap_err();
+        assert_eq!(
+            exit_code(&wrapped),
+            2,
+            "a usage error stays one under context"
+        );
+        assert_eq!(exit_code(&Internal("invariant".into()).into()), 3);
+        let graph = rbuild_solver::SolveError::Graph(rbuild_graph::GraphError::NoSuchNode(7));
+        assert_eq!(exit_code(&graph.into()), 3);
+        let registry = rbuild_oci::OciError::Unreachable {
+            registry: "r:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(exit_code(&anyhow::Error::new(registry)), 1);
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full")), 1);
+        assert_eq!(exit_code(&BuildFailed("x".into()).into()), 1);
+        assert!(super::usage(anyhow::anyhow!("a")).is::<UsageError>());
     }
 
     #[test]

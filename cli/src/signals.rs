@@ -1,6 +1,7 @@
 //! Ctrl-C and SIGTERM during a build: stop at once and leave the store consistent.
 //!
-//! The handler marks the build cancelled (no new step starts) and exits with status 130.
+//! The handler marks the build cancelled (no new step starts), lets the progress display
+//! mark the running steps `CANCELED` and close, and exits with status 130.
 //! Running steps stop with the process: every sandbox helper is started with
 //! `PR_SET_PDEATHSIG` and is the init of its PID namespace, so the helpers and everything
 //! they run die with rbuild; the containers of `--runtime runc` steps are killed through runc
@@ -13,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Install the handler for this build (once per process; later calls are ignored).
-pub fn install(cancel: Arc<AtomicBool>) {
+pub fn install(cancel: Arc<AtomicBool>, close_progress: impl Fn() + Send + 'static) {
     let _ = ctrlc::set_handler(move || {
         cancel.store(true, Ordering::SeqCst);
+        close_progress();
         eprintln!("\nbuild cancelled: stopping running steps");
         // runc containers do not die with rbuild by themselves.
         rbuild_executor::kill_running_containers();

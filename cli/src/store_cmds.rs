@@ -10,6 +10,8 @@ use clap::{Args, Subcommand};
 use rbuild_oci::{Compression, ConvertOpts, Descriptor, ImageStore, Reference};
 use serde_json::Value;
 
+use crate::render::UsageError;
+
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// Give an image in the local store another name: tag SOURCE TARGET
@@ -107,8 +109,9 @@ pub struct LoginArgs {
     pub password_stdin: bool,
 }
 
+/// An image name given on the command line; a malformed one is a usage error.
 fn parse_ref(s: &str) -> Result<Reference> {
-    Reference::parse(s).map_err(|e| anyhow!("{e}"))
+    Reference::parse(s).map_err(|e| UsageError(e.to_string()).into())
 }
 
 fn open(root: &Path) -> Result<(rbuild_cache::Store, ImageStore)> {
@@ -168,7 +171,10 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 Some(p) => {
                     let parts: Vec<&str> = p.split('/').collect();
                     if parts.len() < 2 || parts.len() > 3 {
-                        bail!("--platform {p:?}: expected os/arch[/variant]");
+                        return Err(UsageError(format!(
+                            "--platform {p:?}: expected os/arch[/variant]"
+                        ))
+                        .into());
                     }
                     rbuild_oci::Platform {
                         os: parts[0].into(),
@@ -179,9 +185,10 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 None => rbuild_oci::Platform::host(),
             };
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-            let d = client
-                .pull_image(&r, &platform, &store)
-                .with_context(|| format!("pulling {}", r.familiar()))?;
+            let d = with_transfer_progress(false, &format!("pulling {}", r.familiar()), |t| {
+                client.pull_image_with_progress(&r, &platform, &store, t)
+            })
+            .with_context(|| format!("pulling {}", r.familiar()))?;
             if r.tag.is_some() || r.digest.is_none() {
                 let mut named = r.clone();
                 named.digest = None;
@@ -193,7 +200,8 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             let (store, images) = open(root)?;
             let (r, d) = lookup(&images, &a.name)?;
             let opts = ConvertOpts {
-                compression: Compression::parse(&a.compression)?,
+                compression: Compression::parse(&a.compression)
+                    .map_err(|e| UsageError(format!("--compression: {e}")))?,
                 level: a.compression_level,
                 force: a.force_compression,
                 oci_media_types: !a.docker_mediatypes,
@@ -207,13 +215,15 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             }
             let desc = rbuild_oci::convert_image(&store, &d, &opts)?;
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-            let push_opts = rbuild_oci::push::PushOpts {
-                chunk_size: a.chunk_mib.max(1) << 20,
-                ..Default::default()
-            };
-            let rep = client
-                .push_image(&store, &desc, &r, &push_opts)
-                .with_context(|| format!("pushing {}", r.familiar()))?;
+            let rep = with_transfer_progress(a.quiet, &format!("pushing {}", r.familiar()), |t| {
+                let push_opts = rbuild_oci::push::PushOpts {
+                    chunk_size: a.chunk_mib.max(1) << 20,
+                    progress: std::sync::Arc::new(t.clone()),
+                    ..Default::default()
+                };
+                client.push_image(&store, &desc, &r, &push_opts)
+            })
+            .with_context(|| format!("pushing {}", r.familiar()))?;
             if !a.quiet {
                 eprintln!(
                     "{} uploaded, {} mounted, {} already present",
@@ -289,37 +299,59 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             let empty = Vec::new();
             let history = config["history"].as_array().unwrap_or(&empty);
             let mut layers = m.layers.iter().rev();
-            let mut rows = Vec::new();
-            for h in history.iter().rev() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut lines = vec!["IMAGE\tCREATED\tCREATED BY\tSIZE\tCOMMENT".to_string()];
+            for (n, h) in history.iter().rev().enumerate() {
                 let size = if h["empty_layer"] == true {
                     0
                 } else {
-                    layers.next().map(|l| l.size).unwrap_or(0)
+                    match layers.next() {
+                        Some(l) => content_size(&store, l)?,
+                        None => 0,
+                    }
                 };
                 let mut by = h["created_by"].as_str().unwrap_or("").to_string();
-                if !no_trunc && by.chars().count() > 60 {
-                    by = by.chars().take(57).collect::<String>() + "...";
+                if !no_trunc && by.chars().count() > 45 {
+                    by = by.chars().take(44).collect::<String>() + "…";
                 }
-                rows.push((
-                    h["created"].as_str().unwrap_or("").to_string(),
-                    by,
-                    size,
-                    h["comment"].as_str().unwrap_or("").to_string(),
+                let created = h["created"]
+                    .as_str()
+                    .and_then(rbuild_oci::http::parse_rfc3339)
+                    .map(|c| format!("{} ago", crate::images::human_duration(now - c)))
+                    .unwrap_or_default();
+                let image = if n == 0 {
+                    m.config
+                        .digest
+                        .trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect()
+                } else {
+                    "<missing>".to_string()
+                };
+                lines.push(format!(
+                    "{image}\t{created}\t{}\t{}\t{}",
+                    by.replace('\t', " "),
+                    crate::images::human_size(size),
+                    h["comment"].as_str().unwrap_or("")
                 ));
             }
-            println!(
-                "{:<22} {:<62} {:>10}  COMMENT",
-                "CREATED", "CREATED BY", "SIZE"
-            );
-            for (created, by, size, comment) in rows {
-                println!("{created:<22} {by:<62} {size:>10}  {comment}");
-            }
+            print!("{}", crate::images::tabulate(&lines));
         }
         StoreCommand::Save {
             names,
             output,
             format,
         } => {
+            if format != "docker" && format != "oci" {
+                return Err(UsageError(format!(
+                    "save --format {format:?}: expected docker or oci"
+                ))
+                .into());
+            }
             let (store, images) = open(root)?;
             let mut refs = Vec::new();
             let mut desc: Option<Descriptor> = None;
@@ -391,11 +423,14 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             let host = registry_host(a.server.as_deref());
             let user = match a.username {
                 Some(u) => u,
-                None => bail!("login: give the username with -u"),
+                None => return Err(UsageError("login: give the username with -u".into()).into()),
             };
             let password = if a.password_stdin {
                 if a.password.is_some() {
-                    bail!("login: --password and --password-stdin are mutually exclusive");
+                    return Err(UsageError(
+                        "login: --password and --password-stdin are mutually exclusive".into(),
+                    )
+                    .into());
                 }
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -406,7 +441,12 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                         eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
                         p
                     }
-                    None => bail!("login: give the password with --password-stdin (or -p)"),
+                    None => {
+                        return Err(UsageError(
+                            "login: give the password with --password-stdin (or -p)".into(),
+                        )
+                        .into())
+                    }
                 }
             };
             let client = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
@@ -428,6 +468,83 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run a registry transfer as one progress step named `name` (the display chosen as for
+/// builds: `--progress`'s environment `RBUILD_PROGRESS`, tty on a terminal, else plain), its
+/// blobs' byte progress shown under it.
+fn with_transfer_progress<T>(
+    quiet: bool,
+    name: &str,
+    f: impl FnOnce(&TransferSink) -> Result<T, rbuild_oci::OciError>,
+) -> Result<T> {
+    use rbuild_solver::Progress;
+    use std::io::IsTerminal;
+    let mode = if quiet {
+        crate::progress::Mode::Quiet
+    } else {
+        let value = std::env::var("RBUILD_PROGRESS").unwrap_or_else(|_| "auto".into());
+        crate::progress::resolve_mode(&value, std::io::stderr().is_terminal())
+            .map_err(crate::render::usage)?
+    };
+    let reporter = std::sync::Arc::new(crate::progress::Reporter::new(mode));
+    reporter.event(rbuild_solver::Event::Started {
+        vertex: 0,
+        name: name.to_string(),
+    });
+    let started = std::time::Instant::now();
+    let sink = TransferSink(std::sync::Arc::clone(&reporter));
+    let result = f(&sink);
+    match &result {
+        Ok(_) => reporter.event(rbuild_solver::Event::Done {
+            vertex: 0,
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+        Err(e) => reporter.event(rbuild_solver::Event::Failed {
+            vertex: 0,
+            message: e.to_string(),
+        }),
+    }
+    reporter.finish(&crate::progress::Outcome {
+        ok: result.is_ok(),
+        ..Default::default()
+    });
+    Ok(result?)
+}
+
+/// Byte progress of a `pull` or `push` command, shown as its one step's statuses.
+#[derive(Clone)]
+struct TransferSink(std::sync::Arc<crate::progress::Reporter>);
+
+impl rbuild_oci::progress::TransferProgress for TransferSink {
+    fn transfer(&self, t: &rbuild_oci::progress::Transfer) {
+        rbuild_solver::VertexTransfers {
+            vertex: 0,
+            progress: self.0.as_ref(),
+        }
+        .transfer(t);
+    }
+}
+
+/// The size of a layer's content as docker's history shows it: the bytes of its regular
+/// files (not the tar, whose headers and padding make a 3-byte file 2048 bytes).
+fn content_size(store: &rbuild_cache::Store, layer: &Descriptor) -> Result<u64> {
+    let file = store.open_blob(&layer.digest)?;
+    let c = Compression::of_media_type(&layer.media_type).unwrap_or(Compression::Uncompressed);
+    let reader = rbuild_oci::compress::decompressor(c, std::io::BufReader::new(file))
+        .with_context(|| format!("reading layer {}", layer.digest))?;
+    let mut archive = tar::Archive::new(reader);
+    let mut total = 0u64;
+    for entry in archive
+        .entries()
+        .with_context(|| format!("reading layer {}", layer.digest))?
+    {
+        let entry = entry.with_context(|| format!("reading layer {}", layer.digest))?;
+        if entry.header().entry_type().is_file() {
+            total = total.saturating_add(entry.header().size().unwrap_or(0));
+        }
+    }
+    Ok(total)
 }
 
 /// `rbuild debug compress`: stdin → stdout through the layer compressor.

@@ -1,4 +1,6 @@
-//! `rbuild version` and `rbuild completion SHELL`.
+//! `rbuild version`, `rbuild completion SHELL` and `rbuild man [COMMAND]` (roff man pages
+//! generated from the CLI definition; docs/rbuild.1 and docs/rbuild-build.1 are their output,
+//! kept current by cli/tests/help.rs).
 
 use std::io::Write;
 
@@ -19,6 +21,25 @@ pub fn text() -> String {
 pub fn completion(shell: clap_complete::Shell, out: &mut dyn Write) {
     let mut cmd = crate::args::Cli::command();
     clap_complete::generate(shell, &mut cmd, "rbuild", out);
+}
+
+/// Write the man page of `rbuild` or, with `sub`, of `rbuild SUB` (roff, for `man -l -`).
+pub fn man(sub: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let cmd = crate::args::Cli::command();
+    let page = match sub {
+        None => cmd,
+        Some(name) => {
+            let sub = cmd
+                .find_subcommand(name)
+                .cloned()
+                .ok_or_else(|| crate::render::UsageError(format!("man: no command {name:?}")))?;
+            // the page's title; clap takes names as &'static str (one page per process)
+            let title: &'static str = Box::leak(format!("rbuild-{name}").into_boxed_str());
+            sub.name(title).version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    clap_mangen::Man::new(page).render(out)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,10 +15,13 @@ pub enum OciError {
         reason: String,
     },
     /// The registry said the manifest (tag or digest) does not exist.
-    #[error("pull {reference}: manifest unknown (registry {registry})")]
+    #[error("pull {reference}: manifest unknown: registry {registry} has no {path}")]
     ManifestUnknown {
         /// Familiar form of the reference.
         reference: String,
+        /// What was asked for: the repository path with the tag or digest
+        /// (`library/busybox:latest`), as the registry (or mirror) sees it.
+        path: String,
         /// Host that answered.
         registry: String,
     },
@@ -43,6 +46,16 @@ pub enum OciError {
         status: u16,
         /// Extra detail from the body, prefixed with ": " when present.
         detail: String,
+    },
+    /// The registry speaks TLS with a certificate no trusted CA signed.
+    #[error("registry {registry} speaks TLS but its certificate is not trusted ({reason}): put the registry's CA certificate in {certs_dir}/{registry}/ca.crt (the certs.d directory; RBUILD_CERTS_DIR chooses another one), or add it to the CA bundle that SSL_CERT_FILE names")]
+    UntrustedCertificate {
+        /// Host (and port).
+        registry: String,
+        /// The TLS library's reason (e.g. "invalid peer certificate: UnknownIssuer").
+        reason: String,
+        /// The certs.d directory searched for the host's CA.
+        certs_dir: String,
     },
     /// Authentication with the registry failed.
     #[error("auth {registry}: {reason}")]

@@ -15,6 +15,7 @@ pub mod image_store;
 pub mod import;
 pub mod index;
 pub mod layer;
+pub mod progress;
 pub mod push;
 pub mod reference;
 pub mod registry;

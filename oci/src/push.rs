@@ -21,12 +21,23 @@ use crate::types::{Descriptor, Platform};
 use crate::OciError;
 
 /// Push options.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PushOpts {
     /// Blobs larger than this go up in `PATCH` chunks of this size; smaller ones in one `PUT`.
     pub chunk_size: u64,
     /// Concurrent blob uploads.
     pub jobs: usize,
+    /// Receives the bytes sent per blob.
+    pub progress: std::sync::Arc<dyn crate::progress::TransferProgress>,
+}
+
+impl std::fmt::Debug for PushOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushOpts")
+            .field("chunk_size", &self.chunk_size)
+            .field("jobs", &self.jobs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for PushOpts {
@@ -34,6 +45,7 @@ impl Default for PushOpts {
         PushOpts {
             chunk_size: 64 << 20,
             jobs: 4,
+            progress: std::sync::Arc::new(crate::progress::NoTransferProgress),
         }
     }
 }
@@ -138,6 +150,12 @@ impl RegistryClient {
         let path = store.blob_path(&desc.digest)?;
         let octet = ("Content-Type", "application/octet-stream".to_string());
         let mut offset = 0u64;
+        let meter = crate::progress::Meter::start(
+            opts.progress.as_ref(),
+            &desc.digest,
+            crate::progress::Action::Uploading,
+            desc.size,
+        );
         if desc.size > opts.chunk_size {
             while offset < desc.size {
                 let len = opts.chunk_size.min(desc.size - offset);
@@ -146,6 +164,7 @@ impl RegistryClient {
                     path: &path,
                     offset,
                     len,
+                    meter: Some(&meter),
                 };
                 let resp = self.send(
                     ep,
@@ -176,6 +195,7 @@ impl RegistryClient {
                 path: &path,
                 offset,
                 len: desc.size - offset,
+                meter: Some(&meter),
             }
         } else {
             Body::Empty
@@ -185,7 +205,9 @@ impl RegistryClient {
         } else {
             vec![("Content-Length", "0".to_string())]
         };
-        let resp = self.send(ep, "PUT", &put_url, &scope, &headers, body, false)?;
+        let resp = self.send(ep, "PUT", &put_url, &scope, &headers, body, false);
+        meter.finish(matches!(&resp, Ok(r) if r.status().as_u16() == 201));
+        let resp = resp?;
         if resp.status().as_u16() != 201 {
             return Err(Self::http_err(
                 &format!("finish upload of {}", desc.digest),
@@ -326,10 +348,21 @@ impl RegistryClient {
         platform: &Platform,
         store: &dyn ContentStore,
     ) -> Result<Descriptor, OciError> {
+        self.pull_image_with_progress(r, platform, store, &crate::progress::NoTransferProgress)
+    }
+
+    /// [`RegistryClient::pull_image`], reporting each layer's bytes to `progress`.
+    pub fn pull_image_with_progress(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+        store: &dyn ContentStore,
+        progress: &dyn crate::progress::TransferProgress,
+    ) -> Result<Descriptor, OciError> {
         let resolved = self.resolve(r, platform)?;
         let src = format!("{}/{}", r.registry, r.repository);
         for l in &resolved.layers {
-            self.fetch_blob(r, l, store)?;
+            self.fetch_blob_with_progress(r, l, store, progress)?;
             remember_source(store, &l.digest, &src);
         }
         store.put_blob(&resolved.config)?;

@@ -78,6 +78,8 @@ pub(crate) enum Body<'a> {
         path: &'a Path,
         offset: u64,
         len: u64,
+        /// Counts the bytes sent (upload progress).
+        meter: Option<&'a crate::progress::Meter<'a>>,
     },
 }
 
@@ -190,6 +192,20 @@ fn pct(s: &str) -> String {
     out
 }
 
+/// The TLS library's reason when `e` is a server certificate that no trusted CA signed.
+fn untrusted_certificate(e: &ureq::Error) -> Option<String> {
+    let tls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }?;
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_)
+    )
+    .then(|| tls.to_string())
+}
+
 fn reason_of(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Io(io) => match io.kind() {
@@ -228,11 +244,7 @@ impl RegistryClient {
         } else {
             self.cfg.user_agent.clone()
         };
-        let certs_dir = self
-            .cfg
-            .certs_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/docker/certs.d"));
+        let certs_dir = self.certs_dir();
         let mut extra = Vec::new();
         if let Ok(rd) = std::fs::read_dir(certs_dir.join(host)) {
             let mut files: Vec<PathBuf> = rd
@@ -417,19 +429,47 @@ impl RegistryClient {
                     .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
                 agent.run(req)
             }
-            Body::File { path, offset, len } => {
+            Body::File {
+                path,
+                offset,
+                len,
+                meter,
+            } => {
                 let mut f = std::fs::File::open(path).map_err(OciError::io("open", path))?;
                 f.seek(std::io::SeekFrom::Start(offset))
                     .map_err(OciError::io("seek", path))?;
-                let mut take = std::io::BufReader::with_capacity(1 << 20, f).take(len);
+                let take = std::io::BufReader::with_capacity(1 << 20, f).take(len);
+                let mut reader: Box<dyn Read> = match meter {
+                    Some(m) => Box::new(crate::progress::MeteredReader::new(take, m)),
+                    None => Box::new(take),
+                };
                 let req = req
                     .header("Content-Length", len.to_string())
-                    .body(ureq::SendBody::from_reader(&mut take))
+                    .body(ureq::SendBody::from_reader(&mut reader))
                     .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
                 agent.run(req)
             }
         };
-        result.map_err(|e| unreachable(reason_of(&e)))
+        result.map_err(|e| match untrusted_certificate(&e) {
+            Some(reason) => self.untrusted(&ep.host, reason),
+            None => unreachable(reason_of(&e)),
+        })
+    }
+
+    fn untrusted(&self, host: &str, reason: String) -> OciError {
+        OciError::UntrustedCertificate {
+            registry: host.to_string(),
+            reason,
+            certs_dir: self.certs_dir().display().to_string(),
+        }
+    }
+
+    /// The certs.d directory (docker/containerd convention: `<dir>/<host:port>/*.crt`).
+    fn certs_dir(&self) -> PathBuf {
+        self.cfg
+            .certs_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/docker/certs.d"))
     }
 
     /// Whether plain HTTP is allowed for `host` (local, or marked insecure).
@@ -438,8 +478,9 @@ impl RegistryClient {
     }
 
     /// `https`, except for hosts that allow plain HTTP: like docker, those get HTTPS when
-    /// they speak it (a TLS handshake with the host's trust roots succeeds) and HTTP
-    /// otherwise. The answer is remembered per client.
+    /// they speak it and HTTP otherwise. A host that speaks TLS with a certificate rbuild
+    /// does not trust stays HTTPS (its requests then fail naming the certificate and where
+    /// the CA goes), never a silent fall-back to HTTP. The answer is remembered per client.
     fn scheme_for(&self, host: &str) -> &'static str {
         if !self.allows_http(host) {
             return "https";
@@ -454,7 +495,11 @@ impl RegistryClient {
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
             .call();
-        let scheme = if probe.is_ok() { "https" } else { "http" };
+        let scheme = match &probe {
+            Ok(_) => "https",
+            Err(e) if untrusted_certificate(e).is_some() => "https",
+            Err(_) => "http",
+        };
         if let Ok(mut m) = self.schemes.lock() {
             m.insert(host.to_string(), scheme);
         }
@@ -734,8 +779,14 @@ impl RegistryClient {
         let mut resp = self.get(ep, r, &path, Some(&accept))?;
         let status = resp.status().as_u16();
         if status == 404 {
+            let sep = if object.starts_with("sha256:") {
+                '@'
+            } else {
+                ':'
+            };
             return Err(OciError::ManifestUnknown {
                 reference: r.familiar(),
+                path: format!("{}{sep}{object}", r.repository),
                 registry: ep.host.clone(),
             });
         }
@@ -911,11 +962,28 @@ impl RegistryClient {
         desc: &Descriptor,
         store: &dyn ContentStore,
     ) -> Result<(), OciError> {
+        self.fetch_blob_with_progress(r, desc, store, &crate::progress::NoTransferProgress)
+    }
+
+    /// [`RegistryClient::fetch_blob`], reporting the bytes received to `progress`.
+    pub fn fetch_blob_with_progress(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        store: &dyn ContentStore,
+        progress: &dyn crate::progress::TransferProgress,
+    ) -> Result<(), OciError> {
         crate::digest::digest_hex(&desc.digest)?;
         if store.has_blob(&desc.digest) {
             return Ok(());
         }
-        self.with_endpoints(r, |ep| {
+        let meter = crate::progress::Meter::start(
+            progress,
+            &desc.digest,
+            crate::progress::Action::Downloading,
+            desc.size,
+        );
+        let result = self.with_endpoints(r, |ep| {
             let path = format!("/v2/{}/blobs/{}", r.repository, desc.digest);
             let resp = self.get(ep, r, &path, None)?;
             if !resp.status().is_success() {
@@ -926,14 +994,17 @@ impl RegistryClient {
                     resp,
                 ));
             }
-            let mut reader = resp
+            let reader = resp
                 .into_body()
                 .into_with_config()
                 .limit(desc.size.saturating_add(1))
                 .reader();
+            let mut reader = crate::progress::MeteredReader::new(reader, &meter);
             let mut reader: &mut dyn Read = &mut reader;
             store.ingest(&mut reader, &desc.digest, desc.size)
-        })
+        });
+        meter.finish(result.is_ok());
+        result
     }
 }
 

@@ -57,9 +57,11 @@ fn push_retries_5xx_and_uploads_big_blobs_in_chunks() {
     });
     let client = RegistryClient::new(RegistryConfig::default()).unwrap();
     let target = Reference::parse(&format!("{addr}/team/app:v1")).unwrap();
+    let transfers = std::sync::Arc::new(Transfers::default());
     let opts = PushOpts {
         chunk_size: 1000,
         jobs: 1,
+        progress: transfers.clone(),
     };
     let rep = client
         .push_image(
@@ -94,6 +96,30 @@ fn push_retries_5xx_and_uploads_big_blobs_in_chunks() {
     );
     // layer: 503 + 404, again 404 after the failed PUT (the blob upload restarts); config: 404
     assert_eq!(heads.load(Ordering::SeqCst), 4, "HEAD 503 retried");
+    // byte progress: the layer's last report is its whole size, done; each attempt starts at 0
+    let t = transfers.0.lock().unwrap();
+    let layer: Vec<_> = t.iter().filter(|x| x.id == ld).collect();
+    let last = layer.last().unwrap();
+    assert!(
+        last.done && last.current == 2500 && last.total == 2500,
+        "{layer:#?}"
+    );
+    assert_eq!(
+        layer.iter().filter(|x| x.current == 0 && !x.done).count(),
+        2,
+        "{layer:#?}"
+    );
+    assert_eq!(layer.iter().filter(|x| x.done).count(), 2, "{layer:#?}");
+}
+
+/// Records every transfer report.
+#[derive(Default)]
+struct Transfers(std::sync::Mutex<Vec<rbuild_oci::progress::Transfer>>);
+
+impl rbuild_oci::progress::TransferProgress for Transfers {
+    fn transfer(&self, t: &rbuild_oci::progress::Transfer) {
+        self.0.lock().unwrap().push(t.clone());
+    }
 }
 
 #[test]

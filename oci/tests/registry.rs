@@ -90,7 +90,7 @@ fn missing_tag_and_unreachable_registry_give_clear_errors() {
     assert!(matches!(err, OciError::ManifestUnknown { .. }));
     assert_eq!(
         err.to_string(),
-        format!("pull {REG}/library/busybox:nope: manifest unknown (registry {REG})")
+        format!("pull {REG}/library/busybox:nope: manifest unknown: registry {REG} has no library/busybox:nope")
     );
 
     let r = Reference::parse("127.0.0.1:1/library/busybox:latest").unwrap();
@@ -137,7 +137,7 @@ fn docker_io_mirror() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("pull busybox:nope: manifest unknown (registry {REG})")
+        format!("pull busybox:nope: manifest unknown: registry {REG} has no library/busybox:nope")
     );
 }
 

@@ -309,21 +309,6 @@ pub fn parse_size(text: &str) -> Option<u64> {
     (v >= 0.0 && v.is_finite()).then_some((v * mult as f64) as u64)
 }
 
-/// Parse a duration: a number with `s`, `m`, `h` or `d` (e.g. `24h`, `7d`, `90m`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let unit = t.chars().last()?;
-    let mult = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => return None,
-    };
-    let v: f64 = t[..t.len() - 1].trim().parse().ok()?;
-    (v >= 0.0 && v.is_finite()).then(|| Duration::from_secs_f64(v * mult as f64))
-}
-
 /// `1.5GB`-style rendering for reports.
 pub fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
@@ -351,9 +336,6 @@ mod tests {
         assert_eq!(parse_size("2g"), Some(2 << 30));
         assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
         assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("90m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("10"), None);
         assert_eq!(human_size(512), "512B");
         assert_eq!(human_size(3 << 20), "3.0MB");
     }

@@ -172,6 +172,37 @@ pub enum Event {
     Cancelled {
         vertex: usize,
     },
+    /// Bytes of one blob moved by a step (a base image's layer pulled; later cache imports
+    /// and exports): BuildKit's vertex `statuses`.
+    Transfer {
+        vertex: usize,
+        /// The blob digest.
+        id: String,
+        /// `downloading` or `uploading`.
+        action: &'static str,
+        current: u64,
+        total: u64,
+        done: bool,
+    },
+}
+
+/// Forwards a registry transfer's byte progress as [`Event::Transfer`] of `vertex`.
+pub struct VertexTransfers<'a> {
+    pub vertex: usize,
+    pub progress: &'a dyn Progress,
+}
+
+impl rbuild_oci::progress::TransferProgress for VertexTransfers<'_> {
+    fn transfer(&self, t: &rbuild_oci::progress::Transfer) {
+        self.progress.event(Event::Transfer {
+            vertex: self.vertex,
+            id: t.id.clone(),
+            action: t.action.name(),
+            current: t.current,
+            total: t.total,
+            done: t.done,
+        });
+    }
 }
 
 /// Receiver of progress events (the CLI renders them).

@@ -319,7 +319,13 @@ impl Solver {
                     false,
                     &make_rec,
                     progress,
-                    &mut || self.pull_layers(&resolved),
+                    &mut || {
+                        let transfers = crate::VertexTransfers {
+                            vertex: id,
+                            progress,
+                        };
+                        self.pull_layers(&resolved, &transfers)
+                    },
                 )?;
                 Ok(NodeOut {
                     key,

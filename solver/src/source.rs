@@ -102,7 +102,11 @@ impl Solver {
     }
 
     /// Pull every layer of `image` and unpack it; returns the chain (bottom first).
-    pub(crate) fn pull_layers(&self, image: &ResolvedImage) -> Result<Chain, SolveError> {
+    pub(crate) fn pull_layers(
+        &self,
+        image: &ResolvedImage,
+        transfers: &dyn rbuild_oci::progress::TransferProgress,
+    ) -> Result<Chain, SolveError> {
         let config = rbuild_graph::ImageConfig::from_json(&image.config)?;
         let diff_ids = &config.rootfs.diff_ids;
         if diff_ids.len() != image.layers.len() {
@@ -136,7 +140,7 @@ impl Solver {
                     if i >= image.layers.len() {
                         return;
                     }
-                    let r = self.pull_one(&reference, &image.layers[i], &diff_ids[i]);
+                    let r = self.pull_one(&reference, &image.layers[i], &diff_ids[i], transfers);
                     if let Ok(mut v) = results.lock() {
                         v[i] = Some(r);
                     }
@@ -194,6 +198,7 @@ impl Solver {
         reference: &Reference,
         desc: &rbuild_oci::Descriptor,
         diff_id: &str,
+        transfers: &dyn rbuild_oci::progress::TransferProgress,
     ) -> Result<Pulled, SolveError> {
         let store = &self.cfg.store;
         let layer = |snapshot: String| Layer {
@@ -211,7 +216,7 @@ impl Solver {
         }
         self.cfg
             .registry
-            .fetch_blob(reference, desc, store)
+            .fetch_blob_with_progress(reference, desc, store, transfers)
             .map_err(|source| SolveError::Pull {
                 reference: reference.to_string(),
                 source: Box::new(source),

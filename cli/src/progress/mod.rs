@@ -6,7 +6,7 @@
 //!   `#N CACHED`, `#N DONE 1.2s`, `#N ERROR: …`) for CI logs; output is never clipped;
 //! - [`tty`]: a live view redrawn with ANSI escapes (one line per step with a timer, the last
 //!   lines of a running step's output, `CACHED` marks, a summary);
-//! - [`rawjson`]: one JSON object per line (schema in docs/progress.md);
+//! - [`rawjson`]: BuildKit's SolveStatus JSON, one object per line (docs/progress.md);
 //! - quiet: nothing.
 //!
 //! `auto` is tty when stderr is a terminal (and `TERM` is not `dumb`), else plain.
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 use rbuild_solver::{Event, Progress};
@@ -96,6 +96,17 @@ pub struct Vertex {
     pub status: Status,
     /// When the step started (or was found cached).
     pub started: Instant,
+    /// The same moment on the wall clock (rawjson's `started`).
+    pub started_at: SystemTime,
+    /// When the step finished, failed, was cancelled or found cached (rawjson's `completed`).
+    pub completed_at: Option<SystemTime>,
+    /// BuildKit's vertex digest: the graph node's definition digest, or for a step of the
+    /// CLI one derived from its number and name.
+    pub digest: String,
+    /// Digests of the graph nodes this step's node takes as inputs.
+    pub inputs: Vec<String>,
+    /// Blob transfers (pulled layers, pushed blobs) in the order they started.
+    pub transfers: Vec<Transfer>,
     /// The last [`KEEP_LINES`] complete output lines.
     pub lines: std::collections::VecDeque<String>,
     /// How many earlier lines were dropped from `lines`.
@@ -110,6 +121,43 @@ impl Vertex {
             Status::Cached => 0.0,
             _ => self.started.elapsed().as_secs_f64(),
         }
+    }
+}
+
+/// Byte progress of one blob moved by a step.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// The blob digest.
+    pub id: String,
+    /// `downloading` or `uploading`.
+    pub action: &'static str,
+    pub current: u64,
+    pub total: u64,
+    pub done: bool,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub completed_at: Option<SystemTime>,
+}
+
+impl Transfer {
+    /// Bytes per second since the transfer started.
+    pub fn rate(&self) -> f64 {
+        let s = self.started.elapsed().as_secs_f64();
+        if s > 0.0 {
+            self.current as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// `sha256:0123456789ab 12.6MB / 95MB` (the digest shortened as BuildKit's view does).
+    pub fn text(&self) -> String {
+        let short: String = self.id.chars().take(19).collect();
+        format!(
+            "{short} {} / {}",
+            crate::images::human_size(self.current),
+            crate::images::human_size(self.total)
+        )
     }
 }
 
@@ -137,7 +185,12 @@ pub enum Change<'a> {
     },
     /// Stopped because another step failed (BuildKit's `CANCELED`).
     Cancelled(usize),
-    Warning(&'a str),
+    /// Bytes moved for `vertices[v].transfers[i]`.
+    Transfer {
+        v: usize,
+        i: usize,
+    },
+    Warning(&'a Warning<'a>),
     /// Why a step ran, or which earlier build its cached result came from (`--explain`).
     Explain {
         v: usize,
@@ -147,10 +200,23 @@ pub enum Change<'a> {
     Other(&'a str),
 }
 
+/// A Dockerfile warning: its text as the human displays show it (`Dockerfile:3: …`) and,
+/// when known, where it points (rawjson's `sourceInfo` and `range`).
+#[derive(Debug)]
+pub struct Warning<'a> {
+    pub text: &'a str,
+    pub message: &'a str,
+    pub file: Option<&'a str>,
+    /// First and last 1-based line.
+    pub lines: Option<(u32, u32)>,
+}
+
 /// How the build ended, for the closing summary.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub ok: bool,
+    /// Stopped by Ctrl-C or SIGTERM.
+    pub cancelled: bool,
     pub image_id: Option<String>,
     pub error: Option<String>,
 }
@@ -160,6 +226,8 @@ pub struct Outcome {
 pub struct Tracker {
     pub vertices: Vec<Vertex>,
     index: HashMap<Key, usize>,
+    /// Graph node ids (as the solver numbers them, offsets included) → digest and inputs.
+    graph: HashMap<usize, (String, Vec<usize>)>,
     next_cli: usize,
     pub build_start: Instant,
 }
@@ -169,6 +237,7 @@ impl Tracker {
         Tracker {
             vertices: Vec::new(),
             index: HashMap::new(),
+            graph: HashMap::new(),
             next_cli: 0,
             build_start: Instant::now(),
         }
@@ -182,17 +251,47 @@ impl Tracker {
             return i;
         }
         let i = self.vertices.len();
+        let (digest, inputs) = match key {
+            Key::Graph(id) => match self.graph.get(&id) {
+                Some((d, ins)) => (
+                    d.clone(),
+                    ins.iter()
+                        .filter_map(|i| self.graph.get(i).map(|(d, _)| d.clone()))
+                        .collect(),
+                ),
+                None => (synthetic_digest("graph", id, ""), Vec::new()),
+            },
+            Key::Cli(id) => (synthetic_digest("cli", id, name.unwrap_or("")), Vec::new()),
+        };
         self.vertices.push(Vertex {
             n: i + 1,
             name: name.unwrap_or("").to_string(),
             status: Status::Running,
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            completed_at: None,
+            digest,
+            inputs,
+            transfers: Vec::new(),
             lines: Default::default(),
             dropped: 0,
             partial: [Vec::new(), Vec::new()],
         });
         self.index.insert(key, i);
         i
+    }
+
+    /// Set a step's state; a final state records when it completed.
+    fn set_status(&mut self, v: usize, status: Status) {
+        let vx = &mut self.vertices[v];
+        if status == Status::Running {
+            vx.started = Instant::now();
+            vx.started_at = SystemTime::now();
+            vx.completed_at = None;
+        } else {
+            vx.completed_at = Some(SystemTime::now());
+        }
+        vx.status = status;
     }
 
     /// Split output into lines; returns the complete lines.
@@ -258,15 +357,14 @@ struct Shared {
 /// The progress sink handed to the solver; also records the CLI's own steps.
 pub struct Reporter {
     shared: Arc<Shared>,
+    mode: Mode,
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Seconds since the Unix epoch, with millisecond precision.
-pub fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_millis() as f64) / 1000.0)
-        .unwrap_or(0.0)
+/// A vertex digest for a step that is not a graph node (BuildKit gives such vertexes random
+/// digests; these are stable within a build).
+fn synthetic_digest(kind: &str, id: usize, name: &str) -> String {
+    rbuild_graph::sha256_digest(format!("rbuild-progress/{kind}/{id}/{name}").as_bytes())
 }
 
 impl Reporter {
@@ -277,10 +375,20 @@ impl Reporter {
 
     /// A reporter writing to `out` (tests use a buffer); `width` fixes the live view's width.
     pub fn with_writer(mode: Mode, out: Box<dyn Write + Send>, width: Option<usize>) -> Self {
+        Self::with_screen(mode, out, width.map(|w| (w, 0)))
+    }
+
+    /// A reporter writing to `out`; `screen` fixes the live view's (columns, rows), rows 0
+    /// meaning no height limit.
+    pub fn with_screen(
+        mode: Mode,
+        out: Box<dyn Write + Send>,
+        screen: Option<(usize, usize)>,
+    ) -> Self {
         let render: Box<dyn Render> = match mode {
             Mode::Plain => Box::new(plain::Plain::default()),
             Mode::RawJson => Box::new(rawjson::RawJson),
-            Mode::Tty => Box::new(tty::Tty::new(width)),
+            Mode::Tty => Box::new(tty::Tty::new(screen)),
             Mode::Quiet => Box::new(Silent),
         };
         let shared = Arc::new(Shared {
@@ -301,6 +409,7 @@ impl Reporter {
         };
         Reporter {
             shared,
+            mode,
             ticker: Mutex::new(ticker),
         }
     }
@@ -335,7 +444,7 @@ impl Reporter {
         self.with(|g| {
             let v = g.tracker.vertex(Key::Cli(id), None);
             let secs = g.tracker.vertices[v].started.elapsed().as_secs_f64();
-            g.tracker.vertices[v].status = Status::Done(secs);
+            g.tracker.set_status(v, Status::Done(secs));
             let Inner {
                 tracker,
                 render,
@@ -346,13 +455,38 @@ impl Reporter {
         });
     }
 
+    /// The graph about to be solved, its node ids offset by `base` (as the solver numbers them
+    /// for several platforms): gives steps their definition digests and inputs (rawjson).
+    pub fn set_graph(&self, base: usize, def: &rbuild_graph::Definition) {
+        let Ok(digests) = def.digests() else {
+            return;
+        };
+        if let Ok(mut g) = self.shared.inner.lock() {
+            for (i, (node, digest)) in def.nodes.iter().zip(digests).enumerate() {
+                let inputs = node.inputs.iter().map(|n| base + n.0).collect();
+                g.tracker.graph.insert(base + i, (digest, inputs));
+            }
+        }
+    }
+
     /// A CLI step that is over as soon as it is shown.
     pub fn note(&self, name: &str) {
         let id = self.step(name);
         self.step_done(id);
     }
 
-    pub fn warning(&self, text: &str) {
+    /// A warning about lines `line..=end_line` of the Dockerfile `file`.
+    pub fn warning_at(&self, file: &str, line: u32, end_line: u32, message: &str) {
+        let text = format!("{file}:{line}: {message}");
+        self.emit_warning(&Warning {
+            text: &text,
+            message,
+            file: Some(file),
+            lines: (line > 0).then_some((line, end_line.max(line))),
+        });
+    }
+
+    fn emit_warning(&self, w: &Warning<'_>) {
         self.with(|g| {
             let Inner {
                 tracker,
@@ -360,8 +494,69 @@ impl Reporter {
                 out,
                 ..
             } = g;
-            render.change(tracker, &Change::Warning(text), out.as_mut());
+            render.change(tracker, &Change::Warning(w), out.as_mut());
         });
+    }
+
+    /// One tick of the live view's timer, now (tests drive frames with it).
+    #[cfg(test)]
+    pub fn tick_now(&self) {
+        self.with(|g| {
+            let Inner {
+                tracker,
+                render,
+                out,
+                ..
+            } = g;
+            render.tick(tracker, out.as_mut());
+        });
+    }
+
+    /// Whether the display prints every output line (plain, rawjson), so an error report
+    /// can refer to the log above.
+    pub fn prints_all_output(&self) -> bool {
+        matches!(self.mode, Mode::Plain | Mode::RawJson)
+    }
+
+    /// A function for the Ctrl-C handler: marks the running steps `CANCELED`, draws the last
+    /// frame (or writes the last lines) and closes the display, so the terminal shows where
+    /// the build stopped. Safe to call from another thread while events arrive.
+    pub fn canceller(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            if let Ok(mut s) = shared.stop.lock() {
+                *s = true;
+            }
+            shared.cv.notify_all();
+            let Ok(mut g) = shared.inner.lock() else {
+                return;
+            };
+            if g.finished {
+                return;
+            }
+            g.finished = true;
+            let Inner {
+                tracker,
+                render,
+                out,
+                ..
+            } = &mut *g;
+            for v in 0..tracker.vertices.len() {
+                if tracker.vertices[v].status == Status::Running {
+                    emit_rest(tracker, render.as_mut(), v, out.as_mut());
+                    tracker.set_status(v, Status::Cancelled);
+                    render.change(tracker, &Change::Cancelled(v), out.as_mut());
+                }
+            }
+            let outcome = Outcome {
+                ok: false,
+                cancelled: true,
+                image_id: None,
+                error: Some("build cancelled".into()),
+            };
+            render.finish(tracker, &outcome, out.as_mut());
+            let _ = out.flush();
+        }
     }
 
     /// How many output lines the step named `name` printed (for error reports).
@@ -493,13 +688,12 @@ impl Progress for Reporter {
             match event {
                 Event::Started { vertex, name } => {
                     let v = tracker.vertex(Key::Graph(vertex), Some(&name));
-                    tracker.vertices[v].started = Instant::now();
-                    tracker.vertices[v].status = Status::Running;
+                    tracker.set_status(v, Status::Running);
                     render.change(tracker, &Change::Started(v), out);
                 }
                 Event::Cached { vertex, name } => {
                     let v = tracker.vertex(Key::Graph(vertex), Some(&name));
-                    tracker.vertices[v].status = Status::Cached;
+                    tracker.set_status(v, Status::Cached);
                     render.change(tracker, &Change::Cached(v), out);
                 }
                 Event::Log {
@@ -526,7 +720,7 @@ impl Progress for Reporter {
                 Event::Done { vertex, seconds } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);
                     emit_rest(tracker, render.as_mut(), v, out);
-                    tracker.vertices[v].status = Status::Done(seconds);
+                    tracker.set_status(v, Status::Done(seconds));
                     render.change(tracker, &Change::Done(v), out);
                 }
                 Event::Failed { vertex, message } => {
@@ -537,14 +731,49 @@ impl Progress for Reporter {
                     }
                     emit_rest(tracker, render.as_mut(), v, out);
                     let m = short_message(&tracker.vertices[v].name, &message).to_string();
-                    tracker.vertices[v].status = Status::Error(m.clone());
+                    tracker.set_status(v, Status::Error(m.clone()));
                     render.change(tracker, &Change::Error { v, message: &m }, out);
                 }
                 Event::Cancelled { vertex } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);
                     emit_rest(tracker, render.as_mut(), v, out);
-                    tracker.vertices[v].status = Status::Cancelled;
+                    tracker.set_status(v, Status::Cancelled);
                     render.change(tracker, &Change::Cancelled(v), out);
+                }
+                Event::Transfer {
+                    vertex,
+                    id,
+                    action,
+                    current,
+                    total,
+                    done,
+                } => {
+                    let v = tracker.vertex(Key::Graph(vertex), None);
+                    let list = &mut tracker.vertices[v].transfers;
+                    let i = match list.iter().position(|x| x.id == id && x.action == action) {
+                        Some(i) => i,
+                        None => {
+                            list.push(Transfer {
+                                id,
+                                action,
+                                current: 0,
+                                total,
+                                done: false,
+                                started: Instant::now(),
+                                started_at: SystemTime::now(),
+                                completed_at: None,
+                            });
+                            list.len() - 1
+                        }
+                    };
+                    let x = &mut list[i];
+                    x.current = current;
+                    x.total = total;
+                    if done && !x.done {
+                        x.completed_at = Some(SystemTime::now());
+                    }
+                    x.done = done;
+                    render.change(tracker, &Change::Transfer { v, i }, out);
                 }
                 Event::Explain { vertex, reason } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);

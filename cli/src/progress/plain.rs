@@ -21,11 +21,16 @@ use std::io::Write;
 
 use super::{Change, Outcome, Render, Tracker};
 
+/// How often a running transfer's bytes are printed (its end always is).
+const TRANSFER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The plain display; remembers which step printed last, to repeat the step's name when
 /// output interleaves.
 #[derive(Default)]
 pub struct Plain {
     last: Option<usize>,
+    /// When each running transfer (vertex, index) was last printed.
+    transfer_printed: std::collections::HashMap<(usize, usize), std::time::Instant>,
     /// Whether anything was printed yet (steps are separated by a blank line, like BuildKit).
     started: bool,
 }
@@ -91,8 +96,28 @@ impl Render for Plain {
                 let _ = writeln!(out, "#{} CANCELED", t.vertices[*v].n);
                 self.last = None;
             }
-            Change::Warning(text) => {
-                let _ = writeln!(out, "WARNING: {text}");
+            Change::Transfer { v, i } => {
+                let x = &t.vertices[*v].transfers[*i];
+                let now = std::time::Instant::now();
+                let due = self
+                    .transfer_printed
+                    .get(&(*v, *i))
+                    .is_none_or(|p| now.duration_since(*p) >= TRANSFER_EVERY);
+                if x.done || (due && x.current > 0) {
+                    self.transfer_printed.insert((*v, *i), now);
+                    self.header(t, *v, out);
+                    let n = t.vertices[*v].n;
+                    if x.done {
+                        let secs = x.started.elapsed().as_secs_f64();
+                        let _ = writeln!(out, "#{n} {} {secs:.1}s done", x.text());
+                    } else {
+                        let rate = crate::images::human_size(x.rate() as u64);
+                        let _ = writeln!(out, "#{n} {} {rate}/s", x.text());
+                    }
+                }
+            }
+            Change::Warning(w) => {
+                let _ = writeln!(out, "WARNING: {}", w.text);
             }
             Change::Explain { v, reason } => {
                 self.header(t, *v, out);

@@ -1,87 +1,147 @@
-//! The rawjson display: one JSON object per line on stderr, for tools. Schema (documented in
-//! docs/progress.md):
+//! The rawjson display: BuildKit's `SolveStatus` JSON, one object per line on stderr, as
+//! `docker buildx build --progress=rawjson` prints it (moby/buildkit `client/graph.go` field
+//! names, Go's encoding: RFC 3339 times with nanoseconds, `[]byte` as base64, empty fields
+//! left out). Schema and rbuild's extra fields: docs/progress.md.
 //!
 //! ```text
-//! {"type":"started","vertex":3,"name":"[base 2/3] RUN make","time":1763812345.123}
-//! {"type":"cached","vertex":4,"name":"[base 3/3] COPY a /a","time":…}
-//! {"type":"log","vertex":3,"stream":"stdout","text":"compiling…\n","time":…}
-//! {"type":"log","vertex":3,"stream":"stderr","base64":"/w==","time":…}   (not UTF-8)
-//! {"type":"done","vertex":3,"duration":1.234,"time":…}
-//! {"type":"error","vertex":5,"error":"process … exit code 3","time":…}
-//! {"type":"warning","message":"Dockerfile:3: …","time":…}
-//! {"type":"other","debug":"…"}      (a solver event this version does not know yet)
-//! {"type":"result","ok":true,"image":"sha256:…","duration":3.2,"steps":6,"cached":2,"time":…}
+//! {"vertexes":[{"digest":"sha256:…","inputs":["sha256:…"],"name":"[2/3] RUN make","started":"2026-12-06T21:34:23.123456789Z"}]}
+//! {"logs":[{"vertex":"sha256:…","stream":1,"data":"Y29tcGlsaW5nCg==","timestamp":"…"}]}
+//! {"vertexes":[{"digest":"sha256:…","name":"[2/3] RUN make","started":"…","completed":"…"}]}
+//! {"statuses":[{"id":"sha256:…","vertex":"sha256:…","name":"downloading","current":1048576,"total":2097152,"timestamp":"…","started":"…"}]}
+//! {"warnings":[{"level":1,"short":"…","detail":["…"],"sourceInfo":{"filename":"Dockerfile","language":"Dockerfile"},"range":[{"start":{"line":3},"end":{"line":3}}]}]}
 //! ```
 //!
-//! Logs are the raw chunks as the step wrote them (never clipped or re-split).
+//! rbuild's extras, which BuildKit's decoder ignores: `explain` (`[{"vertex","reason"}]`),
+//! `canceled: true` on a cancelled vertex (whose `error` is BuildKit's `context canceled`),
+//! `other` (a solver event without a schema yet) and a last `result` object.
 
 use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::{unix_time, Change, Outcome, Render, Status, Tracker};
+use super::{Change, Outcome, Render, Status, Tracker, Vertex};
 
 pub struct RawJson;
 
-fn emit(out: &mut dyn Write, mut v: Value) {
-    if let Some(o) = v.as_object_mut() {
-        o.insert("time".into(), json!(unix_time()));
+/// BuildKit's log stream numbers.
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+
+/// Go's `time.Time` JSON form (RFC 3339 with up to nine fraction digits, UTC).
+pub fn go_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let base = rbuild_solver::image::rfc3339(d.as_secs() as i64);
+    let nanos = d.subsec_nanos();
+    if nanos == 0 {
+        return base;
     }
+    let frac = format!("{nanos:09}");
+    format!(
+        "{}.{}Z",
+        base.trim_end_matches('Z'),
+        frac.trim_end_matches('0')
+    )
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn emit(out: &mut dyn Write, v: Value) {
     let _ = writeln!(out, "{v}");
+}
+
+/// A vertex as BuildKit reports it after each change.
+fn vertex(vx: &Vertex) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("digest".into(), json!(vx.digest));
+    if !vx.inputs.is_empty() {
+        o.insert("inputs".into(), json!(vx.inputs));
+    }
+    if !vx.name.is_empty() {
+        o.insert("name".into(), json!(vx.name));
+    }
+    o.insert("started".into(), json!(go_time(vx.started_at)));
+    if let Some(c) = vx.completed_at {
+        o.insert("completed".into(), json!(go_time(c)));
+    }
+    match &vx.status {
+        Status::Cached => {
+            o.insert("cached".into(), json!(true));
+        }
+        Status::Error(e) => {
+            o.insert("error".into(), json!(e));
+        }
+        Status::Cancelled => {
+            o.insert("error".into(), json!("context canceled"));
+            o.insert("canceled".into(), json!(true));
+        }
+        Status::Running | Status::Done(_) => {}
+    }
+    o
+}
+
+fn vertexes(vx: &Vertex) -> Value {
+    json!({ "vertexes": [Value::Object(vertex(vx))] })
 }
 
 impl Render for RawJson {
     fn change(&mut self, t: &Tracker, c: &Change<'_>, out: &mut dyn Write) {
         match c {
-            Change::Started(v) => {
-                let vx = &t.vertices[*v];
-                emit(
-                    out,
-                    json!({"type": "started", "vertex": vx.n, "name": vx.name}),
-                );
-            }
-            Change::Cached(v) => {
-                let vx = &t.vertices[*v];
-                emit(
-                    out,
-                    json!({"type": "cached", "vertex": vx.n, "name": vx.name}),
-                );
-            }
-            Change::Chunk { v, stderr, data } => {
-                let stream = if *stderr { "stderr" } else { "stdout" };
-                let mut o = json!({"type": "log", "vertex": t.vertices[*v].n, "stream": stream});
-                match std::str::from_utf8(data) {
-                    Ok(s) => o["text"] = json!(s),
-                    Err(_) => {
-                        o["base64"] = json!(base64::engine::general_purpose::STANDARD.encode(data))
-                    }
-                }
-                emit(out, o);
-            }
+            Change::Started(v)
+            | Change::Cached(v)
+            | Change::Done(v)
+            | Change::Cancelled(v)
+            | Change::Error { v, .. } => emit(out, vertexes(&t.vertices[*v])),
+            Change::Chunk { v, stderr, data } => emit(
+                out,
+                json!({"logs": [{
+                    "vertex": t.vertices[*v].digest,
+                    "stream": if *stderr { STDERR } else { STDOUT },
+                    "data": b64(data),
+                    "timestamp": go_time(SystemTime::now()),
+                }]}),
+            ),
             Change::Line { .. } => {}
-            Change::Done(v) => {
+            Change::Transfer { v, i } => {
                 let vx = &t.vertices[*v];
-                let d = (vx.elapsed() * 1000.0).round() / 1000.0;
-                emit(out, json!({"type": "done", "vertex": vx.n, "duration": d}));
+                let x = &vx.transfers[*i];
+                let mut o = json!({
+                    "id": x.id,
+                    "vertex": vx.digest,
+                    "name": x.action,
+                    "current": x.current,
+                    "timestamp": go_time(SystemTime::now()),
+                    "started": go_time(x.started_at),
+                });
+                if x.total > 0 {
+                    o["total"] = json!(x.total);
+                }
+                if let Some(c) = x.completed_at {
+                    o["completed"] = json!(go_time(c));
+                }
+                emit(out, json!({ "statuses": [o] }));
             }
-            Change::Error { v, message } => {
-                let vx = &t.vertices[*v];
-                emit(
-                    out,
-                    json!({"type": "error", "vertex": vx.n, "name": vx.name, "error": message}),
-                );
+            Change::Warning(w) => {
+                let mut o = json!({
+                    "level": 1,
+                    "short": b64(w.message.as_bytes()),
+                });
+                if let Some(file) = w.file {
+                    o["sourceInfo"] = json!({"filename": file, "language": "Dockerfile"});
+                }
+                if let Some((start, end)) = w.lines {
+                    o["range"] = json!([{"start": {"line": start}, "end": {"line": end}}]);
+                }
+                emit(out, json!({ "warnings": [o] }));
             }
-            Change::Cancelled(v) => {
-                let vx = &t.vertices[*v];
-                emit(out, json!({"type": "canceled", "vertex": vx.n}));
-            }
-            Change::Warning(text) => emit(out, json!({"type": "warning", "message": text})),
             Change::Explain { v, reason } => emit(
                 out,
-                json!({"type": "explain", "vertex": t.vertices[*v].n, "reason": reason}),
+                json!({"explain": [{"vertex": t.vertices[*v].digest, "reason": reason}]}),
             ),
-            Change::Other(text) => emit(out, json!({"type": "other", "debug": text})),
+            Change::Other(text) => emit(out, json!({ "other": text })),
         }
     }
 
@@ -93,7 +153,6 @@ impl Render for RawJson {
             .count();
         let d = (t.build_start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         let mut r = json!({
-            "type": "result",
             "ok": o.ok,
             "duration": d,
             "steps": t.vertices.len(),
@@ -105,7 +164,7 @@ impl Render for RawJson {
         if let Some(e) = &o.error {
             r["error"] = json!(e);
         }
-        emit(out, r);
+        emit(out, json!({ "result": r }));
     }
 }
 
@@ -113,11 +172,26 @@ impl Render for RawJson {
 mod tests {
     use super::super::testing::Buf;
     use super::super::{Mode, Outcome, Reporter};
+    use super::go_time;
+    use base64::Engine;
     use rbuild_solver::{Event, Progress};
     use serde_json::Value;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn one_object_per_line_with_text_or_base64_logs() {
+    fn times_are_in_go_rfc3339_nano_form() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 120_000_000);
+        assert_eq!(go_time(t), "2023-11-14T22:13:20.12Z");
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 1);
+        assert_eq!(go_time(t), "2023-11-14T22:13:20.000000001Z");
+        assert_eq!(
+            go_time(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "2023-11-14T22:13:20Z"
+        );
+    }
+
+    #[test]
+    fn one_solve_status_per_line_with_base64_logs_and_stream_numbers() {
         let buf = Buf::default();
         let r = Reporter::with_writer(Mode::RawJson, Box::new(buf.clone()), None);
         r.event(Event::Started {
@@ -138,8 +212,10 @@ mod tests {
             vertex: 4,
             message: "[s 1/1] RUN x: boom".into(),
         });
+        r.warning_at("Dockerfile", 2, 3, "odd");
         r.finish(&Outcome {
             ok: false,
+            cancelled: false,
             image_id: None,
             error: Some("boom".into()),
         });
@@ -148,17 +224,31 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(v.len(), 5);
-        assert_eq!(v[0]["type"], "started");
-        assert_eq!(v[0]["vertex"], 1);
-        assert_eq!(v[1]["text"], "café\n");
-        assert_eq!(v[1]["stream"], "stdout");
-        assert_eq!(v[2]["base64"], "/wA=");
-        assert_eq!(v[2]["stream"], "stderr");
-        assert_eq!(v[3]["type"], "error");
-        assert_eq!(v[3]["error"], "boom");
-        assert_eq!(v[4]["type"], "result");
-        assert_eq!(v[4]["ok"], false);
-        assert!(v.iter().all(|o| o["time"].as_f64().unwrap() > 1.6e9));
+        assert_eq!(v.len(), 6, "{v:#?}");
+        let started = &v[0]["vertexes"][0];
+        assert_eq!(started["name"], "[s 1/1] RUN x");
+        let digest = started["digest"].as_str().unwrap();
+        assert!(digest.starts_with("sha256:") && digest.len() == 71);
+        assert!(started["started"].as_str().unwrap().ends_with('Z'));
+        assert!(started.get("completed").is_none());
+        let decode = |x: &Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(x.as_str().unwrap())
+                .unwrap()
+        };
+        assert_eq!(v[1]["logs"][0]["vertex"], digest);
+        assert_eq!(v[1]["logs"][0]["stream"], 1);
+        assert_eq!(decode(&v[1]["logs"][0]["data"]), "café\n".as_bytes());
+        assert_eq!(v[2]["logs"][0]["stream"], 2);
+        assert_eq!(decode(&v[2]["logs"][0]["data"]), [0xff, 0x00]);
+        let failed = &v[3]["vertexes"][0];
+        assert_eq!(failed["error"], "boom");
+        assert_eq!(failed["digest"], digest);
+        assert!(failed["completed"].is_string());
+        let w = &v[4]["warnings"][0];
+        assert_eq!(decode(&w["short"]), b"odd");
+        assert_eq!(w["range"][0]["start"]["line"], 2);
+        assert_eq!(w["range"][0]["end"]["line"], 3);
+        assert_eq!(v[5]["result"]["ok"], false);
     }
 }

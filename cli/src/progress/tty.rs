@@ -9,13 +9,17 @@
 //!  => => # gcc -c util.c
 //! ```
 //!
-//! The frame is redrawn in place (cursor up, erase to the end of the screen) every 150 ms and
-//! on every step change. Running steps show their last [`LOG_LINES`] output lines; finished
-//! steps collapse to one line. The last frame stays on screen, followed by a summary line,
-//! the warnings, and for a failed step its output (everything kept, with an explicit note if
-//! earlier lines were dropped). Lines are cut to the terminal width so the frame's height is
-//! known; a frame taller than the terminal keeps its header and newest lines. `NO_COLOR`
-//! turns colours off.
+//! The frame is redrawn in place every 150 ms and on every step change: cursor up to the
+//! frame's first line, then each line erased and rewritten, then the rows the previous frame
+//! had beyond the new one erased. The screen is never erased from the home position: tmux
+//! (and other terminals) move the whole screen into the scrollback on an erase from the top
+//! left, so a frame starting on the first row (after `clear`) would fill the scrollback with
+//! one copy per redraw. Running steps show their last [`LOG_LINES`] output lines; finished
+//! steps collapse to one line; a failed step keeps its last lines (the error report after
+//! the frame shows the last 20). Ctrl-C marks the running steps `CANCELED` in the last frame.
+//! The last frame stays on screen, followed by a summary line and the warnings. Lines are
+//! cut to the terminal width so the frame's height is known; a frame taller than the
+//! terminal keeps its header and newest lines. `NO_COLOR` turns colours off.
 
 use std::io::Write;
 
@@ -24,6 +28,9 @@ use super::{Change, Outcome, Render, Status, Tracker};
 /// Output lines shown under a running step (BuildKit's default).
 pub const LOG_LINES: usize = 6;
 
+/// Transfers (layers pulled or pushed) shown under a running step.
+pub const TRANSFER_LINES: usize = 8;
+
 /// (columns, rows) of the terminal on stderr, if it is one and reports a size.
 pub fn terminal_size() -> Option<(usize, usize)> {
     let ws = rustix::termios::tcgetwinsize(std::io::stderr()).ok()?;
@@ -31,7 +38,8 @@ pub fn terminal_size() -> Option<(usize, usize)> {
 }
 
 pub struct Tty {
-    width: Option<usize>,
+    /// Fixed (columns, rows; 0 = no height limit) for tests, else the terminal's size.
+    size: Option<(usize, usize)>,
     /// Lines of the frame currently on screen.
     drawn: usize,
     dirty: bool,
@@ -42,9 +50,9 @@ pub struct Tty {
 }
 
 impl Tty {
-    pub fn new(width: Option<usize>) -> Self {
+    pub fn new(size: Option<(usize, usize)>) -> Self {
         Tty {
-            width,
+            size,
             drawn: 0,
             dirty: true,
             warnings: Vec::new(),
@@ -54,20 +62,30 @@ impl Tty {
     }
 
     fn redraw(&mut self, t: &Tracker, outcome: Option<&Outcome>, out: &mut dyn Write) {
-        // A fixed width (tests) means a fixed-size screen: no height limit.
-        let (width, height) = match self.width {
-            Some(w) => (w, 0),
+        let (width, height) = match self.size {
+            Some(s) => s,
             None => terminal_size().unwrap_or((80, 0)),
         };
         let mut lines = frame(t, width, outcome, self.color);
-        fit_height(&mut lines, height);
+        if outcome.is_none() {
+            // the last frame is written whole: what scrolls off stays in the scrollback once
+            fit_height(&mut lines, height);
+        }
         let mut s = String::new();
         if self.drawn > 0 {
-            s.push_str(&format!("\x1b[{}A\r\x1b[J", self.drawn));
+            s.push_str(&format!("\x1b[{}A\r", self.drawn));
         }
         for l in &lines {
+            // erase the old line, then write: an erase after a full-width line would take its
+            // last character (the cursor waits on the last column)
+            s.push_str("\x1b[2K");
             s.push_str(l);
             s.push('\n');
+        }
+        if self.drawn > lines.len() {
+            // rows of the previous, taller frame; the cursor is below the new frame's first
+            // line, never at the home position
+            s.push_str("\x1b[J");
         }
         let _ = out.write_all(s.as_bytes());
         let _ = out.flush();
@@ -94,6 +112,14 @@ fn paint(color: bool, code: &str, s: String) -> String {
     }
 }
 
+/// A step's output line as the frame may show it: control characters (escape sequences that
+/// would move the cursor, clear the screen or change the frame's height) become `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Cut `s` to at most `width` characters.
 fn cut(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -116,6 +142,7 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
         .count();
     let state = match outcome {
         Some(o) if o.ok => " FINISHED",
+        Some(o) if o.cancelled => " CANCELED",
         Some(_) => " FAILED",
         None => "",
     };
@@ -144,11 +171,35 @@ pub fn frame(t: &Tracker, width: usize, outcome: Option<&Outcome>, color: bool) 
             code,
             format!("{left}{}{time}", " ".repeat(pad)),
         ));
+        if v.status == Status::Running {
+            // byte progress of the step's transfers (the last few), BuildKit's statuses
+            let skip = v.transfers.len().saturating_sub(TRANSFER_LINES);
+            for x in v.transfers.iter().skip(skip) {
+                let (detail, secs) = if x.done {
+                    let took = x
+                        .completed_at
+                        .and_then(|c| c.duration_since(x.started_at).ok());
+                    (" done".to_string(), took)
+                } else {
+                    (
+                        format!(" {}/s", crate::images::human_size(x.rate() as u64)),
+                        Some(x.started.elapsed()),
+                    )
+                };
+                let time = format!("{:.1}s", secs.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+                let left = cut(
+                    &format!(" => => {}{detail}", x.text()),
+                    width - time.len() - 1,
+                );
+                let pad = width - left.chars().count() - time.len();
+                lines.push(format!("{left}{}{time}", " ".repeat(pad)));
+            }
+        }
         let show_logs = matches!(v.status, Status::Running | Status::Error(_));
         if show_logs {
             let skip = v.lines.len().saturating_sub(LOG_LINES);
             for l in v.lines.iter().skip(skip) {
-                lines.push(cut(&format!(" => => # {l}"), width));
+                lines.push(cut(&format!(" => => # {}", printable(l)), width));
             }
         }
     }
@@ -163,8 +214,10 @@ impl Render for Tty {
             | Change::Done(_)
             | Change::Error { .. }
             | Change::Cancelled(_) => self.redraw(t, None, out),
-            Change::Line { .. } | Change::Chunk { .. } => self.dirty = true,
-            Change::Warning(w) => self.warnings.push(w.to_string()),
+            Change::Line { .. } | Change::Chunk { .. } | Change::Transfer { .. } => {
+                self.dirty = true
+            }
+            Change::Warning(w) => self.warnings.push(w.text.to_string()),
             Change::Explain { v, reason } => {
                 let vx = &t.vertices[*v];
                 self.explains
@@ -207,25 +260,6 @@ impl Render for Tty {
         }
         for e in &self.explains {
             s.push_str(&format!("EXPLAIN {e}\n"));
-        }
-        // The full output of failed steps: the frame only showed its last lines.
-        for v in t.vertices.iter() {
-            if let Status::Error(_) = v.status {
-                if v.lines.len() > LOG_LINES || v.dropped > 0 {
-                    s.push_str(&format!("------\n > output of {}:\n", v.name));
-                    if v.dropped > 0 {
-                        s.push_str(&format!(
-                            "[{} earlier lines not kept; --progress=plain shows all output]\n",
-                            v.dropped
-                        ));
-                    }
-                    for l in &v.lines {
-                        s.push_str(l);
-                        s.push('\n');
-                    }
-                    s.push_str("------\n");
-                }
-            }
         }
         let _ = out.write_all(s.as_bytes());
     }
@@ -336,7 +370,7 @@ mod tests {
             vertex: 1,
             message: "[s 1/1] RUN make: exit code 2".into(),
         });
-        r.warning("Dockerfile:1: something odd");
+        r.warning_at("Dockerfile", 1, 1, "something odd");
         r.finish(&Outcome::default());
         let out = buf.text();
         let last = &out[out.rfind("[+] Building").unwrap()..];
@@ -351,10 +385,303 @@ mod tests {
             last.contains("WARNING: Dockerfile:1: something odd"),
             "{last}"
         );
-        // the whole output of the failed step follows the frame
+        // the frame's last lines are all the live view prints of it: the error report
+        // after it shows the tail (not the whole output a second time)
+        assert!(!last.contains("l1\n"), "{last}");
+    }
+
+    /// A terminal model: vt100's screen and scrollback, plus tmux's rule that an erase below
+    /// the cursor at the home position moves the screen into the scrollback
+    /// (`scroll-on-clear`), which vt100 does not do.
+    struct Term {
+        parser: vt100::Parser,
+        tmux_history: usize,
+    }
+
+    impl Term {
+        fn new(rows: u16, cols: u16) -> Term {
+            let nz = |n: u16| std::num::NonZeroU16::new(n).unwrap();
+            Term {
+                parser: vt100::Parser::new(nz(rows), nz(cols), 100_000),
+                tmux_history: 0,
+            }
+        }
+
+        fn feed(&mut self, bytes: &[u8]) {
+            // the tty driver turns LF into CR LF (ONLCR)
+            let mut cooked = Vec::with_capacity(bytes.len());
+            for &b in bytes {
+                if b == b'\n' {
+                    cooked.push(b'\r');
+                }
+                cooked.push(b);
+            }
+            let ed = b"\x1b[J";
+            let mut rest = &cooked[..];
+            while let Some(i) = rest.windows(ed.len()).position(|w| w == ed) {
+                self.parser.process(&rest[..i]);
+                if self.parser.screen().cursor_position() == (0, 0) {
+                    let used = self
+                        .parser
+                        .screen()
+                        .rows(0, 200)
+                        .enumerate()
+                        .filter(|(_, r)| !r.trim().is_empty())
+                        .map(|(n, _)| n + 1)
+                        .max()
+                        .unwrap_or(0);
+                    self.tmux_history += used;
+                }
+                self.parser.process(ed);
+                rest = &rest[i + ed.len()..];
+            }
+            self.parser.process(rest);
+        }
+
+        fn scrollback(&self) -> usize {
+            self.parser.screen().scrollback_len() + self.tmux_history
+        }
+
+        fn screen(&self) -> Vec<String> {
+            self.parser
+                .screen()
+                .rows(0, 200)
+                .map(|r| r.trim_end().to_string())
+                .collect()
+        }
+    }
+
+    /// A build of `steps` RUN steps with 10 output lines each, the live view ticking between
+    /// lines, drawn on a `rows`-row terminal that starts empty (as after `clear`).
+    fn build_on_screen(steps: usize, rows: u16, fail_last: bool) -> (Term, String) {
+        let buf = Buf::default();
+        let r = Reporter::with_screen(Mode::Tty, Box::new(buf.clone()), Some((80, rows.into())));
+        r.note("[internal] load build definition from Dockerfile");
+        for v in 0..steps {
+            r.event(Event::Started {
+                vertex: v,
+                name: format!("[{}/{steps}] RUN step {v}", v + 1),
+            });
+            for l in 0..10 {
+                r.event(Event::Log {
+                    vertex: v,
+                    stderr: false,
+                    data: format!("step {v} line {l}\n").into_bytes(),
+                });
+                r.tick_now();
+            }
+            if fail_last && v + 1 == steps {
+                r.event(Event::Failed {
+                    vertex: v,
+                    message: "exit code 1".into(),
+                });
+            } else {
+                r.event(Event::Done {
+                    vertex: v,
+                    seconds: 0.1,
+                });
+            }
+        }
+        r.finish(&Outcome {
+            ok: !fail_last,
+            ..Default::default()
+        });
+        let bytes = buf.0.lock().unwrap().clone();
+        let mut term = Term::new(rows, 80);
+        term.feed(&bytes);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        (term, text)
+    }
+
+    #[test]
+    fn redraws_from_the_first_row_leave_nothing_in_the_scrollback() {
+        // 12 steps: the final frame (13 lines) and the summary fit on 24 rows
+        let (term, _) = build_on_screen(12, 24, false);
+        assert_eq!(term.scrollback(), 0, "{:#?}", term.screen());
+        let screen = term.screen();
+        assert!(screen[0].starts_with("[+] Building") && screen[0].ends_with("(13/13) FINISHED"));
         assert!(
-            last.contains("------\n > output of [s 1/1] RUN make:\nl1\nl2\n"),
-            "{last}"
+            screen[13].starts_with(" => [12/12] RUN step 11"),
+            "{screen:#?}"
+        );
+        assert!(screen[14].starts_with("Built in "), "{screen:#?}");
+        assert!(!screen.iter().any(|l| l.contains("=> => #")), "{screen:#?}");
+    }
+
+    #[test]
+    fn a_frame_taller_than_the_screen_scrolls_once_at_the_end() {
+        // 40 steps on 24 rows: frames are cut to the screen while running; the final frame
+        // (41 lines + summary) scrolls its top into the scrollback exactly once
+        let (term, _) = build_on_screen(40, 24, false);
+        let final_lines = 1 + 41 + 1;
+        let bound = final_lines - 24 + 1;
+        assert!(
+            term.scrollback() <= bound,
+            "scrollback {} lines, final output {final_lines}",
+            term.scrollback()
+        );
+        let screen = term.screen();
+        assert!(
+            screen
+                .iter()
+                .any(|l| l.starts_with(" => [40/40] RUN step 39")),
+            "{screen:#?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_steps_output_is_shown_once() {
+        let (term, text) = build_on_screen(2, 40, true);
+        let screen = term.screen();
+        assert!(screen[0].ends_with("FAILED"), "{screen:#?}");
+        assert!(screen
+            .iter()
+            .any(|l| l.starts_with(" => ERROR [2/2] RUN step 1")));
+        // the frame keeps the last 6 lines; nothing repeats them after the frame
+        let after: Vec<&String> = screen
+            .iter()
+            .skip_while(|l| !l.contains("ERROR [2/2]"))
+            .collect();
+        let shown = after.iter().filter(|l| l.contains("step 1 line")).count();
+        assert_eq!(shown, LOG_LINES, "{screen:#?}");
+        assert!(!text.contains("output of [2/2]"), "{text}");
+    }
+
+    #[test]
+    fn ctrl_c_marks_running_steps_canceled_in_the_last_frame() {
+        let buf = Buf::default();
+        let r = Reporter::with_screen(Mode::Tty, Box::new(buf.clone()), Some((80, 24)));
+        r.event(Event::Cached {
+            vertex: 0,
+            name: "[1/3] FROM busybox".into(),
+        });
+        for v in 1..3 {
+            r.event(Event::Started {
+                vertex: v,
+                name: format!("[{}/3] RUN sleep {v}", v + 1),
+            });
+        }
+        r.event(Event::Log {
+            vertex: 1,
+            stderr: false,
+            data: b"working\n".to_vec(),
+        });
+        r.tick_now();
+        (r.canceller())();
+        // events after the cancel (steps killed) and the build's own finish change nothing
+        r.event(Event::Cancelled { vertex: 1 });
+        r.finish(&Outcome::default());
+        let mut term = Term::new(24, 80);
+        term.feed(&buf.0.lock().unwrap());
+        let screen = term.screen();
+        assert!(
+            screen[0].ends_with("(1/3) CANCELED") || screen[0].ends_with("(3/3) CANCELED"),
+            "{screen:#?}"
+        );
+        assert!(
+            screen[1].starts_with(" => CACHED [1/3] FROM busybox"),
+            "{screen:#?}"
+        );
+        assert!(
+            screen[2].starts_with(" => CANCELED [2/3] RUN sleep 1"),
+            "{screen:#?}"
+        );
+        assert!(
+            screen[3].starts_with(" => CANCELED [3/3] RUN sleep 2"),
+            "{screen:#?}"
+        );
+        assert_eq!(
+            screen
+                .iter()
+                .filter(|l| l.starts_with("[+] Building"))
+                .count(),
+            1,
+            "{screen:#?}"
+        );
+        assert_eq!(term.scrollback(), 0);
+    }
+
+    #[test]
+    fn a_pulling_step_shows_each_layers_bytes_and_rate() {
+        let buf = Buf::default();
+        let r = Reporter::with_screen(Mode::Tty, Box::new(buf.clone()), Some((100, 24)));
+        r.event(Event::Started {
+            vertex: 0,
+            name: "[1/2] FROM big".into(),
+        });
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for (current, done) in [(0, false), (31_400_000, false), (95_000_000, true)] {
+            r.event(Event::Transfer {
+                vertex: 0,
+                id: digest.clone(),
+                action: "downloading",
+                current,
+                total: 95_000_000,
+                done,
+            });
+        }
+        r.event(Event::Transfer {
+            vertex: 0,
+            id: format!("sha256:{}", "cd".repeat(32)),
+            action: "downloading",
+            current: 1_000_000,
+            total: 2_000_000,
+            done: false,
+        });
+        r.tick_now();
+        let mut term = Term::new(24, 100);
+        term.feed(&buf.0.lock().unwrap());
+        let screen = term.screen();
+        let layer = screen
+            .iter()
+            .find(|l| l.starts_with(" => => sha256:abababababab 95MB / 95MB done"))
+            .unwrap_or_else(|| panic!("{screen:#?}"));
+        assert!(layer.ends_with('s'), "{layer}");
+        let running = screen
+            .iter()
+            .find(|l| l.starts_with(" => => sha256:cdcdcdcdcdcd 1MB / 2MB "))
+            .unwrap_or_else(|| panic!("{screen:#?}"));
+        assert!(running.contains("B/s"), "a rate: {running}");
+        r.event(Event::Done {
+            vertex: 0,
+            seconds: 1.0,
+        });
+        r.finish(&Outcome {
+            ok: true,
+            ..Default::default()
+        });
+        let mut term = Term::new(24, 100);
+        term.feed(&buf.0.lock().unwrap());
+        assert!(
+            !term.screen().iter().any(|l| l.contains("sha256:abab")),
+            "a finished step collapses: {:#?}",
+            term.screen()
+        );
+    }
+
+    #[test]
+    fn a_steps_escape_sequences_cannot_clear_the_screen_or_move_the_frame() {
+        let buf = Buf::default();
+        let r = Reporter::with_screen(Mode::Tty, Box::new(buf.clone()), Some((80, 24)));
+        r.event(Event::Started {
+            vertex: 0,
+            name: "[1/1] RUN evil".into(),
+        });
+        r.event(Event::Log {
+            vertex: 0,
+            stderr: false,
+            data: b"\x1b[2J\x1b[3J\x1b[Hwiped\x1b[10Bdown\x07\r\n".to_vec(),
+        });
+        r.tick_now();
+        let mut term = Term::new(24, 80);
+        term.feed(b"kept above\r\n");
+        term.feed(&buf.0.lock().unwrap());
+        let screen = term.screen();
+        assert_eq!(screen[0], "kept above", "{screen:#?}");
+        assert!(screen[1].starts_with("[+] Building"), "{screen:#?}");
+        assert!(
+            screen[3].starts_with(" => => # ?[2J?[3J?[Hwiped?[10Bdown?"),
+            "{screen:#?}"
         );
     }
 }

@@ -212,7 +212,7 @@ pub(crate) fn parse_chmod(s: &str, line: u32) -> Result<Chmod, FrontendError> {
 }
 
 /// Go-style duration ("30s", "1m30s", "500ms") to nanoseconds.
-pub(crate) fn parse_duration(s: &str) -> Option<u64> {
+pub fn parse_duration(s: &str) -> Option<u64> {
     if s == "0" {
         return Some(0);
     }
