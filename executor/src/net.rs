@@ -19,8 +19,8 @@
 //! or netfilter, and `/proc/sys` is read-only.
 //!
 //! `/etc/resolv.conf` of such a step lists the host's non-local name servers (reached through
-//! the NAT, like Docker's bridge network), not slirp's forwarder: a forwarder would relay to a
-//! host resolver on 127.0.0.x (systemd-resolved, dnsmasq) on any port.
+//! the NAT, like Docker's bridge network), not slirp's forwarder (`--disable-dns`): the step
+//! must not depend on a path to a host resolver on 127.0.0.x (systemd-resolved, dnsmasq).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
