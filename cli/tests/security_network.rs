@@ -172,7 +172,10 @@ impl Drop for TestNet {
 #[derive(Clone, Copy, Debug)]
 enum Who {
     Root,
+    /// `rbuild-test`: subordinate id ranges.
     Rootless,
+    /// `rbuild-nosub`: a single-id map.
+    RootlessSingle,
 }
 
 /// A project run by `who` with `runtime` inside a test namespace.
@@ -199,6 +202,7 @@ impl Case {
         let user = match who {
             Who::Root => None,
             Who::Rootless => Some(common::test_user(common::RANGED_USER)),
+            Who::RootlessSingle => Some(common::test_user(common::SINGLE_USER)),
         };
         let c = Case {
             who,
@@ -510,6 +514,11 @@ fn default_network_is_isolated_builtin_rootless() {
 #[test]
 fn default_network_is_isolated_runc_rootless() {
     check(Who::Rootless, "runc");
+}
+
+#[test]
+fn default_network_is_isolated_builtin_rootless_single_id_map() {
+    check(Who::RootlessSingle, "builtin");
 }
 
 /// Without slirp4netns the default network fails with the fix; it never falls back to the host.
