@@ -384,6 +384,23 @@ fn check(who: Who, runtime: &'static str) {
         "{ctx}: the name server got no query"
     );
 
+    // Raw frames on tap0 could name 127.0.0.1 and make slirp4netns connect there (it does:
+    // see docs/sandbox.md): no packet or raw IP socket on the default network.
+    let raw = "FROM busybox\nRUN grep -E '^Cap(Eff|Bnd)' /proc/self/status; \
+               arping -c 1 -w 1 -I tap0 10.0.2.2 2>&1 | tail -1; \
+               ping -c 1 -W 1 127.0.0.1 2>&1 | tail -1; true\n";
+    let out = case.build(raw, &[]);
+    let all = text(&out);
+    assert!(
+        all.contains("CapEff:\t00000000a80405fb") && all.contains("CapBnd:\t00000000a80405fb"),
+        "{ctx}: CAP_NET_RAW on the default network: {all}"
+    );
+    assert!(
+        all.contains("arping: socket: Operation not permitted")
+            && all.contains("ping: permission denied"),
+        "{ctx}: raw sockets on the default network: {all}"
+    );
+
     // --network=default is the same
     let out = case.build(PROBE, &["--network=default"]);
     let p = probes(&out);
