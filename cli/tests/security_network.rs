@@ -33,8 +33,10 @@ const LO: &str = "127.0.0.1:7002";
 /// A network namespace with the test servers.
 struct TestNet {
     name: String,
-    /// DNS queries the stub received.
+    /// DNS queries the stub on 192.0.2.1 received.
     dns_queries: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// DNS queries a stub on the namespace's 127.0.0.1:53 received (a host-local resolver).
+    lo_dns_queries: Arc<Mutex<Vec<Vec<u8>>>>,
     /// The namespace's resolv.conf (bound over `/etc/resolv.conf` for the commands run in it).
     resolv: PathBuf,
 }
@@ -49,7 +51,8 @@ fn ip(args: &[&str]) {
 }
 
 impl TestNet {
-    fn new() -> TestNet {
+    /// A namespace whose `/etc/resolv.conf` is `resolv`.
+    fn new(resolv: &str) -> TestNet {
         common::require_tools(&["ip", "slirp4netns", "setpriv"]);
         let name = format!(
             "rbnet-{}-{}",
@@ -60,6 +63,7 @@ impl TestNet {
         let net = TestNet {
             name: name.clone(),
             dns_queries: Arc::default(),
+            lo_dns_queries: Arc::default(),
             resolv: std::env::temp_dir().join(format!("{name}.resolv.conf")),
         };
         ip(&["-n", &name, "link", "set", "lo", "up"]);
@@ -70,10 +74,11 @@ impl TestNet {
         ip(&["-n", &name, "addr", "add", "192.0.2.1/24", "dev", "v0"]);
         ip(&["-n", &name, "link", "set", "v0", "up"]);
         ip(&["-n", &name, "link", "set", "v1", "up"]);
-        std::fs::write(&net.resolv, "nameserver 192.0.2.1\n").unwrap();
+        std::fs::write(&net.resolv, resolv).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let ns_path = format!("/run/netns/{name}");
         let queries = net.dns_queries.clone();
+        let lo_queries = net.lo_dns_queries.clone();
         std::thread::spawn(move || {
             // Network namespaces are per thread: these sockets live in the test namespace.
             let ns = std::fs::File::open(&ns_path).unwrap();
@@ -85,7 +90,14 @@ impl TestNet {
             let ext = TcpListener::bind(EXT).unwrap();
             let lo = TcpListener::bind(LO).unwrap();
             let dns = UdpSocket::bind("192.0.2.1:53").unwrap();
+            let lo_dns = UdpSocket::bind("127.0.0.1:53").unwrap();
             tx.send(()).unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while let Ok((n, _)) = lo_dns.recv_from(&mut buf) {
+                    lo_queries.lock().unwrap().push(buf[..n].to_vec());
+                }
+            });
             for (l, answer) in [(ext, "EXT-OK\n"), (lo, "LO-OK\n")] {
                 std::thread::spawn(move || {
                     for mut c in l.incoming().flatten() {
@@ -160,7 +172,10 @@ impl Drop for TestNet {
 #[derive(Clone, Copy, Debug)]
 enum Who {
     Root,
+    /// `rbuild-test`: subordinate id ranges.
     Rootless,
+    /// `rbuild-nosub`: a single-id map.
+    RootlessSingle,
 }
 
 /// A project run by `who` with `runtime` inside a test namespace.
@@ -176,6 +191,10 @@ struct Case {
 
 impl Case {
     fn new(who: Who, runtime: &'static str) -> Case {
+        Case::with_resolv(who, runtime, "nameserver 192.0.2.1\n")
+    }
+
+    fn with_resolv(who: Who, runtime: &'static str, resolv: &str) -> Case {
         common::require_env();
         if runtime == "runc" {
             common::require_tools(&["runc"]);
@@ -183,6 +202,7 @@ impl Case {
         let user = match who {
             Who::Root => None,
             Who::Rootless => Some(common::test_user(common::RANGED_USER)),
+            Who::RootlessSingle => Some(common::test_user(common::SINGLE_USER)),
         };
         let c = Case {
             who,
@@ -190,7 +210,7 @@ impl Case {
             user,
             dir: tempfile::tempdir().unwrap(),
             store: tempfile::tempdir().unwrap(),
-            net: TestNet::new(),
+            net: TestNet::new(resolv),
             mark: format!(
                 "{}-{}",
                 std::process::id(),
@@ -364,6 +384,23 @@ fn check(who: Who, runtime: &'static str) {
         "{ctx}: the name server got no query"
     );
 
+    // Raw frames on tap0 could name 127.0.0.1 and make slirp4netns connect there (it does:
+    // see docs/sandbox.md): no packet or raw IP socket on the default network.
+    let raw = "FROM busybox\nRUN grep -E '^Cap(Eff|Bnd)' /proc/self/status; \
+               arping -c 1 -w 1 -I tap0 10.0.2.2 2>&1 | tail -1; \
+               ping -c 1 -W 1 127.0.0.1 2>&1 | tail -1; true\n";
+    let out = case.build(raw, &[]);
+    let all = text(&out);
+    assert!(
+        all.contains("CapEff:\t00000000a80405fb") && all.contains("CapBnd:\t00000000a80405fb"),
+        "{ctx}: CAP_NET_RAW on the default network: {all}"
+    );
+    assert!(
+        all.contains("arping: socket: Operation not permitted")
+            && all.contains("ping: permission denied"),
+        "{ctx}: raw sockets on the default network: {all}"
+    );
+
     // --network=default is the same
     let out = case.build(PROBE, &["--network=default"]);
     let p = probes(&out);
@@ -496,6 +533,11 @@ fn default_network_is_isolated_runc_rootless() {
     check(Who::Rootless, "runc");
 }
 
+#[test]
+fn default_network_is_isolated_builtin_rootless_single_id_map() {
+    check(Who::RootlessSingle, "builtin");
+}
+
 /// Without slirp4netns the default network fails with the fix; it never falls back to the host.
 #[test]
 fn missing_nat_fails_with_the_fix_never_the_host_network() {
@@ -524,5 +566,33 @@ fn missing_nat_fails_with_the_fix_never_the_host_network() {
         );
         assert!(!all.contains("EXT-OK") && !all.contains("LO-OK"), "{all}");
         case.assert_no_leftovers();
+    }
+}
+
+/// A host whose resolver listens on its loopback (systemd-resolved, dnsmasq): the default
+/// network neither lists it nor reaches it, through slirp's DNS address or otherwise.
+#[test]
+fn a_loopback_resolver_of_the_host_stays_unreachable() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (who, runtime) in [(Who::Root, "builtin"), (Who::Rootless, "runc")] {
+        let case = Case::with_resolv(who, runtime, "nameserver 127.0.0.1\n");
+        let out = case.build(
+            "FROM busybox\nRUN grep nameserver /etc/resolv.conf; \
+             nslookup -timeout=2 probe.rbuild.test 10.0.2.3 2>&1; \
+             nslookup -timeout=2 probe.rbuild.test 10.0.2.2 2>&1; \
+             echo | nc -w 3 10.0.2.3 7002 2>&1; echo | nc -w 3 10.0.2.2 7002 2>&1; true\n",
+            &[],
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{who:?}/{runtime}: {all}");
+        assert!(
+            !all.contains("nameserver 127.") && all.contains("nameserver "),
+            "{who:?}/{runtime}: resolv.conf: {all}"
+        );
+        assert!(!all.contains("LO-OK"), "{who:?}/{runtime}: {all}");
+        assert!(
+            case.net.lo_dns_queries.lock().unwrap().is_empty(),
+            "{who:?}/{runtime}: the host's loopback resolver got a query: {all}"
+        );
     }
 }

@@ -16,11 +16,12 @@
 //! so its namespace is thrown away afterwards, as is one whose holder or slirp4netns died. The
 //! step's processes are all dead when it ends (pid namespace), so no socket or process of one
 //! step survives into the next; without `CAP_NET_ADMIN` a step cannot change interfaces, routes
-//! or netfilter, and `/proc/sys` is read-only.
+//! or netfilter, and `/proc/sys` is read-only. Steps here also lose `CAP_NET_RAW`
+//! ([`step_caps`]): raw frames could make slirp4netns connect to the host's 127.0.0.1.
 //!
 //! `/etc/resolv.conf` of such a step lists the host's non-local name servers (reached through
-//! the NAT, like Docker's bridge network), not slirp's forwarder: a forwarder would relay to a
-//! host resolver on 127.0.0.x (systemd-resolved, dnsmasq) on any port.
+//! the NAT, like Docker's bridge network), not slirp's forwarder (`--disable-dns`): the step
+//! must not depend on a path to a host resolver on 127.0.0.x (systemd-resolved, dnsmasq).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -30,10 +31,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::pipe::{pipe_with, PipeFlags};
-use rustix::thread::UnshareFlags;
+use rustix::thread::{CapabilitySet, UnshareFlags};
 
 use crate::error::ExecutorError;
-use crate::{sys, Helper};
+use crate::{sys, Helper, Network};
 
 /// Last argument that makes the helper binary hold a network namespace (see the module doc).
 pub const NETNS_ARG: &str = "__rbuild-netns";
@@ -75,6 +76,9 @@ fn hold() -> Result<(), ExecutorError> {
     sys::unshare(UnshareFlags::NEWNET)
         .map_err(|e| ExecutorError::sys("unshare(CLONE_NEWNET)", "", e))?;
     sys::loopback_up().map_err(|e| ExecutorError::sys("bring loopback up", "lo", e))?;
+    // Steps here have no CAP_NET_RAW (see `step_caps`): let every group use ICMP datagram
+    // sockets (ping), as Docker does. Best effort (a kernel without the knob).
+    let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
     // The terminal's Ctrl-C reaches the whole process group: rbuild decides when we end.
     sys::ignore_terminal_interrupts();
     let mut out = std::io::stdout();
@@ -91,6 +95,21 @@ fn hold() -> Result<(), ExecutorError> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Ok(()),
         }
+    }
+}
+
+/// The capabilities of a (non-insecure) step on `network`: Docker's default set, without
+/// `CAP_NET_RAW` on the isolated network. A user-space NAT is not a kernel: slirp4netns
+/// connects to whatever address a TCP SYN names, and a raw frame written to `tap0` (packet
+/// socket, or a raw IP socket with `IP_HDRINCL`) can name 127.0.0.1 — past
+/// `--disable-host-loopback`, which only guards slirp's 10.0.2.2 alias. (A veth into the host
+/// kernel, BuildKit's bridge, drops such martian packets.) Ping still works through ICMP
+/// datagram sockets (`ping_group_range`, set by the holder).
+pub(crate) fn step_caps(network: Network) -> CapabilitySet {
+    let caps = crate::sandbox::default_caps();
+    match network {
+        Network::Isolated => caps - CapabilitySet::NET_RAW,
+        Network::Host | Network::None => caps,
     }
 }
 

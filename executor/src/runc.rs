@@ -24,8 +24,7 @@ use crate::mounts::make_rprivate;
 use crate::private::PrivateTmp;
 use crate::protocol::HelperReport;
 use crate::sandbox::{
-    default_caps, err, mount_rootfs, prepare_source, rlimit_resource, shm_options, Source, Stubs,
-    MASKED,
+    err, mount_rootfs, prepare_source, rlimit_resource, shm_options, Source, Stubs, MASKED,
 };
 use crate::{seccomp, sys, user, ExecSpec, ExitStatus, Network, Security};
 
@@ -260,7 +259,7 @@ fn prepare_and_run(
             .permitted
             .bits()
     } else {
-        default_caps().bits()
+        crate::net::step_caps(spec.network).bits()
     };
     let set = caps(mask);
     let user_caps = if creds.uid == 0 {
@@ -538,7 +537,7 @@ mod tests {
 
     #[test]
     fn capability_names_parse() {
-        let set = caps(default_caps().bits());
+        let set = caps(crate::sandbox::default_caps().bits());
         assert_eq!(set.len(), 14);
         assert!(set.contains(&Capability::Chown) && set.contains(&Capability::NetRaw));
         assert!(!set.contains(&Capability::SysAdmin));

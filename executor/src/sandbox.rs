@@ -242,7 +242,7 @@ fn setup(
 
     // Before dropping privileges: raising a hard limit needs CAP_SYS_RESOURCE.
     apply_rlimits(&spec.rlimits)?;
-    drop_privileges(&creds, insecure)?;
+    drop_privileges(&creds, insecure, spec.network)?;
     rustix::process::chdir(cwd).map_err(|e| err("chdir", cwd, e))?;
 
     let program = &spec.args[0];
@@ -602,7 +602,11 @@ fn protect_proc() -> Result<(), ExecutorError> {
     Ok(())
 }
 
-fn drop_privileges(creds: &user::Credentials, insecure: bool) -> Result<(), ExecutorError> {
+fn drop_privileges(
+    creds: &user::Credentials,
+    insecure: bool,
+    network: Network,
+) -> Result<(), ExecutorError> {
     use rustix::thread::{
         clear_ambient_capability_set, remove_capability_from_bounding_set, set_capabilities,
         set_no_new_privs, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
@@ -622,7 +626,7 @@ fn drop_privileges(creds: &user::Credentials, insecure: bool) -> Result<(), Exec
             .map_err(|e| err("capget", "", e))?
             .permitted
     } else {
-        default_caps()
+        crate::net::step_caps(network)
     };
     for bit in 0..=last {
         let cap = CapabilitySet::from_bits_retain(1u64 << bit);
