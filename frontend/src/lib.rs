@@ -17,7 +17,7 @@ mod util;
 use std::collections::BTreeMap;
 
 pub use error::FrontendError;
-pub use lower::parse_duration as parse_go_duration;
+pub use lower::flags::parse_duration as parse_go_duration;
 pub use rbuild_graph::{ImageConfig, Platform};
 pub use util::suggest;
 
