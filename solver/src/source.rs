@@ -2,8 +2,10 @@
 //!
 //! Resolution (tag → manifest digest + config) is remembered in the store (`meta` namespace
 //! `resolve`), so a rebuild needs no registry round-trip unless `--pull` asks for one. Pulled
-//! layers are fetched into the content store (digest-verified by the registry client) and
-//! unpacked into one snapshot per layer; a layer already unpacked (same diff id) is reused.
+//! layers are fetched into the content store (digest and size verified by the registry client)
+//! and unpacked into one snapshot per layer, the uncompressed stream hashed on the way and
+//! checked against the config's diff_id (a mismatch removes the snapshot and records nothing);
+//! a layer already unpacked (same, verified, diff id) is reused.
 
 use std::sync::Mutex;
 
@@ -218,7 +220,15 @@ impl Solver {
             })?;
         let snap = store.new_snapshot()?;
         let file = store.open_blob(&desc.digest)?;
-        if let Err(e) = rbuild_oci::apply_layer(std::io::BufReader::new(file), &snap.fs) {
+        // The uncompressed stream is checked against the config's diff_id while it is applied:
+        // a layer is shared by diff_id with every other image, so a false claim must never be
+        // recorded (docker refuses the same way).
+        if let Err(e) = rbuild_oci::apply_layer_verified(
+            std::io::BufReader::new(file),
+            &snap.fs,
+            &desc.digest,
+            diff_id,
+        ) {
             let _ = store.remove_snapshot(&snap.id);
             return Err(e.into());
         }
