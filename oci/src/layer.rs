@@ -144,22 +144,19 @@ fn is_tar_header(h: &[u8]) -> bool {
     sum == stored
 }
 
-fn extract_mode(
-    blob: impl Read,
-    dest: &Path,
-    whiteouts: bool,
-    expect: Option<(&str, &str)>,
-) -> Result<(), OciError> {
+/// The uncompressed stream of a layer blob, its compression recognised by content (gzip,
+/// zstd, or none; bzip2/xz are refused).
+fn decompress_sniffed<'a>(blob: impl Read + 'a, what: &Path) -> Result<Box<dyn Read + 'a>, OciError> {
     let mut buffered = BufReader::with_capacity(128 * 1024, blob);
     let magic = buffered
         .fill_buf()
-        .map_err(OciError::io("read layer for", dest))?;
-    let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        .map_err(OciError::io("read layer for", what))?;
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(buffered))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(
             zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(OciError::io("read zstd layer for", dest))?,
+                .map_err(OciError::io("read zstd layer for", what))?,
         )
     } else if magic.starts_with(b"BZh") {
         return Err(OciError::UnsupportedCompression("bzip2".into()));
@@ -167,7 +164,23 @@ fn extract_mode(
         return Err(OciError::UnsupportedCompression("xz".into()));
     } else {
         Box::new(buffered)
-    };
+    })
+}
+
+/// The diff_id (sha256 of the uncompressed tar) of a layer blob, compression by content.
+pub fn layer_diff_id(blob: impl Read, what: &Path) -> Result<String, OciError> {
+    let r = crate::digest::HashingReader::new(decompress_sniffed(blob, what)?);
+    let (d, _) = r.finish().map_err(OciError::io("read layer", what))?;
+    Ok(d)
+}
+
+fn extract_mode(
+    blob: impl Read,
+    dest: &Path,
+    whiteouts: bool,
+    expect: Option<(&str, &str)>,
+) -> Result<(), OciError> {
+    let reader = decompress_sniffed(blob, dest)?;
     let root = rustix::fs::open(
         dest,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,

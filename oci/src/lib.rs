@@ -29,7 +29,7 @@ pub use export::{
 };
 pub use image_store::ImageStore;
 pub use layer::{
-    apply_layer, apply_layer_verified, archive_kind, device_marker_of, user_xattrs, extract_archive, write_layer, ArchiveKind,
+    apply_layer, apply_layer_verified, archive_kind, device_marker_of, layer_diff_id, user_xattrs, extract_archive, write_layer, ArchiveKind,
     LayerOpts,
 };
 pub use reference::Reference;
