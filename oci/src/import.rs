@@ -44,7 +44,7 @@ const SMALL: u64 = 4 << 20;
 pub fn import_archive(store: &dyn ContentStore, src: impl Read) -> Result<Vec<Imported>, OciError> {
     let mut files: HashMap<String, (String, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut archive = tar::Archive::new(src);
+    let mut archive = tar::Archive::new(crate::layer::TarGuard::new(src));
     let entries = archive
         .entries()
         .map_err(OciError::io("read archive", "tar"))?;

@@ -193,7 +193,7 @@ fn extract_mode(
         dir_times: Vec::new(),
         whiteouts,
     };
-    let mut archive = tar::Archive::new(crate::digest::HashingReader::new(reader));
+    let mut archive = tar::Archive::new(TarGuard::new(crate::digest::HashingReader::new(reader)));
     let entries = archive
         .entries()
         .map_err(OciError::io("read layer tar for", dest))?;
@@ -205,6 +205,7 @@ fn extract_mode(
         // The diff_id covers the whole uncompressed stream, end-of-archive blocks included.
         let (actual, _) = archive
             .into_inner()
+            .inner
             .finish()
             .map_err(OciError::io("read layer tar for", dest))?;
         if actual != diff_id {
@@ -230,6 +231,147 @@ fn extract_mode(
         rustix::fs::futimens(&fd, &times(*ts)).map_err(ex.err("set mtime", rel))?;
     }
     Ok(())
+}
+
+/// Largest extension header (PAX `x`/`g`, GNU long name/link `L`/`K`) accepted. The tar crate
+/// reads these into memory whole; Go's archive/tar has the same 1 MiB limit.
+const MAX_EXTENSION_HEADER: u64 = 1 << 20;
+
+/// A reader between the decompressor and the tar parser that follows the archive's block
+/// structure and refuses extension headers over [`MAX_EXTENSION_HEADER`], so a small
+/// compressed layer cannot make the parser allocate gigabytes. It tracks PAX `size` records,
+/// which change the length of the next entry's data.
+pub(crate) struct TarGuard<R> {
+    inner: R,
+    /// Bytes of the current header block read so far.
+    header: Vec<u8>,
+    /// Data bytes (with padding) still to pass before the next header.
+    skip: u64,
+    /// The content of the PAX header being read (to find `size`).
+    pax: Option<Vec<u8>>,
+    /// Size override for the next entry, from a PAX `size` record.
+    next_size: Option<u64>,
+    /// Past the end-of-archive block (or a structure not followed): pass bytes through.
+    done: bool,
+}
+
+impl<R: Read> TarGuard<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        TarGuard {
+            inner,
+            header: Vec::with_capacity(512),
+            skip: 0,
+            pax: None,
+            next_size: None,
+            done: false,
+        }
+    }
+
+    fn padded(n: u64) -> u64 {
+        n.div_ceil(512).saturating_mul(512)
+    }
+
+    /// A complete header block: how much data follows it. Mirrors the tar crate: every
+    /// entry's data is its size field (or the pending PAX `size`), whatever its type.
+    fn on_header(&mut self) -> io::Result<()> {
+        let h = &self.header;
+        if h.iter().all(|b| *b == 0) {
+            // End of archive: what follows is not parsed.
+            self.done = true;
+            return Ok(());
+        }
+        let kind = h[156];
+        let field = parse_tar_number(&h[124..136]).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "invalid size in tar header")
+        })?;
+        let size = self.next_size.unwrap_or(field);
+        match kind {
+            b'x' | b'g' | b'L' | b'K' if size > MAX_EXTENSION_HEADER => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "tar extension header of {size} bytes (the limit is {MAX_EXTENSION_HEADER})"
+                    ),
+                ))
+            }
+            b'x' => self.pax = Some(Vec::with_capacity(size as usize)),
+            b'L' | b'K' => {}
+            // GNU sparse: extension blocks follow that are not headers; the entry is refused
+            // by the extractor, so stop following the structure.
+            b'S' => self.done = true,
+            _ => self.next_size = None,
+        }
+        self.skip = Self::padded(size);
+        Ok(())
+    }
+
+    fn on_pax_done(&mut self) {
+        if let Some(body) = self.pax.take() {
+            // A new PAX header replaces the previous one.
+            self.next_size = None;
+            for rec in body.split(|b| *b == b'\n') {
+                let Some(sp) = rec.iter().position(|b| *b == b' ') else { continue };
+                if let Some(v) = rec[sp + 1..].strip_prefix(b"size=") {
+                    self.next_size = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+                }
+            }
+        }
+    }
+}
+
+/// A tar numeric field: octal text, or base-256 (high bit set).
+fn parse_tar_number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut v: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(v);
+    }
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| *b != 0 && *b != b' ')
+        .collect();
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return self.inner.read(buf);
+        }
+        let want = if self.skip > 0 {
+            buf.len().min(self.skip.min(usize::MAX as u64) as usize)
+        } else {
+            buf.len().min(512 - self.header.len())
+        };
+        let n = self.inner.read(&mut buf[..want])?;
+        if self.skip > 0 {
+            if let Some(p) = self.pax.as_mut() {
+                p.extend_from_slice(&buf[..n]);
+            }
+            self.skip -= n as u64;
+            if self.skip == 0 {
+                self.on_pax_done();
+            }
+        } else {
+            self.header.extend_from_slice(&buf[..n]);
+            if self.header.len() == 512 {
+                let r = self.on_header();
+                self.header.clear();
+                r?;
+                if self.skip == 0 {
+                    self.on_pax_done();
+                }
+            }
+        }
+        Ok(n)
+    }
 }
 
 struct Extractor {
