@@ -232,7 +232,7 @@ pub fn export_rootfs(
     o: &OutputSpec,
 ) -> Result<()> {
     if o.kind == "local" {
-        crate::outputs::check_local_dest(store, &o.dest)?;
+        crate::outputs::check_local_dest(store.root(), &o.dest)?;
         return unpack_each(store, index, &PathBuf::from(&o.dest));
     }
     // One tree holding every platform's, tarred once.

@@ -270,13 +270,25 @@ pub fn write_dest_sink(dest: &str, f: impl FnOnce(ArchiveSink<'_>) -> Result<()>
             });
     }
     let dest = PathBuf::from(dest);
+    if dest.is_dir() {
+        bail!(
+            "{} is a directory: dest= of a tar or archive output names a file (or - for stdout)",
+            dest.display()
+        );
+    }
     let tmp = dest.with_file_name(format!(
         ".{}.rbuild-tmp",
         dest.file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default()
     ));
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // A stale temporary (or a symlink planted there) is removed, never followed.
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     if let Err(e) = f(ArchiveSink::File(&mut file)) {
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("exporting to {}", dest.display())));
@@ -358,15 +370,9 @@ pub fn unpack_rootfs(store: &rbuild_cache::Store, manifest: &Descriptor, dir: &P
     install_tree(tree.path(), dir)
 }
 
-/// Refuse a `type=local` destination that would write over the host's root or the store:
-/// `/` itself, the store, anything inside it or any of its parents.
-pub fn check_local_dest(store: &rbuild_cache::Store, dest: &str) -> Result<()> {
-    let flag = format!("--output type=local,dest={dest}");
-    if dest.is_empty() {
-        bail!("{flag}: dest is empty");
-    }
-    // The nearest existing ancestor, resolved, plus the components still to be created.
-    let path = std::path::absolute(dest).with_context(|| format!("{flag}: resolving the path"))?;
+/// `path` made absolute with symlinks resolved as far as it exists (the rest appended).
+fn resolve_partly(path: &Path) -> Result<PathBuf> {
+    let path = std::path::absolute(path)?;
     let mut existing = path.as_path();
     let mut rest = Vec::new();
     let resolved = loop {
@@ -377,7 +383,7 @@ pub fn check_local_dest(store: &rbuild_cache::Store, dest: &str) -> Result<()> {
                     rest.push(name.to_os_string());
                     existing = parent;
                 }
-                _ => bail!("{flag}: cannot resolve the path"),
+                _ => bail!("cannot resolve {}", path.display()),
             },
         }
     };
@@ -385,14 +391,25 @@ pub fn check_local_dest(store: &rbuild_cache::Store, dest: &str) -> Result<()> {
     for c in rest.iter().rev() {
         full.push(c);
     }
+    Ok(full)
+}
+
+/// Refuse a `type=local` destination that would write over the host's root or the store:
+/// `/` itself, the store at `store_root`, anything inside it or any of its parents.
+pub fn check_local_dest(store_root: &Path, dest: &str) -> Result<()> {
+    let flag = format!("--output type=local,dest={dest}");
+    if dest.is_empty() {
+        bail!("{flag}: dest is empty");
+    }
+    let full = resolve_partly(Path::new(dest)).with_context(|| flag.clone())?;
     if full == Path::new("/") {
         bail!(
             "{flag}: refusing to export a root filesystem onto / (it would replace host files); \
              give a new or empty directory"
         );
     }
-    let root = store.root();
-    if full.starts_with(root) || root.starts_with(&full) {
+    let root = resolve_partly(store_root).with_context(|| flag.clone())?;
+    if full.starts_with(&root) || root.starts_with(&full) {
         bail!(
             "{flag}: refusing to export into rbuild's store ({}) or a directory that holds it; \
              give a directory outside it",
@@ -717,7 +734,7 @@ pub fn export(
             })?;
         }
         "local" => {
-            check_local_dest(store, &o.dest)?;
+            check_local_dest(store.root(), &o.dest)?;
             unpack_rootfs(store, manifest, Path::new(&o.dest))?;
         }
         "tar" => {
