@@ -247,9 +247,16 @@ fn make_private_root(root: &Path) -> Result<()> {
                 None => break,
             }
         }
-        let owner = fs::metadata(at)
-            .map(|m| format!("uid {}", m.uid()))
-            .unwrap_or_else(|_| "unknown".into());
+        let overflow = fs::read_to_string("/proc/sys/kernel/overflowuid")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let owner = match fs::metadata(at) {
+            Ok(m) if crate::overlay::rootless() && Some(m.uid()) == overflow => {
+                "another user (outside this rootless user namespace)".to_string()
+            }
+            Ok(m) => format!("uid {}", m.uid()),
+            Err(_) => "unknown".into(),
+        };
         CacheError::StoreNotWritable {
             path: root.to_path_buf(),
             op,

@@ -1315,7 +1315,9 @@ impl<W: Write> LayerWriter<W> {
             } else {
                 tar::EntryType::Block
             });
-            header.set_mode(mode);
+            // A chmod after the unpack (the marker is made mode 0) is the mode that counts.
+            let own = md.mode() & 0o7777;
+            header.set_mode(if own != 0 { own } else { mode });
             header
                 .set_device_major(major)
                 .map_err(OciError::io("device number of", path))?;
