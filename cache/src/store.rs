@@ -117,7 +117,7 @@ impl Store {
                 fs::write(tmp.join("file"), b"rbuild store sentinel\n")?;
                 rustix::fs::mknodat(
                     rustix::fs::CWD,
-                    &tmp.join("whiteout"),
+                    tmp.join("whiteout"),
                     rustix::fs::FileType::CharacterDevice,
                     rustix::fs::Mode::empty(),
                     rustix::fs::makedev(0, 0),
@@ -145,7 +145,11 @@ impl Store {
         }
         match fs::symlink_metadata(&wh) {
             Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => {}
-            _ => return Err(copied("sentinel-v1/whiteout is no longer a whiteout device")),
+            _ => {
+                return Err(copied(
+                    "sentinel-v1/whiteout is no longer a whiteout device",
+                ))
+            }
         }
         let mut buf = [0u8; 4];
         match rustix::fs::lgetxattr(&opq, crate::overlay::opaque_xattr(), &mut buf) {
@@ -265,7 +269,11 @@ fn make_private_root(root: &Path) -> Result<()> {
             source: e,
         }
     };
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(root) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             return Err(not_writable("create directory", e))
@@ -278,8 +286,11 @@ fn make_private_root(root: &Path) -> Result<()> {
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
             .map_err(|e| CacheError::io("make private", root, e))?;
     }
-    if rustix::fs::access(root, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
-        .is_err()
+    if rustix::fs::access(
+        root,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .is_err()
     {
         return Err(not_writable(
             "write",

@@ -240,7 +240,11 @@ pub fn export_rootfs(
     let idx = rbuild_oci::index::read_index(store, index)?;
     for m in &idx.manifests {
         let p = m.platform.as_ref().ok_or_else(|| {
-            anyhow!("index {}: manifest {} has no platform", index.digest, m.digest)
+            anyhow!(
+                "index {}: manifest {} has no platform",
+                index.digest,
+                m.digest
+            )
         })?;
         let one = crate::outputs::rootfs_tree(store, m)?;
         let to = tree.path().join(platform_dir(p));

@@ -524,7 +524,11 @@ impl Installer {
                 let out = rustix::fs::openat(
                     dfd,
                     &name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .with_context(|| format!("creating {}", shown.display()))?;
@@ -546,28 +550,46 @@ impl Installer {
                 );
                 rustix::fs::utimensat(dfd, &name, &times(&md), AtFlags::SYMLINK_NOFOLLOW)
                     .with_context(|| format!("setting times of {}", shown.display()))?;
-            } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() || marker.is_some() {
+            } else if ft.is_char_device()
+                || ft.is_block_device()
+                || ft.is_fifo()
+                || marker.is_some()
+            {
                 let (kind, rdev, mode) = match marker {
                     Some((c, maj, min, mode)) => (
-                        if c { FileType::CharacterDevice } else { FileType::BlockDevice },
+                        if c {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        },
                         rustix::fs::makedev(maj, min),
                         mode,
                     ),
                     None if ft.is_fifo() => (FileType::Fifo, 0, md.mode()),
                     None => (
-                        if ft.is_char_device() { FileType::CharacterDevice } else { FileType::BlockDevice },
+                        if ft.is_char_device() {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        },
                         md.rdev(),
                         md.mode(),
                     ),
                 };
                 // Devices: usable by their owner only. A FIFO keeps its mode.
-                let mode = if kind == FileType::Fifo { mode & 0o777 } else { mode & 0o600 };
+                let mode = if kind == FileType::Fifo {
+                    mode & 0o777
+                } else {
+                    mode & 0o600
+                };
                 match rustix::fs::mknodat(dfd, &name, kind, Mode::from_raw_mode(mode), rdev) {
                     Ok(()) => {}
                     // Not allowed to create devices here (rootless): leave them out, as a
                     // non-root buildx client does.
                     Err(rustix::io::Errno::PERM) if kind != FileType::Fifo => continue,
-                    Err(e) => return Err(e).with_context(|| format!("creating {}", shown.display())),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("creating {}", shown.display()))
+                    }
                 }
                 let _ = rustix::fs::chownat(
                     dfd,

@@ -24,8 +24,11 @@ fn client() -> RegistryClient {
     .unwrap()
 }
 
-/// A layer tar from `(path, kind, data, mode, (major, minor))` entries.
-fn layer(entries: &[(&str, tar::EntryType, &[u8], u32, (u32, u32))]) -> Vec<u8> {
+/// One layer entry: path, kind, data, mode, (major, minor).
+type Entry<'a> = (&'a str, tar::EntryType, &'a [u8], u32, (u32, u32));
+
+/// A layer tar from entries.
+fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, kind, data, mode, (maj, min)) in entries {
         let mut h = tar::Header::new_ustar();
@@ -128,7 +131,7 @@ fn push(m: &Made, name: &str) {
 /// An OCI layout archive of `m` (index.json naming it `name`).
 fn oci_archive(m: &Made, name: &str) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8]| {
+    let add = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| {
         let mut h = tar::Header::new_ustar();
         h.set_path(path).unwrap();
         h.set_size(data.len() as u64);
@@ -136,15 +139,14 @@ fn oci_archive(m: &Made, name: &str) -> Vec<u8> {
         h.set_cksum();
         b.append(&h, data).unwrap();
     };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
         "mediaType": m.manifest.media_type, "digest": m.manifest.digest, "size": m.manifest.size,
         "annotations": {"org.opencontainers.image.ref.name": name}}]});
-    add("index.json", &serde_json::to_vec(&index).unwrap());
+    add(&mut b, "index.json", &serde_json::to_vec(&index).unwrap());
     for (d, data) in &m.blobs {
-        add(&format!("blobs/sha256/{}", &d[7..]), data);
+        add(&mut b, &format!("blobs/sha256/{}", &d[7..]), data);
     }
-    drop(add);
     b.into_inner().unwrap()
 }
 
@@ -157,7 +159,10 @@ fn busybox_diff_id() -> String {
         )
         .unwrap();
     let config: serde_json::Value = serde_json::from_slice(&base.config).unwrap();
-    config["rootfs"]["diff_ids"][0].as_str().unwrap().to_string()
+    config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 const MISMATCH: &str = "layers from manifest don't match image configuration";
@@ -182,10 +187,7 @@ fn diff_id_poisoning_is_refused_everywhere_and_busybox_stays_real() {
 
     let p = Project::new(&format!("FROM {name}\nRUN true\n"));
     assert_poison_refused(&p.build(&[]), "FROM");
-    p.file(
-        "Dockerfile",
-        "FROM base\nRUN true\n",
-    );
+    p.file("Dockerfile", "FROM base\nRUN true\n");
     assert_poison_refused(
         &p.build(&["--build-context", &format!("base=docker-image://{name}")]),
         "--build-context docker-image://",
@@ -222,7 +224,7 @@ fn blob_size_and_manifest_mismatches_leave_nothing_in_the_store() {
     require_env();
     // A doctored manifest: the layer descriptor's size is wrong (its digest is right).
     let l = layer(&[("f", tar::EntryType::Regular, b"data", 0o644, (0, 0))]);
-    let made = make_image(&[l.clone()], &[None], false);
+    let made = make_image(std::slice::from_ref(&l), &[None], false);
     let name = format!("{REGISTRY}/evil/size:latest");
     // Push the honest image, then overwrite the tag with a manifest claiming another size.
     push(&made, &name);
@@ -248,10 +250,19 @@ fn blob_size_and_manifest_mismatches_leave_nothing_in_the_store() {
     assert!(st.success(), "curl PUT manifest");
     let p = Project::new(&format!("FROM {name}\nRUN true\n"));
     let r = p.build(&[]).fails();
-    assert!(r.all().contains("digest mismatch") || r.all().contains("size"), "{}", r.all());
+    assert!(
+        r.all().contains("digest mismatch") || r.all().contains("size"),
+        "{}",
+        r.all()
+    );
     // No snapshot of the bad layer, no layer blob of the wrong size.
     let bad = sha256(&l);
-    assert!(!p.store.path().join("blobs-v1/sha256").join(&bad[7..]).exists());
+    assert!(!p
+        .store
+        .path()
+        .join("blobs-v1/sha256")
+        .join(&bad[7..])
+        .exists());
     // A manifest whose bytes do not match the digest asked for: refused.
     let pinned = format!("{REGISTRY}/evil/size@{}", sha256(b"not this manifest"));
     p.file("Dockerfile", &format!("FROM {pinned}\nRUN true\n"));
@@ -294,7 +305,10 @@ fn the_store_is_private_to_its_owner() {
     assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o7777, 0o700);
     // An existing world-readable store is made private at open.
     fs::set_permissions(&fresh, fs::Permissions::from_mode(0o755)).unwrap();
-    p.cmd(&["images"]).env("RBUILD_ROOT", &fresh).output().unwrap();
+    p.cmd(&["images"])
+        .env("RBUILD_ROOT", &fresh)
+        .output()
+        .unwrap();
     assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o7777, 0o700);
     // The path leading to the store is open to others (as /var/lib is): only the store
     // itself stops them.
@@ -333,7 +347,11 @@ fn a_rootless_store_is_private_too() {
     common::open_up(dir.path());
     let ctx = dir.path().join("ctx");
     fs::create_dir(&ctx).unwrap();
-    fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo secret > /secret\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo secret > /secret\n",
+    )
+    .unwrap();
     common::open_up(&ctx);
     let store = dir.path().join("store");
     fs::create_dir(&store).unwrap();
@@ -346,7 +364,11 @@ fn a_rootless_store_is_private_too() {
         .env("RBUILD_PROGRESS", "plain")
         .current_dir(&ctx);
     let out = owner.wrap(&c).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fs::metadata(&store).unwrap().mode() & 0o7777, 0o700);
     let secret = snapshot_with(&store, "secret");
     let o = as_user(&other, &["cat", secret.to_str().unwrap()]);
@@ -362,7 +384,9 @@ fn a_rootless_store_is_private_too() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains("RBUILD_ROOT") && err.contains("cannot use the store") && err.contains("owned by"),
+        err.contains("RBUILD_ROOT")
+            && err.contains("cannot use the store")
+            && err.contains("owned by"),
         "{err}"
     );
     assert!(!err.contains("needs root"), "{err}");
@@ -381,9 +405,21 @@ fn devnodes_image() -> String {
         ("dev/kmsg", tar::EntryType::Char, b"", 0o644, (1, 11)),
         ("dev/loop0", tar::EntryType::Block, b"", 0o660, (7, 0)),
         ("etc/", tar::EntryType::Directory, b"", 0o755, (0, 0)),
-        ("etc/devtest", tar::EntryType::Regular, b"devnodes\n", 0o644, (0, 0)),
+        (
+            "etc/devtest",
+            tar::EntryType::Regular,
+            b"devnodes\n",
+            0o644,
+            (0, 0),
+        ),
         ("usr/", tar::EntryType::Directory, b"", 0o755, (0, 0)),
-        ("usr/suid", tar::EntryType::Regular, b"#!/bin/sh\n", 0o4755, (0, 0)),
+        (
+            "usr/suid",
+            tar::EntryType::Regular,
+            b"#!/bin/sh\n",
+            0o4755,
+            (0, 0),
+        ),
         ("opt/devs/", tar::EntryType::Directory, b"", 0o755, (0, 0)),
         ("opt/devs/full", tar::EntryType::Char, b"", 0o666, (1, 7)),
         ("opt/devs/kmsg", tar::EntryType::Char, b"", 0o644, (1, 11)),
@@ -441,8 +477,15 @@ fn rootless_builds_unpack_device_nodes_and_exports_keep_them() {
     // The RUN layer, written from the store, carries the devices again for root consumers
     // (kmsg with the mode the step gave it).
     let listing = layer_listing(&out_dir.join("img.tar"));
-    for want in ["opt/devs/full c 1,7 0666", "opt/devs/loop0 b 7,0 0660", "opt/devs/kmsg c 1,11 0600"] {
-        assert!(listing.iter().any(|l| l == want), "{want} missing from\n{listing:#?}");
+    for want in [
+        "opt/devs/full c 1,7 0666",
+        "opt/devs/loop0 b 7,0 0660",
+        "opt/devs/kmsg c 1,11 0600",
+    ] {
+        assert!(
+            listing.iter().any(|l| l == want),
+            "{want} missing from\n{listing:#?}"
+        );
     }
 }
 
@@ -468,7 +511,9 @@ fn layer_listing(archive: &Path) -> Vec<String> {
             data
         };
         let mut inner = tar::Archive::new(&plain[..]);
-        let Ok(entries) = inner.entries() else { continue };
+        let Ok(entries) = inner.entries() else {
+            continue;
+        };
         for ie in entries.flatten() {
             let h = ie.header();
             let k = match h.entry_type() {
@@ -507,7 +552,10 @@ fn tree_state(root: &Path) -> Vec<String> {
 fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v = vec![dir.to_path_buf()];
     if fs::symlink_metadata(dir).unwrap().is_dir() {
-        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         names.sort();
         for n in names {
             v.extend(walkdir(&n));
@@ -521,14 +569,18 @@ fn local_exports_never_rewrite_the_host() {
     require_env();
     let image = devnodes_image();
     let p = Project::new(&format!("FROM {image}\nRUN echo new > /etc/x\n"));
-    let host_state = ["/etc/passwd", "/etc/group", "/bin", "/"]
-        .map(|f| (f, fs::symlink_metadata(f).unwrap()));
+    let host_state =
+        ["/etc/passwd", "/etc/group", "/bin", "/"].map(|f| (f, fs::symlink_metadata(f).unwrap()));
 
     // dest=/ (and spellings of it) is refused before anything is built, naming the flag.
     for dest in ["/", "//", "/.", "/tmp/.."] {
         let r = p.build(&["-o", &format!("type=local,dest={dest}")]);
         assert_eq!(r.code(), Some(2), "{dest}: {}", r.all());
-        assert!(r.all().contains("--output type=local") && r.all().contains("refusing"), "{}", r.all());
+        assert!(
+            r.all().contains("--output type=local") && r.all().contains("refusing"),
+            "{}",
+            r.all()
+        );
     }
     // The store and its parents too.
     let store = p.store.path().to_str().unwrap().to_string();
@@ -549,8 +601,18 @@ fn local_exports_never_rewrite_the_host() {
     for (f, before) in &host_state {
         let now = fs::symlink_metadata(f).unwrap();
         assert_eq!(
-            (now.mode(), now.mtime(), now.ino(), now.file_type().is_symlink()),
-            (before.mode(), before.mtime(), before.ino(), before.file_type().is_symlink()),
+            (
+                now.mode(),
+                now.mtime(),
+                now.ino(),
+                now.file_type().is_symlink()
+            ),
+            (
+                before.mode(),
+                before.mtime(),
+                before.ino(),
+                before.file_type().is_symlink()
+            ),
             "{f} changed"
         );
     }
@@ -562,10 +624,21 @@ fn local_exports_never_rewrite_the_host() {
     let dest = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(hostdir.path(), dest.path().join("etc")).unwrap();
     let r = p.build(&["-o", &format!("type=local,dest={}", dest.path().display())]);
-    assert!(!r.out.status.success(), "followed etc -> host dir:\n{}", r.all());
-    assert!(r.all().contains("etc") && r.all().contains("not a directory"), "{}", r.all());
+    assert!(
+        !r.out.status.success(),
+        "followed etc -> host dir:\n{}",
+        r.all()
+    );
+    assert!(
+        r.all().contains("etc") && r.all().contains("not a directory"),
+        "{}",
+        r.all()
+    );
     assert_eq!(tree_state(hostdir.path()), before, "the host dir changed");
-    assert!(fs::symlink_metadata(dest.path().join("etc")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(dest.path().join("etc"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 
     // A non-empty destination: existing dirs keep their metadata, unrelated files stay, the
     // image's files are written; set-id bits dropped, devices usable by their owner only.
@@ -577,7 +650,8 @@ fn local_exports_never_rewrite_the_host() {
     fs::write(d.join("keep"), "mine").unwrap();
     fs::write(d.join("etc_placeholder"), "x").unwrap();
     let usr_before = fs::metadata(d.join("usr")).unwrap();
-    p.build(&["-o", &format!("type=local,dest={}", d.display())]).ok();
+    p.build(&["-o", &format!("type=local,dest={}", d.display())])
+        .ok();
     let usr = fs::metadata(d.join("usr")).unwrap();
     // (Its mtime moves as entries are added inside, as with any writer.)
     assert_eq!(
@@ -587,18 +661,29 @@ fn local_exports_never_rewrite_the_host() {
     );
     assert_eq!(fs::read_to_string(d.join("keep")).unwrap(), "mine");
     assert_eq!(fs::read_to_string(d.join("etc/x")).unwrap(), "new\n");
-    assert_eq!(fs::read_to_string(d.join("etc/devtest")).unwrap(), "devnodes\n");
-    assert_eq!(fs::metadata(d.join("usr/suid")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::read_to_string(d.join("etc/devtest")).unwrap(),
+        "devnodes\n"
+    );
+    assert_eq!(
+        fs::metadata(d.join("usr/suid")).unwrap().mode() & 0o7777,
+        0o755
+    );
     let kmsg = fs::symlink_metadata(d.join("dev/kmsg")).unwrap();
     assert!(kmsg.file_type().is_char_device());
     assert_eq!(kmsg.mode() & 0o777, 0o600, "devices are owner-only");
-    assert_eq!(fs::symlink_metadata(d.join("dev/loop0")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::symlink_metadata(d.join("dev/loop0")).unwrap().mode() & 0o777,
+        0o600
+    );
     // Exporting again into the same dest works (files replaced, never followed).
-    p.build(&["-o", &format!("type=local,dest={}", d.display())]).ok();
+    p.build(&["-o", &format!("type=local,dest={}", d.display())])
+        .ok();
 
     // type=tar keeps the image as it is (a file nobody executes).
     let t = p.path().join("root.tar");
-    p.build(&["-o", &format!("type=tar,dest={}", t.display())]).ok();
+    p.build(&["-o", &format!("type=tar,dest={}", t.display())])
+        .ok();
     let mut a = tar::Archive::new(fs::File::open(&t).unwrap());
     let mut seen = Vec::new();
     for e in a.entries().unwrap() {
@@ -611,7 +696,10 @@ fn local_exports_never_rewrite_the_host() {
             h.mode().unwrap()
         ));
     }
-    assert!(seen.iter().any(|s| s == "usr/suid Regular 4755"), "{seen:#?}");
+    assert!(
+        seen.iter().any(|s| s == "usr/suid Regular 4755"),
+        "{seen:#?}"
+    );
     assert!(seen.iter().any(|s| s == "dev/kmsg Char 644"), "{seen:#?}");
     assert!(seen.iter().any(|s| s == "etc/x Regular 644"), "{seen:#?}");
 }
@@ -648,13 +736,15 @@ fn a_layer_that_turns_a_symlink_into_a_directory_exports_as_it_builds() {
         "FROM {name}\nRUN test -d /a && ! test -L /a && test \"$(cat /a/b)\" = 'in a' && ! test -e /x/b && echo built-as-dir > /seen\n"
     ));
     let dest = tempfile::tempdir().unwrap();
-    p.build(&["-o", &format!("type=local,dest={}", dest.path().display())]).ok();
+    p.build(&["-o", &format!("type=local,dest={}", dest.path().display())])
+        .ok();
     let a = fs::symlink_metadata(dest.path().join("a")).unwrap();
     assert!(a.is_dir(), "exported /a is not the directory the build saw");
     assert_eq!(fs::read_to_string(dest.path().join("a/b")).unwrap(), "in a");
     assert!(!dest.path().join("x/b").exists());
     let t = p.path().join("r.tar");
-    p.build(&["-o", &format!("type=tar,dest={}", t.display())]).ok();
+    p.build(&["-o", &format!("type=tar,dest={}", t.display())])
+        .ok();
 }
 
 #[test]
@@ -692,8 +782,18 @@ fn a_store_copied_without_whiteouts_or_xattrs_is_refused() {
     // `cp -a` keeps everything: that copy works.
     let copy = tempfile::tempdir().unwrap();
     let dst = copy.path().join("store");
-    assert!(Command::new("cp").arg("-a").arg(p.store.path()).arg(&dst).status().unwrap().success());
-    let r = p.cmd(&["build", "."]).env("RBUILD_ROOT", &dst).output().unwrap();
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(p.store.path())
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success());
+    let r = p
+        .cmd(&["build", "."])
+        .env("RBUILD_ROOT", &dst)
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // The original is fine.
     p.build(&[]).ok();

@@ -146,7 +146,10 @@ fn is_tar_header(h: &[u8]) -> bool {
 
 /// The uncompressed stream of a layer blob, its compression recognised by content (gzip,
 /// zstd, or none; bzip2/xz are refused).
-fn decompress_sniffed<'a>(blob: impl Read + 'a, what: &Path) -> Result<Box<dyn Read + 'a>, OciError> {
+fn decompress_sniffed<'a>(
+    blob: impl Read + 'a,
+    what: &Path,
+) -> Result<Box<dyn Read + 'a>, OciError> {
     let mut buffered = BufReader::with_capacity(128 * 1024, blob);
     let magic = buffered
         .fill_buf()
@@ -310,7 +313,9 @@ impl<R: Read> TarGuard<R> {
             // A new PAX header replaces the previous one.
             self.next_size = None;
             for rec in body.split(|b| *b == b'\n') {
-                let Some(sp) = rec.iter().position(|b| *b == b' ') else { continue };
+                let Some(sp) = rec.iter().position(|b| *b == b' ') else {
+                    continue;
+                };
                 if let Some(v) = rec[sp + 1..].strip_prefix(b"size=") {
                     self.next_size = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
                 }
@@ -693,7 +698,9 @@ impl Extractor {
         }
 
         if meta.sparse.is_some() && kind != tar::EntryType::Regular {
-            return Err(unsupported("GNU.sparse records on an entry that is not a file"));
+            return Err(unsupported(
+                "GNU.sparse records on an entry that is not a file",
+            ));
         }
         let header = entry.header().clone();
         let parent = self.ensure_dir(parent_comps)?;
@@ -881,7 +888,9 @@ impl Extractor {
             (None, None) => {}
             _ => return Err(bad("unknown GNU.sparse format version")),
         }
-        let size = sp.size.ok_or_else(|| bad("no GNU.sparse.size or realsize"))?;
+        let size = sp
+            .size
+            .ok_or_else(|| bad("no GNU.sparse.size or realsize"))?;
         let mut data_left = entry.size();
         let map: Vec<u64> = if sp.map_in_data {
             let (map, used) = read_sparse_map(entry).map_err(|e| bad(&e))?;
@@ -904,7 +913,9 @@ impl Extractor {
                 return Err(bad("chunks out of order, overlapping or beyond the size"));
             }
             cur = end;
-            total = total.checked_add(len).ok_or_else(|| bad("chunk overflows"))?;
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| bad("chunk overflows"))?;
         }
         if total != data_left {
             return Err(bad("the chunks do not account for the entry's data"));
@@ -923,7 +934,8 @@ impl Extractor {
                 return Err(bad("truncated data"));
             }
         }
-        file.set_len(size).map_err(OciError::io("set size of", &path))?;
+        file.set_len(size)
+            .map_err(OciError::io("set size of", &path))?;
         Ok(())
     }
 
@@ -1061,14 +1073,15 @@ fn read_sparse_map(r: &mut impl Read) -> Result<(Vec<u64>, u64), String> {
     let mut cur: Vec<u8> = Vec::new();
     let mut want: Option<usize> = None;
     loop {
-        read_full(r, &mut block).and_then(|n| {
-            if n == 512 {
-                Ok(())
-            } else {
-                Err(io::Error::from(io::ErrorKind::UnexpectedEof))
-            }
-        })
-        .map_err(|_| "truncated sparse map".to_string())?;
+        read_full(r, &mut block)
+            .and_then(|n| {
+                if n == 512 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+                }
+            })
+            .map_err(|_| "truncated sparse map".to_string())?;
         used += 512;
         for &b in &block {
             if want.is_some_and(|w| tokens.len() >= w) {

@@ -47,7 +47,9 @@ fn seed() -> u64 {
 }
 
 fn seeds(dir: &str) -> Vec<Vec<u8>> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/fuzz").join(dir);
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/fuzz")
+        .join(dir);
     let mut v: Vec<PathBuf> = fs::read_dir(&d)
         .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
         .map(|e| e.unwrap().path())
@@ -123,7 +125,13 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
             let sum: u32 = v[block..block + 512]
                 .iter()
                 .enumerate()
-                .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) })
+                .map(|(i, b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        u32::from(*b)
+                    }
+                })
                 .sum();
             let f = format!("{sum:06o}\0 ");
             v[block + 148..block + 156].copy_from_slice(f.as_bytes());
@@ -205,7 +213,10 @@ fn layer_applier_survives_mutated_layers() {
         }
         // Trees may hold 0555 dirs (root ignores that) or immutable-looking leftovers.
         if fs::remove_dir_all(&dest).is_err() {
-            let _ = std::process::Command::new("rm").arg("-rf").arg(&dest).status();
+            let _ = std::process::Command::new("rm")
+                .arg("-rf")
+                .arg(&dest)
+                .status();
         }
         n += 1;
         progress.store(n, Ordering::Relaxed);
@@ -214,7 +225,11 @@ fn layer_applier_survives_mutated_layers() {
     eprintln!("layer fuzz: {n} inputs, {ok} applied, {err} refused");
     assert_eq!(fs::read_to_string(&canary).unwrap(), "host");
     let names: Vec<_> = fs::read_dir(base.path()).unwrap().collect();
-    assert_eq!(names.len(), 1, "only the canary is left beside the destinations");
+    assert_eq!(
+        names.len(),
+        1,
+        "only the canary is left beside the destinations"
+    );
     assert!(n > 10, "the budget ran only {n} inputs");
     assert!(peak_kib() < 1 << 20, "peak RSS {} KiB", peak_kib());
 }

@@ -74,7 +74,10 @@ fn observe(root: &Path) -> BTreeMap<String, String> {
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut v = vec![dir.to_path_buf()];
-    if fs::symlink_metadata(dir).map(|m| m.is_dir()).unwrap_or(false) {
+    if fs::symlink_metadata(dir)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
         let mut names: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -203,7 +206,10 @@ fn path_escapes_are_refused_or_contained() {
         let rs = attack(name, &build);
         // The layer applier must refuse these; the ADD extractor keeps .wh.* as plain names
         // (contained either way).
-        if !name.starts_with("whiteout of") && !name.contains("opaque") && !name.contains("whiteout through") {
+        if !name.starts_with("whiteout of")
+            && !name.contains("opaque")
+            && !name.contains("whiteout through")
+        {
             assert!(rs[0].is_err(), "{name}: accepted by the layer applier");
         }
         n += 1;
@@ -230,7 +236,10 @@ fn odd_whiteouts_devices_duplicates_and_names_are_contained() {
         .dev("kmsg", E::Char, 1, 11, 0o666)
         .dev("loop0", E::Block, 7, 0, 0o660);
     t.raw("suid", E::Regular, 0o4755, (0, 0), None, b"#!/bin/sh", &[]);
-    t.file("dup", b"1").dir("dup/").file("dup/x", b"2").file("dup", b"3");
+    t.file("dup", b"1")
+        .dir("dup/")
+        .file("dup/x", b"2")
+        .file("dup", b"3");
     let layer = t.done();
     for r in attack("odd whiteouts, devices, duplicates", &layer) {
         r.unwrap();
@@ -238,9 +247,16 @@ fn odd_whiteouts_devices_duplicates_and_names_are_contained() {
     let s = scene();
     apply_layer(&layer[..], &s.dest).unwrap();
     let k = fs::symlink_metadata(s.dest.join("kmsg")).unwrap();
-    assert!(k.file_type().is_char_device(), "device kept in the layer dir");
+    assert!(
+        k.file_type().is_char_device(),
+        "device kept in the layer dir"
+    );
     assert_eq!(rustix::fs::major(k.rdev()), 1);
-    assert_eq!(fs::read(s.dest.join("dup")).unwrap(), b"3", "last entry wins");
+    assert_eq!(
+        fs::read(s.dest.join("dup")).unwrap(),
+        b"3",
+        "last entry wins"
+    );
     assert_eq!(
         fs::symlink_metadata(s.dest.join("suid")).unwrap().mode() & 0o7777,
         0o4755
@@ -249,20 +265,52 @@ fn odd_whiteouts_devices_duplicates_and_names_are_contained() {
     // Very long names and deep nesting: extracted or refused cleanly, never a panic.
     let mut t = T::new();
     let long = ["x".repeat(200), "y".repeat(200), "z".repeat(200)].join("/");
-    t.raw("short", E::Regular, 0o644, (0, 0), None, b"long", &[("path", long.as_bytes())]);
+    t.raw(
+        "short",
+        E::Regular,
+        0o644,
+        (0, 0),
+        None,
+        b"long",
+        &[("path", long.as_bytes())],
+    );
     let too_long = "n".repeat(300);
-    t.raw("short2", E::Regular, 0o644, (0, 0), None, b"x", &[("path", too_long.as_bytes())]);
+    t.raw(
+        "short2",
+        E::Regular,
+        0o644,
+        (0, 0),
+        None,
+        b"x",
+        &[("path", too_long.as_bytes())],
+    );
     let rs = attack("long names", &t.done());
     assert!(rs[0].is_err(), "a 300-byte component cannot exist");
     let s = scene();
     let mut t = T::new();
-    t.raw("short", E::Regular, 0o644, (0, 0), None, b"long", &[("path", long.as_bytes())]);
+    t.raw(
+        "short",
+        E::Regular,
+        0o644,
+        (0, 0),
+        None,
+        b"long",
+        &[("path", long.as_bytes())],
+    );
     apply_layer(&t.done()[..], &s.dest).unwrap();
     assert_eq!(fs::read(s.dest.join(&long)).unwrap(), b"long");
 
     let deep = "d/".repeat(3000) + "leaf";
     let mut t = T::new();
-    t.raw("deep", E::Regular, 0o644, (0, 0), None, b"deep", &[("path", deep.as_bytes())]);
+    t.raw(
+        "deep",
+        E::Regular,
+        0o644,
+        (0, 0),
+        None,
+        b"deep",
+        &[("path", deep.as_bytes())],
+    );
     let _ = attack("deep nesting", &t.done());
 }
 
@@ -337,7 +385,11 @@ fn bombs_are_bounded() {
         let rs = attack("extension header bomb", &layer);
         assert!(rs.iter().all(|r| r.is_err()), "{} accepted", kind as char);
         let grown = peak_kib().saturating_sub(before);
-        assert!(grown < 100 << 10, "{}: peak memory grew by {grown} KiB", kind as char);
+        assert!(
+            grown < 100 << 10,
+            "{}: peak memory grew by {grown} KiB",
+            kind as char
+        );
     }
     // A file bomb onto a small filesystem: disk full is a clean error, the canary unchanged.
     let s = scene();
@@ -372,7 +424,8 @@ fn entry_kinds_are_extracted_or_refused_never_dropped() {
     }
     // A pax global header is not a file: skipped, the rest extracted.
     let mut t = T::new();
-    t.typed("pax_global_header", b'g', 0, b"").file("after", b"x");
+    t.typed("pax_global_header", b'g', 0, b"")
+        .file("after", b"x");
     let s = scene();
     apply_layer(&t.done()[..], &s.dest).unwrap();
     assert_eq!(fs::read(s.dest.join("after")).unwrap(), b"x");
@@ -390,7 +443,11 @@ fn check_sparse(dest: &Path) {
     let p = dest.join("dir/sparse.bin");
     assert_eq!(fs::read(&p).unwrap(), sparse_expected());
     let md = fs::metadata(&p).unwrap();
-    assert!(md.blocks() * 512 < 512 << 10, "holes kept: {} blocks", md.blocks());
+    assert!(
+        md.blocks() * 512 < 512 << 10,
+        "holes kept: {} blocks",
+        md.blocks()
+    );
     assert!(!dest.join("dir/GNUSparseFile.0").exists());
 }
 
@@ -468,7 +525,10 @@ fn pax_sparse_files_are_extracted_with_their_holes() {
         check_sparse(&s.dest);
     }
     // A lying map: chunks beyond the size, or not accounting for the data.
-    for (map, size) in [(format!("0,5,{off},5"), "1000"), ("0,3".to_string(), "1048576")] {
+    for (map, size) in [
+        (format!("0,5,{off},5"), "1000"),
+        ("0,3".to_string(), "1048576"),
+    ] {
         let mut t = T::new();
         t.raw(
             "dir/GNUSparseFile.0/sparse.bin",
@@ -537,10 +597,7 @@ fn diff_id_is_verified_over_the_uncompressed_stream() {
     let mut t = T::new();
     t.file("bin/sh", b"#!/real");
     let layer = t.done();
-    let real = format!(
-        "sha256:{}",
-        hex_digest(&layer)
-    );
+    let real = format!("sha256:{}", hex_digest(&layer));
     let gz = gzip(&layer);
     let s = scene();
     apply_layer_verified(&gz[..], &s.dest, "sha256:blob", &real).unwrap();
@@ -574,7 +631,7 @@ fn device_markers_round_trip_and_cannot_be_forged_by_a_layer() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("full");
     fs::File::create(&f).unwrap();
-    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0)).unwrap();
+    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o0)).unwrap();
     rustix::fs::setxattr(
         &f,
         rbuild_cache::overlay::DEVICE_XATTR,

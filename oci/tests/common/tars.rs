@@ -97,7 +97,14 @@ impl T {
         self
     }
     /// A device node (`Char`/`Block`) with its numbers.
-    pub fn dev(&mut self, p: &str, kind: tar::EntryType, major: u32, minor: u32, mode: u32) -> &mut Self {
+    pub fn dev(
+        &mut self,
+        p: &str,
+        kind: tar::EntryType,
+        major: u32,
+        minor: u32,
+        mode: u32,
+    ) -> &mut Self {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
         h.as_old_mut().name[..p.len()].copy_from_slice(p.as_bytes());
@@ -134,4 +141,3 @@ impl T {
         b.into_inner().unwrap()
     }
 }
-
