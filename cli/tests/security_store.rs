@@ -222,6 +222,7 @@ fn diff_id_poisoning_is_refused_everywhere_and_busybox_stays_real() {
 #[test]
 fn blob_size_and_manifest_mismatches_leave_nothing_in_the_store() {
     require_env();
+    require_tools(&["curl"]);
     // A doctored manifest: the layer descriptor's size is wrong (its digest is right).
     let l = layer(&[("f", tar::EntryType::Regular, b"data", 0o644, (0, 0))]);
     let made = make_image(std::slice::from_ref(&l), &[None], false);
