@@ -318,6 +318,23 @@ fn the_store_is_private_to_its_owner() {
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    // A pulled layer with device nodes (c 1 11 kmsg, b 7 0 loop0) in the same store.
+    p.file(
+        "Dockerfile",
+        &format!("FROM {}\nRUN true\n", devnodes_image()),
+    );
+    let r = p
+        .cmd(&["build", "."])
+        .env("RBUILD_ROOT", &fresh)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let kmsg = snapshot_with(&fresh, "dev/kmsg");
+    let loop0 = snapshot_with(&fresh, "dev/loop0");
+    assert!(fs::symlink_metadata(&kmsg)
+        .unwrap()
+        .file_type()
+        .is_char_device());
     let suid = snapshot_with(&fresh, "suidsh");
     let secret = snapshot_with(&fresh, "secret");
     assert_eq!(fs::metadata(&suid).unwrap().mode() & 0o7777, 0o4755);
@@ -326,6 +343,13 @@ fn the_store_is_private_to_its_owner() {
         vec!["cat", secret.to_str().unwrap()],
         vec!["ls", fresh.join("snapshots-v1").to_str().unwrap()],
         vec!["cat", fresh.join("index-v1.db").to_str().unwrap()],
+        vec!["cat", kmsg.to_str().unwrap()],
+        vec![
+            "dd",
+            &format!("if={}", loop0.display()),
+            "of=/dev/null",
+            "count=1",
+        ],
     ] {
         let out = as_user(&other, &args);
         assert!(!out.status.success(), "{args:?} worked as {}", other.name);
