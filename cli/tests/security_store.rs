@@ -185,8 +185,13 @@ fn diff_id_poisoning_is_refused_everywhere_and_busybox_stays_real() {
     let name = format!("{REGISTRY}/evil/poison:latest");
     push(&made, &name);
 
-    let p = Project::new(&format!("FROM {name}\nRUN true\n"));
+    // busybox is in the store first: the lying image must not get its snapshot either, not
+    // even on a second try (its blob stays in the content store after the first refusal).
+    let p = Project::new("FROM busybox\nRUN true\n");
+    p.build(&[]).ok();
+    p.file("Dockerfile", &format!("FROM {name}\nRUN true\n"));
     assert_poison_refused(&p.build(&[]), "FROM");
+    assert_poison_refused(&p.build(&[]), "FROM, again");
     p.file("Dockerfile", "FROM base\nRUN true\n");
     assert_poison_refused(
         &p.build(&["--build-context", &format!("base=docker-image://{name}")]),

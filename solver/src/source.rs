@@ -19,6 +19,8 @@ type Pulled = (Layer, bool);
 
 const RESOLVE_NS: &str = "resolve";
 const LAYER_NS: &str = "layer-snapshot";
+/// Blob digest → the diff_id its uncompressed stream was verified to have.
+const VERIFIED_NS: &str = "layer-verified";
 
 pub(crate) fn oci_platform(p: &Platform) -> rbuild_oci::Platform {
     rbuild_oci::Platform {
@@ -206,8 +208,15 @@ impl Solver {
             media_type: desc.media_type.clone(),
             created: None,
         };
+        // Reused only when this very blob was seen to unpack to this diff_id: a blob that
+        // failed verification once stays in the content store, but never gets another
+        // image's snapshot.
         if let Some(id) = store.meta_get(LAYER_NS, diff_id)? {
-            if store.snapshot_exists(&id) && store.has_blob(&desc.digest) {
+            let verified = store.meta_get(VERIFIED_NS, &desc.digest)?;
+            if verified.as_deref() == Some(diff_id)
+                && store.snapshot_exists(&id)
+                && store.has_blob(&desc.digest)
+            {
                 return Ok((layer(id), false));
             }
         }
@@ -232,6 +241,7 @@ impl Solver {
             let _ = store.remove_snapshot(&snap.id);
             return Err(e.into());
         }
+        store.meta_put(VERIFIED_NS, &desc.digest, diff_id)?;
         Ok((layer(snap.id), true))
     }
 }
