@@ -513,7 +513,22 @@ impl Installer {
             }
             if md.nlink() > 1 && !ft.is_dir() {
                 if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
-                    rustix::fs::linkat(&self.root, first, dfd, &name, AtFlags::empty())
+                    // The first link's directory, reopened beneath dest without symlinks.
+                    let parent = first.parent().unwrap_or(Path::new(""));
+                    let pfd = rustix::fs::openat2(
+                        &self.root,
+                        if parent.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            parent
+                        },
+                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+                    )
+                    .with_context(|| format!("linking {}", shown.display()))?;
+                    let fname = first.file_name().unwrap_or_default();
+                    rustix::fs::linkat(&pfd, fname, dfd, &name, AtFlags::empty())
                         .with_context(|| format!("linking {}", shown.display()))?;
                     continue;
                 }
