@@ -210,6 +210,40 @@ fn diff_id_poisoning_is_refused_everywhere_and_busybox_stays_real() {
             .unwrap(),
     };
     assert_poison_refused(&loaded, "rbuild load");
+    // The same lie as a classic docker archive (manifest.json, config, <id>/layer.tar).
+    let mut b = tar::Builder::new(Vec::new());
+    let cfg = made
+        .blobs
+        .iter()
+        .find(|(_, d)| d.starts_with(b"{") && String::from_utf8_lossy(d).contains("diff_ids"))
+        .unwrap()
+        .1
+        .clone();
+    let evil_blob = made.blobs[0].1.clone();
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": "config.json", "RepoTags": ["evil:2"], "Layers": ["abc/layer.tar"]}]))
+    .unwrap();
+    for (path, data) in [
+        ("manifest.json", &manifest),
+        ("config.json", &cfg),
+        ("abc/layer.tar", &evil_blob),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    let arch = p.path().join("evil-docker.tar");
+    fs::write(&arch, b.into_inner().unwrap()).unwrap();
+    let loaded = Run {
+        out: p
+            .cmd(&["load", "-i", arch.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    };
+    assert_poison_refused(&loaded, "rbuild load (docker archive)");
     let images = p.cmd(&["images"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&images.stdout).contains("evil"),
