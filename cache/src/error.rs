@@ -114,6 +114,41 @@ pub enum CacheError {
         /// The selector path.
         path: String,
     },
+    /// The store root cannot be created or written by this user.
+    #[error(
+        "cannot use the store at {} ({op}: {source}; the directory {} is owned by {owner}): \
+         run as that user, or point RBUILD_ROOT (or --root) at a directory you own; rootless \
+         builds default to ~/.local/share/rbuild",
+        path.display(), at.display()
+    )]
+    StoreNotWritable {
+        /// The store root.
+        path: PathBuf,
+        /// The operation that failed.
+        op: &'static str,
+        /// The directory that refused (the root or its nearest existing parent).
+        at: PathBuf,
+        /// Its owner, as `uid N` (or `unknown`).
+        owner: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store lost its overlay markers: it was copied without device nodes and xattrs.
+    #[error(
+        "the store at {} was copied or restored without its overlay markers ({what}): copies \
+         that drop device nodes and extended attributes (zip, `cp -r`, CI caches of the \
+         directory) lose the layers' whiteouts and opaque directories, so deleted files would \
+         reappear. Never cache RBUILD_ROOT itself: export the build cache with \
+         --cache-to/--cache-from, or remove this store (rm -rf {}) and let rbuild recreate it",
+        path.display(), path.display()
+    )]
+    CopiedStore {
+        /// The store root.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
+    },
     /// The store was made in the other mode (root vs rootless): its overlay xattrs differ.
     #[error(
         "the store at {} was made in {store} mode and cannot be used in {current} mode \

@@ -57,3 +57,44 @@ pub fn unmapped_id_message(path: &std::path::Path, uid: u32, gid: u32) -> String
         size.saturating_sub(1)
     )
 }
+
+/// The xattr that marks a device node kept as an empty regular file (mode 0) because this
+/// process may not create device nodes (rootless mode, an unprivileged container). Its value is
+/// `c|b MAJOR MINOR MODE` (mode in octal); layer tars written from the store turn the file back
+/// into that device entry, so root consumers of an exported image get the original node. The
+/// RUN sandbox binds the real allowed devices over `/dev` anyway.
+pub const DEVICE_XATTR: &str = "user.rbuild.device";
+
+/// Whether `name` is an xattr rbuild keeps for itself in the store (overlay markers and
+/// [`DEVICE_XATTR`]): never taken from an archive, never written to a layer tar as an xattr.
+pub fn is_store_xattr(name: &[u8]) -> bool {
+    is_overlay_xattr(name) || name.starts_with(b"user.rbuild.")
+}
+
+/// A device kept as a marker file: `(is_char, major, minor, mode)` from a [`DEVICE_XATTR`]
+/// value, or `None` when the value is malformed.
+pub fn parse_device_marker(value: &[u8]) -> Option<(bool, u32, u32, u32)> {
+    let s = std::str::from_utf8(value).ok()?;
+    let mut it = s.split(' ');
+    let kind = match it.next()? {
+        "c" => true,
+        "b" => false,
+        _ => return None,
+    };
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    let mode = u32::from_str_radix(it.next()?, 8).ok()?;
+    if it.next().is_some() || mode > 0o7777 {
+        return None;
+    }
+    Some((kind, major, minor, mode))
+}
+
+/// The [`DEVICE_XATTR`] value for a device.
+pub fn device_marker(is_char: bool, major: u32, minor: u32, mode: u32) -> String {
+    format!(
+        "{} {major} {minor} {:o}",
+        if is_char { "c" } else { "b" },
+        mode & 0o7777
+    )
+}

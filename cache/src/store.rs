@@ -4,6 +4,15 @@
 //! `blobs-v1/sha256/<hex>`, `snapshots-v1/<id>/{fs,work,owner,committed}`, `tmp/`, `locks/`,
 //! `index-v1.db` (SQLite, WAL).
 //!
+//! The root is private to its owner (0700, as `/var/lib/docker` is 0710): snapshots hold
+//! image files as they are (setuid binaries, device nodes) and must not be reachable by other
+//! host users. It is created 0700 (no window) and an existing root is re-moded at open.
+//!
+//! `sentinel-v1/` holds a whiteout (char 0:0) and an opaque directory, written when the store
+//! is made and checked at every open: a store copied without device nodes or xattrs (zip,
+//! `cp -r`, a CI cache) has lost every layer's whiteouts too, and is refused
+//! ([`CacheError::CopiedStore`]) instead of showing deleted files again.
+//!
 //! Entries in `tmp/` are named `<pid>-<kind>-<unique>`; [`Store::open`] removes those whose pid is
 //! no longer alive, and any other entry older than [`STALE_TMP_SECS`].
 
@@ -11,6 +20,7 @@ use crate::error::{CacheError, Result};
 use crate::util;
 use std::fs;
 use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -23,6 +33,7 @@ pub(crate) const SNAPSHOTS_DIR: &str = "snapshots-v1";
 pub(crate) const TMP_DIR: &str = "tmp";
 pub(crate) const LOCKS_DIR: &str = "locks";
 pub(crate) const DB_FILE: &str = "index-v1.db";
+const SENTINEL_DIR: &str = "sentinel-v1";
 
 pub(crate) struct Inner {
     pub(crate) root: PathBuf,
@@ -53,6 +64,7 @@ impl Store {
     /// earlier boot are removed; unsynced snapshots older than
     /// [`SETTLE_AFTER`](crate::snapshot::SETTLE_AFTER) are synced.
     pub fn open(root: &Path) -> Result<Store, CacheError> {
+        make_private_root(root)?;
         for sub in [BLOBS_DIR, SNAPSHOTS_DIR, TMP_DIR, LOCKS_DIR] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(|e| CacheError::io("create directory", &p, e))?;
@@ -68,6 +80,7 @@ impl Store {
             }),
         };
         store.check_mode()?;
+        store.check_sentinel()?;
         store.clean_tmp()?;
         store.clean_snapshots()?;
         // Best effort: a failed sync leaves the markers unsynced, which is safe.
@@ -87,6 +100,71 @@ impl Store {
             Some(_) => Ok(()),
             None => self.meta_put("store", "mode", current),
         }
+    }
+
+    /// Check the sentinel's whiteout and opaque directory; make them in a store that has none
+    /// yet (new, or made by an older rbuild). Where this process cannot make them (no whiteout
+    /// support) nothing is recorded and nothing is checked.
+    fn check_sentinel(&self) -> Result<(), CacheError> {
+        let dir = self.inner.root.join(SENTINEL_DIR);
+        let wh = dir.join("whiteout");
+        let opq = dir.join("opaque");
+        let recorded = self.meta_get("store", "sentinel")?.is_some();
+        if !recorded && !dir.exists() {
+            let made = (|| -> std::io::Result<()> {
+                let tmp = self.new_tmp_path("sentinel");
+                fs::create_dir(&tmp)?;
+                fs::write(tmp.join("file"), b"rbuild store sentinel\n")?;
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    tmp.join("whiteout"),
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::empty(),
+                    rustix::fs::makedev(0, 0),
+                )?;
+                fs::create_dir(tmp.join("opaque"))?;
+                rustix::fs::lsetxattr(
+                    tmp.join("opaque"),
+                    crate::overlay::opaque_xattr(),
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )?;
+                fs::rename(&tmp, &dir)
+            })();
+            if made.is_ok() {
+                self.meta_put("store", "sentinel", "1")?;
+            }
+            return Ok(());
+        }
+        let copied = |what: &str| CacheError::CopiedStore {
+            path: self.inner.root.clone(),
+            what: what.to_string(),
+        };
+        if !dir.is_dir() {
+            return Err(copied("sentinel-v1/ is missing"));
+        }
+        match fs::symlink_metadata(&wh) {
+            Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => {}
+            _ => {
+                return Err(copied(
+                    "sentinel-v1/whiteout is no longer a whiteout device",
+                ))
+            }
+        }
+        let mut buf = [0u8; 4];
+        match rustix::fs::lgetxattr(&opq, crate::overlay::opaque_xattr(), &mut buf) {
+            Ok(1) if buf[0] == b'y' => {}
+            _ => {
+                return Err(copied(&format!(
+                    "sentinel-v1/opaque has lost its {} xattr",
+                    crate::overlay::opaque_xattr()
+                )))
+            }
+        }
+        if !recorded {
+            self.meta_put("store", "sentinel", "1")?;
+        }
+        Ok(())
     }
 
     /// The store root (canonical).
@@ -158,6 +236,68 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Create `root` (and missing parents) with mode 0700, so it is never reachable by others even
+/// for a moment; re-mode an existing root this user owns to 0700. A root that cannot be
+/// created or written is [`CacheError::StoreNotWritable`], naming the directory and its owner.
+fn make_private_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let not_writable = |op: &'static str, e: io::Error| {
+        let mut at = root;
+        while !at.exists() {
+            match at.parent() {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        let overflow = fs::read_to_string("/proc/sys/kernel/overflowuid")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let owner = match fs::metadata(at) {
+            Ok(m) if crate::overlay::rootless() && Some(m.uid()) == overflow => {
+                "another user (outside this rootless user namespace)".to_string()
+            }
+            Ok(m) => format!("uid {}", m.uid()),
+            Err(_) => "unknown".into(),
+        };
+        CacheError::StoreNotWritable {
+            path: root.to_path_buf(),
+            op,
+            at: at.to_path_buf(),
+            owner,
+            source: e,
+        }
+    };
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(not_writable("create directory", e))
+        }
+        Err(e) => return Err(CacheError::io("create directory", root, e)),
+    }
+    let md = fs::metadata(root).map_err(|e| CacheError::io("stat", root, e))?;
+    let me = rustix::process::geteuid().as_raw();
+    if md.uid() == me && md.mode() & 0o7777 != 0o700 {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(|e| CacheError::io("make private", root, e))?;
+    }
+    if rustix::fs::access(
+        root,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .is_err()
+    {
+        return Err(not_writable(
+            "write",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        ));
+    }
+    Ok(())
 }
 
 /// The pid in a `<pid>-…` name.

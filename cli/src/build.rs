@@ -270,6 +270,10 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()
         .map_err(usage)?;
+    // Before anything is built: a local export onto / or the store is a usage error.
+    for o in outputs.iter().filter(|o| o.kind == "local") {
+        crate::outputs::check_local_dest(root, &o.dest).map_err(usage)?;
+    }
     let tags = b
         .tags
         .iter()

@@ -176,16 +176,11 @@ pub fn is_tar(data: &[u8]) -> bool {
     data.starts_with(&[0x1f, 0x8b]) || data.get(257..262) == Some(b"ustar".as_slice())
 }
 
+/// Unpack a (gzip, zstd or plain) tar context with the `ADD` extractor: paths kept beneath
+/// `dir` (`..`, absolute paths and symlinks never lead outside), extension headers bounded,
+/// sparse files written with their holes, unsupported entry kinds refused.
 fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
-    let reader: Box<dyn Read> = if data.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(data))
-    } else {
-        Box::new(data)
-    };
-    let mut ar = tar::Archive::new(reader);
-    ar.set_preserve_permissions(true);
-    // `unpack` refuses entries that would land outside `dir`.
-    ar.unpack(dir)?;
+    rbuild_oci::extract_archive(data, dir)?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use rbuild_graph::{Definition, NodeId, Platform};
 use rbuild_oci::Descriptor;
 use rbuild_solver::{Event, ImageResult, Progress, SolveError, SolveOutput, Solver};
@@ -239,13 +239,26 @@ pub fn export_rootfs(
     o: &OutputSpec,
 ) -> Result<()> {
     if o.kind == "local" {
+        crate::outputs::check_local_dest(store.root(), &o.dest)?;
         return unpack_each(store, index, &PathBuf::from(&o.dest));
     }
-    let tmp = store.new_tmp_path("rootfs");
-    let r = unpack_each(store, index, &tmp)
-        .and_then(|_| crate::outputs::write_dest(&o.dest, |w| crate::outputs::tar_dir(&tmp, w)));
-    let _ = fs::remove_dir_all(&tmp);
-    r
+    // One tree holding every platform's, tarred once.
+    let tree = crate::outputs::TmpTree::new(store, "rootfs")?;
+    let idx = rbuild_oci::index::read_index(store, index)?;
+    for m in &idx.manifests {
+        let p = m.platform.as_ref().ok_or_else(|| {
+            anyhow!(
+                "index {}: manifest {} has no platform",
+                index.digest,
+                m.digest
+            )
+        })?;
+        let one = crate::outputs::rootfs_tree(store, m)?;
+        let to = tree.path().join(platform_dir(p));
+        fs::rename(one.path(), &to).with_context(|| format!("moving {}", to.display()))?;
+        fs::create_dir(one.path()).ok();
+    }
+    crate::outputs::write_dest(&o.dest, |w| crate::outputs::tar_dir(tree.path(), w))
 }
 
 /// The annotations of an index's outputs and pushes: its manifests carry their own

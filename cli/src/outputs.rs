@@ -270,13 +270,25 @@ pub fn write_dest_sink(dest: &str, f: impl FnOnce(ArchiveSink<'_>) -> Result<()>
             });
     }
     let dest = PathBuf::from(dest);
+    if dest.is_dir() {
+        bail!(
+            "{} is a directory: dest= of a tar or archive output names a file (or - for stdout)",
+            dest.display()
+        );
+    }
     let tmp = dest.with_file_name(format!(
         ".{}.rbuild-tmp",
         dest.file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default()
     ));
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // A stale temporary (or a symlink planted there) is removed, never followed.
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     if let Err(e) = f(ArchiveSink::File(&mut file)) {
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("exporting to {}", dest.display())));
@@ -286,38 +298,383 @@ pub fn write_dest_sink(dest: &str, f: impl FnOnce(ArchiveSink<'_>) -> Result<()>
     Ok(())
 }
 
-/// Apply the image's layers, in order, onto `dir` (a plain root filesystem).
-pub fn unpack_rootfs(store: &rbuild_cache::Store, manifest: &Descriptor, dir: &Path) -> Result<()> {
+/// A directory in the store's private `tmp/`, removed when dropped.
+pub struct TmpTree(PathBuf);
+
+impl TmpTree {
+    pub fn new(store: &rbuild_cache::Store, kind: &str) -> Result<TmpTree> {
+        let p = store.new_tmp_path(kind);
+        fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TmpTree(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpTree {
+    fn drop(&mut self) {
+        if fs::remove_dir_all(&self.0).is_err() {
+            // Directories a build left without write permission.
+            let _ = Command::new("chmod")
+                .args(["-R", "u+rwx"])
+                .arg(&self.0)
+                .status();
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The image's root filesystem, built in the store's private `tmp/`: every layer is applied in
+/// overlay upper format exactly as a pull applies it (diff_id verified), then the layers are
+/// merged with the copy snapshotter's overlay semantics ([`rbuild_solver::fallback::materialize`]),
+/// so an export reads a layer the way the build's overlay mounts did (one answer for a path
+/// that is a symlink in one layer and a directory in the next).
+pub fn rootfs_tree(store: &rbuild_cache::Store, manifest: &Descriptor) -> Result<TmpTree> {
     let images = ImageStore::open(store)?;
     let m = images.read_manifest(manifest)?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for l in &m.layers {
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&m.config.digest)?)
+        .with_context(|| format!("reading image config {}", m.config.digest))?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let uppers = TmpTree::new(store, "layers")?;
+    let mut dirs = Vec::with_capacity(m.layers.len());
+    for (i, l) in m.layers.iter().enumerate() {
+        let dir = uppers.path().join(i.to_string());
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let c = Compression::of_media_type(&l.media_type).unwrap_or(Compression::Uncompressed);
         let f = store.open_blob(&l.digest)?;
         let r = rbuild_oci::compress::decompressor(c, std::io::BufReader::new(f))?;
-        rbuild_oci::apply_layer_flat(r, dir)
-            .with_context(|| format!("applying layer {}", l.digest))?;
+        match diff_ids.get(i).filter(|_| diff_ids.len() == m.layers.len()) {
+            Some(d) => rbuild_oci::apply_layer_verified(r, &dir, &l.digest, d),
+            None => rbuild_oci::apply_layer(r, &dir),
+        }
+        .with_context(|| format!("applying layer {}", l.digest))?;
+        dirs.push(dir);
+    }
+    let tree = TmpTree::new(store, "rootfs")?;
+    rbuild_solver::fallback::materialize(&dirs, tree.path())?;
+    Ok(tree)
+}
+
+/// Unpack the image's root filesystem into `dir` (`type=local`): built privately
+/// ([`rootfs_tree`]), then written into `dir` by [`install_tree`].
+pub fn unpack_rootfs(store: &rbuild_cache::Store, manifest: &Descriptor, dir: &Path) -> Result<()> {
+    let tree = rootfs_tree(store, manifest)?;
+    install_tree(tree.path(), dir)
+}
+
+/// `path` made absolute with symlinks resolved as far as it exists (the rest appended).
+fn resolve_partly(path: &Path) -> Result<PathBuf> {
+    let path = std::path::absolute(path)?;
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match fs::canonicalize(existing) {
+            Ok(p) => break p,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent;
+                }
+                _ => bail!("cannot resolve {}", path.display()),
+            },
+        }
+    };
+    let mut full = resolved;
+    for c in rest.iter().rev() {
+        full.push(c);
+    }
+    Ok(full)
+}
+
+/// Refuse a `type=local` destination that would write over the host's root or the store:
+/// `/` itself, the store at `store_root`, anything inside it or any of its parents.
+pub fn check_local_dest(store_root: &Path, dest: &str) -> Result<()> {
+    let flag = format!("--output type=local,dest={dest}");
+    if dest.is_empty() {
+        bail!("{flag}: dest is empty");
+    }
+    let full = resolve_partly(Path::new(dest)).with_context(|| flag.clone())?;
+    if full == Path::new("/") {
+        bail!(
+            "{flag}: refusing to export a root filesystem onto / (it would replace host files); \
+             give a new or empty directory"
+        );
+    }
+    let root = resolve_partly(store_root).with_context(|| flag.clone())?;
+    if full.starts_with(&root) || root.starts_with(&full) {
+        bail!(
+            "{flag}: refusing to export into rbuild's store ({}) or a directory that holds it; \
+             give a directory outside it",
+            root.display()
+        );
     }
     Ok(())
 }
 
-pub(crate) fn tar_dir(dir: &Path, w: &mut dyn Write) -> Result<()> {
-    let mut b = tar::Builder::new(w);
-    b.follow_symlinks(false);
-    b.mode(tar::HeaderMode::Complete);
-    let mut entries: Vec<PathBuf> = walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter()
-        .map(|e| e.map(|e| e.path().to_path_buf()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for p in entries {
-        let rel = p.strip_prefix(dir)?;
-        b.append_path_with_name(&p, rel)
-            .with_context(|| format!("adding {} to the tar", rel.display()))?;
+/// Copy the tree `src` into `dest` (created when missing) without ever reaching outside it:
+/// every directory is opened beneath `dest` with `O_NOFOLLOW` (a symlink or non-directory
+/// where the image has a directory is an error naming the path, never followed or replaced);
+/// existing directories keep their owner, mode and times (only directories this creates get
+/// the image's); an existing file or symlink at a path the image writes is replaced (the entry
+/// itself, never its target); nothing else in `dest` is touched. Set-user/group-id bits are
+/// dropped and device nodes are created usable by their owner only (mode & 0600), so an
+/// exported tree never hands other host users a privilege (see docs/cli.md).
+pub fn install_tree(src: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let md = fs::symlink_metadata(dest).with_context(|| format!("reading {}", dest.display()))?;
+    if !md.is_dir() {
+        bail!("{} is not a directory", dest.display());
     }
-    b.finish()?;
+    let fd = rustix::fs::open(
+        dest,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", dest.display()))?;
+    let mut ins = Installer {
+        dest: dest.to_path_buf(),
+        root: fd,
+        links: std::collections::HashMap::new(),
+    };
+    ins.dir(src, &ins.root.try_clone()?, Path::new(""))
+}
+
+struct Installer {
+    dest: PathBuf,
+    root: std::os::fd::OwnedFd,
+    /// First path (relative to dest) of each multiply-linked inode of the source.
+    links: std::collections::HashMap<(u64, u64), PathBuf>,
+}
+
+impl Installer {
+    fn dir(&mut self, src: &Path, dfd: &std::os::fd::OwnedFd, rel: &Path) -> Result<()> {
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let mut names: Vec<std::ffi::OsString> = fs::read_dir(src)
+            .with_context(|| format!("reading {}", src.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for name in names {
+            let s = src.join(&name);
+            let r = rel.join(&name);
+            let shown = self.dest.join(&r);
+            let md = fs::symlink_metadata(&s)?;
+            let ft = md.file_type();
+            let existing = match rustix::fs::statat(dfd, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
+                Err(rustix::io::Errno::NOENT) => None,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", shown.display())),
+            };
+            if ft.is_dir() {
+                let created = match existing {
+                    None => {
+                        rustix::fs::mkdirat(dfd, &name, Mode::from_raw_mode(0o700))
+                            .with_context(|| format!("creating {}", shown.display()))?;
+                        true
+                    }
+                    Some(FileType::Directory) => false,
+                    Some(_) => bail!(
+                        "{} exists and is not a directory (a symlink in the destination is never \
+                         followed or replaced): remove it or choose another dest",
+                        shown.display()
+                    ),
+                };
+                let child = rustix::fs::openat(
+                    dfd,
+                    &name,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .with_context(|| format!("opening {} (not following symlinks)", shown.display()))?;
+                self.dir(&s, &child, &r)?;
+                if created {
+                    self.meta(child.as_fd_ref(), &s, &md, &shown)?;
+                }
+                continue;
+            }
+            match existing {
+                None => {}
+                Some(FileType::Directory) => bail!(
+                    "{} exists and is a directory, where the image has a file: remove it or \
+                     choose another dest",
+                    shown.display()
+                ),
+                Some(_) => rustix::fs::unlinkat(dfd, &name, AtFlags::empty())
+                    .with_context(|| format!("replacing {}", shown.display()))?,
+            }
+            if md.nlink() > 1 && !ft.is_dir() {
+                if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+                    // The first link's directory, reopened beneath dest without symlinks.
+                    let parent = first.parent().unwrap_or(Path::new(""));
+                    let pfd = rustix::fs::openat2(
+                        &self.root,
+                        if parent.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            parent
+                        },
+                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+                    )
+                    .with_context(|| format!("linking {}", shown.display()))?;
+                    let fname = first.file_name().unwrap_or_default();
+                    rustix::fs::linkat(&pfd, fname, dfd, &name, AtFlags::empty())
+                        .with_context(|| format!("linking {}", shown.display()))?;
+                    continue;
+                }
+                self.links.insert((md.dev(), md.ino()), r.clone());
+            }
+            let marker = rbuild_oci::device_marker_of(&s);
+            if ft.is_file() && marker.is_none() {
+                let out = rustix::fs::openat(
+                    dfd,
+                    &name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .with_context(|| format!("creating {}", shown.display()))?;
+                let mut out = fs::File::from(out);
+                let mut input = fs::File::open(&s)?;
+                std::io::copy(&mut input, &mut out)
+                    .with_context(|| format!("writing {}", shown.display()))?;
+                self.meta(out.as_fd_ref(), &s, &md, &shown)?;
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&s)?;
+                rustix::fs::symlinkat(&target, dfd, &name)
+                    .with_context(|| format!("creating {}", shown.display()))?;
+                let _ = rustix::fs::chownat(
+                    dfd,
+                    &name,
+                    Some(rustix::fs::Uid::from_raw(md.uid())),
+                    Some(rustix::fs::Gid::from_raw(md.gid())),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
+                rustix::fs::utimensat(dfd, &name, &times(&md), AtFlags::SYMLINK_NOFOLLOW)
+                    .with_context(|| format!("setting times of {}", shown.display()))?;
+            } else if ft.is_char_device()
+                || ft.is_block_device()
+                || ft.is_fifo()
+                || marker.is_some()
+            {
+                let (kind, rdev, mode) = match marker {
+                    Some((c, maj, min, mode)) => (
+                        if c {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        },
+                        rustix::fs::makedev(maj, min),
+                        mode,
+                    ),
+                    None if ft.is_fifo() => (FileType::Fifo, 0, md.mode()),
+                    None => (
+                        if ft.is_char_device() {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        },
+                        md.rdev(),
+                        md.mode(),
+                    ),
+                };
+                // Devices: usable by their owner only. A FIFO keeps its mode.
+                let mode = if kind == FileType::Fifo {
+                    mode & 0o777
+                } else {
+                    mode & 0o600
+                };
+                match rustix::fs::mknodat(dfd, &name, kind, Mode::from_raw_mode(mode), rdev) {
+                    Ok(()) => {}
+                    // Not allowed to create devices here (rootless): leave them out, as a
+                    // non-root buildx client does.
+                    Err(rustix::io::Errno::PERM) if kind != FileType::Fifo => continue,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("creating {}", shown.display()))
+                    }
+                }
+                let _ = rustix::fs::chownat(
+                    dfd,
+                    &name,
+                    Some(rustix::fs::Uid::from_raw(md.uid())),
+                    Some(rustix::fs::Gid::from_raw(md.gid())),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
+                rustix::fs::chmodat(dfd, &name, Mode::from_raw_mode(mode), AtFlags::empty())
+                    .with_context(|| format!("setting the mode of {}", shown.display()))?;
+                rustix::fs::utimensat(dfd, &name, &times(&md), AtFlags::SYMLINK_NOFOLLOW)
+                    .with_context(|| format!("setting times of {}", shown.display()))?;
+            }
+            // Sockets are not part of an image.
+        }
+        Ok(())
+    }
+
+    /// Owner, mode (without set-id bits), xattrs and times of `src` onto the open `fd`.
+    fn meta(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        src: &Path,
+        md: &fs::Metadata,
+        shown: &Path,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        // Ids outside a rootless map cannot be given; a non-root buildx client skips them too.
+        let _ = rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(md.uid())),
+            Some(rustix::fs::Gid::from_raw(md.gid())),
+        );
+        rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(md.mode() & 0o1777))
+            .with_context(|| format!("setting the mode of {}", shown.display()))?;
+        for (k, v) in rbuild_oci::user_xattrs(src)? {
+            let _ = rustix::fs::fsetxattr(fd, k.as_os_str(), &v, rustix::fs::XattrFlags::empty());
+        }
+        rustix::fs::futimens(fd, &times(md))
+            .with_context(|| format!("setting times of {}", shown.display()))?;
+        Ok(())
+    }
+}
+
+trait AsFdRef {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+
+impl<T: std::os::fd::AsFd> AsFdRef for T {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.as_fd()
+    }
+}
+
+fn times(md: &fs::Metadata) -> rustix::fs::Timestamps {
+    use std::os::unix::fs::MetadataExt;
+    let t = |s: i64, n: i64| rustix::fs::Timespec {
+        tv_sec: s,
+        tv_nsec: n as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: t(md.atime(), md.atime_nsec()),
+        last_modification: t(md.mtime(), md.mtime_nsec()),
+    }
+}
+
+/// A root filesystem tree as a tar (`type=tar`): the layer writer's deterministic format
+/// (PAX for long names and xattrs, hardlinks kept, device markers written as devices).
+pub(crate) fn tar_dir(dir: &Path, w: &mut dyn Write) -> Result<()> {
+    rbuild_oci::write_layer(dir, w, &rbuild_oci::LayerOpts::default())?;
     Ok(())
 }
 
@@ -414,15 +771,12 @@ pub fn export(
             })?;
         }
         "local" => {
-            let dir = PathBuf::from(&o.dest);
-            unpack_rootfs(store, manifest, &dir)?;
+            check_local_dest(store.root(), &o.dest)?;
+            unpack_rootfs(store, manifest, Path::new(&o.dest))?;
         }
         "tar" => {
-            let tmp = store.new_tmp_path("rootfs");
-            let r = unpack_rootfs(store, manifest, &tmp)
-                .and_then(|_| write_dest(&o.dest, |w| tar_dir(&tmp, w)));
-            let _ = fs::remove_dir_all(&tmp);
-            r?;
+            let tree = rootfs_tree(store, manifest)?;
+            write_dest(&o.dest, |w| tar_dir(tree.path(), w))?;
         }
         other => bail!("--output type={other}: not supported"),
     }

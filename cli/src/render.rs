@@ -206,6 +206,7 @@ pub fn hint(message: &str) -> Option<&'static str> {
         ("cannot reach registry", "the registry is unreachable: check the network, or use a mirror (RBUILD_REGISTRY_MIRRORS=docker.io=mirror:5000)"),
         ("no stage has that name", "--from takes a stage name (FROM … AS name), a stage index, or an image reference"),
         ("unknown instruction", "instructions are FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, CMD, ENTRYPOINT, EXPOSE, LABEL, VOLUME, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER"),
+        ("cannot use the store at", "the store directory belongs to another user: set RBUILD_ROOT (or --root) to a directory you own"),
         ("permission denied", "rbuild needs root (or user namespaces) to run build steps; try running it as root"),
     ];
     rules

@@ -1,8 +1,8 @@
 //! sha256 digests in OCI form (`sha256:<64 lowercase hex>`): computing, validating, and a
-//! `Write` adapter that hashes and counts what passes through it.
+//! `Write` and a `Read` adapter that hash and count what passes through them.
 
 use sha2::{Digest as _, Sha256};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use crate::OciError;
 
@@ -81,5 +81,38 @@ impl<W: Write> Write for HashingWriter<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A reader that hashes (sha256) and counts the bytes read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wrap `inner`.
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+    /// Read `inner` to its end (hashing it), then return the digest and the byte count.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        let d = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        Ok((d, self.count))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
     }
 }

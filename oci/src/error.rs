@@ -115,6 +115,28 @@ pub enum OciError {
         /// Why it was rejected.
         reason: String,
     },
+    /// A layer's uncompressed content does not hash to the diff_id its image config claims
+    /// (docker's wording).
+    #[error(
+        "layers from manifest don't match image configuration: layer {layer} unpacks to \
+         {actual}, but the image config says {expected}"
+    )]
+    DiffIdMismatch {
+        /// The layer blob (compressed digest).
+        layer: String,
+        /// The diff_id in the image config.
+        expected: String,
+        /// The sha256 of the uncompressed layer.
+        actual: String,
+    },
+    /// An archive entry rbuild will not extract, because its data would be lost or misread.
+    #[error("archive entry {path:?}: {reason}")]
+    UnsupportedEntry {
+        /// The entry path as in the archive.
+        path: String,
+        /// What is unsupported, and what to do.
+        reason: String,
+    },
     /// Filesystem or stream I/O failure with the path (or object) involved.
     #[error("{op} {path}: {source}")]
     Io {

@@ -4,6 +4,9 @@
 //! (a mismatch is an error and nothing is stored), other files are stored by their content
 //! digest. Then `index.json` (OCI) or `manifest.json` (docker) says which images and names the
 //! archive holds; an OCI entry may be an image index (a multi-platform image, loaded whole).
+//! Every image's layers are then checked against its config's diff_ids (each layer
+//! decompressed and hashed, as `docker load` does): an archive whose config claims another
+//! layer's diff_id is refused before anything can share that layer by diff_id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -41,7 +44,7 @@ const SMALL: u64 = 4 << 20;
 pub fn import_archive(store: &dyn ContentStore, src: impl Read) -> Result<Vec<Imported>, OciError> {
     let mut files: HashMap<String, (String, u64)> = HashMap::new();
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut archive = tar::Archive::new(src);
+    let mut archive = tar::Archive::new(crate::layer::TarGuard::new(src));
     let entries = archive
         .entries()
         .map_err(OciError::io("read archive", "tar"))?;
@@ -124,6 +127,9 @@ pub fn import_archive(store: &dyn ContentStore, src: impl Read) -> Result<Vec<Im
                 manifest: Descriptor::new(mt::OCI_MANIFEST, md, ms),
             });
         }
+        for i in &out {
+            verify_diff_ids(store, &i.manifest)?;
+        }
         return Ok(out);
     }
     let index = small
@@ -154,7 +160,76 @@ pub fn import_archive(store: &dyn ContentStore, src: impl Read) -> Result<Vec<Im
             manifest: Descriptor::new(d.media_type, d.digest, d.size),
         });
     }
+    for i in &out {
+        if crate::index::is_index(&i.manifest) {
+            let index = crate::index::read_index(store, &i.manifest)?;
+            for m in &index.manifests {
+                if !crate::index::is_index(m) {
+                    verify_diff_ids(store, m)?;
+                }
+            }
+        } else {
+            verify_diff_ids(store, &i.manifest)?;
+        }
+    }
     Ok(out)
+}
+
+/// Check an image's manifest against its digest and each layer (size, then its uncompressed
+/// sha256) against the manifest and the config's `rootfs.diff_ids`.
+pub fn verify_diff_ids(store: &dyn ContentStore, manifest: &Descriptor) -> Result<(), OciError> {
+    let data = store.read_blob(&manifest.digest)?;
+    crate::digest::verify(
+        &format!("manifest {}", manifest.digest),
+        &data,
+        &manifest.digest,
+        None,
+    )?;
+    let m: Manifest = parse_json(&format!("manifest {}", manifest.digest), &data)?;
+    let config: serde_json::Value = parse_json(
+        &format!("config {}", m.config.digest),
+        &store.read_blob(&m.config.digest)?,
+    )?;
+    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d.as_str()).collect())
+        .unwrap_or_default();
+    if diff_ids.len() != m.layers.len() {
+        return Err(OciError::Store {
+            op: "load archive".into(),
+            reason: format!(
+                "image {} has {} layers but its config lists {} diff_ids",
+                manifest.digest,
+                m.layers.len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    for (l, expected) in m.layers.iter().zip(diff_ids) {
+        let path = store.blob_path(&l.digest)?;
+        let size = std::fs::metadata(&path)
+            .map_err(OciError::io("stat", &path))?
+            .len();
+        if size != l.size {
+            return Err(OciError::DigestMismatch {
+                what: format!("size of layer {}", l.digest),
+                expected: l.size.to_string(),
+                actual: size.to_string(),
+            });
+        }
+        let actual = crate::layer::layer_diff_id(
+            std::io::BufReader::new(store.open_blob(&l.digest)?),
+            &path,
+        )?;
+        if actual != expected {
+            return Err(OciError::DiffIdMismatch {
+                layer: l.digest.clone(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn missing(what: &str) -> OciError {

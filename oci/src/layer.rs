@@ -5,9 +5,16 @@
 //!   `trusted.overlay.opaque=y`, or `user.overlay.opaque` in rootless mode). Every path is resolved with `openat2(RESOLVE_IN_ROOT)` from the
 //!   destination, so `..`, absolute paths and symlinks planted by the layer can never lead a write
 //!   outside it; the final component is never followed.
+//!   [`apply_layer_verified`] also hashes the uncompressed stream and checks it against the
+//!   image config's diff_id. Entry kinds: files (PAX sparse files written with their holes),
+//!   directories, symlinks, hardlinks, devices, FIFOs; GNU sparse and unknown kinds are refused
+//!   (never dropped); pax global headers are ignored. A device node that cannot be created
+//!   (no CAP_MKNOD: rootless) is kept as an empty mode-0 file marked with
+//!   `user.rbuild.device` (see `rbuild_cache::overlay::DEVICE_XATTR`). `user.rbuild.*` and
+//!   overlay xattrs in an archive are dropped.
 //! * [`write_layer`] turns an upper directory into a deterministic, uncompressed layer tar (the
-//!   reverse mapping), with hardlinks, xattrs as PAX `SCHILY.xattr.*` and SOURCE_DATE_EPOCH
-//!   clamping.
+//!   reverse mapping), with hardlinks, xattrs as PAX `SCHILY.xattr.*`, device markers as the
+//!   devices they stand for, and SOURCE_DATE_EPOCH clamping.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -33,20 +40,26 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// Extract a layer blob (gzip, zstd or uncompressed tar; bzip2/xz are refused with a clear
 /// error) into `dest` in overlayfs upper format. See the module docs for the safety rules.
 pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
-    extract(blob, dest, true)
+    extract_mode(blob, dest, true, None)
+}
+
+/// [`apply_layer`], verifying that the uncompressed stream hashes to `diff_id` (the image
+/// config's claim): the stream is hashed as it is applied and read to its end. On a mismatch
+/// the error is [`OciError::DiffIdMismatch`] and `dest` holds a partial tree the caller must
+/// remove (nothing may be recorded for it). `layer` (the blob digest) names the layer.
+pub fn apply_layer_verified(
+    blob: impl Read,
+    dest: &Path,
+    layer: &str,
+    diff_id: &str,
+) -> Result<(), OciError> {
+    extract_mode(blob, dest, true, Some((layer, diff_id)))
 }
 
 /// Extract an archive (gzip or uncompressed tar) into `dest` the way `ADD archive.tar.gz /dir`
 /// does: the same safe extraction as [`apply_layer`], but `.wh.*` names are ordinary files.
 pub fn extract_archive(archive: impl Read, dest: &Path) -> Result<(), OciError> {
-    extract(archive, dest, false)
-}
-
-/// Apply a layer blob onto a plain root filesystem directory (`type=local` / `type=tar`
-/// outputs): whiteouts delete what lower layers put there (`.wh..wh..opq` empties the
-/// directory) instead of becoming overlay markers. Same path safety as [`apply_layer`].
-pub fn apply_layer_flat(blob: impl Read, dest: &Path) -> Result<(), OciError> {
-    extract_mode(blob, dest, true, true)
+    extract_mode(archive, dest, false, None)
 }
 
 /// What [`archive_kind`] found at the start of a file.
@@ -131,21 +144,22 @@ fn is_tar_header(h: &[u8]) -> bool {
     sum == stored
 }
 
-fn extract(blob: impl Read, dest: &Path, whiteouts: bool) -> Result<(), OciError> {
-    extract_mode(blob, dest, whiteouts, false)
-}
-
-fn extract_mode(blob: impl Read, dest: &Path, whiteouts: bool, flat: bool) -> Result<(), OciError> {
+/// The uncompressed stream of a layer blob, its compression recognised by content (gzip,
+/// zstd, or none; bzip2/xz are refused).
+fn decompress_sniffed<'a>(
+    blob: impl Read + 'a,
+    what: &Path,
+) -> Result<Box<dyn Read + 'a>, OciError> {
     let mut buffered = BufReader::with_capacity(128 * 1024, blob);
     let magic = buffered
         .fill_buf()
-        .map_err(OciError::io("read layer for", dest))?;
-    let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        .map_err(OciError::io("read layer for", what))?;
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(buffered))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(
             zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(OciError::io("read zstd layer for", dest))?,
+                .map_err(OciError::io("read zstd layer for", what))?,
         )
     } else if magic.starts_with(b"BZh") {
         return Err(OciError::UnsupportedCompression("bzip2".into()));
@@ -153,7 +167,23 @@ fn extract_mode(blob: impl Read, dest: &Path, whiteouts: bool, flat: bool) -> Re
         return Err(OciError::UnsupportedCompression("xz".into()));
     } else {
         Box::new(buffered)
-    };
+    })
+}
+
+/// The diff_id (sha256 of the uncompressed tar) of a layer blob, compression by content.
+pub fn layer_diff_id(blob: impl Read, what: &Path) -> Result<String, OciError> {
+    let r = crate::digest::HashingReader::new(decompress_sniffed(blob, what)?);
+    let (d, _) = r.finish().map_err(OciError::io("read layer", what))?;
+    Ok(d)
+}
+
+fn extract_mode(
+    blob: impl Read,
+    dest: &Path,
+    whiteouts: bool,
+    expect: Option<(&str, &str)>,
+) -> Result<(), OciError> {
+    let reader = decompress_sniffed(blob, dest)?;
     let root = rustix::fs::open(
         dest,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -165,15 +195,29 @@ fn extract_mode(blob: impl Read, dest: &Path, whiteouts: bool, flat: bool) -> Re
         dest: dest.to_path_buf(),
         dir_times: Vec::new(),
         whiteouts,
-        flat,
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(TarGuard::new(crate::digest::HashingReader::new(reader)));
     let entries = archive
         .entries()
         .map_err(OciError::io("read layer tar for", dest))?;
     for entry in entries {
         let entry = entry.map_err(OciError::io("read layer tar for", dest))?;
         ex.entry(entry)?;
+    }
+    if let Some((layer, diff_id)) = expect {
+        // The diff_id covers the whole uncompressed stream, end-of-archive blocks included.
+        let (actual, _) = archive
+            .into_inner()
+            .inner
+            .finish()
+            .map_err(OciError::io("read layer tar for", dest))?;
+        if actual != diff_id {
+            return Err(OciError::DiffIdMismatch {
+                layer: layer.to_string(),
+                expected: diff_id.to_string(),
+                actual,
+            });
+        }
     }
     // Directory mtimes last (creating children changes them), deepest first.
     let dir_times = std::mem::take(&mut ex.dir_times);
@@ -192,14 +236,155 @@ fn extract_mode(blob: impl Read, dest: &Path, whiteouts: bool, flat: bool) -> Re
     Ok(())
 }
 
+/// Largest extension header (PAX `x`/`g`, GNU long name/link `L`/`K`) accepted. The tar crate
+/// reads these into memory whole; Go's archive/tar has the same 1 MiB limit.
+const MAX_EXTENSION_HEADER: u64 = 1 << 20;
+
+/// A reader between the decompressor and the tar parser that follows the archive's block
+/// structure and refuses extension headers over [`MAX_EXTENSION_HEADER`], so a small
+/// compressed layer cannot make the parser allocate gigabytes. It tracks PAX `size` records,
+/// which change the length of the next entry's data.
+pub(crate) struct TarGuard<R> {
+    inner: R,
+    /// Bytes of the current header block read so far.
+    header: Vec<u8>,
+    /// Data bytes (with padding) still to pass before the next header.
+    skip: u64,
+    /// The content of the PAX header being read (to find `size`).
+    pax: Option<Vec<u8>>,
+    /// Size override for the next entry, from a PAX `size` record.
+    next_size: Option<u64>,
+    /// Past the end-of-archive block (or a structure not followed): pass bytes through.
+    done: bool,
+}
+
+impl<R: Read> TarGuard<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        TarGuard {
+            inner,
+            header: Vec::with_capacity(512),
+            skip: 0,
+            pax: None,
+            next_size: None,
+            done: false,
+        }
+    }
+
+    fn padded(n: u64) -> u64 {
+        n.div_ceil(512).saturating_mul(512)
+    }
+
+    /// A complete header block: how much data follows it. Mirrors the tar crate: every
+    /// entry's data is its size field (or the pending PAX `size`), whatever its type.
+    fn on_header(&mut self) -> io::Result<()> {
+        let h = &self.header;
+        if h.iter().all(|b| *b == 0) {
+            // End of archive: what follows is not parsed.
+            self.done = true;
+            return Ok(());
+        }
+        let kind = h[156];
+        let field = parse_tar_number(&h[124..136]).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "invalid size in tar header")
+        })?;
+        let size = self.next_size.unwrap_or(field);
+        match kind {
+            b'x' | b'g' | b'L' | b'K' if size > MAX_EXTENSION_HEADER => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "tar extension header of {size} bytes (the limit is {MAX_EXTENSION_HEADER})"
+                    ),
+                ))
+            }
+            b'x' => self.pax = Some(Vec::with_capacity(size as usize)),
+            b'L' | b'K' => {}
+            // GNU sparse: extension blocks follow that are not headers; the entry is refused
+            // by the extractor, so stop following the structure.
+            b'S' => self.done = true,
+            _ => self.next_size = None,
+        }
+        self.skip = Self::padded(size);
+        Ok(())
+    }
+
+    fn on_pax_done(&mut self) {
+        if let Some(body) = self.pax.take() {
+            // A new PAX header replaces the previous one.
+            self.next_size = None;
+            for rec in body.split(|b| *b == b'\n') {
+                let Some(sp) = rec.iter().position(|b| *b == b' ') else {
+                    continue;
+                };
+                if let Some(v) = rec[sp + 1..].strip_prefix(b"size=") {
+                    self.next_size = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+                }
+            }
+        }
+    }
+}
+
+/// A tar numeric field: octal text, or base-256 (high bit set).
+fn parse_tar_number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut v: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(v);
+    }
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| *b != 0 && *b != b' ')
+        .collect();
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return self.inner.read(buf);
+        }
+        let want = if self.skip > 0 {
+            buf.len().min(self.skip.min(usize::MAX as u64) as usize)
+        } else {
+            buf.len().min(512 - self.header.len())
+        };
+        let n = self.inner.read(&mut buf[..want])?;
+        if self.skip > 0 {
+            if let Some(p) = self.pax.as_mut() {
+                p.extend_from_slice(&buf[..n]);
+            }
+            self.skip -= n as u64;
+            if self.skip == 0 {
+                self.on_pax_done();
+            }
+        } else {
+            self.header.extend_from_slice(&buf[..n]);
+            if self.header.len() == 512 {
+                let r = self.on_header();
+                self.header.clear();
+                r?;
+                if self.skip == 0 {
+                    self.on_pax_done();
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
 struct Extractor {
     root: OwnedFd,
     dest: PathBuf,
     dir_times: Vec<(String, (i64, u32))>,
     /// Interpret `.wh.` entries as overlay whiteouts (layers) or keep them as files (ADD).
     whiteouts: bool,
-    /// Whiteouts delete from the destination (a flattened rootfs) instead of marking.
-    flat: bool,
 }
 
 /// Split an archive path into safe components: leading `/` and `.` are dropped (paths are
@@ -246,7 +431,28 @@ struct EntryMeta {
     gid: u64,
     mtime: (i64, u32),
     xattrs: Vec<(OsString, Vec<u8>)>,
+    /// A PAX-format GNU sparse file (`GNU.sparse.*` records).
+    sparse: Option<Sparse>,
 }
+
+/// A PAX-format GNU sparse file (formats 0.0, 0.1 and 1.0, as GNU tar and Go's archive/tar
+/// write them): its real name and size, and where the data chunks go.
+#[derive(Debug, Default)]
+struct Sparse {
+    /// `GNU.sparse.name`: the real path (the header's is `…/GNUSparseFile.N/name`).
+    name: Option<Vec<u8>>,
+    /// `GNU.sparse.size` / `GNU.sparse.realsize`.
+    size: Option<u64>,
+    /// Format 1.0: the map is at the start of the entry's data.
+    map_in_data: bool,
+    /// Formats 0.0/0.1: (offset, length) pairs from the PAX records.
+    map: Vec<u64>,
+    major: Option<String>,
+    minor: Option<String>,
+}
+
+/// Most data chunks a sparse file may list (a bound on the map's memory).
+const MAX_SPARSE_CHUNKS: usize = 1 << 20;
 
 fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
     let (s, frac) = match v.split_once('.') {
@@ -401,7 +607,45 @@ impl Extractor {
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), OciError> {
-        let raw_path = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let unsupported = |reason: &str| OciError::UnsupportedEntry {
+            path: shown.clone(),
+            reason: reason.to_string(),
+        };
+        match kind {
+            tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::Directory
+            | tar::EntryType::Symlink
+            | tar::EntryType::Link
+            | tar::EntryType::Char
+            | tar::EntryType::Block
+            | tar::EntryType::Fifo => {}
+            // A pax global header carries defaults for later entries that no layer writer
+            // uses for anything but comments; GNU tar and Go ignore it the same way.
+            tar::EntryType::XGlobalHeader => return Ok(()),
+            tar::EntryType::GNUSparse => {
+                return Err(unsupported(
+                    "GNU sparse entries (tar --sparse in the old GNU format) are not supported, \
+                     as in BuildKit; recreate the archive with `tar --sparse --format=pax` or \
+                     without --sparse",
+                ))
+            }
+            other => {
+                return Err(unsupported(&format!(
+                    "unsupported tar entry type {:?} (byte {:?}); only files, directories, \
+                     links, devices and FIFOs can be extracted",
+                    other,
+                    char::from(other.as_byte())
+                )))
+            }
+        }
+        let meta = self.entry_meta(&mut entry)?;
+        let raw_path = match meta.sparse.as_ref().and_then(|sp| sp.name.clone()) {
+            Some(n) => n,
+            None => entry.path_bytes().into_owned(),
+        };
         let comps = clean_components(&raw_path)?;
         let Some((name, parent_comps)) = comps.split_last() else {
             return Ok(()); // the layer root itself: its metadata is not applied
@@ -410,21 +654,6 @@ impl Extractor {
         let name_os = OsStr::from_bytes(name);
 
         // Whiteouts.
-        if self.whiteouts && self.flat && *name == OPAQUE_MARKER.as_bytes() {
-            let dir = self.ensure_dir(parent_comps)?;
-            let mut children = Vec::new();
-            for e in rustix::fs::Dir::read_from(&dir).map_err(self.err("read dir", &rel))? {
-                let e = e.map_err(self.err("read dir", &rel))?;
-                let child = e.file_name().to_bytes();
-                if child != b"." && child != b".." {
-                    children.push(OsStr::from_bytes(child).to_os_string());
-                }
-            }
-            for c in children {
-                self.clear(&dir, &c, &rel, false)?;
-            }
-            return Ok(());
-        }
         if self.whiteouts && *name == OPAQUE_MARKER.as_bytes() {
             let dir = self.ensure_dir(parent_comps)?;
             rustix::fs::fsetxattr(
@@ -449,9 +678,6 @@ impl Extractor {
             let parent = self.ensure_dir(parent_comps)?;
             let target = OsStr::from_bytes(target);
             self.clear(&parent, target, &rel, false)?;
-            if self.flat {
-                return Ok(());
-            }
             rustix::fs::mknodat(
                 &parent,
                 target,
@@ -471,9 +697,12 @@ impl Extractor {
             return Ok(());
         }
 
-        let meta = self.entry_meta(&mut entry)?;
+        if meta.sparse.is_some() && kind != tar::EntryType::Regular {
+            return Err(unsupported(
+                "GNU.sparse records on an entry that is not a file",
+            ));
+        }
         let header = entry.header().clone();
-        let kind = header.entry_type();
         let parent = self.ensure_dir(parent_comps)?;
         match kind {
             tar::EntryType::Directory => {
@@ -506,8 +735,13 @@ impl Extractor {
                 )
                 .map_err(self.err("create file", &rel))?;
                 let mut file = File::from(fd);
-                io::copy(&mut entry, &mut file)
-                    .map_err(OciError::io("write", self.dest.join(&rel)))?;
+                match &meta.sparse {
+                    Some(sp) => self.write_sparse(&mut entry, &mut file, sp, &rel)?,
+                    None => {
+                        io::copy(&mut entry, &mut file)
+                            .map_err(OciError::io("write", self.dest.join(&rel)))?;
+                    }
+                }
                 self.set_meta_fd(file.as_fd(), &meta, &rel, true)?;
             }
             tar::EntryType::Symlink => {
@@ -564,14 +798,22 @@ impl Extractor {
                     0
                 };
                 self.clear(&parent, name_os, &rel, false)?;
-                rustix::fs::mknodat(
+                match rustix::fs::mknodat(
                     &parent,
                     name_os,
                     ft,
                     Mode::from_raw_mode(meta.mode & 0o7777),
                     rdev,
-                )
-                .map_err(self.err("create device node", &rel))?;
+                ) {
+                    Ok(()) => {}
+                    // No CAP_MKNOD here (rootless, an unprivileged container): keep the node
+                    // as a marker file that layer tars turn back into the device.
+                    Err(rustix::io::Errno::PERM) if dev => {
+                        self.device_marker(&parent, name_os, &header, &meta, &rel)?;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(self.err("create device node", &rel)(e)),
+                }
                 self.set_meta_at(&parent, name_os, &meta, &rel)?;
                 let _ = rustix::fs::chmodat(
                     &parent,
@@ -580,10 +822,120 @@ impl Extractor {
                     AtFlags::empty(),
                 );
             }
-            // PAX / GNU extension headers are consumed by the tar crate; anything else
-            // (sparse files, unknown types) is skipped.
+            // Every other kind was refused or skipped above.
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Keep a device node this process may not create as an empty mode-0 file carrying
+    /// [`rbuild_cache::overlay::DEVICE_XATTR`].
+    fn device_marker(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        header: &tar::Header,
+        meta: &EntryMeta,
+        rel: &str,
+    ) -> Result<(), OciError> {
+        let is_char = header.entry_type() == tar::EntryType::Char;
+        let maj = header.device_major().ok().flatten().unwrap_or(0);
+        let min = header.device_minor().ok().flatten().unwrap_or(0);
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(self.err("create device marker", rel))?;
+        let value = rbuild_cache::overlay::device_marker(is_char, maj, min, meta.mode);
+        rustix::fs::fsetxattr(
+            &fd,
+            rbuild_cache::overlay::DEVICE_XATTR,
+            value.as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(self.err("mark device node", rel))?;
+        let plain = EntryMeta {
+            mode: 0,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime: meta.mtime,
+            xattrs: Vec::new(),
+            sparse: None,
+        };
+        self.set_meta_fd(fd.as_fd(), &plain, rel, true)
+    }
+
+    /// Write a PAX sparse file's data chunks at their offsets (holes stay holes) and give the
+    /// file its real size. The map must be ordered, inside the size, and account for exactly
+    /// the entry's data.
+    fn write_sparse<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut File,
+        sp: &Sparse,
+        rel: &str,
+    ) -> Result<(), OciError> {
+        use std::io::{Seek, SeekFrom};
+        let bad = |why: &str| OciError::UnsupportedEntry {
+            path: rel.to_string(),
+            reason: format!("invalid PAX sparse file: {why}"),
+        };
+        let version = (sp.major.as_deref(), sp.minor.as_deref());
+        match version {
+            (Some("1"), Some("0")) | (Some("0"), Some("0")) | (Some("0"), Some("1")) => {}
+            (None, None) => {}
+            _ => return Err(bad("unknown GNU.sparse format version")),
+        }
+        let size = sp
+            .size
+            .ok_or_else(|| bad("no GNU.sparse.size or realsize"))?;
+        let mut data_left = entry.size();
+        let map: Vec<u64> = if sp.map_in_data {
+            let (map, used) = read_sparse_map(entry).map_err(|e| bad(&e))?;
+            data_left = data_left
+                .checked_sub(used)
+                .ok_or_else(|| bad("map longer than the entry"))?;
+            map
+        } else {
+            sp.map.clone()
+        };
+        if map.len() % 2 != 0 {
+            return Err(bad("odd number of map values"));
+        }
+        let mut cur = 0u64;
+        let mut total = 0u64;
+        for pair in map.chunks(2) {
+            let (off, len) = (pair[0], pair[1]);
+            let end = off.checked_add(len).ok_or_else(|| bad("chunk overflows"))?;
+            if off < cur || end > size {
+                return Err(bad("chunks out of order, overlapping or beyond the size"));
+            }
+            cur = end;
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| bad("chunk overflows"))?;
+        }
+        if total != data_left {
+            return Err(bad("the chunks do not account for the entry's data"));
+        }
+        let path = self.dest.join(rel);
+        for pair in map.chunks(2) {
+            let (off, len) = (pair[0], pair[1]);
+            if len == 0 {
+                continue;
+            }
+            file.seek(SeekFrom::Start(off))
+                .map_err(OciError::io("seek in", &path))?;
+            let n = io::copy(&mut (&mut *entry).take(len), file)
+                .map_err(OciError::io("write", &path))?;
+            if n != len {
+                return Err(bad("truncated data"));
+            }
+        }
+        file.set_len(size)
+            .map_err(OciError::io("set size of", &path))?;
         Ok(())
     }
 
@@ -600,7 +952,10 @@ impl Extractor {
             gid: h.gid().map_err(|_| bad("gid"))?,
             mtime: (h.mtime().map_err(|_| bad("mtime"))? as i64, 0),
             xattrs: Vec::new(),
+            sparse: None,
         };
+        let mut sparse = Sparse::default();
+        let mut is_sparse = false;
         if let Some(exts) = entry
             .pax_extensions()
             .map_err(OciError::io("read PAX header of", &path_str))?
@@ -610,7 +965,7 @@ impl Extractor {
                 let Ok(key) = ext.key() else { continue };
                 let value = ext.value_bytes();
                 if let Some(x) = key.strip_prefix(PAX_XATTR_PREFIX) {
-                    if !rbuild_cache::overlay::is_overlay_xattr(x.as_bytes()) {
+                    if !rbuild_cache::overlay::is_store_xattr(x.as_bytes()) {
                         meta.xattrs.push((OsString::from(x), value.to_vec()));
                     }
                 } else {
@@ -621,10 +976,41 @@ impl Extractor {
                         "mtime" => {
                             meta.mtime = parse_pax_time(s.trim()).ok_or_else(|| bad("PAX mtime"))?
                         }
+                        k if k.starts_with("GNU.sparse.") => {
+                            is_sparse = true;
+                            let num = || s.trim().parse::<u64>().map_err(|_| bad(k));
+                            match k {
+                                "GNU.sparse.name" => sparse.name = Some(value.to_vec()),
+                                "GNU.sparse.size" | "GNU.sparse.realsize" => {
+                                    sparse.size = Some(num()?)
+                                }
+                                "GNU.sparse.major" => sparse.major = Some(s.trim().to_string()),
+                                "GNU.sparse.minor" => sparse.minor = Some(s.trim().to_string()),
+                                "GNU.sparse.offset" | "GNU.sparse.numbytes" => {
+                                    sparse.map.push(num()?)
+                                }
+                                "GNU.sparse.map" => {
+                                    for v in s.trim().split(',').filter(|v| !v.is_empty()) {
+                                        sparse
+                                            .map
+                                            .push(v.parse().map_err(|_| bad("GNU.sparse.map"))?);
+                                    }
+                                }
+                                _ => {}
+                            }
+                            if sparse.map.len() > 2 * MAX_SPARSE_CHUNKS {
+                                return Err(bad("GNU.sparse map (too many chunks)"));
+                            }
+                        }
                         _ => {}
                     }
                 }
             }
+        }
+        if is_sparse {
+            sparse.map_in_data =
+                sparse.major.as_deref() == Some("1") && sparse.minor.as_deref() == Some("0");
+            meta.sparse = Some(sparse);
         }
         Ok(meta)
     }
@@ -674,6 +1060,55 @@ impl Extractor {
         rustix::fs::utimensat(parent, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(self.err("set mtime", rel))?;
         Ok(())
+    }
+}
+
+/// Read a PAX 1.0 sparse map from the start of an entry's data: decimal numbers, each ending in
+/// a newline (the count, then offset/length pairs), padded to a 512-byte block. Returns the
+/// pairs and the bytes the map took.
+fn read_sparse_map(r: &mut impl Read) -> Result<(Vec<u64>, u64), String> {
+    let mut block = [0u8; 512];
+    let mut used = 0u64;
+    let mut tokens: Vec<u64> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let mut want: Option<usize> = None;
+    loop {
+        read_full(r, &mut block)
+            .and_then(|n| {
+                if n == 512 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+                }
+            })
+            .map_err(|_| "truncated sparse map".to_string())?;
+        used += 512;
+        for &b in &block {
+            if want.is_some_and(|w| tokens.len() >= w) {
+                break;
+            }
+            if b == b'\n' {
+                let text = std::str::from_utf8(&cur).map_err(|_| "bad map number")?;
+                let v: u64 = text.parse().map_err(|_| "bad map number")?;
+                cur.clear();
+                if want.is_none() {
+                    let n = usize::try_from(v).map_err(|_| "too many chunks")?;
+                    if n > MAX_SPARSE_CHUNKS {
+                        return Err("too many chunks".into());
+                    }
+                    want = Some(2 * n);
+                } else {
+                    tokens.push(v);
+                }
+            } else if b.is_ascii_digit() && cur.len() < 20 {
+                cur.push(b);
+            } else {
+                return Err("bad map number".into());
+            }
+        }
+        if want.is_some_and(|w| tokens.len() >= w) {
+            return Ok((tokens, used));
+        }
     }
 }
 
@@ -771,6 +1206,28 @@ fn list_xattrs(path: &Path) -> Result<Vec<Xattr>, OciError> {
     Ok(out)
 }
 
+/// The xattrs of `path` (not following symlinks) that are content, not rbuild's store
+/// markers (overlay xattrs, `user.rbuild.*`), sorted by name.
+pub fn user_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, OciError> {
+    Ok(list_xattrs(path)?
+        .into_iter()
+        .filter(|(k, _)| !rbuild_cache::overlay::is_store_xattr(k))
+        .map(|(k, v)| (OsString::from_vec(k), v))
+        .collect())
+}
+
+/// The device an empty regular file at `path` stands for when it carries
+/// [`rbuild_cache::overlay::DEVICE_XATTR`]: `(is_char, major, minor, mode)`.
+pub fn device_marker_of(path: &Path) -> Option<(bool, u32, u32, u32)> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    if !md.is_file() || md.len() != 0 {
+        return None;
+    }
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(path, rbuild_cache::overlay::DEVICE_XATTR, &mut buf).ok()?;
+    rbuild_cache::overlay::parse_device_marker(&buf[..n])
+}
+
 /// One PAX record: "<len> <key>=<value>\n", where len counts the whole record.
 fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let base = key.len() + value.len() + 3; // ' ', '=', '\n'
@@ -856,9 +1313,32 @@ impl<W: Write> LayerWriter<W> {
         }
         let user_xattrs: Vec<Xattr> = xattrs
             .iter()
-            .filter(|(k, _)| !rbuild_cache::overlay::is_overlay_xattr(k))
+            .filter(|(k, _)| !rbuild_cache::overlay::is_store_xattr(k))
             .cloned()
             .collect();
+        // A device node kept as a marker file (unpacked without CAP_MKNOD): the device again.
+        let marker = xattrs
+            .iter()
+            .find(|(k, _)| k == rbuild_cache::overlay::DEVICE_XATTR.as_bytes())
+            .and_then(|(_, v)| rbuild_cache::overlay::parse_device_marker(v))
+            .filter(|_| ft.is_file() && md.len() == 0);
+        if let Some((is_char, major, minor, mode)) = marker {
+            header.set_entry_type(if is_char {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            // A chmod after the unpack (the marker is made mode 0) is the mode that counts.
+            let own = md.mode() & 0o7777;
+            header.set_mode(if own != 0 { own } else { mode });
+            header
+                .set_device_major(major)
+                .map_err(OciError::io("device number of", path))?;
+            header
+                .set_device_minor(minor)
+                .map_err(OciError::io("device number of", path))?;
+            return self.emit(header, rel, None, &user_xattrs, io::empty(), path);
+        }
         if ft.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             let mut drel = rel.to_vec();

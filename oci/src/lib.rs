@@ -30,8 +30,8 @@ pub use export::{
 };
 pub use image_store::ImageStore;
 pub use layer::{
-    apply_layer, apply_layer_flat, archive_kind, extract_archive, write_layer, ArchiveKind,
-    LayerOpts,
+    apply_layer, apply_layer_verified, archive_kind, device_marker_of, extract_archive,
+    layer_diff_id, user_xattrs, write_layer, ArchiveKind, LayerOpts,
 };
 pub use reference::Reference;
 pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};

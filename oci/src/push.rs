@@ -340,7 +340,8 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// Pull an image into the store: manifest (as served), config and layers, all verified.
+    /// Pull an image into the store: manifest (as served), config and layers, all verified
+    /// (digests, sizes, and each layer's uncompressed sha256 against the config's diff_ids).
     /// Returns the manifest descriptor (to tag in the image store).
     pub fn pull_image(
         &self,
@@ -371,7 +372,11 @@ impl RegistryClient {
             .ok()
             .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
             .unwrap_or_else(|| crate::types::media_types::OCI_MANIFEST.to_string());
-        Ok(Descriptor::new(media_type, digest, size))
+        let desc = Descriptor::new(media_type, digest, size);
+        // Layers are tagged only when they are what the config claims (docker pull checks
+        // the same while it unpacks).
+        crate::import::verify_diff_ids(store, &desc)?;
+        Ok(desc)
     }
 }
 

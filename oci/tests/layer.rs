@@ -8,108 +8,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
+use common::tars::T;
 use rbuild_oci::{apply_layer, write_layer, LayerOpts, OciError};
 use rustix::fs::XattrFlags;
-
-fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in records {
-        let base = k.len() + v.len() + 3;
-        let mut len = base + base.to_string().len();
-        if len.to_string().len() != base.to_string().len() {
-            len = base + len.to_string().len();
-        }
-        out.extend_from_slice(format!("{len} {k}=").as_bytes());
-        out.extend_from_slice(v);
-        out.push(b'\n');
-    }
-    out
-}
-
-/// A small tar writer for hand-made (including malicious) archives.
-struct T(tar::Builder<Vec<u8>>);
-
-impl T {
-    fn new() -> T {
-        T(tar::Builder::new(Vec::new()))
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn raw(
-        &mut self,
-        path: &str,
-        kind: tar::EntryType,
-        mode: u32,
-        owner: (u64, u64),
-        link: Option<&str>,
-        data: &[u8],
-        pax_recs: &[(&str, &[u8])],
-    ) {
-        if !pax_recs.is_empty() {
-            let body = pax(pax_recs);
-            let mut h = tar::Header::new_ustar();
-            h.set_entry_type(tar::EntryType::XHeader);
-            h.as_old_mut().name[..9].copy_from_slice(b"PaxHeader");
-            h.set_size(body.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            self.0.append(&h, &body[..]).unwrap();
-        }
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        let name = &mut h.as_old_mut().name;
-        name[..path.len()].copy_from_slice(path.as_bytes());
-        if let Some(l) = link {
-            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        if kind == tar::EntryType::Char {
-            h.set_device_major(1).unwrap();
-            h.set_device_minor(3).unwrap();
-        }
-        h.set_mode(mode);
-        h.set_uid(owner.0);
-        h.set_gid(owner.1);
-        h.set_mtime(1_600_000_000);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        self.0.append(&h, data).unwrap();
-    }
-    fn dir(&mut self, p: &str) -> &mut Self {
-        self.raw(p, tar::EntryType::Directory, 0o755, (0, 0), None, b"", &[]);
-        self
-    }
-    fn file(&mut self, p: &str, data: &[u8]) -> &mut Self {
-        self.raw(p, tar::EntryType::Regular, 0o644, (0, 0), None, data, &[]);
-        self
-    }
-    fn symlink(&mut self, p: &str, target: &str) -> &mut Self {
-        self.raw(
-            p,
-            tar::EntryType::Symlink,
-            0o777,
-            (0, 0),
-            Some(target),
-            b"",
-            &[],
-        );
-        self
-    }
-    fn hardlink(&mut self, p: &str, target: &str) -> &mut Self {
-        self.raw(
-            p,
-            tar::EntryType::Link,
-            0o644,
-            (0, 0),
-            Some(target),
-            b"",
-            &[],
-        );
-        self
-    }
-    fn done(&mut self) -> Vec<u8> {
-        let b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
-        b.into_inner().unwrap()
-    }
-}
 
 fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 256];

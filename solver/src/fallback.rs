@@ -32,6 +32,9 @@
 //! through one path changes the other too (overlayfs breaks the link on copy-up; a real
 //! container on a copy-based snapshotter behaves like rbuild here).
 //!
+//! [`materialize`] is also how `type=local`/`type=tar` outputs flatten an image's layers
+//! (`cli/src/outputs.rs`), so a build and its export resolve every path the same way.
+//!
 //! [`use_copy_snapshotter`] decides the mode: `RBUILD_SNAPSHOTTER=copy` (or `native`) and
 //! `=overlay` force one; otherwise (unset or any other value) overlayfs is used when a probe
 //! mount works.

@@ -636,6 +636,11 @@ impl Ctx<'_> {
     ) -> Result<(), String> {
         let ft = md.file_type();
         let (uid, gid) = owner.unwrap_or((md.uid(), md.gid()));
+        // A device node kept as a marker file (rootless unpack) is skipped like a device, so a
+        // rootless COPY gives the layer a root one gives.
+        if ft.is_file() && md.len() == 0 && rbuild_oci::device_marker_of(src).is_some() {
+            return Ok(());
+        }
         if ft.is_file() {
             // The common case (nothing at the target yet) costs two opens and fd calls only;
             // whatever is in the way is removed first otherwise.

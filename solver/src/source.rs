@@ -2,8 +2,10 @@
 //!
 //! Resolution (tag → manifest digest + config) is remembered in the store (`meta` namespace
 //! `resolve`), so a rebuild needs no registry round-trip unless `--pull` asks for one. Pulled
-//! layers are fetched into the content store (digest-verified by the registry client) and
-//! unpacked into one snapshot per layer; a layer already unpacked (same diff id) is reused.
+//! layers are fetched into the content store (digest and size verified by the registry client)
+//! and unpacked into one snapshot per layer, the uncompressed stream hashed on the way and
+//! checked against the config's diff_id (a mismatch removes the snapshot and records nothing);
+//! a layer already unpacked (same, verified, diff id) is reused.
 
 use std::sync::Mutex;
 
@@ -17,6 +19,8 @@ type Pulled = (Layer, bool);
 
 const RESOLVE_NS: &str = "resolve";
 const LAYER_NS: &str = "layer-snapshot";
+/// Blob digest → the diff_id its uncompressed stream was verified to have.
+const VERIFIED_NS: &str = "layer-verified";
 
 pub(crate) fn oci_platform(p: &Platform) -> rbuild_oci::Platform {
     rbuild_oci::Platform {
@@ -209,8 +213,15 @@ impl Solver {
             media_type: desc.media_type.clone(),
             created: None,
         };
+        // Reused only when this very blob was seen to unpack to this diff_id: a blob that
+        // failed verification once stays in the content store, but never gets another
+        // image's snapshot.
         if let Some(id) = store.meta_get(LAYER_NS, diff_id)? {
-            if store.snapshot_exists(&id) && store.has_blob(&desc.digest) {
+            let verified = store.meta_get(VERIFIED_NS, &desc.digest)?;
+            if verified.as_deref() == Some(diff_id)
+                && store.snapshot_exists(&id)
+                && store.has_blob(&desc.digest)
+            {
                 return Ok((layer(id), false));
             }
         }
@@ -223,10 +234,19 @@ impl Solver {
             })?;
         let snap = store.new_snapshot()?;
         let file = store.open_blob(&desc.digest)?;
-        if let Err(e) = rbuild_oci::apply_layer(std::io::BufReader::new(file), &snap.fs) {
+        // The uncompressed stream is checked against the config's diff_id while it is applied:
+        // a layer is shared by diff_id with every other image, so a false claim must never be
+        // recorded (docker refuses the same way).
+        if let Err(e) = rbuild_oci::apply_layer_verified(
+            std::io::BufReader::new(file),
+            &snap.fs,
+            &desc.digest,
+            diff_id,
+        ) {
             let _ = store.remove_snapshot(&snap.id);
             return Err(e.into());
         }
+        store.meta_put(VERIFIED_NS, &desc.digest, diff_id)?;
         Ok((layer(snap.id), true))
     }
 }

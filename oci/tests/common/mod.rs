@@ -1,6 +1,8 @@
 //! Test helpers: the local test registry (started by .ci/setup.sh) and a tiny HTTP server.
 #![allow(dead_code)]
 
+pub mod tars;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
