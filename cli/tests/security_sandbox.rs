@@ -345,7 +345,7 @@ done
 for dir in /tmp /dev /dev/shm /tm /cm /bm; do
   t=$(echo "$dir" | tr / _)
   if mknod "$dir/kmsg" c 1 11 2>/dev/null; then res "mknod$t" made; else res "mknod$t" failed; fi
-  if isdev "$dir/kmsg" && (echo "<0>rbuild-sbx-$mark" > "$dir/kmsg") 2>/dev/null; then res "kmsg-write$t" DONE; else res "kmsg-write$t" refused; fi
+  if isdev "$dir/kmsg" && (echo "<6>rbuild-sbx-$mark" > "$dir/kmsg") 2>/dev/null; then res "kmsg-write$t" DONE; else res "kmsg-write$t" refused; fi
   open_r "kmsg-read$t" "$dir/kmsg"
   mknod "$dir/mem" c 1 1 2>/dev/null;    open_r "mem$t" "$dir/mem"
   mknod "$dir/loop" b 7 0 2>/dev/null;   open_r "loop$t" "$dir/loop"
