@@ -327,6 +327,83 @@ fn inherited_fds_never_reach_a_credential_helper() {
     }
 }
 
+/// `git` (a git build context) gets no fd rbuild inherited: a `git` wrapper first on the PATH
+/// records its fds and runs the real git.
+#[test]
+fn inherited_fds_never_reach_git() {
+    require_env();
+    require_tools(&["git"]);
+    let d = tempfile::tempdir().unwrap();
+    let secret_path = d.path().join("secret");
+    fs::write(&secret_path, "host-secret").unwrap();
+    let repo = d.path().join("repo.git");
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {o:?}");
+    };
+    fs::create_dir(&repo).unwrap();
+    git(&["init", "-q"]);
+    fs::write(repo.join("Dockerfile"), "FROM busybox\n").unwrap();
+    git(&["add", "Dockerfile"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "x",
+    ]);
+    let real_git = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bin = d.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let log = d.path().join("fds.log");
+    fs::write(
+        bin.join("git"),
+        format!(
+            "#!/bin/sh\nls -l /proc/$$/fd/ >> {} 2>&1\nexec {} \"$@\"\n",
+            log.display(),
+            real_git.trim()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(bin.join("git"), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+    c.args(["build", &format!("file://{}", repo.display())])
+        .env("RBUILD_ROOT", store.path())
+        .env("RBUILD_REGISTRY_MIRRORS", format!("docker.io={REGISTRY}"))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        );
+    let run = Run {
+        out: with_leaked_fds(&c, &secret_path).output().unwrap(),
+    }
+    .ok();
+    let listing =
+        fs::read_to_string(&log).unwrap_or_else(|e| panic!("git did not run ({e}): {}", run.all()));
+    assert!(listing.contains(" 0 -> "), "{listing}");
+    for l in listing.lines() {
+        assert!(
+            !l.ends_with(" -> /") && !l.contains(&secret_path.display().to_string()),
+            "git inherited an fd of rbuild's parent: {l}\n{listing}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Device nodes
 
