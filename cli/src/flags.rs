@@ -290,6 +290,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_never_saturate_or_exceed_memory() {
+        assert_eq!(bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(bytes("1.5k").unwrap(), 1536);
+        for huge in ["99999999999g", "18446744073709551615", "1e30", "inf", "NaN"] {
+            assert!(bytes(huge).is_err(), "{huge}");
+        }
+        assert_eq!(shm_size("64m").unwrap(), 64 << 20);
+        assert!(shm_size("100000000g").unwrap_err().contains("memory"));
+    }
+
+    #[test]
     fn csv_quotes_protect_commas() {
         assert_eq!(
             csv_fields("a=1,\"b=2,3\",c").unwrap(),
