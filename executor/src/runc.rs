@@ -534,7 +534,13 @@ pub(crate) fn sweep_stale_state() {
             else {
                 continue;
             };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            // Only this user's directories, never a symlink (a shared /tmp).
+            let ours = std::fs::symlink_metadata(ent.path()).is_ok_and(|m| {
+                m.is_dir()
+                    && std::os::unix::fs::MetadataExt::uid(&m)
+                        == rustix::process::geteuid().as_raw()
+            });
+            if ours && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(ent.path());
             }
         }
