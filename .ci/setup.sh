@@ -3,18 +3,21 @@
 #  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq,
 #    git (git contexts), bsdutils (`script`, the tty progress test), uidmap (newuidmap/newgidmap,
 #    rootless tests), slirp4netns and passt (the isolated default network of RUN steps; iproute2's
-#    `ip` builds the test network namespaces)
+#    `ip` builds the test network namespaces), gcc + libc6-dev (the security suite builds its
+#    attack program statically), util-linux (setpriv, flock, dmesg, nsenter)
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux flock:util-linux dmesg:util-linux cc:gcc; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
 if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then need+=(busybox-static file); fi
+# static libc for `cc -static` (cli/tests/security/attack.c)
+compgen -G '/usr/lib/*/libc.a' >/dev/null || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/tmp/rbuild-apt.log 2>&1 || { cat /tmp/rbuild-apt.log; exit 1; }

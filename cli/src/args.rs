@@ -207,7 +207,7 @@ pub struct BuildArgs {
     #[arg(long = "add-host", value_name = "HOST:IP", value_parser = flags::add_host)]
     pub add_hosts: Vec<String>,
     /// Size of /dev/shm in RUN steps (e.g. 64m)
-    #[arg(long = "shm-size", value_name = "BYTES", value_parser = flags::bytes)]
+    #[arg(long = "shm-size", value_name = "BYTES", value_parser = flags::shm_size)]
     pub shm_size: Option<u64>,
     /// Resource limit for RUN steps NAME=SOFT[:HARD] (e.g. nofile=1024:2048); repeatable
     #[arg(long = "ulimit", value_name = "NAME=LIMIT", value_parser = flags::ulimit)]

@@ -183,7 +183,20 @@ pub fn bytes(s: &str) -> Result<u64, String> {
     if n < 0.0 {
         return Err(format!("negative size {s:?}"));
     }
-    Ok((n * mult as f64) as u64)
+    let total = n * mult as f64;
+    // `as` saturates: a size past u64 (or NaN/inf) must be an error, never u64::MAX.
+    if !total.is_finite() || total >= u64::MAX as f64 {
+        return Err(format!("size {s:?} is too large"));
+    }
+    Ok(total as u64)
+}
+
+/// `--shm-size`: [`bytes`], at most the host's physical memory (a tmpfs size the kernel cannot
+/// represent ends up unlimited; one larger than memory is no limit either).
+pub fn shm_size(s: &str) -> Result<u64, String> {
+    let n = bytes(s)?;
+    rbuild_executor::check_tmpfs_size(n)?;
+    Ok(n)
 }
 
 /// `--ulimit name=soft[:hard]`.
@@ -275,6 +288,17 @@ pub fn is_false(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_never_saturate_or_exceed_memory() {
+        assert_eq!(bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(bytes("1.5k").unwrap(), 1536);
+        for huge in ["99999999999g", "18446744073709551615", "1e30", "inf", "NaN"] {
+            assert!(bytes(huge).is_err(), "{huge}");
+        }
+        assert_eq!(shm_size("64m").unwrap(), 64 << 20);
+        assert!(shm_size("100000000g").unwrap_err().contains("memory"));
+    }
 
     #[test]
     fn csv_quotes_protect_commas() {

@@ -32,6 +32,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // No fd leaked into rbuild by its parent may reach a RUN step or any helper program.
+    if let Err(e) = rbuild_executor::close_inherited_fds() {
+        eprintln!("error: {e}");
+        return ExitCode::from(3);
+    }
     if std::env::args().nth(1).as_deref() == Some(rbuild_executor::HELPER_ARG) {
         rbuild_executor::helper_main();
     }

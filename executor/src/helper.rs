@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{waitpid, Signal, WaitOptions};
@@ -49,9 +50,15 @@ pub fn helper_main() -> ! {
     std::process::exit(0)
 }
 
+/// Prefix of the scratch directories in `$TMPDIR`.
+const SCRATCH_PREFIX: &str = ".rbuild-sandbox-";
+
 /// Scratch directory of one run (host side): the rootfs mount point and the
-/// generated files. Removed (non-recursively, file by file) on drop.
+/// generated files. Removed (non-recursively, file by file) on drop. Its `lock` file is
+/// `flock`ed while the helper (or the sandbox init) lives, so that a later rbuild can tell a
+/// scratch dir left by a killed helper from a live one ([`sweep_stale_scratch`]).
 pub(crate) struct Scratch {
+    lock: std::os::fd::OwnedFd,
     pub(crate) base: PathBuf,
     pub(crate) root: PathBuf,
     pub(crate) hosts: PathBuf,
@@ -68,10 +75,20 @@ impl Scratch {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let base =
-            std::env::temp_dir().join(format!(".rbuild-sandbox-{}-{nanos}", std::process::id()));
+            std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}-{nanos}", std::process::id()));
         std::fs::create_dir(&base)
             .map_err(|e| ExecutorError::sys("create scratch dir", &base, e))?;
+        let lock_path = base.join("lock");
+        let lock = rustix::fs::open(
+            &lock_path,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| ExecutorError::sys("create", &lock_path, e))?;
+        rustix::fs::flock(&lock, FlockOperation::LockExclusive)
+            .map_err(|e| ExecutorError::sys("flock", &lock_path, e))?;
         let s = Scratch {
+            lock,
             root: base.join("root"),
             hosts: base.join("hosts"),
             resolv: base.join("resolv.conf"),
@@ -97,11 +114,71 @@ impl Drop for Scratch {
         for f in [&self.hosts, &self.resolv, &self.hostname] {
             let _ = std::fs::remove_file(f);
         }
+        let _ = std::fs::remove_file(self.base.join("lock"));
+        let _ = &self.lock;
         // Never remove recursively: `root` is a mount point in the sandbox.
         let _ = std::fs::remove_dir(&self.root);
         let _ = std::fs::remove_dir(&self.mnt);
         let _ = std::fs::remove_dir(&self.base);
     }
+}
+
+/// Remove the scratch directories of helpers that are gone (killed with rbuild: `kill -9`,
+/// OOM, power loss). Once per process. Only directories of this user whose `lock` file nobody
+/// holds (or, without one, older than a minute: made by an older rbuild, or a helper killed
+/// between `mkdir` and the lock); symlinks are never followed (`$TMPDIR` may be a shared
+/// `/tmp` where others plant them) and a live helper's directory is never touched. A dead
+/// helper's mounts died with its mount namespace, so what is left are plain files and dirs.
+pub(crate) fn sweep_stale_scratch() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        let euid = rustix::process::geteuid().as_raw();
+        for ent in dir.flatten() {
+            if !ent
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(SCRATCH_PREFIX))
+            {
+                continue;
+            }
+            let path = ent.path();
+            let Ok(m) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !m.is_dir() || m.uid() != euid {
+                continue;
+            }
+            let Ok(dirfd) = rustix::fs::open(
+                &path,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            let lock = rustix::fs::openat(
+                &dirfd,
+                "lock",
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            let stale = match &lock {
+                Ok(l) => rustix::fs::flock(l, FlockOperation::NonBlockingLockExclusive).is_ok(),
+                Err(Errno::NOENT) => m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60)),
+                Err(_) => false,
+            };
+            if stale {
+                // Symlink-safe: never follows a link inside the tree.
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    });
 }
 
 pub(crate) fn effective_hostname(spec: &ExecSpec) -> &str {
@@ -155,6 +232,10 @@ fn resolv_conf() -> String {
 }
 
 fn run_helper() -> Result<HelperReport, ExecutorError> {
+    // Whoever started the helper (the executor is a library): no inherited fd but 0-2 may
+    // reach runc or the step. The status fd (3) is close-on-exec already.
+    sys::cloexec_from(3)
+        .map_err(|e| ExecutorError::sys("mark inherited fds close-on-exec", "", e))?;
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
@@ -189,6 +270,8 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         .map_err(|e| ExecutorError::sys("dup2 /dev/null to stdin", "", e))?;
     drop(devnull);
 
+    // The executor that started us; the runc path watches for its death (see runc::wait).
+    let parent = rustix::process::getppid();
     let scratch = Scratch::create(&spec)?;
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| ExecutorError::sys("prctl(PR_SET_PDEATHSIG)", "", e))?;
@@ -201,7 +284,7 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
     if let Runtime::Runc { binary } = &runtime {
         let views = cgroup.as_ref().map(|c| c.views()).unwrap_or_default();
         let (report, stubs, copyups) =
-            crate::runc::run(&spec, &scratch, &views, binary, netns.as_deref())?;
+            crate::runc::run(&spec, &scratch, &views, binary, netns.as_deref(), parent)?;
         remove_stubs(&spec.rootfs, &stubs, &copyups);
         drop(scratch);
         return Ok(with_oom(report, cgroup.as_ref()));

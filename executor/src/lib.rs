@@ -53,6 +53,50 @@ pub use mounts::{opaque_xattr, overlay_supported, with_private_mounts, Mounter};
 pub use net::NETNS_ARG;
 pub use run::{kill_running_containers, Executor};
 
+/// Mark every file descriptor above stderr close-on-exec, so that nothing the process runs
+/// later (sandbox helpers, runc, git, credential helpers, newuidmap…) inherits an fd its own
+/// parent leaked into it. Call it first thing in `main()`; [`helper_main`] and the sandbox
+/// init do it again for themselves.
+pub fn close_inherited_fds() -> Result<(), ExecutorError> {
+    sys::cloexec_from(3).map_err(|e| ExecutorError::sys("mark inherited fds close-on-exec", "", e))
+}
+
+/// Check a tmpfs size (`/dev/shm`, `RUN --mount=type=tmpfs,size=`): at most the host's
+/// physical memory. A larger size limits nothing, and one the kernel's option parser cannot
+/// represent wraps to 0, which tmpfs takes as "unlimited".
+pub fn check_tmpfs_size(size: u64) -> Result<(), String> {
+    let info = rustix::system::sysinfo();
+    // `totalram` is a C `unsigned long`: u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit.max(1)));
+    if size > total {
+        return Err(format!(
+            "{size} bytes is more than this host's memory ({total} bytes)"
+        ));
+    }
+    Ok(())
+}
+
+/// The tmpfs sizes of a spec, checked with [`check_tmpfs_size`].
+fn check_spec_sizes(spec: &ExecSpec) -> Result<(), ExecutorError> {
+    if let Some(s) = spec.shm_size {
+        check_tmpfs_size(s)
+            .map_err(|e| ExecutorError::InvalidSpec(format!("/dev/shm size: {e}")))?;
+    }
+    for m in &spec.extra_mounts {
+        if let ExtraMount::Tmpfs {
+            target,
+            size: Some(s),
+        } = m
+        {
+            check_tmpfs_size(*s).map_err(|e| {
+                ExecutorError::InvalidSpec(format!("tmpfs mount {target}: size: {e}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// First argument that makes a binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__rbuild-sandbox";
 

@@ -226,38 +226,56 @@ fn overlay_legacy(
         .map_err(|e| ExecutorError::sys("mount overlay (legacy) at", &target, e))
 }
 
-/// Bind `source` at `target` (recursively), read-only when asked.
+/// Bind `source` at `target` (recursively), always `nodev` (a device node in a cache mount, a
+/// bind source or a layer view must never be usable), read-only when asked.
 pub(crate) fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), ExecutorError> {
     mount_bind_recursive(source, target).map_err(|e| {
         ExecutorError::sys(format!("bind mount {} at", source.display()), target, e)
     })?;
+    let mut add = MountFlags::NODEV;
     if readonly {
-        remount_readonly(target)?;
+        add |= MountFlags::RDONLY;
     }
-    Ok(())
+    remount_adding(target, add)
 }
 
 /// Remount an existing bind mount read-only.
 pub(crate) fn remount_readonly(target: &Path) -> Result<(), ExecutorError> {
-    let base = MountFlags::BIND | MountFlags::RDONLY;
-    // Locked flags (nosuid/nodev/noexec of the source mount) must be kept.
-    let extra = rustix::fs::statvfs(target)
-        .map(|st| {
-            let mut f = MountFlags::empty();
-            if st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOSUID) {
-                f |= MountFlags::NOSUID;
-            }
-            if st.f_flag.contains(rustix::fs::StatVfsMountFlags::NODEV) {
-                f |= MountFlags::NODEV;
-            }
-            if st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC) {
-                f |= MountFlags::NOEXEC;
-            }
-            f
-        })
-        .unwrap_or(MountFlags::empty());
-    mount_remount(target, base | extra, "")
-        .map_err(|e| ExecutorError::sys("remount read-only", target, e))
+    remount_adding(target, MountFlags::RDONLY)
+}
+
+/// Make the mount at `target` `nodev`: device nodes on it (made by the step with CAP_MKNOD,
+/// or carried by an image layer) cannot be opened. Docker gets the same effect from its device
+/// cgroup; this works without one (rootless, cgroup-less hosts) and for every filesystem.
+pub(crate) fn remount_nodev(target: &Path) -> Result<(), ExecutorError> {
+    remount_adding(target, MountFlags::NODEV)
+}
+
+/// Remount the mount at `target` (`MS_REMOUNT|MS_BIND`: per-mount flags only) with `add` on
+/// top of the flags it has. The flags it keeps include the ones a user namespace locks
+/// (nosuid/nodev/noexec/ro and the atime mode of a mount inherited from the host).
+fn remount_adding(target: &Path, add: MountFlags) -> Result<(), ExecutorError> {
+    use rustix::fs::StatVfsMountFlags as S;
+    let st = rustix::fs::statvfs(target)
+        .map_err(|e| ExecutorError::sys("statvfs (remount)", target, e))?;
+    let mut flags = MountFlags::BIND | add;
+    for (have, keep) in [
+        (S::RDONLY, MountFlags::RDONLY),
+        (S::NOSUID, MountFlags::NOSUID),
+        (S::NODEV, MountFlags::NODEV),
+        (S::NOEXEC, MountFlags::NOEXEC),
+        (S::NOATIME, MountFlags::NOATIME),
+        (S::NODIRATIME, MountFlags::NODIRATIME),
+        (S::RELATIME, MountFlags::RELATIME),
+    ] {
+        if st.f_flag.contains(have) {
+            flags |= keep;
+        }
+    }
+    if !st.f_flag.intersects(S::NOATIME | S::RELATIME) {
+        flags |= MountFlags::STRICTATIME;
+    }
+    mount_remount(target, flags, "").map_err(|e| ExecutorError::sys("remount", target, e))
 }
 
 /// Make every mount of the current mount namespace private, recursively.
@@ -396,23 +414,21 @@ fn probe_overlay() -> bool {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     ));
+    // create_dir: never a directory (or symlink) someone else made at that name.
+    if std::fs::create_dir(&base).is_err() {
+        return false;
+    }
     let dirs = ["lower", "upper", "work", "merged"].map(|d| base.join(d));
-    let ok = dirs.iter().all(|d| std::fs::create_dir_all(d).is_ok())
+    let ok = dirs.iter().all(|d| std::fs::create_dir(d).is_ok())
         && with_private_mounts(|m| {
             m.overlay(std::slice::from_ref(&dirs[0]), &dirs[1], &dirs[2], &dirs[3])
                 .is_ok()
         })
         .unwrap_or(false);
-    // The work dir may contain a root-owned "work" subdir; remove all.
-    for d in dirs.iter().rev() {
-        if let Ok(entries) = std::fs::read_dir(d) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(d);
-    }
-    let _ = std::fs::remove_dir(&base);
+    // The work dir holds overlayfs's own `work/incompat/volatile/dirty` (the mount is
+    // `volatile`): remove the whole tree. The mount died with the thread's namespace, so it is
+    // a plain directory tree that this call created; remove_dir_all follows no symlink.
+    let _ = std::fs::remove_dir_all(&base);
     ok
 }
 

@@ -75,6 +75,8 @@ impl Executor {
         if spec.args.is_empty() {
             return Err(ExecutorError::InvalidSpec("args is empty".into()));
         }
+        crate::check_spec_sizes(spec)?;
+        crate::helper::sweep_stale_scratch();
         if !rustix::process::geteuid().is_root() {
             return Err(ExecutorError::Setup(
                 "the sandbox needs root, or root of a user namespace (rbuild re-runs itself \

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
+use rustix::process::{Pid, PidfdFlags};
 use rustix::thread::UnshareFlags;
 
 use crate::error::ExecutorError;
@@ -107,6 +109,7 @@ pub(crate) fn run(
     cgroups: &[(String, PathBuf)],
     runc: &Path,
     netns: Option<&Path>,
+    parent: Option<Pid>,
 ) -> Result<RuncOutcome, ExecutorError> {
     sys::unshare(UnshareFlags::NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", "", e))?;
     make_rprivate()?;
@@ -121,7 +124,7 @@ pub(crate) fn run(
         msgs: &mut msgs,
         copyups: HashSet::new(),
     };
-    let result = prepare_and_run(spec, scratch, cgroups, runc, netns, &mut stubs);
+    let result = prepare_and_run(spec, scratch, cgroups, runc, netns, parent, &mut stubs);
     drop(stubs);
     // Unmount the rootfs and the private tmpfs before the stubs are removed from the layer and
     // the scratch dir is deleted (a mount point cannot be removed: it was left behind).
@@ -154,6 +157,7 @@ fn prepare_and_run(
     cgroups: &[(String, PathBuf)],
     runc: &Path,
     netns: Option<&Path>,
+    parent: Option<Pid>,
     stubs: &mut Stubs<'_>,
 ) -> Result<HelperReport, ExecutorError> {
     let root = stubs.root.to_path_buf();
@@ -183,7 +187,11 @@ fn prepare_and_run(
         rootless_mounts(&mut mounts, spec.network)?;
     }
     let bind = |src: &Path, dst: &str, ro: bool| -> Result<Mount, ExecutorError> {
-        let mut opts = vec!["rbind".to_string(), "nosuid".to_string()];
+        let mut opts = vec![
+            "rbind".to_string(),
+            "nosuid".to_string(),
+            "nodev".to_string(),
+        ];
         if ro {
             opts.push("ro".to_string());
         }
@@ -195,29 +203,19 @@ fn prepare_and_run(
             .build()
             .map_err(setup)
     };
-    // The step's cgroup, read-only, so that it can read its limits (as the built-in sandbox).
-    if cgroups.iter().any(|(t, _)| t != "/sys/fs/cgroup") {
-        mounts.push(
-            MountBuilder::default()
-                .destination("/sys/fs/cgroup")
-                .typ("tmpfs")
-                .source("tmpfs")
-                .options(
-                    ["nosuid", "nodev", "noexec", "mode=755", "size=64k"]
-                        .map(String::from)
-                        .to_vec(),
-                )
-                .build()
-                .map_err(setup)?,
-        );
-    }
-    for (t, host) in cgroups {
-        mounts.push(bind(host, t, true)?);
+    // The step's cgroup, read-only, so that it can read its limits: the same view as the
+    // built-in sandbox's, assembled on the private tmpfs and bound (recursively, read-only).
+    let mut private = PrivateTmp::new(&scratch.mnt);
+    if !cgroups.is_empty() {
+        let base = private.dir()?.join("cgroup-view");
+        let view = base.join("sys/fs/cgroup");
+        crate::private::mkdir_p(&view)?;
+        crate::sandbox::mount_cgroup_views(&base, cgroups)?;
+        mounts.push(bind(&view, "/sys/fs/cgroup", true)?);
     }
     mounts.push(bind(&scratch.hosts, "/etc/hosts", true)?);
     mounts.push(bind(&scratch.resolv, "/etc/resolv.conf", true)?);
     mounts.push(bind(&scratch.hostname, "/etc/hostname", true)?);
-    let mut private = PrivateTmp::new(&scratch.mnt);
     for (i, m) in spec.extra_mounts.iter().enumerate() {
         let (src, target, is_dir) = prepare_source(m, i, &mut private)?;
         let resolved = stubs.ensure(target, is_dir)?;
@@ -333,6 +331,17 @@ fn prepare_and_run(
                     .collect::<Vec<_>>(),
             )
             .seccomp(seccomp::oci_profile()?);
+        if !crate::userns::in_user_namespace() {
+            // Docker's device cgroup: deny everything, then the default allow-list (runc
+            // creates those nodes). Rootless runc has no device cgroup; there the kernel
+            // refuses to create or open device nodes of the user namespace.
+            linux = linux.resources(
+                LinuxResourcesBuilder::default()
+                    .devices(device_rules()?)
+                    .build()
+                    .map_err(setup)?,
+            );
+        }
     }
     let linux = linux.build().map_err(setup)?;
     let mut oci = Spec::default();
@@ -367,7 +376,15 @@ fn prepare_and_run(
         .arg(&id)
         .stdin(Stdio::null());
     crate::sys::kill_with_parent(&mut cmd);
-    let status = cmd.status().map_err(|e| err("run", runc, e))?;
+    // From here the helper must outlive a killed rbuild long enough to kill the container,
+    // whose processes are no children of ours and would otherwise keep running (ppid 1).
+    rustix::process::set_parent_process_death_signal(None)
+        .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    if rustix::process::getppid() != parent {
+        return Err(setup("rbuild exited before the step started"));
+    }
+    let mut child = cmd.spawn().map_err(|e| err("run", runc, e))?;
+    let status = wait(&mut child, runc, parent).map_err(|e| err("wait for", runc, e))?;
     let errors = runc_errors(&log);
     let _ = std::fs::remove_dir_all(&state);
     let _ = std::fs::remove_file(&log);
@@ -397,6 +414,83 @@ fn prepare_and_run(
         signal: status.signal(),
         oom_killed: false,
     }))
+}
+
+/// How often the helper checks that rbuild is alive while runc runs.
+const PARENT_POLL_MS: i64 = 100;
+
+/// Wait for `runc run`; when the helper's parent (rbuild) dies meanwhile — `kill -9`, OOM —,
+/// kill the container through runc first (runc itself dies with the helper, its container
+/// would not). The wait is a `poll` on runc's pidfd, so a step's end is seen at once; the
+/// parent is checked every [`PARENT_POLL_MS`].
+fn wait(
+    child: &mut std::process::Child,
+    runc: &Path,
+    parent: Option<Pid>,
+) -> std::io::Result<std::process::ExitStatus> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let pidfd = rustix::process::pidfd_open(Pid::from_child(child), PidfdFlags::empty()).ok();
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: PARENT_POLL_MS * 1_000_000,
+    };
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if rustix::process::getppid() != parent {
+            kill_container(runc, std::process::id());
+            return child.wait();
+        }
+        match &pidfd {
+            Some(fd) => {
+                let _ = poll(&mut [PollFd::new(fd, PollFlags::IN)], Some(&timeout));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Docker's default device cgroup rules: deny all; `mknod` of any node (an image may make
+/// one; it stays unusable); null, zero, full, random, urandom, tty, console, ptmx and pts.
+fn device_rules() -> Result<Vec<LinuxDeviceCgroup>, ExecutorError> {
+    let rule = |allow: bool,
+                typ: LinuxDeviceType,
+                major: Option<i64>,
+                minor: Option<i64>,
+                access: &str| {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .typ(typ)
+            .access(access);
+        if let Some(m) = major {
+            b = b.major(m);
+        }
+        if let Some(m) = minor {
+            b = b.minor(m);
+        }
+        b.build().map_err(setup)
+    };
+    use LinuxDeviceType::{A, B, C};
+    let mut rules = vec![
+        rule(false, A, None, None, "rwm")?,
+        rule(true, C, None, None, "m")?,
+        rule(true, B, None, None, "m")?,
+    ];
+    for (major, minor) in [
+        (1, Some(3)), // null
+        (1, Some(5)), // zero
+        (1, Some(7)), // full
+        (1, Some(8)), // random
+        (1, Some(9)), // urandom
+        (5, Some(0)), // tty
+        (5, Some(1)), // console
+        (5, Some(2)), // ptmx
+        (136, None),  // pts/*
+    ] {
+        rules.push(rule(true, C, Some(major), minor, "rwm")?);
+    }
+    Ok(rules)
 }
 
 /// runc's state directory for the container of the helper with this pid: known to the parent,
@@ -451,7 +545,13 @@ pub(crate) fn sweep_stale_state() {
             else {
                 continue;
             };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            // Only this user's directories, never a symlink (a shared /tmp).
+            let ours = std::fs::symlink_metadata(ent.path()).is_ok_and(|m| {
+                m.is_dir()
+                    && std::os::unix::fs::MetadataExt::uid(&m)
+                        == rustix::process::geteuid().as_raw()
+            });
+            if ours && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(ent.path());
             }
         }

@@ -20,7 +20,7 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
 use crate::error::ExecutorError;
 use crate::helper::{effective_hostname, is_whiteout, Scratch};
-use crate::mounts::{bind, make_rprivate, mount_overlay, remount_readonly};
+use crate::mounts::{bind, make_rprivate, mount_overlay, remount_nodev, remount_readonly};
 use crate::private::{mkdir_p, resolve_inside, PrivateTmp};
 use crate::protocol::{HelperReport, InitMsg};
 use crate::{seccomp, sys, user, ExecSpec, ExtraMount, Network, Rootfs, Security};
@@ -60,6 +60,10 @@ pub(crate) const MASKED: &[&str] = &[
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ];
+
+/// The device nodes a step gets in `/dev` (Docker's default allow-list; `ptmx` and `pts` come
+/// from the step's own devpts instance).
+pub(crate) const ALLOWED_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// /proc paths made read-only.
 pub(crate) const READONLY: &[&str] = &[
@@ -161,7 +165,7 @@ fn setup(
 
     // /dev
     let dev = stubs.ensure("/dev", true)?;
-    setup_dev(&dev, spec.shm_size)?;
+    setup_dev(&dev, spec.shm_size, spec.security)?;
 
     // /sys (read-only; best effort: an empty dir when sysfs cannot be mounted)
     let sys_dir = stubs.ensure("/sys", true)?;
@@ -272,6 +276,9 @@ fn setup(
     // The death signal is cleared by credential changes: set it last.
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
+    // Only 0-2 reach the step: every other fd (the message pipe, anything inherited or opened
+    // during setup) is close-on-exec.
+    sys::cloexec_from(3).map_err(|e| err("mark fds close-on-exec", "", e))?;
     // Seccomp last (after no_new_privs), so that the setup above is not filtered.
     if let Some(p) = &profile {
         p.install()?;
@@ -283,13 +290,15 @@ fn setup(
     })
 }
 
-/// Mount the step's root filesystem at `root`; returns the layer dir and, for a real overlay,
-/// its upper dir.
+/// Mount the step's root filesystem at `root`, `nodev` (a device node the step makes or an
+/// image layer carries cannot be opened; the allowed devices are bind mounts of the host's
+/// nodes, mounts of their own) unless the step is insecure (privileged); returns the layer dir
+/// and, for a real overlay, its upper dir.
 pub(crate) fn mount_rootfs<'a>(
     spec: &'a ExecSpec,
     root: &Path,
 ) -> Result<(&'a Path, Option<&'a Path>), ExecutorError> {
-    Ok(match &spec.rootfs {
+    let mounted = match &spec.rootfs {
         Rootfs::Overlay { lowers, upper, .. } if lowers.is_empty() => {
             mount_bind(upper, root).map_err(|e| err("bind mount upper dir at", root, e))?;
             (upper.as_path(), None)
@@ -306,7 +315,11 @@ pub(crate) fn mount_rootfs<'a>(
             mount_bind(d, root).map_err(|e| err("bind mount rootfs dir at", root, e))?;
             (d.as_path(), None)
         }
-    })
+    };
+    if spec.security != Security::Insecure {
+        remount_nodev(root)?;
+    }
+    Ok(mounted)
 }
 
 /// Where an extra mount's content comes from, once prepared.
@@ -412,18 +425,18 @@ pub(crate) fn prepare_source<'a>(
     })
 }
 
-/// Minimal /dev on a tmpfs: device nodes bound from the host, devpts
-/// (new instance), /dev/shm, and the usual symlinks.
-fn setup_dev(dev: &Path, shm_size: Option<u64>) -> Result<(), ExecutorError> {
-    mount(
-        "tmpfs",
-        dev,
-        "tmpfs",
-        MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::STRICTATIME,
-        c"mode=755,size=65536k",
-    )
-    .map_err(|e| err("mount tmpfs at", dev, e))?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+/// Minimal /dev on a tmpfs: Docker's allowed device nodes (`ALLOWED_DEVICES`) bound from the
+/// host, devpts (new instance: pts and ptmx), /dev/shm, and the usual symlinks. The tmpfs is
+/// `nodev` (unless insecure): a node the step makes in it cannot be opened, while the binds,
+/// mounts of their own, keep working.
+fn setup_dev(dev: &Path, shm_size: Option<u64>, security: Security) -> Result<(), ExecutorError> {
+    let mut flags = MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::STRICTATIME;
+    if security != Security::Insecure {
+        flags |= MountFlags::NODEV;
+    }
+    mount("tmpfs", dev, "tmpfs", flags, c"mode=755,size=65536k")
+        .map_err(|e| err("mount tmpfs at", dev, e))?;
+    for name in ALLOWED_DEVICES {
         let host = Path::new("/dev").join(name);
         let target = dev.join(name);
         if std::fs::symlink_metadata(&host).is_err() {
@@ -492,7 +505,10 @@ fn setup_dev(dev: &Path, shm_size: Option<u64>) -> Result<(), ExecutorError> {
 /// The step's own cgroup directories, read-only at `/sys/fs/cgroup` (v2) or
 /// `/sys/fs/cgroup/<controller>` (v1, on a tmpfs), so that it can read its limits. Nothing when
 /// the step has no cgroup or sysfs is not mounted.
-fn mount_cgroup_views(root: &Path, cgroups: &[(String, PathBuf)]) -> Result<(), ExecutorError> {
+pub(crate) fn mount_cgroup_views(
+    root: &Path,
+    cgroups: &[(String, PathBuf)],
+) -> Result<(), ExecutorError> {
     let base = root.join("sys/fs/cgroup");
     if cgroups.is_empty() || !base.is_dir() {
         return Ok(());

@@ -3,8 +3,8 @@
 //! Thin, checked wrappers around the few system calls that neither `std` nor
 //! `rustix` expose as safe functions: `fork`, `unshare`, fd passing into a
 //! spawned child (`pre_exec`), adopting an inherited fd, and the
-//! `SIOCSIFFLAGS` ioctl that brings the loopback interface up, and ignoring terminal
-//! interrupts in the rootless parent.
+//! `SIOCSIFFLAGS` ioctl that brings the loopback interface up, ignoring terminal
+//! interrupts in the rootless parent, and marking inherited file descriptors close-on-exec.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -123,6 +123,44 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // parent for exclusive use; nothing else in this process owns it, so
     // wrapping it in an OwnedFd gives it a single owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Mark every file descriptor `>= from` close-on-exec, so that no program this process
+/// executes inherits it (an fd leaked into rbuild by its parent — a shell's `exec 7</`, a CI
+/// agent — would otherwise reach RUN steps, git, credential helpers and runc: the
+/// CVE-2024-21626 class). `close_range(CLOSE_RANGE_CLOEXEC)` (Linux ≥ 5.11), else a walk of
+/// `/proc/self/fd`. Nothing is closed: fds this process uses stay valid.
+pub(crate) fn cloexec_from(from: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes no fd; it only sets FD_CLOEXEC on the
+    // open fds of the range, which invalidates nothing this process owns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            from,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if u32::try_from(fd).is_ok_and(|f| f >= from) {
+            // SAFETY: F_GETFD/F_SETFD only read and set the descriptor flags of `fd`; on an fd
+            // that is no longer open (the directory stream's own) they fail with EBADF.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bring the loopback interface `lo` of the current network namespace up.
