@@ -204,7 +204,16 @@ impl Root {
     /// `follow_last`. A missing last component is returned with `fd: None`; a missing
     /// intermediate one is [`FsRootError::NotFound`].
     pub fn resolve(&self, rel: impl AsRef<Path>, follow_last: bool) -> Result<Resolved> {
-        self.walk(rel.as_ref(), follow_last, None)
+        self.walk(rel.as_ref(), follow_last, false, None)
+            .map(|(r, _)| r)
+    }
+
+    /// The resolved clean relative path of `rel`, where missing components (intermediate
+    /// ones too) are kept as written (`..` after them is applied lexically): where `rel` would
+    /// be once created. For messages and for [`Root::ensure`]; read or write through fds.
+    pub fn resolve_path(&self, rel: impl AsRef<Path>, follow_last: bool) -> Result<PathBuf> {
+        self.walk(rel.as_ref(), follow_last, true, None)
+            .map(|(r, _)| r.rel)
     }
 
     /// Like [`Root::resolve`], creating what is missing: intermediate directories (0755) and
@@ -218,7 +227,8 @@ impl Root {
         owner: Option<(u32, u32)>,
         hook: &mut dyn FnMut(&Path, bool) -> io::Result<()>,
     ) -> Result<Resolved> {
-        self.walk(rel.as_ref(), true, Some((last, owner, hook)))
+        self.walk(rel.as_ref(), true, false, Some((last, owner, hook)))
+            .map(|(r, _)| r)
     }
 
     /// Open `rel` beneath the root with `flags` (`O_CLOEXEC` is added; the last component is
@@ -259,16 +269,20 @@ impl Root {
     }
 
     #[allow(clippy::type_complexity)]
+    /// The resolution walk. With `lenient`, a missing intermediate component ends the walk:
+    /// the result's `rel` is the whole path (the missing part lexically cleaned), its
+    /// `parent` the deepest existing directory. The second value is reserved (empty).
     fn walk(
         &self,
         rel: &Path,
         follow_last: bool,
+        lenient: bool,
         mut create: Option<(
             Create,
             Option<(u32, u32)>,
             &mut dyn FnMut(&Path, bool) -> io::Result<()>,
         )>,
-    ) -> Result<Resolved> {
+    ) -> Result<(Resolved, PathBuf)> {
         let dup = |fd: &OwnedFd| {
             fd.try_clone()
                 .map_err(|e| FsRootError::io("dup", shown(rel), e))
@@ -301,16 +315,29 @@ impl Root {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => {
                     let Some((kind, owner, hook)) = create.as_mut() else {
-                        if last {
+                        if last || lenient {
+                            // The rest, lexically: nothing of it exists to resolve.
+                            let mut full: Vec<OsString> = done.clone();
+                            full.push(c.clone());
+                            for p in pending.drain(..) {
+                                if p == ".." {
+                                    full.pop();
+                                } else {
+                                    full.push(p);
+                                }
+                            }
                             let parent = stack
                                 .pop()
                                 .ok_or_else(|| FsRootError::NotFound { path: shown(rel) })?;
-                            return Ok(Resolved {
-                                rel: here,
-                                parent,
-                                name: c,
-                                fd: None,
-                            });
+                            return Ok((
+                                Resolved {
+                                    rel: full.iter().collect(),
+                                    parent,
+                                    name: c,
+                                    fd: None,
+                                },
+                                PathBuf::new(),
+                            ));
                         }
                         return Err(FsRootError::NotFound { path: shown(rel) });
                     };
@@ -407,12 +434,15 @@ impl Root {
                 let parent = stack
                     .pop()
                     .ok_or_else(|| FsRootError::NotFound { path: shown(rel) })?;
-                return Ok(Resolved {
-                    rel: here,
-                    parent,
-                    name: c,
-                    fd: Some(fd),
-                });
+                return Ok((
+                    Resolved {
+                        rel: here,
+                        parent,
+                        name: c,
+                        fd: Some(fd),
+                    },
+                    PathBuf::new(),
+                ));
             }
             if ft != FileType::Directory {
                 return Err(FsRootError::NotADirectory { path: shown(rel) });
@@ -431,12 +461,15 @@ impl Root {
             _ => dup(&fd)?,
         };
         let rel: PathBuf = done.iter().chain(name.iter()).collect();
-        Ok(Resolved {
-            rel,
-            parent,
-            name: name.unwrap_or_else(|| OsString::from(".")),
-            fd: Some(fd),
-        })
+        Ok((
+            Resolved {
+                rel,
+                parent,
+                name: name.unwrap_or_else(|| OsString::from(".")),
+                fd: Some(fd),
+            },
+            PathBuf::new(),
+        ))
     }
 }
 

@@ -55,6 +55,14 @@ fn missing_components() {
     let r = root.resolve("/usr/new", true).unwrap();
     assert!(r.fd.is_none());
     assert_eq!(r.rel, Path::new("usr/new"));
+    assert_eq!(
+        root.resolve_path("/bin/new/x/../y", true).unwrap(),
+        Path::new("usr/bin/new/y")
+    );
+    assert_eq!(
+        root.resolve_path("/nope/../../etc/passwd", true).unwrap(),
+        Path::new("etc/passwd")
+    );
     let e = root.resolve("/nope/x", true).unwrap_err();
     assert!(matches!(e, FsRootError::NotFound { .. }), "{e}");
     let e = root.resolve("/usr/bin/sh/x", true).unwrap_err();
@@ -238,4 +246,16 @@ fn fd_path_and_list_dir() {
     assert!(p.join("bin/sh").exists());
     let e = open_file_at(&r.parent, OsStr::new("usr")).unwrap_err();
     assert!(e.to_string().contains("regular file") || e.raw_os_error().is_some());
+}
+
+#[test]
+fn ensure_then_resolve_child() {
+    let t = tempfile::tempdir().unwrap();
+    let root = Root::new(t.path()).unwrap();
+    let drel = root.resolve_path("/opt/app", true).unwrap();
+    assert_eq!(drel, Path::new("opt/app"));
+    root.ensure(drel.parent().unwrap(), Create::Dir, None, &mut |_, _| Ok(()))
+        .unwrap();
+    let r = root.resolve(&drel, true).unwrap();
+    assert!(r.fd.is_none());
 }
