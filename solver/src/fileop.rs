@@ -888,6 +888,67 @@ impl Ctx<'_> {
     }
 }
 
+/// Copy the entry `r` (resolved beneath `root`, the live build context) to the new path
+/// `dst` (in the store's tmp), owners and modes kept, reading only through fds beneath the
+/// root: for a writable bind or a cache mount seeded from the context in copy mode.
+pub(crate) fn copy_local(
+    root: &Root,
+    r: &rbuild_fsroot::Resolved,
+    dst: &Path,
+    is_dir: bool,
+) -> Result<(), String> {
+    let (parent, name) = match (dst.parent(), dst.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => return Err(format!("{}: not a file name", dst.display())),
+    };
+    let shown = root.host_path(&r.rel);
+    let fd =
+        r.fd.as_ref()
+            .ok_or_else(|| format!("{}: no such file or directory", shown.display()))?;
+    let md = stat_fd(fd, &shown)?;
+    let dest = Root::new(parent).map_err(|e| e.to_string())?;
+    let dst_dir = dest.open("", dir_flags()).map_err(|e| e.to_string())?;
+    let mut ctx = Ctx {
+        root: parent,
+        dest,
+        ids: None,
+        user_exclude: None,
+    };
+    let c = CopyAction {
+        src_input: 0,
+        src: String::new(),
+        dest: String::new(),
+        owner: None,
+        mode: None,
+        follow_symlinks: false,
+        dir_copy_contents: true,
+        attempt_unpack: false,
+        create_dest_path: false,
+        allow_wildcard: false,
+        allow_empty_wildcard: false,
+        exclude: Vec::new(),
+        parents: false,
+    };
+    if is_dir {
+        let child = ctx.copy_dir_entry(&dst_dir, name, &md, &c, None)?;
+        let src = r
+            .reopen(dir_flags())
+            .map_err(|e| format!("{}: {e}", shown.display()))?;
+        ctx.copy_tree(
+            &src,
+            &child,
+            Path::new(""),
+            &c,
+            None,
+            &empty_matcher()?,
+            false,
+        )?;
+        finish_dir(&child, &md)
+    } else {
+        ctx.copy_leaf(r.parent.as_fd(), &r.name, &md, &dst_dir, name, &c, None)
+    }
+}
+
 /// The parent directory and name of a destination path (already resolved).
 fn split_target(p: &Path) -> Result<(PathBuf, std::ffi::OsString), String> {
     match (p.parent(), p.file_name()) {
