@@ -165,9 +165,9 @@ fn race(p: &Project, canary: &Canary, env: &[(&str, &str)], budget: Duration, ma
     {
         rustix::fs::renameat_with(
             rustix::fs::CWD,
-            &p.path().join("d"),
+            p.path().join("d"),
             rustix::fs::CWD,
-            &p.path().join("l"),
+            p.path().join("l"),
             rustix::fs::RenameFlags::EXCHANGE,
         )
         .unwrap();

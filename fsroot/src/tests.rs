@@ -254,8 +254,13 @@ fn ensure_then_resolve_child() {
     let root = Root::new(t.path()).unwrap();
     let drel = root.resolve_path("/opt/app", true).unwrap();
     assert_eq!(drel, Path::new("opt/app"));
-    root.ensure(drel.parent().unwrap(), Create::Dir, None, &mut |_, _| Ok(()))
-        .unwrap();
+    root.ensure(
+        drel.parent().unwrap(),
+        Create::Dir,
+        None,
+        &mut |_, _| Ok(()),
+    )
+    .unwrap();
     let r = root.resolve(&drel, true).unwrap();
     assert!(r.fd.is_none());
 }
