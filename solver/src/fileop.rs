@@ -397,7 +397,7 @@ impl Ctx<'_> {
             // Not following the last component unless asked: a symlink is copied as a link.
             let m = src
                 .resolve(&rel_in_src, c.follow_symlinks)
-                .map_err(|e| format!("{}: {e}", shown.display()))?;
+                .map_err(|e| e.to_string())?;
             let Some(mfd) = &m.fd else {
                 return Err(format!("{}: no such file or directory", shown.display()));
             };
@@ -793,7 +793,7 @@ impl Ctx<'_> {
         let drel = self
             .dest
             .resolve_path(path, true)
-            .map_err(|e| format!("mkdir {path}: {e}"))?;
+            .map_err(|e| format!("mkdir: {e}"))?;
         if parents {
             if let Some(p) = drel.parent() {
                 self.ensure_dir(p, owner)?;
@@ -802,7 +802,7 @@ impl Ctx<'_> {
         let target = self
             .dest
             .resolve(&drel, true)
-            .map_err(|e| format!("mkdir {path}: {e}"))?;
+            .map_err(|e| format!("mkdir: {e}"))?;
         if target
             .stat()
             .map_err(|e| e.to_string())?

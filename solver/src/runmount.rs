@@ -307,7 +307,7 @@ impl Solver {
                     .map_err(|e| format!("bind mount source {source}: {e}"))?;
                 let r = root
                     .resolve(rel, true)
-                    .map_err(|e| format!("bind mount source {source}: {e}"))?;
+                    .map_err(|e| format!("bind mount source: {e}"))?;
                 let Some(fd) = &r.fd else {
                     return Err(format!(
                         "bind mount source {source}: no such file or directory"
