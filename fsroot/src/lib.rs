@@ -255,6 +255,12 @@ impl Root {
             Err(Errno::NOSYS | Errno::PERM | Errno::AGAIN | Errno::XDEV) => {}
             Err(e) => return Err(FsRootError::io("open", shown(rel), e)),
         }
+        self.open_by_walk(rel, flags)
+    }
+
+    /// [`Root::open`] without `openat2`: the user-space walk of [`Root::resolve`], then an
+    /// `O_NOFOLLOW` open of the result relative to its parent.
+    fn open_by_walk(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
         let follow = !flags.contains(OFlags::NOFOLLOW);
         let r = self.resolve(rel, follow)?;
         if r.fd.is_none() && !flags.contains(OFlags::CREATE) {

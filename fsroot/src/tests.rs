@@ -264,3 +264,49 @@ fn ensure_then_resolve_child() {
     let r = root.resolve(&drel, true).unwrap();
     assert!(r.fd.is_none());
 }
+
+#[test]
+fn the_walk_fallback_agrees_with_openat2() {
+    let (t, root) = tree();
+    symlink("loop", t.path().join("loop")).unwrap();
+    symlink("/proc/self/root/etc", t.path().join("magic")).unwrap();
+    symlink("../usr/bin/sh", t.path().join("etc/sh")).unwrap();
+    let paths = [
+        "",
+        "/",
+        "/bin/sh",
+        "bin/sh",
+        "/usr/escape/passwd",
+        "../../etc/passwd",
+        "/etc/sh",
+        "/loop",
+        "/magic/passwd",
+        "/nope",
+        "/usr/bin/sh/x",
+        "/bin",
+        "/usr/bin/../../bin/sh",
+    ];
+    let id = |fd: &OwnedFd| {
+        let st = rustix::fs::fstat(fd).unwrap();
+        (st.st_dev, st.st_ino)
+    };
+    for p in paths {
+        for flags in [
+            OFlags::RDONLY,
+            OFlags::PATH | OFlags::NOFOLLOW,
+            OFlags::RDONLY | OFlags::NOFOLLOW,
+        ] {
+            let a = root.open(p, flags);
+            let b = root.open_by_walk(Path::new(p), flags);
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => assert_eq!(id(x), id(y), "{p} {flags:?}"),
+                (Err(x), Err(y)) => assert_eq!(
+                    x.is_not_found(),
+                    y.is_not_found(),
+                    "{p} {flags:?}: {x} vs {y}"
+                ),
+                _ => panic!("{p} {flags:?}: openat2 {a:?} vs walk {b:?}"),
+            }
+        }
+    }
+}
