@@ -31,10 +31,11 @@ fn workspace_dependency_rule_holds() {
         .collect();
     let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("rbuild-graph", &[][..]),
+        ("rbuild-fsroot", &[][..]),
         ("rbuild-frontend", &["rbuild-graph"][..]),
-        ("rbuild-cache", &[][..]),
-        ("rbuild-executor", &[][..]),
-        ("rbuild-oci", &["rbuild-cache"][..]),
+        ("rbuild-cache", &["rbuild-fsroot"][..]),
+        ("rbuild-executor", &["rbuild-fsroot"][..]),
+        ("rbuild-oci", &["rbuild-cache", "rbuild-fsroot"][..]),
         (
             "rbuild-solver",
             &[
@@ -42,6 +43,7 @@ fn workspace_dependency_rule_holds() {
                 "rbuild-cache",
                 "rbuild-executor",
                 "rbuild-oci",
+                "rbuild-fsroot",
             ][..],
         ),
         (
@@ -53,6 +55,7 @@ fn workspace_dependency_rule_holds() {
                 "rbuild-executor",
                 "rbuild-cache",
                 "rbuild-oci",
+                "rbuild-fsroot",
             ][..],
         ),
     ]);

@@ -4,16 +4,15 @@
 //! pivots into the rootfs, applies the protections, switches user and
 //! execs the step's program.
 
-use std::collections::{HashSet, VecDeque};
-use std::ffi::{CStr, OsString};
+use std::collections::HashSet;
+use std::ffi::CStr;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rustix::fs::CWD;
 use rustix::mount::{mount, mount_bind, unmount, MountFlags, UnmountFlags};
 use rustix::process::{pivot_root, Signal};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
@@ -21,7 +20,7 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use crate::error::ExecutorError;
 use crate::helper::{effective_hostname, is_whiteout, Scratch};
 use crate::mounts::{bind, make_rprivate, mount_overlay, remount_nodev, remount_readonly};
-use crate::private::{mkdir_p, resolve_inside, PrivateTmp};
+use crate::private::{mkdir_p, pin, resolve_inside, PrivateTmp};
 use crate::protocol::{HelperReport, InitMsg};
 use crate::{seccomp, sys, user, ExecSpec, ExtraMount, Network, Rootfs, Security};
 
@@ -376,10 +375,10 @@ pub(crate) fn prepare_source<'a>(
                     mount_overlay(lowers, None, &view)?;
                 }
             }
+            // Resolved beneath the view and pinned through its fd: a lower that is the live
+            // build context cannot swap a component for a symlink before the mount.
             let src = resolve_inside(&view, source)?;
-            let is_dir = std::fs::metadata(&src)
-                .map_err(|e| err("stat bind source", &src, e))?
-                .is_dir();
+            let (src, is_dir) = pin(private, &format!("src{i}"), &src)?;
             (
                 Source::Bind {
                     path: src,
@@ -737,55 +736,27 @@ impl Stubs<'_> {
     }
 
     /// Make sure `target` (absolute inside the sandbox) exists as a directory
-    /// (or a file when `!dir`); returns its host path under the root.
+    /// (or a file when `!dir`); returns its host path under the root. Resolved and created
+    /// beneath the root by [`rbuild_fsroot`] (symlinks followed inside the rootfs only).
     pub(crate) fn ensure(&mut self, target: &str, dir: bool) -> Result<PathBuf, ExecutorError> {
-        let mut pending: VecDeque<OsString> = components(Path::new(target));
-        let mut cur = PathBuf::new();
-        let mut hops = 0;
-        while let Some(c) = pending.pop_front() {
-            if c == ".." {
-                cur.pop();
-                continue;
-            }
-            let next = cur.join(&c);
-            let full = self.root.join(&next);
-            let last = pending.is_empty();
-            match std::fs::symlink_metadata(&full) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    hops += 1;
-                    if hops > 40 {
-                        return Err(ExecutorError::Setup(format!(
-                            "too many symlinks resolving mount target {target}"
-                        )));
-                    }
-                    let link = std::fs::read_link(&full).map_err(|e| err("readlink", &full, e))?;
-                    if link.is_absolute() {
-                        cur = PathBuf::new();
-                    }
-                    let mut n = components(&link);
-                    n.extend(pending.drain(..));
-                    pending = n;
-                }
-                Ok(m) => {
-                    if !last && !m.is_dir() {
-                        return Err(ExecutorError::Setup(format!(
-                            "mount target {target}: /{} is not a directory",
-                            next.display()
-                        )));
-                    }
-                    cur = next;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.create(&next, &full, dir || !last)?;
-                    cur = next;
-                }
-                Err(e) => return Err(err("stat mount target", &full, e)),
-            }
-        }
-        Ok(self.root.join(cur))
+        let root = rbuild_fsroot::Root::new(self.root)
+            .map_err(|e| ExecutorError::Setup(format!("mount target {target}: {e}")))?;
+        let kind = if dir {
+            rbuild_fsroot::Create::Dir
+        } else {
+            rbuild_fsroot::Create::File(0o644)
+        };
+        let r = root
+            .ensure(target, kind, None, &mut |rel, _| {
+                self.before_create(rel).map_err(std::io::Error::other)
+            })
+            .map_err(|e| ExecutorError::Setup(format!("mount target {target}: {e}")))?;
+        Ok(self.root.join(r.rel))
     }
 
-    fn create(&mut self, rel: &Path, full: &Path, dir: bool) -> Result<(), ExecutorError> {
+    /// Record a stub about to be created at `rel` (copy-up of its missing overlay parents
+    /// first), so that a failure still gets cleaned up.
+    fn before_create(&mut self, rel: &Path) -> Result<(), ExecutorError> {
         if let Some(upper) = self.overlay_upper {
             let mut missing = Vec::new();
             for anc in rel.ancestors().skip(1) {
@@ -807,32 +778,9 @@ impl Stubs<'_> {
         let whiteout = std::fs::symlink_metadata(self.layer.join(rel))
             .map(|m| is_whiteout(&m))
             .unwrap_or(false);
-        // Report before creating, so that a failure still gets cleaned up.
         self.send(&InitMsg::Stub {
             path: rel.to_string_lossy().into_owned(),
             whiteout,
-        })?;
-        if dir {
-            rustix::fs::mkdirat(CWD, full, rustix::fs::Mode::from_raw_mode(0o755))
-                .map_err(|e| err("create mount point", full, e))?;
-        } else {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(full)
-                .map_err(|e| err("create mount point", full, e))?;
-        }
-        Ok(())
-    }
-}
-
-fn components(p: &Path) -> VecDeque<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
         })
-        .collect()
+    }
 }

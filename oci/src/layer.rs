@@ -2,7 +2,7 @@
 //!
 //! * [`apply_layer`] extracts a (gzip or uncompressed) layer tar into a directory, turning OCI
 //!   whiteouts into overlayfs ones (`.wh.NAME` → char device 0:0, `.wh..wh..opq` →
-//!   `trusted.overlay.opaque=y`, or `user.overlay.opaque` in rootless mode). Every path is resolved with `openat2(RESOLVE_IN_ROOT)` from the
+//!   `trusted.overlay.opaque=y`, or `user.overlay.opaque` in rootless mode). Every path is resolved beneath the destination by `rbuild_fsroot` (`openat2(RESOLVE_IN_ROOT)`) from the
 //!   destination, so `..`, absolute paths and symlinks planted by the layer can never lead a write
 //!   outside it; the final component is never followed.
 //!   [`apply_layer_verified`] also hashes the uncompressed stream and checks it against the
@@ -25,7 +25,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 use crate::OciError;
 
@@ -184,12 +184,8 @@ fn extract_mode(
     expect: Option<(&str, &str)>,
 ) -> Result<(), OciError> {
     let reader = decompress_sniffed(blob, dest)?;
-    let root = rustix::fs::open(
-        dest,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| OciError::io("open destination", dest)(e.into()))?;
+    let root = rbuild_fsroot::Root::new(dest)
+        .map_err(|e| OciError::io("open destination", dest)(e.errno().into()))?;
     let mut ex = Extractor {
         root,
         dest: dest.to_path_buf(),
@@ -380,7 +376,7 @@ impl<R: Read> Read for TarGuard<R> {
 }
 
 struct Extractor {
-    root: OwnedFd,
+    root: rbuild_fsroot::Root,
     dest: PathBuf,
     dir_times: Vec<(String, (i64, u32))>,
     /// Interpret `.wh.` entries as overlay whiteouts (layers) or keep them as files (ADD).
@@ -506,36 +502,9 @@ impl Extractor {
     }
 
     fn try_open_in_root(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, rustix::io::Errno> {
-        let path = if rel.is_empty() { "." } else { rel };
-        match rustix::fs::openat2(
-            &self.root,
-            path,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Err(rustix::io::Errno::NOSYS) => {
-                // Old kernel: walk component by component, refusing any symlink.
-                let mut cur = rustix::fs::openat(
-                    &self.root,
-                    ".",
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-                for (i, c) in comps.iter().enumerate() {
-                    let last = i + 1 == comps.len();
-                    let fl = if last {
-                        flags | OFlags::NOFOLLOW
-                    } else {
-                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW
-                    };
-                    cur = rustix::fs::openat(&cur, *c, fl | OFlags::CLOEXEC, Mode::empty())?;
-                }
-                Ok(cur)
-            }
-            other => other,
-        }
+        // The one resolver (rbuild-fsroot): openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS),
+        // or the same fd walk where the kernel has no openat2.
+        self.root.open(rel, flags).map_err(|e| e.errno())
     }
 
     /// Open (creating missing directories) the directory `comps` inside the root.

@@ -2,21 +2,25 @@
 //!
 //! The destination is an overlay (input chain as lowers, a fresh snapshot as upper) mounted in
 //! a private mount namespace that lives only as long as the op's thread; source chains are
-//! mounted read-only beside it and the local context is read in place. Paths inside a rootfs
-//! are resolved with [`resolve_in_root`], which follows symlinks as if the rootfs were `/`, so
-//! a layer's `etc -> /host/etc` style link can never reach outside it.
+//! mounted read-only beside it and the local context is read in place. Every tree (the
+//! context, a source stage, the destination) is read and written through fds beneath its root
+//! ([`rbuild_fsroot`]): symlinks resolve as if the tree were `/`, entries are opened with
+//! `O_NOFOLLOW` relative to their directory, so neither a layer's `etc -> /host/etc` link nor
+//! a context directory swapped for a symlink mid-copy can reach outside the tree.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read as _};
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+
+use rbuild_fsroot::{Create, Root};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use rbuild_cache::context::{ExcludeMatcher, Selector};
 use rbuild_graph::{Chmod, CopyAction, FileAction, FileOp, IdSpec, Node, Owner};
 
 use crate::{Chain, SolveError, Solver, Value};
-
-const MAX_SYMLINKS: usize = 40;
 
 impl Solver {
     pub(crate) fn run_file(
@@ -120,6 +124,7 @@ pub(crate) fn apply_actions(
     let dest_input = op.dest_input;
     let mut ctx = Ctx {
         root,
+        dest: Root::new(root).map_err(|e| format!("opening the destination: {e}"))?,
         ids: None,
         user_exclude: None,
     };
@@ -178,63 +183,29 @@ fn empty_matcher() -> Result<ExcludeMatcher, String> {
     ExcludeMatcher::new(&[]).map_err(|e| e.to_string())
 }
 
-/// Resolve `rel` (relative to `root`, may start with `/`) inside `root`, following symlinks as
-/// if `root` were `/`. The last component is followed only when `follow_last`. Missing
-/// components are kept as they are (so the result can be created).
+/// Resolve `rel` (relative to `root`, may start with `/`) inside `root` with the one resolver
+/// ([`rbuild_fsroot`]), following symlinks as if `root` were `/`; the last component only when
+/// `follow_last`. A missing last component is kept (so the result can be created). The
+/// result is a host path for trees nobody else writes meanwhile (a materialized stage in the
+/// store's tmp, a cache mount); a live tree (the build context) is read through fds instead.
 pub fn resolve_in_root(root: &Path, rel: &str, follow_last: bool) -> Result<PathBuf, String> {
-    let mut stack: Vec<String> = Vec::new();
-    let mut pending: Vec<String> = components(rel);
-    pending.reverse();
-    let mut links = 0usize;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            stack.pop();
-            continue;
-        }
-        let is_last = pending.is_empty();
-        let mut candidate = root.to_path_buf();
-        for s in &stack {
-            candidate.push(s);
-        }
-        candidate.push(&c);
-        if is_last && !follow_last {
-            stack.push(c);
-            break;
-        }
-        match fs::symlink_metadata(&candidate) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(format!("too many levels of symbolic links at {rel}"));
-                }
-                let target = fs::read_link(&candidate).map_err(|e| e.to_string())?;
-                let t = target.to_string_lossy().to_string();
-                if t.starts_with('/') {
-                    stack.clear();
-                }
-                let mut more = components(&t);
-                more.reverse();
-                pending.extend(more);
-            }
-            _ => stack.push(c),
-        }
-    }
-    let mut out = root.to_path_buf();
-    for s in stack {
-        out.push(s);
-    }
-    Ok(out)
+    let r = Root::new(root)
+        .and_then(|r| r.resolve_path(rel, follow_last))
+        .map_err(|e| e.to_string())?;
+    Ok(root.join(r))
 }
 
-fn components(p: &str) -> Vec<String> {
-    Path::new(p)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().to_string()),
-            Component::ParentDir => Some("..".to_string()),
-            _ => None,
-        })
-        .collect()
+/// Split a path inside a root into its parent (resolved physically later, so `..` stays
+/// right) and last name; `None` when the last component is not a name (`/`, `..`).
+fn parent_and_name(p: &str) -> Option<(PathBuf, std::ffi::OsString)> {
+    let path = Path::new(p);
+    match path.components().next_back()? {
+        Component::Normal(n) => Some((
+            path.parent().unwrap_or(Path::new("")).to_path_buf(),
+            n.to_os_string(),
+        )),
+        _ => None,
+    }
 }
 
 fn has_glob(s: &str) -> bool {
@@ -249,20 +220,51 @@ struct Ids {
 
 struct Ctx<'a> {
     root: &'a Path,
+    /// The destination tree, every path in it opened beneath it.
+    dest: Root,
     ids: Option<Ids>,
     /// `COPY --exclude` patterns of the copy in progress, with the source-relative path of
     /// the match being copied (patterns match paths below it, or paths from the source root).
     user_exclude: Option<(ExcludeMatcher, PathBuf)>,
 }
 
+/// An entry's `lstat`.
+type Stat = rustix::fs::Stat;
+
+fn stat_fd(fd: &OwnedFd, what: &Path) -> Result<Stat, String> {
+    rustix::fs::fstat(fd).map_err(|e| format!("{}: {e}", what.display()))
+}
+
+fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY
+}
+
+#[allow(clippy::unnecessary_cast)]
+fn times_of(st: &Stat) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: st.st_mtime as i64,
+        tv_nsec: st.st_mtime_nsec as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
 impl Ctx<'_> {
     fn ids(&mut self) -> &Ids {
-        let root = self.root;
+        let dest = &self.dest;
         self.ids.get_or_insert_with(|| {
             let read = |p: &str| {
-                resolve_in_root(root, p, true)
+                let mut s = String::new();
+                dest.open(p, OFlags::RDONLY)
                     .ok()
-                    .and_then(|p| fs::read_to_string(p).ok())
+                    .and_then(|fd| fs::File::from(fd).read_to_string(&mut s).ok())
+                    .map(|_| s)
                     .unwrap_or_default()
             };
             let users = read("/etc/passwd")
@@ -335,6 +337,10 @@ impl Ctx<'_> {
         };
         let src_root = &fs::canonicalize(src_root)
             .map_err(|e| format!("opening the copy source {}: {e}", src_root.display()))?;
+        // The source tree (for the context: a live directory someone may be changing) is
+        // read only through fds beneath this root, never through the matched paths.
+        let src = Root::new(src_root)
+            .map_err(|e| format!("opening the copy source {}: {e}", src_root.display()))?;
         let matches = match rbuild_cache::context::expand(src_root, &sel, exclude) {
             Ok(m) => m,
             Err(rbuild_cache::CacheError::NotFound { .. }) => Vec::new(),
@@ -374,55 +380,77 @@ impl Ctx<'_> {
         // A wildcard with a single match copies to `dest` as named (BuildKit); several
         // matches need a directory.
         let dest_dir_hint = dest_rel.ends_with('/') || matches.len() > 1 || c.parents;
-        let dest_resolved = resolve_in_root(self.root, &dest_rel, true)?;
-        let dest_is_dir = dest_dir_hint || dest_resolved.is_dir();
+        let drel = self
+            .dest
+            .resolve_path(&dest_rel, true)
+            .map_err(|e| e.to_string())?;
+        let dest_is_dir = dest_dir_hint
+            || self
+                .dest
+                .resolve(&drel, true)
+                .ok()
+                .and_then(|r| r.stat().ok().flatten())
+                .is_some_and(|st| is_dir(&st));
         for named in &matches {
             let rel_in_src = named.strip_prefix(src_root).unwrap_or(named).to_path_buf();
-            let is_link = fs::symlink_metadata(named).is_ok_and(|md| md.file_type().is_symlink());
-            let resolved;
-            let m = if c.follow_symlinks && is_link {
-                resolved = resolve_in_root(src_root, &rel_in_src.to_string_lossy(), true)?;
-                &resolved
-            } else {
-                named
+            let shown = Path::new("/").join(&rel_in_src);
+            // Not following the last component unless asked: a symlink is copied as a link.
+            let m = src
+                .resolve(&rel_in_src, c.follow_symlinks)
+                .map_err(|e| e.to_string())?;
+            let Some(mfd) = &m.fd else {
+                return Err(format!("{}: no such file or directory", shown.display()));
             };
-            let md = fs::symlink_metadata(m)
-                .map_err(|e| format!("{}: {e}", Path::new("/").join(&rel_in_src).display()))?;
+            let md = stat_fd(mfd, &shown)?;
             if let Some(ex) = &user_exclude {
                 let rel_text = rel_in_src.to_string_lossy();
                 let name = named
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                if !md.is_dir() && (ex.is_excluded(&rel_text) || ex.is_excluded(&name)) {
+                if !is_dir(&md) && (ex.is_excluded(&rel_text) || ex.is_excluded(&name)) {
                     continue;
                 }
             }
             self.user_exclude = user_exclude
                 .as_ref()
                 .map(|ex| (ex.clone(), rel_in_src.clone()));
+            let open_src_dir = || {
+                m.reopen(dir_flags())
+                    .map_err(|e| format!("{}: {e}", shown.display()))
+            };
             if c.parents {
                 let kept = rel_in_src.strip_prefix(&pivot).unwrap_or(&rel_in_src);
-                let target = dest_resolved.join(kept);
-                if md.is_dir() {
-                    self.mkdir_all(&target, owner)?;
-                    self.copy_tree(m, &target, &rel_in_src, c, owner, exclude, from_context)?;
+                let target = drel.join(kept);
+                if is_dir(&md) {
+                    let dst = self.ensure_dir(&target, owner)?;
+                    self.copy_tree(
+                        &open_src_dir()?,
+                        &dst,
+                        &rel_in_src,
+                        c,
+                        owner,
+                        exclude,
+                        from_context,
+                    )?;
                 } else {
-                    if let Some(parent) = target.parent() {
-                        self.mkdir_all(parent, owner)?;
-                    }
-                    self.copy_leaf(m, &target, &md, c, owner)?;
+                    let (parent, name) = split_target(&target)?;
+                    let dst = self.ensure_dir(&parent, owner)?;
+                    self.copy_leaf(m.parent.as_fd(), &m.name, &md, &dst, &name, c, owner)?;
                 }
                 continue;
             }
-            if c.attempt_unpack && md.is_file() && self.unpack(m, &dest_resolved, owner)? {
+            if c.attempt_unpack
+                && FileType::from_raw_mode(md.st_mode) == FileType::RegularFile
+                && self.unpack(&m, &shown, &drel, owner)?
+            {
                 continue;
             }
-            if md.is_dir() && c.dir_copy_contents {
-                self.mkdir_all(&dest_resolved, owner)?;
+            if is_dir(&md) && c.dir_copy_contents {
+                let dst = self.ensure_dir(&drel, owner)?;
                 self.copy_tree(
-                    m,
-                    &dest_resolved,
+                    &open_src_dir()?,
+                    &dst,
                     &rel_in_src,
                     c,
                     owner,
@@ -432,48 +460,87 @@ impl Ctx<'_> {
             } else {
                 let name = named
                     .file_name()
-                    .or_else(|| m.file_name())
+                    .or_else(|| m.rel.file_name())
                     .map(|n| n.to_os_string())
                     .unwrap_or_default();
-                let target = if dest_is_dir {
-                    self.mkdir_all(&dest_resolved, owner)?;
-                    dest_resolved.join(&name)
+                let (dst_dir, dst_name) = if dest_is_dir {
+                    (self.ensure_dir(&drel, owner)?, name)
                 } else {
-                    if let Some(parent) = dest_resolved.parent() {
-                        self.mkdir_all(parent, owner)?;
-                    }
-                    dest_resolved.clone()
+                    let (parent, n) = split_target(&drel)?;
+                    (self.ensure_dir(&parent, owner)?, n)
                 };
-                if md.is_dir() {
-                    let existed = fs::symlink_metadata(&target).is_ok_and(|t| t.is_dir());
-                    self.copy_dir_entry(m, &target, &md, c, owner)?;
-                    self.copy_tree(m, &target, &rel_in_src, c, owner, exclude, from_context)?;
+                if is_dir(&md) {
+                    let existed = lstat_at(&dst_dir, &dst_name).is_ok_and(|t| is_dir(&t));
+                    let child = self.copy_dir_entry(&dst_dir, &dst_name, &md, c, owner)?;
+                    self.copy_tree(
+                        &open_src_dir()?,
+                        &child,
+                        &rel_in_src,
+                        c,
+                        owner,
+                        exclude,
+                        from_context,
+                    )?;
                     if !existed {
-                        finish_dir(&target, &md)?;
+                        finish_dir(&child, &md)?;
                     }
                 } else {
-                    self.copy_leaf(m, &target, &md, c, owner)?;
+                    self.copy_leaf(
+                        m.parent.as_fd(),
+                        &m.name,
+                        &md,
+                        &dst_dir,
+                        &dst_name,
+                        c,
+                        owner,
+                    )?;
                 }
             }
         }
         Ok(())
     }
 
+    /// The directory `rel` of the destination, created (0755, `owner`) with its missing
+    /// parents, symlinks followed inside the destination only.
+    fn ensure_dir(&mut self, rel: &Path, owner: Option<(u32, u32)>) -> Result<OwnedFd, String> {
+        let r = self
+            .dest
+            .ensure(rel, Create::Dir, owner, &mut |_, _| Ok(()))
+            .map_err(|e| format!("creating {}: {e}", self.show(rel)))?;
+        let fd =
+            r.fd.ok_or_else(|| format!("creating {}: missing", self.show(rel)))?;
+        if !is_dir(&stat_fd(&fd, rel)?) {
+            return Err(format!(
+                "{} exists and is not a directory",
+                self.show(&r.rel)
+            ));
+        }
+        Ok(fd)
+    }
+
     /// ADD of a local tar (plain or gzip, detected by content): extract into `dest` as a
     /// directory. Returns false when the file is not an archive (it is then copied as is).
     fn unpack(
         &mut self,
-        src: &Path,
+        src: &rbuild_fsroot::Resolved,
+        shown: &Path,
         dest: &Path,
         owner: Option<(u32, u32)>,
     ) -> Result<bool, String> {
         use rbuild_oci::ArchiveKind;
-        match rbuild_oci::archive_kind(src).map_err(|e| e.to_string())? {
+        let open = || {
+            rbuild_fsroot::open_file_at(&src.parent, &src.name)
+                .map_err(|e| format!("{}: {e}", shown.display()))
+        };
+        let file = open()?;
+        // The archive is sniffed through the open fd (`/proc/self/fd/N`), never by its name.
+        let kind = rbuild_oci::archive_kind(&rbuild_fsroot::fd_path(&file))
+            .map_err(|e| format!("{}: {e}", shown.display()))?;
+        match kind {
             ArchiveKind::None => Ok(false),
             ArchiveKind::Unsupported("bzip2") => {
-                let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
-                let dec = bzip2::read::MultiBzDecoder::new(io::BufReader::new(f));
-                self.unpack_stream(dec, src, dest, owner)
+                let dec = bzip2::read::MultiBzDecoder::new(io::BufReader::new(file));
+                self.unpack_stream(dec, shown, dest, owner)
             }
             ArchiveKind::Unsupported("xz") => {
                 // lzma-rs decodes into a writer: stage the inner tar in a temporary file.
@@ -485,31 +552,32 @@ impl Ctx<'_> {
                         .map(|d| d.as_nanos())
                         .unwrap_or_default()
                 ));
-                let staged = (|| -> Result<(), String> {
-                    let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
-                    let mut out =
-                        fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-                    lzma_rs::xz_decompress(&mut io::BufReader::new(f), &mut out)
-                        .map_err(|e| format!("decompressing {}: {e}", src.display()))
+                let staged = (|| -> Result<fs::File, String> {
+                    let mut out = fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)
+                        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    lzma_rs::xz_decompress(&mut io::BufReader::new(file), &mut out)
+                        .map_err(|e| format!("decompressing {}: {e}", shown.display()))?;
+                    io::Seek::rewind(&mut out).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    Ok(out)
                 })();
-                let r = staged.and_then(|()| {
-                    let f = fs::File::open(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-                    self.unpack_stream(io::BufReader::new(f), src, dest, owner)
-                });
                 let _ = fs::remove_file(&tmp);
-                r
+                self.unpack_stream(io::BufReader::new(staged?), shown, dest, owner)
             }
             ArchiveKind::Unsupported(kind) => Err(format!(
                 "ADD {}: unpacking {kind} archives is not supported yet",
-                src.file_name()
+                shown
+                    .file_name()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default()
             )),
             ArchiveKind::Tar | ArchiveKind::GzipTar => {
-                self.mkdir_all(dest, owner)?;
-                let f = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
-                rbuild_oci::extract_archive(io::BufReader::new(f), dest)
-                    .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
+                self.ensure_dir(dest, owner)?;
+                rbuild_oci::extract_archive(io::BufReader::new(file), &self.dest.host_path(dest))
+                    .map_err(|e| format!("unpacking {}: {e}", shown.display()))?;
                 Ok(true)
             }
         }
@@ -537,30 +605,30 @@ impl Ctx<'_> {
         if n < 512 || head.get(257..262) != Some(b"ustar".as_slice()) {
             return Ok(false);
         }
-        self.mkdir_all(dest, owner)?;
-        rbuild_oci::extract_archive(io::Cursor::new(head).chain(r), dest)
+        self.ensure_dir(dest, owner)?;
+        rbuild_oci::extract_archive(io::Cursor::new(head).chain(r), &self.dest.host_path(dest))
             .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
         Ok(true)
     }
 
+    /// Copy the contents of the source directory `src` into the destination directory `dst`
+    /// (both fds: every entry is reached with `O_NOFOLLOW` relative to its parent).
     #[allow(clippy::too_many_arguments)]
     fn copy_tree(
         &mut self,
-        src: &Path,
-        dst: &Path,
+        src: &OwnedFd,
+        dst: &OwnedFd,
         rel: &Path,
         c: &CopyAction,
         owner: Option<(u32, u32)>,
         exclude: &ExcludeMatcher,
         from_context: bool,
     ) -> Result<(), String> {
-        let mut entries: Vec<_> = fs::read_dir(src)
-            .map_err(|e| format!("{}: {e}", src.display()))?
-            .filter_map(|e| e.ok())
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
+        let shown = Path::new("/").join(rel);
+        let mut names =
+            rbuild_fsroot::list_dir(src).map_err(|e| format!("{}: {e}", shown.display()))?;
+        names.sort();
+        for name in names {
             let child_rel = rel.join(&name);
             let rel_text = child_rel.to_string_lossy();
             let (user_excluded, user_can_skip) = match &self.user_exclude {
@@ -574,131 +642,146 @@ impl Ctx<'_> {
             };
             let ignored = from_context && exclude.is_excluded(&rel_text);
             let excluded = ignored || user_excluded;
-            let path = e.path();
-            let md = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let target = dst.join(&name);
-            if md.is_dir() {
+            let md = match lstat_at(src, &name) {
+                Ok(md) => md,
+                // Removed since the listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("/{}: {e}", child_rel.display())),
+            };
+            if is_dir(&md) {
                 // An excluded directory is still walked when a `!` pattern may re-include
                 // something below it; it is kept only if something was copied into it.
                 if (ignored && exclude.can_skip_dir(&rel_text)) || user_can_skip {
                     continue;
                 }
-                let existed = fs::symlink_metadata(&target).is_ok_and(|t| t.is_dir());
-                self.copy_dir_entry(&path, &target, &md, c, owner)?;
-                self.copy_tree(&path, &target, &child_rel, c, owner, exclude, from_context)?;
-                if excluded && !existed && is_empty_dir(&target) {
-                    fs::remove_dir(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+                let existed = lstat_at(dst, &name).is_ok_and(|t| is_dir(&t));
+                let child_dst = self.copy_dir_entry(dst, &name, &md, c, owner)?;
+                // O_NOFOLLOW: a directory swapped for a symlink since the listing fails here.
+                let child_src = rbuild_fsroot::open_dir_at(src, &name)
+                    .map_err(|e| format!("/{}: {e}", child_rel.display()))?;
+                self.copy_tree(
+                    &child_src,
+                    &child_dst,
+                    &child_rel,
+                    c,
+                    owner,
+                    exclude,
+                    from_context,
+                )?;
+                if excluded
+                    && !existed
+                    && rbuild_fsroot::list_dir(&child_dst).is_ok_and(|l| l.is_empty())
+                {
+                    rustix::fs::unlinkat(dst, &name, AtFlags::REMOVEDIR)
+                        .map_err(|e| format!("/{}: {e}", child_rel.display()))?;
                     continue;
                 }
                 if !existed {
-                    finish_dir(&target, &md)?;
+                    finish_dir(&child_dst, &md)?;
                 }
             } else if excluded {
                 continue;
             } else {
-                self.copy_leaf(&path, &target, &md, c, owner)?;
+                self.copy_leaf(src.as_fd(), &name, &md, dst, &name, c, owner)?;
             }
         }
         Ok(())
     }
 
+    /// Make `name` in `dst` a directory (an existing one keeps its owner and mode, like
+    /// BuildKit; anything else there is replaced) and return it open.
     fn copy_dir_entry(
         &mut self,
-        _src: &Path,
-        target: &Path,
-        md: &fs::Metadata,
+        dst: &OwnedFd,
+        name: &OsStr,
+        md: &Stat,
         c: &CopyAction,
         owner: Option<(u32, u32)>,
-    ) -> Result<(), String> {
-        match fs::symlink_metadata(target) {
-            // An existing directory keeps its owner and mode (BuildKit).
-            Ok(t) if t.is_dir() => return Ok(()),
+    ) -> Result<OwnedFd, String> {
+        let fail = |e: io::Error| format!("{}: {e}", Path::new(name).display());
+        match lstat_at(dst, name) {
+            Ok(t) if is_dir(&t) => return rbuild_fsroot::open_dir_at(dst, name).map_err(fail),
             Ok(_) => {
-                fs::remove_file(target).map_err(|e| format!("{}: {e}", target.display()))?;
-                fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;
+                rbuild_fsroot::remove_all_at(dst, name).map_err(fail)?;
+                rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700))
+                    .map_err(|e| fail(e.into()))?;
             }
-            Err(_) => fs::create_dir(target).map_err(|e| format!("{}: {e}", target.display()))?,
+            Err(_) => rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700))
+                .map_err(|e| fail(e.into()))?,
         }
-        let mode = apply_chmod(c.mode.as_ref(), md.mode() & 0o7777, true)?;
-        fs::set_permissions(target, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", target.display()))?;
-        let (uid, gid) = owner.unwrap_or((md.uid(), md.gid()));
-        lchown(target, uid, gid)
+        let fd = rbuild_fsroot::open_dir_at(dst, name).map_err(fail)?;
+        let mode = apply_chmod(c.mode.as_ref(), md.st_mode & 0o7777, true)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| fail(e.into()))?;
+        let (uid, gid) = owner.unwrap_or((md.st_uid, md.st_gid));
+        fchown(&fd, Path::new(name), uid, gid)?;
+        Ok(fd)
     }
 
+    /// Copy the non-directory `src_name` in `src_dir` to `name` in `dst`.
+    #[allow(clippy::too_many_arguments)]
     fn copy_leaf(
         &mut self,
-        src: &Path,
-        target: &Path,
-        md: &fs::Metadata,
+        src_dir: BorrowedFd<'_>,
+        src_name: &OsStr,
+        md: &Stat,
+        dst: &OwnedFd,
+        name: &OsStr,
         c: &CopyAction,
         owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
-        let ft = md.file_type();
-        let (uid, gid) = owner.unwrap_or((md.uid(), md.gid()));
+        let ft = FileType::from_raw_mode(md.st_mode);
+        let (uid, gid) = owner.unwrap_or((md.st_uid, md.st_gid));
+        let shown = Path::new(name);
+        let fail = |e: io::Error| format!("{}: {e}", shown.display());
         // A device node kept as a marker file (rootless unpack) is skipped like a device, so a
-        // rootless COPY gives the layer a root one gives.
-        if ft.is_file() && md.len() == 0 && rbuild_oci::device_marker_of(src).is_some() {
+        // rootless COPY gives the layer a root one gives. (The directory is pinned by its fd;
+        // the xattr is read without following the last component.)
+        if ft == FileType::RegularFile
+            && md.st_size == 0
+            && rbuild_oci::device_marker_of(&rbuild_fsroot::fd_path(src_dir).join(src_name))
+                .is_some()
+        {
             return Ok(());
         }
-        if ft.is_file() {
+        if ft == FileType::RegularFile {
             // The common case (nothing at the target yet) costs two opens and fd calls only;
             // whatever is in the way is removed first otherwise.
-            let mode = apply_chmod(c.mode.as_ref(), md.mode() & 0o7777, false)?;
-            let dst = match create_new(target) {
+            let mode = apply_chmod(c.mode.as_ref(), md.st_mode & 0o7777, false)?;
+            let out = match create_new(dst, name) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    remove_existing(target)?;
-                    create_new(target).map_err(|e| format!("{}: {e}", target.display()))?
+                    rbuild_fsroot::remove_all_at(dst, name).map_err(fail)?;
+                    create_new(dst, name).map_err(fail)?
                 }
-                Err(e) => return Err(format!("{}: {e}", target.display())),
+                Err(e) => return Err(fail(e)),
             };
-            let from = fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
-            copy_data(&from, &dst, md.len())
-                .map_err(|e| format!("copying {}: {e}", src.display()))?;
-            let t = md.modified().map_err(|e| e.to_string())?;
-            std::os::unix::fs::fchown(&dst, Some(uid), Some(gid))
-                .map_err(|e| chown_error(target, uid, gid, e))?;
-            dst.set_permissions(fs::Permissions::from_mode(mode))
-                .and_then(|()| dst.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)))
-                .map_err(|e| format!("{}: {e}", target.display()))?;
+            let from = rbuild_fsroot::open_file_at(src_dir, src_name)
+                .map_err(|e| format!("{}: {e}", Path::new(src_name).display()))?;
+            copy_data(&from, &out, md.st_size.max(0) as u64)
+                .map_err(|e| format!("copying {}: {e}", Path::new(src_name).display()))?;
+            fchown(&out, shown, uid, gid)?;
+            rustix::fs::fchmod(&out, Mode::from_raw_mode(mode)).map_err(|e| fail(e.into()))?;
+            rustix::fs::futimens(&out, &times_of(md)).map_err(|e| fail(e.into()))?;
             return Ok(());
         }
-        remove_existing(target)?;
-        if ft.is_symlink() {
-            let link = fs::read_link(src).map_err(|e| format!("{}: {e}", src.display()))?;
-            symlink(&link, target).map_err(|e| format!("{}: {e}", target.display()))?;
-            lchown(target, uid, gid)?;
-            return set_mtime(target, md, false);
+        rbuild_fsroot::remove_all_at(dst, name).map_err(fail)?;
+        if ft == FileType::Symlink {
+            let link = rustix::fs::readlinkat(src_dir, src_name, Vec::new())
+                .map_err(|e| format!("{}: {e}", Path::new(src_name).display()))?;
+            rustix::fs::symlinkat(link.as_c_str(), dst, name).map_err(|e| fail(e.into()))?;
+            rustix::fs::chownat(
+                dst,
+                name,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| chown_error(shown, uid, gid, e.into()))?;
+            // Symlink mtimes are left alone; the layer writer clamps them with
+            // SOURCE_DATE_EPOCH when reproducibility is asked.
+            return Ok(());
         }
         // Devices, fifos and sockets are not copied (Docker skips sockets; devices need mknod).
-        Ok(())
-    }
-
-    /// mkdir -p of a resolved host path inside the root; new dirs get 0755 and `owner`.
-    fn mkdir_all(&mut self, path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
-        if path.is_dir() {
-            return Ok(());
-        }
-        let mut missing = Vec::new();
-        let mut cur = path.to_path_buf();
-        while !cur.exists() && cur.starts_with(self.root) && cur != self.root {
-            missing.push(cur.clone());
-            if !cur.pop() {
-                break;
-            }
-        }
-        for dir in missing.iter().rev() {
-            fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", self.show(dir)))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-                .map_err(|e| format!("{}: {e}", self.show(dir)))?;
-            if let Some((u, g)) = owner {
-                lchown(dir, u, g)?;
-            }
-        }
-        if !path.is_dir() {
-            return Err(format!("{} exists and is not a directory", self.show(path)));
-        }
         Ok(())
     }
 
@@ -717,20 +800,38 @@ impl Ctx<'_> {
             Some(o) => Some(self.owner(o)?),
             None => None,
         };
-        let target = resolve_in_root(self.root, path, true)?;
-        if target.is_dir() {
-            return Ok(());
-        }
+        let drel = self
+            .dest
+            .resolve_path(path, true)
+            .map_err(|e| format!("mkdir: {e}"))?;
         if parents {
-            if let Some(p) = target.parent() {
-                self.mkdir_all(p, owner)?;
+            if let Some(p) = drel.parent() {
+                self.ensure_dir(p, owner)?;
             }
         }
-        fs::create_dir(&target).map_err(|e| format!("mkdir {path}: {e}"))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+        let target = self
+            .dest
+            .resolve(&drel, true)
+            .map_err(|e| format!("mkdir: {e}"))?;
+        if target
+            .stat()
+            .map_err(|e| e.to_string())?
+            .is_some_and(|st| is_dir(&st))
+        {
+            return Ok(());
+        }
+        if target.name == "." {
+            return Ok(());
+        }
+        let parent = target.parent;
+        rustix::fs::mkdirat(&parent, &target.name, Mode::from_raw_mode(0o700))
+            .map_err(|e| format!("mkdir {path}: {e}"))?;
+        let fd = rbuild_fsroot::open_dir_at(&parent, &target.name)
+            .map_err(|e| format!("mkdir {path}: {e}"))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))
             .map_err(|e| format!("mkdir {path}: {e}"))?;
         if let Some((u, g)) = owner {
-            lchown(&target, u, g)?;
+            fchown(&fd, Path::new(path), u, g)?;
         }
         Ok(())
     }
@@ -746,33 +847,32 @@ impl Ctx<'_> {
             Some(o) => Some(self.owner(o)?),
             None => None,
         };
-        let target = resolve_in_root(self.root, path, false)?;
-        if let Some(p) = target.parent() {
-            self.mkdir_all(p, owner)?;
-        }
-        if target.is_dir() {
+        let (parent, name) = parent_and_name(path).ok_or(format!("{path} is a directory"))?;
+        let dir = self.ensure_dir(&parent, owner)?;
+        if lstat_at(&dir, &name).is_ok_and(|st| is_dir(&st)) {
             return Err(format!("{path} is a directory"));
         }
-        let _ = fs::remove_file(&target);
-        fs::write(&target, data).map_err(|e| format!("writing {path}: {e}"))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+        let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::empty());
+        let mut f = create_new(&dir, &name).map_err(|e| format!("writing {path}: {e}"))?;
+        io::Write::write_all(&mut f, data).map_err(|e| format!("writing {path}: {e}"))?;
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777))
             .map_err(|e| format!("{path}: {e}"))?;
         if let Some((u, g)) = owner {
-            lchown(&target, u, g)?;
+            fchown(&f, Path::new(path), u, g)?;
         }
         Ok(())
     }
 
     fn rm(&mut self, path: &str, allow_not_found: bool) -> Result<(), String> {
-        let target = resolve_in_root(self.root, path, false)?;
-        match fs::symlink_metadata(&target) {
-            Ok(md) if md.is_dir() => {
-                fs::remove_dir_all(&target).map_err(|e| format!("rm {path}: {e}"))
-            }
-            Ok(_) => fs::remove_file(&target).map_err(|e| format!("rm {path}: {e}")),
-            Err(_) if allow_not_found => Ok(()),
-            Err(e) => Err(format!("rm {path}: {e}")),
-        }
+        let target = match self.dest.resolve(path, false) {
+            Ok(t) if t.fd.is_some() && t.name != "." => t,
+            Ok(t) if t.name == "." => return Err(format!("rm {path}: refusing to remove /")),
+            _ if allow_not_found => return Ok(()),
+            Ok(_) => return Err(format!("rm {path}: no such file or directory")),
+            Err(e) => return Err(format!("rm {path}: {e}")),
+        };
+        rbuild_fsroot::remove_all_at(&target.parent, &target.name)
+            .map_err(|e| format!("rm {path}: {e}"))
     }
 
     fn symlink(&mut self, target: &str, link: &str, owner: Option<&Owner>) -> Result<(), String> {
@@ -780,36 +880,106 @@ impl Ctx<'_> {
             Some(o) => Some(self.owner(o)?),
             None => None,
         };
-        let at = resolve_in_root(self.root, link, false)?;
-        if let Some(p) = at.parent() {
-            self.mkdir_all(p, None)?;
-        }
-        symlink(target, &at).map_err(|e| format!("symlink {link}: {e}"))?;
+        let (parent, name) =
+            parent_and_name(link).ok_or(format!("symlink {link}: not a file name"))?;
+        let dir = self.ensure_dir(&parent, None)?;
+        rustix::fs::symlinkat(target, &dir, &name).map_err(|e| format!("symlink {link}: {e}"))?;
         if let Some((u, g)) = owner {
-            lchown(&at, u, g)?;
+            rustix::fs::chownat(
+                &dir,
+                &name,
+                Some(rustix::fs::Uid::from_raw(u)),
+                Some(rustix::fs::Gid::from_raw(g)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| chown_error(Path::new(link), u, g, e.into()))?;
         }
         Ok(())
     }
 }
 
-/// Create a regular file that must not exist yet (never following a symlink at `p`).
-fn create_new(p: &Path) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(p)
+/// Copy the entry `r` (resolved beneath `root`, the live build context) to the new path
+/// `dst` (in the store's tmp), owners and modes kept, reading only through fds beneath the
+/// root: for a writable bind or a cache mount seeded from the context in copy mode.
+pub(crate) fn copy_local(
+    root: &Root,
+    r: &rbuild_fsroot::Resolved,
+    dst: &Path,
+    is_dir: bool,
+) -> Result<(), String> {
+    let (parent, name) = match (dst.parent(), dst.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => return Err(format!("{}: not a file name", dst.display())),
+    };
+    let shown = root.host_path(&r.rel);
+    let fd =
+        r.fd.as_ref()
+            .ok_or_else(|| format!("{}: no such file or directory", shown.display()))?;
+    let md = stat_fd(fd, &shown)?;
+    let dest = Root::new(parent).map_err(|e| e.to_string())?;
+    let dst_dir = dest.open("", dir_flags()).map_err(|e| e.to_string())?;
+    let mut ctx = Ctx {
+        root: parent,
+        dest,
+        ids: None,
+        user_exclude: None,
+    };
+    let c = CopyAction {
+        src_input: 0,
+        src: String::new(),
+        dest: String::new(),
+        owner: None,
+        mode: None,
+        follow_symlinks: false,
+        dir_copy_contents: true,
+        attempt_unpack: false,
+        create_dest_path: false,
+        allow_wildcard: false,
+        allow_empty_wildcard: false,
+        exclude: Vec::new(),
+        parents: false,
+    };
+    if is_dir {
+        let child = ctx.copy_dir_entry(&dst_dir, name, &md, &c, None)?;
+        let src = r
+            .reopen(dir_flags())
+            .map_err(|e| format!("{}: {e}", shown.display()))?;
+        ctx.copy_tree(
+            &src,
+            &child,
+            Path::new(""),
+            &c,
+            None,
+            &empty_matcher()?,
+            false,
+        )?;
+        finish_dir(&child, &md)
+    } else {
+        ctx.copy_leaf(r.parent.as_fd(), &r.name, &md, &dst_dir, name, &c, None)
+    }
 }
 
-/// Remove whatever is at `p` (a directory recursively); nothing there is fine.
-fn remove_existing(p: &Path) -> Result<(), String> {
-    match fs::symlink_metadata(p) {
-        Ok(t) if t.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(_) => Ok(()),
+/// The parent directory and name of a destination path (already resolved).
+fn split_target(p: &Path) -> Result<(PathBuf, std::ffi::OsString), String> {
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent.to_path_buf(), name.to_os_string())),
+        _ => Err("cannot copy a file onto the root directory".into()),
     }
-    .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Create a regular file `name` in `dir` that must not exist yet (never following a symlink).
+fn create_new(dir: &OwnedFd, name: &OsStr) -> io::Result<fs::File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(fs::File::from(fd))
+}
+
+fn lstat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Stat> {
+    rbuild_fsroot::lstat_at(dir, name)
 }
 
 /// Copy a file's `len` bytes with sendfile (no user-space copy, one call for a small file);
@@ -838,18 +1008,17 @@ fn copy_data(from: &fs::File, to: &fs::File, len: u64) -> io::Result<()> {
     }
 }
 
-fn is_empty_dir(p: &Path) -> bool {
-    fs::read_dir(p)
-        .map(|mut r| r.next().is_none())
-        .unwrap_or(false)
+fn finish_dir(dir: &OwnedFd, md: &Stat) -> Result<(), String> {
+    rustix::fs::futimens(dir, &times_of(md)).map_err(|e| format!("set times: {e}"))
 }
 
-fn finish_dir(target: &Path, md: &fs::Metadata) -> Result<(), String> {
-    set_mtime(target, md, true)
-}
-
-fn lchown(p: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| chown_error(p, uid, gid, e))
+fn fchown(fd: &impl AsFd, p: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(|e| chown_error(p, uid, gid, e.into()))
 }
 
 /// A failed chown; rootless, EINVAL means an id outside the user namespace's map.
@@ -860,24 +1029,6 @@ fn chown_error(p: &Path, uid: u32, gid: u32, e: io::Error) -> String {
         return rbuild_cache::overlay::unmapped_id_message(p, uid, gid);
     }
     format!("chown {}: {e}", p.display())
-}
-
-fn set_mtime(p: &Path, md: &fs::Metadata, follow: bool) -> Result<(), String> {
-    let t = md.modified().map_err(|e| e.to_string())?;
-    let times = fs::FileTimes::new().set_modified(t).set_accessed(t);
-    if follow {
-        let f = fs::File::options()
-            .read(true)
-            .open(p)
-            .or_else(|_| fs::File::open(p))
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-        f.set_times(times)
-            .map_err(|e| format!("{}: {e}", p.display()))
-    } else {
-        // Symlink mtimes are not settable portably without utimensat(AT_SYMLINK_NOFOLLOW);
-        // the layer writer clamps them with SOURCE_DATE_EPOCH when reproducibility is asked.
-        Ok(())
-    }
 }
 
 /// Apply a `--chmod` to a mode. Octal replaces the permission bits; symbolic edits them.
@@ -936,6 +1087,7 @@ pub fn symbolic_mode(spec: &str, mut mode: u32, is_dir: bool) -> Result<u32, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
     #[test]
     fn resolve_in_root_clamps_absolute_and_dotdot_symlinks() {

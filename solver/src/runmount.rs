@@ -300,47 +300,40 @@ impl Solver {
         let copy = self.copy_mode();
         match input {
             Value::Local(dir) => {
-                let path = resolve_in_root(&dir.path, rel, true)
+                // The context is a live directory: it is never bound or read through a
+                // resolved path (a component could be swapped for a symlink to the host in
+                // between). The sandbox mounts the context root and resolves `source` beneath
+                // it through fds, or, in copy mode, the copier reads it through fds.
+                let root = rbuild_fsroot::Root::new(&dir.path)
                     .map_err(|e| format!("bind mount source {source}: {e}"))?;
-                let md =
-                    fs::metadata(&path).map_err(|e| format!("bind mount source {source}: {e}"))?;
-                if !writable {
-                    p.extra.push(ExtraMount::Bind {
-                        source: path,
-                        target: target.to_string(),
-                        readonly: true,
-                    });
-                } else if copy {
+                let r = root
+                    .resolve(rel, true)
+                    .map_err(|e| format!("bind mount source: {e}"))?;
+                let Some(fd) = &r.fd else {
+                    return Err(format!(
+                        "bind mount source {source}: no such file or directory"
+                    ));
+                };
+                let is_dir = rustix::fs::fstat(fd).is_ok_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::Directory
+                });
+                if writable && copy {
                     let tmp = self.temp_dir(p, &format!("bind{n}"))?;
                     let dst = tmp.join("src");
-                    if md.is_dir() {
-                        fs::create_dir(&dst).map_err(|e| io("mkdir", &dst, e))?;
-                        materialize(&[path], &dst).map_err(|e| e.to_string())?;
-                    } else {
-                        fs::copy(&path, &dst).map_err(|e| io("copy", &path, e))?;
-                    }
+                    crate::fileop::copy_local(&root, &r, &dst, is_dir)
+                        .map_err(|e| format!("bind mount source {source}: {e}"))?;
                     p.extra.push(ExtraMount::Bind {
                         source: dst,
                         target: target.to_string(),
                         readonly: false,
                     });
-                } else if md.is_dir() {
-                    p.extra.push(ExtraMount::Layers {
-                        lowers: vec![path],
-                        source: String::new(),
-                        target: target.to_string(),
-                        writable: true,
-                    });
                 } else {
-                    let (parent, name) = match (path.parent(), path.file_name()) {
-                        (Some(a), Some(b)) => (a.to_path_buf(), b.to_string_lossy().into_owned()),
-                        _ => return Err(format!("bind mount source {source}: not a file")),
-                    };
                     p.extra.push(ExtraMount::Layers {
-                        lowers: vec![parent],
-                        source: name,
+                        lowers: vec![dir.path.clone()],
+                        source: r.rel.to_string_lossy().into_owned(),
                         target: target.to_string(),
-                        writable: true,
+                        writable,
                     });
                 }
             }
@@ -475,16 +468,18 @@ impl Solver {
                 fs::rename(&src, &fresh).map_err(|e| io("rename", &src, e))?;
             }
             Some(Value::Local(local)) => {
-                let src = resolve_in_root(&local.path, rel, true)
-                    .map_err(|e| format!("cache mount source {}: {e}", spec.source))?;
-                if !src.is_dir() {
-                    return Err(format!(
-                        "cache mount source {}: not a directory",
-                        spec.source
-                    ));
+                // The live context: read through fds beneath its root only.
+                let bad = |e: String| format!("cache mount source {}: {e}", spec.source);
+                let root = rbuild_fsroot::Root::new(&local.path).map_err(|e| bad(e.to_string()))?;
+                let src = root.resolve(rel, true).map_err(|e| bad(e.to_string()))?;
+                let is_dir = src.stat().ok().flatten().is_some_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::Directory
+                });
+                if !is_dir {
+                    return Err(bad("not a directory".into()));
                 }
-                fs::create_dir(&fresh).map_err(|e| io("mkdir", &fresh, e))?;
-                materialize(&[src], &fresh).map_err(|e| e.to_string())?;
+                crate::fileop::copy_local(&root, &src, &fresh, true).map_err(bad)?;
             }
         }
         if input.is_none() {

@@ -38,22 +38,20 @@ use crate::error::{CacheError, Result};
 use crate::store::Store;
 use crate::util;
 use pattern::{clean_rel, has_meta};
+use rbuild_fsroot::Root;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// A stat-cache row is trusted only when the file was last changed at least this long before it
 /// was hashed (larger than any kernel timestamp granularity we expect).
 pub const RACY_WINDOW_NS: i64 = 50_000_000;
-
-/// Maximum number of symlinks followed while resolving one selector path.
-const MAX_LINKS: usize = 255;
 
 /// What a COPY/ADD source or a bind mount selects in the build context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,29 +101,63 @@ struct Row {
     digest: [u8; 32],
 }
 
+/// `lstat` fields the walk uses (from an fd-relative `statat`/`fstat`, never a path).
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    mode: u32,
+    rdev: u64,
+}
+
+impl Meta {
+    #[allow(clippy::unnecessary_cast)]
+    fn from_stat(st: &rustix::fs::Stat) -> Meta {
+        Meta {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size.max(0) as u64,
+            mtime_ns: (st.st_mtime as i64) * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: (st.st_ctime as i64) * 1_000_000_000 + st.st_ctime_nsec as i64,
+            mode: st.st_mode as u32,
+            rdev: st.st_rdev as u64,
+        }
+    }
+
+    fn file_type(&self) -> rustix::fs::FileType {
+        rustix::fs::FileType::from_raw_mode(self.mode as _)
+    }
+
+    fn is_dir(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::Directory
+    }
+}
+
 impl Row {
-    fn from_md(md: &fs::Metadata, hashed_at_ns: i64, digest: [u8; 32]) -> Row {
+    fn from_md(md: &Meta, hashed_at_ns: i64, digest: [u8; 32]) -> Row {
         Row {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.size() as i64,
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-            mode: md.mode(),
+            dev: md.dev,
+            ino: md.ino,
+            size: md.size as i64,
+            mtime_ns: md.mtime_ns,
+            ctime_ns: md.ctime_ns,
+            mode: md.mode,
             hashed_at_ns,
             digest,
         }
     }
 
-    fn valid_for(&self, md: &fs::Metadata) -> bool {
-        let m = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-        let c = md.ctime() * 1_000_000_000 + md.ctime_nsec();
-        self.dev == md.dev()
-            && self.ino == md.ino()
-            && self.size == md.size() as i64
+    fn valid_for(&self, md: &Meta) -> bool {
+        let (m, c) = (md.mtime_ns, md.ctime_ns);
+        self.dev == md.dev
+            && self.ino == md.ino
+            && self.size == md.size as i64
             && self.mtime_ns == m
             && self.ctime_ns == c
-            && self.mode == md.mode()
+            && self.mode == md.mode
             && m.max(c) + RACY_WINDOW_NS < self.hashed_at_ns
     }
 }
@@ -250,7 +282,7 @@ impl<'a> Walker<'a> {
         })
     }
 
-    fn lookup(&mut self, key: &[u8], md: &fs::Metadata) -> Result<Option<[u8; 32]>> {
+    fn lookup(&mut self, key: &[u8], md: &Meta) -> Result<Option<[u8; 32]>> {
         if let Some((row, seen)) = self.cache.get_mut(key) {
             *seen = true;
             return Ok(row.valid_for(md).then_some(row.digest));
@@ -271,28 +303,30 @@ impl<'a> Walker<'a> {
         Ok(row.and_then(|(_, r)| r.valid_for(md).then_some(r.digest)))
     }
 
-    /// Digest of one entry (a directory's header only), via the stat cache.
-    fn entry_digest(&mut self, host: &Path, md: &fs::Metadata) -> Result<[u8; 32]> {
+    /// Digest of one entry (a directory's header only), via the stat cache. The entry is
+    /// `name` in the directory `parent` (an fd: nothing is reached through a path that could
+    /// have been swapped for a symlink); `host` is its path, for the stat cache and messages.
+    fn entry_digest(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        host: &Path,
+        md: &Meta,
+    ) -> Result<[u8; 32]> {
+        use rustix::fs::FileType;
         let key = host.as_os_str().as_bytes();
         if let Some(d) = self.lookup(key, md)? {
             return Ok(d);
         }
         let hashed_at = util::now_ns();
-        let ft = md.file_type();
-        let (kind, mut mode, size) = if ft.is_file() {
-            (b'f', md.mode(), md.size())
-        } else if ft.is_dir() {
-            (b'd', md.mode(), 0)
-        } else if ft.is_symlink() {
-            (b'l', md.mode() | 0o777, 0)
-        } else if ft.is_char_device() {
-            (b'c', md.mode(), 0)
-        } else if ft.is_block_device() {
-            (b'b', md.mode(), 0)
-        } else if ft.is_fifo() {
-            (b'p', md.mode(), 0)
-        } else {
-            (b's', md.mode(), 0)
+        let (kind, mut mode, size) = match md.file_type() {
+            FileType::RegularFile => (b'f', md.mode, md.size),
+            FileType::Directory => (b'd', md.mode, 0),
+            FileType::Symlink => (b'l', md.mode | 0o777, 0),
+            FileType::CharacterDevice => (b'c', md.mode, 0),
+            FileType::BlockDevice => (b'b', md.mode, 0),
+            FileType::Fifo => (b'p', md.mode, 0),
+            _ => (b's', md.mode, 0),
         };
         mode &= libc::S_IFMT | 0o7777;
         let mut h = Sha256::new();
@@ -301,20 +335,23 @@ impl<'a> Walker<'a> {
         h.update(mode.to_le_bytes());
         h.update(size.to_le_bytes());
         if kind == b'l' {
-            let target = fs::read_link(host).map_err(|e| CacheError::io("readlink", host, e))?;
-            let t = target.as_os_str().as_bytes();
+            let target = rustix::fs::readlinkat(parent, name, Vec::new())
+                .map_err(|e| CacheError::io("readlink", host, e.into()))?;
+            let t = target.as_bytes();
             h.update((t.len() as u64).to_le_bytes());
             h.update(t);
         } else {
             h.update(0u64.to_le_bytes());
         }
         let rdev = if kind == b'c' || kind == b'b' {
-            md.rdev()
+            md.rdev
         } else {
             0
         };
         h.update(rdev.to_le_bytes());
-        let xattrs = read_xattrs(host)?;
+        // The l*xattr calls reach `name` through the parent's fd (`/proc/self/fd/N/name`,
+        // last component not followed), never through the host path.
+        let xattrs = read_xattrs(&rbuild_fsroot::fd_path(parent).join(name), host)?;
         h.update((xattrs.len() as u64).to_le_bytes());
         for (name, value) in &xattrs {
             h.update((name.len() as u64).to_le_bytes());
@@ -325,7 +362,16 @@ impl<'a> Walker<'a> {
         let mut complete = true;
         if kind == b'f' {
             self.files_read += 1;
-            let mut f = fs::File::open(host).map_err(|e| CacheError::io("open", host, e))?;
+            let mut f = rbuild_fsroot::open_file_at(parent, name)
+                .map_err(|e| CacheError::io("open", host, e))?;
+            let now = rustix::fs::fstat(&f).map_err(|e| CacheError::io("stat", host, e.into()))?;
+            if Meta::from_stat(&now).ino != md.ino || Meta::from_stat(&now).dev != md.dev {
+                return Err(CacheError::io(
+                    "read",
+                    host,
+                    io::Error::other("the file was replaced while the build context was read"),
+                ));
+            }
             let mut n_total = 0u64;
             loop {
                 let n = match f.read(&mut self.buf) {
@@ -352,13 +398,20 @@ impl<'a> Walker<'a> {
         self.files.push((rel, format!("sha256:{}", hex::encode(d))));
     }
 
-    /// Digest of `rel` (already resolved, existing or not). `None` when missing or excluded.
-    fn hash_path(&mut self, host: &Path, rel: &str) -> Result<Option<[u8; 32]>> {
-        let md = match fs::symlink_metadata(host) {
-            Ok(m) => m,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(CacheError::io("stat", host, e)),
+    /// Digest of the resolved selection `r` (its relative path `rel`). `None` when missing
+    /// or excluded.
+    fn hash_path(
+        &mut self,
+        r: &rbuild_fsroot::Resolved,
+        host: &Path,
+        rel: &str,
+    ) -> Result<Option<[u8; 32]>> {
+        let Some(fd) = &r.fd else {
+            return Ok(None);
         };
+        let md = Meta::from_stat(
+            &rustix::fs::fstat(fd).map_err(|e| CacheError::io("stat", host, e.into()))?,
+        );
         let bits = if rel.is_empty() || self.exclude.is_empty() {
             vec![false; self.exclude.len()]
         } else {
@@ -368,22 +421,30 @@ impl<'a> Walker<'a> {
             if !rel.is_empty() && self.exclude.can_skip_with(&bits, rel) {
                 return Ok(None);
             }
-            self.hash_dir(host, rel, &md, &bits)
+            let dir = r
+                .reopen(rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY)
+                .map_err(|e| CacheError::io("open directory", host, e))?;
+            self.hash_dir(r.parent.as_fd(), &r.name, &dir, host, rel, &md, &bits)
         } else {
             if !rel.is_empty() && self.exclude.decide(&bits) {
                 return Ok(None);
             }
-            let d = self.entry_digest(host, &md)?;
+            let d = self.entry_digest(r.parent.as_fd(), &r.name, host, &md)?;
             self.push_file(rel.to_string(), &d);
             Ok(Some(d))
         }
     }
 
+    /// Digest of the directory `dir` (an open fd; `name` in `parent`).
+    #[allow(clippy::too_many_arguments)]
     fn hash_dir(
         &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        dir: &OwnedFd,
         host: &Path,
         rel: &str,
-        md: &fs::Metadata,
+        md: &Meta,
         bits: &[bool],
     ) -> Result<Option<[u8; 32]>> {
         let excluded_self = !rel.is_empty() && self.exclude.decide(bits);
@@ -392,7 +453,7 @@ impl<'a> Walker<'a> {
         let header: [u8; 32] = if rel.is_empty() {
             Sha256::digest(b"rbuild-ctx-v1\0context-root").into()
         } else {
-            self.entry_digest(host, md)?
+            self.entry_digest(parent, name, host, md)?
         };
         let mark = self.files.len();
         let label = if rel.is_empty() {
@@ -401,14 +462,14 @@ impl<'a> Walker<'a> {
             format!("{rel}/")
         };
         self.push_file(label, &header);
-        let mut entries: Vec<(OsString, fs::Metadata)> = Vec::new();
-        let rd = fs::read_dir(host).map_err(|e| CacheError::io("read directory", host, e))?;
-        for ent in rd {
-            let ent = ent.map_err(|e| CacheError::io("read directory", host, e))?;
-            match ent.metadata() {
-                Ok(m) => entries.push((ent.file_name(), m)),
+        let mut entries: Vec<(OsString, Meta)> = Vec::new();
+        let names =
+            rbuild_fsroot::list_dir(dir).map_err(|e| CacheError::io("read directory", host, e))?;
+        for n in names {
+            match rbuild_fsroot::lstat_at(dir, &n) {
+                Ok(st) => entries.push((n, Meta::from_stat(&st))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CacheError::io("stat", ent.path(), e)),
+                Err(e) => return Err(CacheError::io("stat", host.join(&n), e)),
             }
         }
         entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -435,14 +496,26 @@ impl<'a> Walker<'a> {
                 if !self.exclude.is_empty() && self.exclude.can_skip_with(&cbits, &child_rel) {
                     None
                 } else {
-                    self.hash_dir(&child_host, &child_rel, &cmd, &cbits)?
+                    // O_NOFOLLOW: a directory swapped for a symlink since the listing fails
+                    // here instead of being followed.
+                    let child = rbuild_fsroot::open_dir_at(dir, &name)
+                        .map_err(|e| CacheError::io("open directory", &child_host, e))?;
+                    self.hash_dir(
+                        dir.as_fd(),
+                        &name,
+                        &child,
+                        &child_host,
+                        &child_rel,
+                        &cmd,
+                        &cbits,
+                    )?
                 }
             } else if !self.exclude.is_empty()
                 && self.exclude.excluded_given_parent(bits, &child_rel)
             {
                 None
             } else {
-                let d = self.entry_digest(&child_host, &cmd)?;
+                let d = self.entry_digest(dir.as_fd(), &name, &child_host, &cmd)?;
                 self.push_file(child_rel, &d);
                 Some(d)
             };
@@ -520,8 +593,9 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// Sorted, filtered extended attributes of `path` (not following symlinks).
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Sorted, filtered extended attributes of `path` (not following symlinks); `host` names it
+/// in errors.
+fn read_xattrs(path: &Path, host: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let unsupported = |e: rustix::io::Errno| {
         e == rustix::io::Errno::NOTSUP
             || e == rustix::io::Errno::NODATA
@@ -531,13 +605,13 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Ok(0) => return Ok(Vec::new()),
         Ok(n) => n,
         Err(e) if unsupported(e) => return Ok(Vec::new()),
-        Err(e) => return Err(CacheError::io("listxattr", path, e.into())),
+        Err(e) => return Err(CacheError::io("listxattr", host, e.into())),
     };
     let mut names = vec![0u8; len + 256];
     let n = match rustix::fs::llistxattr(path, &mut names[..]) {
         Ok(n) => n,
         Err(e) if unsupported(e) => return Ok(Vec::new()),
-        Err(e) => return Err(CacheError::io("listxattr", path, e.into())),
+        Err(e) => return Err(CacheError::io("listxattr", host, e.into())),
     };
     let mut out = Vec::new();
     for name in names[..n.min(names.len())].split(|&b| b == 0) {
@@ -551,7 +625,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let vlen = match rustix::fs::lgetxattr_query(path, name_os) {
             Ok(v) => v,
             Err(e) if unsupported(e) => continue,
-            Err(e) => return Err(CacheError::io("getxattr", path, e.into())),
+            Err(e) => return Err(CacheError::io("getxattr", host, e.into())),
         };
         let mut value = vec![0u8; vlen];
         let got = if vlen == 0 {
@@ -560,7 +634,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             match rustix::fs::lgetxattr(path, name_os, &mut value[..]) {
                 Ok(g) => g,
                 Err(e) if unsupported(e) => continue,
-                Err(e) => return Err(CacheError::io("getxattr", path, e.into())),
+                Err(e) => return Err(CacheError::io("getxattr", host, e.into())),
             }
         };
         value.truncate(got);
@@ -570,73 +644,39 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
-/// Resolve `rel` (clean, relative) inside `root`, following symlinks in intermediate components
-/// (and in the last one when `follow_last`) without ever leaving `root`: absolute targets are
-/// taken relative to `root` and `..` stops at `root`. Returns the resolved clean relative path;
-/// a missing intermediate component is `NotFound`, a missing last component is returned as is.
-fn resolve(root: &Path, rel: &str, follow_last: bool, orig: &str) -> Result<String> {
-    let mut done: Vec<OsString> = Vec::new();
-    let mut todo: Vec<OsString> = rel
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .rev()
-        .map(OsString::from)
-        .collect();
-    let mut links = 0usize;
-    let mut host = root.to_path_buf();
-    while let Some(c) = todo.pop() {
-        let cb = c.as_bytes();
-        if cb.is_empty() || cb == b"." {
-            continue;
-        }
-        if cb == b".." {
-            if done.pop().is_some() {
-                host.pop();
-            }
-            continue;
-        }
-        let is_last = todo.is_empty();
-        host.push(&c);
-        match fs::symlink_metadata(&host) {
-            Ok(md) if md.file_type().is_symlink() && (!is_last || follow_last) => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(CacheError::SymlinkLoop {
-                        path: orig.to_string(),
-                    });
-                }
-                let target =
-                    fs::read_link(&host).map_err(|e| CacheError::io("readlink", &host, e))?;
-                host.pop();
-                let tb = target.as_os_str().as_bytes();
-                if tb.starts_with(b"/") {
-                    done.clear();
-                    host = root.to_path_buf();
-                }
-                for part in tb.split(|&b| b == b'/').rev() {
-                    if !part.is_empty() {
-                        todo.push(OsString::from_vec(part.to_vec()));
-                    }
-                }
-            }
-            Ok(_) => done.push(c),
-            Err(e) if not_found(&e) => {
-                if is_last {
-                    done.push(c);
-                } else {
-                    return Err(CacheError::NotFound {
-                        path: orig.to_string(),
-                    });
-                }
-            }
-            Err(e) => return Err(CacheError::io("stat", &host, e)),
-        }
+/// Resolve `rel` (clean, relative) inside `root` with the one resolver ([`rbuild_fsroot`]):
+/// symlinks in intermediate components (and in the last one when `follow_last`) are followed
+/// without ever leaving `root` (absolute targets are taken relative to `root`, `..` stops at
+/// `root`). Returns the resolved clean relative path and the fds to reach it; a missing
+/// intermediate component is `NotFound`, a missing last component is returned with no fd.
+fn resolve(
+    root: &Root,
+    rel: &str,
+    follow_last: bool,
+    orig: &str,
+) -> Result<(String, rbuild_fsroot::Resolved)> {
+    let r = root
+        .resolve(rel, follow_last)
+        .map_err(|e| fsroot_error(e, root, orig))?;
+    Ok((r.rel.to_string_lossy().into_owned(), r))
+}
+
+/// A resolver error as the context module reports it.
+pub(crate) fn fsroot_error(e: rbuild_fsroot::FsRootError, root: &Root, orig: &str) -> CacheError {
+    use rbuild_fsroot::FsRootError as F;
+    match e {
+        F::NotFound { .. } | F::NotADirectory { .. } => CacheError::NotFound {
+            path: orig.to_string(),
+        },
+        F::SymlinkLoop { .. } => CacheError::SymlinkLoop {
+            path: orig.to_string(),
+        },
+        F::Io { op, path, source } => CacheError::io(
+            op,
+            root.host_path(path.strip_prefix("/").unwrap_or(&path)),
+            source,
+        ),
     }
-    let parts: Vec<String> = done
-        .iter()
-        .map(|c| c.to_string_lossy().into_owned())
-        .collect();
-    Ok(parts.join("/"))
 }
 
 /// ENOENT or ENOTDIR: the path does not exist.
@@ -654,46 +694,46 @@ fn join_rel(base: &str, name: &str) -> String {
 
 /// Matches of a selector as resolved relative paths (sorted, deduplicated, existing), plus
 /// whether the selector used wildcards and the deepest literal directory (for the stat cache).
-fn matches_of(root: &Path, sel: &Selector) -> Result<(Vec<String>, bool, String)> {
+fn matches_of(root: &Root, sel: &Selector) -> Result<(Vec<String>, bool, String)> {
     let rel = clean_rel(&sel.path);
     let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
     let wildcard = sel.allow_wildcard && segs.iter().any(|s| has_meta(s));
     if !wildcard {
-        let r = resolve(root, &rel, sel.follow_symlinks, &sel.path)?;
+        let (r, _) = resolve(root, &rel, sel.follow_symlinks, &sel.path)?;
         let base = r.clone();
         return Ok((vec![r], false, base));
     }
     let first_meta = segs.iter().position(|s| has_meta(s)).unwrap_or(segs.len());
     let literal = segs[..first_meta].join("/");
-    let mut cur = vec![resolve(root, &literal, true, &sel.path)?];
-    let base = cur[0].clone();
+    let (first, _) = resolve(root, &literal, true, &sel.path)?;
+    let base = first.clone();
+    let mut cur = vec![first];
     for (i, seg) in segs.iter().enumerate().skip(first_meta) {
         let last = i + 1 == segs.len();
         let follow = !last || sel.follow_symlinks;
         let mut next = Vec::new();
         for b in &cur {
             if has_meta(seg) {
-                let dir = root.join(b);
-                let rd = match fs::read_dir(&dir) {
-                    Ok(rd) => rd,
+                let dir = match root.resolve(b, true) {
+                    Ok(rbuild_fsroot::Resolved { fd: Some(fd), .. }) => fd,
+                    _ => continue,
+                };
+                let listed = match rbuild_fsroot::list_dir(&dir) {
+                    Ok(l) => l,
                     Err(_) => continue,
                 };
-                let mut names: Vec<String> = Vec::new();
-                for ent in rd {
-                    let ent = ent.map_err(|e| CacheError::io("read directory", &dir, e))?;
-                    let n = ent.file_name();
-                    let n = n.to_string_lossy();
-                    if glob_match(seg, &n) {
-                        names.push(n.into_owned());
-                    }
-                }
+                let mut names: Vec<String> = listed
+                    .iter()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| glob_match(seg, n))
+                    .collect();
                 names.sort();
                 for n in names {
-                    next.push(resolve(root, &join_rel(b, &n), follow, &sel.path)?);
+                    next.push(resolve(root, &join_rel(b, &n), follow, &sel.path)?.0);
                 }
             } else {
                 match resolve(root, &join_rel(b, seg), follow, &sel.path) {
-                    Ok(r) => next.push(r),
+                    Ok((r, _)) => next.push(r),
                     Err(CacheError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -701,14 +741,27 @@ fn matches_of(root: &Path, sel: &Selector) -> Result<(Vec<String>, bool, String)
         }
         cur = next;
     }
-    cur.retain(|r| fs::symlink_metadata(root.join(r)).is_ok());
+    cur.retain(|r| root.resolve(r, false).is_ok_and(|x| x.fd.is_some()));
     cur.sort();
     cur.dedup();
     Ok((cur, true, base))
 }
 
-fn canonical_root(root: &Path) -> Result<PathBuf> {
-    fs::canonicalize(root).map_err(|e| CacheError::io("open build context", root, e))
+/// The context root, held open (its own path is the user's and is followed; nothing beneath
+/// it is followed out of it).
+fn open_root(root: &Path) -> Result<Root> {
+    let canon =
+        fs::canonicalize(root).map_err(|e| CacheError::io("open build context", root, e))?;
+    Root::new(&canon).map_err(|e| match e {
+        rbuild_fsroot::FsRootError::Io { source, .. } => {
+            CacheError::io("open build context", root, source)
+        }
+        other => CacheError::io(
+            "open build context",
+            root,
+            io::Error::other(other.to_string()),
+        ),
+    })
 }
 
 /// Content checksum of what `sel` selects in the context directory `root`, skipping paths
@@ -719,23 +772,29 @@ pub fn checksum(
     sel: &Selector,
     exclude: &ExcludeMatcher,
 ) -> Result<Checksum, CacheError> {
-    let root = canonical_root(root)?;
+    let root = open_root(root)?;
     let (matches, wildcard, base) = matches_of(&root, sel)?;
-    let base_host = if base.is_empty() {
-        root.clone()
-    } else {
-        root.join(&base)
-    };
+    let base_host = root.host_path(Path::new(&base));
     let mut w = Walker::new(store, exclude, &base_host)?;
     let not_found = || CacheError::NotFound {
         path: sel.path.clone(),
+    };
+    // Each match is resolved again beneath the root, without following its last component
+    // (matches are already resolved paths; what is there now is hashed, never followed).
+    let hash = |w: &mut Walker<'_>, m: &str| -> Result<Option<[u8; 32]>> {
+        let (_, r) = match resolve(&root, m, false, &sel.path) {
+            Ok(r) => r,
+            Err(CacheError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        w.hash_path(&r, &root.host_path(Path::new(m)), m)
     };
     let digest = if wildcard {
         let mut h = Sha256::new();
         h.update(b"wildcard\0");
         let mut n = 0usize;
         for m in &matches {
-            if let Some(d) = w.hash_path(&root.join(m), m)? {
+            if let Some(d) = hash(&mut w, m)? {
                 h.update(m.as_bytes());
                 h.update([0u8]);
                 h.update(d);
@@ -748,12 +807,7 @@ pub fn checksum(
         util::digest_string(h)
     } else {
         let m = matches.first().ok_or_else(not_found)?;
-        let host = if m.is_empty() {
-            root.clone()
-        } else {
-            root.join(m)
-        };
-        let d = w.hash_path(&host, m)?.ok_or_else(not_found)?;
+        let d = hash(&mut w, m)?.ok_or_else(not_found)?;
         format!("sha256:{}", hex::encode(d))
     };
     let (files, files_read) = w.flush()?;
@@ -768,23 +822,23 @@ pub fn checksum(
 /// symlinks resolved inside the context), excluding paths `.dockerignore` removes. A directory
 /// that is excluded but may contain re-included entries is kept (the copier must apply
 /// `exclude` while walking it, or use [`Checksum::files`]). Sorted. No match → `NotFound`.
+/// The paths are for naming only: a reader must open them beneath the root again
+/// ([`rbuild_fsroot::Root`]), never through the path.
 pub fn expand(
     root: &Path,
     sel: &Selector,
     exclude: &ExcludeMatcher,
 ) -> Result<Vec<PathBuf>, CacheError> {
-    let root = canonical_root(root)?;
+    let root = open_root(root)?;
     let (matches, _, _) = matches_of(&root, sel)?;
     let mut out = Vec::new();
     for m in matches {
-        let host = if m.is_empty() {
-            root.clone()
-        } else {
-            root.join(&m)
-        };
-        let md = match fs::symlink_metadata(&host) {
-            Ok(md) => md,
-            Err(_) => continue,
+        let md = match root.resolve(&m, false) {
+            Ok(rbuild_fsroot::Resolved { fd: Some(fd), .. }) => match rustix::fs::fstat(&fd) {
+                Ok(st) => Meta::from_stat(&st),
+                Err(_) => continue,
+            },
+            _ => continue,
         };
         if !m.is_empty() {
             let skip = if md.is_dir() {
@@ -796,7 +850,7 @@ pub fn expand(
                 continue;
             }
         }
-        out.push(host);
+        out.push(root.host_path(Path::new(&m)));
     }
     if out.is_empty() {
         return Err(CacheError::NotFound {
