@@ -228,6 +228,9 @@ pub struct BuildArgs {
     /// (`https://host/repo.git#ref:subdir`, `git@host:repo.git`, `file:///path/repo.git`)
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
+    /// The checkout of a git URL context (set when it is cloned, not a flag).
+    #[arg(skip)]
+    pub git_source: Option<crate::epoch::GitSource>,
 }
 
 const SUBCOMMANDS: &[&str] = &[

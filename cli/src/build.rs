@@ -151,19 +151,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .or_else(|| {
-            b.build_args
-                .iter()
-                .find_map(|a| a.strip_prefix("SOURCE_DATE_EPOCH=").map(String::from))
-        })
-        .map(|v| {
-            v.parse::<i64>()
-                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
-        })
-        .transpose()?
-        .or(if b.reproducible { Some(0) } else { None });
+    let source_date_epoch = crate::epoch::resolve(b, context)?.value;
     let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())?;
     let resources = crate::sandbox_opts::resources(b).map_err(|e| UsageError(e.to_string()))?;
     if !resources.is_empty() {
@@ -282,7 +270,8 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         fs::write(p, &image.config_digest).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &b.metadata_file {
-        crate::metadata::write(p, &image, &tags)?;
+        let epoch = crate::epoch::resolve(b, &inputs.context)?;
+        crate::metadata::write(p, &image, &tags, &epoch)?;
     }
     if b.quiet {
         println!("{}", image.config_digest);

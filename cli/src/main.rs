@@ -13,6 +13,7 @@ mod check;
 mod config;
 mod context;
 mod emulation;
+mod epoch;
 mod flags;
 mod images;
 mod metadata;
