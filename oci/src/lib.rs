@@ -4,6 +4,7 @@
 //!
 //! The content store lives in `rbuild-cache`; this crate only reads and writes blobs through it.
 
+pub mod attest;
 pub mod auth;
 pub mod compress;
 pub mod convert;
