@@ -77,7 +77,11 @@ pub fn convert_index(
     let mut manifests = Vec::with_capacity(index.manifests.len());
     // attestation manifests are not converted: they follow their image (`attest::retarget`)
     let mut moved = BTreeMap::new();
-    for m in index.manifests.iter().filter(|m| !attest::is_attestation(m)) {
+    for m in index
+        .manifests
+        .iter()
+        .filter(|m| !attest::is_attestation(m))
+    {
         let mut d = convert_image(store, m, opts)?;
         d.platform = m.platform.clone();
         d.annotations.extend(m.annotations.clone());

@@ -19,6 +19,7 @@ pub mod layer;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod sbom;
 pub mod store;
 pub mod types;
 
