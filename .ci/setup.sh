@@ -2,7 +2,7 @@
 # Test environment for rbuild: installs the real parts the tests use and starts them.
 #  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq,
 #    git (git contexts), bsdutils (`script`, the tty progress test), uidmap (newuidmap/newgidmap,
-#    rootless tests)
+#    rootless tests); PyPI spdx-tools (pyspdxtools, the SBOM validator)
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
@@ -17,6 +17,17 @@ if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then need+=
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/tmp/rbuild-apt.log 2>&1 || { cat /tmp/rbuild-apt.log; exit 1; }
+fi
+
+# PyPI's spdx-tools: the independent SPDX validator the SBOM tests run on every document
+# (cli/tests/supply.rs). pip (python3-pip) when missing.
+if ! command -v pyspdxtools >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || {
+    apt-get update -qq && apt-get install -y -qq python3-pip >/tmp/rbuild-apt.log 2>&1; }
+  PIP=$(command -v pip3 || command -v pip)
+  "$PIP" install -q spdx-tools >/tmp/rbuild-pip.log 2>&1 \
+    || "$PIP" install -q --break-system-packages spdx-tools >/tmp/rbuild-pip.log 2>&1 \
+    || { cat /tmp/rbuild-pip.log; exit 1; }
 fi
 
 # The unprivileged user of the rootless tests (cli/tests/rootless.rs), with subordinate id

@@ -204,6 +204,9 @@ pub struct BuildArgs {
     /// SBOM attestation: true, false or generator=IMAGE
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub sbom: Option<String>,
+    /// Attestation: type=provenance[,mode=min|max,version=v0.2|v1] or type=sbom; repeatable
+    #[arg(long = "attest", value_name = "SPEC")]
+    pub attests: Vec<String>,
     /// Run the build checks (lint rules) and print their findings without building
     #[arg(long)]
     pub check: bool,

@@ -247,6 +247,8 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         .map_err(usage)?;
     let platforms = crate::multiplat::platforms(&b.platforms)?;
     crate::multiplat::check_outputs(&platforms, &outputs, b.load)?;
+    let attests = crate::attest::parse(b, &outputs)?;
+    crate::attest::check(b)?;
     let mode = if b.quiet {
         crate::progress::Mode::Quiet
     } else {
@@ -259,7 +261,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         return check_only(root, b, &inputs);
     }
     let progress = Reporter::new(mode);
-    let result = build_image(root, b, &inputs, &progress, &tags, &outputs);
+    let result = build_image(root, b, &inputs, &progress, &tags, &outputs, &attests);
     progress.finish(&Outcome {
         ok: result.is_ok(),
         image_id: result.as_ref().ok().map(|i| i.config_digest.clone()),
@@ -310,7 +312,12 @@ fn build_image(
     progress: &Reporter,
     tags: &[Reference],
     outputs: &[OutputSpec],
+    attests: &crate::attest::Opts,
 ) -> Result<rbuild_solver::ImageResult> {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let solver = make_solver(root, b, &inputs.context)?;
     // Held until the image is tagged and exported: GC never removes what this build uses.
     let lease = rbuild_solver::gc::lease(solver.store())?;
@@ -408,10 +415,63 @@ fn build_image(
     } else {
         annotations
     };
+    // outputs that can hold an index get the image with its attestations
+    let attested = if attests.any() && (b.push || outputs.iter().any(crate::attest::carries)) {
+        if let Some(g) = &attests.generator {
+            progress.warning(&format!(
+                "SBOM generator {g} ignored: rbuild generates the SBOM itself, in-process"
+            ));
+        }
+        let info = crate::attest::BuildInfo {
+            args: b,
+            dockerfile_name: &inputs.dockerfile_name,
+            dockerfile: &inputs.dockerfile,
+            context: &inputs.context,
+            epoch: crate::epoch::resolve(b, &inputs.context)?,
+            git: b
+                .git_source
+                .clone()
+                .or_else(|| crate::epoch::git_source(&inputs.context)),
+            started,
+        };
+        let list: Vec<crate::attest::Built> = built
+            .iter()
+            .zip(&plans)
+            .map(|((platform, image), (_, plan))| crate::attest::Built {
+                platform,
+                manifest: image.manifest.clone(),
+                config_digest: image.config_digest.clone(),
+                definition: &plan.definition,
+            })
+            .collect();
+        let index_annotations = if multi {
+            annotations.index.clone()
+        } else {
+            BTreeMap::new()
+        };
+        Some(crate::attest::attach(
+            solver.store(),
+            attests,
+            &info,
+            &list,
+            tags,
+            &index_annotations,
+            progress,
+        )?)
+    } else {
+        if attests.any() {
+            progress.warning(
+                "attestations are attached to pushed images and OCI archives only \
+                 (--push, type=registry, type=image,push=true, type=oci): none written",
+            );
+        }
+        None
+    };
     let mut image = match built.len() {
         1 => built.remove(0).1,
         _ => crate::multiplat::make_index(solver.store(), &built, &annotations.index)?,
     };
+    let attested_or_image = attested.as_ref().unwrap_or(&image.manifest).clone();
     let images = ImageStore::open(solver.store())?;
     progress.note(&format!("writing image {}", image.config_digest));
     for t in tags {
@@ -425,8 +485,12 @@ fn build_image(
     let mut pushed = None;
     for o in outputs {
         let step = progress.step(&format!("exporting to {} {}", o.kind, o.dest));
-        let p =
-            crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        let m = if crate::attest::carries(o) {
+            &attested_or_image
+        } else {
+            &image.manifest
+        };
+        let p = crate::outputs::export(solver.store(), m, tags, o, &annotations, true)?;
         pushed = pushed.or(p);
         progress.step_done(step);
     }
@@ -436,7 +500,7 @@ fn build_image(
             annotations: annotations.manifest.clone(),
             ..Default::default()
         };
-        let p = crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        let p = crate::outputs::push(solver.store(), &attested_or_image, tags, &opts, true)?;
         pushed = pushed.or(Some(p));
         progress.step_done(step);
     }

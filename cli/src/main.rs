@@ -7,6 +7,7 @@
 //! in a user namespace (rootless mode).
 
 mod args;
+mod attest;
 mod build;
 mod cachecmd;
 mod check;

@@ -169,3 +169,360 @@ fn build_in_url(url: &str, store: &Path, work: &Path) -> Value {
     );
     serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap()
 }
+
+// ---- attestations, through the registry ----
+
+/// GET from the test registry's API (`curl`), as bytes.
+fn registry_get(path: &str) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args([
+            "-sfL",
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+            &format!("http://{REGISTRY}/v2/{path}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {path}");
+    out.stdout
+}
+
+fn skopeo_raw(reference: &str) -> Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A project whose image holds the SBOM fixture filesystem (testdata/sbom/rootfs).
+fn fixture_project(dockerfile: &str) -> Project {
+    let p = Project::new(dockerfile);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/sbom/rootfs");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(p.path().join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    p
+}
+
+fn push(p: &Project, repo: &str, extra: &[&str]) -> (String, Value) {
+    let name = format!("{REGISTRY}/supply/{repo}:v1");
+    let mut args = vec![
+        "-t",
+        name.as_str(),
+        "--push",
+        "--metadata-file",
+        "meta.json",
+    ];
+    args.extend_from_slice(extra);
+    p.build(&args).ok();
+    let meta: Value =
+        serde_json::from_slice(&fs::read(p.path().join("meta.json")).unwrap()).unwrap();
+    (name, meta)
+}
+
+/// The attestation manifests of a pushed index and their statements: `(entry, [statement])`.
+fn attestations(repo: &str, index: &Value) -> Vec<(Value, Vec<Value>)> {
+    let mut out = Vec::new();
+    for m in index["manifests"].as_array().unwrap() {
+        if m["annotations"]["vnd.docker.reference.type"] != "attestation-manifest" {
+            continue;
+        }
+        let digest = m["digest"].as_str().unwrap();
+        let man: Value =
+            serde_json::from_slice(&registry_get(&format!("supply/{repo}/manifests/{digest}")))
+                .unwrap();
+        let mut statements = Vec::new();
+        for l in man["layers"].as_array().unwrap() {
+            assert_eq!(l["mediaType"], "application/vnd.in-toto+json");
+            let blob = registry_get(&format!(
+                "supply/{repo}/blobs/{}",
+                l["digest"].as_str().unwrap()
+            ));
+            let st: Value = serde_json::from_slice(&blob).unwrap();
+            assert_eq!(
+                l["annotations"]["in-toto.io/predicate-type"], st["predicateType"],
+                "layer annotation = statement predicate type"
+            );
+            statements.push(st);
+        }
+        out.push((m.clone(), statements));
+    }
+    out
+}
+
+/// Schema check of an in-toto v0.1 statement about `digest`.
+fn check_statement(st: &Value, digest: &str) {
+    assert_eq!(st["_type"], "https://in-toto.io/Statement/v0.1");
+    assert!(st["predicateType"].is_string());
+    assert!(st["predicate"].is_object());
+    let subjects = st["subject"].as_array().expect("subject is an array");
+    assert!(!subjects.is_empty());
+    for s in subjects {
+        assert!(
+            s["name"].as_str().unwrap().starts_with("pkg:docker/"),
+            "{s}"
+        );
+        assert_eq!(
+            s["digest"]["sha256"].as_str().unwrap(),
+            digest.trim_start_matches("sha256:")
+        );
+    }
+}
+
+/// Schema check of SLSA provenance v0.2 as BuildKit writes it.
+fn check_slsa02(p: &Value) {
+    assert!(p["builder"]["id"].is_string());
+    assert_eq!(p["buildType"], "https://mobyproject.org/buildkit@v1");
+    for m in p["materials"].as_array().unwrap() {
+        assert!(m["uri"].is_string() && m["digest"].is_object(), "{m}");
+    }
+    let inv = &p["invocation"];
+    assert!(inv["configSource"]["entryPoint"].is_string());
+    assert_eq!(inv["parameters"]["frontend"], "dockerfile.v0");
+    assert!(inv["parameters"]["args"].is_object());
+    assert!(inv["environment"]["platform"].is_string());
+    let md = &p["metadata"];
+    for k in ["buildStartedOn", "buildFinishedOn"] {
+        let t = md[k].as_str().unwrap();
+        assert!(t.len() == 20 && t.ends_with('Z'), "{k}: {t}");
+    }
+    assert!(md["buildInvocationID"].is_string());
+    assert!(md["completeness"]["parameters"].is_boolean());
+    assert!(md["reproducible"].is_boolean());
+}
+
+/// Validate an SPDX document with PyPI's spdx-tools (`pyspdxtools -i`).
+fn validate_spdx(doc: &Value, dir: &Path) {
+    let f = dir.join("sbom.spdx.json");
+    fs::write(&f, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    let out = Command::new("pyspdxtools")
+        .arg("-i")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyspdxtools rejects the SBOM: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pushed_sbom_and_max_provenance_read_back_and_validate() {
+    require_env();
+    require_tools(&["skopeo", "curl", "pyspdxtools"]);
+    let p = fixture_project("FROM busybox\nARG V=1\nCOPY rootfs/ /\nRUN echo $V > /v\n");
+    p.file(
+        "ctxlock/package-lock.json",
+        r#"{"packages":{"node_modules/ctx-only":{"version":"9.9.9"}}}"#,
+    );
+    let (name, meta) = push(
+        &p,
+        "full",
+        &[
+            "--sbom",
+            "--provenance",
+            "mode=max",
+            "--build-arg",
+            "V=2",
+            "--build-arg",
+            "BUILDKIT_SBOM_SCAN_CONTEXT=true",
+        ],
+    );
+    let index = skopeo_raw(&name);
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(
+        meta["containerimage.digest"].as_str().unwrap(),
+        format!(
+            "sha256:{}",
+            hex_sha256(&registry_get("supply/full/manifests/v1"))
+        ),
+        "metadata names the pushed index"
+    );
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    let image = &entries[0];
+    assert_eq!(image["platform"]["os"], "linux");
+    let att = &entries[1];
+    assert_eq!(att["platform"]["os"], "unknown");
+    assert_eq!(att["platform"]["architecture"], "unknown");
+    assert_eq!(
+        att["annotations"]["vnd.docker.reference.digest"],
+        image["digest"]
+    );
+    let image_digest = image["digest"].as_str().unwrap();
+    let atts = attestations("full", &index);
+    let statements = &atts[0].1;
+    // image SBOM, context SBOM, provenance
+    assert_eq!(statements.len(), 3, "{statements:#?}");
+    for st in statements {
+        check_statement(st, image_digest);
+        assert_eq!(
+            st["subject"][0]["name"],
+            format!(
+                "pkg:docker/{REGISTRY}/supply/full@v1?platform={}",
+                host_platform().replace('/', "%2F")
+            )
+        );
+    }
+    let sboms: Vec<&Value> = statements
+        .iter()
+        .filter(|s| s["predicateType"] == "https://spdx.dev/Document")
+        .collect();
+    assert_eq!(sboms.len(), 2);
+    for s in &sboms {
+        validate_spdx(&s["predicate"], p.path());
+    }
+    let purls: Vec<String> = sboms[0]["predicate"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            p["externalRefs"][0]["referenceLocator"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    for want in [
+        "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64&distro=debian-12",
+        "pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64&distro=debian-12",
+        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&epoch=1&distro=debian-12",
+        "pkg:pypi/requests@2.31.0",
+        "pkg:npm/%40babel/core@7.23.0",
+        "pkg:golang/github.com/google/uuid@v1.6.0",
+        "pkg:golang/stdlib@1.21.5",
+        "pkg:cargo/serde@1.0.197",
+        "pkg:maven/com.google.guava/guava@33.0.0-jre",
+    ] {
+        assert!(purls.iter().any(|p| p == want), "{want} not in {purls:#?}");
+    }
+    let ctx = serde_json::to_string(&sboms[1]["predicate"]).unwrap();
+    assert!(
+        ctx.contains("pkg:npm/ctx-only@9.9.9"),
+        "context SBOM: {ctx}"
+    );
+    // provenance: materials (busybox by digest), args, the build definition (max)
+    let prov = statements
+        .iter()
+        .find(|s| s["predicateType"] == "https://slsa.dev/provenance/v0.2")
+        .unwrap();
+    let pred = &prov["predicate"];
+    check_slsa02(pred);
+    let material = &pred["materials"][0];
+    assert!(
+        material["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("pkg:docker/busybox@latest?platform="),
+        "{material}"
+    );
+    assert_eq!(material["digest"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(pred["invocation"]["parameters"]["args"]["build-arg:V"], "2");
+    let steps = pred["buildConfig"]["llbDefinition"].as_array().unwrap();
+    assert!(
+        steps.iter().any(|s| s["op"]["type"] == "exec"),
+        "{steps:#?}"
+    );
+    // rbuild's own reader sees the same
+    let out = p
+        .cmd(&["imagetools", "inspect", &name, "--format", "{{json .SBOM}}"])
+        .output()
+        .unwrap();
+    if out.status.code() != Some(2) {
+        let sbom: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert!(
+            sbom.to_string().contains("pkg:pypi/requests@2.31.0"),
+            "{sbom}"
+        );
+    }
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn default_provenance_on_push_only_and_one_attestation_per_platform() {
+    require_env();
+    require_tools(&["skopeo", "curl"]);
+    let p = Project::new("FROM scratch\nCOPY a.txt /a.txt\n");
+    p.file("a.txt", "a\n");
+    // no flag: min provenance on a push (buildx's default)
+    let (name, _) = push(&p, "default", &[]);
+    let index = skopeo_raw(&name);
+    let atts = attestations("default", &index);
+    assert_eq!(atts.len(), 1);
+    let pred = &atts[0].1[0]["predicate"];
+    assert_eq!(
+        atts[0].1[0]["predicateType"],
+        "https://slsa.dev/provenance/v0.2"
+    );
+    check_slsa02(pred);
+    assert!(
+        pred.get("buildConfig").is_none(),
+        "min mode has no build definition"
+    );
+    // --provenance=false: a plain manifest
+    let (name, _) = push(&p, "plain", &["--provenance=false"]);
+    let m = skopeo_raw(&name);
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    // the local store keeps the bare image
+    p.build(&["-t", "local:1"]).ok();
+    // two platforms: two images, two attestation manifests, each about its image
+    let (name, _) = push(
+        &p,
+        "multi",
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--provenance",
+            "version=v1",
+        ],
+    );
+    let index = skopeo_raw(&name);
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 4, "{index}");
+    let atts = attestations("multi", &index);
+    assert_eq!(atts.len(), 2);
+    for (i, (entry, statements)) in atts.iter().enumerate() {
+        let image = &entries[i];
+        assert_eq!(
+            entry["annotations"]["vnd.docker.reference.digest"],
+            image["digest"]
+        );
+        let st = &statements[0];
+        check_statement(st, image["digest"].as_str().unwrap());
+        assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+        let bd = &st["predicate"]["buildDefinition"];
+        assert!(bd["externalParameters"]["request"]["frontend"].is_string());
+        assert!(bd["resolvedDependencies"].is_array());
+        assert!(st["predicate"]["runDetails"]["metadata"]["startedOn"].is_string());
+    }
+}

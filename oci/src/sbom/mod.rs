@@ -445,7 +445,7 @@ fn spdx_id(s: &str) -> String {
 pub struct Subject {
     /// e.g. `docker.io/library/app:v1` or `context`.
     pub name: String,
-    /// The image manifest digest, when an image.
+    /// The image id (config digest), when an image.
     pub digest: Option<String>,
 }
 
