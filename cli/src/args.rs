@@ -50,6 +50,11 @@ pub enum Command {
     Prune(PruneArgs),
     #[command(flatten)]
     Store(crate::store_cmds::StoreCommand),
+    /// Inspect images in registries, create indexes from pushed images
+    Imagetools {
+        #[command(subcommand)]
+        command: crate::imagetools::ImagetoolsCommand,
+    },
     /// Developer tools
     Debug {
         #[command(subcommand)]
@@ -238,6 +243,7 @@ pub struct BuildArgs {
 
 const SUBCOMMANDS: &[&str] = &[
     "build",
+    "imagetools",
     "images",
     "du",
     "prune",

@@ -17,6 +17,7 @@ mod emulation;
 mod epoch;
 mod flags;
 mod images;
+mod imagetools;
 mod metadata;
 mod multiplat;
 mod outputs;
@@ -98,6 +99,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Du => cachecmd::du(&root),
         args::Command::Prune(p) => cachecmd::prune(&root, &p),
         args::Command::Store(c) => store_cmds::run(&root, c),
+        args::Command::Imagetools { command } => imagetools::run(&root, command),
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),

@@ -526,3 +526,99 @@ fn default_provenance_on_push_only_and_one_attestation_per_platform() {
         assert!(st["predicate"]["runDetails"]["metadata"]["startedOn"].is_string());
     }
 }
+
+#[test]
+fn imagetools_create_merges_pushed_platforms_without_pulling_layers() {
+    require_env();
+    require_tools(&["skopeo", "curl"]);
+    let p = Project::new("FROM scratch\nCOPY a.txt /a.txt\n");
+    p.file("a.txt", "merge me\n");
+    let mut sources = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let (name, meta) = push(
+            &p,
+            &format!("part-{arch}"),
+            &["--platform", &format!("linux/{arch}")],
+        );
+        let _ = meta;
+        sources.push(name);
+    }
+    let target = format!("{REGISTRY}/supply/merged:v1");
+    // a fresh store: nothing of the sources is in it
+    let store = tempfile::tempdir().unwrap();
+    let mut args = vec!["imagetools", "create", "-t", target.as_str()];
+    args.extend(sources.iter().map(String::as_str));
+    let out = p
+        .cmd(&args)
+        .env("RBUILD_ROOT", store.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index = skopeo_raw(&target);
+    let entries = index["manifests"].as_array().unwrap();
+    // two images, each with its provenance attestation manifest
+    assert_eq!(entries.len(), 4, "{index}");
+    let archs: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["platform"]["architecture"].as_str())
+        .collect();
+    assert_eq!(archs, ["amd64", "unknown", "arm64", "unknown"]);
+    // every manifest and blob is served by the target repository
+    for e in entries {
+        let d = e["digest"].as_str().unwrap();
+        let m: Value =
+            serde_json::from_slice(&registry_get(&format!("supply/merged/manifests/{d}"))).unwrap();
+        for l in m["layers"].as_array().unwrap() {
+            let ld = l["digest"].as_str().unwrap();
+            registry_get(&format!("supply/merged/blobs/{ld}"));
+            // …and was mounted, not pulled into the local store
+            assert!(
+                !store
+                    .path()
+                    .join("blobs-v1/sha256")
+                    .join(ld.trim_start_matches("sha256:"))
+                    .exists()
+                    || l["mediaType"] == "application/vnd.in-toto+json",
+                "layer {ld} was downloaded"
+            );
+        }
+    }
+    // skopeo reads the platform images of the merged index
+    for arch in ["amd64", "arm64"] {
+        let out = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--tls-verify=false",
+                "--override-arch",
+                arch,
+                "--override-os",
+                "linux",
+            ])
+            .arg(format!("docker://{target}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Architecture"], arch);
+    }
+    // unknown --format fields are usage errors
+    let out = p
+        .cmd(&[
+            "imagetools",
+            "inspect",
+            &target,
+            "--format",
+            "{{json .Nope}}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -13,6 +13,7 @@ pub mod error;
 pub mod export;
 pub mod http;
 pub mod image_store;
+pub mod imagetools;
 pub mod import;
 pub mod index;
 pub mod layer;
