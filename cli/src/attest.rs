@@ -418,17 +418,29 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
     let args = frontend_args(info.args);
     let locals = json!([{"name": "context"}, {"name": "dockerfile"}]);
     let platform = b.platform.to_text();
-    let started = rbuild_solver::image::rfc3339(info.started);
-    let finished = rbuild_solver::image::rfc3339(now());
-    let invocation_id = rbuild_graph::sha256_digest(
+    // With a source date epoch the build is meant to be reproducible: the statement is too
+    // (no wall-clock times, an invocation id derived from the image), so a pushed index keeps
+    // its digest. Without one, the real start and finish times are recorded.
+    let reproducible = info.epoch.value.is_some();
+    let (started, finished) = if reproducible {
+        (None, None)
+    } else {
+        (
+            Some(rbuild_solver::image::rfc3339(info.started)),
+            Some(rbuild_solver::image::rfc3339(now())),
+        )
+    };
+    let seed = if reproducible {
+        b.manifest.digest.clone()
+    } else {
         format!(
             "{}|{}|{}",
             b.manifest.digest,
             info.started,
             std::process::id()
         )
-        .as_bytes(),
-    );
+    };
+    let invocation_id = rbuild_graph::sha256_digest(seed.as_bytes());
     let invocation_id = invocation_id.trim_start_matches("sha256:")[..26].to_string();
     let mut bk_meta = json!({});
     if let Some(g) = &info.git {
@@ -454,13 +466,15 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
             },
             "metadata": {
                 "buildInvocationID": invocation_id,
-                "buildStartedOn": started,
-                "buildFinishedOn": finished,
                 "completeness": completeness,
-                "reproducible": false,
+                "reproducible": reproducible,
                 "https://mobyproject.org/buildkit@v1#metadata": bk_meta,
             },
         });
+        if let (Some(s), Some(f)) = (&started, &finished) {
+            pred["metadata"]["buildStartedOn"] = json!(s);
+            pred["metadata"]["buildFinishedOn"] = json!(f);
+        }
         if p.max {
             pred["buildConfig"] = build_config(b.definition);
         }
@@ -474,7 +488,7 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
     if p.max {
         internal["buildConfig"] = build_config(b.definition);
     }
-    let pred = json!({
+    let mut pred = json!({
         "buildDefinition": {
             "buildType": "https://github.com/moby/buildkit/blob/master/docs/attestations/slsa-definitions.md",
             "externalParameters": {
@@ -488,14 +502,16 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
             "builder": {"id": builder_id},
             "metadata": {
                 "invocationID": invocation_id,
-                "startedOn": started,
-                "finishedOn": finished,
                 "buildkit_completeness": {"request": p.max, "resolvedDependencies": false},
-                "buildkit_reproducible": false,
+                "buildkit_reproducible": reproducible,
                 "buildkit_metadata": bk_meta,
             },
         },
     });
+    if let (Some(s), Some(f)) = (&started, &finished) {
+        pred["runDetails"]["metadata"]["startedOn"] = json!(s);
+        pred["runDetails"]["metadata"]["finishedOn"] = json!(f);
+    }
     Ok(Statement {
         predicate_type: attest::PREDICATE_SLSA1.into(),
         predicate: pred,

@@ -119,6 +119,7 @@ fn images(remote: &Remote) -> Vec<(String, rbuild_oci::Descriptor)> {
             .manifests
             .iter()
             .filter(|d| !attest::is_attestation(d))
+            .take(256)
             .map(|d| {
                 let p = d
                     .platform
@@ -145,10 +146,16 @@ fn attestation_view(
     };
     for (platform, image) in images(remote) {
         let mut v = serde_json::Map::new();
-        for att in index.manifests.iter().filter(|d| {
-            attest::is_attestation(d)
-                && d.annotations.get(attest::REFERENCE_DIGEST) == Some(&image.digest)
-        }) {
+        // a hostile index may list thousands: a few per image are read
+        for att in index
+            .manifests
+            .iter()
+            .filter(|d| {
+                attest::is_attestation(d)
+                    && d.annotations.get(attest::REFERENCE_DIGEST) == Some(&image.digest)
+            })
+            .take(8)
+        {
             for (pt, st) in imagetools::statements(client, &remote.reference, att)? {
                 if let Some(key) = predicate(&pt) {
                     let p = st.get("predicate").cloned().unwrap_or(Value::Null);

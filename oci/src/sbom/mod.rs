@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_entries: u64,
     /// Most packages reported.
     pub max_packages: usize,
+    /// Most bytes of paths remembered (to hide lower layers' copies).
+    pub max_path_bytes: usize,
 }
 
 impl Default for Limits {
@@ -53,6 +55,7 @@ impl Default for Limits {
             max_binary: 128 << 20,
             max_entries: 2_000_000,
             max_packages: 200_000,
+            max_path_bytes: 256 << 20,
         }
     }
 }
@@ -88,6 +91,7 @@ pub struct Scan {
 struct Walk<'a> {
     limits: &'a Limits,
     entries: u64,
+    path_bytes: usize,
     /// Paths seen in upper layers (files and directories).
     seen: HashSet<String>,
     /// Whiteouts and opaque directories of the layers above the current one.
@@ -237,6 +241,15 @@ impl Walk<'_> {
         for entry in ar.entries().map_err(io)? {
             let mut entry = entry.map_err(io)?;
             self.entries += 1;
+            self.path_bytes += entry.path_bytes().len();
+            if self.path_bytes > self.limits.max_path_bytes {
+                self.entries = self.limits.max_entries + 1;
+                self.note(format!(
+                    "paths longer than {} bytes in all: the rest of the image is not scanned",
+                    self.limits.max_path_bytes
+                ));
+                return Ok(());
+            }
             if self.entries > self.limits.max_entries {
                 self.note(format!(
                     "more than {} files: the rest of the image is not scanned",
@@ -312,6 +325,7 @@ fn new_walk(limits: &Limits) -> Walk<'_> {
     Walk {
         limits,
         entries: 0,
+        path_bytes: 0,
         seen: HashSet::new(),
         removed: HashSet::new(),
         opaque: HashSet::new(),

@@ -258,6 +258,21 @@ fn hostile_inputs_are_bounded_and_never_panic() {
         "{:?}",
         s.notes
     );
+    // a layer of long paths stops at the path budget
+    let s = scan_image(
+        &store,
+        &m,
+        &Limits {
+            max_path_bytes: 40,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        s.notes.iter().any(|n| n.contains("paths longer than 40")),
+        "{:?}",
+        s.notes
+    );
     // a garbage rpm database is an error note, not a panic
     assert!(rpm::parse_sqlite(b"not sqlite at all", "/db").is_err());
 }
