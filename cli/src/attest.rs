@@ -198,6 +198,9 @@ pub struct Built<'a> {
     /// The image id (config digest): the SBOM's root, unchanged when layers are recompressed.
     pub config_digest: String,
     pub definition: &'a Definition,
+    /// The image's unpacked layer directories (base first), when all are in the store: the
+    /// SBOM scan walks them instead of reading the layer tars.
+    pub layer_dirs: Option<Vec<std::path::PathBuf>>,
 }
 
 fn now() -> i64 {
@@ -260,7 +263,14 @@ pub fn attach(
         let mut statements = Vec::new();
         if opts.sbom {
             let step = progress.step(&format!("generating SBOM ({})", b.platform.to_text()));
-            let scan = rbuild_oci::sbom::scan_image(store, &b.manifest, &limits)?;
+            let scan = match &b.layer_dirs {
+                Some(dirs) => rbuild_oci::sbom::scan_layer_dirs(
+                    dirs,
+                    rbuild_cache::overlay::opaque_xattr(),
+                    &limits,
+                ),
+                None => rbuild_oci::sbom::scan_image(store, &b.manifest, &limits)?,
+            };
             let subject = rbuild_oci::sbom::Subject {
                 name: tags
                     .first()

@@ -387,8 +387,16 @@ fn build_image(
         }
     }
     let mut built = Vec::with_capacity(plans.len());
+    // each platform's layer directories (base first), for the SBOM scan
+    let mut layer_dirs = Vec::with_capacity(plans.len());
     for (((platform, plan), out), annotations) in plans.iter().zip(outs).zip(&annotations) {
         let out = out.map_err(|e| solve_error(inputs, e))?;
+        layer_dirs.push(
+            out.chain
+                .iter()
+                .map(|l| solver.store().snapshot_fs(&l.snapshot).ok())
+                .collect::<Option<Vec<_>>>(),
+        );
         let step = progress.step(&if multi {
             format!("exporting to image ({})", platform.to_text())
         } else {
@@ -437,12 +445,16 @@ fn build_image(
         let list: Vec<crate::attest::Built> = built
             .iter()
             .zip(&plans)
-            .map(|((platform, image), (_, plan))| crate::attest::Built {
-                platform,
-                manifest: image.manifest.clone(),
-                config_digest: image.config_digest.clone(),
-                definition: &plan.definition,
-            })
+            .zip(&layer_dirs)
+            .map(
+                |(((platform, image), (_, plan)), dirs)| crate::attest::Built {
+                    platform,
+                    layer_dirs: dirs.clone(),
+                    manifest: image.manifest.clone(),
+                    config_digest: image.config_digest.clone(),
+                    definition: &plan.definition,
+                },
+            )
             .collect();
         let index_annotations = if multi {
             annotations.index.clone()

@@ -154,6 +154,64 @@ fn upper_layers_win_and_whiteouts_hide() {
 }
 
 #[test]
+fn layer_directories_give_the_same_packages_as_layer_tars() {
+    // needs root for the whiteout device and the trusted.* xattr (as the store's root mode)
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (whiteout devices); run the tests as root"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let (lower, upper) = (t.path().join("l"), t.path().join("u"));
+    let put = |root: &Path, rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    let meta = |n: &str| format!("usr/lib/python3/{n}.dist-info/METADATA");
+    let py = |n: &str| format!("Name: {n}\nVersion: 1.0\n").into_bytes();
+    put(&lower, "var/lib/dpkg/status", PKG);
+    for n in ["a", "b", "c"] {
+        put(&lower, &meta(n), &py(n));
+    }
+    put(&lower, "usr/lib/node/d/x", b"");
+    put(
+        &lower,
+        "app/node_modules/left/package.json",
+        br#"{"name":"left","version":"1.0.0"}"#,
+    );
+    put(&upper, "var/lib/dpkg/status", PKG2);
+    put(&upper, &meta("b"), &py("b"));
+    // a: whited out; python3/ opaque (c gone); node_modules/left deleted as a directory
+    let wh = |rel: &str| {
+        std::fs::create_dir_all(upper.join(rel).parent().unwrap()).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            upper.join(rel).as_path(),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0),
+            0,
+        )
+        .unwrap();
+    };
+    wh("usr/lib/python3/a.dist-info/METADATA");
+    wh("app/node_modules/left");
+    rustix::fs::setxattr(
+        upper.join("usr/lib/python3").as_path(),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let s = scan_layer_dirs(
+        &[lower, upper],
+        "trusted.overlay.opaque",
+        &Limits::default(),
+    );
+    let names: Vec<&str> = s.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["b", "b"], "{:#?}", s.packages);
+}
+
+#[test]
 fn hostile_inputs_are_bounded_and_never_panic() {
     let t = tempfile::tempdir().unwrap();
     let store = DirStore::open(t.path()).unwrap();
