@@ -645,3 +645,44 @@ fn imagetools_create_merges_pushed_platforms_without_pulling_layers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_hostile_git_config_in_the_context_runs_nothing() {
+    require_env();
+    require_tools(&["git"]);
+    let root = tempfile::tempdir().unwrap();
+    let repo = root.path().join("repo");
+    fs::create_dir(&repo).unwrap();
+    fs::write(repo.join("Dockerfile"), "FROM scratch\nCOPY a.txt /a.txt\n").unwrap();
+    fs::write(repo.join("a.txt"), "a\n").unwrap();
+    git(&repo, &["init", "-q"], "@1700000000 +0000");
+    git(&repo, &["add", "."], "@1700000000 +0000");
+    git(&repo, &["commit", "-q", "-m", "one"], "@1700000000 +0000");
+    // every configurable program git could run on our behalf writes a marker
+    let marker = root.path().join("pwned");
+    let script = root.path().join("evil.sh");
+    fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    let status = Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (k, v) in [
+        ("core.fsmonitor", script.to_str().unwrap()),
+        ("core.pager", script.to_str().unwrap()),
+        ("gpg.program", script.to_str().unwrap()),
+        ("log.showSignature", "true"),
+        ("core.hooksPath", root.path().to_str().unwrap()),
+        ("diff.external", script.to_str().unwrap()),
+    ] {
+        git(&repo, &["config", k, v], "@1700000000 +0000");
+    }
+    let store = tempfile::tempdir().unwrap();
+    let m = build_in(&repo, store.path(), &[]);
+    assert_eq!(m["rbuild.source-date-epoch"]["source"], "git-commit");
+    assert!(
+        !marker.exists(),
+        "a program from the repository's git config ran"
+    );
+}
