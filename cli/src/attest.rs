@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use rbuild_graph::{Definition, Op, Platform, SourceOp};
+use anyhow::Result;
+use rbuild_graph::{Definition, NodeId, Op, Platform, SourceOp};
 use rbuild_oci::attest::{self, Attested, Statement};
 use rbuild_oci::{Descriptor, Reference};
 use serde_json::{json, Value};
@@ -201,6 +201,8 @@ pub struct Built<'a> {
     /// The image's unpacked layer directories (base first), when all are in the store: the
     /// SBOM scan walks them instead of reading the layer tars.
     pub layer_dirs: Option<Vec<std::path::PathBuf>>,
+    /// The graph's root (the final stage).
+    pub root: NodeId,
 }
 
 fn now() -> i64 {
@@ -239,7 +241,88 @@ fn arg_true(info: &BuildInfo, name: &str) -> bool {
         .is_some_and(|v| truthy(&v) == Some(true))
 }
 
+/// Which stages `BUILDKIT_SBOM_SCAN_STAGE` asks to scan besides the final image: `None` for
+/// none; an empty set for every stage (`--build-arg BUILDKIT_SBOM_SCAN_STAGE=true`); else the
+/// names given (`--build-arg BUILDKIT_SBOM_SCAN_STAGE=a,b`) and the stages that declare
+/// `ARG BUILDKIT_SBOM_SCAN_STAGE=true`.
+fn stages_to_scan(info: &BuildInfo) -> Option<std::collections::BTreeSet<String>> {
+    const NAME: &str = "BUILDKIT_SBOM_SCAN_STAGE";
+    let mut set = std::collections::BTreeSet::new();
+    if let Some(v) = info.args.build_args.iter().find_map(|a| {
+        a.strip_prefix(NAME)
+            .and_then(|r| r.strip_prefix('='))
+            .map(String::from)
+    }) {
+        match truthy(&v) {
+            Some(true) => return Some(set),
+            Some(false) => return None,
+            None => set.extend(v.split(',').map(|s| s.trim().to_string())),
+        }
+    }
+    // stages declaring the ARG themselves (`FROM … AS name` then `ARG NAME=true`)
+    let mut stage: Option<String> = None;
+    let mut index = 0usize;
+    for l in info.dockerfile.lines().map(str::trim) {
+        let upper = l.to_ascii_uppercase();
+        if upper.starts_with("FROM ") {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            stage = Some(
+                match words.iter().position(|w| w.eq_ignore_ascii_case("AS")) {
+                    Some(i) => words
+                        .get(i + 1)
+                        .map_or(index.to_string(), |n| n.to_string()),
+                    None => index.to_string(),
+                },
+            );
+            index += 1;
+        } else if upper.starts_with("ARG ") {
+            let rest = l[4..].trim();
+            if let Some(v) = rest.strip_prefix(NAME).and_then(|r| r.strip_prefix('=')) {
+                if truthy(v.trim_matches('"')) == Some(true) {
+                    if let Some(s) = &stage {
+                        set.insert(s.clone());
+                    }
+                }
+            }
+        }
+    }
+    (!set.is_empty()).then_some(set)
+}
+
+/// The last node of each stage reachable from `root` (other than the final stage), by stage
+/// name (or index), filtered by `wanted` (empty: all).
+fn stage_roots(
+    def: &Definition,
+    root: NodeId,
+    wanted: &std::collections::BTreeSet<String>,
+) -> Vec<(String, NodeId)> {
+    let Ok(order) = def.reachable(root) else {
+        return Vec::new();
+    };
+    let final_stage = def.nodes.get(root.0).and_then(|n| n.meta.stage.clone());
+    let mut last: BTreeMap<String, NodeId> = BTreeMap::new();
+    for id in order {
+        let Some(n) = def.nodes.get(id.0) else {
+            continue;
+        };
+        if let Some(s) = &n.meta.stage {
+            if Some(s) != final_stage.as_ref() && (wanted.is_empty() || wanted.contains(s)) {
+                let e = last.entry(s.clone()).or_insert(id);
+                if id.0 > e.0 {
+                    *e = id;
+                }
+            }
+        }
+    }
+    last.into_iter().collect()
+}
+
+/// Solves a stage (a cache hit: it was built for the image) and returns its layer
+/// directories, base first.
+pub type StageSolver<'s> = dyn Fn(&Definition, NodeId) -> Option<Vec<std::path::PathBuf>> + 's;
+
 /// The attested index over `built` (in platform order) with the wanted statements.
+#[allow(clippy::too_many_arguments)]
 pub fn attach(
     store: &rbuild_cache::Store,
     opts: &Opts,
@@ -248,7 +331,13 @@ pub fn attach(
     tags: &[Reference],
     index_annotations: &BTreeMap<String, String>,
     progress: &crate::progress::Reporter,
+    solve_stage: &StageSolver,
 ) -> Result<Descriptor> {
+    let stages = if opts.sbom {
+        stages_to_scan(info)
+    } else {
+        None
+    };
     let created = rbuild_solver::image::rfc3339(info.epoch.value.unwrap_or_else(now));
     let tool = format!("rbuild-{}", env!("CARGO_PKG_VERSION"));
     let limits = rbuild_oci::sbom::Limits::default();
@@ -282,6 +371,29 @@ pub fn attach(
                 predicate_type: attest::PREDICATE_SPDX.into(),
                 predicate: rbuild_oci::sbom::spdx_document(&subject, &[&scan], &created, &tool),
             });
+            for (name, node) in stages
+                .as_ref()
+                .map(|w| stage_roots(b.definition, b.root, w))
+                .unwrap_or_default()
+            {
+                let Some(dirs) = solve_stage(b.definition, node) else {
+                    progress.warning(&format!("SBOM: stage {name} could not be scanned"));
+                    continue;
+                };
+                let scan = rbuild_oci::sbom::scan_layer_dirs(
+                    &dirs,
+                    rbuild_cache::overlay::opaque_xattr(),
+                    &limits,
+                );
+                let subject = rbuild_oci::sbom::Subject {
+                    name: format!("stage {name}"),
+                    digest: None,
+                };
+                statements.push(Statement {
+                    predicate_type: attest::PREDICATE_SPDX.into(),
+                    predicate: rbuild_oci::sbom::spdx_document(&subject, &[&scan], &created, &tool),
+                });
+            }
             if let Some(ctx) = &context_scan {
                 let subject = rbuild_oci::sbom::Subject {
                     name: "context".into(),
@@ -534,26 +646,6 @@ fn github_run_url() -> Option<String> {
     let repo = std::env::var("GITHUB_REPOSITORY").ok()?;
     let run = std::env::var("GITHUB_RUN_ID").ok()?;
     Some(format!("{server}/{repo}/actions/runs/{run}"))
-}
-
-/// Reject attestation values rbuild cannot honour (called before the build starts).
-pub fn check(b: &BuildArgs) -> Result<()> {
-    if b.build_args.iter().any(|a| {
-        a.strip_prefix("BUILDKIT_SBOM_SCAN_STAGE=")
-            .is_some_and(|v| !matches!(v, "false" | "0" | ""))
-    }) && (b
-        .sbom
-        .as_deref()
-        .is_some_and(|v| !crate::flags::is_false(v))
-        || b.attests.iter().any(|a| a.contains("type=sbom")))
-    {
-        bail!(UsageError(
-            "--build-arg BUILDKIT_SBOM_SCAN_STAGE: scanning intermediate stages is not supported \
-             yet (the final image and, with BUILDKIT_SBOM_SCAN_CONTEXT=true, the context are)"
-                .into()
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -248,7 +248,6 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let platforms = crate::multiplat::platforms(&b.platforms)?;
     crate::multiplat::check_outputs(&platforms, &outputs, b.load)?;
     let attests = crate::attest::parse(b, &outputs)?;
-    crate::attest::check(b)?;
     let mode = if b.quiet {
         crate::progress::Mode::Quiet
     } else {
@@ -453,6 +452,7 @@ fn build_image(
                     manifest: image.manifest.clone(),
                     config_digest: image.config_digest.clone(),
                     definition: &plan.definition,
+                    root: plan.root,
                 },
             )
             .collect();
@@ -469,6 +469,13 @@ fn build_image(
             tags,
             &index_annotations,
             progress,
+            &|def: &rbuild_graph::Definition, node: rbuild_graph::NodeId| {
+                let out = solver.solve(def, node, &rbuild_solver::NoProgress).ok()?;
+                out.chain
+                    .iter()
+                    .map(|l| solver.store().snapshot_fs(&l.snapshot).ok())
+                    .collect()
+            },
         )?)
     } else {
         if attests.any() {

@@ -686,3 +686,54 @@ fn a_hostile_git_config_in_the_context_runs_nothing() {
         "a program from the repository's git config ran"
     );
 }
+
+#[test]
+fn sbom_scan_stage_adds_a_document_for_the_build_stage() {
+    require_env();
+    require_tools(&["skopeo", "curl", "pyspdxtools"]);
+    let p = Project::new(
+        "FROM busybox AS builder\nARG BUILDKIT_SBOM_SCAN_STAGE=true\n\
+         COPY meta/ /usr/lib/python3/dist-packages/buildtool-1.0.dist-info/\n\
+         RUN echo built > /out\n\
+         FROM scratch\nCOPY --from=builder /out /out\n",
+    );
+    p.file("meta/METADATA", "Name: buildtool\nVersion: 1.0\n");
+    let (name, _) = push(&p, "stage", &["--sbom=true", "--provenance=false"]);
+    let index = skopeo_raw(&name);
+    let atts = attestations("stage", &index);
+    let sboms: Vec<&Value> = atts[0]
+        .1
+        .iter()
+        .filter(|s| s["predicateType"] == "https://spdx.dev/Document")
+        .collect();
+    assert_eq!(sboms.len(), 2, "the image and the builder stage");
+    let image = serde_json::to_string(&sboms[0]["predicate"]).unwrap();
+    assert!(
+        !image.contains("buildtool"),
+        "the final image has no build tool"
+    );
+    let stage = &sboms[1]["predicate"];
+    assert_eq!(stage["name"], "stage builder");
+    assert!(
+        serde_json::to_string(stage)
+            .unwrap()
+            .contains("pkg:pypi/buildtool@1.0"),
+        "{stage}"
+    );
+    for s in sboms {
+        validate_spdx(&s["predicate"], p.path());
+    }
+    // --build-arg BUILDKIT_SBOM_SCAN_STAGE=false turns it off
+    let (name, _) = push(
+        &p,
+        "stage-off",
+        &[
+            "--sbom=true",
+            "--provenance=false",
+            "--build-arg",
+            "BUILDKIT_SBOM_SCAN_STAGE=false",
+        ],
+    );
+    let atts = attestations("stage-off", &skopeo_raw(&name));
+    assert_eq!(atts[0].1.len(), 1);
+}
