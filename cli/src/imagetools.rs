@@ -159,16 +159,17 @@ fn attestation_view(
             for (pt, st) in imagetools::statements(client, &remote.reference, att)? {
                 if let Some(key) = predicate(&pt) {
                     let p = st.get("predicate").cloned().unwrap_or(Value::Null);
-                    // a second document of the same kind (e.g. the context's SBOM) is kept too
-                    match v.get_mut(key) {
-                        None => {
-                            v.insert(key.to_string(), p);
+                    // further documents of the kind (the context's or a stage's SBOM) go to
+                    // `Additional<KEY>s`, as buildx prints them
+                    if v.contains_key(key) {
+                        let extra = v
+                            .entry(format!("Additional{key}s"))
+                            .or_insert_with(|| json!([]));
+                        if let Value::Array(a) = extra {
+                            a.push(p);
                         }
-                        Some(Value::Array(a)) => a.push(p),
-                        Some(first) => {
-                            let f = first.take();
-                            *first = json!([f, p]);
-                        }
+                    } else {
+                        v.insert(key.to_string(), p);
                     }
                 }
             }
