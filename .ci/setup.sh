@@ -4,7 +4,7 @@
 #    git (git contexts), bsdutils (`script`, the tty progress test), uidmap (newuidmap/newgidmap,
 #    rootless tests), slirp4netns and passt (the isolated default network of RUN steps; iproute2's
 #    `ip` builds the test network namespaces), gcc + libc6-dev (the security suite builds its
-#    attack program statically), util-linux (setpriv, flock, dmesg, nsenter)
+#    attack program statically), util-linux (setpriv, flock, dmesg, nsenter); PyPI spdx-tools (pyspdxtools, the SBOM validator)
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
@@ -26,6 +26,16 @@ fi
 # Rootless slirp4netns opens /dev/net/tun: distributions ship it 0666 (udev's default rule); a
 # container without udev may have it 0600.
 if [ -c /dev/net/tun ]; then chmod 0666 /dev/net/tun; fi
+# PyPI's spdx-tools: the independent SPDX validator the SBOM tests run on every document
+# (cli/tests/supply.rs). pip (python3-pip) when missing.
+if ! command -v pyspdxtools >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || {
+    apt-get update -qq && apt-get install -y -qq python3-pip >/tmp/rbuild-apt.log 2>&1; }
+  PIP=$(command -v pip3 || command -v pip)
+  "$PIP" install -q spdx-tools >/tmp/rbuild-pip.log 2>&1 \
+    || "$PIP" install -q --break-system-packages spdx-tools >/tmp/rbuild-pip.log 2>&1 \
+    || { cat /tmp/rbuild-pip.log; exit 1; }
+fi
 
 # The unprivileged user of the rootless tests (cli/tests/rootless.rs), with subordinate id
 # ranges, and one without ranges (single-id map).

@@ -22,7 +22,7 @@ fi
 # --- action.yml is consistent -------------------------------------------------------------
 inputs=$(awk '/^inputs:/{f=1;next} /^[a-z]/{f=0} f && /^  [a-z-]+:$/{sub(":","");print $1}' "$action")
 [ -n "$inputs" ] || fail "no inputs found in action.yml"
-for name in context file tags labels build-args target platforms push load outputs cache-from cache-to secrets secret-files secret-envs no-cache pull provenance call cgroup-parent github-token builder; do
+for name in context file tags labels build-args target platforms push load outputs cache-from cache-to secrets secret-files secret-envs no-cache pull provenance sbom attests call cgroup-parent github-token builder; do
   grep -qx "$name" <<< "$inputs" || fail "input $name (docker/build-push-action) is missing"
 done
 for name in $inputs; do
@@ -68,7 +68,8 @@ run_steps() { # run the action's steps with INPUT_* already exported; returns th
 
 export INPUT_CONTEXT=app INPUT_TAGS=$'act:1\nact:latest' INPUT_BUILD_ARGS="GREETING=hello" \
   INPUT_LABELS=$'org.opencontainers.image.title=act\nteam=ci' INPUT_PUSH=false INPUT_LOAD=false \
-  INPUT_NO_CACHE=false INPUT_PULL=false INPUT_PROVENANCE=false \
+  INPUT_NO_CACHE=false INPUT_PULL=false INPUT_PROVENANCE=false INPUT_SBOM=false \
+  INPUT_ATTESTS="type=sbom,disabled=true" \
   INPUT_OUTPUTS="type=oci,dest=$tmp/act.tar"
 run_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "the build step failed"; }
 
@@ -91,6 +92,8 @@ grep -q "^rbuild build --progress=plain" "$tmp/log" || fail "the command line is
 grep -q -- "--build-arg GREETING=hello" "$tmp/log" || fail "build-args not passed"
 grep -q -- "--label team=ci" "$tmp/log" || fail "labels not passed"
 grep -q -- "--provenance=false" "$tmp/log" || fail "provenance not passed"
+grep -q -- "--sbom=false" "$tmp/log" || fail "sbom not passed"
+grep -q -- "--attest type=sbom,disabled=true" "$tmp/log" || fail "attests not passed"
 grep -q "rbuild found:" "$tmp/log" || fail "the install step did not find the rbuild on PATH"
 grep -q "image built" "$tmp/summary" || fail "no job summary: $(cat "$tmp/summary")"
 grep -q "$digest" "$tmp/summary" || fail "the summary lacks the digest"

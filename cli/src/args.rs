@@ -52,6 +52,11 @@ pub enum Command {
     Prune(PruneArgs),
     #[command(flatten)]
     Store(crate::store_cmds::StoreCommand),
+    /// Inspect images in registries, create indexes from pushed images
+    Imagetools {
+        #[command(subcommand)]
+        command: crate::imagetools::ImagetoolsCommand,
+    },
     /// Developer tools
     Debug {
         #[command(subcommand)]
@@ -230,6 +235,9 @@ pub struct BuildArgs {
     /// SBOM attestation: false (anything else is rejected: not supported yet)
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub sbom: Option<String>,
+    /// Attestation: type=provenance[,mode=min|max,version=v0.2|v1] or type=sbom; repeatable
+    #[arg(long = "attest", value_name = "SPEC")]
+    pub attests: Vec<String>,
     /// Run the build checks (lint rules) and print their findings without building (= --call=check)
     #[arg(long)]
     pub check: bool,
@@ -257,10 +265,14 @@ pub struct BuildArgs {
     /// (`https://host/repo.git#ref:subdir`, `git@host:repo.git`, `file:///path/repo.git`)
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
+    /// The checkout of a git URL context (set when it is cloned, not a flag).
+    #[arg(skip)]
+    pub git_source: Option<crate::epoch::GitSource>,
 }
 
 const SUBCOMMANDS: &[&str] = &[
     "build",
+    "imagetools",
     "images",
     "du",
     "prune",

@@ -164,22 +164,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .or_else(|| {
-            b.build_args
-                .iter()
-                .find_map(|a| a.strip_prefix("SOURCE_DATE_EPOCH=").map(String::from))
-        })
-        .map(|v| {
-            v.parse::<i64>().map_err(|_| {
-                UsageError(format!(
-                    "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-                ))
-            })
-        })
-        .transpose()?
-        .or(if b.reproducible { Some(0) } else { None });
+    let source_date_epoch = crate::epoch::resolve(b, context)?.value;
     let sandbox = crate::sandbox_opts::parse(&b.secrets, &b.ssh, &b.allow, b.network.as_deref())
         .map_err(crate::render::usage)?;
     let resources = crate::sandbox_opts::resources(b).map_err(|e| UsageError(e.to_string()))?;
@@ -282,6 +267,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         .map_err(usage)?;
     let platforms = crate::multiplat::platforms(&b.platforms)?;
     crate::multiplat::check_outputs(&platforms, &outputs, b.load)?;
+    let attests = crate::attest::parse(b, &outputs)?;
     let mode = if b.quiet {
         crate::progress::Mode::Quiet
     } else {
@@ -321,7 +307,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         _ => {}
     }
     let progress = Reporter::new(mode);
-    let result = build_image(root, b, &inputs, &progress, &tags, &outputs);
+    let result = build_image(root, b, &inputs, &progress, &tags, &outputs, &attests);
     progress.finish(&Outcome {
         ok: result.is_ok(),
         cancelled: false,
@@ -333,7 +319,8 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         fs::write(p, &image.config_digest).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &b.metadata_file {
-        crate::metadata::write(p, &image, &tags)?;
+        let epoch = crate::epoch::resolve(b, &inputs.context)?;
+        crate::metadata::write(p, &image, &tags, &epoch)?;
     }
     if b.quiet {
         println!("{}", image.config_digest);
@@ -382,7 +369,12 @@ fn build_image(
     progress: &Reporter,
     tags: &[Reference],
     outputs: &[OutputSpec],
+    attests: &crate::attest::Opts,
 ) -> Result<rbuild_solver::ImageResult> {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let solver = make_solver(root, b, &inputs.context)?;
     // Held until the image is tagged and exported: GC never removes what this build uses.
     let lease = rbuild_solver::gc::lease(solver.store())?;
@@ -453,8 +445,16 @@ fn build_image(
         }
     }
     let mut built = Vec::with_capacity(plans.len());
+    // each platform's layer directories (base first), for the SBOM scan
+    let mut layer_dirs = Vec::with_capacity(plans.len());
     for (((platform, plan), out), annotations) in plans.iter().zip(outs).zip(&annotations) {
         let out = out.map_err(|e| solve_error(inputs, e))?;
+        layer_dirs.push(
+            out.chain
+                .iter()
+                .map(|l| solver.store().snapshot_fs(&l.snapshot).ok())
+                .collect::<Option<Vec<_>>>(),
+        );
         let step = progress.step(&if multi {
             format!("exporting to image ({})", platform.to_text())
         } else {
@@ -481,10 +481,75 @@ fn build_image(
     } else {
         annotations
     };
+    // outputs that can hold an index get the image with its attestations
+    let attested = if attests.any() && (b.push || outputs.iter().any(crate::attest::carries)) {
+        if let Some(g) = &attests.generator {
+            progress.warning(&format!(
+                "SBOM generator {g} ignored: rbuild generates the SBOM itself, in-process"
+            ));
+        }
+        let info = crate::attest::BuildInfo {
+            args: b,
+            dockerfile_name: &inputs.dockerfile_name,
+            dockerfile: &inputs.dockerfile,
+            context: &inputs.context,
+            epoch: crate::epoch::resolve(b, &inputs.context)?,
+            git: b
+                .git_source
+                .clone()
+                .or_else(|| crate::epoch::git_source(&inputs.context)),
+            started,
+        };
+        let list: Vec<crate::attest::Built> = built
+            .iter()
+            .zip(&plans)
+            .zip(&layer_dirs)
+            .map(
+                |(((platform, image), (_, plan)), dirs)| crate::attest::Built {
+                    platform,
+                    layer_dirs: dirs.clone(),
+                    manifest: image.manifest.clone(),
+                    config_digest: image.config_digest.clone(),
+                    definition: &plan.definition,
+                    root: plan.root,
+                },
+            )
+            .collect();
+        let index_annotations = if multi {
+            annotations.index.clone()
+        } else {
+            BTreeMap::new()
+        };
+        Some(crate::attest::attach(
+            solver.store(),
+            attests,
+            &info,
+            &list,
+            tags,
+            &index_annotations,
+            progress,
+            &|def: &rbuild_graph::Definition, node: rbuild_graph::NodeId| {
+                let out = solver.solve(def, node, &rbuild_solver::NoProgress).ok()?;
+                out.chain
+                    .iter()
+                    .map(|l| solver.store().snapshot_fs(&l.snapshot).ok())
+                    .collect()
+            },
+        )?)
+    } else {
+        if attests.any() {
+            progress.warning(
+                "attestations are attached to pushed images and OCI archives only \
+                 (--push, type=registry, type=image,push=true, type=oci): none written",
+            );
+        }
+        None
+    };
     let mut image = match built.len() {
         1 => built.remove(0).1,
         _ => crate::multiplat::make_index(solver.store(), &built, &annotations.index)?,
     };
+    let attested_or_image = attested.as_ref().unwrap_or(&image.manifest).clone();
     let images = ImageStore::open(solver.store())?;
     progress.note(&format!("writing image {}", image.config_digest));
     for t in tags {
@@ -498,8 +563,12 @@ fn build_image(
     let mut pushed = None;
     for o in outputs {
         let step = progress.step(&format!("exporting to {} {}", o.kind, o.dest));
-        let p =
-            crate::outputs::export(solver.store(), &image.manifest, tags, o, &annotations, true)?;
+        let m = if crate::attest::carries(o) {
+            &attested_or_image
+        } else {
+            &image.manifest
+        };
+        let p = crate::outputs::export(solver.store(), m, tags, o, &annotations, true)?;
         pushed = pushed.or(p);
         progress.step_done(step);
     }
@@ -509,7 +578,7 @@ fn build_image(
             annotations: annotations.manifest.clone(),
             ..Default::default()
         };
-        let p = crate::outputs::push(solver.store(), &image.manifest, tags, &opts, true)?;
+        let p = crate::outputs::push(solver.store(), &attested_or_image, tags, &opts, true)?;
         pushed = pushed.or(Some(p));
         progress.step_done(step);
     }

@@ -19,6 +19,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::args::BuildArgs;
+use crate::epoch::{public_url, GitSource};
 use crate::render::UsageError;
 
 /// A context ready to build from.
@@ -128,7 +129,8 @@ pub fn prepare(b: &BuildArgs) -> Result<Prepared> {
     let mut tmp = None;
     if is_git_url(&ctx) {
         let t = tempfile::tempdir().context("creating a temporary directory for the clone")?;
-        let (dir, commit) = clone(&ctx, t.path())?;
+        let (dir, git) = clone(&ctx, t.path())?;
+        let commit = git.commit.clone();
         // Known provenance of a git context as manifest annotations (first, so an explicit
         // --annotation of the same key wins).
         args.annotations.splice(
@@ -148,6 +150,7 @@ pub fn prepare(b: &BuildArgs) -> Result<Prepared> {
             }
         }
         args.context = dir;
+        args.git_source = Some(git);
         tmp = Some(t);
     } else if !b.context.exists() {
         return Err(
@@ -184,18 +187,6 @@ fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A git remote without credentials (`https://user:token@host/r.git` → `https://host/r.git`):
-/// it goes into the image.
-fn public_url(remote: &str) -> String {
-    if let Some((scheme, rest)) = remote.split_once("://") {
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if let Some((_, host)) = authority.rsplit_once('@') {
-            return format!("{scheme}://{host}/{path}");
-        }
-    }
-    remote.to_string()
-}
-
 /// Run git; returns its standard output.
 fn git(args: &[&str], cwd: Option<&Path>) -> Result<String> {
     let mut c = Command::new("git");
@@ -226,8 +217,8 @@ fn remote_of(url: &str) -> String {
     }
 }
 
-/// Clone `url#ref:subdir` into `into/repo`; returns the context directory and the commit.
-fn clone(url: &str, into: &Path) -> Result<(PathBuf, String)> {
+/// Clone `url#ref:subdir` into `into/repo`; returns the context directory and the checkout.
+fn clone(url: &str, into: &Path) -> Result<(PathBuf, GitSource)> {
     let fragment = url.split_once('#').map_or("", |(_, f)| f);
     let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
     let remote = remote_of(url);
@@ -239,7 +230,7 @@ fn clone(url: &str, into: &Path) -> Result<(PathBuf, String)> {
     }
     let repo = into.join("repo");
     fs::create_dir(&repo)?;
-    let r = || -> Result<String> {
+    let r = || -> Result<GitSource> {
         git(&["init", "-q"], Some(&repo))?;
         let want = if reference.is_empty() {
             "HEAD"
@@ -267,7 +258,15 @@ fn clone(url: &str, into: &Path) -> Result<(PathBuf, String)> {
                 Some(&repo),
             )?;
         }
-        git(&["rev-parse", "HEAD"], Some(&repo))
+        let commit = git(&["rev-parse", "HEAD"], Some(&repo))?;
+        let body = git(&["cat-file", "commit", &commit], Some(&repo))?;
+        let time = crate::epoch::committer_time(&body)
+            .ok_or_else(|| anyhow!("commit {commit} has no committer time"))?;
+        Ok(GitSource {
+            url: public_url(&remote),
+            commit,
+            time,
+        })
     };
     let commit = r().with_context(|| format!("unable to prepare context: cloning {remote}"))?;
     let _ = fs::remove_dir_all(repo.join(".git"));
@@ -284,14 +283,6 @@ mod tests {
 
     #[test]
     fn credentials_never_reach_the_source_annotation() {
-        assert_eq!(
-            public_url("https://user:tok@example.com/org/r.git"),
-            "https://example.com/org/r.git"
-        );
-        assert_eq!(
-            public_url("git@github.com:org/r.git"),
-            "git@github.com:org/r.git"
-        );
         assert_eq!(public_url("file:///srv/r.git"), "file:///srv/r.git");
     }
 

@@ -280,11 +280,6 @@ pub fn attest_value(s: &str) -> Result<String, String> {
     }
 }
 
-/// Whether an attestation value turns the attestation off.
-pub fn is_false(s: &str) -> bool {
-    matches!(s, "false" | "0") || s.split(',').any(|f| f == "disabled=true")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +339,5 @@ mod tests {
         assert!(output("out-dir").is_ok() && output("type=oci,dest=x").is_ok());
         assert!(output("dest=x").is_err());
         assert!(attest_value("mode=max").is_ok() && attest_value("false").is_ok());
-        assert!(is_false("false") && !is_false("mode=min"));
     }
 }

@@ -7,6 +7,7 @@
 //! in a user namespace (rootless mode).
 
 mod args;
+mod attest;
 mod build;
 mod cachecmd;
 mod call;
@@ -14,8 +15,10 @@ mod check;
 mod config;
 mod context;
 mod emulation;
+mod epoch;
 mod flags;
 mod images;
+mod imagetools;
 mod metadata;
 mod multiplat;
 mod outputs;
@@ -117,6 +120,7 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Du => cachecmd::du(&root),
         args::Command::Prune(p) => cachecmd::prune(&root, &p),
         args::Command::Store(c) => store_cmds::run(&root, c),
+        args::Command::Imagetools { command } => imagetools::run(&root, command),
         args::Command::Debug {
             command: args::DebugCommand::DumpGraph(b),
         } => build::dump_graph(&root, &b),

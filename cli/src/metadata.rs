@@ -10,7 +10,9 @@
 //! }
 //! ```
 //!
-//! `image.name` is present only when the build was tagged.
+//! `image.name` is present only when the build was tagged. rbuild adds
+//! `"rbuild.source-date-epoch": {"value": 1700000000, "source": "git-commit"}`: the epoch every
+//! timestamp was pinned to (`value` null when none) and where it came from (`crate::epoch`).
 
 use std::fs;
 use std::path::Path;
@@ -41,8 +43,15 @@ pub fn metadata(image: &ImageResult, tags: &[Reference]) -> Value {
 }
 
 /// Write the metadata file (pretty JSON, like buildx).
-pub fn write(path: &Path, image: &ImageResult, tags: &[Reference]) -> Result<()> {
-    let text = serde_json::to_string_pretty(&metadata(image, tags))?;
+pub fn write(
+    path: &Path,
+    image: &ImageResult,
+    tags: &[Reference],
+    epoch: &crate::epoch::Epoch,
+) -> Result<()> {
+    let mut m = metadata(image, tags);
+    m["rbuild.source-date-epoch"] = json!({"value": epoch.value, "source": epoch.source.as_str()});
+    let text = serde_json::to_string_pretty(&m)?;
     fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 

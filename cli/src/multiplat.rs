@@ -80,7 +80,7 @@ pub fn label_steps(def: &mut Definition, platform: &Platform) {
     }
 }
 
-fn oci_platform(p: &Platform) -> rbuild_oci::Platform {
+pub(crate) fn oci_platform(p: &Platform) -> rbuild_oci::Platform {
     rbuild_oci::Platform {
         os: p.os.clone(),
         architecture: p.architecture.clone(),

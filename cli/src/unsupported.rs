@@ -5,7 +5,6 @@
 use anyhow::Result;
 
 use crate::args::BuildArgs;
-use crate::flags;
 use crate::render::UsageError;
 
 /// The first unsupported flag in `b`, as a message, or `None` when everything is supported.
@@ -26,12 +25,6 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
     }
     if !b.cache_to.is_empty() {
         return not_yet("--cache-to", "remote cache export");
-    }
-    if b.provenance.as_deref().is_some_and(|v| !flags::is_false(v)) {
-        return not_yet("--provenance", "provenance attestation");
-    }
-    if b.sbom.as_deref().is_some_and(|v| !flags::is_false(v)) {
-        return not_yet("--sbom", "SBOM attestation");
     }
     None
 }

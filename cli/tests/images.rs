@@ -220,6 +220,7 @@ fn push_and_pull_round_trip_on_a_plain_registry_with_cross_repo_mount() {
             "-t",
             &name,
             "--push",
+            "--provenance=false",
             "--annotation",
             "org.example.k=v",
             ".",
@@ -370,6 +371,7 @@ fn every_output_type_is_readable_by_independent_tools() {
         store.path(),
         &[
             "build",
+            "--provenance=false",
             "-t",
             "outs:1",
             "-o",
@@ -665,6 +667,7 @@ fn a_big_layer_is_compressed_into_the_archive_as_standard_gzip() {
         store.path(),
         &[
             "build",
+            "--provenance=false",
             "-t",
             "big:1",
             "-o",
@@ -677,7 +680,15 @@ fn a_big_layer_is_compressed_into_the_archive_as_standard_gzip() {
     // the same export to stdout goes through the store: the same bytes
     let out = e.run(
         store.path(),
-        &["build", "-t", "big:1", "-o", "type=oci,dest=-", "."],
+        &[
+            "build",
+            "--provenance=false",
+            "-t",
+            "big:1",
+            "-o",
+            "type=oci,dest=-",
+            ".",
+        ],
     );
     assert!(
         out.status.success(),
@@ -865,6 +876,7 @@ fn annotations_at_manifest_and_descriptor_levels_and_created() {
             "manifest-descriptor:org.example.d=3",
             "--annotation",
             "manifest[plan9/mips]:org.example.other=4",
+            "--provenance=false",
             "-o",
             "type=oci,dest=ann.tar",
             ".",

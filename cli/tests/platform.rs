@@ -170,6 +170,7 @@ fn two_platforms_make_an_index_that_is_tagged_exported_inspected_and_kept_by_pru
             "linux/amd64,linux/arm64",
             "-t",
             "mp:1",
+            "--provenance=false",
             "--metadata-file",
             meta.to_str().unwrap(),
             "-o",
@@ -345,6 +346,7 @@ fn a_pushed_multi_platform_image_is_an_index_in_the_registry_and_a_base_image() 
         "-t",
         &name,
         "--push",
+        "--provenance=false",
         "--metadata-file",
         meta.to_str().unwrap(),
     ])

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::attest;
 use crate::convert::{convert_image, ConvertOpts};
 use crate::digest::digest_hex;
 use crate::image_store::read_manifest;
@@ -74,11 +75,23 @@ pub fn convert_index(
 ) -> Result<Descriptor, OciError> {
     let index = read_index(store, desc)?;
     let mut manifests = Vec::with_capacity(index.manifests.len());
-    for m in &index.manifests {
+    // attestation manifests are not converted: they follow their image (`attest::retarget`)
+    let mut moved = BTreeMap::new();
+    for m in index
+        .manifests
+        .iter()
+        .filter(|m| !attest::is_attestation(m))
+    {
         let mut d = convert_image(store, m, opts)?;
         d.platform = m.platform.clone();
         d.annotations.extend(m.annotations.clone());
+        if d.digest != m.digest {
+            moved.insert(m.digest.clone(), d.digest.clone());
+        }
         manifests.push(d);
+    }
+    for m in index.manifests.iter().filter(|m| attest::is_attestation(m)) {
+        manifests.push(attest::retarget(store, m, &moved)?);
     }
     if manifests == index.manifests {
         return Ok(desc.clone());

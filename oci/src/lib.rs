@@ -4,6 +4,7 @@
 //!
 //! The content store lives in `rbuild-cache`; this crate only reads and writes blobs through it.
 
+pub mod attest;
 pub mod auth;
 pub mod compress;
 pub mod convert;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod export;
 pub mod http;
 pub mod image_store;
+pub mod imagetools;
 pub mod import;
 pub mod index;
 pub mod layer;
@@ -19,6 +21,7 @@ pub mod progress;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod sbom;
 pub mod store;
 pub mod types;
 

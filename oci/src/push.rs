@@ -381,7 +381,7 @@ impl RegistryClient {
 }
 
 /// Remember that `repo` (`registry/repository`) has blob `digest`, for cross-repo mounts.
-fn remember_source(store: &dyn ContentStore, digest: &str, repo: &str) {
+pub(crate) fn remember_source(store: &dyn ContentStore, digest: &str, repo: &str) {
     let mut v: Vec<String> = store
         .meta_get("blob-source", digest)
         .map(|s| s.split_whitespace().map(str::to_string).collect())

@@ -879,6 +879,28 @@ impl RegistryClient {
         Ok(body)
     }
 
+    /// GET a manifest or index by tag or digest as it is (no platform resolution): its bytes,
+    /// media type and verified digest.
+    pub fn fetch_manifest(
+        &self,
+        r: &Reference,
+        object: &str,
+    ) -> Result<(Vec<u8>, String, String), OciError> {
+        self.with_endpoints(r, |ep| self.get_manifest(ep, r, object))
+    }
+
+    /// A small blob (config, attestation statement) in memory, digest- and size-verified, at
+    /// most `limit` bytes.
+    pub fn fetch_blob_bytes(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        limit: u64,
+    ) -> Result<Vec<u8>, OciError> {
+        crate::digest::digest_hex(&desc.digest)?;
+        self.with_endpoints(r, |ep| self.get_blob_bytes(ep, r, desc, limit))
+    }
+
     /// Resolve a reference to the image manifest for `platform` (see [`ResolvedManifest`]).
     pub fn resolve(
         &self,

@@ -475,6 +475,16 @@ impl Reporter {
         self.step_done(id);
     }
 
+    /// A warning that is about no Dockerfile line.
+    pub fn warning(&self, text: &str) {
+        self.emit_warning(&Warning {
+            text,
+            message: text,
+            file: None,
+            lines: None,
+        });
+    }
+
     /// A warning about lines `line..=end_line` of the Dockerfile `file`.
     pub fn warning_at(&self, file: &str, line: u32, end_line: u32, message: &str) {
         let text = format!("{file}:{line}: {message}");

@@ -1,0 +1,336 @@
+//! Catalogers on the committed fixture filesystem (`testdata/sbom/rootfs`, made by
+//! `testdata/sbom/make-fixtures.py`), layer walking with whiteouts, and hostile inputs.
+
+use super::*;
+use crate::store::DirStore;
+use crate::types::media_types as mt;
+
+fn fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/sbom/rootfs")
+}
+
+fn purls(s: &Scan) -> Vec<&str> {
+    s.packages.iter().map(|p| p.purl.as_str()).collect()
+}
+
+#[test]
+fn every_cataloger_finds_its_packages() {
+    let s = scan_dir(&fixture(), &Limits::default());
+    let p = purls(&s);
+    for want in [
+        "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/tzdata@2024a-0+deb12u1?arch=all&distro=debian-12",
+        "pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64&distro=debian-12",
+        "pkg:apk/alpine/busybox@1.36.1-r5?arch=x86_64&distro=debian-12",
+        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&epoch=1&distro=debian-12",
+        "pkg:pypi/requests@2.31.0",
+        "pkg:pypi/typing-extensions@4.9.0",
+        "pkg:npm/lodash@4.17.21",
+        "pkg:npm/%40babel/core@7.23.0",
+        "pkg:npm/left-pad@1.3.0",
+        "pkg:golang/example.com/hello@%28devel%29",
+        "pkg:golang/github.com/google/uuid@v1.6.0",
+        "pkg:golang/golang.org/x/text@v0.14.0",
+        "pkg:golang/stdlib@1.21.5",
+        "pkg:cargo/hello-rs@0.1.0",
+        "pkg:cargo/serde@1.0.197",
+        "pkg:maven/com.google.guava/guava@33.0.0-jre",
+    ] {
+        assert!(p.contains(&want), "{want} missing from {p:#?}");
+    }
+    for absent in [
+        "removed-pkg",
+        "not-this",
+        "not-a-package",
+        "gpg-pubkey",
+        "v0.3.0",
+    ] {
+        assert!(!p.iter().any(|x| x.contains(absent)), "{absent} in {p:#?}");
+    }
+    assert_eq!(s.distro, Some(("debian".into(), "12".into())));
+    let doc = spdx_document(
+        &Subject {
+            name: "app".into(),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+        },
+        &[&s],
+        "2023-11-14T22:13:20Z",
+        "rbuild-test",
+    );
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    // root + every package, each CONTAINed by the root, the root DESCRIBED
+    let n = s.packages.len();
+    assert_eq!(doc["packages"].as_array().unwrap().len(), n + 1);
+    assert_eq!(doc["relationships"].as_array().unwrap().len(), n + 1);
+    let ids: BTreeSet<&str> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["SPDXID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), n + 1, "SPDX ids are unique");
+    assert!(ids.iter().all(|i| i
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')));
+    // same input, same document
+    let again = spdx_document(
+        &Subject {
+            name: "app".into(),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+        },
+        &[&scan_dir(&fixture(), &Limits::default())],
+        "2023-11-14T22:13:20Z",
+        "rbuild-test",
+    );
+    assert_eq!(doc, again);
+}
+
+/// A tar layer from `(path, data, mode)` entries.
+fn layer(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, d, mode) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(d.len() as u64);
+        h.set_mode(*mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, p, *d).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn image(store: &DirStore, layers: &[Vec<u8>]) -> Descriptor {
+    let mut ds = Vec::new();
+    for l in layers {
+        let (d, s) = store.put_blob(l).unwrap();
+        ds.push(Descriptor::new(mt::OCI_LAYER_TAR, d, s));
+    }
+    let (cd, cs) = store.put_blob(b"{}").unwrap();
+    let m = Manifest {
+        schema_version: 2,
+        media_type: Some(mt::OCI_MANIFEST.into()),
+        config: Descriptor::new(mt::OCI_CONFIG, cd, cs),
+        layers: ds,
+        annotations: BTreeMap::new(),
+    };
+    let bytes = crate::types::canonical_json("m", &m).unwrap();
+    let (d, s) = store.put_blob(&bytes).unwrap();
+    Descriptor::new(mt::OCI_MANIFEST, d, s)
+}
+
+const PKG: &[u8] = b"Package: a\nStatus: install ok installed\nVersion: 1\n";
+const PKG2: &[u8] = b"Package: b\nStatus: install ok installed\nVersion: 2\n";
+
+#[test]
+fn upper_layers_win_and_whiteouts_hide() {
+    let t = tempfile::tempdir().unwrap();
+    let store = DirStore::open(t.path()).unwrap();
+    let meta = |n: &str| format!("usr/lib/python3/{n}.dist-info/METADATA");
+    let py = |n: &str| format!("Name: {n}\nVersion: 1.0\n").into_bytes();
+    let (a, b, c) = (meta("a"), meta("b"), meta("c"));
+    let m = image(
+        &store,
+        &[
+            layer(&[
+                ("var/lib/dpkg/status", PKG, 0o644),
+                (&a, &py("a"), 0o644),
+                (&b, &py("b"), 0o644),
+                (&c, &py("c"), 0o644),
+            ]),
+            layer(&[
+                // the status file replaced; a's metadata deleted; the python dir made opaque
+                // (c gone) with b re-added
+                ("var/lib/dpkg/status", PKG2, 0o644),
+                ("usr/lib/python3/a.dist-info/.wh.METADATA", b"", 0o644),
+                ("usr/lib/python3/.wh..wh..opq", b"", 0o644),
+                (&b, &py("b"), 0o644),
+            ]),
+        ],
+    );
+    let s = scan_image(&store, &m, &Limits::default()).unwrap();
+    let names: Vec<&str> = s.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["b", "b"], "{:#?}", s.packages);
+    assert_eq!(s.packages[0].ecosystem, "deb");
+    assert_eq!(s.packages[1].ecosystem, "pypi");
+}
+
+#[test]
+fn layer_directories_give_the_same_packages_as_layer_tars() {
+    // needs root for the whiteout device and the trusted.* xattr (as the store's root mode)
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (whiteout devices); run the tests as root"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let (lower, upper) = (t.path().join("l"), t.path().join("u"));
+    let put = |root: &Path, rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    let meta = |n: &str| format!("usr/lib/python3/{n}.dist-info/METADATA");
+    let py = |n: &str| format!("Name: {n}\nVersion: 1.0\n").into_bytes();
+    put(&lower, "var/lib/dpkg/status", PKG);
+    for n in ["a", "b", "c"] {
+        put(&lower, &meta(n), &py(n));
+    }
+    put(&lower, "usr/lib/node/d/x", b"");
+    put(
+        &lower,
+        "app/node_modules/left/package.json",
+        br#"{"name":"left","version":"1.0.0"}"#,
+    );
+    put(&upper, "var/lib/dpkg/status", PKG2);
+    put(&upper, &meta("b"), &py("b"));
+    // a: whited out; python3/ opaque (c gone); node_modules/left deleted as a directory
+    let wh = |rel: &str| {
+        std::fs::create_dir_all(upper.join(rel).parent().unwrap()).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            upper.join(rel).as_path(),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0),
+            0,
+        )
+        .unwrap();
+    };
+    wh("usr/lib/python3/a.dist-info/METADATA");
+    wh("app/node_modules/left");
+    rustix::fs::setxattr(
+        upper.join("usr/lib/python3").as_path(),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let s = scan_layer_dirs(
+        &[lower, upper],
+        "trusted.overlay.opaque",
+        &Limits::default(),
+    );
+    let names: Vec<&str> = s.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["b", "b"], "{:#?}", s.packages);
+}
+
+#[test]
+fn hostile_inputs_are_bounded_and_never_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let store = DirStore::open(t.path()).unwrap();
+    // a 1 GiB zip bomb entry in a jar: inflated at most to the limit
+    let bomb = {
+        use std::io::Write;
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            e.write_all(&zeros).unwrap();
+        }
+        e.finish().unwrap()
+    };
+    let jar = {
+        let name = b"META-INF/maven/g/a/pom.properties";
+        let mut z = Vec::new();
+        z.extend_from_slice(b"PK\x03\x04");
+        z.extend_from_slice(&[20, 0, 0, 0, 8, 0]);
+        z.extend_from_slice(&[0; 8]);
+        z.extend_from_slice(&(bomb.len() as u32).to_le_bytes());
+        z.extend_from_slice(&u32::MAX.to_le_bytes());
+        z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        z.extend_from_slice(&[0, 0]);
+        z.extend_from_slice(name);
+        z.extend_from_slice(&bomb);
+        let cd = z.len();
+        z.extend_from_slice(b"PK\x01\x02");
+        z.extend_from_slice(&[20, 0, 20, 0, 0, 0, 8, 0]);
+        z.extend_from_slice(&[0; 8]);
+        z.extend_from_slice(&(bomb.len() as u32).to_le_bytes());
+        z.extend_from_slice(&u32::MAX.to_le_bytes());
+        z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        z.extend_from_slice(&[0; 12]);
+        z.extend_from_slice(&0u32.to_le_bytes());
+        z.extend_from_slice(name);
+        let cd_len = z.len() - cd;
+        z.extend_from_slice(b"PK\x05\x06");
+        z.extend_from_slice(&[0, 0, 0, 0, 1, 0, 1, 0]);
+        z.extend_from_slice(&(cd_len as u32).to_le_bytes());
+        z.extend_from_slice(&(cd as u32).to_le_bytes());
+        z.extend_from_slice(&[0, 0]);
+        z
+    };
+    let limits = Limits {
+        max_file: 1 << 20,
+        ..Limits::default()
+    };
+    // inflating stops at 1 MiB: no properties, no package, no 64 MiB buffer
+    assert!(java::parse_jar(&jar, "/x.jar", limits.max_file).is_empty());
+    // malformed ELF headers: section tables pointing anywhere, truncated files
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(64, 0xff);
+    assert_eq!(elf::section(&elf, ".dep-v0"), None);
+    for n in 0..elf.len() {
+        let _ = elf::section(&elf[..n], ".go.buildinfo");
+        let _ = gobin::parse(&elf[..n], "/x");
+        let _ = rust::parse(&elf[..n], "/x", 1 << 20);
+        let _ = java::parse_jar(&jar[..n.min(jar.len())], "/x", 1 << 20);
+        let _ = rpm::parse_header(&elf[..n], "/x");
+    }
+    // a Go blob whose string length points past the end
+    let mut go = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec();
+    go.extend_from_slice(b"\xff Go buildinf:\x08\x02");
+    go.resize(48, 0);
+    go.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    assert!(gobin::parse(&go, "/x").is_empty());
+    // rpm header claiming huge counts
+    let mut h = 0xffff_ffffu32.to_be_bytes().to_vec();
+    h.extend_from_slice(&[0xff; 16]);
+    assert!(rpm::parse_header(&h, "/x").is_none());
+    // too many entries: the scan stops and says so; a file over the limit is not read
+    let many: Vec<(String, Vec<u8>)> = (0..50).map(|i| (format!("f{i}"), Vec::new())).collect();
+    let entries: Vec<(&str, &[u8], u32)> = many
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice(), 0o644))
+        .collect();
+    let big = vec![b'x'; 2 << 20];
+    let m = image(
+        &store,
+        &[
+            layer(&entries),
+            layer(&[("var/lib/dpkg/status", &big, 0o644)]),
+        ],
+    );
+    let s = scan_image(
+        &store,
+        &m,
+        &Limits {
+            max_entries: 10,
+            ..limits
+        },
+    )
+    .unwrap();
+    assert!(s.packages.is_empty());
+    assert!(
+        s.notes.iter().any(|n| n.contains("over the")),
+        "{:?}",
+        s.notes
+    );
+    assert!(
+        s.notes.iter().any(|n| n.contains("more than 10 files")),
+        "{:?}",
+        s.notes
+    );
+    // a layer of long paths stops at the path budget
+    let s = scan_image(
+        &store,
+        &m,
+        &Limits {
+            max_path_bytes: 40,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        s.notes.iter().any(|n| n.contains("paths longer than 40")),
+        "{:?}",
+        s.notes
+    );
+    // a garbage rpm database is an error note, not a panic
+    assert!(rpm::parse_sqlite(b"not sqlite at all", "/db").is_err());
+}
