@@ -229,10 +229,10 @@ pub struct BuildArgs {
     /// Number of CPUs each RUN step may use (e.g. 1.5; sets the CFS quota)
     #[arg(long = "cpus", value_name = "DECIMAL")]
     pub cpus: Option<f64>,
-    /// Provenance attestation: false (anything else is rejected: not supported yet)
+    /// Provenance attestation: true, false or mode=min|max[,version=v0.2|v1]
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub provenance: Option<String>,
-    /// SBOM attestation: false (anything else is rejected: not supported yet)
+    /// SBOM attestation: true, false or generator=IMAGE
     #[arg(long, value_name = "VALUE", num_args = 0..=1, default_missing_value = "true", value_parser = flags::attest_value)]
     pub sbom: Option<String>,
     /// Attestation: type=provenance[,mode=min|max,version=v0.2|v1] or type=sbom; repeatable
