@@ -316,6 +316,9 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         }
         Fork::Parent(pid) => {
             drop(msg_w);
+            // The step (forked above, so it keeps the original value) is the OOM killer's
+            // victim when it exceeds its memory limit, never this helper in the same cgroup.
+            shield_from_oom_killer();
             let mut stubs: Vec<(String, bool)> = Vec::new();
             let mut copyups: Vec<String> = Vec::new();
             let mut failed = None;
@@ -354,6 +357,26 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
             Ok(with_oom(report, cgroup.as_ref()))
         }
     }
+}
+
+/// The oom_score_adj this process started with (the step gets it back).
+pub(crate) fn original_oom_score_adj() -> i32 {
+    static ORIGINAL: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *ORIGINAL.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// Make this helper (and runc, started after it) the last process of the step's cgroup the OOM
+/// killer picks, as Docker does for containerd-shim: a step over its memory limit must be the
+/// one killed, so that the helper reports "out of memory" instead of vanishing. Best effort:
+/// lowering the value needs CAP_SYS_RESOURCE, which rootless mode does not have.
+pub(crate) fn shield_from_oom_killer() {
+    let _ = original_oom_score_adj();
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-999");
 }
 
 /// Move this (single-threaded) process into the network namespace at `path`.

@@ -289,6 +289,7 @@ fn prepare_and_run(
         .capabilities(capabilities)
         .no_new_privileges(!insecure)
         .rlimits(rlimits(&spec.rlimits)?)
+        .oom_score_adj(crate::helper::original_oom_score_adj())
         .build()
         .map_err(setup)?;
     let mut namespaces: Vec<LinuxNamespace> = Vec::new();
@@ -363,6 +364,9 @@ fn prepare_and_run(
     let state = state_root(std::process::id());
     let log = scratch.base.join("runc.log");
     let id = container_id(std::process::id());
+    // runc inherits the helper's shield; the container gets the original value back
+    // (`process.oomScoreAdj`), so a step over its memory limit is the one killed.
+    crate::helper::shield_from_oom_killer();
     let mut cmd = Command::new(runc);
     cmd.arg("--root")
         .arg(&state)

@@ -290,6 +290,26 @@ fn hostname_and_hosts() {
     assert!(out.stdout.contains("nameserver"), "{}", out.stdout);
 }
 
+/// The helper shields itself from the OOM killer (so a step over its memory limit is the one
+/// killed); the step must get the caller's oom_score_adj back, never the shield's value.
+#[test]
+fn steps_keep_the_callers_oom_score_adj() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new(true);
+    let mine = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    let mut spec = fx.spec("cat /proc/self/oom_score_adj; sh -c 'cat /proc/self/oom_score_adj'");
+    spec.resources.memory = Some(256 << 20);
+    for spec in [fx.spec("cat /proc/self/oom_score_adj"), spec] {
+        let out = run(&spec);
+        assert!(out.status.success(), "{}", out.stderr);
+        for line in out.stdout.lines() {
+            assert_eq!(line.trim(), mine.trim(), "{}", out.stdout);
+        }
+    }
+}
+
 #[test]
 fn rlimits_shm_size_and_memory_limit_apply_to_the_step() {
     if !is_root() {
