@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse_from(argv);
     // A panic is a bug in rbuild: the hook printed it; exit with the bug status.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    signals::exit_if_signalled();
     match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) if e.is::<outputs::StdoutClosed>() => ExitCode::from(BROKEN_PIPE_STATUS),

@@ -11,11 +11,19 @@
 //! uncommitted snapshots.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Set by the handler before it cancels anything: a failure the cancellation causes is seen
+/// after it.
+static RECEIVED: AtomicBool = AtomicBool::new(false);
+/// Held by the handler while it stops the build; it exits the process holding it.
+static HANDLING: Mutex<()> = Mutex::new(());
 
 /// Install the handler for this build (once per process; later calls are ignored).
 pub fn install(cancel: Arc<AtomicBool>, close_progress: impl Fn() + Send + 'static) {
     let _ = ctrlc::set_handler(move || {
+        let _handling = HANDLING.lock();
+        RECEIVED.store(true, Ordering::SeqCst);
         cancel.store(true, Ordering::SeqCst);
         close_progress();
         eprintln!("\nbuild cancelled: stopping running steps");
@@ -23,4 +31,13 @@ pub fn install(cancel: Arc<AtomicBool>, close_progress: impl Fn() + Send + 'stat
         rbuild_executor::kill_running_containers();
         std::process::exit(130);
     });
+}
+
+/// When a signal stopped the build, the build's own outcome (a step the cancellation killed,
+/// an error) must not decide the exit status: wait for the handler, which exits with 130.
+pub fn exit_if_signalled() {
+    if RECEIVED.load(Ordering::SeqCst) {
+        let _handling = HANDLING.lock();
+        std::process::exit(130);
+    }
 }
