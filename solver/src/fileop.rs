@@ -360,10 +360,13 @@ impl Ctx<'_> {
                 c.src
             ));
         }
-        let owner = match &c.owner {
+        let explicit_owner = match &c.owner {
             Some(o) => Some(self.owner(o)?),
-            None if from_context => Some((0, 0)),
             None => None,
+        };
+        let owner = match explicit_owner {
+            None if from_context => Some((0, 0)),
+            o => o,
         };
         let user_exclude = if c.exclude.is_empty() {
             None
@@ -423,7 +426,7 @@ impl Ctx<'_> {
                 let kept = rel_in_src.strip_prefix(&pivot).unwrap_or(&rel_in_src);
                 let target = drel.join(kept);
                 if is_dir(&md) {
-                    let dst = self.ensure_dir(&target, owner)?;
+                    let dst = self.ensure_copy_dir(&target, owner, c)?;
                     self.copy_tree(
                         &open_src_dir()?,
                         &dst,
@@ -435,19 +438,19 @@ impl Ctx<'_> {
                     )?;
                 } else {
                     let (parent, name) = split_target(&target)?;
-                    let dst = self.ensure_dir(&parent, owner)?;
+                    let dst = self.ensure_copy_dir(&parent, owner, c)?;
                     self.copy_leaf(m.parent.as_fd(), &m.name, &md, &dst, &name, c, owner)?;
                 }
                 continue;
             }
             if c.attempt_unpack
                 && FileType::from_raw_mode(md.st_mode) == FileType::RegularFile
-                && self.unpack(&m, &shown, &drel, owner)?
+                && self.unpack(&m, &shown, &drel, owner, explicit_owner)?
             {
                 continue;
             }
             if is_dir(&md) && c.dir_copy_contents {
-                let dst = self.ensure_dir(&drel, owner)?;
+                let dst = self.ensure_copy_dir(&drel, owner, c)?;
                 self.copy_tree(
                     &open_src_dir()?,
                     &dst,
@@ -457,6 +460,13 @@ impl Ctx<'_> {
                     exclude,
                     from_context,
                 )?;
+                // The target keeps its owner and mode but takes the source's times (fsutil
+                // restores the timestamp of a directory it did not create). `dst` may be an
+                // O_PATH fd: the times are set through a real open of it.
+                let real =
+                    rustix::fs::openat(&dst, ".", dir_flags() | OFlags::CLOEXEC, Mode::empty())
+                        .map_err(|e| format!("{}: {e}", self.show(&drel)))?;
+                finish_dir(&real, &md)?;
             } else {
                 let name = named
                     .file_name()
@@ -464,14 +474,13 @@ impl Ctx<'_> {
                     .map(|n| n.to_os_string())
                     .unwrap_or_default();
                 let (dst_dir, dst_name) = if dest_is_dir {
-                    (self.ensure_dir(&drel, owner)?, name)
+                    (self.ensure_copy_dir(&drel, owner, c)?, name)
                 } else {
                     let (parent, n) = split_target(&drel)?;
-                    (self.ensure_dir(&parent, owner)?, n)
+                    (self.ensure_copy_dir(&parent, owner, c)?, n)
                 };
                 if is_dir(&md) {
-                    let existed = lstat_at(&dst_dir, &dst_name).is_ok_and(|t| is_dir(&t));
-                    let child = self.copy_dir_entry(&dst_dir, &dst_name, &md, c, owner)?;
+                    let child = self.copy_dir_entry(&dst_dir, &dst_name, &md, c, owner, false)?;
                     self.copy_tree(
                         &open_src_dir()?,
                         &child,
@@ -481,9 +490,7 @@ impl Ctx<'_> {
                         exclude,
                         from_context,
                     )?;
-                    if !existed {
-                        finish_dir(&child, &md)?;
-                    }
+                    finish_dir(&child, &md)?;
                 } else {
                     self.copy_leaf(
                         m.parent.as_fd(),
@@ -503,10 +510,48 @@ impl Ctx<'_> {
     /// The directory `rel` of the destination, created (0755, `owner`) with its missing
     /// parents, symlinks followed inside the destination only.
     fn ensure_dir(&mut self, rel: &Path, owner: Option<(u32, u32)>) -> Result<OwnedFd, String> {
+        self.ensure_dir_mode(rel, owner, None)
+    }
+
+    /// [`Ctx::ensure_dir`] for a copy: with an octal `--chmod`, the directories it creates get
+    /// that mode (less the daemon's 022 umask), as BuildKit's `MkdirAll(dest, mode)` does.
+    fn ensure_copy_dir(
+        &mut self,
+        rel: &Path,
+        owner: Option<(u32, u32)>,
+        c: &CopyAction,
+    ) -> Result<OwnedFd, String> {
+        let mode = match c.mode {
+            Some(Chmod::Octal(m)) => Some(m & 0o777 & !0o022),
+            _ => None,
+        };
+        self.ensure_dir_mode(rel, owner, mode)
+    }
+
+    fn ensure_dir_mode(
+        &mut self,
+        rel: &Path,
+        owner: Option<(u32, u32)>,
+        mode: Option<u32>,
+    ) -> Result<OwnedFd, String> {
+        let mut created: Vec<PathBuf> = Vec::new();
         let r = self
             .dest
-            .ensure(rel, Create::Dir, owner, &mut |_, _| Ok(()))
+            .ensure(rel, Create::Dir, owner, &mut |p, _| {
+                created.push(p.to_path_buf());
+                Ok(())
+            })
             .map_err(|e| format!("creating {}: {e}", self.show(rel)))?;
+        if let Some(mode) = mode.filter(|m| *m != 0o755) {
+            for p in &created {
+                let fd = self
+                    .dest
+                    .open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+                    .map_err(|e| format!("creating {}: {e}", self.show(p)))?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+                    .map_err(|e| format!("chmod {}: {e}", self.show(p)))?;
+            }
+        }
         let fd =
             r.fd.ok_or_else(|| format!("creating {}: missing", self.show(rel)))?;
         if !is_dir(&stat_fd(&fd, rel)?) {
@@ -520,12 +565,14 @@ impl Ctx<'_> {
 
     /// ADD of a local tar (plain or gzip, detected by content): extract into `dest` as a
     /// directory. Returns false when the file is not an archive (it is then copied as is).
+    /// `owner` is for the created `dest`; `chown` (`ADD --chown`) owns every unpacked entry.
     fn unpack(
         &mut self,
         src: &rbuild_fsroot::Resolved,
         shown: &Path,
         dest: &Path,
         owner: Option<(u32, u32)>,
+        chown: Option<(u32, u32)>,
     ) -> Result<bool, String> {
         use rbuild_oci::ArchiveKind;
         let open = || {
@@ -540,7 +587,7 @@ impl Ctx<'_> {
             ArchiveKind::None => Ok(false),
             ArchiveKind::Unsupported("bzip2") => {
                 let dec = bzip2::read::MultiBzDecoder::new(io::BufReader::new(file));
-                self.unpack_stream(dec, shown, dest, owner)
+                self.unpack_stream(dec, shown, dest, owner, chown)
             }
             ArchiveKind::Unsupported("xz") => {
                 // lzma-rs decodes into a writer: stage the inner tar in a temporary file.
@@ -565,7 +612,7 @@ impl Ctx<'_> {
                     Ok(out)
                 })();
                 let _ = fs::remove_file(&tmp);
-                self.unpack_stream(io::BufReader::new(staged?), shown, dest, owner)
+                self.unpack_stream(io::BufReader::new(staged?), shown, dest, owner, chown)
             }
             ArchiveKind::Unsupported(kind) => Err(format!(
                 "ADD {}: unpacking {kind} archives is not supported yet",
@@ -576,8 +623,12 @@ impl Ctx<'_> {
             )),
             ArchiveKind::Tar | ArchiveKind::GzipTar => {
                 self.ensure_dir(dest, owner)?;
-                rbuild_oci::extract_archive(io::BufReader::new(file), &self.dest.host_path(dest))
-                    .map_err(|e| format!("unpacking {}: {e}", shown.display()))?;
+                rbuild_oci::extract_archive(
+                    io::BufReader::new(file),
+                    &self.dest.host_path(dest),
+                    chown,
+                )
+                .map_err(|e| format!("unpacking {}: {e}", shown.display()))?;
                 Ok(true)
             }
         }
@@ -591,6 +642,7 @@ impl Ctx<'_> {
         src: &Path,
         dest: &Path,
         owner: Option<(u32, u32)>,
+        chown: Option<(u32, u32)>,
     ) -> Result<bool, String> {
         let mut head = vec![0u8; 512];
         let mut n = 0;
@@ -606,8 +658,12 @@ impl Ctx<'_> {
             return Ok(false);
         }
         self.ensure_dir(dest, owner)?;
-        rbuild_oci::extract_archive(io::Cursor::new(head).chain(r), &self.dest.host_path(dest))
-            .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
+        rbuild_oci::extract_archive(
+            io::Cursor::new(head).chain(r),
+            &self.dest.host_path(dest),
+            chown,
+        )
+        .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
         Ok(true)
     }
 
@@ -655,7 +711,9 @@ impl Ctx<'_> {
                     continue;
                 }
                 let existed = lstat_at(dst, &name).is_ok_and(|t| is_dir(&t));
-                let child_dst = self.copy_dir_entry(dst, &name, &md, c, owner)?;
+                // Below the top level, an existing directory takes the source's owner, mode
+                // and times (fsutil's overwriteTargetMetadata), unless it is excluded.
+                let child_dst = self.copy_dir_entry(dst, &name, &md, c, owner, !excluded)?;
                 // O_NOFOLLOW: a directory swapped for a symlink since the listing fails here.
                 let child_src = rbuild_fsroot::open_dir_at(src, &name)
                     .map_err(|e| format!("/{}: {e}", child_rel.display()))?;
@@ -676,7 +734,7 @@ impl Ctx<'_> {
                         .map_err(|e| format!("/{}: {e}", child_rel.display()))?;
                     continue;
                 }
-                if !existed {
+                if !existed || !excluded {
                     finish_dir(&child_dst, &md)?;
                 }
             } else if excluded {
@@ -688,8 +746,9 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Make `name` in `dst` a directory (an existing one keeps its owner and mode, like
-    /// BuildKit; anything else there is replaced) and return it open.
+    /// Make `name` in `dst` a directory and return it open. An existing one keeps its owner
+    /// and mode unless `overwrite` (BuildKit: the top-level target keeps them, directories
+    /// below it take the source's); anything else there is replaced.
     fn copy_dir_entry(
         &mut self,
         dst: &OwnedFd,
@@ -697,10 +756,14 @@ impl Ctx<'_> {
         md: &Stat,
         c: &CopyAction,
         owner: Option<(u32, u32)>,
+        overwrite: bool,
     ) -> Result<OwnedFd, String> {
         let fail = |e: io::Error| format!("{}: {e}", Path::new(name).display());
         match lstat_at(dst, name) {
-            Ok(t) if is_dir(&t) => return rbuild_fsroot::open_dir_at(dst, name).map_err(fail),
+            Ok(t) if is_dir(&t) && !overwrite => {
+                return rbuild_fsroot::open_dir_at(dst, name).map_err(fail)
+            }
+            Ok(t) if is_dir(&t) => {}
             Ok(_) => {
                 rbuild_fsroot::remove_all_at(dst, name).map_err(fail)?;
                 rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700))
@@ -940,7 +1003,7 @@ pub(crate) fn copy_local(
         parents: false,
     };
     if is_dir {
-        let child = ctx.copy_dir_entry(&dst_dir, name, &md, &c, None)?;
+        let child = ctx.copy_dir_entry(&dst_dir, name, &md, &c, None, false)?;
         let src = r
             .reopen(dir_flags())
             .map_err(|e| format!("{}: {e}", shown.display()))?;
