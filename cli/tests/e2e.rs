@@ -258,6 +258,27 @@ fn copy_of_a_directory_copies_its_contents_and_wildcards_match_per_segment() {
 }
 
 #[test]
+fn a_socket_in_the_context_arrives_as_an_empty_regular_file() {
+    // BuildKit v0.25 (fsutil stat.go clears the socket bit in the context transfer): the
+    // socket is an empty regular file with the socket's permissions, in COPY and in RUN.
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new("FROM busybox\nCOPY . /c/\nRUN stat -c 'SOCK %F %s %a' /c/sub/s.sock\n");
+    p.file("sub/keep", "k");
+    let sock = p.path().join("sub/s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let r = p.build(&["-t", "sock:1"]).ok();
+    assert!(
+        r.stderr().contains("SOCK regular empty file 0 640"),
+        "{}",
+        r.stderr()
+    );
+    let img = p.unpack("sock:1");
+    assert_eq!(img.read("/c/sub/s.sock"), "");
+    assert_eq!(img.read("/c/sub/keep"), "k");
+}
+
+#[test]
 fn copy_to_a_relative_dest_uses_workdir_and_creates_parents() {
     let p = Project::new(
         "FROM busybox\nWORKDIR /app/deep\nCOPY f.txt rel/f.txt\nCOPY f.txt ./\nRUN pwd > /pwd\n",

@@ -127,6 +127,7 @@ pub(crate) fn apply_actions(
         dest: Root::new(root).map_err(|e| format!("opening the destination: {e}"))?,
         ids: None,
         user_exclude: None,
+        from_context: false,
     };
     for action in &op.actions {
         match action {
@@ -226,6 +227,9 @@ struct Ctx<'a> {
     /// `COPY --exclude` patterns of the copy in progress, with the source-relative path of
     /// the match being copied (patterns match paths below it, or paths from the source root).
     user_exclude: Option<(ExcludeMatcher, PathBuf)>,
+    /// The copy in progress reads the build context: a socket there is an empty regular file
+    /// (BuildKit's context transfer clears the socket bit; fsutil's stat.go).
+    from_context: bool,
 }
 
 /// An entry's `lstat`.
@@ -327,6 +331,7 @@ impl Ctx<'_> {
         exclude: &ExcludeMatcher,
         from_context: bool,
     ) -> Result<(), String> {
+        self.from_context = from_context;
         let wildcard = c.allow_wildcard && has_glob(&c.src);
         // Matches are found without following their last component, so a followed symlink
         // is copied under its own name (BuildKit), then resolved inside the source root.
@@ -806,6 +811,17 @@ impl Ctx<'_> {
         {
             return Ok(());
         }
+        // A context socket arrives as an empty regular file with its permissions (BuildKit).
+        let context_socket = ft == FileType::Socket && self.from_context;
+        if context_socket {
+            let mode = apply_chmod(c.mode.as_ref(), md.st_mode & 0o7777, false)?;
+            rbuild_fsroot::remove_all_at(dst, name).map_err(fail)?;
+            let out = create_new(dst, name).map_err(fail)?;
+            fchown(&out, shown, uid, gid)?;
+            rustix::fs::fchmod(&out, Mode::from_raw_mode(mode)).map_err(|e| fail(e.into()))?;
+            rustix::fs::futimens(&out, &times_of(md)).map_err(|e| fail(e.into()))?;
+            return Ok(());
+        }
         if ft == FileType::RegularFile {
             // The common case (nothing at the target yet) costs two opens and fd calls only;
             // whatever is in the way is removed first otherwise.
@@ -844,7 +860,8 @@ impl Ctx<'_> {
             // SOURCE_DATE_EPOCH when reproducibility is asked.
             return Ok(());
         }
-        // Devices, fifos and sockets are not copied (Docker skips sockets; devices need mknod).
+        // Devices, fifos and stage sockets are not copied (a layer tar cannot hold a socket;
+        // devices need mknod).
         Ok(())
     }
 
@@ -986,6 +1003,7 @@ pub(crate) fn copy_local(
         dest,
         ids: None,
         user_exclude: None,
+        from_context: true,
     };
     let c = CopyAction {
         src_input: 0,
