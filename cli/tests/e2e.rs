@@ -434,6 +434,53 @@ fn sandbox_files_never_land_in_a_layer() {
 }
 
 #[test]
+fn oci_output_with_tar_false_writes_a_layout_directory_skopeo_reads() {
+    // buildx 0.29 / BuildKit v0.25: `tar=false` sends the oci (and docker) exporter's blobs to
+    // a layout directory and names the image in its index.json (replacing the same name).
+    let p = Project::new("FROM busybox\nRUN echo out > /out\n");
+    let build = |tag: &str| {
+        p.build(&[
+            "-t",
+            tag,
+            "--provenance=false",
+            "--output",
+            "type=oci,tar=false,dest=layout",
+        ])
+        .ok();
+    };
+    build("o:1");
+    let dir = p.path().join("layout");
+    assert!(dir.join("oci-layout").is_file() && dir.join("blobs/sha256").is_dir());
+    let index = || -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap()
+    };
+    assert_eq!(index()["manifests"].as_array().unwrap().len(), 1);
+    let name = index()["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = skopeo_inspect("--raw", &format!("{}:{name}", dir.display()));
+    assert_eq!(info["layers"].as_array().unwrap().len(), 2, "{info}");
+    // The same name again: replaced; another name: added beside it.
+    build("o:1");
+    assert_eq!(index()["manifests"].as_array().unwrap().len(), 1);
+    build("o:2");
+    assert_eq!(index()["manifests"].as_array().unwrap().len(), 2);
+    // A file where the directory should be, and stdout, are refused.
+    std::fs::write(p.path().join("file"), "x").unwrap();
+    let r = p
+        .build(&["--output", "type=oci,tar=false,dest=file"])
+        .fails();
+    assert!(r.stderr().contains("is a file"), "{}", r.stderr());
+    let r = p.build(&["--output", "type=oci,tar=false,dest=-"]).fails();
+    assert!(
+        r.stderr().contains("dest cannot be stdout"),
+        "{}",
+        r.stderr()
+    );
+}
+
+#[test]
 fn oci_output_is_read_by_skopeo_and_umoci() {
     let p = Project::new("FROM busybox\nRUN echo out > /out\n");
     // (no provenance: umoci cannot pick the image among an index's entries)
