@@ -279,6 +279,27 @@ fn a_socket_in_the_context_arrives_as_an_empty_regular_file() {
 }
 
 #[test]
+fn copy_parents_pivot_patterns_span_directories_and_key_what_they_copy() {
+    // BuildKit v0.25 (testCopyRelativeParents): before the first `/./` a wildcard source,
+    // after it an include pattern whose `**` spans directories; kept below the destination.
+    let p = Project::new(
+        "FROM busybox\nCOPY --parents src*/./x/**/f.txt /o/\nRUN cat /o/x/a/b/f.txt /o/x/f.txt\n",
+    );
+    p.file("src1/x/a/b/f.txt", "deep1\n")
+        .file("src2/x/f.txt", "top2\n")
+        .file("src2/x/g.txt", "not copied\n");
+    p.build(&["-t", "par:1"]).ok();
+    let img = p.unpack("par:1");
+    assert_eq!(img.read("/o/x/a/b/f.txt"), "deep1\n");
+    assert_eq!(img.read("/o/x/f.txt"), "top2\n");
+    assert!(!img.exists("/o/x/g.txt") && !img.exists("/o/src1"));
+    // A change three levels below the pivot reaches the copy (not a stale cache hit).
+    p.file("src1/x/a/b/f.txt", "deep2\n");
+    let r = p.build(&["-t", "par:2"]).ok();
+    assert!(r.stderr().contains("deep2"), "{}", r.stderr());
+}
+
+#[test]
 fn copy_to_a_relative_dest_uses_workdir_and_creates_parents() {
     let p = Project::new(
         "FROM busybox\nWORKDIR /app/deep\nCOPY f.txt rel/f.txt\nCOPY f.txt ./\nRUN pwd > /pwd\n",

@@ -332,12 +332,25 @@ impl Ctx<'_> {
         from_context: bool,
     ) -> Result<(), String> {
         self.from_context = from_context;
-        let wildcard = c.allow_wildcard && has_glob(&c.src);
+        // `--parents` with a `/./` pivot (BuildKit's dispatchCopy): the part before the first
+        // pivot is the source (wildcards allowed, each match a directory copied), the part
+        // after it an include pattern (`**` spans directories) whose matches keep their path
+        // below the destination. Nothing matching the pattern copies nothing.
+        let pivot = c
+            .src
+            .split_once("/./")
+            .filter(|_| c.parents)
+            .map(|(before, after)| (before.to_string(), after.to_string()));
+        let src_path = match &pivot {
+            Some((before, _)) => before.clone(),
+            None => c.src.clone(),
+        };
+        let wildcard = c.allow_wildcard && has_glob(&src_path);
         // Matches are found without following their last component, so a followed symlink
         // is copied under its own name (BuildKit), then resolved inside the source root.
         let sel = Selector {
-            path: c.src.clone(),
-            follow_symlinks: false,
+            path: src_path.clone(),
+            follow_symlinks: pivot.is_some(),
             allow_wildcard: c.allow_wildcard,
         };
         let src_root = &fs::canonicalize(src_root)
@@ -361,8 +374,7 @@ impl Ctx<'_> {
                 "source stage"
             };
             return Err(format!(
-                "failed to compute cache key: \"{}\" not found in {what}",
-                c.src
+                "failed to compute cache key: \"{src_path}\" not found in {what}"
             ));
         }
         let explicit_owner = match &c.owner {
@@ -377,12 +389,6 @@ impl Ctx<'_> {
             None
         } else {
             Some(ExcludeMatcher::new(&c.exclude).map_err(|e| format!("--exclude: {e}"))?)
-        };
-        // `--parents`: the part of the source path kept under the destination starts after a
-        // `/./` pivot, or at the source root.
-        let pivot: PathBuf = match c.src.split_once("/./") {
-            Some((before, _)) if c.parents => PathBuf::from(before.trim_start_matches('/')),
-            _ => PathBuf::new(),
         };
         let dest_rel = c.dest.clone();
         // A wildcard with a single match copies to `dest` as named (BuildKit); several
@@ -427,9 +433,31 @@ impl Ctx<'_> {
                 m.reopen(dir_flags())
                     .map_err(|e| format!("{}: {e}", shown.display()))
             };
+            if let Some((_, pattern)) = &pivot {
+                if !is_dir(&md) {
+                    return Err(format!(
+                        "{}: not a directory (the part of a --parents source before /./)",
+                        shown.display()
+                    ));
+                }
+                let include = ExcludeMatcher::new(std::slice::from_ref(pattern))
+                    .map_err(|e| format!("--parents pattern {pattern:?}: {e}"))?;
+                self.copy_included(
+                    &open_src_dir()?,
+                    &rel_in_src,
+                    Path::new(""),
+                    &include,
+                    &drel,
+                    c,
+                    owner,
+                    exclude,
+                    from_context,
+                )?;
+                continue;
+            }
             if c.parents {
-                let kept = rel_in_src.strip_prefix(&pivot).unwrap_or(&rel_in_src);
-                let target = drel.join(kept);
+                // No pivot: the whole source path is kept below the destination.
+                let target = drel.join(&rel_in_src);
                 if is_dir(&md) {
                     let dst = self.ensure_copy_dir(&target, owner, c)?;
                     self.copy_tree(
@@ -507,6 +535,78 @@ impl Ctx<'_> {
                         owner,
                     )?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `--parents` below a pivot: walk the source directory `dir` (at `base` in the source)
+    /// and copy each topmost entry whose path below `base` matches `include` to the same path
+    /// below `dest` (a directory whole, with its contents); directories on the way are walked,
+    /// never followed through symlinks.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_included(
+        &mut self,
+        dir: &OwnedFd,
+        base: &Path,
+        sub: &Path,
+        include: &ExcludeMatcher,
+        dest: &Path,
+        c: &CopyAction,
+        owner: Option<(u32, u32)>,
+        exclude: &ExcludeMatcher,
+        from_context: bool,
+    ) -> Result<(), String> {
+        let shown = Path::new("/").join(base).join(sub);
+        let mut names =
+            rbuild_fsroot::list_dir(dir).map_err(|e| format!("{}: {e}", shown.display()))?;
+        names.sort();
+        for name in names {
+            let below = sub.join(&name);
+            let src_rel = base.join(&below);
+            if from_context && exclude.can_skip_dir(&src_rel.to_string_lossy()) {
+                continue;
+            }
+            let md = match lstat_at(dir, &name) {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("/{}: {e}", src_rel.display())),
+            };
+            let matched = include.is_excluded(&below.to_string_lossy());
+            if !matched && !is_dir(&md) {
+                continue;
+            }
+            if matched && !is_dir(&md) {
+                if from_context && exclude.is_excluded(&src_rel.to_string_lossy()) {
+                    continue;
+                }
+                let target = dest.join(&below);
+                let (parent, tname) = split_target(&target)?;
+                let dst = self.ensure_copy_dir(&parent, owner, c)?;
+                self.copy_leaf(dir.as_fd(), &name, &md, &dst, &tname, c, owner)?;
+                continue;
+            }
+            let child = rbuild_fsroot::open_dir_at(dir, &name)
+                .map_err(|e| format!("/{}: {e}", src_rel.display()))?;
+            if matched {
+                let dst = self.ensure_copy_dir(&dest.join(&below), owner, c)?;
+                self.copy_tree(&child, &dst, &src_rel, c, owner, exclude, from_context)?;
+                let real =
+                    rustix::fs::openat(&dst, ".", dir_flags() | OFlags::CLOEXEC, Mode::empty())
+                        .map_err(|e| format!("{}: {e}", self.show(&dest.join(&below))))?;
+                finish_dir(&real, &md)?;
+            } else {
+                self.copy_included(
+                    &child,
+                    base,
+                    &below,
+                    include,
+                    dest,
+                    c,
+                    owner,
+                    exclude,
+                    from_context,
+                )?;
             }
         }
         Ok(())
