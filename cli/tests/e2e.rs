@@ -293,6 +293,25 @@ fn copy_parents_pivot_patterns_span_directories_and_key_what_they_copy() {
     assert_eq!(img.read("/o/x/a/b/f.txt"), "deep1\n");
     assert_eq!(img.read("/o/x/f.txt"), "top2\n");
     assert!(!img.exists("/o/x/g.txt") && !img.exists("/o/src1"));
+    // Attack: a context symlink to a host directory where the pattern walks is copied as a
+    // link, never followed out of the context.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(host.path().join("x/a")).unwrap();
+    std::fs::write(host.path().join("x/a/passwd"), "host secret\n").unwrap();
+    std::os::unix::fs::symlink(host.path(), p.path().join("src3")).unwrap();
+    std::fs::create_dir_all(p.path().join("src4/x")).unwrap();
+    std::os::unix::fs::symlink("/etc", p.path().join("src4/x/etc")).unwrap();
+    p.file(
+        "Dockerfile",
+        "FROM busybox\nCOPY --parents src*/./x/**/passwd src4/./x/etc/**/hostname /h/\n",
+    );
+    p.build(&["-t", "par:3"]).ok();
+    let img = p.unpack("par:3");
+    assert!(!img.exists("/h/x/a/passwd") && !img.exists("/h/x/etc/hostname"));
+    p.file(
+        "Dockerfile",
+        "FROM busybox\nCOPY --parents src*/./x/**/f.txt /o/\nRUN cat /o/x/a/b/f.txt /o/x/f.txt\n",
+    );
     // A change three levels below the pivot reaches the copy (not a stale cache hit).
     p.file("src1/x/a/b/f.txt", "deep2\n");
     let r = p.build(&["-t", "par:2"]).ok();
@@ -487,6 +506,16 @@ fn oci_output_with_tar_false_writes_a_layout_directory_skopeo_reads() {
     assert_eq!(index()["manifests"].as_array().unwrap().len(), 1);
     build("o:2");
     assert_eq!(index()["manifests"].as_array().unwrap().len(), 2);
+    // Attack: a symlink planted at `blobs` in the destination leading outside it: the
+    // export fails and nothing is written through it.
+    let outside = tempfile::tempdir().unwrap();
+    let planted = p.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::symlink(outside.path(), planted.join("blobs")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("idx"), planted.join("index.json")).unwrap();
+    p.build(&["--output", "type=oci,tar=false,dest=planted"])
+        .fails();
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     // A file where the directory should be, and stdout, are refused.
     std::fs::write(p.path().join("file"), "x").unwrap();
     let r = p

@@ -350,7 +350,7 @@ impl Ctx<'_> {
         // is copied under its own name (BuildKit), then resolved inside the source root.
         let sel = Selector {
             path: src_path.clone(),
-            follow_symlinks: pivot.is_some(),
+            follow_symlinks: false,
             allow_wildcard: c.allow_wildcard,
         };
         let src_root = &fs::canonicalize(src_root)
@@ -409,10 +409,18 @@ impl Ctx<'_> {
             let rel_in_src = named.strip_prefix(src_root).unwrap_or(named).to_path_buf();
             let shown = Path::new("/").join(&rel_in_src);
             // Not following the last component unless asked: a symlink is copied as a link.
-            let m = src
-                .resolve(&rel_in_src, c.follow_symlinks)
-                .map_err(|e| e.to_string())?;
+            let m = match src.resolve(&rel_in_src, c.follow_symlinks) {
+                Ok(m) => m,
+                // See below: a wildcard match before a pivot that leads nowhere is skipped.
+                Err(e) if e.is_not_found() && pivot.is_some() && wildcard => continue,
+                Err(e) => return Err(e.to_string()),
+            };
             let Some(mfd) = &m.fd else {
+                // A wildcard match before a `--parents` pivot that leads nowhere (a dangling
+                // symlink, or one leading out of the source, clamped beneath it) is skipped.
+                if pivot.is_some() && wildcard {
+                    continue;
+                }
                 return Err(format!("{}: no such file or directory", shown.display()));
             };
             let md = stat_fd(mfd, &shown)?;
@@ -434,6 +442,9 @@ impl Ctx<'_> {
                     .map_err(|e| format!("{}: {e}", shown.display()))
             };
             if let Some((_, pattern)) = &pivot {
+                if !is_dir(&md) && wildcard {
+                    continue;
+                }
                 if !is_dir(&md) {
                     return Err(format!(
                         "{}: not a directory (the part of a --parents source before /./)",
