@@ -183,7 +183,7 @@ pub fn is_tar(data: &[u8]) -> bool {
 /// `dir` (`..`, absolute paths and symlinks never lead outside), extension headers bounded,
 /// sparse files written with their holes, unsupported entry kinds refused.
 fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
-    rbuild_oci::extract_archive(data, dir)?;
+    rbuild_oci::extract_archive(data, dir, None)?;
     Ok(())
 }
 

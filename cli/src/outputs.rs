@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `image` | the local store (always); `name=a,b` adds names; `push=true` pushes them |
 //! | `registry` | `image` + `push=true` |
-//! | `oci` / `docker` | OCI layout / docker archive tar at `dest=FILE` or `-` (stdout) |
+//! | `oci` / `docker` | OCI layout / docker archive tar at `dest=FILE` or `-` (stdout); with `tar=false` an OCI layout directory at `dest=DIR` (blobs added, the image named in `index.json`, as buildx) |
 //! | `local` | the final root filesystem as a directory at `dest=DIR` |
 //! | `tar` | the final root filesystem as a tar at `dest=FILE` or `-` |
 //!
@@ -39,6 +39,8 @@ pub struct OutputSpec {
     pub level: Option<i32>,
     pub force: bool,
     pub oci_media_types: bool,
+    /// `tar=false` (`oci`/`docker`): an OCI image layout directory at `dest` instead of a tar.
+    pub tar: bool,
 }
 
 fn parse_bool(spec: &str, k: &str, v: &str) -> Result<bool> {
@@ -77,6 +79,7 @@ pub fn parse(spec: &str) -> Result<OutputSpec> {
         level: None,
         force: false,
         oci_media_types: true,
+        tar: true,
     };
     if !spec.contains('=') {
         if spec.is_empty() {
@@ -109,8 +112,9 @@ pub fn parse(spec: &str) -> Result<OutputSpec> {
             }
             "force-compression" => o.force = parse_bool(spec, k, v)?,
             "oci-mediatypes" => media_types = Some(parse_bool(spec, k, v)?),
+            "tar" => o.tar = parse_bool(spec, k, v)?,
             // accepted for compatibility; rbuild always behaves this way
-            "tar" | "store" | "unpack" | "annotation" | "platform-split" => {}
+            "store" | "unpack" | "annotation" | "platform-split" => {}
             other => bail!(
                 "--output {spec:?}: unknown key {other:?} (supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes)"
             ),
@@ -123,6 +127,12 @@ pub fn parse(spec: &str) -> Result<OutputSpec> {
         "oci" | "docker" | "local" | "tar" => {
             if o.dest.is_empty() {
                 bail!("--output {spec:?}: missing dest=");
+            }
+            // buildx: `tar=false` makes the oci and docker exporters write a directory.
+            if !o.tar && matches!(o.kind.as_str(), "oci" | "docker") && o.dest == "-" {
+                bail!(
+                    "--output {spec:?}: dest cannot be stdout with tar=false (it names a directory)"
+                );
             }
         }
         other => bail!(
@@ -758,6 +768,29 @@ pub fn export(
                 return Ok(Some(d));
             }
         }
+        "oci" | "docker" if !o.tar => {
+            check_local_dest(store.root(), &o.dest)?;
+            let opts = o.convert_opts(annotations);
+            let tmp = TmpTree::new(store, "oci-layout")?;
+            let archive = tmp.path().join("image.tar");
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&archive)
+                .with_context(|| format!("creating {}", archive.display()))?;
+            rbuild_oci::export_archive(
+                store,
+                manifest,
+                &opts,
+                &names,
+                ArchiveFormat::Oci,
+                ArchiveSink::File(&mut f),
+            )?;
+            std::io::Seek::rewind(&mut f)?;
+            write_layout_dir(f, Path::new(&o.dest))
+                .with_context(|| format!("--output type={},dest={}", o.kind, o.dest))?;
+        }
         "oci" | "docker" => {
             let format = if o.kind == "oci" {
                 ArchiveFormat::Oci
@@ -782,6 +815,130 @@ pub fn export(
     }
     Ok(None)
 }
+
+/// Unpack an OCI layout tar (as [`rbuild_oci::export_archive`] writes it) into the layout
+/// directory `dest`, the way BuildKit's client fills a `tar=false` destination: blobs are added
+/// (existing ones kept), `oci-layout` is written and the new manifest entries go into
+/// `index.json`, replacing entries of the same name (an unnamed image is named `latest`).
+/// Everything is created beneath `dest` through `O_NOFOLLOW` fds and renamed into place.
+fn write_layout_dir(archive: impl std::io::Read, dest: &Path) -> Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    match fs::symlink_metadata(dest) {
+        Ok(md) if !md.is_dir() => bail!("destination directory {} is a file", dest.display()),
+        Ok(_) => {}
+        Err(_) => {
+            fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?
+        }
+    }
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let root = rustix::fs::open(dest, dir_flags, Mode::empty())
+        .with_context(|| format!("opening {}", dest.display()))?;
+    let subdir = |parent: &std::os::fd::OwnedFd, name: &str| -> Result<std::os::fd::OwnedFd> {
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => bail!("creating {name} in {}: {e}", dest.display()),
+        }
+        rustix::fs::openat(parent, name, dir_flags, Mode::empty())
+            .with_context(|| format!("opening {name} in {} (not a directory?)", dest.display()))
+    };
+    let blobs = subdir(&root, "blobs")?;
+    let sha = subdir(&blobs, "sha256")?;
+    let put = |dir: &std::os::fd::OwnedFd, name: &str, r: &mut dyn std::io::Read| -> Result<()> {
+        let tmp = format!(".{name}.rbuild-tmp");
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), rustix::fs::AtFlags::empty());
+        let fd = rustix::fs::openat(
+            dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .with_context(|| format!("creating {name} in {}", dest.display()))?;
+        let mut f = fs::File::from(fd);
+        std::io::copy(r, &mut f).with_context(|| format!("writing {name}"))?;
+        f.flush()?;
+        rustix::fs::renameat(dir, tmp.as_str(), dir, name)
+            .with_context(|| format!("renaming {name} in {}", dest.display()))?;
+        Ok(())
+    };
+    let mut new_index: Option<serde_json::Value> = None;
+    let mut ar = tar::Archive::new(archive);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        if let Some(hex) = path.strip_prefix("blobs/sha256/") {
+            if hex.is_empty() {
+                continue;
+            }
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("unexpected blob name {path:?} in the exported layout");
+            }
+            if rustix::fs::statat(&sha, hex, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                put(&sha, hex, &mut entry)?;
+            }
+        } else if path == "index.json" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut buf)?;
+            new_index = Some(serde_json::from_slice(&buf)?);
+        }
+    }
+    let new_index = new_index.ok_or_else(|| anyhow!("the exported layout has no index.json"))?;
+    const REF_NAME: &str = "org.opencontainers.image.ref.name";
+    let mut index = match rustix::fs::openat(
+        &root,
+        "index.json",
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut fs::File::from(fd), &mut buf)?;
+            serde_json::from_slice::<serde_json::Value>(&buf).with_context(|| {
+                format!("{}: not an OCI index", dest.join("index.json").display())
+            })?
+        }
+        Err(rustix::io::Errno::NOENT) => serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [],
+        }),
+        Err(e) => bail!("reading {}: {e}", dest.join("index.json").display()),
+    };
+    let name_of = |m: &serde_json::Value| {
+        (
+            m["annotations"][REF_NAME].as_str().map(String::from),
+            m["annotations"][ANNOTATION_IMAGE_NAME]
+                .as_str()
+                .map(String::from),
+        )
+    };
+    let mut added: Vec<serde_json::Value> = Vec::new();
+    for m in new_index["manifests"].as_array().into_iter().flatten() {
+        let mut m = m.clone();
+        if m["annotations"][REF_NAME].is_null() {
+            if !m["annotations"].is_object() {
+                m["annotations"] = serde_json::json!({});
+            }
+            m["annotations"][REF_NAME] = "latest".into();
+        }
+        added.push(m);
+    }
+    let manifests = index["manifests"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("{}: no manifests list", dest.join("index.json").display()))?;
+    manifests.retain(|old| !added.iter().any(|n| name_of(n) == name_of(old)));
+    manifests.extend(added);
+    let bytes = serde_json::to_vec(&index)?;
+    put(
+        &root,
+        "oci-layout",
+        &mut &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
+    )?;
+    put(&root, "index.json", &mut &bytes[..])?;
+    Ok(())
+}
+
+/// containerd's image-name annotation (BuildKit sets it next to the OCI ref name).
+const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// `--load`: stream a docker archive of the image into `docker load`.
 pub fn load_into_docker(

@@ -258,6 +258,67 @@ fn copy_of_a_directory_copies_its_contents_and_wildcards_match_per_segment() {
 }
 
 #[test]
+fn a_socket_in_the_context_arrives_as_an_empty_regular_file() {
+    // BuildKit v0.25 (fsutil stat.go clears the socket bit in the context transfer): the
+    // socket is an empty regular file with the socket's permissions, in COPY and in RUN.
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new("FROM busybox\nCOPY . /c/\nRUN stat -c 'SOCK %F %s %a' /c/sub/s.sock\n");
+    p.file("sub/keep", "k");
+    let sock = p.path().join("sub/s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let r = p.build(&["-t", "sock:1"]).ok();
+    assert!(
+        r.stderr().contains("SOCK regular empty file 0 640"),
+        "{}",
+        r.stderr()
+    );
+    let img = p.unpack("sock:1");
+    assert_eq!(img.read("/c/sub/s.sock"), "");
+    assert_eq!(img.read("/c/sub/keep"), "k");
+}
+
+#[test]
+fn copy_parents_pivot_patterns_span_directories_and_key_what_they_copy() {
+    // BuildKit v0.25 (testCopyRelativeParents): before the first `/./` a wildcard source,
+    // after it an include pattern whose `**` spans directories; kept below the destination.
+    let p = Project::new(
+        "FROM busybox\nCOPY --parents src*/./x/**/f.txt /o/\nRUN cat /o/x/a/b/f.txt /o/x/f.txt\n",
+    );
+    p.file("src1/x/a/b/f.txt", "deep1\n")
+        .file("src2/x/f.txt", "top2\n")
+        .file("src2/x/g.txt", "not copied\n");
+    p.build(&["-t", "par:1"]).ok();
+    let img = p.unpack("par:1");
+    assert_eq!(img.read("/o/x/a/b/f.txt"), "deep1\n");
+    assert_eq!(img.read("/o/x/f.txt"), "top2\n");
+    assert!(!img.exists("/o/x/g.txt") && !img.exists("/o/src1"));
+    // Attack: a context symlink to a host directory where the pattern walks is copied as a
+    // link, never followed out of the context.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(host.path().join("x/a")).unwrap();
+    std::fs::write(host.path().join("x/a/passwd"), "host secret\n").unwrap();
+    std::os::unix::fs::symlink(host.path(), p.path().join("src3")).unwrap();
+    std::fs::create_dir_all(p.path().join("src4/x")).unwrap();
+    std::os::unix::fs::symlink("/etc", p.path().join("src4/x/etc")).unwrap();
+    p.file(
+        "Dockerfile",
+        "FROM busybox\nCOPY --parents src*/./x/**/passwd src4/./x/etc/**/hostname /h/\n",
+    );
+    p.build(&["-t", "par:3"]).ok();
+    let img = p.unpack("par:3");
+    assert!(!img.exists("/h/x/a/passwd") && !img.exists("/h/x/etc/hostname"));
+    p.file(
+        "Dockerfile",
+        "FROM busybox\nCOPY --parents src*/./x/**/f.txt /o/\nRUN cat /o/x/a/b/f.txt /o/x/f.txt\n",
+    );
+    // A change three levels below the pivot reaches the copy (not a stale cache hit).
+    p.file("src1/x/a/b/f.txt", "deep2\n");
+    let r = p.build(&["-t", "par:2"]).ok();
+    assert!(r.stderr().contains("deep2"), "{}", r.stderr());
+}
+
+#[test]
 fn copy_to_a_relative_dest_uses_workdir_and_creates_parents() {
     let p = Project::new(
         "FROM busybox\nWORKDIR /app/deep\nCOPY f.txt rel/f.txt\nCOPY f.txt ./\nRUN pwd > /pwd\n",
@@ -410,6 +471,63 @@ fn sandbox_files_never_land_in_a_layer() {
     let r = p.unpack("sb:1");
     assert_eq!(r.read("/host"), "buildkitsandbox\n");
     assert!(r.read("/hosts.txt").contains("localhost"));
+}
+
+#[test]
+fn oci_output_with_tar_false_writes_a_layout_directory_skopeo_reads() {
+    // buildx 0.29 / BuildKit v0.25: `tar=false` sends the oci (and docker) exporter's blobs to
+    // a layout directory and names the image in its index.json (replacing the same name).
+    let p = Project::new("FROM busybox\nRUN echo out > /out\n");
+    let build = |tag: &str| {
+        p.build(&[
+            "-t",
+            tag,
+            "--provenance=false",
+            "--output",
+            "type=oci,tar=false,dest=layout",
+        ])
+        .ok();
+    };
+    build("o:1");
+    let dir = p.path().join("layout");
+    assert!(dir.join("oci-layout").is_file() && dir.join("blobs/sha256").is_dir());
+    let index = || -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap()
+    };
+    assert_eq!(index()["manifests"].as_array().unwrap().len(), 1);
+    let name = index()["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = skopeo_inspect("--raw", &format!("{}:{name}", dir.display()));
+    assert_eq!(info["layers"].as_array().unwrap().len(), 2, "{info}");
+    // The same name again: replaced; another name: added beside it.
+    build("o:1");
+    assert_eq!(index()["manifests"].as_array().unwrap().len(), 1);
+    build("o:2");
+    assert_eq!(index()["manifests"].as_array().unwrap().len(), 2);
+    // Attack: a symlink planted at `blobs` in the destination leading outside it: the
+    // export fails and nothing is written through it.
+    let outside = tempfile::tempdir().unwrap();
+    let planted = p.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::symlink(outside.path(), planted.join("blobs")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("idx"), planted.join("index.json")).unwrap();
+    p.build(&["--output", "type=oci,tar=false,dest=planted"])
+        .fails();
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    // A file where the directory should be, and stdout, are refused.
+    std::fs::write(p.path().join("file"), "x").unwrap();
+    let r = p
+        .build(&["--output", "type=oci,tar=false,dest=file"])
+        .fails();
+    assert!(r.stderr().contains("is a file"), "{}", r.stderr());
+    let r = p.build(&["--output", "type=oci,tar=false,dest=-"]).fails();
+    assert!(
+        r.stderr().contains("dest cannot be stdout"),
+        "{}",
+        r.stderr()
+    );
 }
 
 #[test]

@@ -77,6 +77,7 @@ mod tests {
                 proxy_env: vec![format!("HTTP_PROXY={desc}")],
                 run_options: Default::default(),
                 platform: None,
+                hostname: String::new(),
             }),
             inputs: vec![input],
             meta: Meta {
@@ -100,6 +101,20 @@ mod tests {
         let i = image(&mut c);
         let rc = exec(&mut c, i, "echo ho", "first");
         assert_ne!(a.digests().unwrap()[ra.0], c.digests().unwrap()[rc.0]);
+    }
+
+    #[test]
+    fn hostname_is_keyed_only_when_set() {
+        let mut a = Definition::new();
+        let i = image(&mut a);
+        let r = exec(&mut a, i, "uname -n", "");
+        let unset = crate::digest::canonical_json(&a.nodes[r.0].op, "op").unwrap();
+        assert!(!String::from_utf8_lossy(&unset).contains("hostname"));
+        let before = a.digests().unwrap()[r.0].clone();
+        if let Op::Exec(e) = &mut a.nodes[r.0].op {
+            e.hostname = "foo".into();
+        }
+        assert_ne!(a.digests().unwrap()[r.0], before);
     }
 
     #[test]
@@ -141,6 +156,7 @@ mod tests {
             proxy_env: vec![],
             run_options: Default::default(),
             platform: None,
+            hostname: String::new(),
         });
         node.inputs = vec![i];
         assert!(d.push(node).is_err());

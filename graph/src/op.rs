@@ -141,6 +141,11 @@ pub struct ExecOp {
     /// scratch), so two platforms never share a step's result, as BuildKit keys `Op.platform`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// The sandbox hostname (`BUILDKIT_SANDBOX_HOSTNAME`); empty = the build's default
+    /// (`buildkitsandbox`). Part of the key like BuildKit's `Meta.hostname`, omitted from the
+    /// encoding when empty so existing digests are unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
 }
 
 /// Sandbox settings that BuildKit keeps in an exec op's `Meta` (and so in its cache key): extra

@@ -40,7 +40,7 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// Extract a layer blob (gzip, zstd or uncompressed tar; bzip2/xz are refused with a clear
 /// error) into `dest` in overlayfs upper format. See the module docs for the safety rules.
 pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
-    extract_mode(blob, dest, true, None)
+    extract_mode(blob, dest, true, None, None)
 }
 
 /// [`apply_layer`], verifying that the uncompressed stream hashes to `diff_id` (the image
@@ -53,13 +53,19 @@ pub fn apply_layer_verified(
     layer: &str,
     diff_id: &str,
 ) -> Result<(), OciError> {
-    extract_mode(blob, dest, true, Some((layer, diff_id)))
+    extract_mode(blob, dest, true, Some((layer, diff_id)), None)
 }
 
 /// Extract an archive (gzip or uncompressed tar) into `dest` the way `ADD archive.tar.gz /dir`
 /// does: the same safe extraction as [`apply_layer`], but `.wh.*` names are ordinary files.
-pub fn extract_archive(archive: impl Read, dest: &Path) -> Result<(), OciError> {
-    extract_mode(archive, dest, false, None)
+/// With `owner` (`ADD --chown`), every extracted entry gets that uid/gid (BuildKit ≥ v0.23
+/// passes the chown to the untar as `ChownOpts`).
+pub fn extract_archive(
+    archive: impl Read,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), OciError> {
+    extract_mode(archive, dest, false, None, owner)
 }
 
 /// What [`archive_kind`] found at the start of a file.
@@ -182,6 +188,7 @@ fn extract_mode(
     dest: &Path,
     whiteouts: bool,
     expect: Option<(&str, &str)>,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), OciError> {
     let reader = decompress_sniffed(blob, dest)?;
     let root = rbuild_fsroot::Root::new(dest)
@@ -191,6 +198,7 @@ fn extract_mode(
         dest: dest.to_path_buf(),
         dir_times: Vec::new(),
         whiteouts,
+        owner,
     };
     let mut archive = tar::Archive::new(TarGuard::new(crate::digest::HashingReader::new(reader)));
     let entries = archive
@@ -381,6 +389,8 @@ struct Extractor {
     dir_times: Vec<(String, (i64, u32))>,
     /// Interpret `.wh.` entries as overlay whiteouts (layers) or keep them as files (ADD).
     whiteouts: bool,
+    /// `ADD --chown`: every entry gets this owner instead of the archive's.
+    owner: Option<(u32, u32)>,
 }
 
 /// Split an archive path into safe components: leading `/` and `.` are dropped (paths are
@@ -975,6 +985,10 @@ impl Extractor {
                     }
                 }
             }
+        }
+        if let Some((uid, gid)) = self.owner {
+            meta.uid = uid.into();
+            meta.gid = gid.into();
         }
         if is_sparse {
             sparse.map_in_data =

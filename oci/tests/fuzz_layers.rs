@@ -198,7 +198,7 @@ fn layer_applier_survives_mutated_layers() {
         fs::create_dir(&dest).unwrap();
         let r = match n % 3 {
             0 => rbuild_oci::apply_layer(&input[..], &dest),
-            1 => rbuild_oci::extract_archive(&input[..], &dest),
+            1 => rbuild_oci::extract_archive(&input[..], &dest, None),
             _ => rbuild_oci::apply_layer_verified(
                 &input[..],
                 &dest,

@@ -100,7 +100,7 @@ fn attack(name: &str, layer: &[u8]) -> Vec<Result<(), OciError>> {
         let r = if mode == 0 {
             apply_layer(layer, &s.dest)
         } else {
-            extract_archive(layer, &s.dest)
+            extract_archive(layer, &s.dest, None)
         };
         assert_eq!(
             observe(&s.host),
@@ -521,7 +521,7 @@ fn pax_sparse_files_are_extracted_with_their_holes() {
         apply_layer(&layer[..], &s.dest).unwrap();
         check_sparse(&s.dest);
         let s = scene();
-        extract_archive(&layer[..], &s.dest).unwrap();
+        extract_archive(&layer[..], &s.dest, None).unwrap();
         check_sparse(&s.dest);
     }
     // A lying map: chunks beyond the size, or not accounting for the data.
@@ -580,7 +580,7 @@ fn gnu_tar_sparse_archives_pax_extracted_gnu_refused() {
             .unwrap();
         assert!(out.status.success(), "GNU tar {fmt:?}");
         let s = scene();
-        let r = extract_archive(&out.stdout[..], &s.dest);
+        let r = extract_archive(&out.stdout[..], &s.dest, None);
         if ok {
             r.unwrap();
             check_sparse(&s.dest);

@@ -91,6 +91,7 @@ mod tests {
             proxy_env: proxy.iter().map(|s| s.to_string()).collect(),
             run_options: Default::default(),
             platform,
+            hostname: String::new(),
         })
     }
 

@@ -69,7 +69,11 @@ impl Solver {
             env,
             cwd: op.cwd.clone(),
             user: op.user.clone(),
-            hostname: self.cfg.hostname.clone(),
+            hostname: if op.hostname.is_empty() {
+                self.cfg.hostname.clone()
+            } else {
+                op.hostname.clone()
+            },
             network,
             extra_mounts: prepared.extra.clone(),
             extra_hosts: op

@@ -127,6 +127,7 @@ pub(crate) fn apply_actions(
         dest: Root::new(root).map_err(|e| format!("opening the destination: {e}"))?,
         ids: None,
         user_exclude: None,
+        from_context: false,
     };
     for action in &op.actions {
         match action {
@@ -226,6 +227,9 @@ struct Ctx<'a> {
     /// `COPY --exclude` patterns of the copy in progress, with the source-relative path of
     /// the match being copied (patterns match paths below it, or paths from the source root).
     user_exclude: Option<(ExcludeMatcher, PathBuf)>,
+    /// The copy in progress reads the build context: a socket there is an empty regular file
+    /// (BuildKit's context transfer clears the socket bit; fsutil's stat.go).
+    from_context: bool,
 }
 
 /// An entry's `lstat`.
@@ -327,11 +331,25 @@ impl Ctx<'_> {
         exclude: &ExcludeMatcher,
         from_context: bool,
     ) -> Result<(), String> {
-        let wildcard = c.allow_wildcard && has_glob(&c.src);
+        self.from_context = from_context;
+        // `--parents` with a `/./` pivot (BuildKit's dispatchCopy): the part before the first
+        // pivot is the source (wildcards allowed, each match a directory copied), the part
+        // after it an include pattern (`**` spans directories) whose matches keep their path
+        // below the destination. Nothing matching the pattern copies nothing.
+        let pivot = c
+            .src
+            .split_once("/./")
+            .filter(|_| c.parents)
+            .map(|(before, after)| (before.to_string(), after.to_string()));
+        let src_path = match &pivot {
+            Some((before, _)) => before.clone(),
+            None => c.src.clone(),
+        };
+        let wildcard = c.allow_wildcard && has_glob(&src_path);
         // Matches are found without following their last component, so a followed symlink
         // is copied under its own name (BuildKit), then resolved inside the source root.
         let sel = Selector {
-            path: c.src.clone(),
+            path: src_path.clone(),
             follow_symlinks: false,
             allow_wildcard: c.allow_wildcard,
         };
@@ -356,25 +374,21 @@ impl Ctx<'_> {
                 "source stage"
             };
             return Err(format!(
-                "failed to compute cache key: \"{}\" not found in {what}",
-                c.src
+                "failed to compute cache key: \"{src_path}\" not found in {what}"
             ));
         }
-        let owner = match &c.owner {
+        let explicit_owner = match &c.owner {
             Some(o) => Some(self.owner(o)?),
-            None if from_context => Some((0, 0)),
             None => None,
+        };
+        let owner = match explicit_owner {
+            None if from_context => Some((0, 0)),
+            o => o,
         };
         let user_exclude = if c.exclude.is_empty() {
             None
         } else {
             Some(ExcludeMatcher::new(&c.exclude).map_err(|e| format!("--exclude: {e}"))?)
-        };
-        // `--parents`: the part of the source path kept under the destination starts after a
-        // `/./` pivot, or at the source root.
-        let pivot: PathBuf = match c.src.split_once("/./") {
-            Some((before, _)) if c.parents => PathBuf::from(before.trim_start_matches('/')),
-            _ => PathBuf::new(),
         };
         let dest_rel = c.dest.clone();
         // A wildcard with a single match copies to `dest` as named (BuildKit); several
@@ -395,10 +409,18 @@ impl Ctx<'_> {
             let rel_in_src = named.strip_prefix(src_root).unwrap_or(named).to_path_buf();
             let shown = Path::new("/").join(&rel_in_src);
             // Not following the last component unless asked: a symlink is copied as a link.
-            let m = src
-                .resolve(&rel_in_src, c.follow_symlinks)
-                .map_err(|e| e.to_string())?;
+            let m = match src.resolve(&rel_in_src, c.follow_symlinks) {
+                Ok(m) => m,
+                // See below: a wildcard match before a pivot that leads nowhere is skipped.
+                Err(e) if e.is_not_found() && pivot.is_some() && wildcard => continue,
+                Err(e) => return Err(e.to_string()),
+            };
             let Some(mfd) = &m.fd else {
+                // A wildcard match before a `--parents` pivot that leads nowhere (a dangling
+                // symlink, or one leading out of the source, clamped beneath it) is skipped.
+                if pivot.is_some() && wildcard {
+                    continue;
+                }
                 return Err(format!("{}: no such file or directory", shown.display()));
             };
             let md = stat_fd(mfd, &shown)?;
@@ -419,11 +441,36 @@ impl Ctx<'_> {
                 m.reopen(dir_flags())
                     .map_err(|e| format!("{}: {e}", shown.display()))
             };
+            if let Some((_, pattern)) = &pivot {
+                if !is_dir(&md) && wildcard {
+                    continue;
+                }
+                if !is_dir(&md) {
+                    return Err(format!(
+                        "{}: not a directory (the part of a --parents source before /./)",
+                        shown.display()
+                    ));
+                }
+                let include = ExcludeMatcher::new(std::slice::from_ref(pattern))
+                    .map_err(|e| format!("--parents pattern {pattern:?}: {e}"))?;
+                self.copy_included(
+                    &open_src_dir()?,
+                    &rel_in_src,
+                    Path::new(""),
+                    &include,
+                    &drel,
+                    c,
+                    owner,
+                    exclude,
+                    from_context,
+                )?;
+                continue;
+            }
             if c.parents {
-                let kept = rel_in_src.strip_prefix(&pivot).unwrap_or(&rel_in_src);
-                let target = drel.join(kept);
+                // No pivot: the whole source path is kept below the destination.
+                let target = drel.join(&rel_in_src);
                 if is_dir(&md) {
-                    let dst = self.ensure_dir(&target, owner)?;
+                    let dst = self.ensure_copy_dir(&target, owner, c)?;
                     self.copy_tree(
                         &open_src_dir()?,
                         &dst,
@@ -435,19 +482,19 @@ impl Ctx<'_> {
                     )?;
                 } else {
                     let (parent, name) = split_target(&target)?;
-                    let dst = self.ensure_dir(&parent, owner)?;
+                    let dst = self.ensure_copy_dir(&parent, owner, c)?;
                     self.copy_leaf(m.parent.as_fd(), &m.name, &md, &dst, &name, c, owner)?;
                 }
                 continue;
             }
             if c.attempt_unpack
                 && FileType::from_raw_mode(md.st_mode) == FileType::RegularFile
-                && self.unpack(&m, &shown, &drel, owner)?
+                && self.unpack(&m, &shown, &drel, owner, explicit_owner)?
             {
                 continue;
             }
             if is_dir(&md) && c.dir_copy_contents {
-                let dst = self.ensure_dir(&drel, owner)?;
+                let dst = self.ensure_copy_dir(&drel, owner, c)?;
                 self.copy_tree(
                     &open_src_dir()?,
                     &dst,
@@ -457,6 +504,13 @@ impl Ctx<'_> {
                     exclude,
                     from_context,
                 )?;
+                // The target keeps its owner and mode but takes the source's times (fsutil
+                // restores the timestamp of a directory it did not create). `dst` may be an
+                // O_PATH fd: the times are set through a real open of it.
+                let real =
+                    rustix::fs::openat(&dst, ".", dir_flags() | OFlags::CLOEXEC, Mode::empty())
+                        .map_err(|e| format!("{}: {e}", self.show(&drel)))?;
+                finish_dir(&real, &md)?;
             } else {
                 let name = named
                     .file_name()
@@ -464,14 +518,13 @@ impl Ctx<'_> {
                     .map(|n| n.to_os_string())
                     .unwrap_or_default();
                 let (dst_dir, dst_name) = if dest_is_dir {
-                    (self.ensure_dir(&drel, owner)?, name)
+                    (self.ensure_copy_dir(&drel, owner, c)?, name)
                 } else {
                     let (parent, n) = split_target(&drel)?;
-                    (self.ensure_dir(&parent, owner)?, n)
+                    (self.ensure_copy_dir(&parent, owner, c)?, n)
                 };
                 if is_dir(&md) {
-                    let existed = lstat_at(&dst_dir, &dst_name).is_ok_and(|t| is_dir(&t));
-                    let child = self.copy_dir_entry(&dst_dir, &dst_name, &md, c, owner)?;
+                    let child = self.copy_dir_entry(&dst_dir, &dst_name, &md, c, owner, false)?;
                     self.copy_tree(
                         &open_src_dir()?,
                         &child,
@@ -481,9 +534,7 @@ impl Ctx<'_> {
                         exclude,
                         from_context,
                     )?;
-                    if !existed {
-                        finish_dir(&child, &md)?;
-                    }
+                    finish_dir(&child, &md)?;
                 } else {
                     self.copy_leaf(
                         m.parent.as_fd(),
@@ -500,13 +551,123 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// `--parents` below a pivot: walk the source directory `dir` (at `base` in the source)
+    /// and copy each topmost entry whose path below `base` matches `include` to the same path
+    /// below `dest` (a directory whole, with its contents); directories on the way are walked,
+    /// never followed through symlinks.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_included(
+        &mut self,
+        dir: &OwnedFd,
+        base: &Path,
+        sub: &Path,
+        include: &ExcludeMatcher,
+        dest: &Path,
+        c: &CopyAction,
+        owner: Option<(u32, u32)>,
+        exclude: &ExcludeMatcher,
+        from_context: bool,
+    ) -> Result<(), String> {
+        let shown = Path::new("/").join(base).join(sub);
+        let mut names =
+            rbuild_fsroot::list_dir(dir).map_err(|e| format!("{}: {e}", shown.display()))?;
+        names.sort();
+        for name in names {
+            let below = sub.join(&name);
+            let src_rel = base.join(&below);
+            if from_context && exclude.can_skip_dir(&src_rel.to_string_lossy()) {
+                continue;
+            }
+            let md = match lstat_at(dir, &name) {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("/{}: {e}", src_rel.display())),
+            };
+            let matched = include.is_excluded(&below.to_string_lossy());
+            if !matched && !is_dir(&md) {
+                continue;
+            }
+            if matched && !is_dir(&md) {
+                if from_context && exclude.is_excluded(&src_rel.to_string_lossy()) {
+                    continue;
+                }
+                let target = dest.join(&below);
+                let (parent, tname) = split_target(&target)?;
+                let dst = self.ensure_copy_dir(&parent, owner, c)?;
+                self.copy_leaf(dir.as_fd(), &name, &md, &dst, &tname, c, owner)?;
+                continue;
+            }
+            let child = rbuild_fsroot::open_dir_at(dir, &name)
+                .map_err(|e| format!("/{}: {e}", src_rel.display()))?;
+            if matched {
+                let dst = self.ensure_copy_dir(&dest.join(&below), owner, c)?;
+                self.copy_tree(&child, &dst, &src_rel, c, owner, exclude, from_context)?;
+                let real =
+                    rustix::fs::openat(&dst, ".", dir_flags() | OFlags::CLOEXEC, Mode::empty())
+                        .map_err(|e| format!("{}: {e}", self.show(&dest.join(&below))))?;
+                finish_dir(&real, &md)?;
+            } else {
+                self.copy_included(
+                    &child,
+                    base,
+                    &below,
+                    include,
+                    dest,
+                    c,
+                    owner,
+                    exclude,
+                    from_context,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// The directory `rel` of the destination, created (0755, `owner`) with its missing
     /// parents, symlinks followed inside the destination only.
     fn ensure_dir(&mut self, rel: &Path, owner: Option<(u32, u32)>) -> Result<OwnedFd, String> {
+        self.ensure_dir_mode(rel, owner, None)
+    }
+
+    /// [`Ctx::ensure_dir`] for a copy: with an octal `--chmod`, the directories it creates get
+    /// that mode (less the daemon's 022 umask), as BuildKit's `MkdirAll(dest, mode)` does.
+    fn ensure_copy_dir(
+        &mut self,
+        rel: &Path,
+        owner: Option<(u32, u32)>,
+        c: &CopyAction,
+    ) -> Result<OwnedFd, String> {
+        let mode = match c.mode {
+            Some(Chmod::Octal(m)) => Some(m & 0o777 & !0o022),
+            _ => None,
+        };
+        self.ensure_dir_mode(rel, owner, mode)
+    }
+
+    fn ensure_dir_mode(
+        &mut self,
+        rel: &Path,
+        owner: Option<(u32, u32)>,
+        mode: Option<u32>,
+    ) -> Result<OwnedFd, String> {
+        let mut created: Vec<PathBuf> = Vec::new();
         let r = self
             .dest
-            .ensure(rel, Create::Dir, owner, &mut |_, _| Ok(()))
+            .ensure(rel, Create::Dir, owner, &mut |p, _| {
+                created.push(p.to_path_buf());
+                Ok(())
+            })
             .map_err(|e| format!("creating {}: {e}", self.show(rel)))?;
+        if let Some(mode) = mode.filter(|m| *m != 0o755) {
+            for p in &created {
+                let fd = self
+                    .dest
+                    .open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+                    .map_err(|e| format!("creating {}: {e}", self.show(p)))?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+                    .map_err(|e| format!("chmod {}: {e}", self.show(p)))?;
+            }
+        }
         let fd =
             r.fd.ok_or_else(|| format!("creating {}: missing", self.show(rel)))?;
         if !is_dir(&stat_fd(&fd, rel)?) {
@@ -520,12 +681,14 @@ impl Ctx<'_> {
 
     /// ADD of a local tar (plain or gzip, detected by content): extract into `dest` as a
     /// directory. Returns false when the file is not an archive (it is then copied as is).
+    /// `owner` is for the created `dest`; `chown` (`ADD --chown`) owns every unpacked entry.
     fn unpack(
         &mut self,
         src: &rbuild_fsroot::Resolved,
         shown: &Path,
         dest: &Path,
         owner: Option<(u32, u32)>,
+        chown: Option<(u32, u32)>,
     ) -> Result<bool, String> {
         use rbuild_oci::ArchiveKind;
         let open = || {
@@ -540,7 +703,7 @@ impl Ctx<'_> {
             ArchiveKind::None => Ok(false),
             ArchiveKind::Unsupported("bzip2") => {
                 let dec = bzip2::read::MultiBzDecoder::new(io::BufReader::new(file));
-                self.unpack_stream(dec, shown, dest, owner)
+                self.unpack_stream(dec, shown, dest, owner, chown)
             }
             ArchiveKind::Unsupported("xz") => {
                 // lzma-rs decodes into a writer: stage the inner tar in a temporary file.
@@ -565,7 +728,7 @@ impl Ctx<'_> {
                     Ok(out)
                 })();
                 let _ = fs::remove_file(&tmp);
-                self.unpack_stream(io::BufReader::new(staged?), shown, dest, owner)
+                self.unpack_stream(io::BufReader::new(staged?), shown, dest, owner, chown)
             }
             ArchiveKind::Unsupported(kind) => Err(format!(
                 "ADD {}: unpacking {kind} archives is not supported yet",
@@ -576,8 +739,12 @@ impl Ctx<'_> {
             )),
             ArchiveKind::Tar | ArchiveKind::GzipTar => {
                 self.ensure_dir(dest, owner)?;
-                rbuild_oci::extract_archive(io::BufReader::new(file), &self.dest.host_path(dest))
-                    .map_err(|e| format!("unpacking {}: {e}", shown.display()))?;
+                rbuild_oci::extract_archive(
+                    io::BufReader::new(file),
+                    &self.dest.host_path(dest),
+                    chown,
+                )
+                .map_err(|e| format!("unpacking {}: {e}", shown.display()))?;
                 Ok(true)
             }
         }
@@ -591,6 +758,7 @@ impl Ctx<'_> {
         src: &Path,
         dest: &Path,
         owner: Option<(u32, u32)>,
+        chown: Option<(u32, u32)>,
     ) -> Result<bool, String> {
         let mut head = vec![0u8; 512];
         let mut n = 0;
@@ -606,8 +774,12 @@ impl Ctx<'_> {
             return Ok(false);
         }
         self.ensure_dir(dest, owner)?;
-        rbuild_oci::extract_archive(io::Cursor::new(head).chain(r), &self.dest.host_path(dest))
-            .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
+        rbuild_oci::extract_archive(
+            io::Cursor::new(head).chain(r),
+            &self.dest.host_path(dest),
+            chown,
+        )
+        .map_err(|e| format!("unpacking {}: {e}", src.display()))?;
         Ok(true)
     }
 
@@ -655,7 +827,9 @@ impl Ctx<'_> {
                     continue;
                 }
                 let existed = lstat_at(dst, &name).is_ok_and(|t| is_dir(&t));
-                let child_dst = self.copy_dir_entry(dst, &name, &md, c, owner)?;
+                // Below the top level, an existing directory takes the source's owner, mode
+                // and times (fsutil's overwriteTargetMetadata), unless it is excluded.
+                let child_dst = self.copy_dir_entry(dst, &name, &md, c, owner, !excluded)?;
                 // O_NOFOLLOW: a directory swapped for a symlink since the listing fails here.
                 let child_src = rbuild_fsroot::open_dir_at(src, &name)
                     .map_err(|e| format!("/{}: {e}", child_rel.display()))?;
@@ -676,7 +850,7 @@ impl Ctx<'_> {
                         .map_err(|e| format!("/{}: {e}", child_rel.display()))?;
                     continue;
                 }
-                if !existed {
+                if !existed || !excluded {
                     finish_dir(&child_dst, &md)?;
                 }
             } else if excluded {
@@ -688,8 +862,9 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Make `name` in `dst` a directory (an existing one keeps its owner and mode, like
-    /// BuildKit; anything else there is replaced) and return it open.
+    /// Make `name` in `dst` a directory and return it open. An existing one keeps its owner
+    /// and mode unless `overwrite` (BuildKit: the top-level target keeps them, directories
+    /// below it take the source's); anything else there is replaced.
     fn copy_dir_entry(
         &mut self,
         dst: &OwnedFd,
@@ -697,10 +872,14 @@ impl Ctx<'_> {
         md: &Stat,
         c: &CopyAction,
         owner: Option<(u32, u32)>,
+        overwrite: bool,
     ) -> Result<OwnedFd, String> {
         let fail = |e: io::Error| format!("{}: {e}", Path::new(name).display());
         match lstat_at(dst, name) {
-            Ok(t) if is_dir(&t) => return rbuild_fsroot::open_dir_at(dst, name).map_err(fail),
+            Ok(t) if is_dir(&t) && !overwrite => {
+                return rbuild_fsroot::open_dir_at(dst, name).map_err(fail)
+            }
+            Ok(t) if is_dir(&t) => {}
             Ok(_) => {
                 rbuild_fsroot::remove_all_at(dst, name).map_err(fail)?;
                 rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700))
@@ -743,6 +922,17 @@ impl Ctx<'_> {
         {
             return Ok(());
         }
+        // A context socket arrives as an empty regular file with its permissions (BuildKit).
+        let context_socket = ft == FileType::Socket && self.from_context;
+        if context_socket {
+            let mode = apply_chmod(c.mode.as_ref(), md.st_mode & 0o7777, false)?;
+            rbuild_fsroot::remove_all_at(dst, name).map_err(fail)?;
+            let out = create_new(dst, name).map_err(fail)?;
+            fchown(&out, shown, uid, gid)?;
+            rustix::fs::fchmod(&out, Mode::from_raw_mode(mode)).map_err(|e| fail(e.into()))?;
+            rustix::fs::futimens(&out, &times_of(md)).map_err(|e| fail(e.into()))?;
+            return Ok(());
+        }
         if ft == FileType::RegularFile {
             // The common case (nothing at the target yet) costs two opens and fd calls only;
             // whatever is in the way is removed first otherwise.
@@ -781,7 +971,8 @@ impl Ctx<'_> {
             // SOURCE_DATE_EPOCH when reproducibility is asked.
             return Ok(());
         }
-        // Devices, fifos and sockets are not copied (Docker skips sockets; devices need mknod).
+        // Devices, fifos and stage sockets are not copied (a layer tar cannot hold a socket;
+        // devices need mknod).
         Ok(())
     }
 
@@ -923,6 +1114,7 @@ pub(crate) fn copy_local(
         dest,
         ids: None,
         user_exclude: None,
+        from_context: true,
     };
     let c = CopyAction {
         src_input: 0,
@@ -940,7 +1132,7 @@ pub(crate) fn copy_local(
         parents: false,
     };
     if is_dir {
-        let child = ctx.copy_dir_entry(&dst_dir, name, &md, &c, None)?;
+        let child = ctx.copy_dir_entry(&dst_dir, name, &md, &c, None, false)?;
         let src = r
             .reopen(dir_flags())
             .map_err(|e| format!("{}: {e}", shown.display()))?;

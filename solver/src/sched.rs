@@ -552,8 +552,15 @@ impl Solver {
                             for a in &f.actions {
                                 if let FileAction::Copy(c) = a {
                                     if c.src_input == i {
+                                        // `--parents` past a `/./` pivot copies what an
+                                        // include pattern (`**` spans directories) selects
+                                        // below the part before it: that whole part is read.
+                                        let path = match c.src.split_once("/./") {
+                                            Some((before, _)) if c.parents => before.to_string(),
+                                            _ => c.src.clone(),
+                                        };
                                         sels.push(Selector {
-                                            path: c.src.clone(),
+                                            path,
                                             follow_symlinks: c.follow_symlinks,
                                             allow_wildcard: c.allow_wildcard,
                                         });

@@ -209,6 +209,13 @@ impl Lowerer<'_> {
                     architecture: st.config.architecture.clone(),
                     variant: st.config.variant.clone(),
                 }),
+                // BuildKit reads this build arg without an ARG (dockerui's keyHostnameArg).
+                hostname: self
+                    .opts
+                    .build_args
+                    .get("BUILDKIT_SANDBOX_HOSTNAME")
+                    .cloned()
+                    .unwrap_or_default(),
             }),
             inputs,
             meta,
