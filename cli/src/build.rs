@@ -306,7 +306,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
         _ if b.check => return check_only(root, b, &inputs, false),
         _ => {}
     }
-    let progress = Reporter::new(mode);
+    let progress = std::sync::Arc::new(Reporter::new(mode));
     let result = build_image(root, b, &inputs, &progress, &tags, &outputs, &attests);
     progress.finish(&Outcome {
         ok: result.is_ok(),
@@ -366,7 +366,7 @@ fn build_image(
     root: &Path,
     b: &BuildArgs,
     inputs: &Inputs,
-    progress: &Reporter,
+    progress: &std::sync::Arc<Reporter>,
     tags: &[Reference],
     outputs: &[OutputSpec],
     attests: &crate::attest::Opts,
@@ -433,7 +433,7 @@ fn build_image(
     for ((_, def, _), base) in graphs.iter().zip(crate::multiplat::progress_bases(&graphs)) {
         progress.set_graph(base, def);
     }
-    let mut outs = crate::multiplat::solve_all(&solver, &graphs, progress);
+    let mut outs = crate::multiplat::solve_all(&solver, &graphs, progress.as_ref());
     // A failing platform stops the others (the solver's abort flag): its error is the
     // build's, not the other platforms' `Cancelled`.
     if let Some(i) = outs
@@ -568,7 +568,8 @@ fn build_image(
         } else {
             &image.manifest
         };
-        let p = crate::outputs::export(solver.store(), m, tags, o, &annotations, true)?;
+        let transfers = crate::progress::step_transfers(progress, step);
+        let p = crate::outputs::export(solver.store(), m, tags, o, &annotations, true, transfers)?;
         pushed = pushed.or(p);
         progress.step_done(step);
     }
@@ -578,7 +579,15 @@ fn build_image(
             annotations: annotations.manifest.clone(),
             ..Default::default()
         };
-        let p = crate::outputs::push(solver.store(), &attested_or_image, tags, &opts, true)?;
+        let transfers = crate::progress::step_transfers(progress, step);
+        let p = crate::outputs::push(
+            solver.store(),
+            &attested_or_image,
+            tags,
+            &opts,
+            true,
+            transfers,
+        )?;
         pushed = pushed.or(Some(p));
         progress.step_done(step);
     }

@@ -705,6 +705,7 @@ pub fn push(
     names: &[Reference],
     opts: &ConvertOpts,
     quiet: bool,
+    transfers: Option<std::sync::Arc<dyn rbuild_oci::progress::TransferProgress>>,
 ) -> Result<Descriptor> {
     if names.is_empty() {
         bail!("push: the image has no name; give -t NAME or --output type=registry,name=NAME");
@@ -717,7 +718,10 @@ pub fn push(
     } else {
         converted(store, manifest, opts)?
     };
-    let push_opts = rbuild_oci::push::PushOpts::default();
+    let mut push_opts = rbuild_oci::push::PushOpts::default();
+    if let Some(t) = transfers {
+        push_opts.progress = t;
+    }
     for n in names {
         let rep = if index {
             client.push_index(store, &desc, n, &push_opts)
@@ -748,6 +752,7 @@ pub fn export(
     o: &OutputSpec,
     annotations: &Annotations,
     quiet: bool,
+    transfers: Option<std::sync::Arc<dyn rbuild_oci::progress::TransferProgress>>,
 ) -> Result<Option<Descriptor>> {
     let mut names: Vec<Reference> = tags.to_vec();
     for n in &o.names {
@@ -764,7 +769,8 @@ pub fn export(
                 images.tag(n, manifest)?;
             }
             if o.push {
-                let d = push(store, manifest, &names, &o.convert_opts(annotations), quiet)?;
+                let opts = o.convert_opts(annotations);
+                let d = push(store, manifest, &names, &opts, quiet, transfers)?;
                 return Ok(Some(d));
             }
         }

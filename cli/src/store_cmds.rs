@@ -208,8 +208,14 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 ..Default::default()
             };
             if rbuild_oci::index::is_index(&d) {
-                let desc =
-                    crate::outputs::push(&store, &d, std::slice::from_ref(&r), &opts, a.quiet)?;
+                let desc = crate::outputs::push(
+                    &store,
+                    &d,
+                    std::slice::from_ref(&r),
+                    &opts,
+                    a.quiet,
+                    None,
+                )?;
                 println!("{}@{}", r.familiar(), desc.digest);
                 return Ok(ExitCode::SUCCESS);
             }

@@ -904,6 +904,31 @@ fn pulls_and_pushes_show_per_layer_bytes_in_plain_and_rawjson() {
         last["completed"].is_string() && last["name"] == "downloading",
         "{last}"
     );
+    // build --push: the upload's bytes under the build's "pushing image" step
+    let pushed = format!(
+        "{REGISTRY}/rbuild-test/bytes-build-{}:1",
+        std::process::id()
+    );
+    p.file(
+        "Dockerfile",
+        "FROM busybox\nRUN head -c 3000000 /dev/urandom > /big2\n",
+    );
+    let b = ok(p
+        .cmd(&["build", "--progress=plain", "--push", "-t", &pushed, "."])
+        .output()
+        .unwrap());
+    let err = text(&b.stderr);
+    let step = err
+        .lines()
+        .find_map(|l| l.strip_suffix(" pushing image").map(str::to_string))
+        .unwrap_or_else(|| panic!("no pushing step: {err}"));
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&format!("{step} sha256:"))
+                && l.contains("MB / 3MB")
+                && l.ends_with(" done")),
+        "the 3 MB layer's upload bytes under {step}: {err}"
+    );
 }
 
 #[test]

@@ -233,6 +233,43 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// Record a byte-progress update of vertex `v`'s transfer `id`; returns its index.
+    fn transfer(
+        &mut self,
+        v: usize,
+        id: String,
+        action: &'static str,
+        current: u64,
+        total: u64,
+        done: bool,
+    ) -> usize {
+        let list = &mut self.vertices[v].transfers;
+        let i = match list.iter().position(|x| x.id == id && x.action == action) {
+            Some(i) => i,
+            None => {
+                list.push(Transfer {
+                    id,
+                    action,
+                    current: 0,
+                    total,
+                    done: false,
+                    started: Instant::now(),
+                    started_at: SystemTime::now(),
+                    completed_at: None,
+                });
+                list.len() - 1
+            }
+        };
+        let x = &mut list[i];
+        x.current = current;
+        x.total = total;
+        if done && !x.done {
+            x.completed_at = Some(SystemTime::now());
+        }
+        x.done = done;
+        i
+    }
+
     fn new() -> Self {
         Tracker {
             vertices: Vec::new(),
@@ -452,6 +489,21 @@ impl Reporter {
                 ..
             } = g;
             render.change(tracker, &Change::Done(v), out.as_mut());
+        });
+    }
+
+    /// Byte progress of the CLI step `id` (a push after the build).
+    pub fn step_transfer(&self, id: usize, t: &rbuild_oci::progress::Transfer) {
+        self.with(|g| {
+            let Inner {
+                tracker,
+                render,
+                out,
+                ..
+            } = g;
+            let v = tracker.vertex(Key::Cli(id), None);
+            let i = tracker.transfer(v, t.id.clone(), t.action.name(), t.current, t.total, t.done);
+            render.change(tracker, &Change::Transfer { v, i }, out.as_mut());
         });
     }
 
@@ -759,30 +811,7 @@ impl Progress for Reporter {
                     done,
                 } => {
                     let v = tracker.vertex(Key::Graph(vertex), None);
-                    let list = &mut tracker.vertices[v].transfers;
-                    let i = match list.iter().position(|x| x.id == id && x.action == action) {
-                        Some(i) => i,
-                        None => {
-                            list.push(Transfer {
-                                id,
-                                action,
-                                current: 0,
-                                total,
-                                done: false,
-                                started: Instant::now(),
-                                started_at: SystemTime::now(),
-                                completed_at: None,
-                            });
-                            list.len() - 1
-                        }
-                    };
-                    let x = &mut list[i];
-                    x.current = current;
-                    x.total = total;
-                    if done && !x.done {
-                        x.completed_at = Some(SystemTime::now());
-                    }
-                    x.done = done;
+                    let i = tracker.transfer(v, id, action, current, total, done);
                     render.change(tracker, &Change::Transfer { v, i }, out);
                 }
                 Event::Explain { vertex, reason } => {
@@ -878,4 +907,27 @@ mod tests {
         assert_eq!(name_from_message(m), "[s 2/2] COPY a /x");
         assert_eq!(name_from_message("pulling x: y"), "");
     }
+}
+
+/// Byte progress of one CLI step, for the registry client's uploads and downloads.
+pub struct StepTransfers {
+    pub step: usize,
+    pub reporter: std::sync::Arc<Reporter>,
+}
+
+impl rbuild_oci::progress::TransferProgress for StepTransfers {
+    fn transfer(&self, t: &rbuild_oci::progress::Transfer) {
+        self.reporter.step_transfer(self.step, t);
+    }
+}
+
+/// The byte-progress receiver of the CLI step `step` (pushes after a build).
+pub fn step_transfers(
+    reporter: &std::sync::Arc<Reporter>,
+    step: usize,
+) -> Option<std::sync::Arc<dyn rbuild_oci::progress::TransferProgress>> {
+    Some(std::sync::Arc::new(StepTransfers {
+        step,
+        reporter: std::sync::Arc::clone(reporter),
+    }))
 }
