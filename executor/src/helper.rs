@@ -248,6 +248,8 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         .map_err(|e| ExecutorError::InvalidSpec(format!("decode: {e}")))?;
     let netns = match (spec.network, netns) {
         (Network::Isolated, Some(p)) => Some(p),
+        // Chroot isolation: the host's network (`chroot.rs`).
+        (Network::Isolated, None) if runtime == Runtime::Chroot => None,
         (Network::Isolated, None) => {
             return Err(ExecutorError::InvalidSpec(
                 "isolated network without a namespace".into(),
@@ -286,6 +288,11 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         let (report, stubs, copyups) =
             crate::runc::run(&spec, &scratch, &views, binary, netns.as_deref(), parent)?;
         remove_stubs(&spec.rootfs, &stubs, &copyups);
+        drop(scratch);
+        return Ok(with_oom(report, cgroup.as_ref()));
+    }
+    if runtime == Runtime::Chroot {
+        let report = crate::chroot::run(&spec, &scratch)?;
         drop(scratch);
         return Ok(with_oom(report, cgroup.as_ref()));
     }
