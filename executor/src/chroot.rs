@@ -69,9 +69,9 @@ pub(crate) fn run(spec: &ExecSpec, scratch: &Scratch) -> Result<HelperReport, Ex
     if spec.network == Network::None {
         sys::unshare(UnshareFlags::NEWNET).map_err(|e| {
             setup(format!(
-                "network=none: cannot create a network namespace here ({e}); chroot \
-                 isolation shares the host's (container's) network, so a step without \
-                 network cannot run in this environment"
+                "--network=none (or RUN --network=none): chroot isolation cannot create a \
+                 network namespace here ({e}); it shares the host's (container's) network, \
+                 so a step without network cannot run in this environment"
             ))
         })?;
     }
@@ -300,6 +300,13 @@ impl Prepared<'_> {
                 )
             };
             if made.is_ok() {
+                // The helper's umask applied: the nodes are for everyone, like the host's.
+                let _ = rustix::fs::chmodat(
+                    &devfd,
+                    *name,
+                    Mode::from_raw_mode(0o666),
+                    AtFlags::empty(),
+                );
                 self.created.push(dev.rel.join(name));
                 devices.push(self.root.host_path(&dev.rel.join(name)));
             }

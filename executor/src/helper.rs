@@ -33,6 +33,8 @@ pub fn helper_main() -> ! {
     let status = sys::adopt_inherited_fd(STATUS_FD);
     let report = match run_helper() {
         Ok(r) => r,
+        // The parent wraps the message in ExecutorError::Setup again: don't say it twice.
+        Err(ExecutorError::Setup(message)) => HelperReport::SetupFailed { message },
         Err(e) => HelperReport::SetupFailed {
             message: e.to_string(),
         },
