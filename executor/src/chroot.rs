@@ -154,7 +154,10 @@ fn nodev_root(dir: &Path, devices: &[PathBuf]) -> Result<(), ExecutorError> {
             .iter()
             .find(|p| p.file_name() == Some(name.as_ref()));
         if let Some(t) = target {
-            bind(&Path::new("/dev").join(name), t, false)?;
+            let host = Path::new("/dev").join(name);
+            // A mount of its own, not `nodev`: the device works, nodes beside it do not.
+            rustix::mount::mount_bind(&host, t)
+                .map_err(|e| ExecutorError::sys("bind device at", t, e))?;
         }
     }
     Ok(())
