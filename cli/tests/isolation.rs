@@ -262,3 +262,32 @@ fn the_isolation_flag_is_checked() {
     assert_eq!(r.code(), Some(2), "{}", r.stderr());
     assert!(r.stderr().contains("--isolation=chroot"), "{}", r.stderr());
 }
+
+#[test]
+fn a_plain_user_still_gets_the_sandbox_and_can_force_chroot() {
+    let user = common::test_user(common::RANGED_USER);
+    let p = Project::new("FROM busybox\nRUN grep -c ^Pid: /proc/self/status > /seen\n");
+    common::open_up(p.path());
+    user.own(p.store.path());
+    let out = tempfile::tempdir().unwrap();
+    user.own(out.path());
+    let dest = format!("type=local,dest={}", out.path().display());
+    let mut cmd = p.cmd(&["build", "--output", &dest, "."]);
+    cmd.env_remove("RBUILD_ISOLATION");
+    let r = Run {
+        out: user.wrap(&cmd).output().unwrap(),
+    }
+    .ok();
+    // auto: the user-namespace sandbox (with /proc), no fallback warning.
+    assert!(!r.stderr().contains("chroot isolation"), "{}", r.stderr());
+    assert_eq!(fs::read_to_string(out.path().join("seen")).unwrap(), "1\n");
+    // Forced: chroot isolation inside rbuild's user namespace (no /proc there).
+    let p = Project::new("FROM busybox\nRUN echo forced > /f && test ! -e /proc/self\n");
+    common::open_up(p.path());
+    user.own(p.store.path());
+    let cmd = p.cmd(&["build", "--isolation=chroot", "."]);
+    Run {
+        out: user.wrap(&cmd).output().unwrap(),
+    }
+    .ok();
+}
