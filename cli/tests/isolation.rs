@@ -218,7 +218,7 @@ fn chroot_isolation_resists_escapes() {
         "FROM busybox\n\
          RUN rm -f /etc/hosts && ln -s /../../../../../../..{m}/hosts /etc/hosts \
          && ln -s ../../../../../../../..{m}/dev /dev\n\
-         RUN mkdir -p /x && (chroot /x /bin/true 2>/dev/null && echo CHROOT-ALLOWED || true) \
+         RUN (chroot / /bin/true 2>/dev/null && echo CHROOT-ALLOWED || true) \
          && (mknod /sda b 8 0 2>/dev/null && echo MKNOD-ALLOWED || true) \
          && (ls /proc/1/root/ 2>/dev/null && echo PROC-VISIBLE || true) \
          && (cat /sys/kernel/uevent_seqnum 2>/dev/null && echo SYS-VISIBLE || true) \
