@@ -213,7 +213,8 @@ fn chroot_isolation_resists_escapes() {
     let m = marker.display();
     // Symlinks planted where rbuild writes the generated files and device stubs point to the
     // host (resolved inside the root, they must stay inside it); the step then tries the
-    // classic chroot escape, a block device node, the host's /proc and /sys.
+    // classic chroot escape, a block device node, the host's /proc and /sys, and leaves a
+    // process running after it.
     let dockerfile = format!(
         "FROM busybox\n\
          RUN rm -f /etc/hosts && ln -s /../../../../../../..{m}/hosts /etc/hosts \
@@ -222,7 +223,9 @@ fn chroot_isolation_resists_escapes() {
          && (mknod /sda b 8 0 2>/dev/null && echo MKNOD-ALLOWED || true) \
          && (ls /proc/1/root/ 2>/dev/null && echo PROC-VISIBLE || true) \
          && (cat /sys/kernel/uevent_seqnum 2>/dev/null && echo SYS-VISIBLE || true) \
-         && echo done\n"
+         && echo done\n\
+         RUN (sleep {sleep} </dev/null >/dev/null 2>&1 &) ; true\n",
+        sleep = 7000 + std::process::id() % 1000
     );
     for restricted in [true, false] {
         let p = Project::new(&dockerfile);
@@ -245,6 +248,17 @@ fn chroot_isolation_resists_escapes() {
                 "{bad} (restricted: {restricted}): {e}"
             );
         }
+        let left = Command::new("pgrep")
+            .args([
+                "-f",
+                &format!("^sleep {}$", 7000 + std::process::id() % 1000),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "a process of the step outlived it (restricted: {restricted})"
+        );
         assert!(
             !marker.exists(),
             "rbuild followed a symlink out of the root to {m} (restricted: {restricted})"

@@ -12,6 +12,8 @@
 //! - `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` are written into the root for the
 //!   step and put back (content and times) afterwards, like every entry created for it;
 //! - no `/proc`, `/sys` or `RUN --mount` (they need mounts);
+//! - processes the step leaves running are killed when it ends (the helper is their
+//!   subreaper), pid namespace or not;
 //! - the capabilities are Docker's default set as far as the container has them, minus
 //!   `CAP_SYS_CHROOT` and `CAP_MKNOD` (a chroot escape, a device node); seccomp,
 //!   `no_new_privs`, closed fds, user, cwd and env as in the sandbox (`sandbox.rs`).
@@ -98,6 +100,11 @@ fn run_child(
     mount_ns: bool,
     devices: &[PathBuf],
 ) -> Result<HelperReport, ExecutorError> {
+    // Processes the step leaves behind (daemons) become the helper's children, and are killed
+    // when the step ends: without a pid namespace nothing else would end them, and they could
+    // signal or trace the next steps.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| ExecutorError::sys("prctl(PR_SET_CHILD_SUBREAPER)", "", e))?;
     let (msg_r, msg_w) =
         pipe_with(PipeFlags::CLOEXEC).map_err(|e| ExecutorError::sys("pipe", "", e))?;
     match sys::fork_single_threaded().map_err(|e| ExecutorError::sys("fork", "", e))? {
@@ -131,11 +138,50 @@ fn run_child(
                     Err(e) => return Err(ExecutorError::sys("waitpid step", "", e)),
                 }
             };
+            kill_leftovers();
             Ok(failed.unwrap_or(HelperReport::Exited(ExitStatus {
                 code: status.exit_status(),
                 signal: status.terminating_signal(),
                 oom_killed: false,
             })))
+        }
+    }
+}
+
+/// Kill and reap every child of this (subreaper) helper left after the step's init ended,
+/// round after round: killing one reparents its own children here.
+fn kill_leftovers() {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    for _ in 0..1000 {
+        let mut left = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(me) {
+                left.extend(rustix::process::Pid::from_raw(pid));
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        // Our children: their pids cannot be reused before they are reaped here.
+        for pid in &left {
+            let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
+        }
+        for pid in left {
+            while let Err(Errno::INTR) = waitpid(Some(pid), WaitOptions::empty()) {}
         }
     }
 }
