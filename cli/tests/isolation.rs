@@ -86,6 +86,8 @@ const DOCKERFILE: &str = "FROM busybox\n\
     COPY a.txt /app/a.txt\n\
     RUN echo built > /app/b.txt && cat /app/a.txt >> /app/b.txt && echo x > /dev/null \
     && cat /etc/hosts > /app/hosts-seen && id -u > /app/uid\n\
+    RUN mkdir /d && echo a > /d/a\n\
+    RUN rm -rf /d && mkdir /d && echo b > /d/b\n\
     RUN echo tester:x:1234:1234::/home/app:/bin/sh >> /etc/passwd \
     && mkdir -p /home/app/work && chown -R 1234 /home/app\n\
     USER tester\n\
@@ -110,6 +112,10 @@ fn check_image(out: &Path) {
     assert_eq!(read("home/app/work/pwd"), "/home/app/work\n");
     assert_eq!(read("home/app/work/env"), "hello\n");
     assert!(read("etc/passwd").contains("tester:x:1234"));
+    // A directory replaced by a step (an opaque directory in the layer, marked with a
+    // user.* xattr where trusted.* needs CAP_SYS_ADMIN).
+    assert_eq!(fs::read_dir(out.join("d")).unwrap().count(), 1);
+    assert_eq!(read("d/b"), "b\n");
     // What the step was given is not in the image: busybox has none of these.
     for gone in ["etc/hosts", "etc/resolv.conf", "etc/hostname", "dev"] {
         assert!(
