@@ -6,7 +6,9 @@
 # Needs root and the test registry (.ci/setup.sh). BENCH_USER=rbuild-test runs rbuild rootless
 # as that user (setpriv; the store is given to it). The steps use rbuild's default network (an
 # isolated namespace with slirp4netns, docs/sandbox.md); BENCH_RBUILD_FLAGS adds flags to every
-# rbuild build (e.g. `--network=host` measures the host network, rbuild's default before).
+# rbuild build (e.g. `--network=host` measures the host network, rbuild's default before;
+# `--isolation=chroot` runs every row in chroot isolation). Two more rows compare the sandbox
+# and chroot isolation on the copy snapshotter (BENCH_CHROOT=0: not measured).
 # Usage: bash bench/sandbox.sh [runs=5] [steps=30]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +56,16 @@ for rt in "${runtimes[@]}"; do
   b=$(median_ms "${AS[@]}" "$RB" build --runtime "$rt" ${BENCH_RBUILD_FLAGS:-} --no-cache -q "$W/base")
   out=$(report "rbuild ($rt)" "$s" "$b"); echo "$out" | head -1; PER[$rt]=$(echo "$out" | tail -1)
 done
+# Chroot isolation (--isolation=chroot, docs/sandbox.md "Reduced isolation"), which always runs
+# on the copy snapshotter, next to the sandbox on the copy snapshotter: the difference is the
+# isolation's own cost. BENCH_CHROOT=0 leaves these rows out.
+if [ "${BENCH_CHROOT:-1}" = 1 ] && "$RB" build --help 2>/dev/null | grep -q -- '--isolation'; then
+  for iso in sandbox chroot; do
+    s=$(median_ms "${AS[@]}" env RBUILD_SNAPSHOTTER=copy "$RB" build --isolation="$iso" ${BENCH_RBUILD_FLAGS:-} --no-cache -q "$W/steps")
+    b=$(median_ms "${AS[@]}" env RBUILD_SNAPSHOTTER=copy "$RB" build --isolation="$iso" ${BENCH_RBUILD_FLAGS:-} --no-cache -q "$W/base")
+    report "rbuild ($iso, copy)" "$s" "$b" | head -1
+  done
+fi
 if /usr/bin/docker info >/dev/null 2>&1; then
   sed -i 's|^FROM busybox|FROM localhost:5000/busybox|' "$W/steps/Dockerfile" "$W/base/Dockerfile"
   export DOCKER_BUILDKIT=1

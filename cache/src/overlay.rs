@@ -1,7 +1,9 @@
 //! The overlayfs xattr names of the store's layer directories, which depend on the mode:
 //! as real root, `trusted.overlay.*`; in a user namespace (rootless mode, where overlayfs is
-//! mounted with `userxattr` and `trusted.*` is out of reach), `user.overlay.*`. A store keeps
-//! the mode it was made in ([`Store::open`](crate::Store::open) refuses the other one).
+//! mounted with `userxattr` and `trusted.*` is out of reach) and as root without
+//! `CAP_SYS_ADMIN` (an unprivileged container, chroot isolation on the copy snapshotter),
+//! `user.overlay.*`. A store keeps the mode it was made in
+//! ([`Store::open`](crate::Store::open) refuses the other one).
 
 use std::sync::OnceLock;
 
@@ -16,9 +18,23 @@ pub fn rootless() -> bool {
     })
 }
 
-/// The store mode name: `rootless` or `root`.
+/// Whether `trusted.*` xattrs are out of reach: [`rootless`], or no `CAP_SYS_ADMIN` (an
+/// unprivileged container). Read once.
+fn user_xattrs() -> bool {
+    static USER: OnceLock<bool> = OnceLock::new();
+    *USER.get_or_init(|| {
+        rootless()
+            || rustix::thread::capabilities(None).is_ok_and(|c| {
+                !c.effective
+                    .contains(rustix::thread::CapabilitySet::SYS_ADMIN)
+            })
+    })
+}
+
+/// The store mode name: `rootless` (`user.overlay.*` xattrs: a user namespace, or root
+/// without `CAP_SYS_ADMIN`) or `root`.
 pub fn mode() -> &'static str {
-    if rootless() {
+    if user_xattrs() {
         "rootless"
     } else {
         "root"
@@ -27,7 +43,7 @@ pub fn mode() -> &'static str {
 
 /// The xattr marking an opaque directory in a layer directory of this mode.
 pub fn opaque_xattr() -> &'static str {
-    if rootless() {
+    if user_xattrs() {
         "user.overlay.opaque"
     } else {
         "trusted.overlay.opaque"

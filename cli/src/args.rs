@@ -261,6 +261,17 @@ pub struct BuildArgs {
         default_value = "builtin"
     )]
     pub runtime: String,
+    /// Isolation of RUN steps: auto (the namespace sandbox; chroot isolation, with a warning,
+    /// where it cannot be set up, e.g. in an unprivileged container), sandbox (fail without
+    /// it) or chroot (reduced isolation: the host's network; see docs/sandbox.md)
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "RBUILD_ISOLATION",
+        default_value = "auto",
+        value_parser = ["auto", "sandbox", "chroot"]
+    )]
+    pub isolation: String,
     /// Build context: a directory, `-` (a Dockerfile or a tar archive on stdin) or a git URL
     /// (`https://host/repo.git#ref:subdir`, `git@host:repo.git`, `file:///path/repo.git`)
     #[arg(value_name = "CONTEXT")]

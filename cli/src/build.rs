@@ -155,10 +155,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         program: exe,
         args: vec![rbuild_executor::HELPER_ARG.to_string()],
     })
-    .with_runtime(
-        rbuild_executor::Runtime::from_name(&b.runtime)
-            .map_err(|e| UsageError(format!("--runtime {}: {e}", b.runtime)))?,
-    );
+    .with_runtime(crate::sandbox_opts::isolation(b)?);
     let (_, mut locals) = crate::context::build_contexts(b)?;
     locals.insert("context".to_string(), context.to_path_buf());
     let cpus = std::thread::available_parallelism()
@@ -376,6 +373,9 @@ fn build_image(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let solver = make_solver(root, b, &inputs.context)?;
+    if let Some(w) = crate::sandbox_opts::isolation_warning(b) {
+        progress.warning(w);
+    }
     // Held until the image is tagged and exported: GC never removes what this build uses.
     let lease = rbuild_solver::gc::lease(solver.store())?;
     crate::signals::install(solver.config().cache.cancel.clone(), progress.canceller());

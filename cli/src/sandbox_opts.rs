@@ -6,6 +6,8 @@
 //! - `--ssh default` (the `SSH_AUTH_SOCK` of rbuild's environment), `--ssh ID=SOCKET`;
 //! - `--allow network.host`, `--allow security.insecure`;
 //! - `--network default|none|host` (`host` grants `network.host`, as buildx does);
+//! - `--isolation auto|sandbox|chroot` ([`isolation`]): the namespace sandbox, or chroot
+//!   isolation where the sandbox cannot be set up (unprivileged containers);
 //! - `--add-host`, `--shm-size`, `--ulimit` ([`run_options`]) and the cgroup limits `--memory`,
 //!   `--cpu-quota`, `--cpu-period`, `--cpus` ([`resources`]).
 
@@ -17,6 +19,7 @@ use rbuild_executor::Resources;
 use rbuild_graph::{ExtraHost, NetworkMode, RunOptions, Ulimit};
 
 use crate::args::BuildArgs;
+use crate::render::{BuildFailed, UsageError};
 use rbuild_solver::{Entitlements, SecretSource};
 
 /// The parsed sandbox flags.
@@ -26,6 +29,54 @@ pub struct SandboxOpts {
     pub ssh: BTreeMap<String, PathBuf>,
     pub entitlements: Entitlements,
     pub network: NetworkMode,
+}
+
+/// The runtime of RUN steps for `--isolation` (`RBUILD_ISOLATION`) and `--runtime`:
+/// `sandbox` requires the namespace sandbox, `chroot` forces chroot isolation, `auto` uses the
+/// sandbox when it can be set up here (a mount namespace can be made) and chroot isolation
+/// otherwise (see [`isolation_warning`]).
+pub fn isolation(b: &BuildArgs) -> Result<rbuild_executor::Runtime> {
+    let named = || {
+        rbuild_executor::Runtime::from_name(&b.runtime)
+            .map_err(|e| UsageError(format!("--runtime {}: {e}", b.runtime)))
+    };
+    Ok(match b.isolation.as_str() {
+        "chroot" => {
+            if !matches!(b.runtime.as_str(), "builtin" | "") {
+                return Err(UsageError(format!(
+                    "--isolation=chroot runs steps itself: it cannot be combined with \
+                     --runtime {}",
+                    b.runtime
+                ))
+                .into());
+            }
+            rbuild_executor::Runtime::Chroot
+        }
+        "sandbox" => {
+            if !rbuild_executor::sandbox_supported() {
+                return Err(BuildFailed(
+                    "--isolation=sandbox: the namespace sandbox cannot be set up here (no \
+                     mount namespace can be created: an unprivileged container without \
+                     CAP_SYS_ADMIN or user namespaces?); use --isolation=chroot or \
+                     --isolation=auto for reduced isolation (docs/sandbox.md)"
+                        .into(),
+                )
+                .into());
+            }
+            named()?
+        }
+        _ if rbuild_executor::sandbox_supported() => named()?,
+        _ => rbuild_executor::Runtime::Chroot,
+    })
+}
+
+/// The one-line warning of `--isolation=auto` when it falls back to chroot isolation.
+pub fn isolation_warning(b: &BuildArgs) -> Option<&'static str> {
+    (b.isolation == "auto" && !rbuild_executor::sandbox_supported()).then_some(
+        "the namespace sandbox cannot be set up here (unprivileged container?): RUN steps use \
+         chroot isolation, with the host's network and weaker isolation (docs/sandbox.md; \
+         --isolation=sandbox refuses this)",
+    )
 }
 
 pub fn parse(

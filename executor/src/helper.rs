@@ -33,6 +33,8 @@ pub fn helper_main() -> ! {
     let status = sys::adopt_inherited_fd(STATUS_FD);
     let report = match run_helper() {
         Ok(r) => r,
+        // The parent wraps the message in ExecutorError::Setup again: don't say it twice.
+        Err(ExecutorError::Setup(message)) => HelperReport::SetupFailed { message },
         Err(e) => HelperReport::SetupFailed {
             message: e.to_string(),
         },
@@ -248,6 +250,8 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         .map_err(|e| ExecutorError::InvalidSpec(format!("decode: {e}")))?;
     let netns = match (spec.network, netns) {
         (Network::Isolated, Some(p)) => Some(p),
+        // Chroot isolation: the host's network (`chroot.rs`).
+        (Network::Isolated, None) if runtime == Runtime::Chroot => None,
         (Network::Isolated, None) => {
             return Err(ExecutorError::InvalidSpec(
                 "isolated network without a namespace".into(),
@@ -286,6 +290,11 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         let (report, stubs, copyups) =
             crate::runc::run(&spec, &scratch, &views, binary, netns.as_deref(), parent)?;
         remove_stubs(&spec.rootfs, &stubs, &copyups);
+        drop(scratch);
+        return Ok(with_oom(report, cgroup.as_ref()));
+    }
+    if runtime == Runtime::Chroot {
+        let report = crate::chroot::run(&spec, &scratch)?;
         drop(scratch);
         return Ok(with_oom(report, cgroup.as_ref()));
     }

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
+mod chroot;
 mod error;
 mod helper;
 mod mounts;
@@ -49,7 +50,9 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ExecutorError;
 pub use helper::helper_main;
-pub use mounts::{opaque_xattr, overlay_supported, with_private_mounts, Mounter};
+pub use mounts::{
+    opaque_xattr, overlay_supported, sandbox_supported, with_private_mounts, Mounter,
+};
 pub use net::NETNS_ARG;
 pub use run::{kill_running_containers, Executor};
 
@@ -250,6 +253,10 @@ pub enum Runtime {
         /// The runc binary.
         binary: PathBuf,
     },
+    /// Reduced isolation for environments where the namespace sandbox cannot be set up
+    /// (unprivileged containers): a chroot into the copy snapshotter's root, with the host's
+    /// network and whichever namespaces can be made (see `chroot.rs`, docs/sandbox.md).
+    Chroot,
 }
 
 impl Runtime {

@@ -398,6 +398,14 @@ pub fn with_private_mounts<T: Send>(
     })
 }
 
+/// Whether the namespace sandbox can be set up here: a mount namespace can be made (probed
+/// once, on a throwaway thread). False in an unprivileged container (no `CAP_SYS_ADMIN`, no
+/// user namespaces), where only [`crate::Runtime::Chroot`] can run steps.
+pub fn sandbox_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| with_private_mounts(|_| ()).is_ok())
+}
+
 /// Whether overlayfs mounts work here (probed once, with a real mount in a
 /// private mount namespace).
 pub fn overlay_supported() -> bool {

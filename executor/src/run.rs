@@ -86,9 +86,12 @@ impl Executor {
         }
         // The default network: a namespace of the pool, back in it when the step is over
         // (thrown away after an insecure step, which could have reconfigured it).
+        // Chroot isolation has no network namespace of its own: the host's network.
         let lease = match spec.network {
-            Network::Isolated => Some(self.net.acquire(&self.helper)?),
-            Network::Host | Network::None => None,
+            Network::Isolated if self.runtime != Runtime::Chroot => {
+                Some(self.net.acquire(&self.helper)?)
+            }
+            _ => None,
         };
         let input = HelperInput {
             spec: spec.clone(),
@@ -146,7 +149,7 @@ impl Executor {
                 crate::runc::sweep_stale_state();
                 Some(RuncGuard::register(binary, child.id()))
             }
-            Runtime::Builtin => None,
+            Runtime::Builtin | Runtime::Chroot => None,
         };
 
         let status_bytes = std::thread::scope(|scope| {

@@ -233,7 +233,61 @@ fn setup(
     if !insecure {
         protect_proc()?;
     }
+    enter_step(spec, profile.as_ref(), crate::net::step_caps(spec.network))
+}
 
+/// Chroot isolation's init (`chroot.rs`): in the forked child, whatever namespaces could be
+/// made already entered; chroot into `root` (no mounts: there may be no mount namespace), then
+/// the same user, cwd, rlimits, capabilities, no_new_privs, fd closing and seccomp as the
+/// sandbox. `CAP_SYS_CHROOT` and `CAP_MKNOD` are not kept: a root process holding the first
+/// could leave the chroot, and a device node it makes could be opened where no `nodev` mount
+/// is possible.
+/// Returns only on failure, with the report to send to the helper.
+pub(crate) fn chroot_init(spec: &ExecSpec, root: &Path, hostname: bool) -> HelperReport {
+    let run = || -> Result<Never, InitError> {
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+            .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", "", e))?;
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        let profile = match spec.security {
+            Security::Sandbox => Some(seccomp::default_profile()?),
+            Security::Insecure => None,
+        };
+        if hostname {
+            rustix::system::sethostname(effective_hostname(spec).as_bytes())
+                .map_err(|e| err("sethostname", "", e))?;
+        }
+        if spec.network == Network::None {
+            sys::loopback_up().map_err(|e| err("bring loopback up", "lo", e))?;
+        }
+        rustix::process::chroot(root).map_err(|e| err("chroot", root, e))?;
+        rustix::process::chdir("/").map_err(|e| err("chdir", "/", e))?;
+        enter_step(
+            spec,
+            profile.as_ref(),
+            crate::net::step_caps(spec.network) - CapabilitySet::SYS_CHROOT - CapabilitySet::MKNOD,
+        )
+    };
+    match run() {
+        Ok(never) => match never {},
+        Err(InitError::Setup(ExecutorError::Setup(message))) => {
+            HelperReport::SetupFailed { message }
+        }
+        Err(InitError::Setup(e)) => HelperReport::SetupFailed {
+            message: e.to_string(),
+        },
+        Err(InitError::Exec { program, message }) => HelperReport::ExecFailed { program, message },
+    }
+}
+
+/// The common end of both inits, inside the step's root: resolve the user, create the working
+/// directory, apply rlimits, drop to `caps` (as far as this process holds them), switch user,
+/// close fds, install seccomp and exec the program.
+fn enter_step(
+    spec: &ExecSpec,
+    profile: Option<&seccomp::Profile>,
+    caps: CapabilitySet,
+) -> Result<Never, InitError> {
+    let insecure = spec.security == Security::Insecure;
     // User.
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
@@ -245,7 +299,7 @@ fn setup(
 
     // Before dropping privileges: raising a hard limit needs CAP_SYS_RESOURCE.
     apply_rlimits(&spec.rlimits)?;
-    drop_privileges(&creds, insecure, spec.network)?;
+    drop_privileges(&creds, insecure, caps)?;
     rustix::process::chdir(cwd).map_err(|e| err("chdir", cwd, e))?;
 
     let program = &spec.args[0];
@@ -279,7 +333,7 @@ fn setup(
     // during setup) is close-on-exec.
     sys::cloexec_from(3).map_err(|e| err("mark fds close-on-exec", "", e))?;
     // Seccomp last (after no_new_privs), so that the setup above is not filtered.
-    if let Some(p) = &profile {
+    if let Some(p) = profile {
         p.install()?;
     }
     let e = cmd.exec();
@@ -620,7 +674,7 @@ fn protect_proc() -> Result<(), ExecutorError> {
 fn drop_privileges(
     creds: &user::Credentials,
     insecure: bool,
-    network: Network,
+    caps: CapabilitySet,
 ) -> Result<(), ExecutorError> {
     use rustix::thread::{
         clear_ambient_capability_set, remove_capability_from_bounding_set, set_capabilities,
@@ -635,14 +689,12 @@ fn drop_privileges(
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
         .min(63);
-    let keep = if insecure {
-        // Everything this process holds (the host's full set when root on the host).
-        rustix::thread::capabilities(None)
-            .map_err(|e| err("capget", "", e))?
-            .permitted
-    } else {
-        crate::net::step_caps(network)
-    };
+    // Everything this process holds (the host's full set when root on the host; less in an
+    // unprivileged container, where no more can be kept).
+    let held = rustix::thread::capabilities(None)
+        .map_err(|e| err("capget", "", e))?
+        .permitted;
+    let keep = if insecure { held } else { caps & held };
     for bit in 0..=last {
         let cap = CapabilitySet::from_bits_retain(1u64 << bit);
         if !keep.contains(cap) {

@@ -189,10 +189,15 @@ impl Drop for WorkRoot {
 }
 
 impl Solver {
+    /// Always with chroot isolation ([`rbuild_executor::Runtime::Chroot`]); otherwise
     /// [`use_copy_snapshotter`] with the probe's answer remembered in the store per kernel
     /// boot (metadata `host`/`overlay`: `<boot id> yes|no`): the probe mounts an overlay, and
     /// unmounting it syncs the whole filesystem, which a build should not pay every time.
     pub(crate) fn copy_mode(&self) -> bool {
+        // Chroot isolation runs steps in a materialized root: no overlayfs.
+        if *self.cfg.executor.runtime() == rbuild_executor::Runtime::Chroot {
+            return true;
+        }
         if let Some(forced) = forced_copy(std::env::var(SNAPSHOTTER_ENV).ok().as_deref()) {
             return forced;
         }

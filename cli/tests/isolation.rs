@@ -1,0 +1,313 @@
+//! `--isolation=auto|sandbox|chroot` through the real CLI: builds run under the restrictions of
+//! an unprivileged container (Docker's default capability set without CAP_SYS_ADMIN, dropped
+//! from the bounding set by `setpriv`, and a seccomp filter — cli/tests/isolation/
+//! unprivileged.c — that makes unshare, setns, the mount calls and clone with namespace flags
+//! fail with EPERM), and chroot isolation forced on this (privileged) host. Images are checked
+//! through `--output type=local`; attacks from the step are checked on the host afterwards.
+//! Needs root, the test registry, cc and setpriv: a missing one fails the test (never skipped).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{require_tools, Project, Run};
+
+/// Docker's default capabilities without NET_RAW (as setpriv names them): no SYS_ADMIN.
+const DOCKER_CAPS: &str = "-all,+chown,+dac_override,+fowner,+fsetid,+kill,+setgid,+setuid,\
+                           +setpcap,+net_bind_service,+sys_chroot,+mknod,+audit_write,+setfcap";
+
+/// The seccomp wrapper, compiled once.
+fn wrapper() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        require_tools(&["cc", "setpriv"]);
+        let dir =
+            std::env::temp_dir().join(format!("rbuild-isolation-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("unprivileged");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/isolation/unprivileged.c");
+        let o = Command::new("cc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "cc -static unprivileged.c (install libc6-dev): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+}
+
+/// `rbuild build ARGS… .` of `p` as in an unprivileged container.
+fn build_unprivileged(p: &Project, args: &[&str]) -> Run {
+    let mut a = vec!["build"];
+    a.extend_from_slice(args);
+    a.push(".");
+    let inner = p.cmd(&a);
+    let mut c = Command::new(wrapper());
+    c.args(["setpriv", "--bounding-set", DOCKER_CAPS, "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(p.path());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.env_remove("RBUILD_ISOLATION");
+    Run {
+        out: c.output().unwrap(),
+    }
+}
+
+/// The restrictions really are those of an unprivileged container: namespaces and mounts fail.
+fn check_restricted() {
+    let o = Command::new(wrapper())
+        .args(["setpriv", "--bounding-set", DOCKER_CAPS, "--", "sh", "-c"])
+        .arg("unshare -m true && echo MOUNT-NS; unshare -U true && echo USER-NS; grep CapEff /proc/self/status")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !out.contains("MOUNT-NS") && !out.contains("USER-NS"),
+        "{out}"
+    );
+    assert!(out.contains("CapEff:\t00000000a80405fb"), "{out}");
+}
+
+const DOCKERFILE: &str = "FROM busybox\n\
+    COPY a.txt /app/a.txt\n\
+    RUN echo built > /app/b.txt && cat /app/a.txt >> /app/b.txt && echo x > /dev/null \
+    && cat /etc/hosts > /app/hosts-seen && id -u > /app/uid\n\
+    RUN mkdir /d && echo a > /d/a\n\
+    RUN rm -rf /d && mkdir /d && echo b > /d/b\n\
+    RUN echo tester:x:1234:1234::/home/app:/bin/sh >> /etc/passwd \
+    && mkdir -p /home/app/work && chown -R 1234 /home/app\n\
+    USER tester\n\
+    ENV GREETING=hello\n\
+    WORKDIR /home/app/work\n\
+    RUN id -u > id && pwd > pwd && echo \"$GREETING\" > env\n";
+
+fn project() -> Project {
+    let p = Project::new(DOCKERFILE);
+    p.file("a.txt", "from the context\n");
+    p
+}
+
+/// The image of [`DOCKERFILE`] (exported to `out`) is right, whichever isolation built it.
+fn check_image(out: &Path) {
+    let read = |p: &str| fs::read_to_string(out.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("app/a.txt"), "from the context\n");
+    assert_eq!(read("app/b.txt"), "built\nfrom the context\n");
+    assert!(read("app/hosts-seen").contains("localhost"));
+    assert_eq!(read("app/uid"), "0\n");
+    assert_eq!(read("home/app/work/id"), "1234\n");
+    assert_eq!(read("home/app/work/pwd"), "/home/app/work\n");
+    assert_eq!(read("home/app/work/env"), "hello\n");
+    assert!(read("etc/passwd").contains("tester:x:1234"));
+    // A directory replaced by a step (an opaque directory in the layer, marked with a
+    // user.* xattr where trusted.* needs CAP_SYS_ADMIN).
+    assert_eq!(fs::read_dir(out.join("d")).unwrap().count(), 1);
+    assert_eq!(read("d/b"), "b\n");
+    // What the step was given is not in the image: busybox has none of these.
+    for gone in ["etc/hosts", "etc/resolv.conf", "etc/hostname", "dev"] {
+        assert!(
+            fs::symlink_metadata(out.join(gone)).is_err(),
+            "{gone} leaked into the image"
+        );
+    }
+}
+
+#[test]
+fn auto_falls_back_to_chroot_in_an_unprivileged_container() {
+    check_restricted();
+    let p = project();
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().display());
+    let r = build_unprivileged(&p, &["--output", &dest]).ok();
+    let warnings: Vec<_> = r
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("chroot isolation"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning: {}", r.stderr());
+    assert!(
+        warnings[0].contains("WARNING") && warnings[0].contains("host's network"),
+        "{}",
+        warnings[0]
+    );
+    check_image(out.path());
+}
+
+#[test]
+fn sandbox_isolation_fails_clearly_in_an_unprivileged_container() {
+    let p = project();
+    let r = build_unprivileged(&p, &["--isolation=sandbox"]).fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let e = r.stderr();
+    assert!(
+        e.contains("--isolation=sandbox") && e.contains("--isolation=chroot"),
+        "{e}"
+    );
+    assert!(!e.contains("RUN echo"), "nothing ran: {e}");
+}
+
+#[test]
+fn network_none_fails_clearly_without_a_network_namespace() {
+    let p = Project::new("FROM busybox\nRUN --network=none true\n");
+    let r = build_unprivileged(&p, &[]).fails();
+    let e = r.stderr();
+    assert!(
+        e.contains("--network=none") && e.contains("network namespace"),
+        "{e}"
+    );
+    // The same through the flag.
+    let p = Project::new("FROM busybox\nRUN true\n");
+    let e = build_unprivileged(&p, &["--network=none"]).fails().stderr();
+    assert!(e.contains("--network=none"), "{e}");
+}
+
+#[test]
+fn chroot_isolation_on_a_normal_host() {
+    let p = project();
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().display());
+    let r = p.build(&["--isolation=chroot", "--output", &dest]).ok();
+    assert!(
+        !r.stderr().contains("WARNING"),
+        "forced: no warning: {}",
+        r.stderr()
+    );
+    check_image(out.path());
+    // Here a network namespace can be made: network=none works.
+    let p = Project::new("FROM busybox\nRUN --network=none ip link | grep -c mtu\n");
+    let r = p.build(&["--isolation=chroot", "--progress=plain"]).ok();
+    assert!(r.stderr().contains(" 1\n"), "only lo: {}", r.stderr());
+}
+
+#[test]
+fn chroot_isolation_puts_back_generated_files() {
+    // The image has its own /etc/hosts: the step sees the generated one, the image keeps its.
+    // (A RUN writing /etc/hosts would not keep it either, as in Docker: a COPY puts it there.)
+    let p = Project::new(
+        "FROM busybox\nCOPY hosts /etc/hosts\n\
+         RUN grep -c buildkitsandbox /etc/hosts > /seen\n",
+    );
+    p.file("hosts", "10.0.0.1 mine\n");
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().display());
+    build_unprivileged(&p, &["--output", &dest]).ok();
+    assert_eq!(
+        fs::read_to_string(out.path().join("etc/hosts")).unwrap(),
+        "10.0.0.1 mine\n"
+    );
+    assert_eq!(fs::read_to_string(out.path().join("seen")).unwrap(), "1\n");
+}
+
+#[test]
+fn chroot_isolation_resists_escapes() {
+    let marker = std::env::temp_dir().join(format!("rbuild-chroot-escape-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&marker);
+    let m = marker.display();
+    // Symlinks planted where rbuild writes the generated files and device stubs point to the
+    // host (resolved inside the root, they must stay inside it); the step then tries the
+    // classic chroot escape, a block device node, the host's /proc and /sys, and leaves a
+    // process running after it.
+    let dockerfile = format!(
+        "FROM busybox\n\
+         RUN rm -f /etc/hosts && ln -s /../../../../../../..{m}/hosts /etc/hosts \
+         && ln -s ../../../../../../../..{m}/dev /dev\n\
+         RUN (chroot / /bin/true 2>/dev/null && echo CHROOT-ALLOWED || true) \
+         && (mknod /sda b 8 0 2>/dev/null && echo MKNOD-ALLOWED || true) \
+         && (ls /proc/1/root/ 2>/dev/null && echo PROC-VISIBLE || true) \
+         && (cat /sys/kernel/uevent_seqnum 2>/dev/null && echo SYS-VISIBLE || true) \
+         && echo done\n\
+         RUN (sleep {sleep} </dev/null >/dev/null 2>&1 &) ; true\n",
+        sleep = 7000 + std::process::id() % 1000
+    );
+    for restricted in [true, false] {
+        let p = Project::new(&dockerfile);
+        let r = if restricted {
+            build_unprivileged(&p, &["--progress=plain"])
+        } else {
+            p.build(&["--isolation=chroot", "--progress=plain"])
+        }
+        .ok();
+        let e = r.stderr();
+        assert!(e.contains(" done\n"), "{e}");
+        for bad in [
+            "CHROOT-ALLOWED",
+            "MKNOD-ALLOWED",
+            "PROC-VISIBLE",
+            "SYS-VISIBLE",
+        ] {
+            assert!(
+                !e.contains(&format!(" {bad}\n")),
+                "{bad} (restricted: {restricted}): {e}"
+            );
+        }
+        let left = Command::new("pgrep")
+            .args([
+                "-f",
+                &format!("^sleep {}$", 7000 + std::process::id() % 1000),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "a process of the step outlived it (restricted: {restricted})"
+        );
+        assert!(
+            !marker.exists(),
+            "rbuild followed a symlink out of the root to {m} (restricted: {restricted})"
+        );
+    }
+}
+
+#[test]
+fn the_isolation_flag_is_checked() {
+    let p = Project::new("FROM busybox\n");
+    let r = p.build(&["--isolation=jail"]).fails();
+    assert_eq!(r.code(), Some(2), "{}", r.stderr());
+    assert!(r.stderr().contains("--isolation"), "{}", r.stderr());
+    let r = p.build(&["--isolation=chroot", "--runtime=runc"]).fails();
+    assert_eq!(r.code(), Some(2), "{}", r.stderr());
+    assert!(r.stderr().contains("--isolation=chroot"), "{}", r.stderr());
+}
+
+#[test]
+fn a_plain_user_still_gets_the_sandbox_and_can_force_chroot() {
+    let user = common::test_user(common::RANGED_USER);
+    let p = Project::new("FROM busybox\nRUN grep -c ^Pid: /proc/self/status > /seen\n");
+    common::open_up(p.path());
+    user.own(p.store.path());
+    let out = tempfile::tempdir().unwrap();
+    user.own(out.path());
+    let dest = format!("type=local,dest={}", out.path().display());
+    let mut cmd = p.cmd(&["build", "--output", &dest, "."]);
+    cmd.env_remove("RBUILD_ISOLATION");
+    let r = Run {
+        out: user.wrap(&cmd).output().unwrap(),
+    }
+    .ok();
+    // auto: the user-namespace sandbox (with /proc), no fallback warning.
+    assert!(!r.stderr().contains("chroot isolation"), "{}", r.stderr());
+    assert_eq!(fs::read_to_string(out.path().join("seen")).unwrap(), "1\n");
+    // Forced: chroot isolation inside rbuild's user namespace (no /proc there).
+    let p = Project::new("FROM busybox\nRUN echo forced > /f && test ! -e /proc/self\n");
+    common::open_up(p.path());
+    user.own(p.store.path());
+    let cmd = p.cmd(&["build", "--isolation=chroot", "."]);
+    Run {
+        out: user.wrap(&cmd).output().unwrap(),
+    }
+    .ok();
+}
