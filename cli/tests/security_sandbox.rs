@@ -853,19 +853,27 @@ fn a_killed_rootless_build_leaves_no_runc_step_running() {
 fn stale_scratch_dirs_are_swept_safely() {
     let case = Case::new("FROM busybox\nRUN true\n", Rt::Builtin, Who::Root);
     let tmp = case.tmp.path();
-    let mk = |name: &str, lock: bool| -> PathBuf {
+    // `old`: last changed two minutes ago (a directory made in the last minute is never swept:
+    // its helper may not have locked it yet).
+    let mk = |name: &str, lock: bool, old: bool| -> PathBuf {
         let d = tmp.join(name);
         fs::create_dir_all(d.join("root")).unwrap();
         fs::write(d.join("hosts"), "x").unwrap();
         if lock {
             fs::write(d.join("lock"), "").unwrap();
         }
+        if old {
+            let then = std::time::SystemTime::now() - Duration::from_secs(120);
+            fs::File::open(&d).unwrap().set_modified(then).unwrap();
+        }
         d
     };
-    let dead = mk(".rbuild-sandbox-1-1", true);
-    let live = mk(".rbuild-sandbox-2-2", true);
-    let fresh_unlocked = mk(".rbuild-sandbox-3-3", false);
-    let foreign = mk(".rbuild-sandbox-4-4", true);
+    let dead = mk(".rbuild-sandbox-1-1", true, true);
+    let live = mk(".rbuild-sandbox-2-2", true, true);
+    let fresh_unlocked = mk(".rbuild-sandbox-3-3", false, false);
+    let foreign = mk(".rbuild-sandbox-4-4", true, true);
+    let old_unlocked = mk(".rbuild-sandbox-6-6", false, true);
+    let being_made = mk(".rbuild-sandbox-7-7", true, false);
     let u = common::test_user(common::RANGED_USER);
     u.own_tree(&foreign);
     let victim = tempfile::tempdir().unwrap();
@@ -887,6 +895,11 @@ fn stale_scratch_dirs_are_swept_safely() {
         "a live helper's dir was removed"
     );
     assert!(fresh_unlocked.join("hosts").exists());
+    assert!(!old_unlocked.exists(), "an old dir without a lock was kept");
+    assert!(
+        being_made.join("hosts").exists(),
+        "a dir made a moment ago whose lock is not taken yet was removed"
+    );
     assert!(
         foreign.join("hosts").exists(),
         "another user's dir was removed"

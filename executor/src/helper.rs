@@ -160,6 +160,17 @@ pub(crate) fn sweep_stale_scratch() {
             ) else {
                 continue;
             };
+            // A directory made in the last minute is never swept, whatever its lock says: its
+            // helper may be between creating the lock file and locking it (sweeping it then
+            // broke a concurrent build's step).
+            let young = m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < std::time::Duration::from_secs(60));
+            if young {
+                continue;
+            }
             let lock = rustix::fs::openat(
                 &dirfd,
                 "lock",
@@ -168,11 +179,7 @@ pub(crate) fn sweep_stale_scratch() {
             );
             let stale = match &lock {
                 Ok(l) => rustix::fs::flock(l, FlockOperation::NonBlockingLockExclusive).is_ok(),
-                Err(Errno::NOENT) => m
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > std::time::Duration::from_secs(60)),
+                Err(Errno::NOENT) => true,
                 Err(_) => false,
             };
             if stale {
