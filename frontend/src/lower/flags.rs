@@ -120,21 +120,6 @@ pub(crate) fn go_quote_list(items: &[String]) -> String {
     format!("[{}]", q.join(" "))
 }
 
-pub(crate) fn parse_platform(s: &str) -> Option<Platform> {
-    let mut parts = s.split('/');
-    let os = parts.next()?.trim();
-    let arch = parts.next()?.trim();
-    let variant = parts.next().map(str::to_string);
-    if os.is_empty() || arch.is_empty() || parts.next().is_some() {
-        return None;
-    }
-    Some(Platform {
-        os: os.to_string(),
-        architecture: arch.to_string(),
-        variant: variant.filter(|v| !v.is_empty()),
-    })
-}
-
 pub(crate) fn parse_id(s: &str) -> IdSpec {
     match s.parse::<u32>() {
         Ok(n) => IdSpec::Id(n),
