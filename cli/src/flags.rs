@@ -167,28 +167,10 @@ pub fn add_host(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// `--shm-size 64m` (bytes with an optional b/k/m/g unit) → bytes.
+/// `--memory`, `--shm-size 64m`: a size as docker reads one ([`rbuild_frontend::parse_size`]).
 pub fn bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_lowercase();
-    let t = t.strip_suffix('b').filter(|r| !r.is_empty()).unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("expected a size such as 64m or 1g, got {s:?}"))?;
-    if n < 0.0 {
-        return Err(format!("negative size {s:?}"));
-    }
-    let total = n * mult as f64;
-    // `as` saturates: a size past u64 (or NaN/inf) must be an error, never u64::MAX.
-    if !total.is_finite() || total >= u64::MAX as f64 {
-        return Err(format!("size {s:?} is too large"));
-    }
-    Ok(total as u64)
+    rbuild_frontend::parse_size(s)
+        .ok_or_else(|| format!("expected a size such as 64m or 1g, got {s:?}"))
 }
 
 /// `--shm-size`: [`bytes`], at most the host's physical memory (a tmpfs size the kernel cannot
