@@ -23,6 +23,7 @@ pub mod reference;
 pub mod registry;
 pub mod sbom;
 pub mod store;
+pub mod time;
 pub mod types;
 
 pub use compress::Compression;
