@@ -320,7 +320,12 @@ pub fn url_basename(url: &str) -> String {
     }
 }
 
-fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
+/// Run the `git` CLI: rbuild's one git runner (`ADD <git url>`, git build contexts, the
+/// context's commit time). In `dir` when given; never prompts (`GIT_TERMINAL_PROMPT=0`, stdin
+/// null); ignores the system config, the caller's `GIT_DIR`/`GIT_WORK_TREE` and a repository's
+/// `core.fsmonitor` hook (a context's `.git/config` is untrusted and must not run commands).
+/// Returns standard output (untrimmed), or an error naming the command with git's stderr.
+pub fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
@@ -330,13 +335,19 @@ fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
         "protocol.file.allow=always",
         "-c",
         "advice.detachedHead=false",
+        "-c",
+        "core.fsmonitor=false",
+        "--no-pager",
     ])
     .args(args)
     .env("GIT_TERMINAL_PROMPT", "0")
-    .env("GIT_CONFIG_NOSYSTEM", "1");
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running git (is it installed?): {e}"))?;
+    .env("GIT_CONFIG_NOSYSTEM", "1")
+    .env_remove("GIT_DIR")
+    .env_remove("GIT_WORK_TREE")
+    .stdin(std::process::Stdio::null());
+    let out = cmd.output().map_err(|e| {
+        format!("running git (needed for git sources and contexts; install it, e.g. apt-get install git): {e}")
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
