@@ -41,6 +41,7 @@ mod seccomp;
 #[allow(unsafe_code)] // the only module with unsafe code
 mod sys;
 mod user;
+pub use user::{parse_group, parse_passwd, GroupEntry, PasswdEntry};
 pub mod userns;
 
 use std::path::PathBuf;
