@@ -1,4 +1,5 @@
-//! Plain HTTP(S) downloads for `ADD <url>`: one GET streamed into a file while hashing it.
+//! Plain HTTP(S) downloads for `ADD <url>`: one GET streamed into a file while hashing it,
+//! through the registry client's HTTP agent (one client setup: certs.d CAs, retries).
 //!
 //! Returns what the solver needs to name and key the file: the sha256 of the body, its size,
 //! the file name from a `Content-Disposition` header (if any) and the `Last-Modified` time as
@@ -7,11 +8,11 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::OciError;
+use crate::registry::{backoff, RETRIES};
+use crate::{OciError, RegistryClient};
 
 /// What a download produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +36,11 @@ pub enum Fetch {
     Fetched(Fetched),
 }
 
-/// GET `url` (following redirects) into `dest` (created or truncated).
-pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
-    match fetch_if_changed(url, dest, None)? {
+/// GET `url` (following redirects) into `dest` (created or truncated), through `client`'s
+/// agent for the URL's host (system roots plus the host's certs.d CAs, its user agent and
+/// timeouts); connection errors and 5xx answers are retried with the registry's backoff.
+pub fn fetch(client: &RegistryClient, url: &str, dest: &Path) -> Result<Fetched, OciError> {
+    match fetch_if_changed(client, url, dest, None)? {
         Fetch::Fetched(f) => Ok(f),
         Fetch::NotModified => Err(OciError::Fetch {
             url: url.to_string(),
@@ -48,24 +51,35 @@ pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
 
 /// Like [`fetch`], but with `If-None-Match: etag` when an ETag from an earlier download is
 /// given, so an unchanged resource is not transferred again.
-pub fn fetch_if_changed(url: &str, dest: &Path, etag: Option<&str>) -> Result<Fetch, OciError> {
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .user_agent("rbuild")
-        .max_redirects(10)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(120)))
-        .build();
-    let agent = ureq::Agent::new_with_config(config);
+pub fn fetch_if_changed(
+    client: &RegistryClient,
+    url: &str,
+    dest: &Path,
+    etag: Option<&str>,
+) -> Result<Fetch, OciError> {
+    let agent = client.agent_for(host_of(url));
     let fail = |reason: String| OciError::Fetch {
         url: url.to_string(),
         reason,
     };
-    let mut req = agent.get(url);
-    if let Some(e) = etag {
-        req = req.header("If-None-Match", e);
-    }
-    let resp = req.call().map_err(|e| fail(e.to_string()))?;
+    let mut attempt = 0;
+    let resp = loop {
+        attempt += 1;
+        let mut req = agent.get(url);
+        if let Some(e) = etag {
+            req = req.header("If-None-Match", e);
+        }
+        match req.call() {
+            Ok(r) if r.status().as_u16() >= 500 && attempt < RETRIES => backoff(attempt),
+            Err(
+                ureq::Error::Io(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::HostNotFound
+                | ureq::Error::Timeout(_),
+            ) if attempt < RETRIES => backoff(attempt),
+            other => break other.map_err(|e| fail(e.to_string()))?,
+        }
+    };
     let status = resp.status().as_u16();
     if status == 304 && etag.is_some() {
         return Ok(Fetch::NotModified);
@@ -108,6 +122,13 @@ pub fn fetch_if_changed(url: &str, dest: &Path, etag: Option<&str>) -> Result<Fe
         last_modified,
         etag,
     }))
+}
+
+/// The `host[:port]` of a URL (the certs.d directory name), empty when it has none.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
 }
 
 /// The `filename` parameter of a `Content-Disposition` value, reduced to its last path

@@ -92,6 +92,7 @@ impl Solver {
             None
         };
         let outcome = rbuild_oci::http::fetch_if_changed(
+            &self.cfg.registry,
             src.url,
             &body,
             remembered.as_ref().map(|r| r.etag.as_str()),
@@ -109,7 +110,9 @@ impl Solver {
         let fetched = match outcome {
             Ok(rbuild_oci::http::Fetch::Fetched(f)) => Ok(f),
             // A 304 whose result is gone from the store: fetch unconditionally.
-            Ok(rbuild_oci::http::Fetch::NotModified) => rbuild_oci::http::fetch(src.url, &body),
+            Ok(rbuild_oci::http::Fetch::NotModified) => {
+                rbuild_oci::http::fetch(&self.cfg.registry, src.url, &body)
+            }
             Err(e) => Err(e),
         };
         let result = (|| {
