@@ -39,5 +39,5 @@ pub use layer::{
 };
 pub use reference::Reference;
 pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};
-pub use store::{ContentStore, DirStore};
+pub use store::ContentStore;
 pub use types::{media_types, Descriptor, Index, Manifest, Platform};
