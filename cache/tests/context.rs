@@ -1,4 +1,10 @@
 //! Build-context checksums and selection against real directories and a real store.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use rbuild_cache::context::{checksum, expand, Checksum, ExcludeMatcher, Selector};
 use rbuild_cache::{CacheError, Store};

@@ -1,5 +1,11 @@
 //! Content store, snapshots, index/meta and locks against a real store on disk, with real
 //! threads and real child processes sharing one root.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use rbuild_cache::{CacheError, Store};
 use std::io::Write;

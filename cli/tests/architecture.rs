@@ -2,6 +2,12 @@
 //! graph → platform; frontend → graph; cache, executor → fsroot; oci → cache, fsroot,
 //! platform; solver → graph, cache, executor, oci, fsroot; cli → all. platform and fsroot
 //! depend on no workspace crate.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

@@ -3,6 +3,12 @@
 //! namespaces and overlayfs as root, skopeo/umoci for base-image changes). Each rule has a hit
 //! and a miss; which steps ran is read from the plain progress output (`#N CACHED`), and why
 //! from `--explain` (`#N EXPLAIN: …`). A missing prerequisite fails the test with the reason.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

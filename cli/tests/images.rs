@@ -3,6 +3,12 @@
 //! `.ci/setup.sh`, which also generates the test CA), skopeo and umoci as independent readers,
 //! and a fresh `~/.docker/config.json` per test (HOME points into a temp dir). A missing
 //! prerequisite fails the test with the reason; nothing is skipped.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -29,6 +29,7 @@
 
 pub mod cgroup;
 mod error;
+#[allow(clippy::print_stderr)] // the helper reports on stderr when its status fd is gone
 mod helper;
 mod mounts;
 mod net;

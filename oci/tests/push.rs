@@ -2,6 +2,12 @@
 //! on the first HEAD and on the first upload PUT must be retried, large blobs go up in PATCH
 //! chunks with correct Content-Range, and the manifest is PUT last with its media type.
 //! (Round trips with the real CNCF registry are in cli/tests/images.rs.)
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 
@@ -12,9 +18,7 @@ use std::sync::Arc;
 use common::{serve, Response};
 use rbuild_oci::push::PushOpts;
 use rbuild_oci::types::{canonical_json, media_types as mt};
-use rbuild_oci::{
-    ContentStore, Descriptor, Manifest, Reference, RegistryClient, RegistryConfig,
-};
+use rbuild_oci::{ContentStore, Descriptor, Manifest, Reference, RegistryClient, RegistryConfig};
 
 #[test]
 fn push_retries_5xx_and_uploads_big_blobs_in_chunks() {

@@ -1,5 +1,11 @@
 //! Registry client against the real CNCF distribution registry on 127.0.0.1:5055 and against a
 //! tiny in-test HTTP server (bearer-token flow, corrupted blobs).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 
