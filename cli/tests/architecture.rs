@@ -176,11 +176,9 @@ fn every_module_has_a_doc_header_and_unsafe_stays_in_the_executor_sys_module() {
 
 fn walk(dir: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
+    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir}: {e}"));
+    for e in rd {
+        let p = e.unwrap_or_else(|e| panic!("reading {dir}: {e}")).path();
         if p.is_dir() {
             out.extend(walk(&p.to_string_lossy()));
         } else if p.extension().is_some_and(|x| x == "rs") {
