@@ -144,8 +144,12 @@ impl Solver {
                 Some(k) => k,
                 None => rbuild_graph::sha256_digest(
                     format!(
-                        "rbuild-key-v1\nhttp {} {filename:?} {:?}",
-                        fetched.digest, fetched.last_modified
+                        "rbuild-key-v2\nhttp {} {} {}",
+                        fetched.digest,
+                        crate::cachekey::quote(&filename),
+                        fetched
+                            .last_modified
+                            .map_or_else(|| "-".to_string(), |t| t.to_string())
                     )
                     .as_bytes(),
                 ),
