@@ -1,5 +1,11 @@
 //! Times cold and warm checksums of a generated 10k-file context:
 //! `cargo run --release -p rbuild-cache --example ctxbench [files]`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use rbuild_cache::context::{checksum, ExcludeMatcher, Selector};
 use rbuild_cache::Store;

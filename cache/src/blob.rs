@@ -20,7 +20,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
 /// Bytes between two background write-backs of a blob being written.
-pub const WRITEBACK_EVERY: u64 = 8 << 20;
+pub(crate) const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A committed blob: its digest (`sha256:<hex>`) and size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -176,4 +176,4 @@ impl CacheError {
 }
 
 /// Shorthand used throughout the crate.
-pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = CacheError> = std::result::Result<T, E>;

@@ -40,7 +40,7 @@ PRAGMA user_version = 1;
 ";
 
 /// Busy timeout for all connections.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) fn open_db(path: &Path) -> Result<Connection> {
     let err = |op: &'static str| {

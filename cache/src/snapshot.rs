@@ -26,7 +26,7 @@ const OWNER: &str = "owner";
 /// that filesystem, so it should not run at every open. The price of the delay: a crash or
 /// reboot within this window of a build drops that build's step snapshots (cache misses,
 /// never wrong data).
-pub const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 /// Uncommitted snapshots without a readable owner file are removed after this long.
 const ORPHAN_SECS: u64 = 3600;
 /// Prefix of an unsynced marker's content.

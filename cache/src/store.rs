@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 /// Age after which an entry in `tmp/` that does not carry a pid prefix is considered stale.
-pub const STALE_TMP_SECS: u64 = 24 * 3600;
+pub(crate) const STALE_TMP_SECS: u64 = 24 * 3600;
 
 pub(crate) const BLOBS_DIR: &str = "blobs-v1/sha256";
 pub(crate) const SNAPSHOTS_DIR: &str = "snapshots-v1";

@@ -1,4 +1,10 @@
 //! .dockerignore semantics (moby/patternmatcher, not gitignore) as a data table.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use rbuild_cache::context::ExcludeMatcher;
 use rbuild_cache::CacheError;

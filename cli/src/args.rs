@@ -442,7 +442,7 @@ mod tests {
             "-q",
             "-o",
             "type=oci,dest=x.tar",
-            "--output=type=local,dest=\"a,b\"",
+            "--output=type=local,\"dest=a,b\"",
             "--push",
             "--load",
             "--cache-from",
@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(b.no_cache_filter, ["a", "b"]);
         assert_eq!(
             b.outputs,
-            ["type=oci,dest=x.tar", "type=local,dest=\"a,b\""]
+            ["type=oci,dest=x.tar", "type=local,\"dest=a,b\""]
         );
         assert_eq!(b.cache_from, ["user/app:cache", "type=local,src=/c"]);
         assert_eq!(b.cache_to, ["type=registry,ref=r/a:c,mode=max"]);
@@ -548,6 +548,7 @@ mod tests {
             ("--label", "=v"),
             ("--progress", "fancy"),
             ("--provenance", "a,b"),
+            ("--output", "type=local,dest=\"a,b\""),
         ] {
             let e = Cli::try_parse_from(v(&["rbuild", flag, value, "."]))
                 .unwrap_err()

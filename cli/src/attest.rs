@@ -338,7 +338,7 @@ pub fn attach(
     } else {
         None
     };
-    let created = rbuild_solver::image::rfc3339(info.epoch.value.unwrap_or_else(now));
+    let created = rbuild_oci::time::rfc3339(info.epoch.value.unwrap_or_else(now));
     let tool = format!("rbuild-{}", env!("CARGO_PKG_VERSION"));
     let limits = rbuild_oci::sbom::Limits::default();
     let context_scan = (opts.sbom && arg_true(info, "BUILDKIT_SBOM_SCAN_CONTEXT"))
@@ -548,8 +548,8 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
         (None, None)
     } else {
         (
-            Some(rbuild_solver::image::rfc3339(info.started)),
-            Some(rbuild_solver::image::rfc3339(now())),
+            Some(rbuild_oci::time::rfc3339(info.started)),
+            Some(rbuild_oci::time::rfc3339(now())),
         )
     };
     let seed = if reproducible {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rbuild_frontend::{BuildOpts, ImageResolver, ResolvedImage};
 use rbuild_graph::{ImageConfig, Platform};
 use rbuild_oci::{ImageStore, Reference};
@@ -129,21 +129,9 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
     })
 }
 
+/// `--platform` text → platform (`Platform::parse`), with the flag's usage message.
 pub(crate) fn parse_platform(s: &str) -> Result<Platform> {
-    let parts: Vec<&str> = s.split('/').collect();
-    match parts.as_slice() {
-        [os, arch] => Ok(Platform {
-            os: os.to_string(),
-            architecture: arch.to_string(),
-            variant: None,
-        }),
-        [os, arch, variant] => Ok(Platform {
-            os: os.to_string(),
-            architecture: arch.to_string(),
-            variant: Some(variant.to_string()),
-        }),
-        _ => bail!("--platform {s:?}: expected os/arch[/variant]"),
-    }
+    Platform::parse(s).ok_or_else(|| anyhow!("--platform {s:?}: expected os/arch[/variant]"))
 }
 
 fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>> {

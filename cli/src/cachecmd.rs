@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use rbuild_solver::gc::{self, gc_lock, human_size, parse_size, PruneOptions};
+use rbuild_frontend::parse_size;
+use rbuild_solver::gc::{self, gc_lock, PruneOptions};
+
+use crate::images::human_size;
 use rbuild_solver::CacheOptions;
 
 use crate::args::{BuildArgs, PruneArgs};

@@ -14,7 +14,6 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -187,24 +186,11 @@ fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Run git; returns its standard output.
+/// Run git (`rbuild_solver::remote::git`); returns its trimmed standard output.
 fn git(args: &[&str], cwd: Option<&Path>) -> Result<String> {
-    let mut c = Command::new("git");
-    c.args(args).env("GIT_TERMINAL_PROMPT", "0");
-    if let Some(d) = cwd {
-        c.current_dir(d);
-    }
-    let out = c.output().map_err(|e| {
-        anyhow!("running git (needed for git contexts; install it, e.g. apt-get install git): {e}")
-    })?;
-    if !out.status.success() {
-        bail!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    rbuild_solver::remote::git(args, cwd)
+        .map(|o| o.trim().to_string())
+        .map_err(|e| anyhow!(e))
 }
 
 /// The repository URL of a git context (no `#fragment`; `github.com/…` → `https://github.com/…`).

@@ -19,7 +19,6 @@
 //! Which one was used is reported in `--metadata-file` (`rbuild.source-date-epoch`).
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::Result;
 
@@ -152,22 +151,9 @@ pub fn public_url(remote: &str) -> String {
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "core.fsmonitor=false", "--no-pager"])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let s = String::from_utf8(out.stdout).ok()?;
-    Some(s.trim().to_string())
+    rbuild_solver::remote::git(args, Some(dir))
+        .ok()
+        .map(|o| o.trim().to_string())
 }
 
 #[cfg(test)]

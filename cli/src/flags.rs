@@ -2,34 +2,66 @@
 //! `value_parser`s), so a malformed value is a usage error naming the flag even when the
 //! feature behind the flag is not implemented yet.
 //!
-//! Comma-separated `key=value` lists follow buildx's CSV rules: a field may be double-quoted
-//! to contain commas (`"src=a,b"`), and `""` inside quotes is a literal quote.
+//! Comma-separated `key=value` lists follow buildx's CSV rules (Go's `encoding/csv`): a whole
+//! field may be double-quoted to contain commas (`"src=a,b"`), and `""` inside quotes is a
+//! literal quote.
 
 use std::collections::BTreeMap;
 
-/// Split a CSV line into fields (buildx parses these specs with encoding/csv).
+/// Split a CSV line into fields as Go's `encoding/csv` reads one record (buildx parses
+/// `--output`, `--cache-to`, `--secret`, … with it): a field that starts with `"` is quoted, may
+/// contain commas, and `""` inside it is a literal quote; its closing quote must end the field.
+/// A quote inside an unquoted field is an error (Go's `ErrBareQuote`), as is an unterminated
+/// quoted field or text after a closing quote (`ErrQuote`).
 pub fn csv_fields(s: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
+    let mut rest = s;
+    loop {
+        let field;
+        if let Some(q) = rest.strip_prefix('"') {
+            let mut cur = String::new();
+            let mut chars = q.char_indices();
+            let mut after = None;
+            while let Some((i, c)) = chars.next() {
+                if c != '"' {
+                    cur.push(c);
+                } else if q.get(i + 1..).is_some_and(|r| r.starts_with('"')) {
+                    chars.next();
+                    cur.push('"');
+                } else {
+                    after = q.get(i + 1..);
+                    break;
+                }
             }
-            '"' if quoted => quoted = false,
-            '"' if cur.is_empty() || cur.ends_with('=') => quoted = true,
-            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
+            let after = after.ok_or_else(|| format!("unterminated quote in {s:?}"))?;
+            field = cur;
+            rest = match after.strip_prefix(',') {
+                Some(r) => r,
+                None if after.is_empty() => {
+                    fields.push(field);
+                    return Ok(fields);
+                }
+                None => return Err(format!("extraneous or missing \" in quoted field in {s:?}")),
+            };
+        } else {
+            let (f, r) = match rest.split_once(',') {
+                Some((f, r)) => (f, Some(r)),
+                None => (rest, None),
+            };
+            if f.contains('"') {
+                return Err(format!("bare \" in non-quoted field in {s:?}"));
+            }
+            field = f.to_string();
+            match r {
+                Some(r) => rest = r,
+                None => {
+                    fields.push(field);
+                    return Ok(fields);
+                }
+            }
         }
+        fields.push(field);
     }
-    if quoted {
-        return Err(format!("unterminated quote in {s:?}"));
-    }
-    fields.push(cur);
-    Ok(fields)
 }
 
 /// A `key=value,…` spec as an ordered map (keys lowercased, as buildx does).
@@ -167,28 +199,10 @@ pub fn add_host(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// `--shm-size 64m` (bytes with an optional b/k/m/g unit) → bytes.
+/// `--memory`, `--shm-size 64m`: a size as docker reads one ([`rbuild_frontend::parse_size`]).
 pub fn bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_lowercase();
-    let t = t.strip_suffix('b').filter(|r| !r.is_empty()).unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("expected a size such as 64m or 1g, got {s:?}"))?;
-    if n < 0.0 {
-        return Err(format!("negative size {s:?}"));
-    }
-    let total = n * mult as f64;
-    // `as` saturates: a size past u64 (or NaN/inf) must be an error, never u64::MAX.
-    if !total.is_finite() || total >= u64::MAX as f64 {
-        return Err(format!("size {s:?} is too large"));
-    }
-    Ok(total as u64)
+    rbuild_frontend::parse_size(s)
+        .ok_or_else(|| format!("expected a size such as 64m or 1g, got {s:?}"))
 }
 
 /// `--shm-size`: [`bytes`], at most the host's physical memory (a tmpfs size the kernel cannot
@@ -301,8 +315,12 @@ mod tests {
             csv_fields("a=1,\"b=2,3\",c").unwrap(),
             ["a=1", "b=2,3", "c"]
         );
-        assert_eq!(csv_fields("src=\"x,\"\"y\"").unwrap(), ["src=x,\"y"]);
-        assert!(csv_fields("a=\"open").is_err());
+        assert_eq!(csv_fields("\"src=x,\"\"y\"").unwrap(), ["src=x,\"y"]);
+        assert_eq!(csv_fields("a,,\"\"").unwrap(), ["a", "", ""]);
+        // encoding/csv without LazyQuotes: quotes only around a whole field.
+        assert!(csv_fields("\"a=open").is_err());
+        assert!(csv_fields("a=\"x,y\"").is_err());
+        assert!(csv_fields("\"a\"b,c").is_err());
     }
 
     #[test]

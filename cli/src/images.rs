@@ -55,7 +55,7 @@ fn config_facts(config: &[u8]) -> (Option<i64>, BTreeMap<String, String>) {
     let v: Value = serde_json::from_slice(config).unwrap_or(Value::Null);
     let created = v["created"]
         .as_str()
-        .and_then(rbuild_oci::http::parse_rfc3339);
+        .and_then(rbuild_oci::time::parse_rfc3339);
     let labels = v["config"]["Labels"]
         .as_object()
         .map(|o| {
@@ -309,7 +309,7 @@ fn fields(r: &Row, no_trunc: bool) -> BTreeMap<&'static str, String> {
         "CreatedAt",
         r.created
             .map(|c| {
-                rbuild_solver::image::rfc3339(c)
+                rbuild_oci::time::rfc3339(c)
                     .replace('T', " ")
                     .replace('Z', " +0000 UTC")
             })

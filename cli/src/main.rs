@@ -5,6 +5,7 @@
 //! also the sandbox helper: when re-executed with the executor's marker argument it becomes
 //! the helper process before anything else runs, and a non-root user's command re-runs itself
 //! in a user namespace (rootless mode).
+#![allow(clippy::print_stdout, clippy::print_stderr, unreachable_pub)] // the one crate that prints; a binary, so every `pub` is crate-wide
 
 mod args;
 mod attest;

@@ -51,22 +51,6 @@ fn parse_bool(spec: &str, k: &str, v: &str) -> Result<bool> {
     }
 }
 
-/// Split on commas outside double quotes (buildx uses CSV: `"name=a,b"`).
-fn csv_fields(spec: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in spec.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
 /// Parse a buildx `--output` spec. A bare path means `type=local,dest=PATH`, `-` means
 /// `type=tar,dest=-`.
 pub fn parse(spec: &str) -> Result<OutputSpec> {
@@ -91,7 +75,7 @@ pub fn parse(spec: &str) -> Result<OutputSpec> {
     }
     let mut kind = None;
     let mut media_types = None;
-    for part in csv_fields(spec) {
+    for part in crate::flags::csv_fields(spec).map_err(|e| anyhow!("--output: {e}"))? {
         let (k, v) = part.split_once('=').ok_or_else(|| {
             anyhow!("--output {spec:?}: expected key=value pairs such as type=oci,dest=app.tar")
         })?;

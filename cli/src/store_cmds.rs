@@ -325,7 +325,7 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
                 }
                 let created = h["created"]
                     .as_str()
-                    .and_then(rbuild_oci::http::parse_rfc3339)
+                    .and_then(rbuild_oci::time::parse_rfc3339)
                     .map(|c| format!("{} ago", crate::images::human_duration(now - c)))
                     .unwrap_or_default();
                 let image = if n == 0 {

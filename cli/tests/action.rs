@@ -2,6 +2,12 @@
 //! test: its steps run with temporary GITHUB_OUTPUT/GITHUB_STEP_SUMMARY files and the outputs
 //! (imageid, digest, metadata) and job summary are checked against the store. Needs root and
 //! the test registry (`.ci/setup.sh`), like the end-to-end tests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use std::process::Command;
 

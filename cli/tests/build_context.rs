@@ -2,6 +2,12 @@
 //! image, a second local directory read by `COPY --from`, `RUN --mount=from=` and `FROM`, its
 //! content in the cache key (a rebuild hits, a changed file misses), and the value kinds that
 //! are rejected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -3,6 +3,12 @@
 //! namespaces and overlayfs as root, skopeo/umoci for base-image changes). Each rule has a hit
 //! and a miss; which steps ran is read from the plain progress output (`#N CACHED`), and why
 //! from `--explain` (`#N EXPLAIN: …`). A missing prerequisite fails the test with the reason.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 
@@ -228,6 +234,35 @@ fn wildcard_rename_misses_and_non_matching_file_hits() {
     assert!(
         why.contains("c.txt (added)") && why.contains("b.txt (removed)"),
         "{why}"
+    );
+}
+
+#[test]
+fn a_file_left_out_by_copy_exclude_does_not_change_the_key() {
+    let p = Project::new(
+        "FROM busybox\nCOPY --exclude=*.log --exclude=src/tmp.txt src /d/\nRUN ls -R /d > /list\n",
+    );
+    p.file("src/a.txt", "a")
+        .file("src/debug.log", "1")
+        .file("src/tmp.txt", "t")
+        .file("src/sub/x.log", "x");
+    p.build(&[]).ok().assert_ran("COPY --exclude");
+    // Only excluded files change: the copy and what follows hit.
+    p.file("src/debug.log", "2")
+        .file("src/tmp.txt", "t2")
+        .file("src/new.log", "n");
+    p.build(&[])
+        .ok()
+        .assert_cached("COPY --exclude")
+        .assert_cached("RUN ls");
+    // A copied file changes: the copy runs again, naming it.
+    p.file("src/a.txt", "a2");
+    let b = p.build(&[]).ok();
+    b.assert_ran("COPY --exclude");
+    assert!(
+        b.why("COPY --exclude").contains("src/a.txt"),
+        "{}",
+        b.why("COPY --exclude")
     );
 }
 

@@ -6,6 +6,12 @@
 //! and need root, like cli/tests/e2e.rs; a missing prerequisite fails the test with the reason.
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p rbuild --test cli` rewrites the golden files.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

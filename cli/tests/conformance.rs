@@ -18,6 +18,12 @@
 //!
 //! The image filesystem is reconstructed from the layer tars themselves (whiteouts applied), so
 //! owners are the ones in the image, not the ones an unpacker maps.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

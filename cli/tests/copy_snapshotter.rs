@@ -5,6 +5,12 @@
 //! as independent readers. Each build is compared with the overlayfs build of the same
 //! Dockerfile (both with `SOURCE_DATE_EPOCH=0`): the layers must be the same, byte for byte.
 //! A missing prerequisite fails the test with the reason; nothing is skipped.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

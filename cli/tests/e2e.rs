@@ -3,6 +3,12 @@
 //! setting as `docker.io/library/busybox`), real namespaces and overlayfs (root), and skopeo and
 //! umoci as independent readers of what rbuild writes. A missing prerequisite fails the test
 //! with the reason; nothing is skipped.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -3,6 +3,12 @@
 //! 2 = usage error (malformed or refused flag values, unknown commands), 3 = a bug in rbuild
 //! only (never reached by any input here). Needs root and the test registries
 //! (`.ci/setup.sh`: plain 127.0.0.1:5055, TLS + htpasswd 127.0.0.1:5056).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

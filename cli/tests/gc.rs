@@ -2,6 +2,12 @@
 //! 127.0.0.1:5055 from `.ci/setup.sh`, root for namespaces/overlayfs, umoci as an independent
 //! reader). The invariant under test: GC never deletes what a tagged image or a running build
 //! needs, and removes what it says it removes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use std::fs;
 use std::path::Path;

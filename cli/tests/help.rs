@@ -4,6 +4,12 @@
 //! (exit 2, "not supported yet"); docs/rbuild.1 and docs/rbuild-build.1 are what `rbuild man`
 //! prints (`UPDATE_GOLDEN=1` rewrites them); the usage line does not show `--root` as typed
 //! when RBUILD_ROOT is set. No root or registry needed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -3,6 +3,12 @@
 //! `.ci/setup.sh`, which also generates the test CA), skopeo and umoci as independent readers,
 //! and a fresh `~/.docker/config.json` per test (HOME points into a temp dir). A missing
 //! prerequisite fails the test with the reason; nothing is skipped.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 
@@ -923,4 +929,28 @@ fn annotations_at_manifest_and_descriptor_levels_and_created() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn add_url_trusts_the_hosts_certs_d_ca_like_the_registry_client() {
+    // ADD <url> goes through the registry client's agent: the TLS registry's CA in certs.d makes
+    // the handshake succeed (its /v2/ then answers 401); without it the certificate is refused.
+    let e = Env::new(&format!(
+        "FROM scratch\nADD https://{TLS_REGISTRY}/v2/ /x\n"
+    ));
+    let store = tempfile::tempdir().unwrap();
+    let err = e.fails(store.path(), &["build", "."]);
+    assert!(err.contains("HTTP 401"), "TLS with the certs.d CA: {err}");
+    let empty = tempfile::tempdir().unwrap();
+    let out = e
+        .cmd(store.path(), &["build", "."])
+        .env("RBUILD_CERTS_DIR", empty.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("HTTP 401"), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
 }

@@ -2,6 +2,12 @@
 //! `rbuild images` with `--format` (templates, `table`, `json`), `--filter`, `--digests`, `-a`
 //! and columns that fit long names; `history` with content sizes; `prune -f` with Go
 //! durations; unknown commands with a suggestion. Needs root and the test registry.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

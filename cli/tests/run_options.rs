@@ -2,6 +2,12 @@
 //! (part of every RUN op and of its cache key, like BuildKit; host addresses are not) and the
 //! cgroup limits `--memory`, `--cpus`/`--cpu-quota`/`--cpu-period` (not keyed), with the
 //! built-in sandbox and with runc.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -6,6 +6,12 @@
 //! The same suite runs with the copy snapshotter (`RBUILD_SNAPSHOTTER=copy`) for the mount
 //! kinds, through [`Backend`], and rootless ([`As`]): the real binary run by the unprivileged
 //! test users of `.ci/setup.sh`, with subordinate id ranges or a single-id map.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -9,6 +9,12 @@
 //! 1 with a message), never crash. Each race test runs for a fixed time budget with a bounded
 //! number of builds. Under CI=true the tests fail loudly when they cannot run (root, registry,
 //! runc).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

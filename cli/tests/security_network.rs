@@ -10,6 +10,12 @@
 //! loopback" a RUN must not reach) and a DNS stub on UDP 192.0.2.1:53 (the name server of the
 //! `/etc/resolv.conf` rbuild sees there). Every combination of runtime
 //! (builtin, runc) and user (root, rootless `rbuild-test`) runs; anything missing fails loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

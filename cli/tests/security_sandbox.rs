@@ -10,6 +10,12 @@
 //! classic escapes (mount, umount, namespaces, ptrace, keyrings, modules, bpf, perf, shocker,
 //! /proc/sys, sysrq, /sys, cgroup files, host environments, chroot); `--shm-size` and tmpfs
 //! sizes; steps surviving a `kill -9` of rbuild; stale scratch directories in `$TMPDIR`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

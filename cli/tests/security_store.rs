@@ -4,6 +4,12 @@
 //! that must never rewrite the host, a store copied without whiteouts/xattrs, and rootless
 //! builds of images carrying device nodes. Needs root, the test registry and the test users;
 //! fails loudly without them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

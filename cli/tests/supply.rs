@@ -1,5 +1,11 @@
 //! Supply chain: reproducible-by-default builds (the git commit time as the source date epoch),
 //! through the real CLI and the test registry.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -30,6 +30,7 @@
 pub mod cgroup;
 mod chroot;
 mod error;
+#[allow(clippy::print_stderr)] // the helper reports on stderr when its status fd is gone
 mod helper;
 mod mounts;
 mod net;
@@ -42,6 +43,7 @@ mod seccomp;
 #[allow(unsafe_code)] // the only module with unsafe code
 mod sys;
 mod user;
+pub use user::{parse_group, parse_passwd, GroupEntry, PasswdEntry};
 pub mod userns;
 
 use std::path::PathBuf;

@@ -14,7 +14,7 @@ use crate::protocol::{HelperInput, HelperReport, STATUS_FD};
 use crate::{sys, ExecSpec, ExitStatus, Helper, Network, Runtime, Stream};
 
 /// How often [`Executor::run_cancellable`] checks whether the step was cancelled.
-pub const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+pub(crate) const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Runs steps in sandboxes through a helper process.
 #[derive(Debug, Clone)]

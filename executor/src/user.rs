@@ -13,20 +13,31 @@ pub(crate) struct Credentials {
     pub home: String,
 }
 
-struct PasswdEntry<'a> {
-    name: &'a str,
-    uid: u32,
-    gid: u32,
-    home: &'a str,
+/// One `/etc/passwd` line.
+pub struct PasswdEntry<'a> {
+    /// User name (field 1).
+    pub name: &'a str,
+    /// Numeric user id (field 3).
+    pub uid: u32,
+    /// Primary group id (field 4).
+    pub gid: u32,
+    /// Home directory (field 6, empty when absent).
+    pub home: &'a str,
 }
 
-struct GroupEntry<'a> {
-    name: &'a str,
-    gid: u32,
-    members: Vec<&'a str>,
+/// One `/etc/group` line.
+pub struct GroupEntry<'a> {
+    /// Group name (field 1).
+    pub name: &'a str,
+    /// Numeric group id (field 3).
+    pub gid: u32,
+    /// Supplementary members (field 4, comma-separated).
+    pub members: Vec<&'a str>,
 }
 
-fn parse_passwd(text: &str) -> Vec<PasswdEntry<'_>> {
+/// The well-formed entries of a passwd file (comments, blank and malformed lines skipped):
+/// rbuild's one passwd parser.
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry<'_>> {
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
@@ -41,7 +52,8 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry<'_>> {
         .collect()
 }
 
-fn parse_group(text: &str) -> Vec<GroupEntry<'_>> {
+/// The well-formed entries of a group file: rbuild's one group parser.
+pub fn parse_group(text: &str) -> Vec<GroupEntry<'_>> {
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .filter_map(|l| {

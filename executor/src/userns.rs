@@ -97,10 +97,10 @@ pub fn parse_subid(text: &str, user: &str, id: u32) -> Vec<(u32, u32)> {
 
 fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-    })
+    crate::user::parse_passwd(&passwd)
+        .into_iter()
+        .find(|e| e.uid == uid)
+        .map(|e| e.name.to_string())
 }
 
 fn find_tool(name: &str) -> Option<PathBuf> {

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 pub use error::FrontendError;
 pub use lower::flags::parse_duration as parse_go_duration;
+pub use lower::flags::parse_size;
 pub use rbuild_graph::{ImageConfig, Platform};
 pub use util::suggest;
 

@@ -19,13 +19,13 @@ use crate::FrontendError;
 /// alternative (`${v:-w}`, `${v-w}`, `${v:+w}`, `${v+w}`, `${v:?m}`, `${v?m}`), which BuildKit
 /// does not report as undefined.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VarRef {
+pub(crate) struct VarRef {
     pub name: String,
     pub has_default: bool,
 }
 
 /// Variables referenced by `word` outside single quotes (and not escaped with `escape`).
-pub fn referenced_vars(word: &str, escape: char) -> Vec<VarRef> {
+pub(crate) fn referenced_vars(word: &str, escape: char) -> Vec<VarRef> {
     let chars: Vec<char> = word.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -89,7 +89,7 @@ pub fn referenced_vars(word: &str, escape: char) -> Vec<VarRef> {
 /// Whether `rel` (a context-relative path without leading `/`) is excluded by cleaned
 /// `.dockerignore` patterns (last match wins, `!` re-includes, a pattern matching a parent
 /// directory excludes everything below it).
-pub fn ignored(patterns: &[String], rel: &str) -> bool {
+pub(crate) fn ignored(patterns: &[String], rel: &str) -> bool {
     let rel = rel.trim_start_matches("./").trim_start_matches('/');
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
     let mut excluded = false;
@@ -203,7 +203,7 @@ fn glob(pat: &str, s: &str) -> bool {
 /// For `InvalidDefinitionDescription`: the comment directly above a definition (`above`, the
 /// line before it), if any, must start with `# <name> `. Returns true when there is such a
 /// comment and it does not.
-pub fn bad_description(above: Option<&str>, name: &str) -> bool {
+pub(crate) fn bad_description(above: Option<&str>, name: &str) -> bool {
     let Some(above) = above else {
         return false;
     };

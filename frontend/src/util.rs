@@ -1,7 +1,7 @@
 //! Small helpers: slash-path cleaning, glob matching and "did you mean" suggestions.
 
 /// Clean a slash-separated path like Go's `path.Clean` (no filesystem access).
-pub fn clean_path(p: &str) -> String {
+pub(crate) fn clean_path(p: &str) -> String {
     if p.is_empty() {
         return ".".to_string();
     }
@@ -31,7 +31,7 @@ pub fn clean_path(p: &str) -> String {
 }
 
 /// Resolve `p` against the absolute directory `base` and clean it (absolute result).
-pub fn join_abs(base: &str, p: &str) -> String {
+pub(crate) fn join_abs(base: &str, p: &str) -> String {
     if p.starts_with('/') {
         clean_path(p)
     } else {
@@ -43,7 +43,7 @@ pub fn join_abs(base: &str, p: &str) -> String {
 /// One element of a glob pattern (`${v#p}` patterns use the first three; `.dockerignore`-style
 /// path segments also classes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GlobTok {
+pub(crate) enum GlobTok {
     /// `*`: any run of characters.
     Any,
     /// `?`: one character.
@@ -66,7 +66,7 @@ impl GlobTok {
 
 /// Whole-text glob match: backtracking over the last `*` only, so O(|pattern|·|text|) steps,
 /// never exponential. `charge` is told the steps taken (in batches) and may stop the match.
-pub fn glob_match<E>(
+pub(crate) fn glob_match<E>(
     p: &[GlobTok],
     t: &[char],
     mut charge: impl FnMut(usize) -> Result<(), E>,
@@ -111,7 +111,7 @@ pub fn glob_match<E>(
 }
 
 /// Optimal-string-alignment edit distance (transpositions count as one edit).
-pub fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     // Three rolling rows: i-2, i-1, i.

@@ -1,4 +1,10 @@
 //! Table test for BuildKit-compatible word expansion.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use rbuild_frontend::shell::{expand, expand_heredoc, expand_with, expand_words};
 

@@ -10,6 +10,12 @@
 //! `RBUILD_FUZZ_SECS` sets the time per fuzz test (default 3), `RBUILD_FUZZ_SEED` the seed
 //! (default fixed; a failing run prints the seed and the input, and writes the input to
 //! `target/fuzz-failure-*.txt`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 #[path = "common/counting.rs"]

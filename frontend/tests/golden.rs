@@ -1,5 +1,11 @@
 //! Data-driven golden tests over `testdata/frontend/{parse,lower,errors}/<case>/`.
 //! Set `UPDATE_GOLDEN=1` to rewrite the `expected.txt` files (then review the diff).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

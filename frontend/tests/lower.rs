@@ -1,4 +1,10 @@
 //! Behavioural assertions on lowering (complementing the golden files).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -224,35 +224,6 @@ impl ImageConfig {
     }
 }
 
-impl Platform {
-    /// The platform of the machine rbuild runs on (linux/amd64, linux/arm64, …).
-    pub fn host() -> Self {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "x86" => ("386", None),
-            "arm" => ("arm", Some("v7")),
-            "powerpc64" => ("ppc64le", None),
-            "s390x" => ("s390x", None),
-            "riscv64" => ("riscv64", None),
-            other => (other, None),
-        };
-        Platform {
-            os: "linux".to_string(),
-            architecture: architecture.to_string(),
-            variant: variant.map(str::to_string),
-        }
-    }
-
-    /// `os/arch[/variant]`.
-    pub fn to_text(&self) -> String {
-        match &self.variant {
-            Some(v) => format!("{}/{}/{}", self.os, self.architecture, v),
-            None => format!("{}/{}", self.os, self.architecture),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,14 +85,8 @@ pub enum SourceOp {
     },
 }
 
-/// Target platform of an image or op.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
+/// Target platform of an image or op (the one type, shared with `oci`).
+pub use rbuild_platform::Platform;
 
 /// Network mode of a RUN step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -252,7 +252,6 @@ pub fn read_statements(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DirStore;
 
     fn platform() -> Platform {
         Platform {
@@ -274,7 +273,7 @@ mod tests {
     #[test]
     fn attach_then_retarget() {
         let t = tempfile::tempdir().unwrap();
-        let store = DirStore::open(t.path()).unwrap();
+        let store = rbuild_cache::Store::open(t.path()).unwrap();
         let (md, ms) = store.put_blob(b"{\"manifest\":1}").unwrap();
         let mut image = Descriptor::new(mt::OCI_MANIFEST, md.clone(), ms);
         image.platform = Some(platform());

@@ -287,14 +287,13 @@ pub fn convert_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DirStore;
     use crate::types::media_types as mt;
     use std::io::Read;
 
     #[test]
     fn converting_compresses_once_and_keeps_the_config() {
         let t = tempfile::tempdir().unwrap();
-        let store = DirStore::open(t.path()).unwrap();
+        let store = rbuild_cache::Store::open(t.path()).unwrap();
         let mut tar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         let body = vec![b'x'; 100_000];

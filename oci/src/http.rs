@@ -1,4 +1,5 @@
-//! Plain HTTP(S) downloads for `ADD <url>`: one GET streamed into a file while hashing it.
+//! Plain HTTP(S) downloads for `ADD <url>`: one GET streamed into a file while hashing it,
+//! through the registry client's HTTP agent (one client setup: certs.d CAs, retries).
 //!
 //! Returns what the solver needs to name and key the file: the sha256 of the body, its size,
 //! the file name from a `Content-Disposition` header (if any) and the `Last-Modified` time as
@@ -7,11 +8,11 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::OciError;
+use crate::registry::{backoff, RETRIES};
+use crate::{OciError, RegistryClient};
 
 /// What a download produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +36,11 @@ pub enum Fetch {
     Fetched(Fetched),
 }
 
-/// GET `url` (following redirects) into `dest` (created or truncated).
-pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
-    match fetch_if_changed(url, dest, None)? {
+/// GET `url` (following redirects) into `dest` (created or truncated), through `client`'s
+/// agent for the URL's host (system roots plus the host's certs.d CAs, its user agent and
+/// timeouts); connection errors and 5xx answers are retried with the registry's backoff.
+pub fn fetch(client: &RegistryClient, url: &str, dest: &Path) -> Result<Fetched, OciError> {
+    match fetch_if_changed(client, url, dest, None)? {
         Fetch::Fetched(f) => Ok(f),
         Fetch::NotModified => Err(OciError::Fetch {
             url: url.to_string(),
@@ -48,24 +51,35 @@ pub fn fetch(url: &str, dest: &Path) -> Result<Fetched, OciError> {
 
 /// Like [`fetch`], but with `If-None-Match: etag` when an ETag from an earlier download is
 /// given, so an unchanged resource is not transferred again.
-pub fn fetch_if_changed(url: &str, dest: &Path, etag: Option<&str>) -> Result<Fetch, OciError> {
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .user_agent("rbuild")
-        .max_redirects(10)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(120)))
-        .build();
-    let agent = ureq::Agent::new_with_config(config);
+pub fn fetch_if_changed(
+    client: &RegistryClient,
+    url: &str,
+    dest: &Path,
+    etag: Option<&str>,
+) -> Result<Fetch, OciError> {
+    let agent = client.agent_for(host_of(url));
     let fail = |reason: String| OciError::Fetch {
         url: url.to_string(),
         reason,
     };
-    let mut req = agent.get(url);
-    if let Some(e) = etag {
-        req = req.header("If-None-Match", e);
-    }
-    let resp = req.call().map_err(|e| fail(e.to_string()))?;
+    let mut attempt = 0;
+    let resp = loop {
+        attempt += 1;
+        let mut req = agent.get(url);
+        if let Some(e) = etag {
+            req = req.header("If-None-Match", e);
+        }
+        match req.call() {
+            Ok(r) if r.status().as_u16() >= 500 && attempt < RETRIES => backoff(attempt),
+            Err(
+                ureq::Error::Io(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::HostNotFound
+                | ureq::Error::Timeout(_),
+            ) if attempt < RETRIES => backoff(attempt),
+            other => break other.map_err(|e| fail(e.to_string()))?,
+        }
+    };
     let status = resp.status().as_u16();
     if status == 304 && etag.is_some() {
         return Ok(Fetch::NotModified);
@@ -108,6 +122,13 @@ pub fn fetch_if_changed(url: &str, dest: &Path, etag: Option<&str>) -> Result<Fe
         last_modified,
         etag,
     }))
+}
+
+/// The `host[:port]` of a URL (the certs.d directory name), empty when it has none.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
 }
 
 /// The `filename` parameter of a `Content-Disposition` value, reduced to its last path
@@ -153,76 +174,11 @@ pub fn parse_http_date(v: &str) -> Option<i64> {
     if !(1..=31).contains(&day) || *h > 23 || *mi > 59 || *se > 60 {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86400 + h * 3600 + mi * 60 + se)
-}
-
-/// Parse an RFC 3339 time (`2024-05-01T12:00:00Z`, `…T12:00:00.123456789+02:00`; image
-/// configs' `created`) into Unix seconds (the fraction is dropped).
-pub fn parse_rfc3339(v: &str) -> Option<i64> {
-    let v = v.trim();
-    let (date, time) = v.split_once(['T', 't', ' '])?;
-    let ymd: Vec<i64> = date
-        .split('-')
-        .map(|x| x.parse::<i64>().ok())
-        .collect::<Option<Vec<i64>>>()?;
-    let [y, m, d] = ymd.as_slice() else {
-        return None;
-    };
-    let (clock, offset) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
-        (c, 0)
-    } else {
-        let i = time.rfind(['+', '-'])?;
-        let (c, off) = time.split_at(i);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = off[1..].split_once(':')?;
-        (
-            c,
-            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
-        )
-    };
-    let clock = clock.split('.').next()?;
-    let hms: Vec<i64> = clock
-        .split(':')
-        .map(|x| x.parse::<i64>().ok())
-        .collect::<Option<Vec<i64>>>()?;
-    let [h, mi, se] = hms.as_slice() else {
-        return None;
-    };
-    if !(1..=12).contains(m) || !(1..=31).contains(d) || *h > 23 || *mi > 59 || *se > 60 {
-        return None;
-    }
-    Some(days_from_civil(*y, *m, *d) * 86400 + h * 3600 + mi * 60 + se - offset)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+    Some(crate::time::days_from_civil(year, month, day) * 86400 + h * 3600 + mi * 60 + se)
 }
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn rfc3339_times_parse() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339("2023-11-14T22:13:20.123456789Z"),
-            Some(1_700_000_000)
-        );
-        assert_eq!(
-            parse_rfc3339("2023-11-15T00:13:20+02:00"),
-            Some(1_700_000_000)
-        );
-        assert_eq!(parse_rfc3339("2023-11-14T22:13:20"), None);
-        assert_eq!(parse_rfc3339("2023-13-14T22:13:20Z"), None);
-        assert_eq!(parse_rfc3339("x"), None);
-    }
 
     use super::*;
 

@@ -173,7 +173,6 @@ impl RegistryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DirStore;
     use crate::types::Manifest;
 
     fn platform(arch: &str) -> Platform {
@@ -187,7 +186,7 @@ mod tests {
     #[test]
     fn an_index_lists_its_platforms_and_every_blob_once() {
         let t = tempfile::tempdir().unwrap();
-        let store = DirStore::open(t.path()).unwrap();
+        let store = rbuild_cache::Store::open(t.path()).unwrap();
         let (ld, ls) = store.put_blob(b"shared layer").unwrap();
         let mut entries = Vec::new();
         for arch in ["amd64", "arm64"] {

@@ -577,7 +577,11 @@ impl Extractor {
             if keep_dir {
                 return Ok(true);
             }
-            remove_all_at(parent.as_fd(), name).map_err(self.err("remove", rel))?;
+            rbuild_fsroot::remove_all_at(parent, name).map_err(|source| OciError::Io {
+                op: "remove".to_string(),
+                path: self.dest.join(rel),
+                source,
+            })?;
         } else {
             rustix::fs::unlinkat(parent, name, AtFlags::empty())
                 .map_err(self.err("remove", rel))?;
@@ -1093,34 +1097,6 @@ fn read_sparse_map(r: &mut impl Read) -> Result<(Vec<u64>, u64), String> {
             return Ok((tokens, used));
         }
     }
-}
-
-/// Remove `name` (a directory) in `parent` recursively, never following symlinks.
-fn remove_all_at(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), rustix::io::Errno> {
-    let fd = rustix::fs::openat(
-        parent,
-        name,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut children = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&fd)? {
-        let entry = entry?;
-        let child = entry.file_name().to_bytes();
-        if child == b"." || child == b".." {
-            continue;
-        }
-        children.push(OsStr::from_bytes(child).to_os_string());
-    }
-    for child in children {
-        let st = rustix::fs::statat(&fd, &child, AtFlags::SYMLINK_NOFOLLOW)?;
-        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            remove_all_at(fd.as_fd(), &child)?;
-        } else {
-            rustix::fs::unlinkat(&fd, &child, AtFlags::empty())?;
-        }
-    }
-    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ pub mod reference;
 pub mod registry;
 pub mod sbom;
 pub mod store;
+pub mod time;
 pub mod types;
 
 pub use compress::Compression;
@@ -38,5 +39,5 @@ pub use layer::{
 };
 pub use reference::Reference;
 pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};
-pub use store::{ContentStore, DirStore};
+pub use store::ContentStore;
 pub use types::{media_types, Descriptor, Index, Manifest, Platform};

@@ -92,7 +92,7 @@ pub struct RegistryClient {
     schemes: Mutex<HashMap<String, &'static str>>,
 }
 
-const RETRIES: u32 = 3;
+pub(crate) const RETRIES: u32 = 3;
 
 /// Whether an error is worth retrying (connection trouble or a 5xx answer).
 pub(crate) fn retryable(e: &OciError) -> bool {

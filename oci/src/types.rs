@@ -33,62 +33,9 @@ pub mod media_types {
     pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 }
 
-/// An OS/architecture pair (with optional variant) as used in image indexes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    /// e.g. "linux".
-    pub os: String,
-    /// e.g. "amd64", "arm64".
-    pub architecture: String,
-    /// e.g. "v8" for arm64, "v7" for arm.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform this process runs on (linux + the Go-style architecture name).
-    pub fn host() -> Platform {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "arm" => "arm",
-            "powerpc64" => "ppc64le",
-            "s390x" => "s390x",
-            "riscv64" => "riscv64",
-            other => other,
-        };
-        Platform {
-            os: "linux".into(),
-            architecture: arch.into(),
-            variant: None,
-        }
-    }
-
-    /// Whether an index entry's platform satisfies this requested platform. A requested variant
-    /// must match exactly; with no variant requested, arm64 accepts "v8" or none, other
-    /// architectures accept any variant.
-    pub fn matches(&self, candidate: &Platform) -> bool {
-        if self.os != candidate.os || self.architecture != candidate.architecture {
-            return false;
-        }
-        match (&self.variant, &candidate.variant) {
-            (Some(want), Some(have)) => want == have,
-            (Some(want), None) => self.architecture == "arm64" && want == "v8",
-            (None, _) => true,
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
+/// An OS/architecture pair (with optional variant) as used in image indexes: the same type
+/// as the build graph's (`rbuild_platform`).
+pub use rbuild_platform::Platform;
 
 /// A content descriptor (OCI image spec).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

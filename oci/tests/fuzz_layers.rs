@@ -5,6 +5,12 @@
 //! progress), bounded memory (peak RSS checked at the end), nothing written outside the
 //! destination. `RBUILD_FUZZ_SECS` sets the budget per target (default 3 s); `RBUILD_FUZZ_SEED`
 //! the starting seed (printed, so a failure can be replayed).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,12 @@
 //! Local image store (OCI layout on the content store) and the OCI / docker archive exporters,
 //! read back by skopeo and umoci. The image is busybox pulled from the test registry plus a layer
 //! made by write_layer (with a whiteout deleting a busybox file).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -1,5 +1,11 @@
 //! Layer extraction (overlay format, safety) and deterministic layer creation, checked on the
 //! real filesystem (needs root: mknod, chown, trusted.* xattrs) and with GNU tar as reader.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use std::ffi::OsStr;
 use std::fs;

@@ -2,6 +2,12 @@
 //! on the first HEAD and on the first upload PUT must be retried, large blobs go up in PATCH
 //! chunks with correct Content-Range, and the manifest is PUT last with its media type.
 //! (Round trips with the real CNCF registry are in cli/tests/images.rs.)
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 
@@ -12,14 +18,12 @@ use std::sync::Arc;
 use common::{serve, Response};
 use rbuild_oci::push::PushOpts;
 use rbuild_oci::types::{canonical_json, media_types as mt};
-use rbuild_oci::{
-    ContentStore, Descriptor, DirStore, Manifest, Reference, RegistryClient, RegistryConfig,
-};
+use rbuild_oci::{ContentStore, Descriptor, Manifest, Reference, RegistryClient, RegistryConfig};
 
 #[test]
 fn push_retries_5xx_and_uploads_big_blobs_in_chunks() {
     let t = tempfile::tempdir().unwrap();
-    let store = DirStore::open(t.path()).unwrap();
+    let store = rbuild_cache::Store::open(t.path()).unwrap();
     let layer: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
     let (ld, ls) = store.put_blob(&layer).unwrap();
     let (cd, cs) = store.put_blob(b"{}").unwrap();
@@ -125,7 +129,7 @@ impl rbuild_oci::progress::TransferProgress for Transfers {
 #[test]
 fn push_skips_blobs_the_registry_has() {
     let t = tempfile::tempdir().unwrap();
-    let store = DirStore::open(t.path()).unwrap();
+    let store = rbuild_cache::Store::open(t.path()).unwrap();
     let (ld, ls) = store.put_blob(b"layer").unwrap();
     let (cd, cs) = store.put_blob(b"{}").unwrap();
     let m = Manifest {

@@ -1,4 +1,10 @@
 //! Reference parsing and normalisation table.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 use rbuild_oci::Reference;
 

@@ -1,5 +1,11 @@
 //! Registry client against the real CNCF distribution registry on 127.0.0.1:5055 and against a
 //! tiny in-test HTTP server (bearer-token flow, corrupted blobs).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 
@@ -367,16 +373,6 @@ fn bearer_token_flow_and_corrupt_blob() {
     if let Ok(tmp) = fs::read_dir(store.tmp_dir()) {
         assert_eq!(tmp.count(), 0);
     }
-
-    // the same check through the stand-alone DirStore
-    let dir2 = tempfile::tempdir().unwrap();
-    let ds = rbuild_oci::DirStore::open(dir2.path()).unwrap();
-    assert!(matches!(
-        c.fetch_blob(&r, &res.layers[0], &ds).unwrap_err(),
-        OciError::DigestMismatch { .. }
-    ));
-    assert!(!ds.has_blob(&layer_d));
-    assert_eq!(fs::read_dir(dir2.path().join("tmp")).unwrap().count(), 0);
 
     // a manifest that does not match the digest it was asked by is rejected
     let wrong = Reference::parse(&format!("{addr}/team/app@{}", sha256(b"other"))).unwrap();

@@ -3,6 +3,12 @@
 //! truncation, odd entry kinds, sparse files, diff_id lies. Every attack either fails or stays
 //! inside the destination, and a canary directory beside the destination is checked unchanged
 //! after each one. Needs root (device nodes, chown, trusted.* xattrs); fails loudly otherwise.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 

@@ -11,13 +11,15 @@
 //! | scratch | the constant `scratch` | — |
 //! | local source | not keyed: read only through selectors of the ops that use it | session, mtimes |
 //! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts, platform), each input's key | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
-//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files |
+//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files, files `COPY --exclude` leaves out (`sched::without_excluded`) |
 //! | merge | each input's key, in order | — |
 //! | http (`ADD <url>`) | pinned `--checksum` + file name, else the body's sha256 + file name + `Last-Modified` (see [`crate::remote`]) | the URL text |
 //! | git (`ADD <git url>`) | the commit the ref resolves to + `keep_git_dir` | the remote URL, the ref name |
 //!
-//! A record (`rbuild-key-v1`, op kind, canonical JSON, then one `input N: …` line per input)
-//! is hashed, so any change to the record format must bump the version prefix.
+//! A record (`rbuild-key-v2`, op kind, canonical JSON, then one `input N: …` line per input)
+//! is hashed, so any change to the record format must bump the version prefix. Every text in
+//! a record is encoded explicitly (strings as JSON strings, [`quote`]), never with Rust's
+//! `{:?}`, whose output is not a stable format across toolchains.
 
 use rbuild_graph::{canonical_json, sha256_digest, Op};
 
@@ -36,7 +38,7 @@ pub enum InputPart {
 pub fn node_key(op: &Op, inputs: &[InputPart]) -> Result<String, SolveError> {
     let json = canonical_json(op, "op")?;
     let mut rec = Vec::with_capacity(json.len() + 100 * (inputs.len() + 1));
-    rec.extend_from_slice(b"rbuild-key-v1\n");
+    rec.extend_from_slice(b"rbuild-key-v2\n");
     rec.extend_from_slice(&json);
     for (i, part) in inputs.iter().enumerate() {
         match part {
@@ -44,12 +46,17 @@ pub fn node_key(op: &Op, inputs: &[InputPart]) -> Result<String, SolveError> {
             InputPart::Content(sels) => {
                 rec.extend_from_slice(format!("\ninput {i}: content").as_bytes());
                 for (sel, digest) in sels {
-                    rec.extend_from_slice(format!("\n  {sel:?} {digest}").as_bytes());
+                    rec.extend_from_slice(format!("\n  {} {digest}", quote(sel)).as_bytes());
                 }
             }
         }
     }
     Ok(sha256_digest(&rec))
+}
+
+/// A string as it goes into a key record: a JSON string (RFC 8259 escaping, stable).
+pub fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
 }
 
 /// Key of an image source: the manifest digest and platform, not the tag.
@@ -93,6 +100,21 @@ mod tests {
             platform,
             hostname: String::new(),
         })
+    }
+
+    #[test]
+    fn the_record_encoding_is_pinned() {
+        // A golden digest: a change here changes every cache key (bump the record version).
+        let op = exec(&["A=1"], &[]);
+        let parts = [
+            InputPart::Key("sha256:k".into()),
+            InputPart::Content(vec![("/a \"b\"\n\u{e9}".into(), "sha256:d".into())]),
+        ];
+        assert_eq!(quote("/a \"b\"\n\u{e9}"), "\"/a \\\"b\\\"\\n\u{e9}\"");
+        assert_eq!(
+            node_key(&op, &parts).unwrap(),
+            "sha256:8ea0d18b1f9a3ce42e603605b2deab2c33e3fd4a8ac4dd80f6b4ae93aa63e25a"
+        );
     }
 
     #[test]

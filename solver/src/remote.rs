@@ -92,6 +92,7 @@ impl Solver {
             None
         };
         let outcome = rbuild_oci::http::fetch_if_changed(
+            &self.cfg.registry,
             src.url,
             &body,
             remembered.as_ref().map(|r| r.etag.as_str()),
@@ -109,7 +110,9 @@ impl Solver {
         let fetched = match outcome {
             Ok(rbuild_oci::http::Fetch::Fetched(f)) => Ok(f),
             // A 304 whose result is gone from the store: fetch unconditionally.
-            Ok(rbuild_oci::http::Fetch::NotModified) => rbuild_oci::http::fetch(src.url, &body),
+            Ok(rbuild_oci::http::Fetch::NotModified) => {
+                rbuild_oci::http::fetch(&self.cfg.registry, src.url, &body)
+            }
             Err(e) => Err(e),
         };
         let result = (|| {
@@ -141,8 +144,12 @@ impl Solver {
                 Some(k) => k,
                 None => rbuild_graph::sha256_digest(
                     format!(
-                        "rbuild-key-v1\nhttp {} {filename:?} {:?}",
-                        fetched.digest, fetched.last_modified
+                        "rbuild-key-v2\nhttp {} {} {}",
+                        fetched.digest,
+                        crate::cachekey::quote(&filename),
+                        fetched
+                            .last_modified
+                            .map_or_else(|| "-".to_string(), |t| t.to_string())
                     )
                     .as_bytes(),
                 ),
@@ -320,7 +327,12 @@ pub fn url_basename(url: &str) -> String {
     }
 }
 
-fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
+/// Run the `git` CLI: rbuild's one git runner (`ADD <git url>`, git build contexts, the
+/// context's commit time). In `dir` when given; never prompts (`GIT_TERMINAL_PROMPT=0`, stdin
+/// null); ignores the system config, the caller's `GIT_DIR`/`GIT_WORK_TREE` and a repository's
+/// `core.fsmonitor` hook (a context's `.git/config` is untrusted and must not run commands).
+/// Returns standard output (untrimmed), or an error naming the command with git's stderr.
+pub fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
@@ -330,13 +342,19 @@ fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
         "protocol.file.allow=always",
         "-c",
         "advice.detachedHead=false",
+        "-c",
+        "core.fsmonitor=false",
+        "--no-pager",
     ])
     .args(args)
     .env("GIT_TERMINAL_PROMPT", "0")
-    .env("GIT_CONFIG_NOSYSTEM", "1");
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running git (is it installed?): {e}"))?;
+    .env("GIT_CONFIG_NOSYSTEM", "1")
+    .env_remove("GIT_DIR")
+    .env_remove("GIT_WORK_TREE")
+    .stdin(std::process::Stdio::null());
+    let out = cmd.output().map_err(|e| {
+        format!("running git (needed for git sources and contexts; install it, e.g. apt-get install git): {e}")
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -547,6 +547,8 @@ impl Solver {
                 Value::Local(dir) => {
                     let exclude = ExcludeMatcher::new(&dir.exclude)?;
                     let mut sels: Vec<Selector> = Vec::new();
+                    // Per selector, its `COPY --exclude` patterns (none for RUN mounts).
+                    let mut copy_excludes: Vec<Option<ExcludeMatcher>> = Vec::new();
                     match &node.op {
                         Op::File(f) => {
                             for a in &f.actions {
@@ -564,6 +566,11 @@ impl Solver {
                                             follow_symlinks: c.follow_symlinks,
                                             allow_wildcard: c.allow_wildcard,
                                         });
+                                        copy_excludes.push(if c.exclude.is_empty() {
+                                            None
+                                        } else {
+                                            Some(ExcludeMatcher::new(&c.exclude)?)
+                                        });
                                     }
                                 }
                             }
@@ -579,6 +586,7 @@ impl Solver {
                                             follow_symlinks: true,
                                             allow_wildcard: false,
                                         });
+                                        copy_excludes.push(None);
                                     }
                                 }
                             }
@@ -586,12 +594,19 @@ impl Solver {
                         _ => {}
                     }
                     let mut sums = Vec::with_capacity(sels.len());
-                    for sel in &sels {
+                    for (sel, copy_exclude) in sels.iter().zip(&copy_excludes) {
                         let sum = match checksum(&self.cfg.store, &dir.path, sel, &exclude) {
-                            Ok(s) => {
-                                all_files[i].extend(s.files);
-                                s.digest
-                            }
+                            Ok(s) => match copy_exclude {
+                                Some(ex) => {
+                                    let (digest, files) = without_excluded(sel, ex, s.files);
+                                    all_files[i].extend(files);
+                                    digest
+                                }
+                                None => {
+                                    all_files[i].extend(s.files);
+                                    s.digest
+                                }
+                            },
                             Err(rbuild_cache::CacheError::NotFound { .. })
                                 if sel.allow_wildcard && has_glob(&sel.path) =>
                             {
@@ -669,6 +684,45 @@ fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// A copy selection's digest without the files its `COPY --exclude` patterns leave out, so
+/// that editing an excluded file keeps the key (the patterns themselves are in the op's JSON).
+/// Only non-directory entries are dropped, and only when the selection has no wildcard and
+/// the entry lies under the selection's own path (no symlink resolved away from it); an entry
+/// is dropped when a pattern matches the same text the copy tests (`fileop`): its path in the
+/// context, its path below the selection, or, for a selected file itself, its name. So the key
+/// never ignores a file the copy reads; anything less certain stays in the key.
+fn without_excluded(
+    sel: &Selector,
+    ex: &ExcludeMatcher,
+    files: Vec<(String, String)>,
+) -> (String, Vec<(String, String)>) {
+    let prefix = sel.path.trim_matches('/');
+    let excluded = |p: &str| {
+        if p.ends_with('/') || has_glob(&sel.path) {
+            return false;
+        }
+        if p == prefix {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            return ex.is_excluded(p) || ex.is_excluded(name);
+        }
+        let below = if prefix.is_empty() {
+            Some(p)
+        } else {
+            p.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
+        };
+        below.is_some_and(|b| ex.is_excluded(b) || ex.is_excluded(p))
+    };
+    let kept: Vec<(String, String)> = files.into_iter().filter(|(p, _)| !excluded(p)).collect();
+    let mut rec = String::from("rbuild-selection-v1\n");
+    for (p, d) in &kept {
+        rec.push_str(&crate::cachekey::quote(p));
+        rec.push(' ');
+        rec.push_str(d);
+        rec.push('\n');
+    }
+    (rbuild_graph::sha256_digest(rec.as_bytes()), kept)
 }
 
 fn has_glob(s: &str) -> bool {

@@ -32,7 +32,7 @@ const STDERR: u8 = 2;
 /// Go's `time.Time` JSON form (RFC 3339 with up to nine fraction digits, UTC).
 pub fn go_time(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let base = rbuild_solver::image::rfc3339(d.as_secs() as i64);
+    let base = rbuild_oci::time::rfc3339(d.as_secs() as i64);
     let nanos = d.subsec_nanos();
     if nanos == 0 {
         return base;

@@ -120,21 +120,6 @@ pub(crate) fn go_quote_list(items: &[String]) -> String {
     format!("[{}]", q.join(" "))
 }
 
-pub(crate) fn parse_platform(s: &str) -> Option<Platform> {
-    let mut parts = s.split('/');
-    let os = parts.next()?.trim();
-    let arch = parts.next()?.trim();
-    let variant = parts.next().map(str::to_string);
-    if os.is_empty() || arch.is_empty() || parts.next().is_some() {
-        return None;
-    }
-    Some(Platform {
-        os: os.to_string(),
-        architecture: arch.to_string(),
-        variant: variant.filter(|v| !v.is_empty()),
-    })
-}
-
 pub(crate) fn parse_id(s: &str) -> IdSpec {
     match s.parse::<u32>() {
         Ok(n) => IdSpec::Id(n),
@@ -252,14 +237,76 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     }
 }
 
-pub(crate) fn parse_size(s: &str) -> Option<u64> {
+/// A size as docker reads one (go-units' `RAMInBytes`: `--memory`, `--shm-size`, tmpfs
+/// `size=`, `--keep-storage`): a non-negative number, an optional space, an optional
+/// `k`/`m`/`g`/`t`/`p` unit, an optional `i` and an optional `b`, case-insensitive, all units
+/// powers of 1024 (`64m`, `1.5GiB`, `500MB`, `1kb`). `None` for anything else or a size past
+/// `u64`.
+pub fn parse_size(s: &str) -> Option<u64> {
     let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').unwrap_or(&t);
-    let (num, mult) = match t.chars().last()? {
-        'k' => (t.get(..t.len() - 1)?, 1u64 << 10),
-        'm' => (t.get(..t.len() - 1)?, 1 << 20),
-        'g' => (t.get(..t.len() - 1)?, 1 << 30),
-        _ => (t, 1),
+    let num_len = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at_checked(num_len)?;
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return None;
+    }
+    let unit = unit.strip_prefix(' ').unwrap_or(unit);
+    let unit = unit.strip_suffix('b').unwrap_or(unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return None,
     };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+    let n: f64 = num.parse().ok()?;
+    let total = n * (1u64 << shift) as f64;
+    // `as` saturates: a size past u64 must be refused, never read as u64::MAX.
+    if !total.is_finite() || total >= u64::MAX as f64 {
+        return None;
+    }
+    // Truncation toward zero, as go-units.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some(total as u64)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_as_go_units_ram_in_bytes() {
+        for (text, want) in [
+            ("1024", 1024),
+            ("64m", 64 << 20),
+            ("1.5k", 1536),
+            ("1kb", 1024),
+            ("500MB", 500 << 20),
+            ("2g", 2 << 30),
+            ("1.5GiB", 3 << 29),
+            ("1 t", 1 << 40),
+            ("7B", 7),
+        ] {
+            assert_eq!(parse_size(text), Some(want), "{text}");
+        }
+        for bad in [
+            "",
+            "x",
+            "lots",
+            "-1k",
+            "1.k",
+            ".5m",
+            "1q",
+            "1mm",
+            "b",
+            "99999999999p",
+            "1e3",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
 }

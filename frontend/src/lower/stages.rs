@@ -56,7 +56,7 @@ impl Lowerer<'_> {
         let platform = match flag(&flags, "platform") {
             Some(Some(p)) => {
                 let p = self.expand(p, vars, line)?;
-                Some(parse_platform(&p).ok_or_else(|| {
+                Some(Platform::parse(&p).ok_or_else(|| {
                     FrontendError::instr(line, format!("FROM --platform: invalid platform \"{p}\""))
                 })?)
             }

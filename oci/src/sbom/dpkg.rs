@@ -4,7 +4,7 @@
 use super::{purl_escape, Package};
 
 /// The installed packages of a status file.
-pub fn parse(text: &str, location: &str) -> Vec<Package> {
+pub(super) fn parse(text: &str, location: &str) -> Vec<Package> {
     let mut out = Vec::new();
     for para in text.split("\n\n") {
         let field = |k: &str| {

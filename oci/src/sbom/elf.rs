@@ -29,7 +29,7 @@ fn u64_at(d: &[u8], off: usize, le: bool) -> Option<u64> {
 }
 
 /// The contents of section `name` of the ELF file `d`.
-pub fn section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
+pub(super) fn section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
     if d.get(..4)? != b"\x7fELF" {
         return None;
     }

@@ -42,7 +42,7 @@ fn find_blob(d: &[u8]) -> Option<&[u8]> {
 }
 
 /// The Go version and module lines of a build-info blob (inline-string format only).
-pub fn build_info(d: &[u8]) -> Option<(String, String)> {
+pub(super) fn build_info(d: &[u8]) -> Option<(String, String)> {
     let blob = find_blob(d)?;
     let flags = *blob.get(15)?;
     if flags & 2 == 0 {
@@ -58,7 +58,7 @@ pub fn build_info(d: &[u8]) -> Option<(String, String)> {
 }
 
 /// The Go modules of an executable.
-pub fn parse(d: &[u8], location: &str) -> Vec<Package> {
+pub(super) fn parse(d: &[u8], location: &str) -> Vec<Package> {
     let Some((go, modinfo)) = build_info(d) else {
         return Vec::new();
     };

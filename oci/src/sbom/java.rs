@@ -74,7 +74,7 @@ fn prop<'a>(text: &'a str, key: &str, sep: char) -> Option<&'a str> {
 }
 
 /// The package a Java archive declares (at most one per archive).
-pub fn parse_jar(d: &[u8], location: &str, limit: u64) -> Vec<Package> {
+pub(super) fn parse_jar(d: &[u8], location: &str, limit: u64) -> Vec<Package> {
     let Some(list) = entries(d) else {
         return Vec::new();
     };

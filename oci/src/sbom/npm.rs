@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::{purl_escape, Package};
 
 /// Whether `path` is the `package.json` of a package installed under `node_modules`.
-pub fn is_installed_package(path: &str) -> bool {
+pub(super) fn is_installed_package(path: &str) -> bool {
     let Some((before, rest)) = path.rsplit_once("node_modules/") else {
         return false;
     };
@@ -55,7 +55,7 @@ fn license_of(v: &Value) -> Option<String> {
 }
 
 /// The package a `package.json` under `node_modules` describes.
-pub fn parse_package(data: &[u8], location: &str) -> Vec<Package> {
+pub(super) fn parse_package(data: &[u8], location: &str) -> Vec<Package> {
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
         return Vec::new();
     };
@@ -75,7 +75,7 @@ pub fn parse_package(data: &[u8], location: &str) -> Vec<Package> {
 }
 
 /// The packages a `package-lock.json` pins.
-pub fn parse_lock(data: &[u8], location: &str) -> Vec<Package> {
+pub(super) fn parse_lock(data: &[u8], location: &str) -> Vec<Package> {
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
         return Vec::new();
     };

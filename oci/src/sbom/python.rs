@@ -4,7 +4,7 @@
 use super::{purl_escape, Package};
 
 /// The distribution a metadata file describes (at most one).
-pub fn parse(text: &str, location: &str) -> Vec<Package> {
+pub(super) fn parse(text: &str, location: &str) -> Vec<Package> {
     // headers end at the first blank line (the description follows)
     let headers = text.split("\n\n").next().unwrap_or("");
     let field = |k: &str| {

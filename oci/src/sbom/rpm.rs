@@ -65,7 +65,7 @@ impl<'a> Header<'a> {
 }
 
 /// The package of one header blob.
-pub fn parse_header(blob: &[u8], location: &str) -> Option<Package> {
+pub(super) fn parse_header(blob: &[u8], location: &str) -> Option<Package> {
     let h = Header::parse(blob)?;
     let name = h.string(NAME)?;
     if name == "gpg-pubkey" {
@@ -107,7 +107,7 @@ pub fn parse_header(blob: &[u8], location: &str) -> Option<Package> {
 
 /// The packages of an `rpmdb.sqlite` file's bytes (copied to a private temporary file for
 /// SQLite, opened read-only, removed afterwards).
-pub fn parse_sqlite(db: &[u8], location: &str) -> Result<Vec<Package>, String> {
+pub(super) fn parse_sqlite(db: &[u8], location: &str) -> Result<Vec<Package>, String> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = std::env::temp_dir().join(format!(
         "rbuild-rpmdb-{}-{}.sqlite",

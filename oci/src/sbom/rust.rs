@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{purl_escape, Package};
 
 /// The crates recorded in an executable (empty without a `.dep-v0` section).
-pub fn parse(d: &[u8], location: &str, limit: u64) -> Vec<Package> {
+pub(super) fn parse(d: &[u8], location: &str, limit: u64) -> Vec<Package> {
     let Some(section) = super::elf::section(d, ".dep-v0") else {
         return Vec::new();
     };

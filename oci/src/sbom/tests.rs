@@ -2,7 +2,6 @@
 //! `testdata/sbom/make-fixtures.py`), layer walking with whiteouts, and hostile inputs.
 
 use super::*;
-use crate::store::DirStore;
 use crate::types::media_types as mt;
 
 fn fixture() -> std::path::PathBuf {
@@ -98,7 +97,7 @@ fn layer(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn image(store: &DirStore, layers: &[Vec<u8>]) -> Descriptor {
+fn image(store: &rbuild_cache::Store, layers: &[Vec<u8>]) -> Descriptor {
     let mut ds = Vec::new();
     for l in layers {
         let (d, s) = store.put_blob(l).unwrap();
@@ -123,7 +122,7 @@ const PKG2: &[u8] = b"Package: b\nStatus: install ok installed\nVersion: 2\n";
 #[test]
 fn upper_layers_win_and_whiteouts_hide() {
     let t = tempfile::tempdir().unwrap();
-    let store = DirStore::open(t.path()).unwrap();
+    let store = rbuild_cache::Store::open(t.path()).unwrap();
     let meta = |n: &str| format!("usr/lib/python3/{n}.dist-info/METADATA");
     let py = |n: &str| format!("Name: {n}\nVersion: 1.0\n").into_bytes();
     let (a, b, c) = (meta("a"), meta("b"), meta("c"));
@@ -214,7 +213,7 @@ fn layer_directories_give_the_same_packages_as_layer_tars() {
 #[test]
 fn hostile_inputs_are_bounded_and_never_panic() {
     let t = tempfile::tempdir().unwrap();
-    let store = DirStore::open(t.path()).unwrap();
+    let store = rbuild_cache::Store::open(t.path()).unwrap();
     // a 1 GiB zip bomb entry in a jar: inflated at most to the limit
     let bomb = {
         use std::io::Write;
