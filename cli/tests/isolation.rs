@@ -5,6 +5,12 @@
 //! fail with EPERM), and chroot isolation forced on this (privileged) host. Images are checked
 //! through `--output type=local`; attacks from the step are checked on the host afterwards.
 //! Needs root, the test registry, cc and setpriv: a missing one fails the test (never skipped).
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub
+)]
 
 mod common;
 
