@@ -23,6 +23,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/tmp/rbuild-apt.log 2>&1 || { cat /tmp/rbuild-apt.log; exit 1; }
 fi
 
+# /run/netns as a shared mount point before the network tests run `ip netns add` in parallel
+# (iproute2 sets it up on first use, and two first uses at once can hide a namespace).
+ip netns add rbuild-setup-probe >/dev/null 2>&1 && ip netns del rbuild-setup-probe >/dev/null 2>&1 || true
+
 # Rootless slirp4netns opens /dev/net/tun: distributions ship it 0666 (udev's default rule); a
 # container without udev may have it 0600.
 if [ -c /dev/net/tun ]; then chmod 0666 /dev/net/tun; fi

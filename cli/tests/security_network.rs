@@ -47,6 +47,30 @@ struct TestNet {
     resolv: PathBuf,
 }
 
+/// `ip netns add NAME` with `lo` up. iproute2 makes /run/netns a shared mount point on first
+/// use; when that races with another `ip netns add` (parallel tests, other test runs), the new
+/// namespace's bind mount can land under the mount made by the other and `ip -n` then fails
+/// with EINVAL. That is the test harness's environment, not rbuild: make the namespace again.
+fn add_netns(name: &str) {
+    for attempt in 0..5 {
+        ip(&["netns", "add", name]);
+        let up = Command::new("ip")
+            .args(["-n", name, "link", "set", "lo", "up"])
+            .output()
+            .unwrap();
+        if up.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&up.stderr).into_owned();
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        assert!(
+            err.contains("Invalid argument") && attempt < 4,
+            "ip -n {name} link set lo up: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
     assert!(
@@ -65,14 +89,13 @@ impl TestNet {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        ip(&["netns", "add", &name]);
+        add_netns(&name);
         let net = TestNet {
             name: name.clone(),
             dns_queries: Arc::default(),
             lo_dns_queries: Arc::default(),
             resolv: std::env::temp_dir().join(format!("{name}.resolv.conf")),
         };
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
         // A veth pair (both ends inside: `dummy` is not built into every kernel).
         ip(&[
             "-n", &name, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
