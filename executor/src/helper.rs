@@ -80,15 +80,21 @@ impl Scratch {
             std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}-{nanos}", std::process::id()));
         std::fs::create_dir(&base)
             .map_err(|e| ExecutorError::sys("create scratch dir", &base, e))?;
+        // The lock file appears under its name only once it is locked (made under another
+        // name, locked, renamed): a sweeping process that finds `lock` unlocked knows its
+        // helper is gone, and one that finds no `lock` leaves a young directory alone.
         let lock_path = base.join("lock");
+        let new_path = base.join("lock.new");
         let lock = rustix::fs::open(
-            &lock_path,
+            &new_path,
             OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(|e| ExecutorError::sys("create", &lock_path, e))?;
+        .map_err(|e| ExecutorError::sys("create", &new_path, e))?;
         rustix::fs::flock(&lock, FlockOperation::LockExclusive)
-            .map_err(|e| ExecutorError::sys("flock", &lock_path, e))?;
+            .map_err(|e| ExecutorError::sys("flock", &new_path, e))?;
+        std::fs::rename(&new_path, &lock_path)
+            .map_err(|e| ExecutorError::sys("rename", &lock_path, e))?;
         let s = Scratch {
             lock,
             root: base.join("root"),
@@ -160,17 +166,6 @@ pub(crate) fn sweep_stale_scratch() {
             ) else {
                 continue;
             };
-            // A directory made in the last minute is never swept, whatever its lock says: its
-            // helper may be between creating the lock file and locking it (sweeping it then
-            // broke a concurrent build's step).
-            let young = m
-                .modified()
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age < std::time::Duration::from_secs(60));
-            if young {
-                continue;
-            }
             let lock = rustix::fs::openat(
                 &dirfd,
                 "lock",
@@ -178,8 +173,14 @@ pub(crate) fn sweep_stale_scratch() {
                 Mode::empty(),
             );
             let stale = match &lock {
+                // `lock` exists only once its helper holds it (see `Scratch::create`).
                 Ok(l) => rustix::fs::flock(l, FlockOperation::NonBlockingLockExclusive).is_ok(),
-                Err(Errno::NOENT) => true,
+                // Not locked yet (being made), or an old layout: only when a minute old.
+                Err(Errno::NOENT) => m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60)),
                 Err(_) => false,
             };
             if stale {
