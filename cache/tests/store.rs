@@ -327,13 +327,9 @@ fn rusqlite_journal_mode(db: &Path) -> String {
 const CHILD_ENV: &str = "RBUILD_CACHE_TEST_CHILD_ROOT";
 const PER_WRITER: usize = 150;
 
-/// Not a test on its own: the body of a child process spawned by `index_shared_by_processes`
-/// (which runs it with `--ignored`); run any other way it fails.
-#[test]
-#[ignore = "the child process of index_shared_by_processes"]
-fn child_writer() {
-    let root = std::env::var(CHILD_ENV)
-        .unwrap_or_else(|_| panic!("run only by index_shared_by_processes ({CHILD_ENV} unset)"));
+/// The child processes' part of `index_shared_by_threads_and_processes`: that test re-runs
+/// itself in each child with `CHILD_ENV` set, and this is all the child does.
+fn child_writer(root: &str) {
     let tag = std::env::var("RBUILD_CACHE_TEST_CHILD_TAG").unwrap();
     let store = Store::open(Path::new(&root)).unwrap();
     for i in 0..PER_WRITER {
@@ -355,6 +351,10 @@ fn child_writer() {
 
 #[test]
 fn index_shared_by_threads_and_processes() {
+    if let Ok(root) = std::env::var(CHILD_ENV) {
+        child_writer(&root);
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let a = Store::open(dir.path()).unwrap();
     let b = Store::open(dir.path()).unwrap();
@@ -363,9 +363,8 @@ fn index_shared_by_threads_and_processes() {
         .map(|i| {
             Command::new(&exe)
                 .args([
-                    "child_writer",
+                    "index_shared_by_threads_and_processes",
                     "--exact",
-                    "--ignored",
                     "--nocapture",
                     "--test-threads=1",
                 ])
