@@ -159,7 +159,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     }
     Ok(Solver::new(SolverConfig {
         store,
-        executor,
+        executor: Box::new(executor),
         registry,
         locals,
         // Steps mostly wait on processes and disk: at least 4 at once, even on small machines.

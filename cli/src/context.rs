@@ -186,9 +186,9 @@ fn unpack_tar(data: &[u8], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Run git (`rbuild_solver::remote::git`); returns its trimmed standard output.
+/// Run git (`rbuild_solver::git`); returns its trimmed standard output.
 fn git(args: &[&str], cwd: Option<&Path>) -> Result<String> {
-    rbuild_solver::remote::git(args, cwd)
+    rbuild_solver::git(args, cwd)
         .map(|o| o.trim().to_string())
         .map_err(|e| anyhow!(e))
 }

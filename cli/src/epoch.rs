@@ -151,7 +151,7 @@ pub fn public_url(remote: &str) -> String {
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    rbuild_solver::remote::git(args, Some(dir))
+    rbuild_solver::git(args, Some(dir))
         .ok()
         .map(|o| o.trim().to_string())
 }

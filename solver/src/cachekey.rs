@@ -11,9 +11,9 @@
 //! | scratch | the constant `scratch` | — |
 //! | local source | not keyed: read only through selectors of the ops that use it | session, mtimes |
 //! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts, platform), each input's key | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
-//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files, files `COPY --exclude` leaves out (`sched::without_excluded`) |
+//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files, files `COPY --exclude` leaves out (`ops::inputs::without_excluded`) |
 //! | merge | each input's key, in order | — |
-//! | http (`ADD <url>`) | pinned `--checksum` + file name, else the body's sha256 + file name + `Last-Modified` (see [`crate::remote`]) | the URL text |
+//! | http (`ADD <url>`) | pinned `--checksum` + file name, else the body's sha256 + file name + `Last-Modified` (see [`crate::ops::http`]) | the URL text |
 //! | git (`ADD <git url>`) | the commit the ref resolves to + `keep_git_dir` | the remote URL, the ref name |
 //!
 //! A record (`rbuild-key-v2`, op kind, canonical JSON, then one `input N: …` line per input)

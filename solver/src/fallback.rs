@@ -195,7 +195,7 @@ impl Solver {
     /// unmounting it syncs the whole filesystem, which a build should not pay every time.
     pub(crate) fn copy_mode(&self) -> bool {
         // Chroot isolation runs steps in a materialized root: no overlayfs.
-        if *self.cfg.executor.runtime() == rbuild_executor::Runtime::Chroot {
+        if self.cfg.executor.needs_materialized_root() {
             return true;
         }
         if let Some(forced) = forced_copy(std::env::var(SNAPSHOTTER_ENV).ok().as_deref()) {
@@ -277,7 +277,7 @@ impl Solver {
             };
             src_dirs.push((i, dir));
         }
-        let r = crate::fileop::apply_actions(op, inputs, &root, &src_dirs);
+        let r = crate::ops::file::apply_actions(op, inputs, &root, &src_dirs);
         if r.is_ok() {
             diff_since(&layers, &root, &snap.fs, Some(&since))?;
         }

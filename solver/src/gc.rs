@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use rbuild_cache::{Store, StoreLock};
 
-use crate::sched::Record;
+use crate::results::Record;
 use crate::SolveError;
 
 /// Metadata namespace mapping a pulled layer's diff id to its snapshot (see `source.rs`).

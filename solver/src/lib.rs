@@ -2,24 +2,26 @@
 //!
 //! The solver walks a [`rbuild_graph::Definition`] from a root node, computes a cache key for
 //! every reachable node ([`cachekey`]), looks it up in the store's index, and runs the op on a
-//! miss: image sources are pulled and unpacked ([`source`]), exec ops run in the sandbox
-//! ([`exec`]), file ops edit a new layer in-process ([`fileop`]). Independent nodes run in
-//! parallel ([`sched`]). Every result is a chain of layers (snapshot directories plus their
+//! miss through its op ([`ops`]: one kind per file; exec ops reach the sandbox only through
+//! the [`executor::StepExecutor`] seam). Independent nodes run in parallel ([`sched`], which
+//! knows nothing of what an op does); results are looked up and recorded in one place
+//! ([`results`]). Every result is a chain of layers (snapshot directories plus their
 //! uncompressed tar blobs). [`image`] turns a chain and a config into an image in the local
 //! store. Progress goes out as [`Event`]s; this crate never prints.
 
 pub mod cachekey;
-pub mod exec;
+pub mod executor;
 pub mod explain;
 pub mod fallback;
-pub mod fileop;
 pub mod gc;
 pub mod image;
-pub mod remote;
+pub mod ops;
+mod results;
 pub mod runmount;
 pub mod sched;
-pub mod source;
 mod sshproxy;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,8 +29,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use executor::StepExecutor;
 pub use explain::CacheOptions;
 pub use image::{finalize_image, ImageResult};
+pub use ops::git::{git, resolve_git_ref};
 pub use runmount::{Entitlements, SecretSource};
 pub use sched::SolveOutput;
 
@@ -229,7 +233,7 @@ pub struct ResolvedImage {
 /// Everything the solver needs from its environment.
 pub struct SolverConfig {
     pub store: rbuild_cache::Store,
-    pub executor: rbuild_executor::Executor,
+    pub executor: Box<dyn executor::StepExecutor>,
     pub registry: rbuild_oci::RegistryClient,
     /// Local directories by name (`context` is the build context).
     pub locals: BTreeMap<String, PathBuf>,

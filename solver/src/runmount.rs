@@ -30,7 +30,7 @@ use rbuild_graph::{CacheSharing, Definition, ExecOp, MountKind, NetworkMode, Op,
 use rustix::fs::{flock, FlockOperation, Mode, OFlags};
 
 use crate::fallback::materialize;
-use crate::fileop::resolve_in_root;
+use crate::ops::file::resolve_in_root;
 use crate::sshproxy::SshProxy;
 use crate::{Solver, Value};
 
@@ -321,7 +321,7 @@ impl Solver {
                 if writable && copy {
                     let tmp = self.temp_dir(p, &format!("bind{n}"))?;
                     let dst = tmp.join("src");
-                    crate::fileop::copy_local(&root, &r, &dst, is_dir)
+                    crate::ops::file::copy_local(&root, &r, &dst, is_dir)
                         .map_err(|e| format!("bind mount source {source}: {e}"))?;
                     p.extra.push(ExtraMount::Bind {
                         source: dst,
@@ -479,7 +479,7 @@ impl Solver {
                 if !is_dir {
                     return Err(bad("not a directory".into()));
                 }
-                crate::fileop::copy_local(&root, &src, &fresh, true).map_err(bad)?;
+                crate::ops::file::copy_local(&root, &src, &fresh, true).map_err(bad)?;
             }
         }
         if input.is_none() {

@@ -20,7 +20,24 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rbuild_cache::context::{ExcludeMatcher, Selector};
 use rbuild_graph::{Chmod, CopyAction, FileAction, FileOp, IdSpec, Node, Owner};
 
+use super::{Cx, Input, OpKind, Plan};
 use crate::{Chain, SolveError, Solver, Value};
+
+/// `File`: COPY, ADD (local), mkdir, mkfile, rm, symlink.
+pub struct FileKind;
+
+impl OpKind for FileKind {
+    fn plan<'a>(&'a self, cx: &'a Cx<'a>, inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+        let rbuild_graph::Op::File(op) = &cx.node.op else {
+            return Err(cx.fail("not a file op"));
+        };
+        let work = Box::new(move || {
+            let values: Vec<Value> = inputs.iter().map(|i| i.value.clone()).collect();
+            cx.solver.run_file(cx.node, op, &values)
+        });
+        super::inputs::keyed_step(cx, inputs, work).map(Plan::Keyed)
+    }
+}
 
 impl Solver {
     pub(crate) fn run_file(
@@ -209,9 +226,7 @@ fn parent_and_name(p: &str) -> Option<(PathBuf, std::ffi::OsString)> {
     }
 }
 
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
+use super::inputs::has_glob;
 
 /// Numeric ids from the destination's /etc/passwd and /etc/group.
 struct Ids {

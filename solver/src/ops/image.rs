@@ -1,4 +1,4 @@
-//! Source ops: resolving and pulling base images, and local directories.
+//! Image sources: resolving and pulling base images.
 //!
 //! Resolution (tag → manifest digest + config) is remembered in the store (`meta` namespace
 //! `resolve`), so a rebuild needs no registry round-trip unless `--pull` asks for one. Pulled
@@ -12,7 +12,53 @@ use std::sync::Mutex;
 use rbuild_graph::Platform;
 use rbuild_oci::{Reference, RegistryClient};
 
+use super::{now_secs, Cx, Input, Keyed, OpKind, Plan};
+use crate::cachekey::image_key;
+use crate::explain::StepRecord;
 use crate::{Chain, Layer, ResolvedImage, SolveError, Solver};
+
+/// `Source(Image)`: a base image, keyed on its manifest digest and platform.
+pub struct ImageOp;
+
+impl OpKind for ImageOp {
+    fn plan<'a>(&'a self, cx: &'a Cx<'a>, _inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+        let rbuild_graph::Op::Source(rbuild_graph::SourceOp::Image {
+            reference,
+            digest,
+            platform,
+        }) = &cx.node.op
+        else {
+            return Err(cx.fail("not an image source"));
+        };
+        let resolved = cx
+            .solver
+            .resolved_for(reference, digest.as_deref(), platform)
+            .map_err(|e| cx.step_error(e))?;
+        let key = image_key(&resolved.manifest_digest, platform);
+        let at = format!("{}@{}", resolved.reference, resolved.manifest_digest);
+        let record = StepRecord {
+            key: key.clone(),
+            op: at.clone(),
+            inputs: Vec::new(),
+            build: cx.solver.cfg.cache.build_id.clone(),
+            time: now_secs(),
+        };
+        Ok(Plan::Keyed(Keyed {
+            key,
+            ignore_cache: false,
+            record: Some(record),
+            label: Some(format!("base image {at}")),
+            announced: None,
+            work: Box::new(move || {
+                let transfers = crate::VertexTransfers {
+                    vertex: cx.vertex,
+                    progress: cx.progress,
+                };
+                cx.solver.pull_layers(&resolved, &transfers)
+            }),
+        }))
+    }
+}
 
 /// A pulled layer and whether its snapshot is new (still to be committed).
 type Pulled = (Layer, bool);

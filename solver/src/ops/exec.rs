@@ -4,15 +4,35 @@
 //! dir, so the upper dir *is* the step's layer (overlay whiteouts record deletions). After a
 //! successful run the layer is written as a deterministic tar into the content store. Where
 //! overlayfs cannot be mounted, the step runs in a materialized copy of the chain instead and
-//! the layer is computed by a diff ([`crate::fallback`]).
+//! the layer is computed by a diff ([`crate::fallback`]). The process runs through the
+//! [`crate::executor::StepExecutor`] seam, never through the sandbox directly.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use rbuild_executor::{ExecSpec, Rootfs, Stream};
-use rbuild_graph::{ExecOp, Node};
+use rbuild_graph::{ExecOp, Node, Op};
 
+use super::{Cx, Input, OpKind, Plan};
 use crate::{Chain, Event, Progress, SolveError, Solver, Value};
+
+/// `Exec`: a RUN step.
+pub struct ExecKind;
+
+impl OpKind for ExecKind {
+    fn plan<'a>(&'a self, cx: &'a Cx<'a>, inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+        let Op::Exec(op) = &cx.node.op else {
+            return Err(cx.fail("not an exec op"));
+        };
+        cx.solver.check_exec_policy(op).map_err(|m| cx.fail(m))?;
+        let work = Box::new(move || {
+            let values: Vec<Value> = inputs.iter().map(|i| i.value.clone()).collect();
+            cx.solver
+                .run_exec(cx.vertex, cx.node, op, &values, cx.progress)
+        });
+        super::inputs::keyed_step(cx, inputs, work).map(Plan::Keyed)
+    }
+}
 
 /// How many output lines a failed step reports.
 pub const TAIL_LINES: usize = 20;
@@ -98,7 +118,7 @@ impl Solver {
         };
         let mut tail = Tail::default();
         let aborted = || self.aborted();
-        let status = self.cfg.executor.run_cancellable(
+        let status = self.cfg.executor.run(
             &spec,
             &mut |stream, data| {
                 tail.push(data);
