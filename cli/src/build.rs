@@ -172,6 +172,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         entitlements: sandbox.entitlements,
         cache: crate::cachecmd::cache_options(b, context),
         resources,
+        cache_imports: Vec::new(),
     }))
 }
 

@@ -16,6 +16,7 @@ pub mod fallback;
 pub mod gc;
 pub mod image;
 pub mod ops;
+pub mod remote_cache;
 mod results;
 pub mod runmount;
 pub mod sched;
@@ -33,6 +34,7 @@ pub use executor::StepExecutor;
 pub use explain::CacheOptions;
 pub use image::{finalize_image, ImageResult};
 pub use ops::git::{git, resolve_git_ref};
+pub use remote_cache::CacheMode;
 pub use runmount::{Entitlements, SecretSource};
 pub use sched::SolveOutput;
 
@@ -256,6 +258,8 @@ pub struct SolverConfig {
     /// cgroup limits of every RUN step (`--memory`, `--cpu-quota`, `--cpu-period`); not part
     /// of any cache key (as with `docker build`'s limits).
     pub resources: rbuild_executor::Resources,
+    /// Caches imported with `--cache-from`, searched after the local index ([`remote_cache`]).
+    pub cache_imports: Vec<rbuild_oci::remote_cache::ImportedCache>,
 }
 
 /// The solver: owns the config and an in-process memory of resolved images.
@@ -268,11 +272,15 @@ pub struct Solver {
     pub(crate) abort: std::sync::atomic::AtomicBool,
     /// Whether steps use the copy snapshotter ([`Solver::copy_mode`]), decided once.
     pub(crate) copy_mode: std::sync::OnceLock<bool>,
+    /// Imported records by key, lazy layers, and this solver's results for export.
+    pub(crate) remote: remote_cache::RemoteState,
 }
 
 impl Solver {
     pub fn new(cfg: SolverConfig) -> Arc<Self> {
+        let remote = remote_cache::RemoteState::new(&cfg.cache_imports);
         Arc::new(Solver {
+            remote,
             cfg,
             resolved: Mutex::new(BTreeMap::new()),
             mounts: runmount::MountState::default(),

@@ -113,6 +113,18 @@ pub fn force_network(def: &mut Definition, mode: NetworkMode) {
 #[derive(Debug, Default)]
 pub struct MountState {
     fresh: Mutex<HashSet<String>>,
+    /// Directory names (`cachemounts-v1/<name>`) of the cache mounts this build used.
+    used: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl MountState {
+    /// The cache mount directories this build used (for `--cache-to …,cache-mounts=true`).
+    pub(crate) fn used_names(&self) -> Vec<String> {
+        self.used
+            .lock()
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// What a step's mounts need while it runs: held locks and temporary directories (removed on
@@ -385,6 +397,9 @@ impl Solver {
         let base = self.cfg.store.root().join("cachemounts-v1");
         fs::create_dir_all(&base).map_err(|e| io("mkdir", &base, e))?;
         let name = cache_dir_name(spec.id);
+        if let Ok(mut used) = self.mounts.used.lock() {
+            used.insert(name.clone());
+        }
         if no_cache {
             let first = self
                 .mounts
@@ -450,7 +465,14 @@ impl Solver {
         let fresh = tmp.join("dir");
         let rel = spec.source.trim_start_matches('/');
         match input {
-            None => fs::create_dir(&fresh).map_err(|e| io("mkdir", &fresh, e))?,
+            None => {
+                fs::create_dir(&fresh).map_err(|e| io("mkdir", &fresh, e))?;
+                // A new directory starts with what an imported cache holds for it (only
+                // the first instance: private copies start empty, as in BuildKit).
+                let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                self.import_cache_mount(name, &fresh)
+                    .map_err(|e| e.to_string())?;
+            }
             Some(Value::Chain(chain)) => {
                 let root = tmp.join("root");
                 fs::create_dir(&root).map_err(|e| io("mkdir", &root, e))?;

@@ -158,7 +158,8 @@ impl Solver {
                 value: Value::Chain(chain),
                 ..
             }) => Ok(SolveOutput {
-                chain,
+                // The result is what the image is made of: its imported layers are fetched.
+                chain: self.ensure_local(&key, &chain, root.0, progress)?,
                 key,
                 executed: st.executed,
                 cached: st.cached,
@@ -302,6 +303,9 @@ impl Solver {
                     .clone()
                     .unwrap_or_else(|| node.meta.description.clone());
                 let (chain, cached) = self.keyed(id, step, node, k, progress)?;
+                if let Ok(mut solved) = self.remote.solved.lock() {
+                    solved.insert(key.clone(), chain.clone());
+                }
                 Ok(NodeOut {
                     key,
                     value: Value::Chain(chain),
@@ -335,7 +339,7 @@ impl Solver {
             work,
             ..
         } = plan;
-        let hit = |rec: Record| -> Result<(Chain, bool), SolveError> {
+        let hit = |rec: Record, origin: Option<&str>| -> Result<(Chain, bool), SolveError> {
             match announced {
                 Some(t) => progress.event(Event::Done {
                     vertex: id,
@@ -349,7 +353,13 @@ impl Solver {
             if explain && record.is_some() {
                 progress.event(Event::Explain {
                     vertex: id,
-                    reason: explain::explain_hit(rec.build.as_deref(), rec.time),
+                    reason: match origin {
+                        Some(o) => format!(
+                            "{} (imported from {o})",
+                            explain::explain_hit(rec.build.as_deref(), rec.time)
+                        ),
+                        None => explain::explain_hit(rec.build.as_deref(), rec.time),
+                    },
                 });
             }
             if let (Some(step), Some(r)) = (step, &record) {
@@ -361,13 +371,17 @@ impl Solver {
         };
         if !ignore {
             if let Some(rec) = self.lookup_local(&key)? {
-                return hit(rec);
+                return hit(rec, None);
             }
         }
         let _lock = self.key_lock(&key)?;
         if !ignore {
             if let Some(rec) = self.lookup_local(&key)? {
-                return hit(rec);
+                return hit(rec, None);
+            }
+            // The imported caches: a lazy chain, fetched only when something reads it.
+            if let Some((origin, rec)) = self.lookup_remote(&key)? {
+                return hit(rec, Some(&origin));
             }
         }
         if self.aborted() {
@@ -392,7 +406,11 @@ impl Solver {
                         Some(s) => explain::previous_record(store, s)?,
                         None => None,
                     };
-                    explain::explain_miss(prev.as_ref(), r)
+                    let why = explain::explain_miss(prev.as_ref(), r);
+                    match self.import_origins() {
+                        Some(o) => format!("{why}; not in {o}"),
+                        None => why,
+                    }
                 };
                 progress.event(Event::Explain { vertex: id, reason });
             }

@@ -153,6 +153,7 @@ fn solver(root: &std::path::Path, executor: Box<dyn StepExecutor>) -> Arc<Solver
         entitlements: Default::default(),
         cache: Default::default(),
         resources: Default::default(),
+        cache_imports: Vec::new(),
     })
 }
 

@@ -26,7 +26,7 @@ impl OpKind for ExecKind {
         };
         cx.solver.check_exec_policy(op).map_err(|m| cx.fail(m))?;
         let work = Box::new(move || {
-            let values: Vec<Value> = inputs.iter().map(|i| i.value.clone()).collect();
+            let values = cx.solver.materialized(inputs, cx.vertex, cx.progress)?;
             cx.solver
                 .run_exec(cx.vertex, cx.node, op, &values, cx.progress)
         });

@@ -32,7 +32,7 @@ impl OpKind for FileKind {
             return Err(cx.fail("not a file op"));
         };
         let work = Box::new(move || {
-            let values: Vec<Value> = inputs.iter().map(|i| i.value.clone()).collect();
+            let values = cx.solver.materialized(inputs, cx.vertex, cx.progress)?;
             cx.solver.run_file(cx.node, op, &values)
         });
         super::inputs::keyed_step(cx, inputs, work).map(Plan::Keyed)

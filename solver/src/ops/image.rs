@@ -64,9 +64,9 @@ impl OpKind for ImageOp {
 type Pulled = (Layer, bool);
 
 const RESOLVE_NS: &str = "resolve";
-const LAYER_NS: &str = "layer-snapshot";
+pub(crate) const LAYER_NS: &str = "layer-snapshot";
 /// Blob digest → the diff_id its uncompressed stream was verified to have.
-const VERIFIED_NS: &str = "layer-verified";
+pub(crate) const VERIFIED_NS: &str = "layer-verified";
 
 pub(crate) fn oci_platform(p: &Platform) -> rbuild_oci::Platform {
     rbuild_oci::Platform {
