@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn mount_names_are_directory_names_only() {
         assert!(is_mount_name("0123456789ab-npm"));
-        assert!(is_mount_name("0123456789ab-_root_.cache_go-build"));
+        assert!(is_mount_name("0123456789ab-_root__cache_go-build"));
         assert!(is_mount_name("0123456789ab-"));
         for bad in [
             "",
@@ -269,6 +269,7 @@ mod tests {
             "0123456789ab-a/b",
             "0123456789AB-x",
             "0123456789ab-ä",
+            "0123456789ab-a.b",
             "0123456789abx",
             &format!("0123456789ab-{}", "a".repeat(41)),
         ] {
