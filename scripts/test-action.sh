@@ -119,6 +119,35 @@ skopeo inspect --tls-verify=false docker://127.0.0.1:5055/rbuild-action/act:1 > 
   || fail "the pushed image is not in the registry"
 grep -q '"Layers"' "$tmp/pushed.json" || fail "skopeo could not read the pushed image: $(cat "$tmp/pushed.json")"
 
+# cache-to / cache-from: one spec per line, each line one flag (commas stay in the value); a
+# local cache directory written by one run fills an empty store in the next, where the RUN
+# step is a cache hit; a missing cache is a warning, not a failure.
+printf 'FROM busybox\nRUN echo "from the cache $RANDOM" > /c\n' > "$tmp/ws/app/Dockerfile"
+export INPUT_PUSH=false INPUT_TAGS=act:cache \
+  INPUT_CACHE_TO=$'type=local,dest='"$tmp"$'/cache-a,mode=max\n  type=local,dest='"$tmp"'/cache-b  '
+run_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "cache-to failed"; }
+grep -q -- "--cache-to type=local,dest=$tmp/cache-a,mode=max --cache-to type=local,dest=$tmp/cache-b " "$tmp/log" \
+  || fail "cache-to lines are not one flag each: $(grep '^rbuild build' "$tmp/log")"
+for d in cache-a cache-b; do
+  [ -f "$tmp/$d/index.json" ] && [ -f "$tmp/$d/oci-layout" ] || fail "no OCI layout cache in $d: $(ls -la "$tmp/$d" 2>&1)"
+done
+first=$(sed -n 's/^imageid=//p' "$tmp/output")
+rm -rf "$tmp/store"
+export INPUT_CACHE_TO="" \
+  INPUT_CACHE_FROM=$'type=local,src='"$tmp"$'/no-such-cache\ntype=local,src='"$tmp"'/cache-a'
+run_steps > "$tmp/log" 2>&1 || { cat "$tmp/log"; fail "cache-from failed"; }
+grep -q -- "--cache-from type=local,src=$tmp/no-such-cache --cache-from type=local,src=$tmp/cache-a " "$tmp/log" \
+  || fail "cache-from lines are not one flag each: $(grep '^rbuild build' "$tmp/log")"
+grep -q "WARNING: cache import from $tmp/no-such-cache failed" "$tmp/log" || fail "no warning for the missing cache: $(cat "$tmp/log")"
+run=$(grep -E '^#[0-9]+ \[2/2\] RUN' "$tmp/log" | head -n 1 | cut -d' ' -f1)
+[ -n "$run" ] && grep -qx "$run CACHED" "$tmp/log" || fail "the RUN step did not come from the cache: $(cat "$tmp/log")"
+[ "$(sed -n 's/^imageid=//p' "$tmp/output")" = "$first" ] || fail "the image from the cache differs from the exported build"
+# a service rbuild has no client for fails the step with the way out
+export INPUT_CACHE_FROM="" INPUT_CACHE_TO="type=gha,mode=max"
+if run_steps > "$tmp/log" 2>&1; then fail "cache-to type=gha did not fail the step"; fi
+grep -q "type=gha is not supported.*type=registry.*type=local" "$tmp/log" || fail "unclear type=gha error: $(cat "$tmp/log")"
+export INPUT_CACHE_TO=""
+
 # --- the install step's download path ----------------------------------------------------
 # A release archive made by scripts/release.sh from the binary under test, served over HTTP on
 # 127.0.0.1; the steps run with a PATH that has neither rbuild nor cargo.

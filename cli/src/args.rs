@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cachespec::{self, CacheSpec};
 use crate::flags;
 
 const EXAMPLES: &str = "\
@@ -175,12 +176,12 @@ pub struct BuildArgs {
     /// Load the image into docker (shorthand for --output=type=docker)
     #[arg(long)]
     pub load: bool,
-    /// External cache source: NAME or type=registry|local|gha,… (rejected: not supported yet)
-    #[arg(long = "cache-from", value_name = "SPEC", value_parser = flags::cache)]
-    pub cache_from: Vec<String>,
-    /// Cache export destination: NAME or type=inline|registry|local|gha,… (rejected: not supported yet)
-    #[arg(long = "cache-to", value_name = "SPEC", value_parser = flags::cache)]
-    pub cache_to: Vec<String>,
+    /// External cache source: REF (a cache, or an image with inline cache), type=registry,ref=REF or type=local,src=DIR[,tag=T]; repeatable (docs/cache.md)
+    #[arg(long = "cache-from", value_name = "SPEC", value_parser = cachespec::parse_cache_from)]
+    pub cache_from: Vec<CacheSpec>,
+    /// Cache export: type=registry,ref=REF, type=local,dest=DIR[,tag=T] or type=inline, with [,mode=min|max][,compression=gzip|zstd|uncompressed][,compression-level=N][,force-compression=true][,oci-mediatypes=true|false][,cache-mounts=true][,ignore-error=true]; repeatable (docs/cache.md)
+    #[arg(long = "cache-to", value_name = "SPEC", value_parser = cachespec::parse_cache_to)]
+    pub cache_to: Vec<CacheSpec>,
     /// Secret for RUN --mount=type=secret: id=ID[,src=FILE] or type=env,id=ID[,env=VAR]
     #[arg(long = "secret", value_name = "SPEC", value_parser = flags::secret)]
     pub secrets: Vec<String>,
@@ -499,8 +500,13 @@ mod tests {
             b.outputs,
             ["type=oci,dest=x.tar", "type=local,\"dest=a,b\""]
         );
-        assert_eq!(b.cache_from, ["user/app:cache", "type=local,src=/c"]);
-        assert_eq!(b.cache_to, ["type=registry,ref=r/a:c,mode=max"]);
+        let texts = |v: &[CacheSpec]| v.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            texts(&b.cache_from),
+            ["user/app:cache", "type=local,src=/c"]
+        );
+        assert_eq!(texts(&b.cache_to), ["type=registry,ref=r/a:c,mode=max"]);
+        assert_eq!(b.cache_to[0].export.mode, cachespec::CacheMode::Max);
         assert_eq!(b.secrets, ["id=tok,src=/t", "type=env,id=K"]);
         assert_eq!(b.ssh, ["default"]);
         assert_eq!(b.network.as_deref(), Some("host"));
@@ -517,9 +523,8 @@ mod tests {
         assert_eq!(b.sbom.as_deref(), Some("false"));
         assert_eq!(b.max_parallelism, Some(3));
         assert_eq!(b.context, PathBuf::from("ctx"));
-        // every flag above except the supported ones is rejected, the first one named
-        let msg = crate::unsupported::unsupported(&b).unwrap();
-        assert!(msg.starts_with("--cache-from:"), "{msg}");
+        // every flag above is supported
+        assert_eq!(crate::unsupported::unsupported(&b), None);
     }
 
     #[test]
@@ -538,6 +543,10 @@ mod tests {
             ("--secret", "src=x"),
             ("--ssh", "=x"),
             ("--cache-to", "type=floppy"),
+            ("--cache-to", "type=local,src=/c"),
+            ("--cache-to", "type=registry,ref=r/a,colour=blue"),
+            ("--cache-from", "type=gha"),
+            ("--cache-from", "type=registry,ref=r/a,mode=max"),
             ("--build-context", "noequals"),
             ("--network", "bridge"),
             ("--allow", "root"),

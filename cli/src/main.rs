@@ -11,6 +11,7 @@ mod args;
 mod attest;
 mod build;
 mod cachecmd;
+mod cachespec;
 mod call;
 mod check;
 mod config;

@@ -44,10 +44,11 @@ pub struct OutputSpec {
 }
 
 fn parse_bool(spec: &str, k: &str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "1" | "" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => bail!("--output {spec:?}: {k}={v:?} is not true or false"),
+    // BuildKit's exporters take an empty value as true.
+    match crate::flags::parse_bool(v) {
+        Some(b) => Ok(b),
+        None if v.is_empty() => Ok(true),
+        None => bail!("--output {spec:?}: {k}={v:?} is not true or false"),
     }
 }
 

@@ -20,12 +20,6 @@ pub fn unsupported(b: &BuildArgs) -> Option<String> {
             "a build context from oci-layout://, a git or http URL or target:",
         );
     }
-    if !b.cache_from.is_empty() {
-        return not_yet("--cache-from", "remote cache import");
-    }
-    if !b.cache_to.is_empty() {
-        return not_yet("--cache-to", "remote cache export");
-    }
     None
 }
 

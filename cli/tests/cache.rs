@@ -12,113 +12,19 @@
 
 mod common;
 
+use common::progress::Build;
 use common::{require_env, REGISTRY};
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use tempfile::TempDir;
 
 struct Project {
     dir: TempDir,
     store: TempDir,
-}
-
-/// One build's outcome, parsed from plain progress.
-struct Build {
-    out: Output,
-    /// Step description → (ran, explanation).
-    steps: BTreeMap<String, (bool, String)>,
-    /// Raw progress lines in order.
-    lines: Vec<String>,
-}
-
-impl Build {
-    fn parse(out: Output) -> Self {
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let mut names: BTreeMap<String, String> = BTreeMap::new();
-        let mut cached: BTreeMap<String, bool> = BTreeMap::new();
-        let mut why: BTreeMap<String, String> = BTreeMap::new();
-        for l in &lines {
-            let Some(rest) = l.strip_prefix('#') else {
-                continue;
-            };
-            let Some((n, body)) = rest.split_once(' ') else {
-                continue;
-            };
-            if body.starts_with('[') && !names.contains_key(n) {
-                names.insert(n.to_string(), body.to_string());
-            } else if body == "CACHED" {
-                cached.insert(n.to_string(), true);
-            } else if let Some(r) = body.strip_prefix("EXPLAIN: ") {
-                why.insert(n.to_string(), r.to_string());
-            }
-        }
-        let steps = names
-            .into_iter()
-            .map(|(n, name)| {
-                let ran = !cached.contains_key(&n);
-                (name, (ran, why.get(&n).cloned().unwrap_or_default()))
-            })
-            .collect();
-        Build { out, steps, lines }
-    }
-
-    fn ok(self) -> Self {
-        assert!(
-            self.out.status.success(),
-            "rbuild failed ({:?}):\n{}",
-            self.out.status,
-            self.lines.join("\n")
-        );
-        self
-    }
-
-    /// The step whose description contains `what` (exactly one must).
-    fn step(&self, what: &str) -> (bool, String) {
-        let m: Vec<_> = self
-            .steps
-            .iter()
-            .filter(|(k, _)| k.contains(what))
-            .collect();
-        assert_eq!(
-            m.len(),
-            1,
-            "expected one step matching {what:?}, got {m:?}\n{}",
-            self.lines.join("\n")
-        );
-        m[0].1.clone()
-    }
-
-    fn ran(&self, what: &str) -> bool {
-        self.step(what).0
-    }
-
-    fn why(&self, what: &str) -> String {
-        self.step(what).1
-    }
-
-    fn assert_ran(&self, what: &str) -> &Self {
-        assert!(
-            self.ran(what),
-            "{what} should have run:\n{}",
-            self.lines.join("\n")
-        );
-        self
-    }
-
-    fn assert_cached(&self, what: &str) -> &Self {
-        assert!(
-            !self.ran(what),
-            "{what} should be cached:\n{}",
-            self.lines.join("\n")
-        );
-        self
-    }
 }
 
 impl Project {

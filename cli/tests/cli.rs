@@ -655,12 +655,12 @@ fn unsupported_flags_are_rejected_with_a_message_naming_the_flag() {
             "--build-context base=oci-layout:///tmp/layout: a build context from oci-layout://",
         ),
         (
-            &["--cache-from", "type=registry,ref=r/a:c"],
-            "--cache-from: remote cache import is not supported yet",
+            &["--cache-from", "type=gha"],
+            "type=gha is not supported: rbuild has no client for that service; use type=registry",
         ),
         (
-            &["--cache-to", "type=local,dest=/tmp/c"],
-            "--cache-to: remote cache export is not supported yet",
+            &["--cache-to", "type=s3,bucket=b"],
+            "type=s3 is not supported",
         ),
         (
             &["--provenance", "mode=huge"],

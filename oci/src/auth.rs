@@ -242,7 +242,8 @@ fn write_config(path: &PathBuf, cfg: &Map<String, Value>) -> Result<(), OciError
         }
     })?;
     data.push(b'\n');
-    crate::image_store::atomic_write(path, &data)?;
+    // Created 0600: the credentials are never readable by others, not even for a moment.
+    crate::image_store::atomic_write_mode(path, &data, 0o600)?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     Ok(())

@@ -167,6 +167,31 @@ pub enum OciError {
     /// An image name is not in the local image store.
     #[error("image {0} not found in the local store")]
     ImageNotFound(String),
+    /// What a remote cache source holds is not an rbuild cache (a plain image without the
+    /// inline annotation, a BuildKit cache, an artifact with another config media type, …).
+    #[error("{origin} is not an rbuild cache: {found}")]
+    NotACache {
+        /// The source as the user named it ("registry cache REF", "local cache DIR").
+        origin: String,
+        /// What was found there instead.
+        found: String,
+    },
+    /// An rbuild cache whose manifest, config or layout breaks the format's rules.
+    #[error("{origin}: invalid cache: {reason}")]
+    InvalidCache {
+        /// The source as the user named it.
+        origin: String,
+        /// The rule broken.
+        reason: String,
+    },
+    /// A `--cache-to type=local,dest=DIR` that rbuild refuses to write into.
+    #[error("cache destination {path}: {reason}")]
+    CacheDest {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
 }
 
 impl OciError {

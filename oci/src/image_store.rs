@@ -5,11 +5,15 @@
 //! under the store's "images" lock with an atomic rename.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::digest::digest_hex;
 use crate::reference::Reference;
@@ -46,28 +50,71 @@ fn tag_name(name: &Reference) -> String {
     n.to_string()
 }
 
-/// Write `data` to `path` atomically (tmp + fsync + rename + fsync dir).
-pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<(), OciError> {
+/// Write `data` to `path` atomically (tmp + fsync + rename + fsync dir), created with `mode`
+/// (before the umask).
+pub(crate) fn atomic_write_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), OciError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match dir.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => dir,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| OciError::io("write", path)(std::io::ErrorKind::InvalidInput.into()))?;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| OciError::io("open", dir)(e.into()))?;
+    write_atomic_at(&fd, dir, name, mode, &mut |f| {
+        f.write_all(data).map_err(OciError::io("write", path))
+    })
+}
+
+/// [`atomic_write_mode`] with mode 0666.
+pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<(), OciError> {
+    atomic_write_mode(path, data, 0o666)
+}
+
+/// Create `name` in the directory `dir` (an fd, `dir_path` for messages) atomically: `fill`
+/// writes a new temporary file (`O_EXCL | O_NOFOLLOW`, never a file planted there), which is
+/// fsynced and renamed over `name` (a symlink at `name` is replaced, never followed), then the
+/// directory is fsynced. On any error the temporary is removed and `name` is unchanged.
+pub(crate) fn write_atomic_at(
+    dir: &impl AsFd,
+    dir_path: &Path,
+    name: &OsStr,
+    mode: u32,
+    fill: &mut dyn FnMut(&mut fs::File) -> Result<(), OciError>,
+) -> Result<(), OciError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(
+        ".tmp-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
+    let tmp_path = dir_path.join(&tmp);
+    let fd = rustix::fs::openat(
+        dir,
+        tmp.as_os_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| OciError::io("create", &tmp_path)(e.into()))?;
+    let mut f = fs::File::from(fd);
     let res = (|| {
-        let mut f = fs::File::create(&tmp).map_err(OciError::io("create", &tmp))?;
-        f.write_all(data).map_err(OciError::io("write", &tmp))?;
-        f.sync_all().map_err(OciError::io("fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(OciError::io("rename into", path))?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        fill(&mut f)?;
+        f.sync_all().map_err(OciError::io("fsync", &tmp_path))?;
+        rustix::fs::renameat(dir, tmp.as_os_str(), dir, name)
+            .map_err(|e| OciError::io("rename into", dir_path.join(name))(e.into()))?;
+        let _ = rustix::fs::fsync(dir);
         Ok(())
     })();
     if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = rustix::fs::unlinkat(dir, tmp.as_os_str(), rustix::fs::AtFlags::empty());
     }
     res
 }

@@ -40,7 +40,7 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// Extract a layer blob (gzip, zstd or uncompressed tar; bzip2/xz are refused with a clear
 /// error) into `dest` in overlayfs upper format. See the module docs for the safety rules.
 pub fn apply_layer(blob: impl Read, dest: &Path) -> Result<(), OciError> {
-    extract_mode(blob, dest, true, None, None)
+    extract_mode(blob, dest, true, None, None, None).map(|_| ())
 }
 
 /// [`apply_layer`], verifying that the uncompressed stream hashes to `diff_id` (the image
@@ -53,7 +53,69 @@ pub fn apply_layer_verified(
     layer: &str,
     diff_id: &str,
 ) -> Result<(), OciError> {
-    extract_mode(blob, dest, true, Some((layer, diff_id)), None)
+    extract_mode(blob, dest, true, Some((layer, diff_id)), None, None).map(|_| ())
+}
+
+/// [`apply_layer_verified`] that also keeps the uncompressed tar: the stream being applied is
+/// written to the content store as a blob, committed only when it hashes to `diff_id` (so the
+/// store gets the exact tar the exporting machine had, under its diff_id; nothing on a
+/// mismatch). When the store already has that blob it is not written again. Returns the
+/// uncompressed blob (digest = `diff_id`, size).
+pub fn apply_layer_verified_keeping_tar(
+    blob: impl Read,
+    dest: &Path,
+    blob_digest: &str,
+    diff_id: &str,
+    store: &rbuild_cache::Store,
+) -> Result<rbuild_cache::BlobInfo, OciError> {
+    crate::digest::digest_hex(diff_id)?;
+    let store_err = |op: String| {
+        move |e: rbuild_cache::CacheError| OciError::Store {
+            op,
+            reason: e.to_string(),
+        }
+    };
+    let mut writer = match store.has_blob(diff_id) {
+        true => None,
+        false => Some(
+            store
+                .blob_writer()
+                .map_err(store_err(format!("keep layer {diff_id}")))?,
+        ),
+    };
+    let size = extract_mode(
+        blob,
+        dest,
+        true,
+        Some((blob_digest, diff_id)),
+        None,
+        writer.as_mut().map(|w| w as &mut dyn Write),
+    )?;
+    if let Some(w) = writer {
+        return w
+            .commit(Some((diff_id, Some(size))))
+            .map_err(store_err(format!("commit layer tar {diff_id}")));
+    }
+    Ok(rbuild_cache::BlobInfo {
+        digest: diff_id.to_string(),
+        size,
+    })
+}
+
+/// A reader that copies what it reads into a writer.
+struct Tee<'w, R> {
+    inner: R,
+    out: Option<&'w mut dyn Write>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(w) = self.out.as_mut() {
+            w.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
 }
 
 /// Extract an archive (gzip or uncompressed tar) into `dest` the way `ADD archive.tar.gz /dir`
@@ -65,7 +127,7 @@ pub fn extract_archive(
     dest: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<(), OciError> {
-    extract_mode(archive, dest, false, None, owner)
+    extract_mode(archive, dest, false, None, owner, None).map(|_| ())
 }
 
 /// What [`archive_kind`] found at the start of a file.
@@ -189,8 +251,12 @@ fn extract_mode(
     whiteouts: bool,
     expect: Option<(&str, &str)>,
     owner: Option<(u32, u32)>,
-) -> Result<(), OciError> {
-    let reader = decompress_sniffed(blob, dest)?;
+    keep: Option<&mut dyn Write>,
+) -> Result<u64, OciError> {
+    let reader = Tee {
+        inner: decompress_sniffed(blob, dest)?,
+        out: keep,
+    };
     let root = rbuild_fsroot::Root::new(dest)
         .map_err(|e| OciError::io("open destination", dest)(e.errno().into()))?;
     let mut ex = Extractor {
@@ -208,9 +274,10 @@ fn extract_mode(
         let entry = entry.map_err(OciError::io("read layer tar for", dest))?;
         ex.entry(entry)?;
     }
+    let mut size = 0;
     if let Some((layer, diff_id)) = expect {
         // The diff_id covers the whole uncompressed stream, end-of-archive blocks included.
-        let (actual, _) = archive
+        let (actual, n) = archive
             .into_inner()
             .inner
             .finish()
@@ -222,6 +289,7 @@ fn extract_mode(
                 actual,
             });
         }
+        size = n;
     }
     // Directory mtimes last (creating children changes them), deepest first.
     let dir_times = std::mem::take(&mut ex.dir_times);
@@ -237,7 +305,7 @@ fn extract_mode(
             };
         rustix::fs::futimens(&fd, &times(*ts)).map_err(ex.err("set mtime", rel))?;
     }
-    Ok(())
+    Ok(size)
 }
 
 /// Largest extension header (PAX `x`/`g`, GNU long name/link `L`/`K`) accepted. The tar crate

@@ -21,6 +21,7 @@ pub mod progress;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod remote_cache;
 pub mod sbom;
 pub mod store;
 pub mod time;
@@ -34,8 +35,9 @@ pub use export::{
 };
 pub use image_store::ImageStore;
 pub use layer::{
-    apply_layer, apply_layer_verified, archive_kind, device_marker_of, extract_archive,
-    layer_diff_id, user_xattrs, write_layer, ArchiveKind, LayerOpts,
+    apply_layer, apply_layer_verified, apply_layer_verified_keeping_tar, archive_kind,
+    device_marker_of, extract_archive, layer_diff_id, user_xattrs, write_layer, ArchiveKind,
+    LayerOpts,
 };
 pub use reference::Reference;
 pub use registry::{RegistryClient, RegistryConfig, ResolvedManifest};

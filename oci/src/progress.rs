@@ -126,6 +126,29 @@ impl<R: Read> Read for MeteredReader<'_, '_, R> {
     }
 }
 
+/// A writer that counts what passes through it into a [`Meter`].
+pub struct MeteredWriter<'m, 'a, W> {
+    inner: W,
+    meter: &'m Meter<'a>,
+}
+
+impl<'m, 'a, W: std::io::Write> MeteredWriter<'m, 'a, W> {
+    pub fn new(inner: W, meter: &'m Meter<'a>) -> Self {
+        MeteredWriter { inner, meter }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for MeteredWriter<'_, '_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.meter.add(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

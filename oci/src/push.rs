@@ -96,6 +96,7 @@ impl RegistryClient {
         store: &dyn ContentStore,
         desc: &Descriptor,
         opts: &PushOpts,
+        progress: &dyn crate::progress::TransferProgress,
     ) -> Result<Outcome, OciError> {
         let repo = &target.repository;
         let mount_from = store
@@ -151,7 +152,7 @@ impl RegistryClient {
         let octet = ("Content-Type", "application/octet-stream".to_string());
         let mut offset = 0u64;
         let meter = crate::progress::Meter::start(
-            opts.progress.as_ref(),
+            progress,
             &desc.digest,
             crate::progress::Action::Uploading,
             desc.size,
@@ -226,12 +227,13 @@ impl RegistryClient {
         store: &dyn ContentStore,
         desc: &Descriptor,
         opts: &PushOpts,
+        progress: &dyn crate::progress::TransferProgress,
     ) -> Result<Outcome, OciError> {
         digest_hex(&desc.digest)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.push_blob_once(ep, target, store, desc, opts) {
+            match self.push_blob_once(ep, target, store, desc, opts, progress) {
                 Err(e) if retryable(&e) && attempt < 3 => backoff(attempt),
                 other => return other,
             }
@@ -246,6 +248,19 @@ impl RegistryClient {
         manifest: &Descriptor,
         target: &Reference,
         opts: &PushOpts,
+    ) -> Result<PushReport, OciError> {
+        self.push_image_reporting(store, manifest, target, opts, opts.progress.as_ref())
+    }
+
+    /// [`RegistryClient::push_image`] reporting the bytes sent to `progress` (instead of
+    /// `opts.progress`).
+    pub(crate) fn push_image_reporting(
+        &self,
+        store: &(dyn ContentStore + Sync),
+        manifest: &Descriptor,
+        target: &Reference,
+        opts: &PushOpts,
+        progress: &dyn crate::progress::TransferProgress,
     ) -> Result<PushReport, OciError> {
         let ep = self.registry_endpoint(target);
         let m = read_manifest(store, manifest)?;
@@ -282,14 +297,14 @@ impl RegistryClient {
                     }
                     let job = next.lock().ok().and_then(|mut it| it.next());
                     let Some(d) = job else { return };
-                    record(self.push_blob(&ep, target, store, d, opts));
+                    record(self.push_blob(&ep, target, store, d, opts, progress));
                 });
             }
         });
         if let Some(e) = first_err.lock().ok().and_then(|mut f| f.take()) {
             return Err(e);
         }
-        record(self.push_blob(&ep, target, store, &m.config, opts));
+        record(self.push_blob(&ep, target, store, &m.config, opts, progress));
         if let Some(e) = first_err.lock().ok().and_then(|mut f| f.take()) {
             return Err(e);
         }

@@ -1,11 +1,13 @@
 //! Shared harness for the CLI integration tests: a project directory with its own store, runs
 //! of the real `rbuild` binary against the test registry on 127.0.0.1:5055 (mirror of
 //! docker.io), and checks of the outcome. Include it with `mod common;`. `users.rs`: running the
-//! binary as the unprivileged test users (rootless mode); `image.rs`: skopeo/umoci/tar readers.
+//! binary as the unprivileged test users (rootless mode); `image.rs`: skopeo/umoci/tar readers;
+//! `progress.rs`: which steps ran, from the plain progress output.
 
 #![allow(dead_code)] // each test crate uses a subset
 
 pub mod image;
+pub mod progress;
 mod users;
 #[allow(unused_imports)] // not every test crate runs as the test users
 pub use users::*;
