@@ -134,10 +134,19 @@ pub(crate) fn parse_platform(s: &str) -> Result<Platform> {
     Platform::parse(s).ok_or_else(|| anyhow!("--platform {s:?}: expected os/arch[/variant]"))
 }
 
-fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>> {
+fn make_solver(
+    root: &Path,
+    b: &BuildArgs,
+    context: &Path,
+    progress: Option<&Reporter>,
+) -> Result<Arc<Solver>> {
     let store = rbuild_cache::Store::open(root)
         .with_context(|| format!("opening the store at {}", root.display()))?;
     let registry = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
+    let cache_imports = match progress {
+        Some(p) => crate::remote_cache::open_imports(&registry, &b.cache_from, &b.platforms, p),
+        None => Vec::new(),
+    };
     let exe = std::env::current_exe().context("locating the rbuild binary")?;
     let executor = rbuild_executor::Executor::new(rbuild_executor::Helper {
         program: exe,
@@ -172,7 +181,7 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
         entitlements: sandbox.entitlements,
         cache: crate::cachecmd::cache_options(b, context),
         resources,
-        cache_imports: Vec::new(),
+        cache_imports,
     }))
 }
 
@@ -318,7 +327,7 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
 /// `--check`: lower the Dockerfile (resolving base images for ONBUILD and config-dependent
 /// rules) and report the build checks' findings without building.
 fn check_only(root: &Path, b: &BuildArgs, inputs: &Inputs, json: bool) -> Result<ExitCode> {
-    let solver = make_solver(root, b, &inputs.context)?;
+    let solver = make_solver(root, b, &inputs.context, None)?;
     let plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(inputs, e))?;
     if json {
@@ -361,7 +370,7 @@ fn build_image(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let solver = make_solver(root, b, &inputs.context)?;
+    let solver = make_solver(root, b, &inputs.context, Some(progress))?;
     if let Some(w) = crate::sandbox_opts::isolation_warning(b) {
         progress.warning(w);
     }
@@ -434,10 +443,28 @@ fn build_image(
         }
     }
     let mut built = Vec::with_capacity(plans.len());
+    let pushes = b.push || outputs.iter().any(|o| o.push);
+    let inline_cache = pushes
+        && b.cache_to
+            .iter()
+            .any(|s| s.kind == crate::cachespec::CacheKind::Inline);
+    if let Some(w) = crate::cachespec::inline_without_push_warning(&b.cache_to, pushes) {
+        progress.warning(&w);
+    }
+    if inline_cache && multi {
+        progress.warning(
+            "--cache-to type=inline: not written for a multi-platform image (use type=registry)",
+        );
+    }
+    // the inline cache annotation of the pushed manifest (`--cache-to type=inline`)
+    let mut inline: Option<(String, String)> = None;
     // each platform's layer directories (base first), for the SBOM scan
     let mut layer_dirs = Vec::with_capacity(plans.len());
+    // each platform's result chain, what a `mode=min` cache export holds
+    let mut roots = Vec::with_capacity(plans.len());
     for (((platform, plan), out), annotations) in plans.iter().zip(outs).zip(&annotations) {
         let out = out.map_err(|e| solve_error(inputs, e))?;
+        roots.push(out.chain.clone());
         layer_dirs.push(
             out.chain
                 .iter()
@@ -456,6 +483,9 @@ fn build_image(
             solver.config().source_date_epoch,
             &annotations.manifest,
         )?;
+        if inline_cache && !multi {
+            inline = Some(crate::remote_cache::inline_annotation(&solver, &out.chain)?);
+        }
         progress.step_done(step);
         if multi {
             // in an index, `manifest-descriptor:` annotations go on the manifest's entry
@@ -558,14 +588,27 @@ fn build_image(
             &image.manifest
         };
         let transfers = crate::progress::step_transfers(progress, step);
-        let p = crate::outputs::export(solver.store(), m, tags, o, &annotations, true, transfers)?;
+        let mut with_inline;
+        let annotations = match (&inline, o.push) {
+            (Some((k, v)), true) => {
+                with_inline = annotations.clone();
+                with_inline.manifest.insert(k.clone(), v.clone());
+                &with_inline
+            }
+            _ => &annotations,
+        };
+        let p = crate::outputs::export(solver.store(), m, tags, o, annotations, true, transfers)?;
         pushed = pushed.or(p);
         progress.step_done(step);
     }
     if b.push && !outputs.iter().any(|o| o.push) {
         let step = progress.step("pushing image");
+        let mut manifest_annotations = annotations.manifest.clone();
+        if let Some((k, v)) = &inline {
+            manifest_annotations.insert(k.clone(), v.clone());
+        }
         let opts = rbuild_oci::ConvertOpts {
-            annotations: annotations.manifest.clone(),
+            annotations: manifest_annotations,
             ..Default::default()
         };
         let transfers = crate::progress::step_transfers(progress, step);
@@ -580,6 +623,7 @@ fn build_image(
         pushed = pushed.or(Some(p));
         progress.step_done(step);
     }
+    crate::remote_cache::export_all(&solver, &b.cache_to, &roots, progress)?;
     if b.load {
         let step = progress.step("loading into docker");
         crate::outputs::load_into_docker(solver.store(), &image.manifest, tags)?;
@@ -611,7 +655,7 @@ pub fn dump_graph(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     let prepared = crate::context::prepare(b)?;
     let b = &prepared.args;
     let inputs = load_inputs(b)?;
-    let solver = make_solver(root, b, &inputs.context)?;
+    let solver = make_solver(root, b, &inputs.context, None)?;
     let mut plan = rbuild_frontend::build(&inputs.dockerfile, &inputs.opts, &Resolver(&solver))
         .map_err(|e| frontend_error(&inputs, e))?;
     apply_build_flags(&mut plan.definition, b)?;

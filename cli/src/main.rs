@@ -25,6 +25,7 @@ mod metadata;
 mod multiplat;
 mod outputs;
 mod progress;
+mod remote_cache;
 mod render;
 mod sandbox_opts;
 mod signals;

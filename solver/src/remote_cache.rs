@@ -470,9 +470,10 @@ impl Solver {
         })
     }
 
-    /// The inline cache of an image whose layers are `chain` (materialized, as in the image):
-    /// the records of this build whose layers are all in it, `layers` = the image's layers.
+    /// The inline cache of an image whose layers are `chain` (the build's result): the records
+    /// of this build whose layers are all in it, `layers` = the image's layers.
     pub fn inline_cache(&self, chain: &Chain) -> Result<CacheConfig, SolveError> {
+        let chain = &materialize_layers(&self.cfg.store, chain, self.cfg.source_date_epoch)?;
         let data = self.cache_export(
             std::slice::from_ref(chain),
             CacheMode::Min,
