@@ -96,7 +96,7 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         // buildx: --platform local = the host
         None => Platform::host(),
         Some(p) if p == "local" => Platform::host(),
-        Some(p) => parse_platform(p).map_err(|e| UsageError(e.to_string()))?,
+        Some(p) => crate::flags::parse_platform(p).map_err(UsageError)?,
     };
     let (named_contexts, locals) = crate::context::build_contexts(b)?;
     // A named local context's own .dockerignore applies to it (BuildKit's namedcontext.go).
@@ -127,11 +127,6 @@ fn load_inputs(b: &BuildArgs) -> Result<Inputs> {
         dockerfile,
         opts,
     })
-}
-
-/// `--platform` text → platform (`Platform::parse`), with the flag's usage message.
-pub(crate) fn parse_platform(s: &str) -> Result<Platform> {
-    Platform::parse(s).ok_or_else(|| anyhow!("--platform {s:?}: expected os/arch[/variant]"))
 }
 
 fn make_solver(
@@ -687,9 +682,12 @@ mod tests {
     #[test]
     fn platforms() {
         assert_eq!(
-            parse_platform("linux/arm64/v8").unwrap().variant.as_deref(),
+            crate::flags::parse_platform("linux/arm64/v8")
+                .unwrap()
+                .variant
+                .as_deref(),
             Some("v8")
         );
-        assert!(parse_platform("linux").is_err());
+        assert!(crate::flags::parse_platform("linux").is_err());
     }
 }

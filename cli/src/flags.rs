@@ -286,6 +286,12 @@ pub fn attest_value(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--platform` text → platform (`Platform::parse`), with the flag's usage message.
+pub(crate) fn parse_platform(s: &str) -> Result<rbuild_graph::Platform, String> {
+    rbuild_graph::Platform::parse(s)
+        .ok_or_else(|| format!("--platform {s:?}: expected os/arch[/variant]"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

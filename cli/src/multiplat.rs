@@ -9,13 +9,11 @@
 //! | `image` / `registry` / `--push` | the index is tagged; a push sends each manifest by digest, then the index under the tag (`rbuild_oci::index`) |
 //! | `oci` | `index.json` → the index (with `index-descriptor:` annotations); every manifest, config and layer in `blobs/` (`rbuild_oci::export`) |
 //! | `docker`, `--load` | refused before the build (a docker archive holds no index; BuildKit's error) |
-//! | `local` / `tar` | one directory per platform (`linux_amd64/`, `linux_arm_v7/`), as buildx ([`export_rootfs`]) |
+//! | `local` / `tar` | one directory per platform (`linux_amd64/`, `linux_arm_v7/`), as buildx ([`crate::outputs::export_rootfs`]) |
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use rbuild_graph::{Definition, NodeId, Platform};
 use rbuild_oci::Descriptor;
 use rbuild_solver::{Event, ImageResult, Progress, SolveError, SolveOutput, Solver};
@@ -31,7 +29,7 @@ pub fn platforms(values: &[String]) -> Result<Vec<Platform>> {
         let p = if v == "local" {
             Platform::host()
         } else {
-            crate::build::parse_platform(v).map_err(|e| UsageError(e.to_string()))?
+            crate::flags::parse_platform(v).map_err(UsageError)?
         };
         if !out.contains(&p) {
             out.push(p);
@@ -205,62 +203,6 @@ pub fn solve_all(
     })
 }
 
-/// `linux_amd64`, `linux_arm_v7`: buildx's per-platform directory names.
-fn platform_dir(p: &rbuild_oci::Platform) -> String {
-    let mut s = format!("{}_{}", p.os, p.architecture);
-    if let Some(v) = &p.variant {
-        s.push('_');
-        s.push_str(v);
-    }
-    s
-}
-
-/// Unpack each platform's root filesystem into `dir/<os>_<arch>[_<variant>]/`.
-fn unpack_each(store: &rbuild_cache::Store, index: &Descriptor, dir: &Path) -> Result<()> {
-    let idx = rbuild_oci::index::read_index(store, index)?;
-    for m in &idx.manifests {
-        let p = m.platform.as_ref().ok_or_else(|| {
-            anyhow!(
-                "index {}: manifest {} has no platform",
-                index.digest,
-                m.digest
-            )
-        })?;
-        crate::outputs::unpack_rootfs(store, m, &dir.join(platform_dir(p)))?;
-    }
-    Ok(())
-}
-
-/// `type=local` / `type=tar` of an index: one root filesystem per platform, in
-/// `<os>_<arch>[_<variant>]/` (buildx's layout).
-pub fn export_rootfs(
-    store: &rbuild_cache::Store,
-    index: &Descriptor,
-    o: &OutputSpec,
-) -> Result<()> {
-    if o.kind == "local" {
-        crate::outputs::check_local_dest(store.root(), &o.dest)?;
-        return unpack_each(store, index, &PathBuf::from(&o.dest));
-    }
-    // One tree holding every platform's, tarred once.
-    let tree = crate::outputs::TmpTree::new(store, "rootfs")?;
-    let idx = rbuild_oci::index::read_index(store, index)?;
-    for m in &idx.manifests {
-        let p = m.platform.as_ref().ok_or_else(|| {
-            anyhow!(
-                "index {}: manifest {} has no platform",
-                index.digest,
-                m.digest
-            )
-        })?;
-        let one = crate::outputs::rootfs_tree(store, m)?;
-        let to = tree.path().join(platform_dir(p));
-        fs::rename(one.path(), &to).with_context(|| format!("moving {}", to.display()))?;
-        fs::create_dir(one.path()).ok();
-    }
-    crate::outputs::write_dest(&o.dest, |w| crate::outputs::tar_dir(tree.path(), w))
-}
-
 /// The annotations of an index's outputs and pushes: its manifests carry their own
 /// (`manifest:`, per platform) and their entries' (`manifest-descriptor:`) already, so
 /// conversion adds none; the index's descriptor (an OCI archive's `index.json` entry) takes
@@ -290,7 +232,7 @@ mod tests {
         assert_eq!(platforms(&[]).unwrap(), vec![Platform::host()]);
         assert!(platforms(&["linux".into()]).is_err());
         assert_eq!(
-            platform_dir(&rbuild_oci::Platform {
+            crate::outputs::platform_dir(&rbuild_oci::Platform {
                 os: "linux".into(),
                 architecture: "arm".into(),
                 variant: Some("v7".into()),

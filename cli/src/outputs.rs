@@ -197,7 +197,7 @@ pub fn annotations(
         }
         if let Some(q) = qualifier {
             let p =
-                crate::build::parse_platform(q).map_err(|e| anyhow!("--annotation {a:?}: {e}"))?;
+                crate::flags::parse_platform(q).map_err(|e| anyhow!("--annotation {a:?}: {e}"))?;
             if p.os != platform.os
                 || p.architecture != platform.architecture
                 || (p.variant.is_some() && p.variant != platform.variant)
@@ -744,7 +744,7 @@ pub fn export(
         names.push(Reference::parse(n).map_err(|e| anyhow!("--output name={n:?}: {e}"))?);
     }
     if rbuild_oci::index::is_index(manifest) && matches!(o.kind.as_str(), "local" | "tar") {
-        crate::multiplat::export_rootfs(store, manifest, o)?;
+        export_rootfs(store, manifest, o)?;
         return Ok(None);
     }
     match o.kind.as_str() {
@@ -972,6 +972,62 @@ pub fn load_into_docker(
     }
     r?;
     Ok(())
+}
+
+/// `linux_amd64`, `linux_arm_v7`: buildx's per-platform directory names.
+pub(crate) fn platform_dir(p: &rbuild_oci::Platform) -> String {
+    let mut s = format!("{}_{}", p.os, p.architecture);
+    if let Some(v) = &p.variant {
+        s.push('_');
+        s.push_str(v);
+    }
+    s
+}
+
+/// Unpack each platform's root filesystem into `dir/<os>_<arch>[_<variant>]/`.
+fn unpack_each(store: &rbuild_cache::Store, index: &Descriptor, dir: &Path) -> Result<()> {
+    let idx = rbuild_oci::index::read_index(store, index)?;
+    for m in &idx.manifests {
+        let p = m.platform.as_ref().ok_or_else(|| {
+            anyhow!(
+                "index {}: manifest {} has no platform",
+                index.digest,
+                m.digest
+            )
+        })?;
+        unpack_rootfs(store, m, &dir.join(platform_dir(p)))?;
+    }
+    Ok(())
+}
+
+/// `type=local` / `type=tar` of an index: one root filesystem per platform, in
+/// `<os>_<arch>[_<variant>]/` (buildx's layout).
+pub fn export_rootfs(
+    store: &rbuild_cache::Store,
+    index: &Descriptor,
+    o: &OutputSpec,
+) -> Result<()> {
+    if o.kind == "local" {
+        check_local_dest(store.root(), &o.dest)?;
+        return unpack_each(store, index, &PathBuf::from(&o.dest));
+    }
+    // One tree holding every platform's, tarred once.
+    let tree = TmpTree::new(store, "rootfs")?;
+    let idx = rbuild_oci::index::read_index(store, index)?;
+    for m in &idx.manifests {
+        let p = m.platform.as_ref().ok_or_else(|| {
+            anyhow!(
+                "index {}: manifest {} has no platform",
+                index.digest,
+                m.digest
+            )
+        })?;
+        let one = rootfs_tree(store, m)?;
+        let to = tree.path().join(platform_dir(p));
+        fs::rename(one.path(), &to).with_context(|| format!("moving {}", to.display()))?;
+        fs::create_dir(one.path()).ok();
+    }
+    write_dest(&o.dest, |w| tar_dir(tree.path(), w))
 }
 
 #[cfg(test)]
