@@ -174,6 +174,46 @@ fn every_module_has_a_doc_header_and_unsafe_stays_in_the_executor_sys_module() {
     );
 }
 
+/// The scheduler knows nothing of what an op does, and only the executor seam reaches the
+/// sandbox (ARCHITECTURE.md, invariants).
+#[test]
+fn the_scheduler_knows_no_op_and_only_the_seam_runs_processes() {
+    let top = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let code = |path: &str| -> String {
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let sched = code(&format!("{top}/solver/src/sched.rs"));
+    for word in [
+        "Op::",
+        "SourceOp",
+        "ExecOp",
+        "FileOp",
+        "FileAction",
+        "rbuild_executor",
+        "rbuild_oci",
+    ] {
+        assert!(
+            !sched.contains(word),
+            "solver/src/sched.rs mentions {word}: the scheduler must not know what an op does"
+        );
+    }
+    for entry in walk(&format!("{top}/solver/src")) {
+        if entry.ends_with("solver/src/executor.rs") || entry.ends_with("solver/src/tests.rs") {
+            continue;
+        }
+        let text = code(&entry);
+        assert!(
+            !text.contains("run_cancellable") && !text.contains("rbuild_executor::Executor"),
+            "{entry} runs a process itself: go through the StepExecutor seam"
+        );
+    }
+}
+
 fn walk(dir: &str) -> Vec<String> {
     let mut out = Vec::new();
     let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir}: {e}"));
