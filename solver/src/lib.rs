@@ -11,13 +11,13 @@
 pub mod cachekey;
 pub mod exec;
 pub mod explain;
-pub mod fallback;
 pub mod fileop;
 pub mod gc;
 pub mod image;
 pub mod remote;
 pub mod runmount;
 pub mod sched;
+mod snapshotter;
 pub mod source;
 mod sshproxy;
 
