@@ -66,7 +66,15 @@ fn opaque_xattr() -> &'static str {
 /// (the caller's overlayfs probe; this crate mounts nothing) says overlayfs cannot be mounted
 /// here. The probe is not called when the variable decides.
 pub fn use_copy_snapshotter(overlay_mounts: impl FnOnce() -> bool) -> bool {
-    forced_copy(std::env::var(SNAPSHOTTER_ENV).ok().as_deref()).unwrap_or_else(|| !overlay_mounts())
+    choose(
+        std::env::var(SNAPSHOTTER_ENV).ok().as_deref(),
+        overlay_mounts,
+    )
+}
+
+/// [`use_copy_snapshotter`] for a given value of the variable.
+fn choose(value: Option<&str>, overlay_mounts: impl FnOnce() -> bool) -> bool {
+    forced_copy(value).unwrap_or_else(|| !overlay_mounts())
 }
 
 /// The mode a `RBUILD_SNAPSHOTTER` value forces (`Some(true)`: copy), if any.
@@ -1058,5 +1066,23 @@ mod tests {
         assert_eq!(forced_copy(Some("overlay")), Some(false));
         assert_eq!(forced_copy(Some("auto")), None);
         assert_eq!(forced_copy(None), None);
+    }
+
+    #[test]
+    fn the_probe_decides_only_when_the_variable_does_not() {
+        let probed = std::cell::Cell::new(0);
+        let probe = |mounts: bool| {
+            let probed = &probed;
+            move || {
+                probed.set(probed.get() + 1);
+                mounts
+            }
+        };
+        assert!(choose(Some("copy"), probe(true)));
+        assert!(!choose(Some("overlay"), probe(false)));
+        assert_eq!(probed.get(), 0, "a forced mode never mounts the probe");
+        assert!(choose(None, probe(false)));
+        assert!(!choose(Some("auto"), probe(true)));
+        assert_eq!(probed.get(), 2);
     }
 }
