@@ -43,7 +43,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags, CWD};
 use rustix::io::Errno;
 
-use crate::CacheError;
+use crate::{read_full, CacheError};
 
 /// Environment variable that picks the snapshotter: `copy` (alias `native`) or `overlay`.
 pub const SNAPSHOTTER_ENV: &str = "RBUILD_SNAPSHOTTER";
@@ -477,20 +477,6 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, CacheError> {
             return Ok(true);
         }
     }
-}
-
-/// Read until `buf` is full or EOF.
-fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 // ---------------------------------------------------------------------------------------------
