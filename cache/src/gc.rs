@@ -11,7 +11,8 @@
 //!   are never removed. Everything else lives as long as a cache index record references it:
 //!   snapshots and blobs of the remaining records' layers are kept, the rest is swept.
 //!
-//! Which records go: all (`--all`), those unused for longer than `until`, unreadable ones,
+//! Which records go: all (`--all`), those unused for longer than `until`, unreadable ones
+//! (including those naming a snapshot id that is not one, such as a path),
 //! and then — least recently used first — as many as needed to bring the store under
 //! `keep_storage` (a ceiling: nothing is removed when the store is already below it). Costs
 //! of a record are the allocated sizes of the snapshots and blobs that no kept record or pin
@@ -139,7 +140,11 @@ pub fn prune<R: GcRoots>(
         .index_list()?
         .into_iter()
         .map(|e| {
-            let layers = roots.record_layers(&e.value);
+            // A record naming something that cannot be a snapshot id (a path) is unreadable.
+            let layers = roots.record_layers(&e.value).filter(|ls| {
+                ls.iter()
+                    .all(|l| crate::snapshot::valid_id(&l.snapshot).is_ok())
+            });
             (e.key, e.last_used, layers)
         })
         .collect();

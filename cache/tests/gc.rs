@@ -193,6 +193,38 @@ fn the_sweep_keeps_what_records_pins_and_live_snapshots_reference() {
 }
 
 #[test]
+fn a_record_naming_a_path_as_snapshot_is_dropped_and_nothing_outside_is_touched() {
+    let (d, store) = open();
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("f"), b"keep me").unwrap();
+    let s = snapshot(&store, 1, 4);
+    for (key, bad) in [
+        ("sha256:b1", "../../outside"),
+        ("sha256:b2", outside.to_str().unwrap()),
+        ("sha256:b3", ""),
+    ] {
+        store
+            .index_put(key, &record(&[(&s, ""), (bad, "")]))
+            .unwrap();
+    }
+    store.index_put("sha256:ok", &record(&[(&s, "")])).unwrap();
+    assert!(matches!(
+        store.snapshot_usage("../../outside"),
+        Err(CacheError::InvalidSnapshotId { .. })
+    ));
+    let opts = PruneOptions {
+        keep_storage: Some(1 << 40),
+        ..PruneOptions::default()
+    };
+    let r = gc::prune(&store, &opts, &Fake::new(&[])).unwrap();
+    assert_eq!(keys(&store), ["sha256:ok"]);
+    assert_eq!(r.entries_removed, 3);
+    assert_eq!(store.list_snapshots().unwrap(), [s]);
+    assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"keep me");
+}
+
+#[test]
 fn until_removes_entries_unused_for_longer() {
     let (_d, store) = open();
     let (old, new) = (snapshot(&store, 1, 4), snapshot(&store, 2, 4));
