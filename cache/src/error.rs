@@ -17,6 +17,28 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+    /// Copying an entry (the copy snapshotter) failed.
+    #[error("copy {} to {}: {source}", from.display(), to.display())]
+    CopyEntry {
+        /// The entry copied.
+        from: PathBuf,
+        /// Where it was being copied.
+        to: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting an extended attribute (the copy snapshotter) failed.
+    #[error("set xattr {name} on {}: {source}", path.display())]
+    SetXattr {
+        /// The attribute's name.
+        name: String,
+        /// The entry.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The SQLite index failed.
     #[error("index database {} ({op}): {source}", path.display())]
     Db {

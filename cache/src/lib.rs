@@ -5,6 +5,9 @@
 //! * the cache index and a small metadata table in SQLite (`index-v1.db`, WAL), shared safely by
 //!   several rbuild processes,
 //! * advisory locks (`locks/<name>.lock`),
+//! * the copy snapshotter for hosts without overlayfs ([`copysnap`]: materialize a chain, diff
+//!   a directory back into a layer),
+//! * garbage collection ([`gc`]: leases, pruning by age and size, the sweep),
 //! * build-context hashing with .dockerignore semantics and a persistent stat cache ([`context`]).
 //!
 //! A crash at any point leaves a store that [`Store::open`] repairs: ingest files in `tmp/` of dead
@@ -12,7 +15,9 @@
 
 mod blob;
 pub mod context;
+pub mod copysnap;
 mod error;
+pub mod gc;
 mod index;
 pub mod overlay;
 mod snapshot;
@@ -25,3 +30,4 @@ pub use error::CacheError;
 pub use index::{IndexEntry, StoreLock};
 pub use snapshot::Snapshot;
 pub use store::Store;
+pub use util::read_full;

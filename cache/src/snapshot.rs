@@ -89,7 +89,8 @@ pub struct Snapshot {
     pub work: PathBuf,
 }
 
-fn valid_id(id: &str) -> Result<()> {
+/// A snapshot id is `[a-z0-9]{1,32}`: never a path outside `snapshots-v1/`.
+pub(crate) fn valid_id(id: &str) -> Result<()> {
     if id.is_empty()
         || id.len() > 32
         || !id

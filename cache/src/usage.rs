@@ -130,6 +130,7 @@ impl Store {
 
     /// Allocated size of one snapshot directory (0 when absent).
     pub fn snapshot_usage(&self, id: &str) -> Result<u64, CacheError> {
+        crate::snapshot::valid_id(id)?;
         tree_usage(&self.root().join(SNAPSHOTS_DIR).join(id))
     }
 

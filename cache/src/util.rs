@@ -3,11 +3,26 @@
 use crate::error::{CacheError, Result};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Read from `r` until `buf` is full or EOF (retrying interrupted reads); returns the number
+/// of bytes read, less than `buf.len()` only at EOF.
+pub fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 
 /// fsync a directory so that renames/creates inside it are durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {

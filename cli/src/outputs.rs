@@ -322,7 +322,7 @@ impl Drop for TmpTree {
 
 /// The image's root filesystem, built in the store's private `tmp/`: every layer is applied in
 /// overlay upper format exactly as a pull applies it (diff_id verified), then the layers are
-/// merged with the copy snapshotter's overlay semantics ([`rbuild_solver::fallback::materialize`]),
+/// merged with the copy snapshotter's overlay semantics ([`rbuild_cache::copysnap::materialize`]),
 /// so an export reads a layer the way the build's overlay mounts did (one answer for a path
 /// that is a symlink in one layer and a directory in the next).
 pub fn rootfs_tree(store: &rbuild_cache::Store, manifest: &Descriptor) -> Result<TmpTree> {
@@ -354,7 +354,7 @@ pub fn rootfs_tree(store: &rbuild_cache::Store, manifest: &Descriptor) -> Result
         dirs.push(dir);
     }
     let tree = TmpTree::new(store, "rootfs")?;
-    rbuild_solver::fallback::materialize(&dirs, tree.path())?;
+    rbuild_cache::copysnap::materialize(&dirs, tree.path())?;
     Ok(tree)
 }
 

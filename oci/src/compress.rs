@@ -176,15 +176,7 @@ fn gzip_member(chunk: &[u8], level: u32) -> io::Result<Vec<u8>> {
 
 fn read_chunk(input: &mut dyn Read, size: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; size];
-    let mut n = 0;
-    while n < size {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let n = rbuild_cache::read_full(input, &mut buf)?;
     buf.truncate(n);
     Ok(buf)
 }

@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
+use rbuild_cache::read_full;
+
 use crate::OciError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -169,19 +171,6 @@ pub fn archive_kind(path: &Path) -> Result<ArchiveKind, OciError> {
         return Ok(ArchiveKind::Tar);
     }
     Ok(ArchiveKind::None)
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// A tar header: the checksum field matches the header bytes (ustar or old v7 format).

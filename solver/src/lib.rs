@@ -12,7 +12,6 @@
 pub mod cachekey;
 pub mod executor;
 pub mod explain;
-pub mod fallback;
 pub mod gc;
 pub mod image;
 pub mod ops;
@@ -20,6 +19,7 @@ pub mod remote_cache;
 mod results;
 pub mod runmount;
 pub mod sched;
+mod snapshotter;
 mod sshproxy;
 #[cfg(test)]
 mod tests;

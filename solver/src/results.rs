@@ -58,18 +58,6 @@ impl Solver {
 
     /// The lock that serialises building `key`.
     pub(crate) fn key_lock(&self, key: &str) -> Result<rbuild_cache::StoreLock, SolveError> {
-        Ok(self.cfg.store.lock(&lock_name(key))?)
+        Ok(self.cfg.store.lock(&rbuild_cache::gc::key_lock_name(key))?)
     }
-}
-
-/// The store lock that serialises building one key: `key-<hex>`.
-pub(crate) fn lock_name(key: &str) -> String {
-    let hex: String = key
-        .rsplit(':')
-        .next()
-        .unwrap_or(key)
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    format!("key-{hex}")
 }

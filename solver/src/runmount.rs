@@ -29,10 +29,10 @@ use rbuild_executor::{ExtraMount, Network, Security};
 use rbuild_graph::{CacheSharing, Definition, ExecOp, MountKind, NetworkMode, Op, SecurityMode};
 use rustix::fs::{flock, FlockOperation, Mode, OFlags};
 
-use crate::fallback::materialize;
 use crate::ops::file::resolve_in_root;
 use crate::sshproxy::SshProxy;
 use crate::{Solver, Value};
+use rbuild_cache::copysnap::materialize;
 
 /// Where a build secret's bytes come from (CLI `--secret id=…,src=FILE` / `id=…,env=VAR`).
 #[derive(Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! dir, so the upper dir *is* the step's layer (overlay whiteouts record deletions). After a
 //! successful run the layer is written as a deterministic tar into the content store. Where
 //! overlayfs cannot be mounted, the step runs in a materialized copy of the chain instead and
-//! the layer is computed by a diff ([`crate::fallback`]). The process runs through the
+//! the layer is computed by a diff ([`rbuild_cache::copysnap`]). The process runs through the
 //! [`crate::executor::StepExecutor`] seam, never through the sandbox directly.
 
 use std::collections::VecDeque;

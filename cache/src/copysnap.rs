@@ -8,8 +8,8 @@
 //!    path below it; a directory with `trusted.overlay.opaque=y` hides everything below it in
 //!    lower layers). Every visible entry is copied once, with its mode, owner, mtime and xattrs
 //!    (except `trusted.overlay.*`/`user.overlay.*`); hard links within one layer stay hard links.
-//! 2. The step runs in that directory ([`rbuild_executor::Rootfs::Dir`] for RUN, the file-op
-//!    actions for COPY/WORKDIR/…).
+//! 2. The step runs in that directory (the executor's `Rootfs::Dir` for RUN, the file-op
+//!    actions for COPY/WORKDIR/…; the solver's `snapshotter.rs` wires a step to this module).
 //! 3. [`diff`] compares the directory with the same merged view of the input chain and writes
 //!    the changes into the new snapshot in overlay *upper* format: new and changed entries are
 //!    copied, deleted ones become whiteouts, a directory removed and made again during the step
@@ -36,41 +36,49 @@
 //! (`cli/src/outputs.rs`), so a build and its export resolve every path the same way.
 //!
 //! [`use_copy_snapshotter`] decides the mode: `RBUILD_SNAPSHOTTER=copy` (or `native`) and
-//! `=overlay` force one; otherwise (unset or any other value) overlayfs is used when a probe
-//! mount works.
+//! `=overlay` force one; otherwise (unset or any other value) overlayfs is used when the
+//! caller's probe mount works. This module only reads and writes directories: it mounts
+//! nothing and knows nothing of graphs or ops.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rbuild_graph::{FileAction, FileOp};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags, CWD};
 use rustix::io::Errno;
 
-use crate::{Chain, SolveError, Solver, Value};
+use crate::{read_full, CacheError};
 
 /// Environment variable that picks the snapshotter: `copy` (alias `native`) or `overlay`.
 pub const SNAPSHOTTER_ENV: &str = "RBUILD_SNAPSHOTTER";
 
 /// The opaque-directory xattr of this mode (`user.overlay.opaque` rootless).
 fn opaque_xattr() -> &'static str {
-    rbuild_cache::overlay::opaque_xattr()
+    crate::overlay::opaque_xattr()
 }
 
 /// Whether steps run on the copy snapshotter: `RBUILD_SNAPSHOTTER=copy` forces it,
-/// `RBUILD_SNAPSHOTTER=overlay` forces overlayfs, otherwise it is used when overlayfs cannot be
-/// mounted here ([`rbuild_executor::overlay_supported`], probed once per process).
-pub fn use_copy_snapshotter() -> bool {
-    forced_copy(std::env::var(SNAPSHOTTER_ENV).ok().as_deref())
-        .unwrap_or_else(|| !rbuild_executor::overlay_supported())
+/// `RBUILD_SNAPSHOTTER=overlay` forces overlayfs, otherwise it is used when `overlay_mounts`
+/// (the caller's overlayfs probe; this crate mounts nothing) says overlayfs cannot be mounted
+/// here. The probe is not called when the variable decides.
+pub fn use_copy_snapshotter(overlay_mounts: impl FnOnce() -> bool) -> bool {
+    choose(
+        std::env::var(SNAPSHOTTER_ENV).ok().as_deref(),
+        overlay_mounts,
+    )
+}
+
+/// [`use_copy_snapshotter`] for a given value of the variable.
+fn choose(value: Option<&str>, overlay_mounts: impl FnOnce() -> bool) -> bool {
+    forced_copy(value).unwrap_or_else(|| !overlay_mounts())
 }
 
 /// The mode a `RBUILD_SNAPSHOTTER` value forces (`Some(true)`: copy), if any.
-fn forced_copy(value: Option<&str>) -> Option<bool> {
+pub fn forced_copy(value: Option<&str>) -> Option<bool> {
     match value {
         Some("copy") | Some("native") => Some(true),
         Some("overlay") | Some("overlayfs") => Some(false),
@@ -80,12 +88,12 @@ fn forced_copy(value: Option<&str>) -> Option<bool> {
 
 /// Build the merged filesystem of `layers_bottom_first` (overlay upper-format layer
 /// directories) in `dest`, an existing empty directory. `dest` itself keeps its own metadata.
-pub fn materialize(layers_bottom_first: &[PathBuf], dest: &Path) -> Result<(), SolveError> {
+pub fn materialize(layers_bottom_first: &[PathBuf], dest: &Path) -> Result<(), CacheError> {
     let mut links = HashMap::new();
     materialize_dir(&root_stack(layers_bottom_first), dest, &mut links)
 }
 
-fn materialize_dir(stack: &[LayerDir], dest: &Path, links: &mut Links) -> Result<(), SolveError> {
+fn materialize_dir(stack: &[LayerDir], dest: &Path, links: &mut Links) -> Result<(), CacheError> {
     for (name, v) in view_children(stack)? {
         let dst = dest.join(&name);
         if v.md.is_dir() {
@@ -108,7 +116,7 @@ pub struct Baseline {
 }
 
 /// Stamp `dir` (re-setting its own times updates its ctime to "now") and return that ctime.
-pub fn baseline(dir: &Path) -> Result<Baseline, SolveError> {
+pub fn baseline(dir: &Path) -> Result<Baseline, CacheError> {
     let md = lstat(dir)?;
     rustix::fs::utimensat(CWD, dir, &times_of(&md), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| ioe("set times of", dir, e))?;
@@ -126,7 +134,7 @@ pub fn diff(
     layers_bottom_first: &[PathBuf],
     merged: &Path,
     upper: &Path,
-) -> Result<(), SolveError> {
+) -> Result<(), CacheError> {
     diff_since(layers_bottom_first, merged, upper, None)
 }
 
@@ -137,7 +145,7 @@ pub fn diff_since(
     merged: &Path,
     upper: &Path,
     since: Option<&Baseline>,
-) -> Result<(), SolveError> {
+) -> Result<(), CacheError> {
     let mut d = Differ {
         since: since.copied(),
         links: HashMap::new(),
@@ -157,7 +165,7 @@ pub struct WorkRoot {
 
 impl WorkRoot {
     /// Materialize `layers_bottom_first` into `dir` (created; must not exist).
-    pub fn create(layers_bottom_first: Vec<PathBuf>, dir: PathBuf) -> Result<Self, SolveError> {
+    pub fn create(layers_bottom_first: Vec<PathBuf>, dir: PathBuf) -> Result<Self, CacheError> {
         fs::create_dir(&dir).map_err(|e| ioe("create directory", &dir, e))?;
         let mut w = WorkRoot {
             dir,
@@ -177,7 +185,7 @@ impl WorkRoot {
     }
 
     /// Write the changes made in the root since it was materialized into `upper`.
-    pub fn diff_into(&self, upper: &Path) -> Result<(), SolveError> {
+    pub fn diff_into(&self, upper: &Path) -> Result<(), CacheError> {
         diff_since(&self.layers, &self.dir, upper, self.since.as_ref())
     }
 }
@@ -185,103 +193,6 @@ impl WorkRoot {
 impl Drop for WorkRoot {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Solver {
-    /// Always with chroot isolation ([`rbuild_executor::Runtime::Chroot`]); otherwise
-    /// [`use_copy_snapshotter`] with the probe's answer remembered in the store per kernel
-    /// boot (metadata `host`/`overlay`: `<boot id> yes|no`): the probe mounts an overlay, and
-    /// unmounting it syncs the whole filesystem, which a build should not pay every time.
-    pub(crate) fn copy_mode(&self) -> bool {
-        // Chroot isolation runs steps in a materialized root: no overlayfs.
-        if self.cfg.executor.needs_materialized_root() {
-            return true;
-        }
-        if let Some(forced) = forced_copy(std::env::var(SNAPSHOTTER_ENV).ok().as_deref()) {
-            return forced;
-        }
-        *self.copy_mode.get_or_init(|| {
-            let store = &self.cfg.store;
-            let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty());
-            if let (Some(boot), Ok(Some(v))) = (&boot, store.meta_get("host", "overlay")) {
-                if let Some((b, ok)) = v.split_once(' ') {
-                    if b == boot {
-                        return ok != "yes";
-                    }
-                }
-            }
-            let ok = rbuild_executor::overlay_supported();
-            if let Some(boot) = boot {
-                let v = format!("{boot} {}", if ok { "yes" } else { "no" });
-                let _ = store.meta_put("host", "overlay", &v);
-            }
-            !ok
-        })
-    }
-
-    /// In copy mode, the materialized root of a step on `chain`; `None` when overlayfs is used.
-    pub(crate) fn copy_work_root(&self, chain: &Chain) -> Result<Option<WorkRoot>, SolveError> {
-        if !self.copy_mode() {
-            return Ok(None);
-        }
-        let mut layers = self.lowers(chain)?;
-        layers.reverse();
-        let dir = self.cfg.store.new_tmp_path("rootfs");
-        WorkRoot::create(layers, dir).map(Some)
-    }
-
-    /// A file op in copy mode: the destination chain and every other chain read as a copy
-    /// source are materialized under `mnt` (a single-layer source is read in place), the
-    /// actions run on those directories, and the changes are diffed into `snap`. The caller
-    /// removes `mnt`.
-    pub(crate) fn file_copy_mode(
-        &self,
-        op: &FileOp,
-        inputs: &[Value],
-        base: &Chain,
-        snap: &rbuild_cache::Snapshot,
-        mnt: &Path,
-    ) -> Result<Result<(), String>, SolveError> {
-        let root = mnt.join("root");
-        fs::create_dir_all(&root).map_err(|e| ioe("create directory", &root, e))?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
-            .map_err(|e| ioe("chmod", &root, e))?;
-        let mut layers = self.lowers(base)?;
-        layers.reverse();
-        materialize(&layers, &root)?;
-        let since = baseline(&root)?;
-        let mut src_dirs: Vec<(usize, PathBuf)> = Vec::new();
-        for (i, v) in inputs.iter().enumerate() {
-            let used = op
-                .actions
-                .iter()
-                .any(|a| matches!(a, FileAction::Copy(c) if c.src_input == i));
-            let Value::Chain(c) = v else { continue };
-            if !used || Some(i) == op.dest_input {
-                continue;
-            }
-            let mut src_layers = self.lowers(c)?;
-            let dir = if src_layers.len() == 1 {
-                // One layer is its own merged view (overlay mode bind-mounts it the same way).
-                src_layers.remove(0)
-            } else {
-                let dir = mnt.join(format!("src{i}"));
-                fs::create_dir_all(&dir).map_err(|e| ioe("create directory", &dir, e))?;
-                src_layers.reverse();
-                materialize(&src_layers, &dir)?;
-                dir
-            };
-            src_dirs.push((i, dir));
-        }
-        let r = crate::ops::file::apply_actions(op, inputs, &root, &src_dirs);
-        if r.is_ok() {
-            diff_since(&layers, &root, &snap.fs, Some(&since))?;
-        }
-        Ok(r)
     }
 }
 
@@ -314,7 +225,7 @@ fn root_stack(layers_bottom_first: &[PathBuf]) -> Vec<LayerDir> {
 
 /// Visible children of a merged directory whose layer copies are `stack` (top-most first):
 /// the top-most copy of each name wins; a whiteout hides the name.
-fn view_children(stack: &[LayerDir]) -> Result<BTreeMap<OsString, Visible>, SolveError> {
+fn view_children(stack: &[LayerDir]) -> Result<BTreeMap<OsString, Visible>, CacheError> {
     let mut seen: BTreeMap<OsString, Option<Visible>> = BTreeMap::new();
     for (layer, dir) in stack {
         for name in read_names(dir)? {
@@ -344,7 +255,7 @@ fn view_children(stack: &[LayerDir]) -> Result<BTreeMap<OsString, Visible>, Solv
 /// The layer copies of child directory `name` (visible as a directory): from the top-most
 /// layer that has it, down to (including) the first opaque copy, stopping at a layer where the
 /// name is not a directory (a whiteout or a file hides everything below).
-fn child_stack(stack: &[LayerDir], name: &OsStr) -> Result<Vec<LayerDir>, SolveError> {
+fn child_stack(stack: &[LayerDir], name: &OsStr) -> Result<Vec<LayerDir>, CacheError> {
     let mut out = Vec::new();
     for (layer, dir) in stack {
         let p = dir.join(name);
@@ -386,7 +297,7 @@ impl Differ {
         merged: &Path,
         upper: &Path,
         this: Option<(&Visible, &Metadata)>,
-    ) -> Result<bool, SolveError> {
+    ) -> Result<bool, CacheError> {
         if let Some((_, m)) = this {
             if self.recreated(m) {
                 // Removed and made again during the step: opaque, with all its contents (as
@@ -475,7 +386,7 @@ impl Differ {
     }
 
     /// Whether non-directory-pair entry `m_path` differs from its lower entry `l`.
-    fn changed(&self, l: &Visible, m_path: &Path, m: &Metadata) -> Result<bool, SolveError> {
+    fn changed(&self, l: &Visible, m_path: &Path, m: &Metadata) -> Result<bool, CacheError> {
         let lm = &l.md;
         if lm.mode() != m.mode() || lm.uid() != m.uid() || lm.gid() != m.gid() {
             return Ok(true); // st_mode covers the file type too
@@ -516,7 +427,7 @@ impl Differ {
 
     /// Copy `src` (a new or changed entry of the merged tree; a directory with all its
     /// contents) to `dst` in the upper directory.
-    fn copy_new(&mut self, src: &Path, md: &Metadata, dst: &Path) -> Result<(), SolveError> {
+    fn copy_new(&mut self, src: &Path, md: &Metadata, dst: &Path) -> Result<(), CacheError> {
         if !md.is_dir() {
             return copy_leaf(src, md, dst, MERGED_SCOPE, &mut self.links);
         }
@@ -530,17 +441,17 @@ impl Differ {
     }
 }
 
-fn ensure_dir(p: &Path) -> Result<(), SolveError> {
+fn ensure_dir(p: &Path) -> Result<(), CacheError> {
     fs::create_dir_all(p).map_err(|e| ioe("create directory", p, e))
 }
 
-fn mark_opaque(dir: &Path) -> Result<(), SolveError> {
+fn mark_opaque(dir: &Path) -> Result<(), CacheError> {
     rustix::fs::lsetxattr(dir, opaque_xattr(), b"y", XattrFlags::empty())
         .map_err(|e| ioe("mark opaque", dir, e))
 }
 
 /// An overlay whiteout: a character device 0:0.
-fn whiteout(p: &Path) -> Result<(), SolveError> {
+fn whiteout(p: &Path) -> Result<(), CacheError> {
     rustix::fs::mknodat(
         CWD,
         p,
@@ -551,7 +462,7 @@ fn whiteout(p: &Path) -> Result<(), SolveError> {
     .map_err(|e| ioe("create whiteout", p, e))
 }
 
-fn same_content(a: &Path, b: &Path) -> Result<bool, SolveError> {
+fn same_content(a: &Path, b: &Path) -> Result<bool, CacheError> {
     let mut fa = fs::File::open(a).map_err(|e| ioe("open", a, e))?;
     let mut fb = fs::File::open(b).map_err(|e| ioe("open", b, e))?;
     let mut ba = vec![0u8; 64 * 1024];
@@ -568,20 +479,6 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, SolveError> {
     }
 }
 
-/// Read until `buf` is full or EOF.
-fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 // ---------------------------------------------------------------------------------------------
 // copying entries with their metadata
 // ---------------------------------------------------------------------------------------------
@@ -594,7 +491,7 @@ fn copy_leaf(
     dst: &Path,
     scope: usize,
     links: &mut Links,
-) -> Result<(), SolveError> {
+) -> Result<(), CacheError> {
     let key = (scope, md.dev(), md.ino());
     if md.nlink() > 1 {
         if let Some(first) = links.get(&key) {
@@ -603,7 +500,11 @@ fn copy_leaf(
     }
     let ft = md.file_type();
     if ft.is_file() {
-        fs::copy(src, dst).map_err(|e| ioe(&format!("copy {} to", src.display()), dst, e))?;
+        fs::copy(src, dst).map_err(|source| CacheError::CopyEntry {
+            from: src.to_path_buf(),
+            to: dst.to_path_buf(),
+            source,
+        })?;
     } else if ft.is_symlink() {
         let target = fs::read_link(src).map_err(|e| ioe("read symlink", src, e))?;
         std::os::unix::fs::symlink(&target, dst).map_err(|e| ioe("create symlink", dst, e))?;
@@ -641,7 +542,7 @@ fn copy_leaf(
 
 /// Give `dst` the owner, mode, xattrs (but `trusted.overlay.*`) and times of `src`. The owner
 /// goes first (chown clears set-id bits and file capabilities), times last.
-fn set_meta(src: &Path, md: &Metadata, dst: &Path) -> Result<(), SolveError> {
+fn set_meta(src: &Path, md: &Metadata, dst: &Path) -> Result<(), CacheError> {
     rustix::fs::chownat(
         CWD,
         dst,
@@ -661,11 +562,11 @@ fn set_meta(src: &Path, md: &Metadata, dst: &Path) -> Result<(), SolveError> {
             // user.* xattrs are not allowed on symlinks.
             Err(Errno::PERM) if symlink => {}
             Err(e) => {
-                return Err(ioe(
-                    &format!("set xattr {} on", String::from_utf8_lossy(&k)),
-                    dst,
-                    e,
-                ))
+                return Err(CacheError::SetXattr {
+                    name: String::from_utf8_lossy(&k).into_owned(),
+                    path: dst.to_path_buf(),
+                    source: e.into(),
+                })
             }
         }
     }
@@ -690,7 +591,7 @@ fn times_of(md: &Metadata) -> Timestamps {
 type Xattr = (Vec<u8>, Vec<u8>);
 
 /// xattrs of `p` (not following symlinks) except `trusted.overlay.*`, sorted by name.
-fn read_xattrs(p: &Path) -> Result<Vec<Xattr>, SolveError> {
+fn read_xattrs(p: &Path) -> Result<Vec<Xattr>, CacheError> {
     let mut names = Vec::new();
     for _ in 0..8 {
         let size = match rustix::fs::llistxattr_query(p) {
@@ -710,7 +611,7 @@ fn read_xattrs(p: &Path) -> Result<Vec<Xattr>, SolveError> {
     }
     let mut out = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if rbuild_cache::overlay::is_overlay_xattr(name) {
+        if crate::overlay::is_overlay_xattr(name) {
             continue;
         }
         let os = OsStr::from_bytes(name);
@@ -729,7 +630,7 @@ fn read_xattrs(p: &Path) -> Result<Vec<Xattr>, SolveError> {
     Ok(out)
 }
 
-fn is_opaque(p: &Path) -> Result<bool, SolveError> {
+fn is_opaque(p: &Path) -> Result<bool, CacheError> {
     let mut buf = [0u8; 8];
     match rustix::fs::lgetxattr(p, opaque_xattr(), &mut buf) {
         Ok(n) => Ok(buf.get(..n) == Some(b"y".as_slice())),
@@ -743,7 +644,7 @@ fn is_whiteout(md: &Metadata) -> bool {
 }
 
 /// Names in a directory, sorted by bytes.
-fn read_names(dir: &Path) -> Result<Vec<OsString>, SolveError> {
+fn read_names(dir: &Path) -> Result<Vec<OsString>, CacheError> {
     let mut names = Vec::new();
     for e in fs::read_dir(dir).map_err(|e| ioe("read directory", dir, e))? {
         names.push(e.map_err(|e| ioe("read directory", dir, e))?.file_name());
@@ -752,12 +653,12 @@ fn read_names(dir: &Path) -> Result<Vec<OsString>, SolveError> {
     Ok(names)
 }
 
-fn lstat(p: &Path) -> Result<Metadata, SolveError> {
+fn lstat(p: &Path) -> Result<Metadata, CacheError> {
     fs::symlink_metadata(p).map_err(|e| ioe("stat", p, e))
 }
 
-fn ioe(what: &str, p: &Path, e: impl Into<io::Error>) -> SolveError {
-    SolveError::io(format!("{what} {}", p.display()), e.into())
+fn ioe(op: &'static str, p: &Path, e: impl Into<io::Error>) -> CacheError {
+    CacheError::io(op, p, e.into())
 }
 
 #[cfg(test)]
@@ -1151,5 +1052,23 @@ mod tests {
         assert_eq!(forced_copy(Some("overlay")), Some(false));
         assert_eq!(forced_copy(Some("auto")), None);
         assert_eq!(forced_copy(None), None);
+    }
+
+    #[test]
+    fn the_probe_decides_only_when_the_variable_does_not() {
+        let probed = std::cell::Cell::new(0);
+        let probe = |mounts: bool| {
+            let probed = &probed;
+            move || {
+                probed.set(probed.get() + 1);
+                mounts
+            }
+        };
+        assert!(choose(Some("copy"), probe(true)));
+        assert!(!choose(Some("overlay"), probe(false)));
+        assert_eq!(probed.get(), 0, "a forced mode never mounts the probe");
+        assert!(choose(None, probe(false)));
+        assert!(!choose(Some("auto"), probe(true)));
+        assert_eq!(probed.get(), 2);
     }
 }
