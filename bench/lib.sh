@@ -3,8 +3,8 @@
 # workloads (bench/run.sh, bench/remote.sh).
 
 # bench_setup: test packages and registries (.ci/setup.sh), hyperfine, the debian:bookworm base
-# in the test registry (seeded from the peer lab's registry on localhost:5000 when missing), and
-# the release binary in $RB. Run from the repository root.
+# in the test registry (seeded from the peer lab's registry on localhost:5000 when missing); $REG
+# is the test registry. Run from the repository root.
 bench_setup() {
   bash .ci/setup.sh >/dev/null
   command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
@@ -13,6 +13,10 @@ bench_setup() {
     skopeo copy -q --src-tls-verify=false --dest-tls-verify=false \
       docker://localhost:5000/debian:bookworm "docker://$REG/library/debian:bookworm"
   fi
+}
+
+# bench_rbuild: the release binary, built, in $RB.
+bench_rbuild() {
   cargo build --release --locked -p rbuild -q
   RB=$PWD/${CARGO_TARGET_DIR:-target}/release/rbuild
   [ -x "$RB" ] || RB=$PWD/target/release/rbuild

@@ -21,12 +21,15 @@
 # started by the peer lab, never by this script). It can only hit once rbuild implements
 # --cache-to/--cache-from (issue 13).
 # Usage: bash bench/remote.sh
-# Env: RUNS_REMOTE=5 RUNS_COLD=3 BENCH_WORK=/tmp/rbuild-bench-remote BENCH_BUILDKIT=0 (skip BuildKit)
+# Env: RUNS_REMOTE=5 RUNS_COLD=3 BENCH_WORK=/tmp/rbuild-bench-remote, BENCH_BUILDKIT=0 / BENCH_RBUILD=0
+#      to skip a tool,
 #      BENCH_CACHE_REGISTRY=127.0.0.1:5000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 bench_setup
+RBUILD=${BENCH_RBUILD:-1}
+[ "$RBUILD" = 1 ] && bench_rbuild
 W=${BENCH_WORK:-/tmp/rbuild-bench-remote}
 mkdir -p "$W"
 CTX=$W/ctx
@@ -90,6 +93,7 @@ RB_REF=$CREG/bench-cache:rbuild
 BK_REF=localhost:5000/bench-cache:bk
 
 # --- rbuild ----------------------------------------------------------------------------------
+if [ "$RBUILD" = 1 ]; then
 echo "== rbuild A: build and export to $RB_REF"
 SA=$W/store-a-$STAMP
 RBUILD_ROOT=$SA "$RB" build -q -f "$CTX/Dockerfile.rbuild" -t bench-remote:a \
@@ -117,6 +121,7 @@ hyperfine -w 1 -r "$RUNS_COLD" -u second --shell=bash --export-json "$W/rbuild-c
   "RBUILD_ROOT=$SA $RB build --no-cache -q -f $CTX/Dockerfile.rbuild -t bench-remote:cold --cache-to type=registry,ref=$CREG/bench-cache:rbuild-cold,mode=max $CTX" \
   > "$W/rbuild-cold.log" 2>&1 || { tail -5 "$W/rbuild-cold.log"; exit 1; }
 read -r RB_COLD RB_COLD_EXP < <(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']; print('%.3f %.3f' % (r[0]['median'], r[1]['median']))" "$W/rbuild-cold.json")
+fi
 
 # --- BuildKit --------------------------------------------------------------------------------
 if [ "$BK" = 1 ]; then
@@ -150,13 +155,13 @@ try: print('%+.0f %%' % (100 * (float(sys.argv[2]) / float(sys.argv[1]) - 1)))
 except Exception: print('n/a')" "$1" "$2"; }
 echo
 printf '%-34s %14s %14s %16s\n' remote rbuild buildkit rbuild/buildkit
-printf '%-34s %13ss %13ss %16s\n' "B: empty store, --cache-from" "${R[rb-b]}" "${R[bk-b]:-n/a}" "$(ratio "${R[rb-b]}" "${R[bk-b]:-x}")"
-printf '%-34s %14s %14s\n' "B: bytes downloaded" "$(mb "${R[rb-bytes]}")" "$( [ -n "${R[bk-bytes]:-}" ] && mb "${R[bk-bytes]}" || echo n/a)"
-printf '%-34s %14s\n' "  compressed layers the output needs" "$(mb "${R[needed]}")"
-printf '%-34s %13ss %13ss\n' "cold (--no-cache)" "$RB_COLD" "${BK_COLD:-n/a}"
-printf '%-34s %13ss %13ss\n' "cold + --cache-to mode=max" "$RB_COLD_EXP" "${BK_COLD_EXP:-n/a}"
-printf '%-34s %14s %14s\n' "export overhead" "$(overhead "$RB_COLD" "$RB_COLD_EXP")" "$(overhead "${BK_COLD:-x}" "${BK_COLD_EXP:-x}")"
+printf '%-34s %13ss %13ss %16s\n' "B: empty store, --cache-from" "${R[rb-b]:-n/a}" "${R[bk-b]:-n/a}" "$(ratio "${R[rb-b]:-x}" "${R[bk-b]:-x}")"
+printf '%-34s %14s %14s\n' "B: bytes downloaded" "$( [ -n "${R[rb-bytes]:-}" ] && mb "${R[rb-bytes]}" || echo n/a)" "$( [ -n "${R[bk-bytes]:-}" ] && mb "${R[bk-bytes]}" || echo n/a)"
+printf '%-34s %14s\n' "  compressed layers the output needs" "$( [ -n "${R[needed]:-}" ] && mb "${R[needed]}" || echo n/a)"
+printf '%-34s %13ss %13ss\n' "cold (--no-cache)" "${RB_COLD:-n/a}" "${BK_COLD:-n/a}"
+printf '%-34s %13ss %13ss\n' "cold + --cache-to mode=max" "${RB_COLD_EXP:-n/a}" "${BK_COLD_EXP:-n/a}"
+printf '%-34s %14s %14s\n' "export overhead" "$(overhead "${RB_COLD:-x}" "${RB_COLD_EXP:-x}")" "$(overhead "${BK_COLD:-x}" "${BK_COLD_EXP:-x}")"
 echo "targets (issue 13): B time <= 0.5x BuildKit's; bytes <= the needed compressed size; export overhead <= +20 %"
 
 # The B stores go last (deleting big trees before timed runs slows ext4 file creation; run.sh).
-rm -rf "$W"/store-b-"$STAMP"-* "$SA"
+rm -rf "$W"/store-b-"$STAMP"-* "$W/store-a-$STAMP"

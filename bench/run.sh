@@ -19,6 +19,7 @@ WORKLOADS=("$@")
 [ ${#WORKLOADS[@]} -gt 0 ] || WORKLOADS=(noop edit fanout cold)
 . bench/lib.sh
 bench_setup
+bench_rbuild
 W=${BENCH_WORK:-/tmp/rbuild-bench6}
 mkdir -p "$W"
 CTX=$W/ctx
