@@ -747,7 +747,15 @@ fn foreign_and_malformed_registry_caches_are_refused_with_what_was_found() {
         ),
     ] {
         let r = Reference::parse(&format!("{reg}/{}:1", unique("foreign"))).unwrap();
-        push_raw(&c, &a, &r, ct, b"{}", &[l.blob.clone()], BTreeMap::new());
+        push_raw(
+            &c,
+            &a,
+            &r,
+            ct,
+            b"{}",
+            std::slice::from_ref(&l.blob),
+            BTreeMap::new(),
+        );
         let e = open(&r).unwrap_err();
         assert!(matches!(e, OciError::NotACache { .. }), "{e}");
         assert!(e.to_string().contains(says), "{e}");
@@ -792,7 +800,7 @@ fn foreign_and_malformed_registry_caches_are_refused_with_what_was_found() {
             &r,
             CACHE_CONFIG_MEDIA_TYPE,
             &bytes,
-            &[l.blob.clone()],
+            std::slice::from_ref(&l.blob),
             BTreeMap::new(),
         );
         let e = open(&r).unwrap_err();
@@ -807,7 +815,7 @@ fn foreign_and_malformed_registry_caches_are_refused_with_what_was_found() {
         &r,
         CACHE_CONFIG_MEDIA_TYPE,
         br#"{"version":1}"#,
-        &[l.blob.clone()],
+        std::slice::from_ref(&l.blob),
         BTreeMap::new(),
     );
     assert!(matches!(
@@ -821,7 +829,7 @@ fn inline_cache_round_trip_and_mismatched_inline_layers() {
     let reg = reg();
     let c = client();
     let (_t, a) = new_store();
-    let layers = vec![layer(&a, "a", b"A"), layer(&a, "b", b"BB")];
+    let layers = [layer(&a, "a", b"A"), layer(&a, "b", b"BB")];
     let mut cfg = config(2);
     cfg.layers = layers
         .iter()
