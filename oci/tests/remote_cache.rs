@@ -121,6 +121,26 @@ fn platform() -> Platform {
     Platform::host()
 }
 
+fn export(
+    c: &RegistryClient,
+    a: &rbuild_cache::Store,
+    to: &CacheLocation,
+    data: &CacheExport,
+) -> Result<Descriptor, OciError> {
+    export_cache(
+        c,
+        a,
+        to,
+        data,
+        &CacheExportOpts::default(),
+        &NoTransferProgress,
+    )
+}
+
+fn open_cache(c: &RegistryClient, from: &CacheLocation) -> Result<ImportedCache, OciError> {
+    ImportedCache::open(c, from, &platform())
+}
+
 /// Open `from` into a fresh store, fetch every layer and check each against its diff id.
 fn open_and_fetch_all(c: &RegistryClient, from: &CacheLocation, data: &CacheExport) {
     let cache = ImportedCache::open(c, from, &platform()).unwrap();
@@ -204,7 +224,7 @@ fn registry_round_trip_compresses_once_and_skopeo_reads_it() {
     let opts = CacheExportOpts::default();
     let desc = export_cache(&c, &a, &to, &data, &opts, &NoTransferProgress).unwrap();
     assert_eq!(desc.media_type, mt::OCI_MANIFEST);
-    let cache = ImportedCache::open(&c, &to, &platform()).unwrap();
+    let cache = open_cache(&c, &to).unwrap();
     assert_eq!(cache.origin, format!("registry cache {}", r.familiar()));
     assert!(cache
         .layers
@@ -229,7 +249,7 @@ fn registry_round_trip_compresses_once_and_skopeo_reads_it() {
         ..Default::default()
     };
     export_cache(&c, &a, &to, &data, &z, &NoTransferProgress).unwrap();
-    let cache = ImportedCache::open(&c, &to, &platform()).unwrap();
+    let cache = open_cache(&c, &to).unwrap();
     assert!(cache
         .layers
         .iter()
@@ -261,12 +281,7 @@ fn registry_round_trip_compresses_once_and_skopeo_reads_it() {
         &NoTransferProgress,
     )
     .unwrap();
-    let l = ImportedCache::open(
-        &c,
-        &CacheLocation::Registry(bare.with_tag("latest")),
-        &platform(),
-    )
-    .unwrap();
+    let l = open_cache(&c, &CacheLocation::Registry(bare.with_tag("latest"))).unwrap();
     assert_eq!(l.layers.len(), 2);
 }
 
@@ -282,15 +297,7 @@ fn local_round_trip_survives_tar_and_zip() {
     let w = tempfile::tempdir().unwrap();
     let dir = w.path().join("cache");
     let to = CacheLocation::Local(dir.clone());
-    export_cache(
-        &c,
-        &a,
-        &to,
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap();
+    export(&c, &a, &to, &data).unwrap();
     assert_eq!(
         fs::read(dir.join("oci-layout")).unwrap(),
         br#"{"imageLayoutVersion":"1.0.0"}"#
@@ -335,15 +342,7 @@ fn local_round_trip_survives_tar_and_zip() {
         .arg(&from_zip));
     open_and_fetch_all(&c, &CacheLocation::Local(from_zip.clone()), &data);
     // and an export into the restored copy updates it in place
-    export_cache(
-        &c,
-        &a,
-        &CacheLocation::Local(from_zip.clone()),
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap();
+    export(&c, &a, &CacheLocation::Local(from_zip.clone()), &data).unwrap();
     assert_eq!(blob_names(&from_zip), referenced(&from_zip));
 }
 
@@ -434,7 +433,7 @@ fn reexport_removes_unreferenced_blobs_and_nothing_else() {
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
     let c2 = ImportedCache::open_tag(&c, &to, &platform(), Some("other")).unwrap();
     assert_eq!(c2.config.layers[0].diff_id, l2.diff_id);
-    let c1 = ImportedCache::open(&c, &to, &platform()).unwrap();
+    let c1 = open_cache(&c, &to).unwrap();
     assert_eq!(c1.layers.len(), 2);
     let e = ImportedCache::open_tag(&c, &to, &platform(), Some("nope")).unwrap_err();
     assert!(e.to_string().contains("no entry named \"nope\""), "{e}");
@@ -460,15 +459,7 @@ fn export_refuses_a_directory_that_is_not_a_layout_and_symlinked_blobs() {
     let home = w.path().join("home");
     fs::create_dir(&home).unwrap();
     fs::write(home.join(".bashrc"), b"x").unwrap();
-    let e = export_cache(
-        &c,
-        &a,
-        &CacheLocation::Local(home.clone()),
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap_err();
+    let e = export(&c, &a, &CacheLocation::Local(home.clone()), &data).unwrap_err();
     assert!(matches!(e, OciError::CacheDest { .. }), "{e}");
     assert!(e.to_string().contains("not an OCI layout"), "{e}");
     let left: Vec<_> = fs::read_dir(&home)
@@ -479,15 +470,7 @@ fn export_refuses_a_directory_that_is_not_a_layout_and_symlinked_blobs() {
     // a file
     let file = w.path().join("file");
     fs::write(&file, b"f").unwrap();
-    assert!(export_cache(
-        &c,
-        &a,
-        &CacheLocation::Local(file.clone()),
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress
-    )
-    .is_err());
+    assert!(export(&c, &a, &CacheLocation::Local(file.clone()), &data).is_err());
     assert_eq!(fs::read(&file).unwrap(), b"f");
     // a layout whose blobs (or blobs/sha256) is a symlink to elsewhere: nothing written there
     for (link_at, make_blobs) in [("blobs", false), ("blobs/sha256", true)] {
@@ -506,15 +489,7 @@ fn export_refuses_a_directory_that_is_not_a_layout_and_symlinked_blobs() {
             fs::create_dir(dest.join("blobs")).unwrap();
         }
         std::os::unix::fs::symlink(&elsewhere, dest.join(link_at)).unwrap();
-        let e = export_cache(
-            &c,
-            &a,
-            &CacheLocation::Local(dest.clone()),
-            &data,
-            &CacheExportOpts::default(),
-            &NoTransferProgress,
-        )
-        .unwrap_err();
+        let e = export(&c, &a, &CacheLocation::Local(dest.clone()), &data).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         assert_eq!(
             fs::read_dir(&elsewhere).unwrap().count(),
@@ -526,15 +501,7 @@ fn export_refuses_a_directory_that_is_not_a_layout_and_symlinked_blobs() {
     // an empty directory is fine
     let empty = w.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    export_cache(
-        &c,
-        &a,
-        &CacheLocation::Local(empty.clone()),
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap();
+    export(&c, &a, &CacheLocation::Local(empty.clone()), &data).unwrap();
     // a symlink planted where a blob goes is replaced, never written through
     let target = w.path().join("target");
     fs::write(&target, b"keep me").unwrap();
@@ -549,15 +516,7 @@ fn export_refuses_a_directory_that_is_not_a_layout_and_symlinked_blobs() {
     let p = empty.join("blobs/sha256").join(&layer_hex);
     fs::remove_file(&p).unwrap();
     std::os::unix::fs::symlink(&target, &p).unwrap();
-    export_cache(
-        &c,
-        &a,
-        &CacheLocation::Local(empty.clone()),
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap();
+    export(&c, &a, &CacheLocation::Local(empty.clone()), &data).unwrap();
     assert_eq!(fs::read(&target).unwrap(), b"keep me");
     assert!(fs::symlink_metadata(&p).unwrap().is_file());
 }
@@ -569,15 +528,7 @@ fn a_layout_reached_through_symlinks_is_refused() {
     let data = export_of(vec![layer(&a, "a", b"A")]);
     let w = tempfile::tempdir().unwrap();
     let real = w.path().join("real");
-    export_cache(
-        &c,
-        &a,
-        &CacheLocation::Local(real.clone()),
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap();
+    export(&c, &a, &CacheLocation::Local(real.clone()), &data).unwrap();
     // blobs is a symlink to another layout's blobs
     let linked = w.path().join("linked");
     fs::create_dir(&linked).unwrap();
@@ -585,7 +536,7 @@ fn a_layout_reached_through_symlinks_is_refused() {
         fs::copy(real.join(f), linked.join(f)).unwrap();
     }
     std::os::unix::fs::symlink(real.join("blobs"), linked.join("blobs")).unwrap();
-    let e = ImportedCache::open(&c, &CacheLocation::Local(linked), &platform()).unwrap_err();
+    let e = open_cache(&c, &CacheLocation::Local(linked)).unwrap_err();
     assert!(matches!(e, OciError::InvalidCache { .. }), "{e}");
     assert!(e.to_string().contains("blobs is a symlink"), "{e}");
     // each blob a symlink
@@ -601,7 +552,7 @@ fn a_layout_reached_through_symlinks_is_refused() {
         )
         .unwrap();
     }
-    let e = ImportedCache::open(&c, &CacheLocation::Local(files), &platform()).unwrap_err();
+    let e = open_cache(&c, &CacheLocation::Local(files)).unwrap_err();
     assert!(e.to_string().contains("symlink"), "{e}");
     // index.json a symlink
     let idx = w.path().join("idx");
@@ -612,13 +563,13 @@ fn a_layout_reached_through_symlinks_is_refused() {
         .arg("-r")
         .arg(real.join("blobs"))
         .arg(idx.join("blobs")));
-    assert!(ImportedCache::open(&c, &CacheLocation::Local(idx), &platform()).is_err());
+    assert!(open_cache(&c, &CacheLocation::Local(idx)).is_err());
     // a fifo as index.json does not hang the open
     let fifo = w.path().join("fifo");
     fs::create_dir(&fifo).unwrap();
     fs::copy(real.join("oci-layout"), fifo.join("oci-layout")).unwrap();
     run(Command::new("mkfifo").arg(fifo.join("index.json")));
-    assert!(ImportedCache::open(&c, &CacheLocation::Local(fifo), &platform()).is_err());
+    assert!(open_cache(&c, &CacheLocation::Local(fifo)).is_err());
 }
 
 #[test]
@@ -632,16 +583,8 @@ fn tampered_local_blobs_are_refused_and_nothing_enters_the_store() {
     let w = tempfile::tempdir().unwrap();
     let dir = w.path().join("cache");
     let to = CacheLocation::Local(dir.clone());
-    export_cache(
-        &c,
-        &a,
-        &to,
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap();
-    let cache = ImportedCache::open(&c, &to, &platform()).unwrap();
+    export(&c, &a, &to, &data).unwrap();
+    let cache = open_cache(&c, &to).unwrap();
     let victim = dir.join("blobs/sha256").join(hex(&cache.layers[0].digest));
     let mut bytes = fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
@@ -685,7 +628,7 @@ fn tampered_local_blobs_are_refused_and_nothing_enters_the_store() {
     let pos = cb.windows(3).position(|w| w == b"\"b1").unwrap();
     cb[pos + 2] = b'2';
     fs::write(&config, &cb).unwrap();
-    let e = ImportedCache::open(&c, &to, &platform()).unwrap_err();
+    let e = open_cache(&c, &to).unwrap_err();
     assert!(matches!(e, OciError::DigestMismatch { .. }), "{e}");
 }
 
@@ -724,8 +667,7 @@ fn foreign_and_malformed_registry_caches_are_refused_with_what_was_found() {
     let c = client();
     let (_t, a) = new_store();
     let l = layer(&a, "a", b"A");
-    let open =
-        |r: &Reference| ImportedCache::open(&c, &CacheLocation::Registry(r.clone()), &platform());
+    let open = |r: &Reference| open_cache(&c, &CacheLocation::Registry(r.clone()));
 
     // 404
     let r404 = Reference::parse(&format!("{reg}/{}:nope", unique("missing"))).unwrap();
@@ -862,7 +804,7 @@ fn inline_cache_round_trip_and_mismatched_inline_layers() {
         ann.clone(),
     );
     let from = CacheLocation::Registry(r.clone());
-    let cache = ImportedCache::open(&c, &from, &platform()).unwrap();
+    let cache = open_cache(&c, &from).unwrap();
     assert_eq!(cache.origin, format!("inline cache of {}", r.familiar()));
     assert_eq!(cache.config, cfg);
     assert_eq!(cache.layers, descs);
@@ -884,7 +826,7 @@ fn inline_cache_round_trip_and_mismatched_inline_layers() {
         &descs,
         ann,
     );
-    let e = ImportedCache::open(&c, &CacheLocation::Registry(r2), &platform()).unwrap_err();
+    let e = open_cache(&c, &CacheLocation::Registry(r2)).unwrap_err();
     assert!(e.to_string().contains("not the image's"), "{e}");
 }
 
@@ -946,7 +888,7 @@ fn hostile_registry_answers_are_refused() {
         ),
     ]);
     let from = CacheLocation::Registry(Reference::parse(&format!("{addr}/c")).unwrap());
-    let cache = ImportedCache::open(&c, &from, &platform()).unwrap();
+    let cache = open_cache(&c, &from).unwrap();
     let (_t2, b) = new_store();
     let e = cache
         .fetch_layer(&c, &b, 0, &NoTransferProgress)
@@ -965,10 +907,9 @@ fn hostile_registry_answers_are_refused() {
         mt::OCI_MANIFEST.into(),
         huge,
     )]);
-    let e = ImportedCache::open(
+    let e = open_cache(
         &c,
         &CacheLocation::Registry(Reference::parse(&format!("{addr}/c")).unwrap()),
-        &platform(),
     )
     .unwrap_err();
     assert!(e.to_string().contains("bytes"), "{e}");
@@ -979,10 +920,9 @@ fn hostile_registry_answers_are_refused() {
         mt::OCI_MANIFEST.into(),
         manifest(tarb.len() as u64, 65 << 20),
     )]);
-    let e = ImportedCache::open(
+    let e = open_cache(
         &c,
         &CacheLocation::Registry(Reference::parse(&format!("{addr}/c")).unwrap()),
-        &platform(),
     )
     .unwrap_err();
     assert!(e.to_string().contains("config is"), "{e}");
@@ -1000,10 +940,9 @@ fn hostile_registry_answers_are_refused() {
                 )
         }
     });
-    let e = ImportedCache::open(
+    let e = open_cache(
         &c,
         &CacheLocation::Registry(Reference::parse(&format!("{addr}/c")).unwrap()),
-        &platform(),
     )
     .unwrap_err();
     assert!(matches!(e, OciError::DigestMismatch { .. }), "{e}");
@@ -1047,10 +986,9 @@ fn hostile_registry_answers_are_refused() {
                 m.clone(),
             ),
         ]);
-        let e = ImportedCache::open(
+        let e = open_cache(
             &c,
             &CacheLocation::Registry(Reference::parse(&format!("{addr}/c")).unwrap()),
-            &platform(),
         )
         .unwrap_err();
         assert!(e.to_string().contains(says), "{says}: {e}");
@@ -1075,10 +1013,9 @@ fn hostile_registry_answers_are_refused() {
             cb.clone(),
         ),
     ]);
-    let cache = ImportedCache::open(
+    let cache = open_cache(
         &c,
         &CacheLocation::Registry(Reference::parse(&format!("{addr}/c")).unwrap()),
-        &platform(),
     )
     .unwrap();
     assert_eq!(cache.config, cfg);
@@ -1111,29 +1048,13 @@ fn tls_registry_with_credentials_round_trip_and_wrong_password() {
     let data = export_of(vec![layer(&a, "a", b"A"), layer(&a, "b", b"B")]);
     let r = Reference::parse(&format!("{TLS_REG}/{}:1", unique("tls"))).unwrap();
     let to = CacheLocation::Registry(r.clone());
-    export_cache(
-        &good,
-        &a,
-        &to,
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap();
+    export(&good, &a, &to, &data).unwrap();
     open_and_fetch_all(&good, &to, &data);
     let (_c2, bad) = tls_client("wrong-password");
-    let e = ImportedCache::open(&bad, &to, &platform()).unwrap_err();
+    let e = open_cache(&bad, &to).unwrap_err();
     assert!(matches!(e, OciError::Auth { .. }), "{e}");
     assert!(e.to_string().contains("rejected the credentials"), "{e}");
-    let e = export_cache(
-        &bad,
-        &a,
-        &to,
-        &data,
-        &CacheExportOpts::default(),
-        &NoTransferProgress,
-    )
-    .unwrap_err();
+    let e = export(&bad, &a, &to, &data).unwrap_err();
     assert!(matches!(e, OciError::Auth { .. }), "{e}");
 }
 
