@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Test environment for rbuild: installs the real parts the tests use and starts them.
 #  - Debian packages: docker-registry (CNCF distribution), busybox-static, skopeo, umoci, runc, jq,
-#    git (git contexts), bsdutils (`script`, the tty progress test), uidmap (newuidmap/newgidmap,
+#    git (git contexts), zip + unzip (local cache round trips), bsdutils (`script`, the tty progress test), uidmap (newuidmap/newgidmap,
 #    rootless tests), slirp4netns and passt (the isolated default network of RUN steps; iproute2's
 #    `ip` builds the test network namespaces), gcc + libc6-dev (the security suite builds its
-#    attack program statically), util-linux (setpriv, flock, dmesg, nsenter); PyPI spdx-tools (pyspdxtools, the SBOM validator)
+#    attack program statically), util-linux (setpriv, flock, dmesg, nsenter), zip + unzip (the remote
+#    cache tests carry a cache directory as CI caches do); PyPI spdx-tools (pyspdxtools, the SBOM validator)
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux flock:util-linux dmesg:util-linux cc:gcc; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux flock:util-linux dmesg:util-linux cc:gcc zip:zip unzip:unzip; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)

@@ -17,44 +17,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKLOADS=("$@")
 [ ${#WORKLOADS[@]} -gt 0 ] || WORKLOADS=(noop edit fanout cold)
-bash .ci/setup.sh >/dev/null
-command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
-REG=127.0.0.1:5055
-if ! curl -sf "http://$REG/v2/library/debian/tags/list" | grep -q bookworm; then
-  skopeo copy -q --src-tls-verify=false --dest-tls-verify=false \
-    docker://localhost:5000/debian:bookworm "docker://$REG/library/debian:bookworm"
-fi
-cargo build --release --locked -p rbuild -q
-RB=$PWD/${CARGO_TARGET_DIR:-target}/release/rbuild
-[ -x "$RB" ] || RB=$PWD/target/release/rbuild
+. bench/lib.sh
+bench_setup
+bench_rbuild
 W=${BENCH_WORK:-/tmp/rbuild-bench6}
 mkdir -p "$W"
 CTX=$W/ctx
-if [ ! -f "$CTX/.files-10000" ]; then
-  rm -rf "$CTX"; mkdir -p "$CTX/src"
-  python3 - "$CTX/src" <<'PY'
-import os, sys
-d = sys.argv[1]
-for i in range(10000):
-    sub = os.path.join(d, f"d{i % 100:02d}")
-    os.makedirs(sub, exist_ok=True)
-    with open(os.path.join(sub, f"f{i:05d}.bin"), "wb") as f:
-        f.write(os.urandom(10 * 1024))
-PY
-  touch "$CTX/.files-10000"
-fi
-echo ".files-*" > "$CTX/.dockerignore"
+bench_context "$CTX"
 FAN=$W/fanout
 mkdir -p "$FAN"
 
 # Dockerfiles per tool (only the base reference differs).
 write_dockerfiles() { # base
-  cat > "$CTX/Dockerfile.$2" <<DF
-FROM $1
-WORKDIR /app
-COPY src/ /app/src/
-RUN find /app/src -type f | wc -l > /app/count
-DF
+  bench_app_dockerfile "$1" > "$CTX/Dockerfile.$2"
   {
     for i in 1 2 3 4; do
       printf 'FROM %s AS s%d\nRUN sleep 1 && head -c 20000000 /dev/urandom > /data%d\n' "$1" "$i" "$i"
@@ -93,7 +68,6 @@ cmd() {
   esac
 }
 runs() { case $1 in noop) echo "${RUNS_NOOP:-10}";; edit) echo "${RUNS_EDIT:-5}";; fanout) echo "${RUNS_FANOUT:-3}";; cold) echo "${RUNS_COLD:-3}";; esac; }
-median() { python3 -c "import json,sys; print('%.3f' % json.load(open(sys.argv[1]))['results'][0]['median'])" "$1"; }
 
 declare -A MED
 for wl in "${WORKLOADS[@]}"; do
@@ -106,7 +80,7 @@ for wl in "${WORKLOADS[@]}"; do
     prep=true; [ "$wl" = edit ] && prep=$PREP_EDIT
     if hyperfine -w 0 -r "$(runs "$wl")" --prepare "$prep" -u second \
         --export-json "$W/$t-$wl.json" --shell=bash "$c" >"$W/$t-$wl.log" 2>&1; then
-      MED[$t-$wl]=$(median "$W/$t-$wl.json")
+      MED[$t-$wl]=$(bench_median "$W/$t-$wl.json")
     else
       MED[$t-$wl]=fail; tail -5 "$W/$t-$wl.log"
     fi

@@ -239,6 +239,9 @@ fn parse(s: &str, flag: Flag) -> Result<CacheSpec, String> {
             CacheExportSettings::default()
         }
     };
+    if m.contains_key("registry.insecure") {
+        return Err("attribute registry.insecure= is not taken: plain-HTTP registries are allowed for localhost and for the hosts in RBUILD_INSECURE_REGISTRIES or ~/.config/rbuild/config.toml (README)".into());
+    }
     if let Some(k) = m.keys().next() {
         let mut allowed: Vec<&str> = match &kind {
             CacheKind::Registry(_) => vec!["type", "ref"],
@@ -575,6 +578,11 @@ mod tests {
                 "unknown attribute \"colour\" for --cache-from type=registry",
             ),
             (parse_cache_to, "type=registry,ref=r/a b", "whitespace"),
+            (
+                parse_cache_to,
+                "type=registry,ref=r/a,registry.insecure=true",
+                "RBUILD_INSECURE_REGISTRIES",
+            ),
         ] {
             let e = f(v).unwrap_err();
             assert!(e.contains(want), "{v}: {e}");

@@ -61,20 +61,23 @@ impl Layout {
         }
     }
 
+    /// The directory `name` in `dir` (shown as `shown`), never through a symlink: a symlink
+    /// or non-directory there is refused as such.
+    fn subdir(&self, dir: &OwnedFd, name: &str, shown: &str) -> Result<OwnedFd, OciError> {
+        rbuild_fsroot::open_dir_at(dir, OsStr::new(name)).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => self.invalid(format!(
+                "{shown} is a symlink or not a directory (refused: the blobs of a layout must \
+                 be inside it)"
+            )),
+            Some(libc::ENOENT) => self.invalid(format!("no {shown} directory")),
+            _ => OciError::io("open", self.path.join(shown))(e),
+        })
+    }
+
     /// The directory `blobs/sha256`, never through a symlink.
     pub(crate) fn blobs(&self) -> Result<OwnedFd, OciError> {
-        let open = |dir: &OwnedFd, name: &str, shown: &str| {
-            rbuild_fsroot::open_dir_at(dir, OsStr::new(name)).map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::ENOTDIR) => self.invalid(format!(
-                    "{shown} is a symlink or not a directory (refused: the blobs of a \
-                         layout must be inside it)"
-                )),
-                Some(libc::ENOENT) => self.invalid(format!("no {shown} directory")),
-                _ => OciError::io("open", self.path.join(shown))(e),
-            })
-        };
-        let blobs = open(&self.dir, "blobs", "blobs")?;
-        open(&blobs, "sha256", "blobs/sha256")
+        let blobs = self.subdir(&self.dir, "blobs", "blobs")?;
+        self.subdir(&blobs, "sha256", "blobs/sha256")
     }
 
     /// A regular file of the layout (never a symlink, fifo or device), at most `limit` bytes.
@@ -239,22 +242,26 @@ impl LayoutWriter {
                 ));
             }
         }
-        for (name, shown) in [("blobs", "blobs"), ("sha256", "blobs/sha256")] {
-            let parent: OwnedFd = if name == "blobs" {
-                rustix::io::dup(&*layout.dir).map_err(|e| OciError::io("dup", path)(e.into()))?
-            } else {
-                rbuild_fsroot::open_dir_at(&*layout.dir, OsStr::new("blobs"))
-                    .map_err(OciError::io("open", path.join("blobs")))?
-            };
-            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(OciError::io("create", path.join(shown))(e.into())),
-            }
-        }
-        let sha256 = layout.blobs().map_err(|e| match e {
+        let refused = |e: OciError| match e {
             OciError::InvalidCache { reason, .. } => dest(reason),
             other => other,
-        })?;
+        };
+        let mkdir = |parent: &OwnedFd, name: &str, shown: &str| match rustix::fs::mkdirat(
+            parent,
+            name,
+            Mode::from_raw_mode(0o755),
+        ) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(OciError::io("create", path.join(shown))(e.into())),
+        };
+        mkdir(&layout.dir, "blobs", "blobs")?;
+        let blobs = layout
+            .subdir(&layout.dir, "blobs", "blobs")
+            .map_err(refused)?;
+        mkdir(&blobs, "sha256", "blobs/sha256")?;
+        let sha256 = layout
+            .subdir(&blobs, "sha256", "blobs/sha256")
+            .map_err(refused)?;
         Ok(LayoutWriter { layout, sha256 })
     }
 
