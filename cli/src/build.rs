@@ -310,7 +310,8 @@ pub fn run(root: &Path, b: &BuildArgs) -> Result<ExitCode> {
     }
     if let Some(p) = &b.metadata_file {
         let epoch = crate::epoch::resolve(b, &inputs.context)?;
-        crate::metadata::write(p, &image, &tags, &epoch)?;
+        let multi = crate::multiplat::platforms(&b.platforms)?.len() > 1;
+        crate::metadata::write(p, &image, &tags, &epoch, multi)?;
     }
     if b.quiet {
         println!("{}", image.config_digest);

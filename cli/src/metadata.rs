@@ -23,14 +23,15 @@ use rbuild_solver::ImageResult;
 use serde_json::{json, Value};
 
 /// The metadata object for a built image.
-pub fn metadata(image: &ImageResult, tags: &[Reference]) -> Value {
+pub fn metadata(image: &ImageResult, tags: &[Reference], multi_platform: bool) -> Value {
     let mut m = json!({
         "containerimage.config.digest": image.config_digest,
         "containerimage.descriptor": image.manifest,
         "containerimage.digest": image.manifest.digest,
     });
-    if rbuild_oci::index::is_index(&image.manifest) {
-        // A multi-platform build has no single config (buildx leaves the key out too).
+    if multi_platform {
+        // A multi-platform build has no single config (buildx leaves the key out too; a
+        // single image whose push is an index only for its attestations keeps it).
         if let Some(o) = m.as_object_mut() {
             o.remove("containerimage.config.digest");
         }
@@ -48,8 +49,9 @@ pub fn write(
     image: &ImageResult,
     tags: &[Reference],
     epoch: &crate::epoch::Epoch,
+    multi_platform: bool,
 ) -> Result<()> {
-    let mut m = metadata(image, tags);
+    let mut m = metadata(image, tags, multi_platform);
     m["rbuild.source-date-epoch"] = json!({"value": epoch.value, "source": epoch.source.as_str()});
     let text = serde_json::to_string_pretty(&m)?;
     fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
@@ -76,7 +78,7 @@ mod tests {
             Reference::parse("app:v1").unwrap(),
             Reference::parse("x/y").unwrap(),
         ];
-        let m = metadata(&image, &tags);
+        let m = metadata(&image, &tags, false);
         assert_eq!(m["containerimage.digest"], "sha256:aa");
         assert_eq!(m["containerimage.config.digest"], "sha256:bb");
         assert_eq!(
@@ -88,6 +90,10 @@ mod tests {
             m["image.name"],
             "docker.io/library/app:v1,docker.io/x/y:latest"
         );
-        assert!(metadata(&image, &[]).get("image.name").is_none());
+        assert!(metadata(&image, &[], false).get("image.name").is_none());
+        // several platforms: no single config
+        assert!(metadata(&image, &tags, true)
+            .get("containerimage.config.digest")
+            .is_none());
     }
 }

@@ -173,6 +173,11 @@ pub enum Event {
         vertex: usize,
         reason: String,
     },
+    /// Something the build worked around (an imported cache that could not be used).
+    Warning {
+        vertex: usize,
+        message: String,
+    },
     /// The step was stopped (its process killed, its partial layer discarded) because
     /// another step of the build failed.
     Cancelled {

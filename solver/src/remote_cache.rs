@@ -5,8 +5,7 @@
 //! Import is lazy. A key that misses the local index but is in an imported cache becomes a
 //! chain whose layers not yet in the store are *lazy*: an empty `snapshot`, with the diff id,
 //! blob digest and size the cache names. Nothing is downloaded for it unless a step that must
-//! run reads it ([`Solver::materialized`], called by the ops' work) or it is the build's result
-//! ([`crate::sched`]). Materializing fetches the blob (digest and size verified), unpacks it
+//! run reads it or it is the build's result (the scheduler demands it, [`crate::sched`]). Materializing fetches the blob (digest and size verified), unpacks it
 //! with the uncompressed stream checked against the record's diff id (a layer a build made is
 //! kept as the uncompressed tar rbuild itself would have written, so the image is
 //! byte-identical to the exporting machine's), and records the key in the local index: from
@@ -28,7 +27,7 @@ use rbuild_oci::Descriptor;
 use crate::image::{materialize_layers, LAYER_TAR};
 use crate::ops::image::{LAYER_NS, VERIFIED_NS};
 use crate::results::Record;
-use crate::{Chain, Layer, Progress, SolveError, Solver, Value};
+use crate::{Chain, Layer, Progress, SolveError, Solver};
 
 /// Which results a cache export holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -205,25 +204,6 @@ impl Solver {
             self.record(key, &out)?;
         }
         Ok(out)
-    }
-
-    /// The values of a step's inputs with their lazy layers materialized (what a step that
-    /// runs reads).
-    pub(crate) fn materialized(
-        &self,
-        inputs: &[crate::ops::Input],
-        vertex: usize,
-        progress: &dyn Progress,
-    ) -> Result<Vec<Value>, SolveError> {
-        inputs
-            .iter()
-            .map(|i| match &i.value {
-                Value::Chain(c) => self
-                    .ensure_local(&i.key, c, vertex, progress)
-                    .map(Value::Chain),
-                v => Ok(v.clone()),
-            })
-            .collect()
     }
 
     /// Fetch, verify and unpack one lazy layer.

@@ -21,6 +21,8 @@ struct FakeOp {
     salt: String,
     runs: AtomicUsize,
     behaviour: Behaviour,
+    /// The key leaves the inputs out (as `COPY --link`'s copy does its destination).
+    own_key: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -40,7 +42,12 @@ impl FakeOp {
             salt: salt.to_string(),
             runs: AtomicUsize::new(0),
             behaviour,
+            own_key: false,
         }
+    }
+    fn own_key(mut self) -> Self {
+        self.own_key = true;
+        self
     }
     fn runs(&self) -> usize {
         self.runs.load(Ordering::SeqCst)
@@ -48,9 +55,9 @@ impl FakeOp {
 }
 
 impl OpKind for FakeOp {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         let mut rec = format!("fake {}", self.salt);
-        for i in inputs {
+        for i in inputs.iter().filter(|_| !self.own_key) {
             rec.push(' ');
             rec.push_str(&i.key);
         }
@@ -60,7 +67,7 @@ impl OpKind for FakeOp {
             record: None,
             label: None,
             announced: None,
-            work: Box::new(move || {
+            work: Box::new(move |_: &[Input]| {
                 self.runs.fetch_add(1, Ordering::SeqCst);
                 match self.behaviour {
                     Behaviour::Succeed => Ok(Vec::new()),
@@ -235,6 +242,42 @@ fn an_input_change_reruns_its_dependents_only() {
     let runs: Vec<usize> = changed.iter().map(FakeOp::runs).collect();
     assert_eq!(runs, [1, 0, 1, 0, 1]);
     assert_eq!((out.executed, out.cached), (3, 2));
+}
+
+#[test]
+fn a_miss_whose_result_nothing_needs_never_runs() {
+    let d = tempfile::tempdir().unwrap();
+    // n0 → n1 → n2: n1's key does not depend on n0's.
+    let def = graph(&[&[], &[0], &[1]]);
+    let first = vec![
+        FakeOp::new("base", Behaviour::Succeed),
+        FakeOp::new("link", Behaviour::Succeed).own_key(),
+        FakeOp::new("root", Behaviour::Succeed),
+    ];
+    solver(d.path(), no_executor())
+        .solve_with(&def, NodeId(2), &Events::default(), "", &by_name(&first))
+        .unwrap();
+    // The base changes: its step misses, but n1 and n2 hit, so nothing reads it.
+    let second = vec![
+        FakeOp::new("base-edited", Behaviour::Succeed),
+        FakeOp::new("link", Behaviour::Succeed).own_key(),
+        FakeOp::new("root", Behaviour::Succeed),
+    ];
+    let events = Events::default();
+    let out = solver(d.path(), no_executor())
+        .solve_with(&def, NodeId(2), &events, "", &by_name(&second))
+        .unwrap();
+    let runs: Vec<usize> = second.iter().map(FakeOp::runs).collect();
+    assert_eq!(runs, [0, 0, 0]);
+    assert_eq!(out.executed, 0);
+    let started = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::Started { .. }))
+        .count();
+    assert_eq!(started, 0, "no step was announced");
 }
 
 #[test]

@@ -818,6 +818,15 @@ impl Progress for Reporter {
                     let v = tracker.vertex(Key::Graph(vertex), None);
                     render.change(tracker, &Change::Explain { v, reason: &reason }, out);
                 }
+                Event::Warning { message, .. } => {
+                    let w = Warning {
+                        text: &message,
+                        message: &message,
+                        file: None,
+                        lines: None,
+                    };
+                    render.change(tracker, &Change::Warning(&w), out);
+                }
                 // Variants added to the solver later (e.g. cache-miss explanations) are not
                 // lost: rawjson passes them on as `other`; the human displays skip them.
                 other => {

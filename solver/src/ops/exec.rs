@@ -20,13 +20,13 @@ use crate::{Chain, Event, Progress, SolveError, Solver, Value};
 pub struct ExecKind;
 
 impl OpKind for ExecKind {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         let Op::Exec(op) = &cx.node.op else {
             return Err(cx.fail("not an exec op"));
         };
         cx.solver.check_exec_policy(op).map_err(|m| cx.fail(m))?;
-        let work = Box::new(move || {
-            let values = cx.solver.materialized(inputs, cx.vertex, cx.progress)?;
+        let work = Box::new(move |inputs: &[Input]| {
+            let values: Vec<Value> = inputs.iter().map(|i| i.value.clone()).collect();
             cx.solver
                 .run_exec(cx.vertex, cx.node, op, &values, cx.progress)
         });

@@ -27,12 +27,12 @@ use crate::{Chain, SolveError, Solver, Value};
 pub struct FileKind;
 
 impl OpKind for FileKind {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         let rbuild_graph::Op::File(op) = &cx.node.op else {
             return Err(cx.fail("not a file op"));
         };
-        let work = Box::new(move || {
-            let values = cx.solver.materialized(inputs, cx.vertex, cx.progress)?;
+        let work = Box::new(move |inputs: &[Input]| {
+            let values: Vec<Value> = inputs.iter().map(|i| i.value.clone()).collect();
             cx.solver.run_file(cx.node, op, &values)
         });
         super::inputs::keyed_step(cx, inputs, work).map(Plan::Keyed)

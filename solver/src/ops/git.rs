@@ -15,7 +15,7 @@ use crate::{Chain, SolveError};
 pub struct GitOp;
 
 impl OpKind for GitOp {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, _inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, _inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         let rbuild_graph::Op::Source(rbuild_graph::SourceOp::Git {
             remote,
             reference,
@@ -44,7 +44,7 @@ impl OpKind for GitOp {
             record: None,
             label: None,
             announced: None,
-            work: Box::new(move || {
+            work: Box::new(move |_: &[Input]| {
                 let store = &cx.solver.cfg.store;
                 let snap = store.new_snapshot()?;
                 if let Err(m) = checkout(remote, &commit, &snap.fs, *keep_git_dir) {

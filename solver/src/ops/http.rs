@@ -40,7 +40,7 @@ impl Drop for TmpDir {
 }
 
 impl OpKind for HttpOp {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, _inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, _inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         let rbuild_graph::Op::Source(rbuild_graph::SourceOp::Http {
             url,
             checksum,
@@ -77,7 +77,7 @@ impl OpKind for HttpOp {
                 record: None,
                 label: None,
                 announced: None,
-                work: Box::new(move || {
+                work: Box::new(move |_: &[Input]| {
                     let tmp = new_tmp()?;
                     let body = tmp.0.join("body");
                     let fetched = rbuild_oci::http::fetch(&solver.cfg.registry, url, &body)
@@ -126,7 +126,7 @@ impl OpKind for HttpOp {
                     record: None,
                     label: None,
                     announced: Some(started),
-                    work: Box::new(move || {
+                    work: Box::new(move |_: &[Input]| {
                         let _tmp = tmp;
                         let fetched = rbuild_oci::http::fetch(&solver.cfg.registry, url, &body)
                             .map_err(|e| cx.fail(e.to_string()))?;
@@ -167,7 +167,7 @@ impl OpKind for HttpOp {
             record: None,
             label: None,
             announced: Some(started),
-            work: Box::new(move || {
+            work: Box::new(move |_: &[Input]| {
                 let _tmp = tmp;
                 place(cx, &body, filename, &fetched, url)
             }),
@@ -206,7 +206,7 @@ fn file_name(explicit: Option<&str>, fetched: &rbuild_oci::http::Fetched, url: &
 
 /// Move the downloaded body into a new one-layer chain.
 fn place(
-    cx: &Cx<'_>,
+    cx: Cx<'_>,
     body: &Path,
     filename: Option<&str>,
     fetched: &rbuild_oci::http::Fetched,

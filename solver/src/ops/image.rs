@@ -21,7 +21,7 @@ use crate::{Chain, Layer, ResolvedImage, SolveError, Solver};
 pub struct ImageOp;
 
 impl OpKind for ImageOp {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, _inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, _inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         let rbuild_graph::Op::Source(rbuild_graph::SourceOp::Image {
             reference,
             digest,
@@ -49,7 +49,7 @@ impl OpKind for ImageOp {
             record: Some(record),
             label: Some(format!("base image {at}")),
             announced: None,
-            work: Box::new(move || {
+            work: Box::new(move |_: &[Input]| {
                 let transfers = crate::VertexTransfers {
                     vertex: cx.vertex,
                     progress: cx.progress,

@@ -15,8 +15,8 @@ type FileDigests = Vec<(String, String)>;
 
 /// The keyed plan of an exec or file step whose work is `work`.
 pub(crate) fn keyed_step<'a>(
-    cx: &'a Cx<'a>,
-    inputs: &'a [Input],
+    cx: Cx<'a>,
+    inputs: &[Input],
     work: Work<'a>,
 ) -> Result<Keyed<'a>, SolveError> {
     let node = cx.node;
@@ -64,7 +64,7 @@ pub(crate) fn keyed_step<'a>(
 /// Key parts per input: the input's key, or for a local directory the content checksums
 /// of exactly the paths this op reads from it.
 fn input_parts(
-    cx: &Cx<'_>,
+    cx: Cx<'_>,
     inputs: &[Input],
 ) -> Result<(Vec<InputPart>, Vec<FileDigests>), SolveError> {
     let node = cx.node;

@@ -13,7 +13,7 @@ use crate::{LocalDir, SolveError, Value};
 pub struct LocalOp;
 
 impl OpKind for LocalOp {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, _inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, _inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         match &cx.node.op {
             Op::Source(SourceOp::Local { name, exclude }) => {
                 let path = cx.solver.cfg.locals.get(name).ok_or_else(|| {

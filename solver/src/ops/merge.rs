@@ -8,7 +8,7 @@ use crate::{SolveError, Value};
 pub struct MergeOp;
 
 impl OpKind for MergeOp {
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, inputs: &'a [Input]) -> Result<Plan<'a>, SolveError> {
+    fn plan<'a>(&'a self, cx: Cx<'a>, inputs: &[Input]) -> Result<Plan<'a>, SolveError> {
         let parts: Vec<InputPart> = inputs
             .iter()
             .map(|i| InputPart::Key(i.key.clone()))

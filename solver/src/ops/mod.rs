@@ -35,11 +35,16 @@ use crate::{Chain, Progress, SolveError, Solver, Value};
 #[derive(Debug, Clone)]
 pub struct Input {
     pub key: String,
+    /// The value: when planning, an input that is not `ready` holds a placeholder (an
+    /// imported lazy chain or an empty one): plans read keys, never results. Work always gets
+    /// ready inputs.
     pub value: Value,
     pub label: String,
+    pub ready: bool,
 }
 
 /// What an op needs from its surroundings while it plans and works.
+#[derive(Clone, Copy)]
 pub struct Cx<'a> {
     pub solver: &'a Solver,
     /// The node's index in the definition (the progress vertex).
@@ -67,8 +72,8 @@ impl Cx<'_> {
     }
 }
 
-/// The work of a keyed step on a miss: produces the chain.
-pub type Work<'a> = Box<dyn FnOnce() -> Result<Chain, SolveError> + 'a>;
+/// The work of a keyed step on a miss: given the node's inputs, all ready, produces the chain.
+pub type Work<'a> = Box<dyn FnOnce(&[Input]) -> Result<Chain, SolveError> + Send + 'a>;
 
 /// What the scheduler does with a node.
 pub enum Plan<'a> {
@@ -97,8 +102,8 @@ pub struct Keyed<'a> {
 
 /// One kind of op.
 pub trait OpKind: Sync {
-    /// The plan for this node, given its solved inputs (in the node's input order).
-    fn plan<'a>(&'a self, cx: &'a Cx<'a>, inputs: &'a [Input]) -> Result<Plan<'a>, SolveError>;
+    /// The plan for this node, given its planned inputs (in the node's input order).
+    fn plan<'a>(&'a self, cx: Cx<'a>, inputs: &[Input]) -> Result<Plan<'a>, SolveError>;
 }
 
 /// The op kind of a graph node.
