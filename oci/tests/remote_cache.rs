@@ -1109,3 +1109,73 @@ fn applying_a_layer_keeps_its_tar_only_when_it_matches_the_diff_id() {
     )
     .is_err());
 }
+
+#[test]
+fn hostile_local_index_and_manifests_are_refused() {
+    let c = client();
+    let (_t, a) = new_store();
+    let data = export_of(vec![layer(&a, "a", b"A")]);
+    let w = tempfile::tempdir().unwrap();
+    let dir = w.path().join("cache");
+    let to = CacheLocation::Local(dir.clone());
+    let manifest_digest = export(&c, &a, &to, &data).unwrap().digest;
+    let sha = dir.join("blobs/sha256");
+    let outside = w.path().join("outside");
+    fs::write(&outside, b"precious").unwrap();
+    let write_index = |entries: serde_json::Value| {
+        fs::write(
+            dir.join("index.json"),
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": entries}))
+                .unwrap(),
+        )
+        .unwrap();
+    };
+    let entry = |digest: &str, size: usize, name: &str| {
+        serde_json::json!({"mediaType": mt::OCI_MANIFEST, "digest": digest, "size": size,
+                           "annotations": {mt::ANNOTATION_REF_NAME: name}})
+    };
+    // an index.json entry whose "digest" is a path
+    write_index(serde_json::json!([entry(
+        "sha256:../../outside",
+        8,
+        "latest"
+    )]));
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(matches!(e, OciError::InvalidCache { .. }), "{e}");
+    // a verified manifest whose layer "digest" is a path
+    let good: Manifest =
+        serde_json::from_slice(&fs::read(sha.join(hex(&manifest_digest))).unwrap()).unwrap();
+    let mut evil = good.clone();
+    evil.layers[0].digest = "sha256:../../../outside".into();
+    let eb = canonical_json("m", &evil).unwrap();
+    fs::write(sha.join(hex(&sha256(&eb))), &eb).unwrap();
+    write_index(serde_json::json!([entry(&sha256(&eb), eb.len(), "latest")]));
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(e.to_string().contains("layer 0: digest"), "{e}");
+    // a manifest whose size in index.json is not its size
+    write_index(serde_json::json!([entry(&manifest_digest, 3, "latest")]));
+    assert!(matches!(
+        open_cache(&c, &to).unwrap_err(),
+        OciError::DigestMismatch { .. }
+    ));
+    // an index.json over 4 MiB
+    let mut big = b"{\"manifests\":[],\"x\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', (4 << 20) + 10));
+    big.extend_from_slice(b"\"}");
+    fs::write(dir.join("index.json"), &big).unwrap();
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(e.to_string().contains("larger than"), "{e}");
+    // an export next to a hostile entry of another name: the entry is dropped, nothing
+    // outside the layout is touched, and the cache works again
+    write_index(serde_json::json!([
+        entry("sha256:../../outside", 8, "other"),
+        entry(&sha256(&eb), eb.len(), "evil")
+    ]));
+    export(&c, &a, &to, &data).unwrap();
+    assert_eq!(fs::read(&outside).unwrap(), b"precious");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(blob_names(&dir), referenced(&dir));
+    open_and_fetch_all(&c, &to, &data);
+}
