@@ -156,8 +156,12 @@ fn open_and_fetch_all(c: &RegistryClient, from: &CacheLocation, data: &CacheExpo
     assert_eq!(cache.layers.len(), data.layers.len());
     let (_t, b) = new_store();
     for (i, l) in data.layers.iter().enumerate() {
-        cache.fetch_layer(c, &b, i, &NoTransferProgress).unwrap();
+        let log = Log::default();
+        cache.fetch_layer(c, &b, i, &log).unwrap();
         let d = &cache.layers[i];
+        let last = log.0.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last.id, d.digest);
+        assert!(last.done && last.current == d.size && last.total == d.size);
         assert!(ContentStore::has_blob(&b, &d.digest));
         let got = rbuild_oci::layer_diff_id(
             ContentStore::open_blob(&b, &d.digest).unwrap(),
@@ -171,6 +175,16 @@ fn open_and_fetch_all(c: &RegistryClient, from: &CacheLocation, data: &CacheExpo
     assert!(cache
         .fetch_layer(c, &b, data.layers.len(), &NoTransferProgress)
         .is_err());
+}
+
+/// Records every progress report.
+#[derive(Default)]
+struct Log(std::sync::Mutex<Vec<rbuild_oci::progress::Transfer>>);
+
+impl rbuild_oci::progress::TransferProgress for Log {
+    fn transfer(&self, t: &rbuild_oci::progress::Transfer) {
+        self.0.lock().unwrap().push(t.clone());
+    }
 }
 
 fn blob_names(dir: &Path) -> BTreeSet<String> {
@@ -222,8 +236,18 @@ fn registry_round_trip_compresses_once_and_skopeo_reads_it() {
     let r = Reference::parse(&format!("{reg}/{}:v1", unique("rt"))).unwrap();
     let to = CacheLocation::Registry(r.clone());
     let opts = CacheExportOpts::default();
-    let desc = export_cache(&c, &a, &to, &data, &opts, &NoTransferProgress).unwrap();
+    let log = Log::default();
+    let desc = export_cache(&c, &a, &to, &data, &opts, &log).unwrap();
     assert_eq!(desc.media_type, mt::OCI_MANIFEST);
+    let uploads: Vec<_> = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.done && t.action == rbuild_oci::progress::Action::Uploading)
+        .map(|t| (t.id.clone(), t.current))
+        .collect();
+    assert_eq!(uploads.len(), 3, "two layers and the config: {uploads:?}");
     let cache = open_cache(&c, &to).unwrap();
     assert_eq!(cache.origin, format!("registry cache {}", r.familiar()));
     assert!(cache
