@@ -1203,3 +1203,61 @@ fn hostile_local_index_and_manifests_are_refused() {
     assert_eq!(blob_names(&dir), referenced(&dir));
     open_and_fetch_all(&c, &to, &data);
 }
+
+#[test]
+fn concurrent_exports_to_one_directory_lose_nothing() {
+    let c = client();
+    let (_t, a) = new_store();
+    let w = tempfile::tempdir().unwrap();
+    let dir = w.path().join("cache");
+    let to = CacheLocation::Local(dir.clone());
+    let datas: Vec<CacheExport> = (0..4)
+        .map(|i| {
+            export_of(vec![
+                layer(&a, "shared", b"S"),
+                layer(&a, "own", format!("layer {i}").as_bytes()),
+            ])
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, d) in datas.iter().enumerate() {
+            let (c, a, to) = (&c, &a, &to);
+            s.spawn(move || {
+                let opts = CacheExportOpts {
+                    tag: format!("t{i}"),
+                    ..Default::default()
+                };
+                export_cache(c, a, to, d, &opts, &NoTransferProgress).unwrap();
+            });
+        }
+    });
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 4);
+    assert_eq!(blob_names(&dir), referenced(&dir));
+    for (i, d) in datas.iter().enumerate() {
+        let cache = ImportedCache::open_tag(&c, &to, &platform(), Some(&format!("t{i}"))).unwrap();
+        assert_eq!(cache.config.layers[1].diff_id, d.layers[1].diff_id);
+    }
+}
+
+#[test]
+fn a_half_written_layout_is_taken_over_by_the_next_export() {
+    let c = client();
+    let (_t, a) = new_store();
+    let data = export_of(vec![layer(&a, "a", b"A")]);
+    let w = tempfile::tempdir().unwrap();
+    let dir = w.path().join("cache");
+    let to = CacheLocation::Local(dir.clone());
+    // what a first export killed while writing blobs leaves: the marker, blobs, no index.json
+    export(&c, &a, &to, &data).unwrap();
+    fs::remove_file(dir.join("index.json")).unwrap();
+    let orphan = dir.join("blobs/sha256").join(hex_of(0x42));
+    fs::write(&orphan, b"left by a killed export").unwrap();
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(matches!(e, OciError::NotACache { .. }), "{e}");
+    export(&c, &a, &to, &data).unwrap();
+    assert!(!orphan.exists());
+    assert_eq!(blob_names(&dir), referenced(&dir));
+    open_and_fetch_all(&c, &to, &data);
+}

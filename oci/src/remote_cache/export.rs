@@ -9,7 +9,7 @@ use std::io::Write;
 
 use rbuild_cache::Store;
 
-use super::layout::{LayoutWriter, OCI_LAYOUT};
+use super::layout::LayoutWriter;
 use super::{
     validate, with_tag, CacheExport, CacheExportOpts, CacheLayerInfo, CacheLocation,
     CACHE_CONFIG_MEDIA_TYPE, CACHE_VERSION,
@@ -171,9 +171,6 @@ fn write_layout(
                 .map_err(OciError::io("write blob into", &shown))
         })?;
     }
-    if w.layout.read_file("oci-layout", 4096).ok().as_deref() != Some(OCI_LAYOUT) {
-        w.put_file("oci-layout", OCI_LAYOUT)?;
-    }
     // Other names in the layout survive when their blobs are intact.
     let old = w.layout.index().ok().flatten();
     let mut keep: BTreeSet<String> = BTreeSet::new();
@@ -210,7 +207,8 @@ fn write_layout(
         manifests: entries,
         annotations: BTreeMap::new(),
     };
-    w.put_file("index.json", &canonical_json("index.json", &index)?)?;
+    w.layout
+        .put_file("index.json", &canonical_json("index.json", &index)?)?;
     w.collect_garbage(&keep)?;
     Ok(())
 }
