@@ -1261,3 +1261,47 @@ fn a_half_written_layout_is_taken_over_by_the_next_export() {
     assert_eq!(blob_names(&dir), referenced(&dir));
     open_and_fetch_all(&c, &to, &data);
 }
+
+#[test]
+fn a_blob_tampered_in_the_real_registry_storage_is_refused() {
+    let reg = reg();
+    let work = std::env::var("RBUILD_TEST_WORK").unwrap_or_else(|_| "/tmp/rbuild-test-env".into());
+    let storage = Path::new(&work).join("registry-data/docker/registry/v2/blobs/sha256");
+    assert!(
+        storage.is_dir(),
+        "the test registry's storage {} (from .ci/setup.sh) is missing",
+        storage.display()
+    );
+    let c = client();
+    let (_t, a) = new_store();
+    // content unique to this run: no other test shares the blob
+    let body = format!(
+        "tamper me {} {:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    )
+    .repeat(100);
+    let data = export_of(vec![layer(&a, "a", body.as_bytes())]);
+    let r = Reference::parse(&format!("{reg}/{}:1", unique("tamper"))).unwrap();
+    let to = CacheLocation::Registry(r);
+    export(&c, &a, &to, &data).unwrap();
+    let cache = open_cache(&c, &to).unwrap();
+    let h = hex(&cache.layers[0].digest);
+    let file = storage.join(&h[..2]).join(&h).join("data");
+    let mut bytes = fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&file, &bytes).unwrap();
+    let (_t2, b) = new_store();
+    let e = cache
+        .fetch_layer(&c, &b, 0, &NoTransferProgress)
+        .unwrap_err();
+    assert!(matches!(e, OciError::DigestMismatch { .. }), "{e}");
+    assert!(
+        b.list_blobs().unwrap().is_empty(),
+        "nothing unverified stored"
+    );
+    bytes[last] ^= 0x55;
+    fs::write(&file, &bytes).unwrap();
+    cache.fetch_layer(&c, &b, 0, &NoTransferProgress).unwrap();
+}
