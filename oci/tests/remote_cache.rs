@@ -279,6 +279,18 @@ fn registry_round_trip_compresses_once_and_skopeo_reads_it() {
         .iter()
         .all(|l| l.media_type == mt::OCI_LAYER_ZSTD));
     open_and_fetch_all(&c, &to, &data);
+    // Docker layer media types (oci-mediatypes=false) in the OCI manifest: the registry takes it
+    let docker = CacheExportOpts {
+        oci_media_types: false,
+        ..Default::default()
+    };
+    export_cache(&c, &a, &to, &data, &docker, &NoTransferProgress).unwrap();
+    let cache = open_cache(&c, &to).unwrap();
+    assert!(cache
+        .layers
+        .iter()
+        .all(|l| l.media_type == mt::DOCKER_LAYER_GZIP));
+    open_and_fetch_all(&c, &to, &data);
     // skopeo (an independent client) reads the pushed manifest
     let out = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
