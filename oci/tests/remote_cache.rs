@@ -1261,6 +1261,13 @@ fn a_half_written_layout_is_taken_over_by_the_next_export() {
     let w = tempfile::tempdir().unwrap();
     let dir = w.path().join("cache");
     let to = CacheLocation::Local(dir.clone());
+    // a directory that does not exist yet (a CI cache miss): a plain I/O error naming it
+    let e = open_cache(&c, &CacheLocation::Local(w.path().join("nope"))).unwrap_err();
+    assert!(
+        matches!(&e, OciError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{e}"
+    );
+    assert_eq!(e.to_string().matches("nope").count(), 1, "{e}");
     // what a first export killed while writing blobs leaves: the marker, blobs, no index.json
     export(&c, &a, &to, &data).unwrap();
     fs::remove_file(dir.join("index.json")).unwrap();

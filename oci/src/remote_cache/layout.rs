@@ -46,7 +46,7 @@ impl Layout {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| OciError::io(format!("open {origin}:"), path)(errno_io(e)))?;
+        .map_err(|e| OciError::io("open", path)(errno_io(e)))?;
         Ok(Layout {
             dir: Arc::new(dir),
             path: path.to_path_buf(),
