@@ -156,8 +156,12 @@ fn open_and_fetch_all(c: &RegistryClient, from: &CacheLocation, data: &CacheExpo
     assert_eq!(cache.layers.len(), data.layers.len());
     let (_t, b) = new_store();
     for (i, l) in data.layers.iter().enumerate() {
-        cache.fetch_layer(c, &b, i, &NoTransferProgress).unwrap();
+        let log = Log::default();
+        cache.fetch_layer(c, &b, i, &log).unwrap();
         let d = &cache.layers[i];
+        let last = log.0.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last.id, d.digest);
+        assert!(last.done && last.current == d.size && last.total == d.size);
         assert!(ContentStore::has_blob(&b, &d.digest));
         let got = rbuild_oci::layer_diff_id(
             ContentStore::open_blob(&b, &d.digest).unwrap(),
@@ -171,6 +175,16 @@ fn open_and_fetch_all(c: &RegistryClient, from: &CacheLocation, data: &CacheExpo
     assert!(cache
         .fetch_layer(c, &b, data.layers.len(), &NoTransferProgress)
         .is_err());
+}
+
+/// Records every progress report.
+#[derive(Default)]
+struct Log(std::sync::Mutex<Vec<rbuild_oci::progress::Transfer>>);
+
+impl rbuild_oci::progress::TransferProgress for Log {
+    fn transfer(&self, t: &rbuild_oci::progress::Transfer) {
+        self.0.lock().unwrap().push(t.clone());
+    }
 }
 
 fn blob_names(dir: &Path) -> BTreeSet<String> {
@@ -222,8 +236,18 @@ fn registry_round_trip_compresses_once_and_skopeo_reads_it() {
     let r = Reference::parse(&format!("{reg}/{}:v1", unique("rt"))).unwrap();
     let to = CacheLocation::Registry(r.clone());
     let opts = CacheExportOpts::default();
-    let desc = export_cache(&c, &a, &to, &data, &opts, &NoTransferProgress).unwrap();
+    let log = Log::default();
+    let desc = export_cache(&c, &a, &to, &data, &opts, &log).unwrap();
     assert_eq!(desc.media_type, mt::OCI_MANIFEST);
+    let uploads: Vec<_> = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.done && t.action == rbuild_oci::progress::Action::Uploading)
+        .map(|t| (t.id.clone(), t.current))
+        .collect();
+    assert_eq!(uploads.len(), 3, "two layers and the config: {uploads:?}");
     let cache = open_cache(&c, &to).unwrap();
     assert_eq!(cache.origin, format!("registry cache {}", r.familiar()));
     assert!(cache
@@ -254,6 +278,18 @@ fn registry_round_trip_compresses_once_and_skopeo_reads_it() {
         .layers
         .iter()
         .all(|l| l.media_type == mt::OCI_LAYER_ZSTD));
+    open_and_fetch_all(&c, &to, &data);
+    // Docker layer media types (oci-mediatypes=false) in the OCI manifest: the registry takes it
+    let docker = CacheExportOpts {
+        oci_media_types: false,
+        ..Default::default()
+    };
+    export_cache(&c, &a, &to, &data, &docker, &NoTransferProgress).unwrap();
+    let cache = open_cache(&c, &to).unwrap();
+    assert!(cache
+        .layers
+        .iter()
+        .all(|l| l.media_type == mt::DOCKER_LAYER_GZIP));
     open_and_fetch_all(&c, &to, &data);
     // skopeo (an independent client) reads the pushed manifest
     let out = Command::new("skopeo")
@@ -1108,4 +1144,183 @@ fn applying_a_layer_keeps_its_tar_only_when_it_matches_the_diff_id() {
         &c
     )
     .is_err());
+}
+
+#[test]
+fn hostile_local_index_and_manifests_are_refused() {
+    let c = client();
+    let (_t, a) = new_store();
+    let data = export_of(vec![layer(&a, "a", b"A")]);
+    let w = tempfile::tempdir().unwrap();
+    let dir = w.path().join("cache");
+    let to = CacheLocation::Local(dir.clone());
+    let manifest_digest = export(&c, &a, &to, &data).unwrap().digest;
+    let sha = dir.join("blobs/sha256");
+    let outside = w.path().join("outside");
+    fs::write(&outside, b"precious").unwrap();
+    let write_index = |entries: serde_json::Value| {
+        fs::write(
+            dir.join("index.json"),
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": entries}))
+                .unwrap(),
+        )
+        .unwrap();
+    };
+    let entry = |digest: &str, size: usize, name: &str| {
+        serde_json::json!({"mediaType": mt::OCI_MANIFEST, "digest": digest, "size": size,
+                           "annotations": {mt::ANNOTATION_REF_NAME: name}})
+    };
+    // an index.json entry whose "digest" is a path
+    write_index(serde_json::json!([entry(
+        "sha256:../../outside",
+        8,
+        "latest"
+    )]));
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(matches!(e, OciError::InvalidCache { .. }), "{e}");
+    // a verified manifest whose layer "digest" is a path
+    let good: Manifest =
+        serde_json::from_slice(&fs::read(sha.join(hex(&manifest_digest))).unwrap()).unwrap();
+    let mut evil = good.clone();
+    evil.layers[0].digest = "sha256:../../../outside".into();
+    let eb = canonical_json("m", &evil).unwrap();
+    fs::write(sha.join(hex(&sha256(&eb))), &eb).unwrap();
+    write_index(serde_json::json!([entry(&sha256(&eb), eb.len(), "latest")]));
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(e.to_string().contains("layer 0: digest"), "{e}");
+    // a manifest whose size in index.json is not its size
+    write_index(serde_json::json!([entry(&manifest_digest, 3, "latest")]));
+    assert!(matches!(
+        open_cache(&c, &to).unwrap_err(),
+        OciError::DigestMismatch { .. }
+    ));
+    // an index.json over 4 MiB
+    let mut big = b"{\"manifests\":[],\"x\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', (4 << 20) + 10));
+    big.extend_from_slice(b"\"}");
+    fs::write(dir.join("index.json"), &big).unwrap();
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(e.to_string().contains("larger than"), "{e}");
+    // an export next to a hostile entry of another name: the entry is dropped, nothing
+    // outside the layout is touched, and the cache works again
+    write_index(serde_json::json!([
+        entry("sha256:../../outside", 8, "other"),
+        entry(&sha256(&eb), eb.len(), "evil")
+    ]));
+    export(&c, &a, &to, &data).unwrap();
+    assert_eq!(fs::read(&outside).unwrap(), b"precious");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(blob_names(&dir), referenced(&dir));
+    open_and_fetch_all(&c, &to, &data);
+}
+
+#[test]
+fn concurrent_exports_to_one_directory_lose_nothing() {
+    let c = client();
+    let (_t, a) = new_store();
+    let w = tempfile::tempdir().unwrap();
+    let dir = w.path().join("cache");
+    let to = CacheLocation::Local(dir.clone());
+    let datas: Vec<CacheExport> = (0..4)
+        .map(|i| {
+            export_of(vec![
+                layer(&a, "shared", b"S"),
+                layer(&a, "own", format!("layer {i}").as_bytes()),
+            ])
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, d) in datas.iter().enumerate() {
+            let (c, a, to) = (&c, &a, &to);
+            s.spawn(move || {
+                let opts = CacheExportOpts {
+                    tag: format!("t{i}"),
+                    ..Default::default()
+                };
+                export_cache(c, a, to, d, &opts, &NoTransferProgress).unwrap();
+            });
+        }
+    });
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 4);
+    assert_eq!(blob_names(&dir), referenced(&dir));
+    for (i, d) in datas.iter().enumerate() {
+        let cache = ImportedCache::open_tag(&c, &to, &platform(), Some(&format!("t{i}"))).unwrap();
+        assert_eq!(cache.config.layers[1].diff_id, d.layers[1].diff_id);
+    }
+}
+
+#[test]
+fn a_half_written_layout_is_taken_over_by_the_next_export() {
+    let c = client();
+    let (_t, a) = new_store();
+    let data = export_of(vec![layer(&a, "a", b"A")]);
+    let w = tempfile::tempdir().unwrap();
+    let dir = w.path().join("cache");
+    let to = CacheLocation::Local(dir.clone());
+    // a directory that does not exist yet (a CI cache miss): a plain I/O error naming it
+    let e = open_cache(&c, &CacheLocation::Local(w.path().join("nope"))).unwrap_err();
+    assert!(
+        matches!(&e, OciError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{e}"
+    );
+    assert_eq!(e.to_string().matches("nope").count(), 1, "{e}");
+    // what a first export killed while writing blobs leaves: the marker, blobs, no index.json
+    export(&c, &a, &to, &data).unwrap();
+    fs::remove_file(dir.join("index.json")).unwrap();
+    let orphan = dir.join("blobs/sha256").join(hex_of(0x42));
+    fs::write(&orphan, b"left by a killed export").unwrap();
+    let e = open_cache(&c, &to).unwrap_err();
+    assert!(matches!(e, OciError::NotACache { .. }), "{e}");
+    export(&c, &a, &to, &data).unwrap();
+    assert!(!orphan.exists());
+    assert_eq!(blob_names(&dir), referenced(&dir));
+    open_and_fetch_all(&c, &to, &data);
+}
+
+#[test]
+fn a_blob_tampered_in_the_real_registry_storage_is_refused() {
+    let reg = reg();
+    let work = std::env::var("RBUILD_TEST_WORK").unwrap_or_else(|_| "/tmp/rbuild-test-env".into());
+    let storage = Path::new(&work).join("registry-data/docker/registry/v2/blobs/sha256");
+    assert!(
+        storage.is_dir(),
+        "the test registry's storage {} (from .ci/setup.sh) is missing",
+        storage.display()
+    );
+    let c = client();
+    let (_t, a) = new_store();
+    // content unique to this run: no other test shares the blob
+    let body = format!(
+        "tamper me {} {:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    )
+    .repeat(100);
+    let data = export_of(vec![layer(&a, "a", body.as_bytes())]);
+    let r = Reference::parse(&format!("{reg}/{}:1", unique("tamper"))).unwrap();
+    let to = CacheLocation::Registry(r);
+    export(&c, &a, &to, &data).unwrap();
+    let cache = open_cache(&c, &to).unwrap();
+    let h = hex(&cache.layers[0].digest);
+    let file = storage.join(&h[..2]).join(&h).join("data");
+    let mut bytes = fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&file, &bytes).unwrap();
+    let (_t2, b) = new_store();
+    let e = cache
+        .fetch_layer(&c, &b, 0, &NoTransferProgress)
+        .unwrap_err();
+    assert!(matches!(e, OciError::DigestMismatch { .. }), "{e}");
+    assert!(
+        b.list_blobs().unwrap().is_empty(),
+        "nothing unverified stored"
+    );
+    bytes[last] ^= 0x55;
+    fs::write(&file, &bytes).unwrap();
+    cache.fetch_layer(&c, &b, 0, &NoTransferProgress).unwrap();
 }

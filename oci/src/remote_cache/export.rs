@@ -9,7 +9,7 @@ use std::io::Write;
 
 use rbuild_cache::Store;
 
-use super::layout::{LayoutWriter, OCI_LAYOUT};
+use super::layout::LayoutWriter;
 use super::{
     validate, with_tag, CacheExport, CacheExportOpts, CacheLayerInfo, CacheLocation,
     CACHE_CONFIG_MEDIA_TYPE, CACHE_VERSION,
@@ -38,6 +38,11 @@ pub fn export_cache(
     progress: &dyn TransferProgress,
 ) -> Result<Descriptor, OciError> {
     let origin = to.origin();
+    // A destination directory rbuild will not write into is refused before any work.
+    let writer = match to {
+        CacheLocation::Local(dir) => Some(LayoutWriter::prepare(dir)?),
+        CacheLocation::Registry(_) => None,
+    };
     for l in &data.layers {
         digest_hex(&l.blob.digest)?;
         digest_hex(&l.diff_id)?;
@@ -104,7 +109,10 @@ pub fn export_cache(
             client.push_image_reporting(store, &desc, &target, &PushOpts::default(), progress)?;
         }
         CacheLocation::Local(dir) => {
-            let w = LayoutWriter::prepare(dir)?;
+            let w = match writer {
+                Some(w) => w,
+                None => LayoutWriter::prepare(dir)?,
+            };
             write_layout(
                 &w,
                 store,
@@ -133,6 +141,10 @@ fn write_layout(
     opts: &CacheExportOpts,
     progress: &dyn TransferProgress,
 ) -> Result<(), OciError> {
+    let tag = match opts.tag.as_str() {
+        "" => "latest",
+        t => t,
+    };
     let mut seen = BTreeSet::new();
     for l in &manifest.layers {
         if !seen.insert(l.digest.clone()) {
@@ -159,16 +171,13 @@ fn write_layout(
                 .map_err(OciError::io("write blob into", &shown))
         })?;
     }
-    if w.layout.read_file("oci-layout", 4096).ok().as_deref() != Some(OCI_LAYOUT) {
-        w.put_file("oci-layout", OCI_LAYOUT)?;
-    }
     // Other names in the layout survive when their blobs are intact.
     let old = w.layout.index().ok().flatten();
     let mut keep: BTreeSet<String> = BTreeSet::new();
     let mut entries = Vec::new();
     for e in old.map(|i| i.manifests).unwrap_or_default() {
         let name = e.annotations.get(mt::ANNOTATION_REF_NAME);
-        if name.is_none() || name == Some(&opts.tag) {
+        if name.is_none() || name.map(String::as_str) == Some(tag) {
             continue;
         }
         if let Some(blobs) = w.layout.entry_blobs(&e) {
@@ -179,7 +188,7 @@ fn write_layout(
     let mut entry = desc.clone();
     entry
         .annotations
-        .insert(mt::ANNOTATION_REF_NAME.into(), opts.tag.clone());
+        .insert(mt::ANNOTATION_REF_NAME.into(), tag.to_string());
     entries.push(entry);
     entries.sort_by(|a, b| {
         a.annotations
@@ -198,7 +207,8 @@ fn write_layout(
         manifests: entries,
         annotations: BTreeMap::new(),
     };
-    w.put_file("index.json", &canonical_json("index.json", &index)?)?;
+    w.layout
+        .put_file("index.json", &canonical_json("index.json", &index)?)?;
     w.collect_garbage(&keep)?;
     Ok(())
 }

@@ -46,7 +46,7 @@ impl Layout {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| OciError::io(format!("open {origin}:"), path)(errno_io(e)))?;
+        .map_err(|e| OciError::io("open", path)(errno_io(e)))?;
         Ok(Layout {
             dir: Arc::new(dir),
             path: path.to_path_buf(),
@@ -135,6 +135,15 @@ impl Layout {
             Some(desc.size),
         )?;
         Ok(data)
+    }
+
+    /// Replace a top-level file (`index.json`, `oci-layout`) atomically.
+    pub(crate) fn put_file(&self, name: &str, data: &[u8]) -> Result<(), OciError> {
+        let shown = self.path.join(name);
+        write_atomic_at(&*self.dir, &self.path, OsStr::new(name), 0o644, &mut |f| {
+            use std::io::Write;
+            f.write_all(data).map_err(OciError::io("write", &shown))
+        })
     }
 
     /// The layout's `index.json`, parsed (`None` when there is none).
@@ -242,6 +251,11 @@ impl LayoutWriter {
                 ));
             }
         }
+        // The marker first: a first export killed half-way leaves a directory the next
+        // export recognises as its own.
+        if layout.read_file("oci-layout", 4096).ok().as_deref() != Some(OCI_LAYOUT) {
+            layout.put_file("oci-layout", OCI_LAYOUT)?;
+        }
         let refused = |e: OciError| match e {
             OciError::InvalidCache { reason, .. } => dest(reason),
             other => other,
@@ -306,21 +320,6 @@ impl LayoutWriter {
             fill,
         )?;
         Ok(true)
-    }
-
-    /// Replace a top-level file (`index.json`, `oci-layout`) atomically.
-    pub(crate) fn put_file(&self, name: &str, data: &[u8]) -> Result<(), OciError> {
-        let shown = self.layout.path.join(name);
-        write_atomic_at(
-            &*self.layout.dir,
-            &self.layout.path,
-            OsStr::new(name),
-            0o644,
-            &mut |f| {
-                use std::io::Write;
-                f.write_all(data).map_err(OciError::io("write", &shown))
-            },
-        )
     }
 
     /// Remove every regular file of `blobs/sha256` named by 64 hex digits that is not in

@@ -379,3 +379,9 @@ impl ImportedCache {
         }
     }
 }
+
+// The solver shares imports between its worker threads.
+const _: fn() = || {
+    fn shared<T: Send + Sync + Clone>() {}
+    shared::<ImportedCache>();
+};
