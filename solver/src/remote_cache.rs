@@ -245,6 +245,8 @@ impl Solver {
         };
         let imp = &self.cfg.cache_imports[i];
         let transfers = crate::VertexTransfers { vertex, progress };
+        // A blob fetched here that then fails its diff id check leaves the store again.
+        let fetched_now = !store.has_blob(&l.blob);
         imp.fetch_layer(&self.cfg.registry, store, index, &transfers)
             .map_err(|e| SolveError::Step {
                 step: format!("importing cache from {}", imp.origin),
@@ -267,6 +269,9 @@ impl Solver {
             Ok(v) => v,
             Err(e) => {
                 let _ = store.remove_snapshot(&snap.id);
+                if fetched_now {
+                    let _ = store.remove_blob(&l.blob);
+                }
                 return Err(SolveError::Step {
                     step: format!("importing cache from {}", imp.origin),
                     message: e.to_string(),
@@ -304,6 +309,7 @@ impl Solver {
                 continue;
             };
             let store = &self.cfg.store;
+            let fetched_now = !store.has_blob(&desc.digest);
             let fetched = imp
                 .fetch_layer(
                     &self.cfg.registry,
@@ -328,11 +334,16 @@ impl Solver {
                 });
             return match fetched {
                 Ok(()) => Ok(true),
-                Err(e) => Err(SolveError::Step {
-                    step: format!("importing cache mount {name} from {}", imp.origin),
-                    message: e.to_string(),
-                    lines: None,
-                }),
+                Err(e) => {
+                    if fetched_now {
+                        let _ = store.remove_blob(&desc.digest);
+                    }
+                    Err(SolveError::Step {
+                        step: format!("importing cache mount {name} from {}", imp.origin),
+                        message: e.to_string(),
+                        lines: None,
+                    })
+                }
             };
         }
         Ok(false)

@@ -115,10 +115,20 @@ pub struct MountState {
     fresh: Mutex<HashSet<String>>,
     /// Directory names (`cachemounts-v1/<name>`) of the cache mounts this build used.
     used: Mutex<std::collections::BTreeSet<String>>,
+    /// Imported cache mounts that could not be used (the directory starts empty instead).
+    warnings: Mutex<Vec<String>>,
 }
 
 impl MountState {
     /// The cache mount directories this build used (for `--cache-to …,cache-mounts=true`).
+    /// The warnings gathered since the last call.
+    pub(crate) fn take_warnings(&self) -> Vec<String> {
+        self.warnings
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
+
     pub(crate) fn used_names(&self) -> Vec<String> {
         self.used
             .lock()
@@ -470,8 +480,14 @@ impl Solver {
                 // A new directory starts with what an imported cache holds for it (only
                 // the first instance: private copies start empty, as in BuildKit).
                 let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                self.import_cache_mount(name, &fresh)
-                    .map_err(|e| e.to_string())?;
+                if let Err(e) = self.import_cache_mount(name, &fresh) {
+                    // A broken import is not the step's failure: it starts empty.
+                    let _ = fs::remove_dir_all(&fresh);
+                    fs::create_dir(&fresh).map_err(|e| io("mkdir", &fresh, e))?;
+                    if let Ok(mut w) = self.mounts.warnings.lock() {
+                        w.push(format!("{e}; the cache mount starts empty"));
+                    }
+                }
             }
             Some(Value::Chain(chain)) => {
                 let root = tmp.join("root");

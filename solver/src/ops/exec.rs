@@ -68,6 +68,9 @@ impl Solver {
         let prepared = self
             .prepare_mounts(op, inputs, node.meta.ignore_cache)
             .map_err(&fail)?;
+        for message in self.mounts.take_warnings() {
+            progress.event(Event::Warning { vertex, message });
+        }
         let (network, security) = self.exec_modes(op);
         // Copy snapshotter: the step runs in a materialized copy of its input (removed on drop).
         let work_root = self.copy_work_root(&chain)?;
