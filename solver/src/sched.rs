@@ -667,7 +667,8 @@ struct Imported {
     time: Option<i64>,
 }
 
-/// What a plan or run task produced.
+/// What a plan or run task produced (short-lived: the size difference does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Done<'a> {
     /// The value is ready (and local).
     Ready {
