@@ -51,7 +51,7 @@ if [ "${BENCH_BUILDKIT:-1}" = 1 ]; then
     docker-modern buildx version
   else
     echo "remote.sh: docker-modern (Docker 28 + BuildKit v0.25) is not running here, so BuildKit's column is empty;"
-    echo "           the peer lab starts it (bash ../shared/scripts/modern-buildkit.sh; see /work/wt/PEERLAB.txt)"
+    echo "           the peer lab starts it (bash ../shared/scripts/modern-buildkit.sh)"
   fi
 fi
 
