@@ -114,3 +114,33 @@ pub fn device_marker(is_char: bool, major: u32, minor: u32, mode: u32) -> String
         mode & 0o7777
     )
 }
+
+/// `statfs` magic of overlayfs.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
+/// The error for a whiteout (a character device 0:0) that could not be made at `path`.
+/// overlayfs refuses to create one (`EPERM`) whoever asks, so a store on overlayfs — the root
+/// filesystem of a Docker container or a Kubernetes pod — cannot record deleted files: the
+/// message then says so and how to fix it (a volume for the store).
+// `f_type`'s type differs between architectures (i64 here).
+#[allow(clippy::unnecessary_cast)]
+pub fn whiteout_error(path: &std::path::Path, e: rustix::io::Errno) -> std::io::Error {
+    let on_overlay = e == rustix::io::Errno::PERM
+        && path
+            .parent()
+            .and_then(|dir| rustix::fs::statfs(dir).ok())
+            .is_some_and(|st| st.f_type as i64 == OVERLAYFS_MAGIC);
+    if !on_overlay {
+        return e.into();
+    }
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "{e}: the store is on overlayfs (a container's root filesystem?), which cannot \
+             hold the whiteouts that record deleted files; put the store on a volume: mount \
+             one at RBUILD_ROOT (default /var/lib/rbuild as root; e.g. `docker run -v \
+             rbuild-store:/var/lib/rbuild`, a Kubernetes emptyDir) or point RBUILD_ROOT/--root \
+             at a directory on one (docs/ci.md)"
+        ),
+    )
+}

@@ -55,18 +55,11 @@ fn build_unprivileged(p: &Project, args: &[&str]) -> Run {
     let mut a = vec!["build"];
     a.extend_from_slice(args);
     a.push(".");
-    let inner = p.cmd(&a);
-    let mut c = Command::new(wrapper());
-    c.args(["setpriv", "--bounding-set", DOCKER_CAPS, "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .current_dir(p.path());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
+    let mut c = common::wrapped(
+        wrapper(),
+        ["setpriv", "--bounding-set", DOCKER_CAPS, "--"],
+        &p.cmd(&a),
+    );
     c.env_remove("RBUILD_ISOLATION");
     Run {
         out: c.output().unwrap(),
@@ -289,31 +282,134 @@ fn the_isolation_flag_is_checked() {
     assert!(r.stderr().contains("--isolation=chroot"), "{}", r.stderr());
 }
 
+/// `rbuild build ARGS… .` of `p` run by `user` (who gets the project readable and the store),
+/// through `wrap` (a restricting wrapper) when given.
+fn build_as(user: &common::TestUser, p: &Project, args: &[&str], wrap: Option<&Path>) -> Run {
+    common::open_up(p.path());
+    user.own(p.store.path());
+    let mut a = vec!["build"];
+    a.extend_from_slice(args);
+    a.push(".");
+    let mut cmd = user.wrap(&p.cmd(&a));
+    if let Some(w) = wrap {
+        cmd = common::wrapped(w, std::iter::empty::<&str>(), &cmd);
+    }
+    cmd.env_remove("RBUILD_ISOLATION");
+    Run {
+        out: cmd.output().unwrap(),
+    }
+}
+
+/// A directory `user` may write `--output type=local` to, and the flag for it.
+fn local_output(user: &common::TestUser) -> (tempfile::TempDir, String) {
+    let out = tempfile::tempdir().unwrap();
+    user.own(out.path());
+    let dest = format!("type=local,dest={}", out.path().display());
+    (out, dest)
+}
+
 #[test]
 fn a_plain_user_still_gets_the_sandbox_and_can_force_chroot() {
     let user = common::test_user(common::RANGED_USER);
     let p = Project::new("FROM busybox\nRUN grep -c ^Pid: /proc/self/status > /seen\n");
-    common::open_up(p.path());
-    user.own(p.store.path());
-    let out = tempfile::tempdir().unwrap();
-    user.own(out.path());
-    let dest = format!("type=local,dest={}", out.path().display());
-    let mut cmd = p.cmd(&["build", "--output", &dest, "."]);
-    cmd.env_remove("RBUILD_ISOLATION");
-    let r = Run {
-        out: user.wrap(&cmd).output().unwrap(),
-    }
-    .ok();
+    let (out, dest) = local_output(&user);
+    let r = build_as(&user, &p, &["--output", &dest], None).ok();
     // auto: the user-namespace sandbox (with /proc), no fallback warning.
     assert!(!r.stderr().contains("chroot isolation"), "{}", r.stderr());
     assert_eq!(fs::read_to_string(out.path().join("seen")).unwrap(), "1\n");
     // Forced: chroot isolation inside rbuild's user namespace (no /proc there).
     let p = Project::new("FROM busybox\nRUN echo forced > /f && test ! -e /proc/self\n");
-    common::open_up(p.path());
-    user.own(p.store.path());
-    let cmd = p.cmd(&["build", "--isolation=chroot", "."]);
-    Run {
-        out: user.wrap(&cmd).output().unwrap(),
+    build_as(&user, &p, &["--isolation=chroot"], None).ok();
+}
+
+#[test]
+fn chroot_isolation_with_a_single_id_map() {
+    // A plain user without subordinate ids (setgroups denied in rbuild's namespace), as a
+    // non-root user in a container that allows user namespaces: the chroot has no /proc, so
+    // what dropping privileges reads there must have been read before.
+    let user = common::test_user(common::SINGLE_USER);
+    let p = Project::new("FROM busybox\nRUN id -u > /uid && echo forced > /f\n");
+    let (out, dest) = local_output(&user);
+    build_as(&user, &p, &["--isolation=chroot", "--output", &dest], None).ok();
+    assert_eq!(fs::read_to_string(out.path().join("uid")).unwrap(), "0\n");
+    assert_eq!(
+        fs::read_to_string(out.path().join("f")).unwrap(),
+        "forced\n"
+    );
+}
+
+#[test]
+fn a_plain_user_without_user_namespaces_is_told_the_fix() {
+    // A non-root user in a container whose seccomp profile refuses user namespaces (Docker's
+    // default): the error says to run rbuild as root there.
+    let user = common::test_user(common::RANGED_USER);
+    let p = Project::new("FROM busybox\nRUN true\n");
+    let r = build_as(&user, &p, &[], Some(wrapper())).fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let e = r.stderr();
+    assert!(
+        e.contains("unshare(CLONE_NEWUSER)")
+            && e.contains("run rbuild as root in the container")
+            && !e.contains(") :"),
+        "{e}"
+    );
+}
+
+/// An overlayfs mount over a temporary directory (a container's root filesystem), unmounted
+/// on drop.
+struct OverlayDir {
+    base: tempfile::TempDir,
+}
+
+impl OverlayDir {
+    fn new() -> Self {
+        let base = tempfile::tempdir().unwrap();
+        for d in ["lower", "upper", "work", "merged"] {
+            fs::create_dir(base.path().join(d)).unwrap();
+        }
+        let b = base.path().display();
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={b}/lower,upperdir={b}/upper,workdir={b}/work"
+            ))
+            .arg(base.path().join("merged"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount overlayfs at {b}/merged");
+        OverlayDir { base }
     }
-    .ok();
+    fn merged(&self) -> PathBuf {
+        self.base.path().join("merged")
+    }
+}
+
+impl Drop for OverlayDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.merged()).status();
+    }
+}
+
+#[test]
+fn a_store_on_overlayfs_names_the_fix_when_a_file_is_deleted() {
+    // overlayfs refuses whiteouts, so a store on a container's root filesystem cannot record
+    // a deleted file: the build fails naming the cause and the fix, never with a bare EPERM.
+    let ovl = OverlayDir::new();
+    let store = ovl.merged().join("store");
+    let p = Project::new("FROM busybox\nRUN echo kept > /kept\nRUN rm /bin/vi\n");
+    let mut c = p.cmd(&["build", "--isolation=chroot", "."]);
+    c.env("RBUILD_ROOT", &store);
+    let r = Run {
+        out: c.output().unwrap(),
+    }
+    .fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let e = r.stderr();
+    assert!(
+        e.contains("create whiteout")
+            && e.contains("the store is on overlayfs")
+            && e.contains("volume")
+            && e.contains("RBUILD_ROOT"),
+        "{e}"
+    );
 }

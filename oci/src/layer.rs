@@ -668,7 +668,11 @@ impl Extractor {
                 Mode::empty(),
                 rustix::fs::makedev(0, 0),
             )
-            .map_err(self.err("create whiteout", &rel))?;
+            .map_err(|e| OciError::Io {
+                op: "create whiteout".into(),
+                source: rbuild_cache::overlay::whiteout_error(&self.dest.join(&rel), e),
+                path: self.dest.join(&rel),
+            })?;
             let mtime = entry.header().mtime().unwrap_or(0) as i64;
             rustix::fs::utimensat(
                 &parent,

@@ -548,7 +548,13 @@ fn whiteout(p: &Path) -> Result<(), SolveError> {
         Mode::empty(),
         rustix::fs::makedev(0, 0),
     )
-    .map_err(|e| ioe("create whiteout", p, e))
+    .map_err(|e| {
+        ioe(
+            "create whiteout",
+            p,
+            rbuild_cache::overlay::whiteout_error(p, e),
+        )
+    })
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<bool, SolveError> {
