@@ -283,16 +283,16 @@ fn the_isolation_flag_is_checked() {
 }
 
 /// `rbuild build ARGS… .` of `p` run by `user` (who gets the project readable and the store),
-/// through `wrap` (a restricting wrapper) when given.
-fn build_as(user: &common::TestUser, p: &Project, args: &[&str], wrap: Option<&Path>) -> Run {
+/// through `wrap` (a restricting wrapper: program and its arguments) when not empty.
+fn build_as(user: &common::TestUser, p: &Project, args: &[&str], wrap: &[&str]) -> Run {
     common::open_up(p.path());
     user.own(p.store.path());
     let mut a = vec!["build"];
     a.extend_from_slice(args);
     a.push(".");
     let mut cmd = user.wrap(&p.cmd(&a));
-    if let Some(w) = wrap {
-        cmd = common::wrapped(w, std::iter::empty::<&str>(), &cmd);
+    if let Some((program, prefix)) = wrap.split_first() {
+        cmd = common::wrapped(program, prefix, &cmd);
     }
     cmd.env_remove("RBUILD_ISOLATION");
     Run {
@@ -313,13 +313,13 @@ fn a_plain_user_still_gets_the_sandbox_and_can_force_chroot() {
     let user = common::test_user(common::RANGED_USER);
     let p = Project::new("FROM busybox\nRUN grep -c ^Pid: /proc/self/status > /seen\n");
     let (out, dest) = local_output(&user);
-    let r = build_as(&user, &p, &["--output", &dest], None).ok();
+    let r = build_as(&user, &p, &["--output", &dest], &[]).ok();
     // auto: the user-namespace sandbox (with /proc), no fallback warning.
     assert!(!r.stderr().contains("chroot isolation"), "{}", r.stderr());
     assert_eq!(fs::read_to_string(out.path().join("seen")).unwrap(), "1\n");
     // Forced: chroot isolation inside rbuild's user namespace (no /proc there).
     let p = Project::new("FROM busybox\nRUN echo forced > /f && test ! -e /proc/self\n");
-    build_as(&user, &p, &["--isolation=chroot"], None).ok();
+    build_as(&user, &p, &["--isolation=chroot"], &[]).ok();
 }
 
 #[test]
@@ -330,7 +330,7 @@ fn chroot_isolation_with_a_single_id_map() {
     let user = common::test_user(common::SINGLE_USER);
     let p = Project::new("FROM busybox\nRUN id -u > /uid && echo forced > /f\n");
     let (out, dest) = local_output(&user);
-    build_as(&user, &p, &["--isolation=chroot", "--output", &dest], None).ok();
+    build_as(&user, &p, &["--isolation=chroot", "--output", &dest], &[]).ok();
     assert_eq!(fs::read_to_string(out.path().join("uid")).unwrap(), "0\n");
     assert_eq!(
         fs::read_to_string(out.path().join("f")).unwrap(),
@@ -344,7 +344,7 @@ fn a_plain_user_without_user_namespaces_is_told_the_fix() {
     // default): the error says to run rbuild as root there.
     let user = common::test_user(common::RANGED_USER);
     let p = Project::new("FROM busybox\nRUN true\n");
-    let r = build_as(&user, &p, &[], Some(wrapper())).fails();
+    let r = build_as(&user, &p, &[], &[wrapper().to_str().unwrap()]).fails();
     assert_eq!(r.code(), Some(1), "{}", r.stderr());
     let e = r.stderr();
     assert!(
@@ -412,4 +412,40 @@ fn a_store_on_overlayfs_names_the_fix_when_a_file_is_deleted() {
             && e.contains("RBUILD_ROOT"),
         "{e}"
     );
+}
+
+#[test]
+fn a_plain_user_under_a_masked_proc_is_told_the_fix() {
+    // A non-root user in a container that allows user namespaces but hides parts of /proc
+    // (Docker's masked paths, /proc/keys among them): the kernel refuses the sandbox a new /proc in rbuild's user
+    // namespace. The error names the fixes; --isolation=chroot (no /proc) builds.
+    let user = common::test_user(common::RANGED_USER);
+    let masked = |p: &Project, args: &[&str]| {
+        let hide = "mount --bind /dev/null /proc/keys && exec \"$@\"";
+        let wrap = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            hide,
+            "sh",
+        ];
+        build_as(&user, p, args, &wrap)
+    };
+    let p = Project::new("FROM busybox\nRUN true\n");
+    let r = masked(&p, &["--network=host"]).fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let e = r.stderr();
+    assert!(
+        e.contains("mount proc")
+            && e.contains("procMount: Unmasked")
+            && e.contains("--isolation=chroot"),
+        "{e}"
+    );
+    let p = Project::new("FROM busybox\nRUN echo built\n");
+    let r = masked(&p, &["--network=host", "--isolation=chroot"]).ok();
+    assert!(r.stderr().contains(" built\n"), "{}", r.stderr());
 }
