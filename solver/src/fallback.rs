@@ -194,8 +194,12 @@ impl Solver {
     /// boot (metadata `host`/`overlay`: `<boot id> yes|no`): the probe mounts an overlay, and
     /// unmounting it syncs the whole filesystem, which a build should not pay every time.
     pub(crate) fn copy_mode(&self) -> bool {
-        // Chroot isolation runs steps in a materialized root: no overlayfs.
-        if *self.cfg.executor.runtime() == rbuild_executor::Runtime::Chroot {
+        // Chroot isolation runs steps in a materialized root: no overlayfs. Nor on a store on
+        // overlayfs (a container's root filesystem): it cannot be an overlay's upper layer, and
+        // its whiteouts are markers only the copy snapshotter reads.
+        if *self.cfg.executor.runtime() == rbuild_executor::Runtime::Chroot
+            || rbuild_cache::overlay::on_overlayfs(self.cfg.store.root())
+        {
             return true;
         }
         if let Some(forced) = forced_copy(std::env::var(SNAPSHOTTER_ENV).ok().as_deref()) {
@@ -323,7 +327,7 @@ fn view_children(stack: &[LayerDir]) -> Result<BTreeMap<OsString, Visible>, Solv
             }
             let path = dir.join(&name);
             let md = lstat(&path)?;
-            let v = if is_whiteout(&md) {
+            let v = if rbuild_cache::overlay::is_whiteout(&path, &md) {
                 None
             } else {
                 Some(Visible {
@@ -539,22 +543,11 @@ fn mark_opaque(dir: &Path) -> Result<(), SolveError> {
         .map_err(|e| ioe("mark opaque", dir, e))
 }
 
-/// An overlay whiteout: a character device 0:0.
+/// An overlay whiteout: a character device 0:0, or its marker where the store's filesystem
+/// refuses one.
 fn whiteout(p: &Path) -> Result<(), SolveError> {
-    rustix::fs::mknodat(
-        CWD,
-        p,
-        FileType::CharacterDevice,
-        Mode::empty(),
-        rustix::fs::makedev(0, 0),
-    )
-    .map_err(|e| {
-        ioe(
-            "create whiteout",
-            p,
-            rbuild_cache::overlay::whiteout_error(p, e),
-        )
-    })
+    rbuild_cache::overlay::make_whiteout_at(CWD, p.as_os_str())
+        .map_err(|e| ioe("create whiteout", p, e))
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<bool, SolveError> {
@@ -742,10 +735,6 @@ fn is_opaque(p: &Path) -> Result<bool, SolveError> {
         Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) | Err(Errno::RANGE) => Ok(false),
         Err(e) => Err(ioe("read xattr of", p, e)),
     }
-}
-
-fn is_whiteout(md: &Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
 }
 
 /// Names in a directory, sorted by bytes.
