@@ -138,12 +138,8 @@ fn make_solver(root: &Path, b: &BuildArgs, context: &Path) -> Result<Arc<Solver>
     let store = rbuild_cache::Store::open(root)
         .with_context(|| format!("opening the store at {}", root.display()))?;
     let registry = rbuild_oci::RegistryClient::new(crate::config::registry_config()?)?;
-    let exe = std::env::current_exe().context("locating the rbuild binary")?;
-    let executor = rbuild_executor::Executor::new(rbuild_executor::Helper {
-        program: exe,
-        args: vec![rbuild_executor::HELPER_ARG.to_string()],
-    })
-    .with_runtime(crate::sandbox_opts::isolation(b)?);
+    let executor = rbuild_executor::Executor::new(crate::sandbox_opts::helper()?)
+        .with_runtime(crate::sandbox_opts::isolation(b)?);
     let (_, mut locals) = crate::context::build_contexts(b)?;
     locals.insert("context".to_string(), context.to_path_buf());
     let cpus = std::thread::available_parallelism()
