@@ -234,7 +234,7 @@ fn view_children(stack: &[LayerDir]) -> Result<BTreeMap<OsString, Visible>, Cach
             }
             let path = dir.join(&name);
             let md = lstat(&path)?;
-            let v = if is_whiteout(&md) {
+            let v = if crate::overlay::is_whiteout(&path, &md) {
                 None
             } else {
                 Some(Visible {
@@ -450,16 +450,10 @@ fn mark_opaque(dir: &Path) -> Result<(), CacheError> {
         .map_err(|e| ioe("mark opaque", dir, e))
 }
 
-/// An overlay whiteout: a character device 0:0.
+/// An overlay whiteout: a character device 0:0, or its marker where the store's filesystem
+/// refuses one.
 fn whiteout(p: &Path) -> Result<(), CacheError> {
-    rustix::fs::mknodat(
-        CWD,
-        p,
-        FileType::CharacterDevice,
-        Mode::empty(),
-        rustix::fs::makedev(0, 0),
-    )
-    .map_err(|e| ioe("create whiteout", p, e))
+    crate::overlay::make_whiteout_at(CWD, p.as_os_str()).map_err(|e| ioe("create whiteout", p, e))
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<bool, CacheError> {
@@ -637,10 +631,6 @@ fn is_opaque(p: &Path) -> Result<bool, CacheError> {
         Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) | Err(Errno::RANGE) => Ok(false),
         Err(e) => Err(ioe("read xattr of", p, e)),
     }
-}
-
-fn is_whiteout(md: &Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
 }
 
 /// Names in a directory, sorted by bytes.

@@ -5,7 +5,13 @@
 //! `user.overlay.*`. A store keeps the mode it was made in
 //! ([`Store::open`](crate::Store::open) refuses the other one).
 
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::OnceLock;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
+use rustix::io::Errno;
 
 /// Whether this process runs in a user namespace other than the initial one (its uid map is
 /// not the identity over all ids). Read once.
@@ -113,4 +119,120 @@ pub fn device_marker(is_char: bool, major: u32, minor: u32, mode: u32) -> String
         if is_char { "c" } else { "b" },
         mode & 0o7777
     )
+}
+
+/// `statfs` magic of overlayfs.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
+/// Whether `path` is on overlayfs (the root filesystem of a Docker container or a Kubernetes
+/// pod). overlayfs cannot be the upper layer of another overlay mount and refuses to create
+/// whiteouts, so a store there runs on the copy snapshotter and keeps whiteouts as markers
+/// ([`make_whiteout_at`]).
+// `f_type`'s type differs between architectures (i64 here).
+#[allow(clippy::unnecessary_cast)]
+pub fn on_overlayfs(path: &Path) -> bool {
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == OVERLAYFS_MAGIC)
+}
+
+/// The device an empty regular file at `path` stands for when it carries [`DEVICE_XATTR`]:
+/// `(is_char, major, minor, mode)`.
+pub fn device_marker_of(path: &Path) -> Option<(bool, u32, u32, u32)> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    if !md.is_file() || md.len() != 0 {
+        return None;
+    }
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(path, DEVICE_XATTR, &mut buf).ok()?;
+    parse_device_marker(&buf[..n])
+}
+
+/// Whether the entry at `path`, whose `lstat` is `md`, is a whiteout of a layer directory: a
+/// character device 0:0, or an empty regular file marked as one (see [`make_whiteout_at`]).
+pub fn is_whiteout(path: &Path, md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = md.file_type();
+    if ft.is_char_device() {
+        return md.rdev() == 0;
+    }
+    ft.is_file() && md.len() == 0 && matches!(device_marker_of(path), Some((true, 0, 0, _)))
+}
+
+/// Make a whiteout named `name` in the directory `dir`: a character device 0:0 (overlayfs's
+/// format). Where the filesystem refuses one (`EPERM`: overlayfs, which never lets anyone
+/// create a whiteout on it; also older kernels in a user namespace) it is kept as a marker like
+/// any device node rbuild may not create: an empty mode-0 file whose [`DEVICE_XATTR`] says
+/// `c 0 0`, which [`is_whiteout`] (the copy snapshotter, the layer writer) reads as the
+/// whiteout. Such a store is never mounted by overlayfs (see [`on_overlayfs`]).
+pub fn make_whiteout_at(dir: impl AsFd, name: &OsStr) -> std::io::Result<()> {
+    let dir = dir.as_fd();
+    let e = match rustix::fs::mknodat(
+        dir,
+        name,
+        FileType::CharacterDevice,
+        Mode::empty(),
+        rustix::fs::makedev(0, 0),
+    ) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if e != Errno::PERM {
+        return Err(e.into());
+    }
+    let marked = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(|fd| {
+        let value = device_marker(true, 0, 0, 0);
+        rustix::fs::fsetxattr(&fd, DEVICE_XATTR, value.as_bytes(), XattrFlags::empty()).inspect_err(
+            |_| {
+                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            },
+        )
+    });
+    marked.map_err(|m| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{e}; keeping it as a marker file failed too ({m}): the store's filesystem \
+                 cannot record deleted files; put the store on another filesystem (a volume: \
+                 point RBUILD_ROOT/--root at it; docs/ci.md)"
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn whiteout_markers_are_whiteouts_and_nothing_else_is() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = std::fs::File::open(d.path()).unwrap();
+        let mark = |name: &str, value: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, b"").unwrap();
+            rustix::fs::lsetxattr(&p, DEVICE_XATTR, value.as_bytes(), XattrFlags::empty()).unwrap();
+            p
+        };
+        let is = |p: &Path| is_whiteout(p, &std::fs::symlink_metadata(p).unwrap());
+        // The marker make_whiteout_at keeps where mknod is refused (as on overlayfs).
+        assert!(is(&mark("wh", &device_marker(true, 0, 0, 0))));
+        // Other devices' markers, a marker with content, plain files: not whiteouts.
+        assert!(!is(&mark("null", &device_marker(true, 1, 3, 0o666))));
+        assert!(!is(&mark("blk", &device_marker(false, 0, 0, 0))));
+        let full = mark("full", &device_marker(true, 0, 0, 0));
+        std::fs::write(&full, b"x").unwrap();
+        assert!(!is(&full));
+        std::fs::write(d.path().join("plain"), b"").unwrap();
+        assert!(!is(&d.path().join("plain")));
+        // A real whiteout, where this process may make one (root on ext4/tmpfs).
+        if make_whiteout_at(&dir, OsStr::new("real")).is_ok() {
+            assert!(is(&d.path().join("real")));
+        }
+    }
 }

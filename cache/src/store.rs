@@ -20,7 +20,6 @@ use crate::error::{CacheError, Result};
 use crate::util;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -115,12 +114,9 @@ impl Store {
                 let tmp = self.new_tmp_path("sentinel");
                 fs::create_dir(&tmp)?;
                 fs::write(tmp.join("file"), b"rbuild store sentinel\n")?;
-                rustix::fs::mknodat(
+                crate::overlay::make_whiteout_at(
                     rustix::fs::CWD,
-                    tmp.join("whiteout"),
-                    rustix::fs::FileType::CharacterDevice,
-                    rustix::fs::Mode::empty(),
-                    rustix::fs::makedev(0, 0),
+                    tmp.join("whiteout").as_os_str(),
                 )?;
                 fs::create_dir(tmp.join("opaque"))?;
                 rustix::fs::lsetxattr(
@@ -144,7 +140,7 @@ impl Store {
             return Err(copied("sentinel-v1/ is missing"));
         }
         match fs::symlink_metadata(&wh) {
-            Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => {}
+            Ok(md) if crate::overlay::is_whiteout(&wh, &md) => {}
             _ => {
                 return Err(copied(
                     "sentinel-v1/whiteout is no longer a whiteout device",

@@ -142,12 +142,8 @@ fn make_solver(
         Some(p) => crate::remote_cache::open_imports(&registry, &b.cache_from, &b.platforms, p),
         None => Vec::new(),
     };
-    let exe = std::env::current_exe().context("locating the rbuild binary")?;
-    let executor = rbuild_executor::Executor::new(rbuild_executor::Helper {
-        program: exe,
-        args: vec![rbuild_executor::HELPER_ARG.to_string()],
-    })
-    .with_runtime(crate::sandbox_opts::isolation(b)?);
+    let executor = rbuild_executor::Executor::new(crate::sandbox_opts::helper()?)
+        .with_runtime(crate::sandbox_opts::isolation(b)?);
     let (_, mut locals) = crate::context::build_contexts(b)?;
     locals.insert("context".to_string(), context.to_path_buf());
     let cpus = std::thread::available_parallelism()

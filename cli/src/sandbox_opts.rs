@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rbuild_executor::Resources;
 use rbuild_graph::{ExtraHost, NetworkMode, RunOptions, Ulimit};
 
@@ -33,8 +33,8 @@ pub struct SandboxOpts {
 
 /// The runtime of RUN steps for `--isolation` (`RBUILD_ISOLATION`) and `--runtime`:
 /// `sandbox` requires the namespace sandbox, `chroot` forces chroot isolation, `auto` uses the
-/// sandbox when it can be set up here (a mount namespace can be made) and chroot isolation
-/// otherwise (see [`isolation_warning`]).
+/// sandbox when it can be set up here (a mount namespace can be made, and in a user namespace
+/// a `/proc` mounted) and chroot isolation otherwise (see [`isolation_warning`]).
 pub fn isolation(b: &BuildArgs) -> Result<rbuild_executor::Runtime> {
     let named = || {
         rbuild_executor::Runtime::from_name(&b.runtime)
@@ -53,11 +53,12 @@ pub fn isolation(b: &BuildArgs) -> Result<rbuild_executor::Runtime> {
             rbuild_executor::Runtime::Chroot
         }
         "sandbox" => {
-            if !rbuild_executor::sandbox_supported() {
+            if !sandbox_supported()? {
                 return Err(BuildFailed(
                     "--isolation=sandbox: the namespace sandbox cannot be set up here (no \
-                     mount namespace can be created: an unprivileged container without \
-                     CAP_SYS_ADMIN or user namespaces?); use --isolation=chroot or \
+                     mount namespace can be created, or no /proc mounted in it: an \
+                     unprivileged container without CAP_SYS_ADMIN or user namespaces, or one \
+                     that hides parts of /proc?); use --isolation=chroot or \
                      --isolation=auto for reduced isolation (docs/sandbox.md)"
                         .into(),
                 )
@@ -65,14 +66,27 @@ pub fn isolation(b: &BuildArgs) -> Result<rbuild_executor::Runtime> {
             }
             named()?
         }
-        _ if rbuild_executor::sandbox_supported() => named()?,
+        _ if sandbox_supported()? => named()?,
         _ => rbuild_executor::Runtime::Chroot,
     })
 }
 
+/// How the executor starts its helper process: this binary with [`rbuild_executor::HELPER_ARG`].
+pub fn helper() -> Result<rbuild_executor::Helper> {
+    Ok(rbuild_executor::Helper {
+        program: std::env::current_exe().context("locating the rbuild binary")?,
+        args: vec![rbuild_executor::HELPER_ARG.to_string()],
+    })
+}
+
+/// [`rbuild_executor::sandbox_supported`] with this binary as the helper (probed once).
+fn sandbox_supported() -> Result<bool> {
+    Ok(rbuild_executor::sandbox_supported(&helper()?))
+}
+
 /// The one-line warning of `--isolation=auto` when it falls back to chroot isolation.
 pub fn isolation_warning(b: &BuildArgs) -> Option<&'static str> {
-    (b.isolation == "auto" && !rbuild_executor::sandbox_supported()).then_some(
+    (b.isolation == "auto" && !sandbox_supported().unwrap_or(true)).then_some(
         "the namespace sandbox cannot be set up here (unprivileged container?): RUN steps use \
          chroot isolation, with the host's network and weaker isolation (docs/sandbox.md; \
          --isolation=sandbox refuses this)",

@@ -55,18 +55,11 @@ fn build_unprivileged(p: &Project, args: &[&str]) -> Run {
     let mut a = vec!["build"];
     a.extend_from_slice(args);
     a.push(".");
-    let inner = p.cmd(&a);
-    let mut c = Command::new(wrapper());
-    c.args(["setpriv", "--bounding-set", DOCKER_CAPS, "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .current_dir(p.path());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
+    let mut c = common::wrapped(
+        wrapper(),
+        ["setpriv", "--bounding-set", DOCKER_CAPS, "--"],
+        &p.cmd(&a),
+    );
     c.env_remove("RBUILD_ISOLATION");
     Run {
         out: c.output().unwrap(),
@@ -289,31 +282,235 @@ fn the_isolation_flag_is_checked() {
     assert!(r.stderr().contains("--isolation=chroot"), "{}", r.stderr());
 }
 
+/// `rbuild build ARGS… .` of `p` run by `user` (who gets the project readable and the store),
+/// through `wrap` (a restricting wrapper: program and its arguments) when not empty.
+fn build_as(user: &common::TestUser, p: &Project, args: &[&str], wrap: &[&str]) -> Run {
+    common::open_up(p.path());
+    user.own(p.store.path());
+    let mut a = vec!["build"];
+    a.extend_from_slice(args);
+    a.push(".");
+    let mut cmd = user.wrap(&p.cmd(&a));
+    if let Some((program, prefix)) = wrap.split_first() {
+        cmd = common::wrapped(program, prefix, &cmd);
+    }
+    cmd.env_remove("RBUILD_ISOLATION");
+    Run {
+        out: cmd.output().unwrap(),
+    }
+}
+
+/// A directory `user` may write `--output type=local` to, and the flag for it.
+fn local_output(user: &common::TestUser) -> (tempfile::TempDir, String) {
+    let out = tempfile::tempdir().unwrap();
+    user.own(out.path());
+    let dest = format!("type=local,dest={}", out.path().display());
+    (out, dest)
+}
+
 #[test]
 fn a_plain_user_still_gets_the_sandbox_and_can_force_chroot() {
     let user = common::test_user(common::RANGED_USER);
     let p = Project::new("FROM busybox\nRUN grep -c ^Pid: /proc/self/status > /seen\n");
-    common::open_up(p.path());
-    user.own(p.store.path());
-    let out = tempfile::tempdir().unwrap();
-    user.own(out.path());
-    let dest = format!("type=local,dest={}", out.path().display());
-    let mut cmd = p.cmd(&["build", "--output", &dest, "."]);
-    cmd.env_remove("RBUILD_ISOLATION");
-    let r = Run {
-        out: user.wrap(&cmd).output().unwrap(),
-    }
-    .ok();
+    let (out, dest) = local_output(&user);
+    let r = build_as(&user, &p, &["--output", &dest], &[]).ok();
     // auto: the user-namespace sandbox (with /proc), no fallback warning.
     assert!(!r.stderr().contains("chroot isolation"), "{}", r.stderr());
     assert_eq!(fs::read_to_string(out.path().join("seen")).unwrap(), "1\n");
     // Forced: chroot isolation inside rbuild's user namespace (no /proc there).
     let p = Project::new("FROM busybox\nRUN echo forced > /f && test ! -e /proc/self\n");
-    common::open_up(p.path());
-    user.own(p.store.path());
-    let cmd = p.cmd(&["build", "--isolation=chroot", "."]);
-    Run {
-        out: user.wrap(&cmd).output().unwrap(),
+    build_as(&user, &p, &["--isolation=chroot"], &[]).ok();
+}
+
+#[test]
+fn chroot_isolation_with_a_single_id_map() {
+    // A plain user without subordinate ids (setgroups denied in rbuild's namespace), as a
+    // non-root user in a container that allows user namespaces: the chroot has no /proc, so
+    // what dropping privileges reads there must have been read before.
+    let user = common::test_user(common::SINGLE_USER);
+    let p = Project::new("FROM busybox\nRUN id -u > /uid && echo forced > /f\n");
+    let (out, dest) = local_output(&user);
+    build_as(&user, &p, &["--isolation=chroot", "--output", &dest], &[]).ok();
+    assert_eq!(fs::read_to_string(out.path().join("uid")).unwrap(), "0\n");
+    assert_eq!(
+        fs::read_to_string(out.path().join("f")).unwrap(),
+        "forced\n"
+    );
+}
+
+#[test]
+fn a_plain_user_without_user_namespaces_is_told_the_fix() {
+    // A non-root user in a container whose seccomp profile refuses user namespaces (Docker's
+    // default): the error says to run rbuild as root there.
+    let user = common::test_user(common::RANGED_USER);
+    let p = Project::new("FROM busybox\nRUN true\n");
+    let r = build_as(&user, &p, &[], &[wrapper().to_str().unwrap()]).fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    let e = r.stderr();
+    assert!(
+        e.contains("unshare(CLONE_NEWUSER)")
+            && e.contains("run rbuild as root in the container")
+            && !e.contains(") :"),
+        "{e}"
+    );
+}
+
+/// An overlayfs mount over a temporary directory (a container's root filesystem), unmounted
+/// on drop.
+struct OverlayDir {
+    base: tempfile::TempDir,
+}
+
+impl OverlayDir {
+    fn new() -> Self {
+        let base = tempfile::tempdir().unwrap();
+        for d in ["lower", "upper", "work", "merged"] {
+            fs::create_dir(base.path().join(d)).unwrap();
+        }
+        let b = base.path().display();
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={b}/lower,upperdir={b}/upper,workdir={b}/work"
+            ))
+            .arg(base.path().join("merged"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount overlayfs at {b}/merged");
+        OverlayDir { base }
     }
-    .ok();
+    fn merged(&self) -> PathBuf {
+        self.base.path().join("merged")
+    }
+}
+
+impl Drop for OverlayDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.merged()).status();
+    }
+}
+
+#[test]
+fn a_store_on_overlayfs_keeps_deleted_files_deleted() {
+    // overlayfs (a container's root filesystem, where the default store is) refuses to create
+    // whiteouts: a store there keeps them as marker files. Files deleted by a pulled layer and
+    // by steps stay deleted in later steps, outputs and the layers written, with chroot
+    // isolation (as in an unprivileged container) and with the sandbox, which a store on
+    // overlayfs puts on the copy snapshotter.
+    let ovl = OverlayDir::new();
+    let base = format!(
+        "{}/rbuild-test/whiteouts-{}:1",
+        common::REGISTRY,
+        std::process::id()
+    );
+    Project::new("FROM busybox\nRUN rm /bin/vi && mkdir /d && echo a > /d/a\nRUN rm /d/a\n")
+        .build(&["--push", "-t", &base])
+        .ok();
+    for (i, isolation) in ["--isolation=chroot", "--isolation=sandbox"]
+        .into_iter()
+        .enumerate()
+    {
+        let store = ovl.merged().join(format!("store{i}"));
+        let p = Project::new(&format!(
+            "FROM {base}\n\
+             RUN test ! -e /bin/vi && test ! -e /d/a && rm /bin/ls && echo gone > /gone\n\
+             RUN test ! -e /bin/ls && ls -A /d | wc -l > /count\n"
+        ));
+        let out = tempfile::tempdir().unwrap();
+        let dest = format!("type=local,dest={}", out.path().display());
+        let mut c = p.cmd(&["build", isolation, "-t", "wh:1", "--output", &dest, "."]);
+        c.env("RBUILD_ROOT", &store);
+        Run {
+            out: c.output().unwrap(),
+        }
+        .ok();
+        for gone in ["bin/vi", "bin/ls", "d/a"] {
+            assert!(
+                fs::symlink_metadata(out.path().join(gone)).is_err(),
+                "{gone} is back ({isolation})"
+            );
+        }
+        assert_eq!(fs::read_to_string(out.path().join("count")).unwrap(), "0\n");
+        assert!(out.path().join("bin/busybox").is_file());
+        // The layers written from the store carry real whiteouts.
+        let layout = format!("{}/layout-v1:docker.io/library/wh:1", store.display());
+        let manifest = common::image::skopeo_inspect("--raw", &layout);
+        let listing: String = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let digest = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+                common::image::tar_listing(&store.join("blobs-v1/sha256").join(digest))
+            })
+            .collect();
+        for wh in ["bin/.wh.vi", "d/.wh.a", "bin/.wh.ls"] {
+            assert!(listing.contains(wh), "{wh} ({isolation}): {listing}");
+        }
+        // A copy that lost the xattrs (`cp -r`, a CI cache) lost the markers too: refused at
+        // open, as any store that lost its whiteouts.
+        let copy = ovl.merged().join(format!("copy{i}"));
+        assert!(Command::new("cp")
+            .arg("-r")
+            .arg(&store)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success());
+        let mut c = p.cmd(&["build", isolation, "."]);
+        c.env("RBUILD_ROOT", &copy);
+        let r = Run {
+            out: c.output().unwrap(),
+        }
+        .fails();
+        assert!(
+            r.stderr()
+                .contains("copied or restored without its overlay markers"),
+            "{}",
+            r.stderr()
+        );
+    }
+}
+
+#[test]
+fn a_plain_user_under_a_masked_proc_falls_back_to_chroot() {
+    // A non-root user in a container that allows user namespaces but hides parts of /proc
+    // (Docker's masked paths, /proc/keys among them; Kubernetes' procMount: Default): the
+    // kernel refuses the sandbox a new /proc in rbuild's user namespace, so auto isolation
+    // falls back to chroot isolation with its warning, and --isolation=sandbox refuses.
+    let user = common::test_user(common::RANGED_USER);
+    let masked = |p: &Project, args: &[&str]| {
+        let hide = "mount --bind /dev/null /proc/keys && exec \"$@\"";
+        let wrap = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            hide,
+            "sh",
+        ];
+        build_as(&user, p, args, &wrap)
+    };
+    let p = Project::new("FROM busybox\nRUN echo built && test ! -e /proc/self\n");
+    let r = masked(&p, &["--network=host"]).ok();
+    let e = r.stderr();
+    assert!(
+        e.contains(" built\n") && e.matches("chroot isolation").count() == 1,
+        "{e}"
+    );
+    let p = Project::new("FROM busybox\nRUN true\n");
+    let r = masked(&p, &["--isolation=sandbox"]).fails();
+    assert_eq!(r.code(), Some(1), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("--isolation=sandbox") && r.stderr().contains("/proc"),
+        "{}",
+        r.stderr()
+    );
+    // Unmasked, the same user gets the sandbox (with /proc), no warning.
+    let p = Project::new("FROM busybox\nRUN test -e /proc/self\n");
+    let r = build_as(&user, &p, &["--network=host"], &[]).ok();
+    assert!(!r.stderr().contains("chroot isolation"), "{}", r.stderr());
 }

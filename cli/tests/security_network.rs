@@ -155,27 +155,24 @@ impl TestNet {
     /// the cgroup mounts), with the namespace's `/etc/resolv.conf` bound in a mount namespace
     /// of its own. The same pid all the way (every wrapper execs the next).
     fn wrap(&self, cmd: &Command) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name))
-            .args(["--", "unshare", "-m", "--propagation", "private", "--"])
-            .args([
+        let mut prefix: Vec<std::ffi::OsString> =
+            vec![format!("--net=/run/netns/{}", self.name).into()];
+        prefix.extend(
+            [
+                "--",
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "--",
                 "sh",
                 "-c",
                 "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
-            ])
-            .arg(&self.resolv)
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
-        if let Some(d) = cmd.get_current_dir() {
-            c.current_dir(d);
-        }
-        c
+            ]
+            .map(Into::into),
+        );
+        prefix.push(self.resolv.clone().into());
+        common::wrapped("nsenter", prefix, cmd)
     }
 
     /// Processes whose network namespace is the test namespace (slirp4netns runs there).

@@ -146,22 +146,12 @@ impl Case {
 /// the host's `/` and fd 8 on a host file (opened as root, even for a rootless rbuild), as a
 /// careless CI agent or shell leaves them.
 fn with_leaked_fds(cmd: &Command, secret: &Path) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("exec 7</ 8<\"$SBX_SECRET\"; exec \"$@\"")
-        .arg("sh")
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .env("SBX_SECRET", secret);
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        c.current_dir(d);
-    }
+    let mut c = common::wrapped(
+        "sh",
+        ["-c", "exec 7</ 8<\"$SBX_SECRET\"; exec \"$@\"", "sh"],
+        cmd,
+    );
+    c.env("SBX_SECRET", secret);
     c
 }
 

@@ -40,7 +40,7 @@ pub enum ExecutorError {
     #[error("invalid exec spec: {0}")]
     InvalidSpec(String),
     /// A system call failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op}{}: {source}", path_suffix(.path))]
     Sys {
         /// The operation (e.g. "mount overlay").
         op: String,
@@ -66,5 +66,14 @@ impl ExecutorError {
             path: path.into(),
             source: source.into(),
         }
+    }
+}
+
+/// ` PATH` for an error message, nothing when there is no path.
+fn path_suffix(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!(" {}", path.display())
     }
 }

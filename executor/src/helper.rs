@@ -27,8 +27,10 @@ const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 /// [`ExecSpec`] as JSON from stdin, runs the step, writes the report to fd 3
 /// and exits. Never returns.
 pub fn helper_main() -> ! {
-    if std::env::args().next_back().as_deref() == Some(crate::net::NETNS_ARG) {
-        crate::net::holder_main();
+    match std::env::args().next_back().as_deref() {
+        Some(crate::net::NETNS_ARG) => crate::net::holder_main(),
+        Some(PROC_PROBE_ARG) => proc_probe_main(),
+        _ => {}
     }
     let status = sys::adopt_inherited_fd(STATUS_FD);
     let report = match run_helper() {
@@ -50,6 +52,44 @@ pub fn helper_main() -> ! {
         Err(e) => eprintln!("rbuild sandbox helper: no status fd ({e}); report: {line}"),
     }
     std::process::exit(0)
+}
+
+/// Last argument that makes the helper probe whether the sandbox can mount a new `/proc` here
+/// (see [`crate::sandbox_supported`]).
+pub(crate) const PROC_PROBE_ARG: &str = "__rbuild-probe-proc";
+
+/// The `/proc` probe: in a new mount and pid namespace, the first process of that pid
+/// namespace mounts a proc over `/proc` (as the sandbox's init does); exit status 0 when it
+/// could. In a user namespace the kernel refuses it where parts of the current `/proc` are
+/// hidden (a container runtime's masked paths). Never returns.
+fn proc_probe_main() -> ! {
+    let mountable = (|| -> Result<bool, ExecutorError> {
+        sys::unshare(UnshareFlags::NEWNS | UnshareFlags::NEWPID)
+            .map_err(|e| ExecutorError::sys("unshare", "", e))?;
+        crate::mounts::make_rprivate()?;
+        match sys::fork_single_threaded().map_err(|e| ExecutorError::sys("fork", "", e))? {
+            Fork::Child => {
+                let r = rustix::mount::mount(
+                    "proc",
+                    "/proc",
+                    "proc",
+                    rustix::mount::MountFlags::NOSUID
+                        | rustix::mount::MountFlags::NODEV
+                        | rustix::mount::MountFlags::NOEXEC,
+                    None::<&std::ffi::CStr>,
+                );
+                std::process::exit(i32::from(r.is_err()))
+            }
+            Fork::Parent(pid) => loop {
+                match waitpid(Some(pid), WaitOptions::empty()) {
+                    Ok(Some((_, st))) => break Ok(st.exit_status() == Some(0)),
+                    Ok(None) | Err(Errno::INTR) => continue,
+                    Err(e) => break Err(ExecutorError::sys("waitpid", "", e)),
+                }
+            },
+        }
+    })();
+    std::process::exit(i32::from(!matches!(mountable, Ok(true))))
 }
 
 /// Prefix of the scratch directories in `$TMPDIR`.

@@ -399,11 +399,24 @@ pub fn with_private_mounts<T: Send>(
 }
 
 /// Whether the namespace sandbox can be set up here: a mount namespace can be made (probed
-/// once, on a throwaway thread). False in an unprivileged container (no `CAP_SYS_ADMIN`, no
-/// user namespaces), where only [`crate::Runtime::Chroot`] can run steps.
-pub fn sandbox_supported() -> bool {
+/// once, on a throwaway thread) and, in a user namespace, a new `/proc` mounted (probed once by
+/// `helper` run with the probe argument: a new pid namespace needs a new process). False in an
+/// unprivileged container (no `CAP_SYS_ADMIN`, no user namespaces; or user namespaces under a
+/// runtime that hides parts of `/proc`), where only [`crate::Runtime::Chroot`] can run steps.
+pub fn sandbox_supported(helper: &crate::Helper) -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| with_private_mounts(|_| ()).is_ok())
+    *SUPPORTED.get_or_init(|| {
+        with_private_mounts(|_| ()).is_ok()
+            && (!crate::userns::in_user_namespace()
+                || std::process::Command::new(&helper.program)
+                    .args(&helper.args)
+                    .arg(crate::helper::PROC_PROBE_ARG)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success()))
+    })
 }
 
 /// Whether overlayfs mounts work here (probed once, with a real mount in a

@@ -160,7 +160,22 @@ fn setup(
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         None::<&CStr>,
     )
-    .map_err(|e| err("mount proc at", &proc_dir, e))?;
+    .map_err(|e| {
+        if e == rustix::io::Errno::PERM && crate::userns::in_user_namespace() {
+            // The kernel mounts a new proc in a user namespace only where the proc it sees is
+            // fully visible; container runtimes hide parts of it (/proc/kcore, /proc/sys …).
+            ExecutorError::Setup(format!(
+                "mount proc at {}: {e}: the kernel refuses a new /proc in rbuild's user \
+                 namespace because parts of this /proc are hidden (as a container runtime \
+                 does); run the container with them visible (Docker: --security-opt \
+                 systempaths=unconfined, Kubernetes: procMount: Unmasked), run rbuild as root \
+                 in the container, or use --isolation=chroot (docs/sandbox.md)",
+                proc_dir.display()
+            ))
+        } else {
+            err("mount proc at", &proc_dir, e)
+        }
+    })?;
 
     // /dev
     let dev = stubs.ensure("/dev", true)?;
@@ -259,6 +274,12 @@ pub(crate) fn chroot_init(spec: &ExecSpec, root: &Path, hostname: bool) -> Helpe
         if spec.network == Network::None {
             sys::loopback_up().map_err(|e| err("bring loopback up", "lo", e))?;
         }
+        // The chroot has no /proc: read what dropping privileges needs from it now.
+        let _ = (
+            setgroups_denied(),
+            last_cap(),
+            crate::userns::in_user_namespace(),
+        );
         rustix::process::chroot(root).map_err(|e| err("chroot", root, e))?;
         rustix::process::chdir("/").map_err(|e| err("chdir", "/", e))?;
         enter_step(
@@ -684,11 +705,7 @@ fn drop_privileges(
     if creds.uid == u32::MAX || creds.gid == u32::MAX || creds.groups.contains(&u32::MAX) {
         return Err(ExecutorError::Setup("invalid uid/gid -1".into()));
     }
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
-        .min(63);
+    let last = last_cap();
     // Everything this process holds (the host's full set when root on the host; less in an
     // unprivileged container, where no more can be kept).
     let held = rustix::thread::capabilities(None)
@@ -733,9 +750,26 @@ fn drop_privileges(
     Ok(())
 }
 
-/// Whether `setgroups(2)` is denied in this user namespace (single-id rootless map).
+/// The highest capability number of this kernel. Read once (chroot isolation reads it before
+/// it enters a root without `/proc`).
+fn last_cap() -> u32 {
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+            .min(63)
+    })
+}
+
+/// Whether `setgroups(2)` is denied in this user namespace (single-id rootless map). Read once
+/// (chroot isolation reads it before it enters a root without `/proc`).
 fn setgroups_denied() -> bool {
-    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+    static DENIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DENIED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+    })
 }
 
 /// A failed set*id: an id outside the rootless user namespace's map gets a message saying so.

@@ -291,7 +291,9 @@ pub fn enter_if_child() -> Result<bool, ExecutorError> {
         ExecutorError::sys(
             "unshare(CLONE_NEWUSER) (rootless builds need unprivileged user namespaces; \
              check /proc/sys/user/max_user_namespaces and \
-             kernel.apparmor_restrict_unprivileged_userns)",
+             kernel.apparmor_restrict_unprivileged_userns; inside a container, whose seccomp \
+             profile — Docker's default — refuses them, run rbuild as root in the container \
+             instead: it then builds with chroot isolation, see docs/ci.md)",
             "",
             e,
         )

@@ -718,14 +718,8 @@ impl Extractor {
             let parent = self.ensure_dir(parent_comps)?;
             let target = OsStr::from_bytes(target);
             self.clear(&parent, target, &rel, false)?;
-            rustix::fs::mknodat(
-                &parent,
-                target,
-                FileType::CharacterDevice,
-                Mode::empty(),
-                rustix::fs::makedev(0, 0),
-            )
-            .map_err(self.err("create whiteout", &rel))?;
+            rbuild_cache::overlay::make_whiteout_at(&parent, target)
+                .map_err(OciError::io("create whiteout", self.dest.join(&rel)))?;
             let mtime = entry.header().mtime().unwrap_or(0) as i64;
             rustix::fs::utimensat(
                 &parent,
@@ -1232,17 +1226,7 @@ pub fn user_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, OciError> {
         .collect())
 }
 
-/// The device an empty regular file at `path` stands for when it carries
-/// [`rbuild_cache::overlay::DEVICE_XATTR`]: `(is_char, major, minor, mode)`.
-pub fn device_marker_of(path: &Path) -> Option<(bool, u32, u32, u32)> {
-    let md = std::fs::symlink_metadata(path).ok()?;
-    if !md.is_file() || md.len() != 0 {
-        return None;
-    }
-    let mut buf = [0u8; 64];
-    let n = rustix::fs::lgetxattr(path, rbuild_cache::overlay::DEVICE_XATTR, &mut buf).ok()?;
-    rbuild_cache::overlay::parse_device_marker(&buf[..n])
-}
+pub use rbuild_cache::overlay::device_marker_of;
 
 /// One PAX record: "<len> <key>=<value>\n", where len counts the whole record.
 fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
@@ -1310,8 +1294,8 @@ impl<W: Write> LayerWriter<W> {
         header.set_mtime(mtime);
         header.set_size(0);
 
-        if ft.is_char_device() && md.rdev() == 0 {
-            // overlay whiteout → .wh.NAME
+        if rbuild_cache::overlay::is_whiteout(path, &md) {
+            // overlay whiteout (or its marker) → .wh.NAME
             let mut wrel = match rel.iter().rposition(|b| *b == b'/') {
                 Some(i) => rel[..=i].to_vec(),
                 None => Vec::new(),

@@ -35,7 +35,11 @@ impl Solver {
     /// unmounting it syncs the whole filesystem, which a build should not pay every time.
     pub(crate) fn copy_mode(&self) -> bool {
         // Chroot isolation runs steps in a materialized root: no overlayfs.
-        if self.cfg.executor.needs_materialized_root() {
+        // Nor on a store on overlayfs (a container's root filesystem): it cannot be an
+        // overlay's upper layer, and its whiteouts are markers only the copy snapshotter reads.
+        if self.cfg.executor.needs_materialized_root()
+            || rbuild_cache::overlay::on_overlayfs(self.cfg.store.root())
+        {
             return true;
         }
         copysnap::use_copy_snapshotter(|| !self.overlay_probe_says_copy())

@@ -109,6 +109,27 @@ impl Run {
     }
 }
 
+/// `cmd` (arguments, environment, working directory kept) run through `program PREFIX…`, e.g.
+/// a wrapper that restricts it before it execs the command.
+pub fn wrapped<I, S>(program: impl AsRef<std::ffi::OsStr>, prefix: I, cmd: &Command) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut c = Command::new(program);
+    c.args(prefix).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
 impl Project {
     /// A project whose `Dockerfile` is `dockerfile`.
     pub fn new(dockerfile: &str) -> Self {

@@ -67,25 +67,19 @@ impl TestUser {
     /// `cmd` (program, arguments, environment, working directory) run as this user through
     /// `setpriv`, with `HOME`, `USER` and `LOGNAME` of the user.
     pub fn wrap(&self, cmd: &Command) -> Command {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--init-groups")
-            .arg("--")
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
+        let mut c = super::wrapped(
+            "setpriv",
+            [
+                format!("--reuid={}", self.uid),
+                format!("--regid={}", self.gid),
+                "--init-groups".into(),
+                "--".into(),
+            ],
+            cmd,
+        );
         c.env("HOME", &self.home)
             .env("USER", &self.name)
             .env("LOGNAME", &self.name);
-        if let Some(d) = cmd.get_current_dir() {
-            c.current_dir(d);
-        }
         c
     }
 

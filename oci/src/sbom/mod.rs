@@ -343,7 +343,7 @@ impl Walk<'_> {
     /// walked. Nothing is decompressed and only candidate files are opened: much faster than
     /// reading the layer's tar. Symlinks are never followed.
     fn dir_layer(&mut self, root: &Path, opaque_xattr: &str) {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        use std::os::unix::fs::MetadataExt;
         let mut removed = Vec::new();
         let mut opaque = Vec::new();
         let mut here = Vec::new();
@@ -372,7 +372,7 @@ impl Walk<'_> {
                 };
                 let Ok(md) = e.metadata() else { continue };
                 let ft = md.file_type();
-                if ft.is_char_device() && md.rdev() == 0 {
+                if rbuild_cache::overlay::is_whiteout(&e.path(), &md) {
                     removed.push(path);
                     continue;
                 }
