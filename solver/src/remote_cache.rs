@@ -191,13 +191,30 @@ impl Solver {
         if !chain.iter().any(is_lazy) {
             return Ok(chain.clone());
         }
-        let mut out = Vec::with_capacity(chain.len());
-        for l in chain {
-            if is_lazy(l) {
-                out.push(self.materialize_layer(l, vertex, progress)?);
-            } else {
-                out.push(l.clone());
+        // Lazy layers are fetched and unpacked in parallel (at most 4 at once).
+        let lazy: Vec<usize> = (0..chain.len()).filter(|&i| is_lazy(&chain[i])).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: std::sync::Mutex<Vec<(usize, Result<Layer, SolveError>)>> =
+            std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..lazy.len().min(4) {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&i) = lazy.get(k) else { return };
+                    let r = self.materialize_layer(&chain[i], vertex, progress);
+                    if let Ok(mut d) = done.lock() {
+                        d.push((i, r));
+                    }
+                });
             }
+        });
+        let mut out = chain.clone();
+        let done = done.into_inner().map_err(|_| SolveError::Cancelled)?;
+        if done.len() != lazy.len() {
+            return Err(SolveError::Cancelled);
+        }
+        for (i, r) in done {
+            out[i] = r?;
         }
         let _lock = self.key_lock(key)?;
         if self.lookup_local(key)?.is_none() {
