@@ -230,20 +230,7 @@ fn clone(url: &str, into: &Path) -> Result<(PathBuf, GitSource)> {
         } else {
             git(&["checkout", "-q", "FETCH_HEAD"], Some(&repo))?;
         }
-        if repo.join(".gitmodules").is_file() {
-            git(
-                &[
-                    "submodule",
-                    "update",
-                    "-q",
-                    "--init",
-                    "--recursive",
-                    "--depth",
-                    "1",
-                ],
-                Some(&repo),
-            )?;
-        }
+        rbuild_solver::ops::git::update_submodules(&repo).map_err(|e| anyhow!(e))?;
         let commit = git(&["rev-parse", "HEAD"], Some(&repo))?;
         let body = git(&["cat-file", "commit", &commit], Some(&repo))?;
         let time = crate::epoch::committer_time(&body)

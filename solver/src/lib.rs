@@ -124,6 +124,26 @@ pub struct Layer {
     pub created: Option<i64>,
 }
 
+impl Layer {
+    /// A layer whose blob is `desc` as stored (pulled, or imported from a cache), unpacked
+    /// into `snapshot`.
+    pub(crate) fn of_blob(
+        snapshot: String,
+        diff_id: &str,
+        desc: &rbuild_oci::Descriptor,
+        created: Option<i64>,
+    ) -> Layer {
+        Layer {
+            snapshot,
+            diff_id: diff_id.to_string(),
+            blob: desc.digest.clone(),
+            size: desc.size,
+            media_type: desc.media_type.clone(),
+            created,
+        }
+    }
+}
+
 /// The result of a node: the layers of a filesystem, bottom first.
 pub type Chain = Vec<Layer>;
 

@@ -167,14 +167,7 @@ impl Solver {
         }
         let verified = store.meta_get(VERIFIED_NS, &desc.digest)?;
         if verified.as_deref() == Some(diff_id) && store.has_blob(&desc.digest) {
-            return Ok(Some(Layer {
-                snapshot,
-                diff_id: diff_id.to_string(),
-                blob: desc.digest.clone(),
-                size: desc.size,
-                media_type: desc.media_type.clone(),
-                created: None,
-            }));
+            return Ok(Some(Layer::of_blob(snapshot, diff_id, desc, None)));
         }
         Ok(None)
     }

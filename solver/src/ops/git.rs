@@ -127,6 +127,26 @@ pub fn resolve_git_ref(remote: &str, reference: Option<&str>) -> Result<String, 
     Err(format!("git ref {want:?} not found in {remote}"))
 }
 
+/// Check out the submodules of the work tree `dir`, if it has any (shallow, recursive): git
+/// build contexts and `ADD <git url>` both include them, as BuildKit does.
+pub fn update_submodules(dir: &Path) -> Result<(), String> {
+    if dir.join(".gitmodules").is_file() {
+        git(
+            &[
+                "submodule",
+                "update",
+                "-q",
+                "--init",
+                "--recursive",
+                "--depth",
+                "1",
+            ],
+            Some(dir),
+        )?;
+    }
+    Ok(())
+}
+
 /// Check `commit` of `remote` out into `dest` (an empty directory).
 fn checkout(remote: &str, commit: &str, dest: &Path, keep_git_dir: bool) -> Result<(), String> {
     git(&["init", "-q"], Some(dest))?;
@@ -140,20 +160,7 @@ fn checkout(remote: &str, commit: &str, dest: &Path, keep_git_dir: bool) -> Resu
         git(&["fetch", "-q", "--tags", "origin"], Some(dest))?;
     }
     git(&["checkout", "-q", "--detach", commit], Some(dest))?;
-    if dest.join(".gitmodules").exists() {
-        git(
-            &[
-                "submodule",
-                "update",
-                "-q",
-                "--init",
-                "--recursive",
-                "--depth",
-                "1",
-            ],
-            Some(dest),
-        )?;
-    }
+    update_submodules(dest)?;
     if !keep_git_dir {
         let g = dest.join(".git");
         fs::remove_dir_all(&g).map_err(|e| format!("removing {}: {e}", g.display()))?;

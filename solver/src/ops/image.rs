@@ -251,14 +251,7 @@ impl Solver {
         transfers: &dyn rbuild_oci::progress::TransferProgress,
     ) -> Result<Pulled, SolveError> {
         let store = &self.cfg.store;
-        let layer = |snapshot: String| Layer {
-            snapshot,
-            diff_id: diff_id.to_string(),
-            blob: desc.digest.clone(),
-            size: desc.size,
-            media_type: desc.media_type.clone(),
-            created: None,
-        };
+        let layer = |snapshot: String| Layer::of_blob(snapshot, diff_id, desc, None);
         // Reused only when this very blob was seen to unpack to this diff_id: a blob that
         // failed verification once stays in the content store, but never gets another
         // image's snapshot.
