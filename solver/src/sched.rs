@@ -306,10 +306,12 @@ impl Solver {
                     if st.planned == shape.total {
                         demand(&mut st, shape, shape.root);
                         // Steps the build was told to run (`--no-cache`, `--no-cache-filter`)
-                        // run even when nothing reads them.
+                        // run even when nothing reads them, and so do steps whose planning
+                        // already did their visible work (an unpinned download, announced).
                         let forced: Vec<usize> = (0..st.slots.len())
                             .filter(|&i| {
-                                matches!(&st.slots[i].status, Status::Pending(k) if k.ignore_cache)
+                                matches!(&st.slots[i].status,
+                                    Status::Pending(k) if k.ignore_cache || k.announced.is_some())
                             })
                             .collect();
                         for i in forced {
