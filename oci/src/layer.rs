@@ -105,9 +105,9 @@ pub fn apply_layer_verified_keeping_tar(
 }
 
 /// A reader that copies what it reads into a writer.
-struct Tee<'w, R> {
-    inner: R,
-    out: Option<&'w mut dyn Write>,
+pub(crate) struct Tee<'w, R> {
+    pub(crate) inner: R,
+    pub(crate) out: Option<&'w mut dyn Write>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {

@@ -987,6 +987,35 @@ impl RegistryClient {
         self.fetch_blob_with_progress(r, desc, store, &crate::progress::NoTransferProgress)
     }
 
+    /// Open a blob for reading as it arrives, at most `desc.size + 1` bytes: nothing is
+    /// verified here, the caller checks digest and size of what it read (and commits nothing
+    /// that does not match).
+    pub fn open_blob_stream(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+    ) -> Result<Box<dyn Read + Send>, OciError> {
+        crate::digest::digest_hex(&desc.digest)?;
+        self.with_endpoints(r, |ep| {
+            let path = format!("/v2/{}/blobs/{}", r.repository, desc.digest);
+            let resp = self.get(ep, r, &path, None)?;
+            if !resp.status().is_success() {
+                return Err(Self::http_err(
+                    &format!("fetch blob {} of", desc.digest),
+                    r,
+                    ep,
+                    resp,
+                ));
+            }
+            let reader = resp
+                .into_body()
+                .into_with_config()
+                .limit(desc.size.saturating_add(1))
+                .reader();
+            Ok(Box::new(reader) as Box<dyn Read + Send>)
+        })
+    }
+
     /// [`RegistryClient::fetch_blob`], reporting the bytes received to `progress`.
     pub fn fetch_blob_with_progress(
         &self,

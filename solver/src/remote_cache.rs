@@ -257,24 +257,23 @@ impl Solver {
         let transfers = crate::VertexTransfers { vertex, progress };
         // A blob fetched here that then fails its diff id check leaves the store again.
         let fetched_now = !store.has_blob(&l.blob);
-        imp.fetch_layer(&self.cfg.registry, store, index, &transfers)
-            .map_err(|e| SolveError::Step {
-                step: format!("importing cache from {}", imp.origin),
-                message: e.to_string(),
-                lines: None,
-            })?;
         let snap = store.new_snapshot()?;
-        let file = store.open_blob(&l.blob)?;
-        let reader = std::io::BufReader::new(file);
-        let applied = if l.created.is_some() {
-            rbuild_oci::layer::apply_layer_verified_keeping_tar(
-                reader, &snap.fs, &l.blob, &l.diff_id, store,
+        // Downloaded and unpacked in one pass; a layer a build made keeps its tar.
+        let keep_tar = l.created.is_some();
+        let applied = imp
+            .fetch_and_apply(
+                &self.cfg.registry,
+                store,
+                index,
+                &snap.fs,
+                &l.diff_id,
+                keep_tar,
+                &transfers,
             )
-            .map(|info| (info.digest, info.size, LAYER_TAR.to_string()))
-        } else {
-            rbuild_oci::apply_layer_verified(reader, &snap.fs, &l.blob, &l.diff_id)
-                .map(|()| (l.blob.clone(), l.size, l.media_type.clone()))
-        };
+            .map(|kept| match kept {
+                Some(info) => (info.digest, info.size, LAYER_TAR.to_string()),
+                None => (l.blob.clone(), l.size, l.media_type.clone()),
+            });
         let (blob, size, media_type) = match applied {
             Ok(v) => v,
             Err(e) => {

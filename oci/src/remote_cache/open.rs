@@ -378,6 +378,103 @@ impl ImportedCache {
             }
         }
     }
+
+    /// Fetch layer `index` and unpack it into `dest` in one pass: the blob is decompressed and
+    /// applied as it arrives while its bytes go to the content store, so download and unpack
+    /// overlap. The uncompressed stream must hash to `diff_id` (else
+    /// [`OciError::DiffIdMismatch`]) and the blob to its digest and size (else the blob is not
+    /// committed and the call fails); on any error `dest` holds a partial tree the caller
+    /// removes. With `keep_tar` the uncompressed tar is kept in the store too, as
+    /// [`crate::apply_layer_verified_keeping_tar`] does, and returned. A blob the store already
+    /// has is applied from the store.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fetch_and_apply(
+        &self,
+        client: &RegistryClient,
+        store: &Store,
+        index: usize,
+        dest: &std::path::Path,
+        diff_id: &str,
+        keep_tar: bool,
+        progress: &dyn TransferProgress,
+    ) -> Result<Option<rbuild_cache::BlobInfo>, OciError> {
+        let desc = self.layers.get(index).ok_or_else(|| {
+            invalid(
+                &self.origin,
+                format!("no layer {index} (the cache has {})", self.layers.len()),
+            )
+        })?;
+        let hex = digest_hex(&desc.digest)?;
+        let apply = |reader: &mut dyn Read| -> Result<Option<rbuild_cache::BlobInfo>, OciError> {
+            if keep_tar {
+                crate::apply_layer_verified_keeping_tar(reader, dest, &desc.digest, diff_id, store)
+                    .map(Some)
+            } else {
+                crate::apply_layer_verified(reader, dest, &desc.digest, diff_id).map(|()| None)
+            }
+        };
+        if ContentStore::has_blob(store, &desc.digest) {
+            let f = ContentStore::open_blob(store, &desc.digest)?;
+            return apply(&mut std::io::BufReader::with_capacity(1 << 20, f));
+        }
+        let source: Box<dyn Read + Send> = match &self.source {
+            Source::Registry(r) => client.open_blob_stream(r, desc)?,
+            Source::Local(layout) => Box::new(
+                std::io::BufReader::with_capacity(1 << 20, layout.open_blob(desc)?)
+                    .take(desc.size.saturating_add(1)),
+            ),
+        };
+        let store_err = |op: String| {
+            move |e: rbuild_cache::CacheError| OciError::Store {
+                op,
+                reason: e.to_string(),
+            }
+        };
+        let mut blob = store
+            .blob_writer()
+            .map_err(store_err(format!("ingest {}", desc.digest)))?;
+        let meter = Meter::start(progress, &desc.digest, Action::Downloading, desc.size);
+        let applied = {
+            let mut tee = crate::layer::Tee {
+                inner: MeteredReader::new(source, &meter),
+                out: Some(&mut blob),
+            };
+            apply(&mut tee).and_then(|kept| {
+                // What the tar reader left (the compression's trailer, padding) is part of
+                // the blob too.
+                std::io::copy(&mut tee, &mut std::io::sink())
+                    .map_err(OciError::io("download blob", &desc.digest))?;
+                Ok(kept)
+            })
+        };
+        meter.finish(applied.is_ok());
+        let kept = applied?;
+        blob.commit(Some((&desc.digest, Some(desc.size))))
+            .map_err(|e| match e {
+                rbuild_cache::CacheError::DigestMismatch { expected, actual } => {
+                    OciError::DigestMismatch {
+                        what: format!("blob {} in {}", desc.digest, self.origin),
+                        expected,
+                        actual,
+                    }
+                }
+                rbuild_cache::CacheError::SizeMismatch {
+                    expected, actual, ..
+                } => OciError::DigestMismatch {
+                    what: format!("size of blob {} in {}", desc.digest, self.origin),
+                    expected: format!("{expected} bytes"),
+                    actual: format!("{actual} bytes"),
+                },
+                other => OciError::Store {
+                    op: format!("commit blob {hex}"),
+                    reason: other.to_string(),
+                },
+            })?;
+        if let Source::Registry(r) = &self.source {
+            crate::push::remember_source(store, &desc.digest, &r.name());
+        }
+        Ok(kept)
+    }
 }
 
 // The solver shares imports between its worker threads.
