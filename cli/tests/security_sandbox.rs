@@ -822,10 +822,18 @@ fn killed_build(rt: Rt, who: Who) {
     // runc helper still tidying up after its container (`runc delete`) removes its own state
     // directory a moment later.
     case.file("Dockerfile", b"FROM busybox\nRUN true\n");
-    case.build(&[]).ok();
-    let start = Instant::now();
-    while !case.tmp_entries(".rbuild-").is_empty() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
+    // Under load the killed build's runc helper may still be tidying when the next build
+    // sweeps (it then skips the directory of a live helper): the build after that takes it.
+    for _ in 0..2 {
+        case.build(&[]).ok();
+        let start = Instant::now();
+        while !case.tmp_entries(".rbuild-").is_empty() && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if case.tmp_entries(".rbuild-").is_empty() {
+            break;
+        }
     }
     assert_eq!(case.tmp_entries(".rbuild-"), Vec::<String>::new());
 }
