@@ -333,3 +333,137 @@ fn hostile_inputs_are_bounded_and_never_panic() {
     // a garbage rpm database is an error note, not a panic
     assert!(rpm::parse_sqlite(b"not sqlite at all", "/db").is_err());
 }
+
+/// A minimal executable in Go 1.13–1.17's build-info format: an ELF header, one `PT_LOAD`
+/// segment mapping the whole file at 0x400000, the 32-byte `\xff Go buildinf:` header at a
+/// 16-byte-aligned offset with two pointers to Go string headers, and the strings.
+fn pre118_go_elf(is64: bool, big_endian: bool, version: &str, modinfo: &str) -> Vec<u8> {
+    let ps: usize = if is64 { 8 } else { 4 };
+    let put = |d: &mut Vec<u8>, at: usize, v: u64, n: usize| {
+        let b = if big_endian {
+            v.to_be_bytes()[8 - n..].to_vec()
+        } else {
+            v.to_le_bytes()[..n].to_vec()
+        };
+        d[at..at + n].copy_from_slice(&b);
+    };
+    let base = 0x40_0000u64;
+    let (ehsize, phsize) = if is64 { (64, 56) } else { (52, 32) };
+    let blob = 128usize;
+    let vh = blob + 32;
+    let mh = vh + 2 * ps;
+    let vdata = mh + 2 * ps;
+    let mdata = vdata + version.len();
+    let mut d = vec![0u8; mdata + modinfo.len()];
+    d[..4].copy_from_slice(b"\x7fELF");
+    d[4] = if is64 { 2 } else { 1 };
+    d[5] = if big_endian { 2 } else { 1 };
+    d[6] = 1;
+    let len = d.len() as u64;
+    if is64 {
+        put(&mut d, 0x20, ehsize as u64, 8);
+        put(&mut d, 0x36, phsize, 2);
+        put(&mut d, 0x38, 1, 2);
+        let ph = ehsize;
+        put(&mut d, ph, 1, 4);
+        put(&mut d, ph + 8, 0, 8);
+        put(&mut d, ph + 16, base, 8);
+        put(&mut d, ph + 32, len, 8);
+    } else {
+        put(&mut d, 0x1C, ehsize as u64, 4);
+        put(&mut d, 0x2A, phsize, 2);
+        put(&mut d, 0x2C, 1, 2);
+        let ph = ehsize;
+        put(&mut d, ph, 1, 4);
+        put(&mut d, ph + 4, 0, 4);
+        put(&mut d, ph + 8, base, 4);
+        put(&mut d, ph + 16, len, 4);
+    }
+    d[blob..blob + 14].copy_from_slice(b"\xff Go buildinf:");
+    d[blob + 14] = ps as u8;
+    d[blob + 15] = u8::from(big_endian);
+    put(&mut d, blob + 16, base + vh as u64, ps);
+    put(&mut d, blob + 16 + ps, base + mh as u64, ps);
+    put(&mut d, vh, base + vdata as u64, ps);
+    put(&mut d, vh + ps, version.len() as u64, ps);
+    put(&mut d, mh, base + mdata as u64, ps);
+    put(&mut d, mh + ps, modinfo.len() as u64, ps);
+    d[vdata..mdata].copy_from_slice(version.as_bytes());
+    d[mdata..].copy_from_slice(modinfo.as_bytes());
+    d
+}
+
+#[test]
+fn go_binaries_before_1_18_give_their_modules() {
+    // sentinel-framed module text as Go 1.13–1.17 link it (ASCII stand-ins of 16 bytes each)
+    let modinfo = format!(
+        "{}path\texample.com/old\nmod\texample.com/old\t(devel)\t\ndep\tgolang.org/x/sys\tv0.0.0-20210630005230-0f9fa26af87c\th1:x=\n\n{}",
+        "0123456789abcdef", "fedcba9876543210"
+    );
+    for (is64, be) in [(true, false), (false, true), (true, true), (false, false)] {
+        let elf = pre118_go_elf(is64, be, "go1.16.15", &modinfo);
+        let got: Vec<String> = gobin::parse(&elf, "/old")
+            .into_iter()
+            .map(|p| p.purl)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "pkg:golang/example.com/old@%28devel%29",
+                "pkg:golang/golang.org/x/sys@v0.0.0-20210630005230-0f9fa26af87c",
+                "pkg:golang/stdlib@1.16.15",
+            ],
+            "64-bit {is64}, big-endian {be}"
+        );
+        // hostile: every truncation and every single-byte corruption of the pointer words is
+        // either a clean miss or a (possibly different) answer, never a panic or a read
+        // outside the file
+        for n in 0..elf.len() {
+            let _ = gobin::parse(&elf[..n], "/x");
+        }
+        for at in 128 + 16..128 + 64 {
+            for v in [0u8, 0x7f, 0xff] {
+                let mut bad = elf.clone();
+                bad[at] = v;
+                let _ = gobin::parse(&bad, "/x");
+            }
+        }
+    }
+    // a string header claiming 4 GiB is refused, not allocated
+    let mut elf = pre118_go_elf(true, false, "go1.17", &modinfo);
+    let vh = 128 + 32;
+    elf[vh + 8..vh + 16].copy_from_slice(&(u32::MAX as u64).to_le_bytes());
+    assert!(gobin::parse(&elf, "/x").is_empty());
+}
+
+/// A real Go 1.17.2 executable: esbuild 0.13.15 from npm (`esbuild-linux-64`), fetched by
+/// `.ci/setup.sh` into `$RBUILD_TEST_WORK/go117/esbuild`.
+#[test]
+fn a_real_go_1_17_executable_gives_its_modules() {
+    let work = std::env::var("RBUILD_TEST_WORK").unwrap_or_else(|_| "/tmp/rbuild-test-env".into());
+    let path = Path::new(&work).join("go117/esbuild");
+    let data = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run `bash .ci/setup.sh` (it fetches esbuild-linux-64@0.13.15 from npm)",
+            path.display()
+        )
+    });
+    let got: Vec<String> = gobin::parse(&data, "/esbuild")
+        .into_iter()
+        .map(|p| p.purl)
+        .collect();
+    assert!(
+        got.contains(&"pkg:golang/stdlib@1.17.2".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|p| p.starts_with("pkg:golang/github.com/evanw/esbuild@")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|p| p.starts_with("pkg:golang/golang.org/x/sys@v0.0.0-")),
+        "{got:?}"
+    );
+}
