@@ -6,7 +6,7 @@
 //! (`lib/apk/db/installed`), `rpm` (`rpmdb.sqlite`), `python` (`*.dist-info/METADATA`,
 //! `*.egg-info/PKG-INFO`), `npm` (`node_modules/**/package.json`, `package-lock.json`), `gobin`
 //! (Go build info in executables), `rust` (cargo-auditable `.dep-v0` sections), `java` (jar
-//! manifests and `pom.properties`). Purls follow syft's conventions.
+//! manifests and `pom.properties`, nested archives, zip64). Purls follow syft's conventions.
 //!
 //! Every input is hostile: reads are bounded per file ([`Limits`]), entries and packages are
 //! counted, parsers never panic and skip what they do not understand, and what was skipped for
@@ -224,7 +224,14 @@ impl Walk<'_> {
             Kind::PythonMeta => python::parse(&String::from_utf8_lossy(&buf), &location),
             Kind::NpmPackage => npm::parse_package(&buf, &location),
             Kind::NpmLock => npm::parse_lock(&buf, &location),
-            Kind::Jar => java::parse_jar(&buf, &location, self.limits.max_file),
+            Kind::Jar => {
+                let mut budget = java::Budget::new(self.limits.max_file, self.limits.max_binary);
+                let found = java::parse_jar(&buf, &location, &mut budget);
+                for n in budget.notes {
+                    self.note(n);
+                }
+                found
+            }
             Kind::Executable => {
                 let mut v = gobin::parse(&buf, &location);
                 v.extend(rust::parse(&buf, &location, self.limits.max_file));

@@ -259,7 +259,8 @@ fn hostile_inputs_are_bounded_and_never_panic() {
         ..Limits::default()
     };
     // inflating stops at 1 MiB: no properties, no package, no 64 MiB buffer
-    assert!(java::parse_jar(&jar, "/x.jar", limits.max_file).is_empty());
+    let mut budget = java::Budget::new(limits.max_file, 1 << 30);
+    assert!(java::parse_jar(&jar, "/x.jar", &mut budget).is_empty());
     // malformed ELF headers: section tables pointing anywhere, truncated files
     let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
     elf.resize(64, 0xff);
@@ -268,7 +269,11 @@ fn hostile_inputs_are_bounded_and_never_panic() {
         let _ = elf::section(&elf[..n], ".go.buildinfo");
         let _ = gobin::parse(&elf[..n], "/x");
         let _ = rust::parse(&elf[..n], "/x", 1 << 20);
-        let _ = java::parse_jar(&jar[..n.min(jar.len())], "/x", 1 << 20);
+        let _ = java::parse_jar(
+            &jar[..n.min(jar.len())],
+            "/x",
+            &mut java::Budget::new(1 << 20, 1 << 20),
+        );
         let _ = rpm::parse_header(&elf[..n], "/x");
     }
     // a Go blob whose string length points past the end
@@ -466,4 +471,264 @@ fn a_real_go_1_17_executable_gives_its_modules() {
             .any(|p| p.starts_with("pkg:golang/golang.org/x/sys@v0.0.0-")),
         "{got:?}"
     );
+}
+
+fn run(dir: &Path, cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (run `bash .ci/setup.sh`)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(root: &Path, rel: &str, data: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn pom(root: &Path, g: &str, a: &str, v: &str) {
+    write(
+        root,
+        &format!("META-INF/maven/{g}/{a}/pom.properties"),
+        &format!("groupId={g}\nartifactId={a}\nversion={v}\n"),
+    );
+}
+
+fn found(s: &Scan) -> Vec<(String, String)> {
+    s.packages
+        .iter()
+        .map(|p| (p.location.clone(), p.purl.clone()))
+        .collect()
+}
+
+/// Archives made by the real tools: Info-ZIP's `zip` (`-fz` zip64, `-0` stored as Spring Boot
+/// needs), the JDK's `jar`, and Python's zipfile past 65535 entries (zip64 end records).
+#[test]
+fn nested_and_zip64_java_archives_give_every_package() {
+    let t = tempfile::tempdir().unwrap();
+    let (w, out) = (t.path().join("work"), t.path().join("image"));
+    std::fs::create_dir_all(&out).unwrap();
+    // guava.jar: zip64 extra fields and end records forced
+    let g = w.join("guava");
+    pom(&g, "com.google.guava", "guava", "33.0.0-jre");
+    run(&g, "zip", &["-q", "-r", "-fz", "../guava.jar", "META-INF"]);
+    // commons.jar: manifest only, made by the JDK's jar tool
+    let c = w.join("commons");
+    write(
+        &c,
+        "manifest.txt",
+        "Implementation-Title: commons-lang3\nImplementation-Version: 3.14.0\nImplementation-Vendor-Id: org.apache.commons\n",
+    );
+    write(&c, "org/apache/commons/lang3/A.class", "x");
+    run(&c, "jar", &["cfm", "../commons.jar", "manifest.txt", "org"]);
+    // app.jar: Spring Boot's layout, nested jars stored
+    let a = w.join("app");
+    pom(&a, "com.example", "app", "1.0.0");
+    std::fs::create_dir_all(a.join("BOOT-INF/lib")).unwrap();
+    std::fs::copy(w.join("guava.jar"), a.join("BOOT-INF/lib/guava.jar")).unwrap();
+    std::fs::copy(w.join("commons.jar"), a.join("BOOT-INF/lib/commons.jar")).unwrap();
+    run(
+        &a,
+        "zip",
+        &["-q", "-0", "-r", &format!("{}/app.jar", out.display()), "."],
+    );
+    // app.ear > web.war > WEB-INF/lib/commons.jar, all deflated
+    let e = w.join("web");
+    std::fs::create_dir_all(e.join("WEB-INF/lib")).unwrap();
+    std::fs::copy(w.join("commons.jar"), e.join("WEB-INF/lib/commons.jar")).unwrap();
+    std::fs::create_dir_all(w.join("ear")).unwrap();
+    run(&e, "zip", &["-q", "-9", "-r", "../ear/web.war", "WEB-INF"]);
+    run(
+        &w.join("ear"),
+        "zip",
+        &["-q", "-9", &format!("{}/app.ear", out.display()), "web.war"],
+    );
+    // a "fully executable" Spring Boot jar: a launch script before the zip, offsets unchanged
+    let mut exec = b"#!/bin/sh\nexec java -jar \"$0\" \"$@\"\nexit 0\n".to_vec();
+    exec.extend(std::fs::read(out.join("app.jar")).unwrap());
+    std::fs::write(out.join("app-exec.jar"), exec).unwrap();
+    // big.jar: 66000 entries, the pom.properties last
+    run(
+        &w,
+        "python3",
+        &[
+            "-c",
+            &format!(
+                "import zipfile\nwith zipfile.ZipFile('{}/big.jar','w') as z:\n for i in range(66000): z.writestr(f'x/{{i}}','')\n z.writestr('META-INF/maven/org.big/big/pom.properties','groupId=org.big\\nartifactId=big\\nversion=9\\n')",
+                out.display()
+            ),
+        ],
+    );
+    let zip64 = |p: &Path| {
+        std::fs::read(p)
+            .unwrap()
+            .windows(4)
+            .any(|w| w == b"PK\x06\x06")
+    };
+    assert!(zip64(&w.join("guava.jar")) && zip64(&out.join("big.jar")));
+
+    let s = scan_dir(&out, &Limits::default());
+    let got = found(&s);
+    let want = [
+        ("/app-exec.jar", "pkg:maven/com.example/app@1.0.0"),
+        (
+            "/app-exec.jar:BOOT-INF/lib/commons.jar",
+            "pkg:maven/org.apache.commons/commons-lang3@3.14.0",
+        ),
+        (
+            "/app-exec.jar:BOOT-INF/lib/guava.jar",
+            "pkg:maven/com.google.guava/guava@33.0.0-jre",
+        ),
+        (
+            "/app.ear:web.war:WEB-INF/lib/commons.jar",
+            "pkg:maven/org.apache.commons/commons-lang3@3.14.0",
+        ),
+        ("/app.jar", "pkg:maven/com.example/app@1.0.0"),
+        (
+            "/app.jar:BOOT-INF/lib/commons.jar",
+            "pkg:maven/org.apache.commons/commons-lang3@3.14.0",
+        ),
+        (
+            "/app.jar:BOOT-INF/lib/guava.jar",
+            "pkg:maven/com.google.guava/guava@33.0.0-jre",
+        ),
+        ("/big.jar", "pkg:maven/org.big/big@9"),
+    ];
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(l, p)| (l.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(got_sorted, want);
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
+}
+
+/// A stored zip of `(name, data)` entries; `extra_cd` more central directory entries all
+/// pointing at the first local header.
+fn stored_zip(files: &[(&str, &[u8])], extra_cd: usize) -> Vec<u8> {
+    let mut z = Vec::new();
+    let mut cd = Vec::new();
+    let mut first = None;
+    for (name, data) in files {
+        let off = z.len() as u32;
+        first.get_or_insert(off);
+        z.extend_from_slice(b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        z.extend_from_slice(&[0, 0]);
+        z.extend_from_slice(name.as_bytes());
+        z.extend_from_slice(data);
+        cd.push((name.to_string(), data.len() as u32, off));
+    }
+    let (n0, l0, o0) = cd[0].clone();
+    for _ in 0..extra_cd {
+        cd.push((n0.clone(), l0, o0));
+    }
+    let cd_start = z.len() as u32;
+    for (name, len, off) in &cd {
+        z.extend_from_slice(b"PK\x01\x02\x14\0\x14\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        z.extend_from_slice(&[0; 12]);
+        z.extend_from_slice(&off.to_le_bytes());
+        z.extend_from_slice(name.as_bytes());
+    }
+    let cd_len = z.len() as u32 - cd_start;
+    let n = cd.len().min(0xffff) as u16;
+    z.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&cd_len.to_le_bytes());
+    z.extend_from_slice(&cd_start.to_le_bytes());
+    z.extend_from_slice(&[0, 0]);
+    z
+}
+
+#[test]
+fn hostile_nested_archives_stay_within_their_budget() {
+    let pom = |i: usize| format!("groupId=g\nartifactId=a{i}\nversion=1\n").into_bytes();
+    // ten archives stored one in the other: read to depth 4, the rest named in a note
+    let mut jar = stored_zip(&[("META-INF/maven/g/a0/pom.properties", &pom(0))], 0);
+    for i in 1..10 {
+        let p = pom(i);
+        jar = stored_zip(
+            &[("in.jar", &jar), ("META-INF/maven/g/a/pom.properties", &p)],
+            0,
+        );
+    }
+    let mut b = java::Budget::new(1 << 20, 1 << 20);
+    let got = java::parse_jar(&jar, "/deep.jar", &mut b);
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert_eq!(got[4].location, "/deep.jar:in.jar:in.jar:in.jar:in.jar");
+    assert!(
+        b.notes
+            .iter()
+            .any(|n| n.contains("more than 4 archives deep")),
+        "{:?}",
+        b.notes
+    );
+    // fan-out: 60000 directory entries all naming one nested archive with 60000 entries of
+    // its own: the entry budget (200000 in all) stops it, not 3.6e9 visits
+    let inner = stored_zip(&[("x.jar", b"not a zip")], 60_000);
+    let outer = stored_zip(&[("in.jar", &inner)], 60_000);
+    let mut b = java::Budget::new(1 << 20, 1 << 20);
+    assert!(java::parse_jar(&outer, "/fan.jar", &mut b).is_empty());
+    assert_eq!(b.entries, 0);
+    assert!(
+        b.notes.iter().any(|n| n.contains("zip entries")),
+        "{:?}",
+        b.notes
+    );
+    // 50000 pom.properties entries pointing at one 1 MiB deflate stream: one inflating
+    // budget for all of them (4 MiB here), not 50000 × 1 MiB
+    let bomb = {
+        use std::io::Write;
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![b'x'; 1 << 20]).unwrap();
+        e.finish().unwrap()
+    };
+    let mut z = stored_zip(&[("META-INF/maven/g/a/pom.properties", &bomb)], 50_000);
+    // make every directory entry (and the local header) say deflate
+    let mut i = 0;
+    while let Some(p) = z[i..]
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02" || w == b"PK\x03\x04")
+    {
+        let at = i + p;
+        let m = if &z[at..at + 4] == b"PK\x01\x02" {
+            at + 10
+        } else {
+            at + 8
+        };
+        z[m] = 8;
+        i = at + 4;
+    }
+    let mut b = java::Budget::new(1 << 20, 4 << 20);
+    assert!(java::parse_jar(&z, "/bomb.jar", &mut b).is_empty());
+    assert_eq!(b.bytes, 0);
+    assert!(
+        b.notes.iter().any(|n| n.contains("budget")),
+        "{:?}",
+        b.notes
+    );
+    // zip64 records pointing anywhere, truncated at every length: no panic
+    let mut z64 = stored_zip(&[("a.jar", b"PK\x06\x07")], 0);
+    let eocd = z64.len() - 22;
+    let mut loc = b"PK\x06\x07\0\0\0\0".to_vec();
+    loc.extend_from_slice(&u64::MAX.to_le_bytes());
+    loc.extend_from_slice(&[1, 0, 0, 0]);
+    z64.splice(eocd..eocd, loc);
+    for n in 0..z64.len() {
+        let _ = java::parse_jar(&z64[..n], "/x", &mut java::Budget::new(1 << 20, 1 << 20));
+    }
 }
