@@ -3,7 +3,8 @@
 //! parsed, and the packages found become an SPDX 2.3 JSON document ([`spdx_document`]).
 //!
 //! Catalogers (one module each): `dpkg` (`var/lib/dpkg/status`, `status.d/*`), `apk`
-//! (`lib/apk/db/installed`), `rpm` (`rpmdb.sqlite`), `python` (`*.dist-info/METADATA`,
+//! (`lib/apk/db/installed`), `rpm` (`rpmdb.sqlite`,
+//! Berkeley DB `Packages`, ndb `Packages.db`), `python` (`*.dist-info/METADATA`,
 //! `*.egg-info/PKG-INFO`), `npm` (`node_modules/**/package.json`, `package-lock.json`), `gobin`
 //! (Go build info in executables), `rust` (cargo-auditable `.dep-v0` sections), `java` (jar
 //! manifests and `pom.properties`, nested archives, zip64). Purls follow syft's conventions.
@@ -38,7 +39,7 @@ use crate::OciError;
 pub struct Limits {
     /// Largest package database or metadata file read (bytes).
     pub max_file: u64,
-    /// Largest executable or archive read (bytes).
+    /// Largest executable, archive or rpm database read (bytes).
     pub max_binary: u64,
     /// Most filesystem entries looked at (all layers together).
     pub max_entries: u64,
@@ -98,7 +99,6 @@ struct Walk<'a> {
     removed: HashSet<String>,
     opaque: HashSet<String>,
     scan: Scan,
-    rpm_dbs: Vec<(String, Vec<u8>)>,
     os_release: Option<String>,
 }
 
@@ -118,12 +118,20 @@ enum Kind {
     Executable,
 }
 
+/// Where rpm keeps its database (the places syft looks).
+fn rpm_db(path: &str) -> bool {
+    ["var/lib/rpm/", "usr/lib/sysimage/rpm/", "usr/share/rpm/"]
+        .iter()
+        .filter_map(|d| path.strip_prefix(d))
+        .any(|f| matches!(f, "rpmdb.sqlite" | "Packages" | "Packages.db"))
+}
+
 fn classify(path: &str, executable: bool) -> Option<Kind> {
     let name = path.rsplit('/').next().unwrap_or(path);
     Some(match path {
         "var/lib/dpkg/status" => Kind::Dpkg,
         "lib/apk/db/installed" => Kind::Apk,
-        "var/lib/rpm/rpmdb.sqlite" | "usr/lib/sysimage/rpm/rpmdb.sqlite" => Kind::Rpm,
+        _ if rpm_db(path) => Kind::Rpm,
         "etc/os-release" | "usr/lib/os-release" => Kind::OsRelease,
         _ if path.starts_with("var/lib/dpkg/status.d/") && !name.contains('.') => Kind::DpkgStatusD,
         _ if path.ends_with(".dist-info/METADATA")
@@ -183,7 +191,7 @@ impl Walk<'_> {
             return;
         };
         let limit = match kind {
-            Kind::Executable | Kind::Jar => self.limits.max_binary,
+            Kind::Executable | Kind::Jar | Kind::Rpm => self.limits.max_binary,
             _ => self.limits.max_file,
         };
         if size > limit {
@@ -211,10 +219,13 @@ impl Walk<'_> {
                 dpkg::parse(&String::from_utf8_lossy(&buf), &location)
             }
             Kind::Apk => apk::parse(&String::from_utf8_lossy(&buf), &location),
-            Kind::Rpm => {
-                self.rpm_dbs.push((location, buf));
-                Vec::new()
-            }
+            Kind::Rpm => match rpm::parse_db(&buf, &location) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.note(format!("{location}: {e}"));
+                    Vec::new()
+                }
+            },
             Kind::OsRelease => {
                 if self.os_release.is_none() {
                     self.os_release = Some(String::from_utf8_lossy(&buf).into_owned());
@@ -316,12 +327,6 @@ impl Walk<'_> {
     }
 
     fn finish(mut self) -> Scan {
-        for (location, db) in std::mem::take(&mut self.rpm_dbs) {
-            match rpm::parse_sqlite(&db, &location) {
-                Ok(v) => self.scan.packages.extend(v),
-                Err(e) => self.note(format!("{location}: {e}")),
-            }
-        }
         let distro = self.os_release.as_deref().map(os_release);
         if let Some((id, version)) = &distro {
             for p in self.scan.packages.iter_mut() {
@@ -437,7 +442,6 @@ fn new_walk(limits: &Limits) -> Walk<'_> {
         removed: HashSet::new(),
         opaque: HashSet::new(),
         scan: Scan::default(),
-        rpm_dbs: Vec::new(),
         os_release: None,
     }
 }

@@ -732,3 +732,273 @@ fn hostile_nested_archives_stay_within_their_budget() {
         let _ = java::parse_jar(&z64[..n], "/x", &mut java::Budget::new(1 << 20, 1 << 20));
     }
 }
+
+/// Real rpm header blobs: packages built by `rpmbuild`, installed (`--justdb`) into an
+/// sqlite rpmdb by `rpm`, read back from its `Packages` table. One has a 20 KB description,
+/// so its header needs overflow pages in every Berkeley DB page size.
+fn real_rpm_headers(t: &Path) -> Vec<(u32, Vec<u8>)> {
+    let top = t.join("top");
+    let mut rpms = Vec::new();
+    for (name, version, release, epoch, license, desc) in [
+        (
+            "hello",
+            "2.12",
+            "1.el7",
+            Some(3),
+            "GPLv3+",
+            "hello".to_string(),
+        ),
+        ("world", "1.0", "2", None, "MIT", "world".to_string()),
+        ("big", "0.1", "1", None, "BSD", "x ".repeat(10_000)),
+    ] {
+        let spec = t.join(format!("{name}.spec"));
+        let epoch = epoch.map(|e| format!("Epoch: {e}\n")).unwrap_or_default();
+        std::fs::write(
+            &spec,
+            format!(
+                "Name: {name}\nVersion: {version}\nRelease: {release}\n{epoch}License: {license}\nSummary: s\nBuildArch: noarch\n%description\n{desc}\n%files\n"
+            ),
+        )
+        .unwrap();
+        run(
+            t,
+            "rpmbuild",
+            &[
+                "--define",
+                &format!("_topdir {}", top.display()),
+                "-bb",
+                spec.to_str().unwrap(),
+            ],
+        );
+        rpms.push(
+            top.join(format!("RPMS/noarch/{name}-{version}-{release}.noarch.rpm"))
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    let db = t.join("sqlite");
+    std::fs::create_dir_all(&db).unwrap();
+    let dbpath = format!("_dbpath {}", db.display());
+    run(t, "rpm", &["--define", &dbpath, "--initdb"]);
+    let mut args = vec![
+        "--define",
+        &dbpath,
+        "-i",
+        "--justdb",
+        "--nodeps",
+        "--ignorearch",
+        "--ignoreos",
+    ];
+    args.extend(rpms.iter().map(String::as_str));
+    run(t, "rpm", &args);
+    let conn = rusqlite::Connection::open(db.join("rpmdb.sqlite")).unwrap();
+    let mut stmt = conn.prepare("SELECT hnum, blob FROM Packages").unwrap();
+    let rows: Vec<(u32, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().any(|(_, b)| b.len() > 16_000));
+    rows
+}
+
+const RPM_WANT: [&str; 3] = [
+    "pkg:rpm/redhat/big@0.1-1?arch=noarch",
+    "pkg:rpm/redhat/hello@2.12-1.el7?arch=noarch&epoch=3",
+    "pkg:rpm/redhat/world@1.0-2?arch=noarch",
+];
+
+fn rpm_purls(v: Vec<Package>) -> Vec<String> {
+    let mut p: Vec<String> = v.into_iter().map(|p| p.purl).collect();
+    p.sort();
+    p
+}
+
+/// A Berkeley DB hash file written by Berkeley DB 5.3 itself (`db_load`, the library
+/// CentOS 7's rpm uses) from `(key, value)` pairs, keys the package numbers as rpm writes them.
+fn bdb_file(t: &Path, rows: &[(u32, Vec<u8>)], page_size: u32, big_endian: bool) -> Vec<u8> {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut dump =
+        format!("VERSION=3\nformat=bytevalue\ntype=hash\ndb_pagesize={page_size}\nHEADER=END\n");
+    for (k, v) in rows {
+        let key = if big_endian {
+            k.to_be_bytes()
+        } else {
+            k.to_le_bytes()
+        };
+        dump.push_str(&format!(" {}\n {}\n", hex(&key), hex(v)));
+    }
+    dump.push_str("DATA=END\n");
+    let name = format!("Packages-{page_size}-{big_endian}");
+    std::fs::write(t.join("dump"), dump).unwrap();
+    let order = if big_endian {
+        "db_lorder=4321"
+    } else {
+        "db_lorder=1234"
+    };
+    run(t, "db_load", &["-c", order, "-f", "dump", &name]);
+    std::fs::read(t.join(name)).unwrap()
+}
+
+/// An ndb `Packages.db` laid out as rpm's `lib/backend/ndb/rpmpkg.c` writes it (Debian's rpm
+/// has no ndb backend to write one): header, one page of slots, the blobs.
+fn ndb_file(rows: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let mut d = vec![0u8; 4096];
+    for slot in d.chunks_mut(16) {
+        slot[..4].copy_from_slice(b"Slot");
+    }
+    d[..4].copy_from_slice(b"RpmP");
+    d[4..8].copy_from_slice(&0u32.to_le_bytes());
+    d[8..12].copy_from_slice(&7u32.to_le_bytes());
+    d[12..16].copy_from_slice(&1u32.to_le_bytes());
+    d[16..20].copy_from_slice(&(rows.len() as u32 + 1).to_le_bytes());
+    d[20..32].fill(0);
+    for (i, (idx, blob)) in rows.iter().enumerate() {
+        let blkoff = d.len() / 16;
+        let blkcnt = (16 + blob.len() + 12).div_ceil(16);
+        let mut b = Vec::new();
+        b.extend_from_slice(b"BlbS");
+        b.extend_from_slice(&idx.to_le_bytes());
+        b.extend_from_slice(&7u32.to_le_bytes());
+        b.extend_from_slice(&(blob.len() as u32).to_le_bytes());
+        b.extend_from_slice(blob);
+        b.resize(blkcnt * 16 - 12, 0);
+        let adler = rpm::adler32(&b);
+        b.extend_from_slice(&adler.to_le_bytes());
+        b.extend_from_slice(&(blob.len() as u32).to_le_bytes());
+        b.extend_from_slice(b"BlbE");
+        d.extend_from_slice(&b);
+        // slots after the two the header takes; one free slot left between
+        let slot = 32 + 16 * (2 * i + 1);
+        d[slot + 4..slot + 8].copy_from_slice(&idx.to_le_bytes());
+        d[slot + 8..slot + 12].copy_from_slice(&(blkoff as u32).to_le_bytes());
+        d[slot + 12..slot + 16].copy_from_slice(&(blkcnt as u32).to_le_bytes());
+    }
+    d
+}
+
+#[test]
+fn rpm_berkeley_db_and_ndb_databases_give_their_packages() {
+    let t = tempfile::tempdir().unwrap();
+    let rows = real_rpm_headers(t.path());
+    // the sqlite database itself
+    let sqlite = std::fs::read(t.path().join("sqlite/rpmdb.sqlite")).unwrap();
+    assert_eq!(rpm_purls(rpm::parse_db(&sqlite, "/db").unwrap()), RPM_WANT);
+    // Berkeley DB: small pages (every header on overflow pages), large pages (small headers
+    // inline), both byte orders
+    for (size, be) in [(512, false), (65536, false), (4096, true), (512, true)] {
+        let db = bdb_file(t.path(), &rows, size, be);
+        assert_eq!(
+            rpm_purls(rpm::parse_db(&db, "/db").unwrap()),
+            RPM_WANT,
+            "page size {size}, big-endian {be}"
+        );
+        // every truncation: fewer packages or an error, never a panic
+        for n in (0..db.len()).step_by(97) {
+            let _ = rpm::parse_db(&db[..n], "/x");
+        }
+    }
+    let ndb = ndb_file(&rows);
+    assert_eq!(rpm_purls(rpm::parse_db(&ndb, "/db").unwrap()), RPM_WANT);
+    for n in (0..ndb.len()).step_by(7) {
+        let _ = rpm::parse_db(&ndb[..n], "/x");
+    }
+    // a blob whose checksum does not match is skipped
+    let mut bad = ndb.clone();
+    let last = bad.len() - 20;
+    bad[last] ^= 1;
+    assert_eq!(rpm::parse_db(&bad, "/db").unwrap().len(), 2);
+
+    // through the scanner, at the places CentOS 7 and SUSE keep them
+    let root = t.path().join("root");
+    let put = |rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    put(
+        "var/lib/rpm/Packages",
+        &bdb_file(t.path(), &rows, 4096, false),
+    );
+    put("usr/lib/sysimage/rpm/Packages.db", &ndb);
+    put("etc/os-release", b"ID=\"centos\"\nVERSION_ID=\"7\"\n");
+    let s = scan_dir(&root, &Limits::default());
+    let got = found(&s);
+    assert_eq!(got.len(), 6, "{got:#?}");
+    assert!(got.contains(&(
+        "/var/lib/rpm/Packages".into(),
+        "pkg:rpm/centos/hello@2.12-1.el7?arch=noarch&epoch=3&distro=centos-7".into()
+    )));
+    assert!(got.contains(&(
+        "/usr/lib/sysimage/rpm/Packages.db".into(),
+        "pkg:rpm/centos/world@1.0-2?arch=noarch&distro=centos-7".into()
+    )));
+}
+
+#[test]
+fn hostile_rpm_databases_are_bounded() {
+    // Berkeley DB: an overflow chain that loops onto itself, and many items sharing one
+    // chain (more bytes than the file)
+    let ps = 512usize;
+    let mut db = vec![0u8; ps * 4];
+    db[12..16].copy_from_slice(&0x0006_1561u32.to_le_bytes());
+    db[20..24].copy_from_slice(&(ps as u32).to_le_bytes());
+    db[32..36].copy_from_slice(&3u32.to_le_bytes());
+    // page 1: hash page with pairs whose values all point at overflow page 2, length 400
+    let p1 = ps;
+    db[p1 + 8..p1 + 12].copy_from_slice(&1u32.to_le_bytes());
+    db[p1 + 25] = 13;
+    let pairs = 16;
+    db[p1 + 20..p1 + 22].copy_from_slice(&((pairs * 2) as u16).to_le_bytes());
+    for i in 0..pairs {
+        let koff = ps - 16 * (i + 1);
+        let voff = koff - 12;
+        db[p1 + 26 + 4 * i..p1 + 28 + 4 * i].copy_from_slice(&(koff as u16).to_le_bytes());
+        db[p1 + 28 + 4 * i..p1 + 30 + 4 * i].copy_from_slice(&(voff as u16).to_le_bytes());
+        db[p1 + voff] = 3;
+        db[p1 + voff + 4..p1 + voff + 8].copy_from_slice(&2u32.to_le_bytes());
+        db[p1 + voff + 8..p1 + voff + 12].copy_from_slice(&400u32.to_le_bytes());
+    }
+    // page 2: overflow page whose next page is itself
+    let p2 = 2 * ps;
+    db[p2 + 8..p2 + 12].copy_from_slice(&2u32.to_le_bytes());
+    db[p2 + 16..p2 + 20].copy_from_slice(&2u32.to_le_bytes());
+    db[p2 + 22..p2 + 24].copy_from_slice(&100u16.to_le_bytes());
+    db[p2 + 25] = 7;
+    let r = rpm::parse_db(&db, "/x");
+    assert!(
+        matches!(&r, Err(e) if e.contains("more than the file")),
+        "{r:?}"
+    );
+    // a metadata page claiming 2^32 pages of 64 KiB over a 2 KiB file
+    let mut huge = db.clone();
+    huge[20..24].copy_from_slice(&65536u32.to_le_bytes());
+    huge[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(rpm::parse_db(&huge, "/x").unwrap().is_empty());
+    huge[20..24].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(rpm::parse_db(&huge, "/x").is_err());
+    // ndb: slot pages beyond the file, slots pointing into the slot area or past the end
+    let mut ndb = vec![0u8; 4096];
+    for s in ndb.chunks_mut(16) {
+        s[..4].copy_from_slice(b"Slot");
+    }
+    ndb[..4].copy_from_slice(b"RpmP");
+    ndb[4..8].fill(0);
+    ndb[12..16].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(rpm::parse_db(&ndb, "/x").is_err());
+    ndb[12..16].copy_from_slice(&1u32.to_le_bytes());
+    ndb[16..32].fill(0);
+    for (i, (off, cnt)) in [(1u32, 4u32), (u32::MAX, u32::MAX), (300, u32::MAX / 16)]
+        .iter()
+        .enumerate()
+    {
+        let s = 32 + 16 * i;
+        ndb[s + 4..s + 8].copy_from_slice(&1u32.to_le_bytes());
+        ndb[s + 8..s + 12].copy_from_slice(&off.to_le_bytes());
+        ndb[s + 12..s + 16].copy_from_slice(&cnt.to_le_bytes());
+    }
+    assert!(rpm::parse_db(&ndb, "/x").unwrap().is_empty());
+    // garbage is an error, not a panic
+    assert!(rpm::parse_db(b"garbage", "/x").is_err());
+}
