@@ -428,9 +428,9 @@ fn pushed_sbom_and_max_provenance_read_back_and_validate() {
         })
         .collect();
     for want in [
-        "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc",
         "pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64&distro=debian-12",
-        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&epoch=1&distro=debian-12",
+        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&distro=debian-12&epoch=1",
         "pkg:pypi/requests@2.31.0",
         "pkg:npm/%40babel/core@7.23.0",
         "pkg:golang/github.com/google/uuid@v1.6.0",

@@ -6,9 +6,9 @@
 //!   pages, inline or in chains of overflow pages ([`parse_bdb`]);
 //! - ndb (`Packages.db`, SUSE ≥ 15.3): the blobs the slot pages point at ([`parse_ndb`]).
 //!
-//! Packages: `pkg:rpm/<distro>/<name>@<version>-<release>?arch=<arch>[&epoch=N]`.
+//! Packages: `pkg:rpm/<distro>/<name>@<version>-<release>?arch=<arch>[&epoch=N]&upstream=<source rpm>`.
 
-use super::{purl_escape, Package};
+use super::{purl_escape, with_qualifiers, Package};
 
 const NAME: u32 = 1000;
 const VERSION: u32 = 1001;
@@ -16,6 +16,7 @@ const RELEASE: u32 = 1002;
 const EPOCH: u32 = 1003;
 const LICENSE: u32 = 1014;
 const ARCH: u32 = 1022;
+const SOURCERPM: u32 = 1044;
 
 fn be32(d: &[u8], off: usize) -> Option<u32> {
     let b: [u8; 4] = d.get(off..off.checked_add(4)?)?.try_into().ok()?;
@@ -82,22 +83,19 @@ pub(super) fn parse_header(blob: &[u8], location: &str) -> Option<Package> {
     } else {
         format!("{version}-{release}")
     };
-    let mut purl = format!(
-        "pkg:rpm/redhat/{}@{}",
-        purl_escape(&name),
-        purl_escape(&full)
+    let epoch = h.int32(EPOCH).map(|e| e.to_string()).unwrap_or_default();
+    let purl = with_qualifiers(
+        &format!(
+            "pkg:rpm/redhat/{}@{}",
+            purl_escape(&name),
+            purl_escape(&full)
+        ),
+        &[
+            ("arch", &h.string(ARCH).unwrap_or_default()),
+            ("epoch", &epoch),
+            ("upstream", &h.string(SOURCERPM).unwrap_or_default()),
+        ],
     );
-    let mut q = Vec::new();
-    if let Some(a) = h.string(ARCH) {
-        q.push(format!("arch={}", purl_escape(&a)));
-    }
-    if let Some(e) = h.int32(EPOCH) {
-        q.push(format!("epoch={e}"));
-    }
-    if !q.is_empty() {
-        purl.push('?');
-        purl.push_str(&q.join("&"));
-    }
     Some(Package {
         ecosystem: "rpm",
         name,

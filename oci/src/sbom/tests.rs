@@ -17,17 +17,17 @@ fn every_cataloger_finds_its_packages() {
     let s = scan_dir(&fixture(), &Limits::default());
     let p = purls(&s);
     for want in [
-        "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64&distro=debian-12",
-        "pkg:deb/debian/tzdata@2024a-0+deb12u1?arch=all&distro=debian-12",
+        "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc",
+        "pkg:deb/debian/tzdata@2024a-0%2Bdeb12u1?arch=all&distro=debian-12&upstream=tzdata-src%402024a-0",
         "pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64&distro=debian-12",
         "pkg:apk/alpine/busybox@1.36.1-r5?arch=x86_64&distro=debian-12",
-        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&epoch=1&distro=debian-12",
+        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&distro=debian-12&epoch=1",
         "pkg:pypi/requests@2.31.0",
         "pkg:pypi/typing-extensions@4.9.0",
         "pkg:npm/lodash@4.17.21",
         "pkg:npm/%40babel/core@7.23.0",
         "pkg:npm/left-pad@1.3.0",
-        "pkg:golang/example.com/hello@%28devel%29",
+        "pkg:golang/example.com/hello@(devel)",
         "pkg:golang/github.com/google/uuid@v1.6.0",
         "pkg:golang/golang.org/x/text@v0.14.0",
         "pkg:golang/stdlib@1.21.5",
@@ -414,7 +414,7 @@ fn go_binaries_before_1_18_give_their_modules() {
         assert_eq!(
             got,
             [
-                "pkg:golang/example.com/old@%28devel%29",
+                "pkg:golang/example.com/old@(devel)",
                 "pkg:golang/golang.org/x/sys@v0.0.0-20210630005230-0f9fa26af87c",
                 "pkg:golang/stdlib@1.16.15",
             ],
@@ -804,9 +804,9 @@ fn real_rpm_headers(t: &Path) -> Vec<(u32, Vec<u8>)> {
 }
 
 const RPM_WANT: [&str; 3] = [
-    "pkg:rpm/redhat/big@0.1-1?arch=noarch",
-    "pkg:rpm/redhat/hello@2.12-1.el7?arch=noarch&epoch=3",
-    "pkg:rpm/redhat/world@1.0-2?arch=noarch",
+    "pkg:rpm/redhat/big@0.1-1?arch=noarch&upstream=big-0.1-1.src.rpm",
+    "pkg:rpm/redhat/hello@2.12-1.el7?arch=noarch&epoch=3&upstream=hello-2.12-1.el7.src.rpm",
+    "pkg:rpm/redhat/world@1.0-2?arch=noarch&upstream=world-1.0-2.src.rpm",
 ];
 
 fn rpm_purls(v: Vec<Package>) -> Vec<String> {
@@ -928,11 +928,13 @@ fn rpm_berkeley_db_and_ndb_databases_give_their_packages() {
     assert_eq!(got.len(), 6, "{got:#?}");
     assert!(got.contains(&(
         "/var/lib/rpm/Packages".into(),
-        "pkg:rpm/centos/hello@2.12-1.el7?arch=noarch&epoch=3&distro=centos-7".into()
+        "pkg:rpm/centos/hello@2.12-1.el7?arch=noarch&distro=centos-7&epoch=3&upstream=hello-2.12-1.el7.src.rpm"
+            .into()
     )));
     assert!(got.contains(&(
         "/usr/lib/sysimage/rpm/Packages.db".into(),
-        "pkg:rpm/centos/world@1.0-2?arch=noarch&distro=centos-7".into()
+        "pkg:rpm/centos/world@1.0-2?arch=noarch&distro=centos-7&upstream=world-1.0-2.src.rpm"
+            .into()
     )));
 }
 
@@ -1001,4 +1003,39 @@ fn hostile_rpm_databases_are_bounded() {
     assert!(rpm::parse_db(&ndb, "/x").unwrap().is_empty());
     // garbage is an error, not a panic
     assert!(rpm::parse_db(b"garbage", "/x").is_err());
+}
+
+/// Purls are string-equal to syft's: the expected strings are what syft 1.18.1 wrote for the
+/// same packages of debian:bookworm and the same Go binary and rpm database
+/// (docs/attestations.md, "Side by side with BuildKit"); rbuild wrote `+` raw, `:` and `()`
+/// escaped, qualifiers unsorted and no `upstream` before.
+#[test]
+fn purls_are_written_as_syft_writes_them() {
+    let status = "Package: bsdutils\nStatus: install ok installed\nArchitecture: amd64\nSource: util-linux (2.38.1-5+deb12u3)\nVersion: 1:2.38.1-5+deb12u3\n\n\
+Package: e2fsprogs\nStatus: install ok installed\nArchitecture: amd64\nSource: e2fsprogs (1.47.0-2)\nVersion: 1.47.0-2+b2\n\n\
+Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc\nVersion: 2.36-9+deb12u14\n\n\
+Package: libcap2\nStatus: install ok installed\nArchitecture: amd64\nSource: libcap2 (1:2.66-4+deb12u3)\nVersion: 1:2.66-4+deb12u3+b1\n\n\
+Package: libstdc++6\nStatus: install ok installed\nArchitecture: amd64\nSource: gcc-12\nVersion: 12.2.0-14+deb12u1\n\n\
+Package: tzdata\nStatus: install ok installed\nArchitecture: all\nVersion: 2026b-0+deb12u1\n";
+    let t = tempfile::tempdir().unwrap();
+    write(t.path(), "var/lib/dpkg/status", status);
+    write(t.path(), "etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n");
+    let s = scan_dir(t.path(), &Limits::default());
+    assert_eq!(
+        purls(&s),
+        [
+            "pkg:deb/debian/bsdutils@1:2.38.1-5%2Bdeb12u3?arch=amd64&distro=debian-12&upstream=util-linux%402.38.1-5%2Bdeb12u3",
+            "pkg:deb/debian/e2fsprogs@1.47.0-2%2Bb2?arch=amd64&distro=debian-12&upstream=e2fsprogs%401.47.0-2",
+            "pkg:deb/debian/libc6@2.36-9%2Bdeb12u14?arch=amd64&distro=debian-12&upstream=glibc",
+            "pkg:deb/debian/libcap2@1:2.66-4%2Bdeb12u3%2Bb1?arch=amd64&distro=debian-12&upstream=libcap2%401:2.66-4%2Bdeb12u3",
+            "pkg:deb/debian/libstdc%2B%2B6@12.2.0-14%2Bdeb12u1?arch=amd64&distro=debian-12&upstream=gcc-12",
+            "pkg:deb/debian/tzdata@2026b-0%2Bdeb12u1?arch=all&distro=debian-12",
+        ]
+    );
+    // syft: pkg:golang/github.com/evanw/esbuild@(devel) for the real Go 1.17 binary above
+    let modinfo = "0123456789abcdefpath\tgithub.com/evanw/esbuild/cmd/esbuild\nmod\tgithub.com/evanw/esbuild\t(devel)\t\n\nfedcba9876543210";
+    let elf = pre118_go_elf(true, false, "go1.17.2", modinfo);
+    assert!(gobin::parse(&elf, "/x")
+        .iter()
+        .any(|p| p.purl == "pkg:golang/github.com/evanw/esbuild@(devel)"));
 }
