@@ -5,14 +5,17 @@
 #    rootless tests), slirp4netns and passt (the isolated default network of RUN steps; iproute2's
 #    `ip` builds the test network namespaces), gcc + libc6-dev (the security suite builds its
 #    attack program statically), util-linux (setpriv, flock, dmesg, nsenter), zip + unzip (the remote
-#    cache tests carry a cache directory as CI caches do); PyPI spdx-tools (pyspdxtools, the SBOM validator)
+#    cache tests carry a cache directory as CI caches do), rpm (rpmbuild + rpm: real rpm headers and
+#    databases for the SBOM's rpm cataloger), db-util (db_load: Berkeley DB Packages files as
+#    CentOS 7 has them), npm, default-jdk-headless (`jar`: the nested-jar fixtures); PyPI spdx-tools (pyspdxtools, the SBOM validator)
+#  - a Go 1.17 executable from npm (esbuild-linux-64@0.13.15, Go's pre-1.18 build info) in $W/go117
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
 # Idempotent. Prints the env vars tests read. Needs root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux flock:util-linux dmesg:util-linux cc:gcc zip:zip unzip:unzip; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux flock:util-linux dmesg:util-linux cc:gcc zip:zip unzip:unzip rpmbuild:rpm db_load:db-util npm:npm jar:default-jdk-headless; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
@@ -56,6 +59,14 @@ done
 REG=127.0.0.1:5055
 W=${RBUILD_TEST_WORK:-/tmp/rbuild-test-env}
 mkdir -p "$W"
+
+# A real executable built by Go 1.17 (pointer-format build info; oci/src/sbom/tests.rs)
+if [ ! -x "$W/go117/esbuild" ]; then
+  rm -rf "$W/go117" && mkdir -p "$W/go117"
+  (cd "$W/go117" && npm pack -q esbuild-linux-64@0.13.15 >/tmp/rbuild-npm.log 2>&1 \
+    && tar xzf esbuild-linux-64-0.13.15.tgz package/bin/esbuild && mv package/bin/esbuild . \
+    && rm -rf package esbuild-linux-64-0.13.15.tgz) || { cat /tmp/rbuild-npm.log; exit 1; }
+fi
 if ! curl -sf "http://$REG/v2/" >/dev/null; then
   cat > "$W/registry.yml" <<YML
 version: 0.1

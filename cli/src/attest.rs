@@ -484,26 +484,56 @@ fn materials(def: &Definition, git: Option<&GitSource>) -> Vec<Value> {
 
 /// The frontend's parameters as BuildKit records them (`build-arg:K`, `label:K`, `target`).
 /// Secrets never appear: only their ids exist in rbuild's inputs, and those are left out too.
-fn frontend_args(b: &BuildArgs) -> BTreeMap<String, String> {
+fn frontend_args(b: &BuildArgs, max: bool) -> BTreeMap<String, String> {
     let mut args = BTreeMap::new();
-    for a in &b.build_args {
-        let (k, v) = match a.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => match std::env::var(a) {
-                Ok(v) => (a.clone(), v),
-                Err(_) => continue,
-            },
-        };
-        args.insert(format!("build-arg:{k}"), v);
-    }
-    for l in &b.labels {
-        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-        args.insert(format!("label:{k}"), v.to_string());
+    // build args and labels only in max mode, as BuildKit (they can carry what the min
+    // statement, attached to every push by default, should not publish)
+    if max {
+        for a in &b.build_args {
+            let (k, v) = match a.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => match std::env::var(a) {
+                    Ok(v) => (a.clone(), v),
+                    Err(_) => continue,
+                },
+            };
+            args.insert(format!("build-arg:{k}"), v);
+        }
+        for l in &b.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            args.insert(format!("label:{k}"), v.to_string());
+        }
     }
     if let Some(t) = &b.target {
         args.insert("target".into(), t.clone());
     }
+    // buildx passes `--network` to the frontend as this attribute
+    if let Some(n) = b.network.as_deref().filter(|n| *n != "default") {
+        args.insert("force-network-mode".into(), n.to_string());
+    }
     args
+}
+
+/// BuildKit's `source` metadata (`mode=max`): the Dockerfile itself and the lines each step
+/// comes from, keyed by the step ids of the build definition.
+fn source_metadata(info: &BuildInfo, def: &Definition) -> Value {
+    use base64::Engine;
+    let mut locations = serde_json::Map::new();
+    for (i, n) in def.nodes.iter().enumerate() {
+        // a step from no line (the context) is an empty entry, as BuildKit writes it
+        let at = n.meta.lines.map_or(json!({}), |(a, b)| {
+            json!({"locations": [{"ranges": [{"start": {"line": a}, "end": {"line": b}}]}]})
+        });
+        locations.insert(format!("step{i}"), at);
+    }
+    json!({
+        "infos": [{
+            "filename": info.dockerfile_name,
+            "language": "Dockerfile",
+            "data": base64::engine::general_purpose::STANDARD.encode(info.dockerfile),
+        }],
+        "locations": locations,
+    })
 }
 
 /// The build definition (`mode=max`): every node of the graph with its op and inputs.
@@ -537,7 +567,7 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
         config_source["uri"] = json!(g.url);
         config_source["digest"] = json!({"sha1": g.commit});
     }
-    let args = frontend_args(info.args);
+    let args = frontend_args(info.args, p.max);
     let locals = json!([{"name": "context"}, {"name": "dockerfile"}]);
     let platform = b.platform.to_text();
     // With a source date epoch the build is meant to be reproducible: the statement is too
@@ -570,6 +600,9 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
     }
     bk_meta["source-date-epoch"] =
         json!({"value": info.epoch.value, "source": info.epoch.source.as_str()});
+    if p.max {
+        bk_meta["source"] = source_metadata(info, b.definition);
+    }
     let builder_id = p
         .builder_id
         .clone()

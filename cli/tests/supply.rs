@@ -428,9 +428,9 @@ fn pushed_sbom_and_max_provenance_read_back_and_validate() {
         })
         .collect();
     for want in [
-        "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc",
         "pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64&distro=debian-12",
-        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&epoch=1&distro=debian-12",
+        "pkg:rpm/debian/bash@5.2.15-3.fc39?arch=x86_64&distro=debian-12&epoch=1",
         "pkg:pypi/requests@2.31.0",
         "pkg:npm/%40babel/core@7.23.0",
         "pkg:golang/github.com/google/uuid@v1.6.0",
@@ -466,6 +466,27 @@ fn pushed_sbom_and_max_provenance_read_back_and_validate() {
     assert!(
         steps.iter().any(|s| s["op"]["type"] == "exec"),
         "{steps:#?}"
+    );
+    // max mode carries the Dockerfile and each step's lines as BuildKit's `source` metadata
+    // (missing before the side-by-side with BuildKit v0.25.2, docs/attestations.md)
+    let source = &pred["metadata"]["https://mobyproject.org/buildkit@v1#metadata"]["source"];
+    let info = &source["infos"][0];
+    assert_eq!(info["filename"], "Dockerfile");
+    assert_eq!(info["language"], "Dockerfile");
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(info["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, fs::read(p.path().join("Dockerfile")).unwrap());
+    let locations = source["locations"].as_object().unwrap();
+    for st in steps {
+        let id = st["id"].as_str().unwrap();
+        assert!(locations.contains_key(id), "{id} not in {locations:?}");
+    }
+    let run = steps.iter().find(|s| s["op"]["type"] == "exec").unwrap();
+    assert_eq!(
+        locations[run["id"].as_str().unwrap()]["locations"][0]["ranges"][0],
+        serde_json::json!({"start": {"line": 4}, "end": {"line": 4}})
     );
     // rbuild's own reader sees the same
     let out = p
@@ -503,8 +524,20 @@ fn default_provenance_on_push_only_and_one_attestation_per_platform() {
     require_tools(&["skopeo", "curl"]);
     let p = Project::new("FROM scratch\nCOPY a.txt /a.txt\n");
     p.file("a.txt", "a\n");
-    // no flag: min provenance on a push (buildx's default)
-    let (name, _) = push(&p, "default", &[]);
+    // no flag: min provenance on a push (buildx's default); build args and labels are not in
+    // it, the target is (as BuildKit v0.25.2: they were before the side-by-side)
+    let (name, _) = push(
+        &p,
+        "default",
+        &[
+            "--build-arg",
+            "TOKEN=not-for-min",
+            "--label",
+            "l=not-for-min",
+            "--network",
+            "none",
+        ],
+    );
     let index = skopeo_raw(&name);
     let atts = attestations("default", &index);
     assert_eq!(atts.len(), 1);
@@ -517,6 +550,16 @@ fn default_provenance_on_push_only_and_one_attestation_per_platform() {
     assert!(
         pred.get("buildConfig").is_none(),
         "min mode has no build definition"
+    );
+    assert_eq!(
+        pred["invocation"]["parameters"]["args"],
+        serde_json::json!({"force-network-mode": "none"})
+    );
+    assert!(!pred.to_string().contains("not-for-min"), "{pred}");
+    assert!(
+        pred["metadata"]["https://mobyproject.org/buildkit@v1#metadata"]
+            .get("source")
+            .is_none()
     );
     // --provenance=false: a plain manifest
     let (name, _) = push(&p, "plain", &["--provenance=false"]);

@@ -1,7 +1,10 @@
 //! Fuzzing on the stable toolchain, as a normal test with a time budget: mutated layer tars
 //! (seeds in `testdata/fuzz/layers/`) through the layer applier in its modes (overlay layer,
 //! `ADD` archive, diff_id-verified), and mutated image archives (`testdata/fuzz/archives/`)
-//! through the `rbuild load` importer. No panic, no hang (a watchdog aborts after 60 s without
+//! through the `rbuild load` importer, and mutated package databases, archives and executables
+//! (`testdata/sbom/rootfs/` and `testdata/fuzz/sbom/`: dpkg, apk, rpm sqlite/Berkeley DB/ndb,
+//! Python, npm, nested jars, Go ≥ 1.18 and pre-1.18 build info, cargo-auditable) through the
+//! SBOM scanner. No panic, no hang (a watchdog aborts after 60 s without
 //! progress), bounded memory (peak RSS checked at the end), nothing written outside the
 //! destination. `RBUILD_FUZZ_SECS` sets the budget per target (default 3 s); `RBUILD_FUZZ_SEED`
 //! the starting seed (printed, so a failure can be replayed).
@@ -266,6 +269,84 @@ fn archive_importer_survives_mutated_archives() {
     }
     progress.store(u64::MAX, Ordering::Relaxed);
     eprintln!("archive fuzz: {n} inputs, {ok} loaded, {err} refused");
+    assert!(n > 10, "the budget ran only {n} inputs");
+    assert!(peak_kib() < 1 << 20, "peak RSS {} KiB", peak_kib());
+}
+
+/// Every regular file under `root`: `(path relative to it, bytes, executable)`.
+fn tree(root: &Path) -> Vec<(String, Vec<u8>, bool)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((
+                    rel,
+                    fs::read(e.path()).unwrap(),
+                    md.permissions().mode() & 0o111 != 0,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn sbom_catalogers_survive_mutated_inputs() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
+    let extra = tree(&data.join("fuzz/sbom"));
+    let mut seeds = tree(&data.join("sbom/rootfs"));
+    seeds.extend(extra.iter().cloned());
+    let limits = rbuild_oci::sbom::Limits::default();
+    let dir = tempfile::tempdir().unwrap();
+    let put = |rel: &str, bytes: &[u8], exec: bool| {
+        let p = dir.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        let mode = if exec { 0o755 } else { 0o644 };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    // the fuzz seeds alone give packages: they are real inputs
+    for (rel, bytes, exec) in &extra {
+        let p = put(rel, bytes, *exec);
+        let s = rbuild_oci::sbom::scan_dir(dir.path(), &limits);
+        assert!(
+            !s.packages.is_empty(),
+            "seed {rel} gives no package: {:?}",
+            s.notes
+        );
+        fs::remove_file(p).unwrap();
+    }
+    let mut rng = Rng(seed() ^ 0x5B0B);
+    let progress = watchdog(Arc::new(AtomicU64::new(0)));
+    let start = Instant::now();
+    let (mut n, mut found) = (0u64, 0usize);
+    while start.elapsed() < budget() {
+        let (rel, bytes, exec) = &seeds[rng.below(seeds.len())];
+        let input = mutate(&mut rng, bytes);
+        let p = put(rel, &input, *exec);
+        let s = rbuild_oci::sbom::scan_dir(dir.path(), &limits);
+        found += s.packages.len();
+        fs::remove_file(p).unwrap();
+        n += 1;
+        progress.store(n, Ordering::Relaxed);
+    }
+    progress.store(u64::MAX, Ordering::Relaxed);
+    eprintln!("sbom fuzz: {n} inputs, {found} packages found in them");
     assert!(n > 10, "the budget ran only {n} inputs");
     assert!(peak_kib() < 1 << 20, "peak RSS {} KiB", peak_kib());
 }

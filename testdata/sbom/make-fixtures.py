@@ -34,6 +34,7 @@ def uvarint(n):
 write("etc/os-release", 'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n')
 write("var/lib/dpkg/status", """Package: libc6
 Status: install ok installed
+Source: glibc
 Architecture: amd64
 Version: 2.36-9+deb12u4
 Description: GNU C Library
@@ -45,6 +46,7 @@ Version: 1.0
 
 Package: tzdata
 Status: install ok installed
+Source: tzdata-src (2024a-0)
 Architecture: all
 Version: 2024a-0+deb12u1
 """)

@@ -1,7 +1,9 @@
 //! dpkg's database: `/var/lib/dpkg/status` (and distroless `status.d/<name>` files): RFC 822
-//! paragraphs; installed packages become `pkg:deb/<distro>/<name>@<version>?arch=<arch>`.
+//! paragraphs; installed packages become
+//! `pkg:deb/<distro>/<name>@<version>?arch=<arch>&upstream=<source>[@<source version>]` (the
+//! `Source` field, as syft writes it).
 
-use super::{purl_escape, Package};
+use super::{purl_escape, with_qualifiers, Package};
 
 /// The installed packages of a status file.
 pub(super) fn parse(text: &str, location: &str) -> Vec<Package> {
@@ -20,14 +22,21 @@ pub(super) fn parse(text: &str, location: &str) -> Vec<Package> {
             continue;
         }
         let arch = field("Architecture").unwrap_or_default();
-        let mut purl = format!(
-            "pkg:deb/debian/{}@{}",
-            purl_escape(&name),
-            purl_escape(&version)
+        // `Source: name` or `Source: name (version)` when it differs from the binary's
+        let upstream = field("Source")
+            .map(|s| match s.split_once('(') {
+                Some((n, v)) => format!("{}@{}", n.trim(), v.trim_end_matches(')').trim()),
+                None => s,
+            })
+            .unwrap_or_default();
+        let purl = with_qualifiers(
+            &format!(
+                "pkg:deb/debian/{}@{}",
+                purl_escape(&name),
+                purl_escape(&version)
+            ),
+            &[("arch", &arch), ("upstream", &upstream)],
         );
-        if !arch.is_empty() {
-            purl.push_str(&format!("?arch={}", purl_escape(&arch)));
-        }
         out.push(Package {
             ecosystem: "deb",
             name,

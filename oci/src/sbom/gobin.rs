@@ -1,12 +1,23 @@
 //! Go executables' build information: the `\xff Go buildinf:` blob (in `.go.buildinfo`, else
-//! anywhere 16-byte aligned) written by Go ≥ 1.18 with inline strings (flag bit 2): the Go
-//! version and the module list (`path`, `mod`, `dep`, `=>` replacement lines). Older binaries
-//! (pointer format) are skipped. Packages: `pkg:golang/<module>@<version>` and the standard
-//! library as `pkg:golang/stdlib@<go version>`.
+//! anywhere 16-byte aligned): the Go version and the module list (`path`, `mod`, `dep`, `=>`
+//! replacement lines). Two formats, told apart by flag 2 in byte 15 of the 32-byte
+//! header:
+//!
+//! - Go ≥ 1.18: inline strings, each a uvarint length and its bytes, right after the header;
+//! - Go 1.13–1.17: at offset 16 two pointers (byte 14 says their size, 4 or 8; flag 1 set for
+//!   big-endian) to Go string headers (data pointer, length) of `runtime.buildVersion`
+//!   and `runtime.modinfo`, resolved through the ELF program headers.
+//!
+//! Every pointer and length is checked against the file and each string is capped at
+//! [`MAX_STRING`]. Packages: `pkg:golang/<module>@<version>` and the standard library as
+//! `pkg:golang/stdlib@<go version>`.
 
 use super::{purl_escape, Package};
 
 const MAGIC: &[u8] = b"\xff Go buildinf:";
+
+/// The longest version or module string read (Go's own reader stops at the same kind of cap).
+const MAX_STRING: u64 = 1 << 20;
 
 fn uvarint(d: &[u8]) -> Option<(u64, usize)> {
     let mut v: u64 = 0;
@@ -41,20 +52,60 @@ fn find_blob(d: &[u8]) -> Option<&[u8]> {
         .map(|i| &d[i..])
 }
 
-/// The Go version and module lines of a build-info blob (inline-string format only).
+/// The Go version and module lines of a build-info blob.
 pub(super) fn build_info(d: &[u8]) -> Option<(String, String)> {
     let blob = find_blob(d)?;
     let flags = *blob.get(15)?;
-    if flags & 2 == 0 {
-        return None;
-    }
-    let (version, next) = string_at(blob, 32)?;
-    let (mut modinfo, _) = string_at(blob, next)?;
+    let (version, mut modinfo) = if flags & 2 != 0 {
+        let (version, next) = string_at(blob, 32)?;
+        let (modinfo, _) = string_at(blob, next)?;
+        (version, modinfo)
+    } else {
+        let ptr_size = usize::from(*blob.get(14)?);
+        let big_endian = flags & 1 != 0;
+        let version = pointed_string(d, blob, 16, ptr_size, big_endian)?;
+        // a binary built without modules has build info but no module text
+        let modinfo =
+            pointed_string(d, blob, 16 + ptr_size, ptr_size, big_endian).unwrap_or_default();
+        (version, modinfo)
+    };
     // the module text is framed by 16-byte sentinels
     if modinfo.len() >= 33 && modinfo.as_bytes().get(modinfo.len() - 17) == Some(&b'\n') {
         modinfo = String::from_utf8_lossy(&modinfo.as_bytes()[16..modinfo.len() - 16]).into_owned();
     }
     Some((version, modinfo))
+}
+
+/// An unsigned integer of `size` (4 or 8) bytes.
+fn word(b: &[u8], size: usize, big_endian: bool) -> Option<u64> {
+    let b = b.get(..size)?;
+    Some(match (size, big_endian) {
+        (4, false) => u64::from(u32::from_le_bytes(b.try_into().ok()?)),
+        (4, true) => u64::from(u32::from_be_bytes(b.try_into().ok()?)),
+        (8, false) => u64::from_le_bytes(b.try_into().ok()?),
+        (8, true) => u64::from_be_bytes(b.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+/// The Go string whose header's address is stored at `blob[at..]` (pre-1.18 format).
+fn pointed_string(
+    elf: &[u8],
+    blob: &[u8],
+    at: usize,
+    ptr_size: usize,
+    big_endian: bool,
+) -> Option<String> {
+    let header_addr = word(blob.get(at..)?, ptr_size, big_endian)?;
+    let size = u64::try_from(ptr_size).ok()?;
+    let header = super::elf::at_vaddr(elf, header_addr, size.checked_mul(2)?)?;
+    let data_addr = word(header, ptr_size, big_endian)?;
+    let len = word(header.get(ptr_size..)?, ptr_size, big_endian)?;
+    if len > MAX_STRING {
+        return None;
+    }
+    let bytes = super::elf::at_vaddr(elf, data_addr, len)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// The Go modules of an executable.

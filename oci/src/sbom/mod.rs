@@ -3,10 +3,11 @@
 //! parsed, and the packages found become an SPDX 2.3 JSON document ([`spdx_document`]).
 //!
 //! Catalogers (one module each): `dpkg` (`var/lib/dpkg/status`, `status.d/*`), `apk`
-//! (`lib/apk/db/installed`), `rpm` (`rpmdb.sqlite`), `python` (`*.dist-info/METADATA`,
+//! (`lib/apk/db/installed`), `rpm` (`rpmdb.sqlite`,
+//! Berkeley DB `Packages`, ndb `Packages.db`), `python` (`*.dist-info/METADATA`,
 //! `*.egg-info/PKG-INFO`), `npm` (`node_modules/**/package.json`, `package-lock.json`), `gobin`
 //! (Go build info in executables), `rust` (cargo-auditable `.dep-v0` sections), `java` (jar
-//! manifests and `pom.properties`). Purls follow syft's conventions.
+//! manifests and `pom.properties`, nested archives, zip64). Purls follow syft's conventions.
 //!
 //! Every input is hostile: reads are bounded per file ([`Limits`]), entries and packages are
 //! counted, parsers never panic and skip what they do not understand, and what was skipped for
@@ -38,7 +39,7 @@ use crate::OciError;
 pub struct Limits {
     /// Largest package database or metadata file read (bytes).
     pub max_file: u64,
-    /// Largest executable or archive read (bytes).
+    /// Largest executable, archive or rpm database read (bytes).
     pub max_binary: u64,
     /// Most filesystem entries looked at (all layers together).
     pub max_entries: u64,
@@ -98,7 +99,6 @@ struct Walk<'a> {
     removed: HashSet<String>,
     opaque: HashSet<String>,
     scan: Scan,
-    rpm_dbs: Vec<(String, Vec<u8>)>,
     os_release: Option<String>,
 }
 
@@ -118,12 +118,20 @@ enum Kind {
     Executable,
 }
 
+/// Where rpm keeps its database (the places syft looks).
+fn rpm_db(path: &str) -> bool {
+    ["var/lib/rpm/", "usr/lib/sysimage/rpm/", "usr/share/rpm/"]
+        .iter()
+        .filter_map(|d| path.strip_prefix(d))
+        .any(|f| matches!(f, "rpmdb.sqlite" | "Packages" | "Packages.db"))
+}
+
 fn classify(path: &str, executable: bool) -> Option<Kind> {
     let name = path.rsplit('/').next().unwrap_or(path);
     Some(match path {
         "var/lib/dpkg/status" => Kind::Dpkg,
         "lib/apk/db/installed" => Kind::Apk,
-        "var/lib/rpm/rpmdb.sqlite" | "usr/lib/sysimage/rpm/rpmdb.sqlite" => Kind::Rpm,
+        _ if rpm_db(path) => Kind::Rpm,
         "etc/os-release" | "usr/lib/os-release" => Kind::OsRelease,
         _ if path.starts_with("var/lib/dpkg/status.d/") && !name.contains('.') => Kind::DpkgStatusD,
         _ if path.ends_with(".dist-info/METADATA")
@@ -183,7 +191,7 @@ impl Walk<'_> {
             return;
         };
         let limit = match kind {
-            Kind::Executable | Kind::Jar => self.limits.max_binary,
+            Kind::Executable | Kind::Jar | Kind::Rpm => self.limits.max_binary,
             _ => self.limits.max_file,
         };
         if size > limit {
@@ -211,10 +219,13 @@ impl Walk<'_> {
                 dpkg::parse(&String::from_utf8_lossy(&buf), &location)
             }
             Kind::Apk => apk::parse(&String::from_utf8_lossy(&buf), &location),
-            Kind::Rpm => {
-                self.rpm_dbs.push((location, buf));
-                Vec::new()
-            }
+            Kind::Rpm => match rpm::parse_db(&buf, &location) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.note(format!("{location}: {e}"));
+                    Vec::new()
+                }
+            },
             Kind::OsRelease => {
                 if self.os_release.is_none() {
                     self.os_release = Some(String::from_utf8_lossy(&buf).into_owned());
@@ -224,7 +235,14 @@ impl Walk<'_> {
             Kind::PythonMeta => python::parse(&String::from_utf8_lossy(&buf), &location),
             Kind::NpmPackage => npm::parse_package(&buf, &location),
             Kind::NpmLock => npm::parse_lock(&buf, &location),
-            Kind::Jar => java::parse_jar(&buf, &location, self.limits.max_file),
+            Kind::Jar => {
+                let mut budget = java::Budget::new(self.limits.max_file, self.limits.max_binary);
+                let found = java::parse_jar(&buf, &location, &mut budget);
+                for n in budget.notes {
+                    self.note(n);
+                }
+                found
+            }
             Kind::Executable => {
                 let mut v = gobin::parse(&buf, &location);
                 v.extend(rust::parse(&buf, &location, self.limits.max_file));
@@ -309,20 +327,13 @@ impl Walk<'_> {
     }
 
     fn finish(mut self) -> Scan {
-        for (location, db) in std::mem::take(&mut self.rpm_dbs) {
-            match rpm::parse_sqlite(&db, &location) {
-                Ok(v) => self.scan.packages.extend(v),
-                Err(e) => self.note(format!("{location}: {e}")),
-            }
-        }
         let distro = self.os_release.as_deref().map(os_release);
         if let Some((id, version)) = &distro {
             for p in self.scan.packages.iter_mut() {
                 if matches!(p.ecosystem, "deb" | "apk" | "rpm") {
                     p.purl = p.purl.replace("pkg:deb/debian/", &format!("pkg:deb/{id}/"));
                     p.purl = p.purl.replace("pkg:rpm/redhat/", &format!("pkg:rpm/{id}/"));
-                    let sep = if p.purl.contains('?') { '&' } else { '?' };
-                    p.purl = format!("{}{sep}distro={id}-{version}", p.purl);
+                    p.purl = with_qualifiers(&p.purl, &[("distro", &format!("{id}-{version}"))]);
                 }
             }
         }
@@ -430,7 +441,6 @@ fn new_walk(limits: &Limits) -> Walk<'_> {
         removed: HashSet::new(),
         opaque: HashSet::new(),
         scan: Scan::default(),
-        rpm_dbs: Vec::new(),
         os_release: None,
     }
 }
@@ -528,17 +538,43 @@ pub fn scan_dir(dir: &Path, limits: &Limits) -> Scan {
     w.finish()
 }
 
-/// Percent-encode a purl component (name or version segment) as syft does.
+/// Percent-encode a purl component (name, version segment or qualifier value) as syft
+/// writes it: letters, digits, `-._~` and `:()` stay, everything else (`+`, `@`, `/`, spaces,
+/// non-ASCII bytes…) becomes `%XX`. Checked against syft 1.18.1's purls for the same image
+/// (docs/attestations.md, "Side by side with BuildKit").
 pub(crate) fn purl_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~+".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~:()".contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
     out
+}
+
+/// `purl` with the qualifiers `extra` (values not yet escaped; empty ones left out) added to
+/// those it has, all sorted by key: the purl spec's canonical form, which syft writes.
+pub(crate) fn with_qualifiers(purl: &str, extra: &[(&str, &str)]) -> String {
+    let (base, query) = purl.split_once('?').unwrap_or((purl, ""));
+    let mut q: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    q.extend(
+        extra
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), purl_escape(v))),
+    );
+    if q.is_empty() {
+        return base.to_string();
+    }
+    q.sort();
+    let q: Vec<String> = q.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{base}?{}", q.join("&"))
 }
 
 /// Keep an SPDX id to its allowed characters (`[A-Za-z0-9.-]`).
