@@ -7,7 +7,7 @@
 #    attack program statically), util-linux (setpriv, flock, dmesg, nsenter), zip + unzip (the remote
 #    cache tests carry a cache directory as CI caches do), rpm (rpmbuild + rpm: real rpm headers and
 #    databases for the SBOM's rpm cataloger), db-util (db_load: Berkeley DB Packages files as
-#    CentOS 7 has them), npm, default-jdk-headless (`jar`: the nested-jar fixtures); PyPI spdx-tools (pyspdxtools, the SBOM validator)
+#    CentOS 7 has them), default-jdk-headless (`jar`: the nested-jar fixtures); PyPI spdx-tools (pyspdxtools, the SBOM validator)
 #  - a Go 1.17 executable from npm (esbuild-linux-64@0.13.15, Go's pre-1.18 build info) in $W/go117
 #  - a plain-HTTP registry on 127.0.0.1:5055, seeded with library/busybox:latest (and :musl-free
 #    alias busybox:1) built from Debian's busybox-static by umoci, pushed by skopeo
@@ -15,7 +15,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux flock:util-linux dmesg:util-linux cc:gcc zip:zip unzip:unzip rpmbuild:rpm db_load:db-util npm:npm jar:default-jdk-headless; do
+for p in docker-registry:docker-registry busybox:busybox-static skopeo:skopeo umoci:umoci runc:runc jq:jq curl:curl git:git script:bsdutils htpasswd:apache2-utils openssl:openssl newuidmap:uidmap setpriv:util-linux slirp4netns:slirp4netns pasta:passt ip:iproute2 nsenter:util-linux flock:util-linux dmesg:util-linux cc:gcc zip:zip unzip:unzip rpmbuild:rpm db_load:db-util jar:default-jdk-headless; do
   command -v "${p%%:*}" >/dev/null 2>&1 || need+=("${p#*:}")
 done
 # busybox from busybox-static must be a static binary (the dynamic one won't run in a rootfs)
@@ -63,9 +63,12 @@ mkdir -p "$W"
 # A real executable built by Go 1.17 (pointer-format build info; oci/src/sbom/tests.rs)
 if [ ! -x "$W/go117/esbuild" ]; then
   rm -rf "$W/go117" && mkdir -p "$W/go117"
-  (cd "$W/go117" && npm pack -q esbuild-linux-64@0.13.15 >/tmp/rbuild-npm.log 2>&1 \
-    && tar xzf esbuild-linux-64-0.13.15.tgz package/bin/esbuild && mv package/bin/esbuild . \
-    && rm -rf package esbuild-linux-64-0.13.15.tgz) || { cat /tmp/rbuild-npm.log; exit 1; }
+  # the npm registry's tarball, pinned by its sha256
+  (cd "$W/go117" && curl -sfL -o esb.tgz \
+      https://registry.npmjs.org/esbuild-linux-64/-/esbuild-linux-64-0.13.15.tgz \
+    && echo "4441c72e5a251f9d7c83fc1949f74c46d92ddeff8ca67eb7f3050dc6401e9f03  esb.tgz" | sha256sum -c --quiet \
+    && tar xzf esb.tgz package/bin/esbuild && mv package/bin/esbuild . \
+    && rm -rf package esb.tgz) || { echo "setup: fetching esbuild-linux-64@0.13.15 from npm failed" >&2; exit 1; }
 fi
 if ! curl -sf "http://$REG/v2/" >/dev/null; then
   cat > "$W/registry.yml" <<YML
