@@ -1090,3 +1090,35 @@ fn export_failure_exits_1_unless_ignore_error_and_never_writes_through_symlinks(
         "{\"victim\":true}\n"
     );
 }
+
+/// The usual CI job: import and export the same cache. A fully cached job on an empty store
+/// writes back the very same cache (same manifest, same blobs) and unpacks only the layers of
+/// its own result — never the builder stage's, which it re-exports as the blobs it imported.
+#[test]
+fn a_cached_job_that_imports_and_exports_one_cache_rewrites_it_unchanged() {
+    require();
+    let e = Env::new(
+        "FROM busybox AS builder\nCOPY a.txt /a.txt\nRUN cat /a.txt > /built && echo \"$RANDOM$RANDOM\" >> /built\n\
+FROM busybox\nCOPY --from=builder /built /built\n",
+    );
+    e.file("a.txt", "ci\n");
+    let dir = e.path("cache");
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    e.built(&e.store("a"), &["--cache-to", &to]);
+    let (_, m1) = layout_referenced(&dir, "latest");
+    let blobs1 = layout_blobs(&dir);
+    let from = format!("type=local,src={}", dir.display());
+    let store_b = e.store("b");
+    let (b, _) = e.built(&store_b, &["--cache-from", &from, "--cache-to", &to]);
+    assert!(
+        b.ran_matching("] RUN ").is_empty(),
+        "{}",
+        b.lines.join("\n")
+    );
+    let (_, m2) = layout_referenced(&dir, "latest");
+    assert_eq!(m1, m2, "the rewritten cache manifest differs");
+    assert_eq!(blobs1, layout_blobs(&dir));
+    // B unpacked the final image's layers (busybox and the copied file), nothing of the builder.
+    let snapshots = fs::read_dir(store_b.join("snapshots-v1")).unwrap().count();
+    assert_eq!(snapshots, 2, "snapshots in store B");
+}

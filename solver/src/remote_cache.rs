@@ -211,9 +211,43 @@ impl Solver {
         }
         let _lock = self.key_lock(key)?;
         if self.lookup_local(key)?.is_none() {
-            self.record(key, &out)?;
+            match self.lookup_remote(key)? {
+                Some((_, imported)) => self.record_as(key, &out, imported.build, imported.time)?,
+                None => self.record(key, &out)?,
+            }
         }
         Ok(out)
+    }
+
+    /// Fetch the blobs of the lazy layers of `chain` into the content store (digest and size
+    /// verified), without unpacking them: what an export of an imported record needs.
+    fn fetch_lazy_blobs(&self, chain: &Chain, progress: &dyn Progress) -> Result<(), SolveError> {
+        for l in chain.iter().filter(|l| is_lazy(l)) {
+            let source = self
+                .remote
+                .lazy
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&l.diff_id).copied());
+            let Some((i, index)) = source else {
+                return Err(SolveError::BadRecord {
+                    key: l.diff_id.clone(),
+                    message: "a layer of an imported cache record has no source".into(),
+                });
+            };
+            let imp = &self.cfg.cache_imports[i];
+            let transfers = crate::VertexTransfers {
+                vertex: 0,
+                progress,
+            };
+            imp.fetch_layer(&self.cfg.registry, &self.cfg.store, index, &transfers)
+                .map_err(|e| SolveError::Step {
+                    step: format!("importing cache from {}", imp.origin),
+                    message: e.to_string(),
+                    lines: None,
+                })?;
+        }
+        Ok(())
     }
 
     /// Fetch, verify and unpack one lazy layer.
@@ -389,12 +423,19 @@ impl Solver {
         let mut infos: Vec<CacheLayerInfo> = Vec::new();
         let mut by_blob: HashMap<String, usize> = HashMap::new();
         let mut records = Vec::new();
+        // One entry per layer: by diff id (an imported layer may be here both as the blob it
+        // was imported as and as the tar it was unpacked to), else by blob.
         let mut add_layer = |blob: Descriptor, diff_id: String| -> usize {
-            if let Some(&i) = by_blob.get(&blob.digest) {
+            let id = if diff_id.is_empty() {
+                blob.digest.clone()
+            } else {
+                diff_id.clone()
+            };
+            if let Some(&i) = by_blob.get(&id) {
                 return i;
             }
             let i = layers.len();
-            by_blob.insert(blob.digest.clone(), i);
+            by_blob.insert(id, i);
             infos.push(CacheLayerInfo {
                 diff_id: diff_id.clone(),
             });
@@ -410,9 +451,14 @@ impl Solver {
             if !kept {
                 continue;
             }
-            let local = self.ensure_local(key, chain, 0, progress)?;
-            let full = materialize_layers(&self.cfg.store, &local, epoch)?;
-            let rec = self.lookup_local(key)?;
+            // An imported layer nothing here unpacked is exported as the blob it was imported
+            // as: fetched (verified) into the content store, never unpacked.
+            self.fetch_lazy_blobs(chain, progress)?;
+            let full = materialize_layers(&self.cfg.store, chain, epoch)?;
+            let rec = match self.lookup_local(key)? {
+                Some(r) => Some(r),
+                None => self.lookup_remote(key)?.map(|(_, r)| r),
+            };
             let chain_links = full
                 .iter()
                 .map(|l| ChainLink {

@@ -43,10 +43,27 @@ impl Solver {
 
     /// Record `chain` as the result of `key`, made by this build now.
     pub(crate) fn record(&self, key: &str, chain: &Chain) -> Result<(), SolveError> {
+        self.record_as(
+            key,
+            chain,
+            Some(self.cfg.cache.build_id.clone()),
+            Some(crate::ops::now_secs()),
+        )
+    }
+
+    /// Record `chain` as the result of `key`, made by `build` at `time` (an imported result
+    /// keeps the build that made it).
+    pub(crate) fn record_as(
+        &self,
+        key: &str,
+        chain: &Chain,
+        build: Option<String>,
+        time: Option<i64>,
+    ) -> Result<(), SolveError> {
         let json = serde_json::to_string(&Record {
             chain: chain.clone(),
-            build: Some(self.cfg.cache.build_id.clone()),
-            time: Some(crate::ops::now_secs()),
+            build,
+            time,
         })
         .map_err(|e| SolveError::BadRecord {
             key: key.to_string(),
