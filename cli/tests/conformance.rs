@@ -854,3 +854,44 @@ fn a_mounted_symlink_is_hashed_inside_the_stage_never_on_the_host() {
     );
     assert_eq!(fs::read(host.path().join("x")).unwrap(), b"host2\n");
 }
+
+/// BuildKit v0.25 keys `COPY --from=stage` by the content of what it copies (`FileOp.CacheMap`:
+/// a content hash per copy source), so a stage rebuilt with the same files under the copied
+/// paths keeps the copy and later steps cached (checked on the v0.25.2 daemon: a plain, a
+/// wildcard copy and the RUN after them were CACHED). A stage's files keep their owners when
+/// copied, so an owner change reruns the copy.
+#[test]
+fn a_copy_from_a_stage_is_keyed_by_the_copied_content_and_owners() {
+    require_env();
+    let ctx = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let p = ctx.path();
+    fs::create_dir_all(p.join("p")).unwrap();
+    fs::write(p.join("p/x"), "x1\n").unwrap();
+    fs::write(p.join("y"), "y1\n").unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox AS a\nARG OWN=0\nCOPY p /src/p\nRUN chown $OWN /src/p/x\nCOPY y /src/y\n\
+         FROM busybox\nCOPY --from=a /src/p /x\nCOPY --from=a /src/p/* /star/\n\
+         RUN cat /proc/sys/kernel/random/uuid > /u\n",
+    )
+    .unwrap();
+    let u = |tag: &str| image_fs(store.path(), tag).0["/u"].data.clone();
+    rbuild(p, store.path(), &["build", "-t", "k1"]);
+    fs::write(p.join("y"), "y2\n").unwrap();
+    let out = rbuild(p, store.path(), &["build", "-t", "k2"]);
+    assert_eq!(u("k1"), u("k2"), "only an uncopied file changed:\n{out}");
+    rbuild(
+        p,
+        store.path(),
+        &["build", "-t", "k3", "--build-arg", "OWN=7"],
+    );
+    let (k3, _) = image_fs(store.path(), "k3");
+    assert_eq!(k3["/x/x"].uid, 7);
+    assert_ne!(u("k2"), u("k3"), "the copied file's owner changed");
+    fs::write(p.join("p/x"), "x2\n").unwrap();
+    rbuild(p, store.path(), &["build", "-t", "k4"]);
+    let (k4, _) = image_fs(store.path(), "k4");
+    assert_eq!(k4["/star/x"].data, b"x2\n");
+    assert_ne!(u("k1"), u("k4"), "the copied file changed");
+}

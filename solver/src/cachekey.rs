@@ -11,17 +11,18 @@
 //! | scratch | the constant `scratch` | — |
 //! | local source | not keyed: read only through selectors of the ops that use it | session, mtimes |
 //! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts, platform), each input's key; a second key (below) for inputs read only through bind/cache mounts | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
-//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files, files `COPY --exclude` leaves out (`ops::inputs::without_excluded`) |
+//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key, and a second key (below) by the copied content | mtimes, unrelated context files, `.dockerignore`d files, files `COPY --exclude` leaves out (`ops::inputs::without_excluded`) |
 //! | merge | each input's key, in order | — |
 //! | http (`ADD <url>`) | pinned `--checksum` + file name, else the body's sha256 + file name + `Last-Modified` (see [`crate::ops::http`]) | the URL text |
 //! | git (`ADD <git url>`) | the commit the ref resolves to + `keep_git_dir` | the remote URL, the ref name |
 //!
 //! **Second keys** (BuildKit's content-based "slow" cache keys, `ExecOp.CacheMap`'s
-//! `ComputeDigestFunc`): an exec step that reads another step's result only through bind or
-//! cache mounts (`RUN --mount=type=bind,from=stage,source=P`, `rw` too: a mount is never an
-//! output) is also keyed by the content of the mounted selections
+//! `ComputeDigestFunc`): a step that reads another step's result only as a copy source
+//! (`COPY --from=stage P`) or through bind or cache mounts (`RUN --mount=type=bind,from=stage,
+//! source=P`, `rw` too: a mount is never an output) is also keyed by the content of the
+//! selections it reads, and every input key by its alias (that step's own second key)
 //! ([`InputPart::Selected`]: [`rbuild_cache::context::checksum_tree`], owners included), so
-//! a stage rebuilt with the same files under `P` keeps the step cached. Planning runs and
+//! a stage rebuilt with the same files under `P` keeps the step, and those after it, cached. Planning runs and
 //! downloads nothing, so that key cannot be known then: the step is planned by its first key
 //! (the inputs' keys); on a miss, once its inputs are built, the second key is computed and
 //! looked up before the step runs, and a run records both ([`crate::ops::inputs`]).

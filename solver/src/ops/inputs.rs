@@ -2,10 +2,11 @@
 //! key or, for a local directory, the content checksums of exactly the paths the op selects
 //! from it; and the [`StepRecord`] that explains the key.
 //!
-//! An exec step that reads another step's result only through bind or cache mounts also has
-//! a second key, by the content of the mounted selections (BuildKit v0.25's content-based
-//! cache keys of `ExecOp` mounts: read-only, `rw` (never an output) or the whole result,
-//! never the root mount). It needs that result's files, and planning reads keys only, so it
+//! Every exec and file step also has a second key: its input keys replaced by their aliases,
+//! and an input read only as a copy source or through bind or cache mounts by the content of
+//! the selections read there (BuildKit v0.25's content-based cache keys of `FileOp` copy
+//! sources and `ExecOp` mounts: read-only, `rw` (never an output) or the whole result, never
+//! the root mount or the copy destination). It needs that result's files, and planning reads keys only, so it
 //! is used in the step's work: once the inputs are built, the second key is looked up (under
 //! its key lock) before the step runs, and a run records it. A hit there skips the run; the
 //! scheduler records the first key for the same result. So rebuilding a stage whose mounted
@@ -217,43 +218,88 @@ pub(crate) fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// Per input read from another step's result only through bind or cache mounts, the
-/// selections those mounts read (as BuildKit's `dedupePaths`: sorted, a path below another
-/// selected path dropped, `/` the whole result). Inputs of the root mount, local directories
-/// and inputs of other ops are not listed.
-fn mounted_selections(op: &Op, inputs: &[Input]) -> Vec<(usize, Vec<String>)> {
-    let Op::Exec(e) = op else {
-        return Vec::new();
-    };
-    let mut out: Vec<(usize, Vec<String>)> = Vec::new();
+/// Per input read from another step's result only as a copy source or through bind or cache
+/// mounts, the selections read there (BuildKit v0.25's content-based keys of `FileOp` copy
+/// sources and `ExecOp` mounts). Mount paths are deduplicated as BuildKit's `dedupePaths`
+/// (a path below another selected one dropped, `/` the whole result). The root mount's or
+/// copy destination's input, local directories and other kinds of use are not listed.
+fn mounted_selections(op: &Op, inputs: &[Input]) -> Vec<(usize, Vec<Selector>)> {
+    let mut out: Vec<(usize, Vec<Selector>)> = Vec::new();
     let mut excluded: Vec<usize> = Vec::new();
-    for (n, m) in e.mounts.iter().enumerate() {
-        let Some(i) = m.input else { continue };
-        let source = match &m.kind {
-            MountKind::Bind { source, .. } if !(n == 0 && m.target == "/") => source,
-            MountKind::Cache { source, .. } => source,
-            _ => {
-                excluded.push(i);
-                continue;
-            }
-        };
+    let mut add = |i: usize, sel: Selector| {
         if !matches!(inputs.get(i).map(|x| &x.value), Some(Value::Chain(_))) {
-            continue;
+            return;
         }
-        let path = format!("/{}", source.trim_matches('/'));
         match out.iter_mut().find(|(j, _)| *j == i) {
-            Some((_, paths)) => paths.push(path),
-            None => out.push((i, vec![path])),
+            Some((_, sels)) => sels.push(sel),
+            None => out.push((i, vec![sel])),
         }
+    };
+    match op {
+        Op::Exec(e) => {
+            for (n, m) in e.mounts.iter().enumerate() {
+                let Some(i) = m.input else { continue };
+                let source = match &m.kind {
+                    MountKind::Bind { source, .. } if !(n == 0 && m.target == "/") => source,
+                    MountKind::Cache { source, .. } => source,
+                    _ => {
+                        excluded.push(i);
+                        continue;
+                    }
+                };
+                add(
+                    i,
+                    Selector {
+                        path: format!("/{}", source.trim_matches('/')),
+                        follow_symlinks: true,
+                        allow_wildcard: false,
+                    },
+                );
+            }
+        }
+        Op::File(f) => {
+            excluded.extend(f.dest_input);
+            for a in &f.actions {
+                if let FileAction::Copy(c) = a {
+                    // As the copy reads it: the part before a `--parents` pivot whole.
+                    let path = match c.src.split_once("/./") {
+                        Some((before, _)) if c.parents => before.to_string(),
+                        _ => c.src.clone(),
+                    };
+                    let allow_wildcard = c.allow_wildcard && has_glob(&path);
+                    add(
+                        c.src_input,
+                        Selector {
+                            path,
+                            follow_symlinks: c.follow_symlinks,
+                            allow_wildcard,
+                        },
+                    );
+                }
+            }
+        }
+        _ => {}
     }
     out.retain(|(i, _)| !excluded.contains(i));
-    for (_, paths) in &mut out {
-        paths.sort();
-        paths.dedup();
-        let all = paths.clone();
-        paths.retain(|p| {
-            !all.iter()
-                .any(|q| q != p && (q == "/" || p.starts_with(&format!("{q}/"))))
+    for (_, sels) in &mut out {
+        sels.sort_by(|a, b| {
+            (&a.path, a.follow_symlinks, a.allow_wildcard).cmp(&(
+                &b.path,
+                b.follow_symlinks,
+                b.allow_wildcard,
+            ))
+        });
+        sels.dedup();
+        let plain: Vec<String> = sels
+            .iter()
+            .filter(|s| !s.allow_wildcard)
+            .map(|s| s.path.clone())
+            .collect();
+        sels.retain(|s| {
+            s.allow_wildcard
+                || !plain
+                    .iter()
+                    .any(|q| *q != s.path && (q == "/" || s.path.starts_with(&format!("{q}/"))))
         });
     }
     out
@@ -272,7 +318,7 @@ fn second_keyed<'a>(
     cx: Cx<'a>,
     first: String,
     parts: Vec<InputPart>,
-    mounted: Vec<(usize, Vec<String>)>,
+    mounted: Vec<(usize, Vec<Selector>)>,
     ignore_cache: bool,
     work: Work<'a>,
 ) -> Work<'a> {
@@ -287,14 +333,14 @@ fn second_keyed<'a>(
                 }
             }
         }
-        for (i, paths) in &mounted {
+        for (i, sels) in &mounted {
             let (Some(Value::Chain(chain)), Some(slot)) =
                 (inputs.get(*i).map(|x| &x.value), second.get_mut(*i))
             else {
                 continue;
             };
             // A selection that is not there keeps the input's key (the mount reports it).
-            if let Some(sums) = solver.selection_digests(chain, paths)? {
+            if let Some(sums) = solver.selection_digests(chain, sels)? {
                 *slot = InputPart::Selected(sums);
             }
         }
@@ -323,24 +369,26 @@ fn second_keyed<'a>(
 }
 
 impl Solver {
-    /// Content checksums of `paths` (symlinks followed, as a mount's source is) in the merged
-    /// view of `chain`: an overlay mounted read-only in a private mount namespace, or in copy
-    /// mode a materialized copy. `None` when a path is not there.
+    /// Content checksums of what `sels` select in the merged view of `chain`: an overlay
+    /// mounted read-only in a private mount namespace, or in copy mode a materialized copy.
+    /// `None` when a selection matches nothing.
     fn selection_digests(
         &self,
         chain: &Chain,
-        paths: &[String],
+        sels: &[Selector],
     ) -> Result<Option<Vec<(String, String)>>, SolveError> {
         let sum_all = |root: &Path| -> Result<Option<Vec<(String, String)>>, SolveError> {
-            let mut sums = Vec::with_capacity(paths.len());
-            for p in paths {
-                let sel = Selector {
-                    path: p.clone(),
-                    follow_symlinks: true,
-                    allow_wildcard: false,
-                };
-                match checksum_tree(root, &sel) {
-                    Ok(c) => sums.push((p.clone(), c.digest)),
+            let mut sums = Vec::with_capacity(sels.len());
+            for sel in sels {
+                // The flags are part of what is read: they label the digest.
+                let label = format!(
+                    "{}{}{}",
+                    sel.path,
+                    if sel.follow_symlinks { " follow" } else { "" },
+                    if sel.allow_wildcard { " wildcard" } else { "" }
+                );
+                match checksum_tree(root, sel) {
+                    Ok(c) => sums.push((label, c.digest)),
                     Err(rbuild_cache::CacheError::NotFound { .. }) => return Ok(None),
                     Err(e) => return Err(e.into()),
                 }
