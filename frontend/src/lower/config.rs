@@ -478,7 +478,15 @@ impl Lowerer<'_> {
                 }
                 out
             }
-            None => self.expand_words(&inst.args, &*vars, line)?,
+            // Each word is expanded as one word (BuildKit's VolumeCommand.Expand):
+            // `ARG V="/a /b"` + `VOLUME $V` is the one volume "/a /b".
+            None => {
+                let mut out = Vec::new();
+                for w in raw_words(&inst.args, self.escape) {
+                    out.push(self.expand(&w, &*vars, line)?);
+                }
+                out
+            }
         };
         if vols.is_empty() || vols.iter().any(|v| v.trim().is_empty()) {
             return Err(step.err("VOLUME specified can not be an empty string"));

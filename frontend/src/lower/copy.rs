@@ -185,24 +185,28 @@ impl Lowerer<'_> {
                     {
                         out.push(format!("\u{0}{w}"));
                     } else {
-                        out.extend(self.expand_words(&w, &*vars, line)?);
+                        out.push(self.expand(&w, &*vars, line)?);
                     }
                 }
                 out
             }
             None => {
-                let mut out = self.expand_words(&inst.args, &*vars, line)?;
-                // A destination that expands to nothing means the working directory
-                // (BuildKit expands the destination as one word).
-                let raw = raw_words(&inst.args, self.escape);
-                if let [.., last] = raw.as_slice() {
-                    if raw.len() >= 2 && self.expand(last, &*vars, line)?.is_empty() {
-                        out.push(".".to_string());
-                    }
+                // Each word is expanded as one word, never split again (BuildKit's
+                // SourcesAndDest.Expand): `ARG F="a b"` + `COPY $F /d/` copies the file "a b".
+                let mut out = Vec::new();
+                for w in raw_words(&inst.args, self.escape) {
+                    out.push(self.expand(&w, &*vars, line)?);
                 }
                 out
             }
         };
+        // A destination that expands to nothing means the working directory.
+        let mut words = words;
+        if let [_, .., last] = words.as_mut_slice() {
+            if last.is_empty() {
+                *last = ".".to_string();
+            }
+        }
         let Some((dest, srcs)) = words.split_last() else {
             return Err(step.err(format!("{kw} requires at least two arguments")));
         };
