@@ -599,11 +599,9 @@ pub(crate) fn build(
         .unwrap_or_else(|| "default".to_string());
     lw.global.set("TARGETSTAGE", target_name);
 
-    // Dependencies and reachability.
-    let mut deps: Vec<BTreeSet<usize>> = Vec::new();
-    for idx in 0..stages.len() {
-        deps.push(lw.stage_deps(idx, &stages)?);
-    }
+    // Reachability: only the stages the target needs are read for their references, so a
+    // bad reference (a stage used before it is defined) in a stage nobody needs is no error
+    // (BuildKit v0.25 builds such a Dockerfile).
     let mut reachable = vec![false; stages.len()];
     let mut stack = vec![target];
     while let Some(s) = stack.pop() {
@@ -611,9 +609,7 @@ pub(crate) fn build(
             Some(r) if !*r => *r = true,
             _ => continue,
         }
-        if let Some(d) = deps.get(s) {
-            stack.extend(d.iter().copied());
-        }
+        stack.extend(lw.stage_deps(s, &stages)?);
     }
 
     // Declared names (for the unused build-arg warning).
