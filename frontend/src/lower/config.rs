@@ -482,7 +482,7 @@ impl Lowerer<'_> {
             // `ARG V="/a /b"` + `VOLUME $V` is the one volume "/a /b".
             None => {
                 let mut out = Vec::new();
-                for w in raw_words(&inst.args, self.escape) {
+                for w in whitespace_words(&inst.args) {
                     out.push(self.expand(&w, &*vars, line)?);
                 }
                 out

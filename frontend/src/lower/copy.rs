@@ -179,7 +179,7 @@ impl Lowerer<'_> {
             None if !inst.heredocs.is_empty() => {
                 // Heredoc markers must not be expanded; other words are.
                 let mut out = Vec::new();
-                for w in raw_words(&inst.args, self.escape) {
+                for w in whitespace_words(&inst.args) {
                     if w.trim_start_matches(|c: char| c.is_ascii_digit())
                         .starts_with("<<")
                     {
@@ -194,7 +194,7 @@ impl Lowerer<'_> {
                 // Each word is expanded as one word, never split again (BuildKit's
                 // SourcesAndDest.Expand): `ARG F="a b"` + `COPY $F /d/` copies the file "a b".
                 let mut out = Vec::new();
-                for w in raw_words(&inst.args, self.escape) {
+                for w in whitespace_words(&inst.args) {
                     out.push(self.expand(&w, &*vars, line)?);
                 }
                 out

@@ -59,6 +59,16 @@ pub(crate) fn flag_bool(
 }
 
 /// Split text into raw words on unquoted whitespace, keeping quotes and escapes.
+/// The words of a COPY/ADD/VOLUME in shell form as BuildKit's parser splits them
+/// (parseStringsWhitespaceDelimited): at every run of spaces and tabs, quotes and escapes not
+/// considered; each word is then expanded on its own.
+pub(crate) fn whitespace_words(s: &str) -> Vec<String> {
+    s.split(|c: char| matches!(c, ' ' | '\t' | '\u{b}' | '\u{c}' | '\r'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub(crate) fn raw_words(s: &str, escape: char) -> Vec<String> {
     let mut words = Vec::new();
     let mut cur = String::new();
