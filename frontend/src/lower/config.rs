@@ -363,6 +363,8 @@ impl Lowerer<'_> {
             // An empty list is omitted from the config, as BuildKit's JSON (omitempty).
             st.config.config.cmd = Some(argv).filter(|a| !a.is_empty());
             st.cmd_set = true;
+            // Every CMD sets it (BuildKit's dispatchCmd, for the Docker image spec).
+            st.config.config.args_escaped = true;
         } else {
             st.config.config.entrypoint = Some(argv).filter(|a| !a.is_empty());
             if !st.cmd_set {
