@@ -295,6 +295,7 @@ impl Lowerer<'_> {
         drop(vars);
         let mut msg = String::from("ARG");
         for (name, value) in values {
+            st.declared_args.set(&name, String::new());
             match value {
                 Some(v) => {
                     msg.push_str(&format!(" {name}={v}"));

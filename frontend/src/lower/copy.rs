@@ -200,11 +200,14 @@ impl Lowerer<'_> {
                 out
             }
         };
-        // A destination that expands to nothing means the working directory.
+        // A destination that expands to nothing means the working directory (the history
+        // shows it as written: empty).
         let mut words = words;
+        let mut dest_shown = None;
         if let [_, .., last] = words.as_mut_slice() {
             if last.is_empty() {
                 *last = ".".to_string();
+                dest_shown = Some(String::new());
             }
         }
         let Some((dest, srcs)) = words.split_last() else {
@@ -226,7 +229,7 @@ impl Lowerer<'_> {
             created_by.push_str(&format!(" <<{}", h.name));
         }
         created_by.push(' ');
-        created_by.push_str(dest);
+        created_by.push_str(dest_shown.as_deref().unwrap_or(dest));
         let dest_is_dir =
             dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest == "..";
         if srcs.len() > 1 && !dest_is_dir {

@@ -182,6 +182,9 @@ struct StageState {
     config: ImageConfig,
     /// Declared ARGs with a value, in declaration order.
     args: Scope,
+    /// Every ARG the stage declared, with a value or not, in order of first declaration
+    /// (values unused): RUN's history lists them all (BuildKit's buildArgs).
+    declared_args: Scope,
     cmd_set: bool,
     /// ARGs given a value after an ENV of the same name: like BuildKit, their value wins for
     /// expansion and RUN (the image config keeps the ENV value).
@@ -210,6 +213,7 @@ impl StageState {
             node,
             config,
             args: Scope::default(),
+            declared_args: Scope::default(),
             cmd_set: false,
             arg_over_env: BTreeSet::new(),
             workdir_set: false,
@@ -228,7 +232,16 @@ impl StageState {
             .map(|h| held(h.created_by.as_deref().unwrap_or("")) + 160)
             .sum();
         let labels: usize = c.config.labels.iter().map(|(k, v)| held(k) + held(v)).sum();
-        let args: usize = self.args.iter().map(|(k, v)| 2 * (held(k) + held(v))).sum();
+        let args: usize = self
+            .args
+            .iter()
+            .map(|(k, v)| 2 * (held(k) + held(v)))
+            .sum::<usize>()
+            + self
+                .declared_args
+                .iter()
+                .map(|(k, _)| 2 * held(k))
+                .sum::<usize>();
         let vars: usize = self.vars.iter().map(|(k, v)| held(k) + held(v)).sum();
         history
             + labels

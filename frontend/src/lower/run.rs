@@ -174,9 +174,12 @@ impl Lowerer<'_> {
         mounts.extend(extra_mounts);
 
         let mut created_by = String::from("RUN ");
-        if !st.args.is_empty() {
-            created_by.push_str(&format!("|{}", st.args.len()));
-            for (k, v) in st.args.iter() {
+        // Every declared ARG, with the value the step sees (an ENV of its name included),
+        // empty when it has none (BuildKit's runCommandString).
+        if !st.declared_args.is_empty() {
+            created_by.push_str(&format!("|{}", st.declared_args.len()));
+            for (k, _) in st.declared_args.iter() {
+                let v = st.vars.get(k.as_str()).map(String::as_str).unwrap_or("");
                 created_by.push_str(&format!(" {k}={v}"));
             }
             created_by.push(' ');
