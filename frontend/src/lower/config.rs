@@ -222,8 +222,18 @@ impl Lowerer<'_> {
                 return Err(step.err(format!("unknown type \"{other}\" in HEALTHCHECK (try CMD)")))
             }
         }
+        // BuildKit's `fmt.Sprintf("HEALTHCHECK %q", config)` of the Go struct.
+        let msg = format!(
+            "HEALTHCHECK &{{{} \"{}\" \"{}\" \"{}\" \"{}\" {}}}",
+            go_quote_list(&hc.test),
+            go_duration(hc.interval),
+            go_duration(hc.timeout),
+            go_duration(hc.start_period),
+            go_duration(hc.start_interval),
+            go_quote_rune(hc.retries)
+        );
         st.config.config.healthcheck = Some(hc);
-        Self::history(st, step.display(), true);
+        Self::history(st, msg, true);
         Ok(())
     }
 
