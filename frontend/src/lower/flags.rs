@@ -63,7 +63,7 @@ pub(crate) fn flag_bool(
 /// (parseStringsWhitespaceDelimited): at every run of spaces and tabs, quotes and escapes not
 /// considered; each word is then expanded on its own.
 pub(crate) fn whitespace_words(s: &str) -> Vec<String> {
-    s.split(|c: char| matches!(c, ' ' | '\t' | '\u{b}' | '\u{c}' | '\r'))
+    s.split([' ', '\t', '\u{b}', '\u{c}', '\r'])
         .filter(|w| !w.is_empty())
         .map(str::to_string)
         .collect()
