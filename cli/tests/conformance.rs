@@ -750,3 +750,148 @@ fn wildcard_copy_keys_cover_matched_contents_and_names() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// BuildKit v0.25 keys a RUN's bind mount from another stage by the content of the mounted
+/// selection (`ExecOp.CacheMap`: content-based for read-only and `rw` mounts, whose changes
+/// are never an output): changing a file of that stage outside `source` keeps the RUN and
+/// the steps after it cached; changing a mounted file, or mounting the whole stage, reruns.
+/// Checked on the v0.25.2 daemon (docker-modern): the two `source=/src/p` RUNs were CACHED,
+/// the whole-stage mount and the step after it ran again.
+#[test]
+fn a_bind_mount_from_a_stage_is_keyed_by_the_mounted_content() {
+    require_env();
+    let ctx = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let p = ctx.path();
+    fs::create_dir_all(p.join("p")).unwrap();
+    fs::create_dir_all(p.join("other")).unwrap();
+    fs::write(p.join("p/x"), "x1\n").unwrap();
+    fs::write(p.join("other/y"), "y1\n").unwrap();
+    let uuid = "cat /proc/sys/kernel/random/uuid";
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM busybox AS a\nCOPY p /src/p\nCOPY other /src/other\n\
+             FROM busybox\n\
+             RUN --mount=type=bind,from=a,source=/src/p,target=/m cat /m/x > /ro; {uuid} > /u1\n\
+             RUN --mount=type=bind,from=a,source=src/p/,target=/m,rw echo z > /m/z; {uuid} > /u2\n\
+             RUN echo after > /after; {uuid} > /u3\n\
+             RUN --mount=type=bind,from=a,target=/m cat /m/src/other/y > /whole; {uuid} > /u4\n"
+        ),
+    )
+    .unwrap();
+    let files = |tag: &str| image_fs(store.path(), tag).0;
+    let data = |f: &BTreeMap<String, Entry>, p: &str| f[p].data.clone();
+    rbuild(p, store.path(), &["build", "-t", "m1"]);
+    fs::write(p.join("other/y"), "y2\n").unwrap();
+    let out = rbuild(p, store.path(), &["build", "-t", "m2"]);
+    let (m1, m2) = (files("m1"), files("m2"));
+    for u in ["/u1", "/u2", "/u3"] {
+        assert_eq!(
+            data(&m1, u),
+            data(&m2, u),
+            "{u}: the stage changed outside the mounted source: reused\n{out}"
+        );
+    }
+    assert_ne!(
+        data(&m1, "/u4"),
+        data(&m2, "/u4"),
+        "the whole stage changed"
+    );
+    assert_eq!(data(&m2, "/whole"), b"y2\n");
+    assert!(!m2.contains_key("/z") && !m2.contains_key("/m/z"));
+    // Back to the first content: everything is a plain hit again.
+    fs::write(p.join("other/y"), "y1\n").unwrap();
+    let back = rbuild(p, store.path(), &["build", "-t", "m3"]);
+    assert!(cached(&back, "cat /m/src/other/y"), "{back}");
+    // A changed mounted file reruns the steps that mount it and what follows.
+    fs::write(p.join("p/x"), "x2\n").unwrap();
+    rbuild(p, store.path(), &["build", "-t", "m4"]);
+    let m4 = files("m4");
+    assert_eq!(data(&m4, "/ro"), b"x2\n");
+    for u in ["/u1", "/u2", "/u3", "/u4"] {
+        assert_ne!(data(&m1, u), data(&m4, u), "{u}: the mounted file changed");
+    }
+}
+
+/// Attack: a mounted selection in a stage is a symlink to an absolute path that exists on
+/// the host. The content key is computed inside the stage (the link resolved beneath its
+/// root, as the mount is), never through the host path: changing the host file changes
+/// nothing, and the host file is untouched.
+#[test]
+fn a_mounted_symlink_is_hashed_inside_the_stage_never_on_the_host() {
+    require_env();
+    let ctx = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let hp = host.path().to_str().unwrap().to_string();
+    fs::write(host.path().join("x"), "host1\n").unwrap();
+    let p = ctx.path();
+    fs::write(p.join("y"), "y1\n").unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM busybox AS a\nRUN mkdir -p {hp} /src && echo stage > {hp}/x && ln -s {hp} /src/p\n\
+             COPY y /y\n\
+             FROM busybox\n\
+             RUN --mount=type=bind,from=a,source=/src/p,target=/m cat /m/x > /seen; \
+             cat /proc/sys/kernel/random/uuid > /u\n"
+        ),
+    )
+    .unwrap();
+    rbuild(p, store.path(), &["build", "-t", "s1"]);
+    fs::write(host.path().join("x"), "host2\n").unwrap();
+    fs::write(p.join("y"), "y2\n").unwrap();
+    rbuild(p, store.path(), &["build", "-t", "s2"]);
+    let (s1, s2) = (
+        image_fs(store.path(), "s1").0,
+        image_fs(store.path(), "s2").0,
+    );
+    assert_eq!(s1["/seen"].data, b"stage\n");
+    assert_eq!(
+        s1["/u"].data, s2["/u"].data,
+        "the host file is not in the key"
+    );
+    assert_eq!(fs::read(host.path().join("x")).unwrap(), b"host2\n");
+}
+
+/// BuildKit v0.25 keys `COPY --from=stage` by the content of what it copies (`FileOp.CacheMap`:
+/// a content hash per copy source), so a stage rebuilt with the same files under the copied
+/// paths keeps the copy and later steps cached (checked on the v0.25.2 daemon: a plain, a
+/// wildcard copy and the RUN after them were CACHED). A stage's files keep their owners when
+/// copied, so an owner change reruns the copy.
+#[test]
+fn a_copy_from_a_stage_is_keyed_by_the_copied_content_and_owners() {
+    require_env();
+    let ctx = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let p = ctx.path();
+    fs::create_dir_all(p.join("p")).unwrap();
+    fs::write(p.join("p/x"), "x1\n").unwrap();
+    fs::write(p.join("y"), "y1\n").unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        "FROM busybox AS a\nARG OWN=0\nCOPY p /src/p\nRUN chown $OWN /src/p/x\nCOPY y /src/y\n\
+         FROM busybox\nCOPY --from=a /src/p /x\nCOPY --from=a /src/p/* /star/\n\
+         RUN cat /proc/sys/kernel/random/uuid > /u\n",
+    )
+    .unwrap();
+    let u = |tag: &str| image_fs(store.path(), tag).0["/u"].data.clone();
+    rbuild(p, store.path(), &["build", "-t", "k1"]);
+    fs::write(p.join("y"), "y2\n").unwrap();
+    let out = rbuild(p, store.path(), &["build", "-t", "k2"]);
+    assert_eq!(u("k1"), u("k2"), "only an uncopied file changed:\n{out}");
+    rbuild(
+        p,
+        store.path(),
+        &["build", "-t", "k3", "--build-arg", "OWN=7"],
+    );
+    let (k3, _) = image_fs(store.path(), "k3");
+    assert_eq!(k3["/x/x"].uid, 7);
+    assert_ne!(u("k2"), u("k3"), "the copied file's owner changed");
+    fs::write(p.join("p/x"), "x2\n").unwrap();
+    rbuild(p, store.path(), &["build", "-t", "k4"]);
+    let (k4, _) = image_fs(store.path(), "k4");
+    assert_eq!(k4["/star/x"].data, b"x2\n");
+    assert_ne!(u("k1"), u("k4"), "the copied file changed");
+}

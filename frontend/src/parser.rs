@@ -40,6 +40,9 @@ pub struct Heredoc {
     pub expand: bool,
     /// `<<-`: leading tabs stripped.
     pub chomp: bool,
+    /// With `chomp`, the body as written (tabs kept), which a RUN passes to its shell when
+    /// the heredoc is part of a longer command (the shell strips them, as in BuildKit).
+    pub raw: Option<String>,
     /// File descriptor prefix such as `3<<EOF`.
     pub fd: Option<u32>,
 }
@@ -414,6 +417,7 @@ pub fn parse(text: &str) -> Ast {
             }
             for (name, expand, chomp, fd) in markers {
                 let mut body = String::new();
+                let mut raw = chomp.then(String::new);
                 let mut closed = false;
                 while let Some(l) = lines.get(i) {
                     i += 1;
@@ -424,6 +428,10 @@ pub fn parse(text: &str) -> Ast {
                     }
                     body.push_str(cmp);
                     body.push('\n');
+                    if let Some(r) = &mut raw {
+                        r.push_str(l);
+                        r.push('\n');
+                    }
                 }
                 if !closed {
                     diag(
@@ -439,6 +447,7 @@ pub fn parse(text: &str) -> Ast {
                     body,
                     expand,
                     chomp,
+                    raw,
                     fd,
                 });
             }

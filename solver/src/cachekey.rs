@@ -10,11 +10,22 @@
 //! | image source | manifest digest, platform | the tag text (two tags of one manifest share a key) |
 //! | scratch | the constant `scratch` | — |
 //! | local source | not keyed: read only through selectors of the ops that use it | session, mtimes |
-//! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts, platform), each input's key | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
-//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key | mtimes, unrelated context files, `.dockerignore`d files, files `COPY --exclude` leaves out (`ops::inputs::without_excluded`) |
+//! | exec | canonical op JSON (args, env incl. ARG values, cwd, user, network, security, mounts, platform), each input's key; a second key (below) for inputs read only through bind/cache mounts | proxy env (`HTTP_PROXY` …), descriptions, Dockerfile lines |
+//! | file | canonical op JSON (actions with full source paths, dest, owner, mode, flags), the dest input's key; for a local input, the content checksum of each selected path (bytes, mode, type, symlink target, xattrs, names matched by wildcards; never mtime, never owner); for another stage or image input, its key, and a second key (below) by the copied content | mtimes, unrelated context files, `.dockerignore`d files, files `COPY --exclude` leaves out (`ops::inputs::without_excluded`) |
 //! | merge | each input's key, in order | — |
 //! | http (`ADD <url>`) | pinned `--checksum` + file name, else the body's sha256 + file name + `Last-Modified` (see [`crate::ops::http`]) | the URL text |
 //! | git (`ADD <git url>`) | the commit the ref resolves to + `keep_git_dir` | the remote URL, the ref name |
+//!
+//! **Second keys** (BuildKit's content-based "slow" cache keys, `ExecOp.CacheMap`'s
+//! `ComputeDigestFunc`): a step that reads another step's result only as a copy source
+//! (`COPY --from=stage P`) or through bind or cache mounts (`RUN --mount=type=bind,from=stage,
+//! source=P`, `rw` too: a mount is never an output) is also keyed by the content of the
+//! selections it reads, and every input key by its alias (that step's own second key)
+//! ([`InputPart::Selected`]: [`rbuild_cache::context::checksum_tree`], owners included), so
+//! a stage rebuilt with the same files under `P` keeps the step, and those after it, cached. Planning runs and
+//! downloads nothing, so that key cannot be known then: the step is planned by its first key
+//! (the inputs' keys); on a miss, once its inputs are built, the second key is computed and
+//! looked up before the step runs, and a run records both ([`crate::ops::inputs`]).
 //!
 //! A record (`rbuild-key-v2`, op kind, canonical JSON, then one `input N: …` line per input)
 //! is hashed, so any change to the record format must bump the version prefix. Every text in
@@ -32,6 +43,10 @@ pub enum InputPart {
     Key(String),
     /// Content checksums of what the op reads from a local directory, one per selector.
     Content(Vec<(String, String)>),
+    /// Content checksums (owners included) of what the op reads from another step's result,
+    /// one per selector: the second key of a step whose input changed
+    /// ([`crate::ops::inputs`]'s content-keyed inputs).
+    Selected(Vec<(String, String)>),
 }
 
 /// Compute a node key from its op and its inputs' parts.
@@ -43,8 +58,12 @@ pub fn node_key(op: &Op, inputs: &[InputPart]) -> Result<String, SolveError> {
     for (i, part) in inputs.iter().enumerate() {
         match part {
             InputPart::Key(k) => rec.extend_from_slice(format!("\ninput {i}: key {k}").as_bytes()),
-            InputPart::Content(sels) => {
-                rec.extend_from_slice(format!("\ninput {i}: content").as_bytes());
+            InputPart::Content(sels) | InputPart::Selected(sels) => {
+                let kind = match part {
+                    InputPart::Selected(_) => "selected",
+                    _ => "content",
+                };
+                rec.extend_from_slice(format!("\ninput {i}: {kind}").as_bytes());
                 for (sel, digest) in sels {
                     rec.extend_from_slice(format!("\n  {} {digest}", quote(sel)).as_bytes());
                 }
@@ -157,6 +176,15 @@ mod tests {
         let c1 = node_key(&op, &[InputPart::Content(vec![("/a".into(), "d1".into())])]).unwrap();
         let c2 = node_key(&op, &[InputPart::Content(vec![("/a".into(), "d2".into())])]).unwrap();
         assert_ne!(c1, c2);
+    }
+
+    #[test]
+    fn a_selection_of_a_stage_never_keys_like_one_of_the_context() {
+        let op = exec(&[], &[]);
+        let sels = vec![("/p".to_string(), "sha256:d".to_string())];
+        let c = node_key(&op, &[InputPart::Content(sels.clone())]).unwrap();
+        let s = node_key(&op, &[InputPart::Selected(sels)]).unwrap();
+        assert_ne!(c, s);
     }
 
     #[test]

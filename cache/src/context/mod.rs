@@ -8,11 +8,13 @@
 //! # Checksum format (v1)
 //!
 //! Per entry (file, symlink, device, fifo, and a directory's own header) the digest is
-//! `sha256("rbuild-ctx-v1\0" ‖ type ‖ mode ‖ size ‖ symlink target ‖ rdev ‖ xattrs ‖ content)`,
+//! `sha256("rbuild-ctx-v1\0" ‖ type ‖ mode ‖ size ‖ symlink target ‖ rdev ‖ [uid ‖ gid] ‖ xattrs ‖ content)`,
 //! where `mode = st_mode & (S_IFMT | 0o7777)` (symlinks `| 0o777`), size is 0 for non-regular
 //! files, and xattrs are sorted, excluding `system.*` and `security.*` other than
 //! `security.capability`. The entry's own name is not part of it; never mtime, uid or gid
-//! (context files are copied as 0:0, as in BuildKit).
+//! (context files are copied as 0:0, as in BuildKit). [`checksum_tree`] hashes a stage's
+//! files, which keep their owners: there uid and gid are in (the bracketed fields), the
+//! `trusted.overlay.*`/`user.overlay.*` xattrs are not.
 //!
 //! A directory's digest is `sha256("dir\0" ‖ header digest ‖ for each included child in byte
 //! order: name length ‖ name ‖ child digest)`, so names count and the tree is covered
@@ -111,6 +113,8 @@ struct Meta {
     ctime_ns: i64,
     mode: u32,
     rdev: u64,
+    uid: u32,
+    gid: u32,
 }
 
 impl Meta {
@@ -124,6 +128,8 @@ impl Meta {
             ctime_ns: (st.st_ctime as i64) * 1_000_000_000 + st.st_ctime_nsec as i64,
             mode: st.st_mode as u32,
             rdev: st.st_rdev as u64,
+            uid: st.st_uid,
+            gid: st.st_gid,
         }
     }
 
@@ -197,7 +203,11 @@ impl std::hash::Hasher for FxHasher {
 }
 
 struct Walker<'a> {
-    store: &'a Store,
+    /// The stat cache's store; `None` for an immutable tree ([`checksum_tree`]).
+    store: Option<&'a Store>,
+    /// Owners are part of each entry's digest ([`checksum_tree`]: a stage's files keep
+    /// theirs when copied or mounted).
+    owners: bool,
     exclude: &'a ExcludeMatcher,
     /// Loaded rows of the selected subtree, with a "seen" flag.
     cache: HashMap<Vec<u8>, (Row, bool), FxBuild>,
@@ -247,14 +257,14 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Row)> {
 const ROW_COLS: &str = "path, dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at_ns, digest";
 
 impl<'a> Walker<'a> {
-    fn new(store: &'a Store, exclude: &'a ExcludeMatcher, base: &Path) -> Result<Self> {
+    fn new(store: Option<&'a Store>, exclude: &'a ExcludeMatcher, base: &Path) -> Result<Self> {
         let prefix = base.as_os_str().as_bytes().to_vec();
         // [prefix, prefix + "0") covers prefix itself and everything under prefix + "/"
         // ('0' == '/' + 1), plus a few siblings like "prefix-x" that are loaded but harmless.
         let mut hi = prefix.clone();
         hi.push(b'0');
         let mut cache = HashMap::with_hasher(FxBuild);
-        {
+        if let Some(store) = store {
             let conn = store.db();
             let mut st = conn
                 .prepare_cached(&format!(
@@ -271,6 +281,7 @@ impl<'a> Walker<'a> {
         }
         Ok(Walker {
             store,
+            owners: store.is_none(),
             exclude,
             cache,
             prefix,
@@ -287,19 +298,22 @@ impl<'a> Walker<'a> {
             *seen = true;
             return Ok(row.valid_for(md).then_some(row.digest));
         }
+        let Some(store) = self.store else {
+            return Ok(None);
+        };
         if under(&self.prefix, key) {
             return Ok(None);
         }
-        let conn = self.store.db();
+        let conn = store.db();
         let mut st = conn
             .prepare_cached(&format!(
                 "SELECT {ROW_COLS} FROM stat_cache WHERE path = ?1"
             ))
-            .map_err(|e| self.store.db_err("read stat cache", e))?;
+            .map_err(|e| store.db_err("read stat cache", e))?;
         let row = st
             .query_row([key], read_row)
             .optional()
-            .map_err(|e| self.store.db_err("read stat cache", e))?;
+            .map_err(|e| store.db_err("read stat cache", e))?;
         Ok(row.and_then(|(_, r)| r.valid_for(md).then_some(r.digest)))
     }
 
@@ -349,9 +363,20 @@ impl<'a> Walker<'a> {
             0
         };
         h.update(rdev.to_le_bytes());
+        if self.owners {
+            h.update(md.uid.to_le_bytes());
+            h.update(md.gid.to_le_bytes());
+        }
         // The l*xattr calls reach `name` through the parent's fd (`/proc/self/fd/N/name`,
         // last component not followed), never through the host path.
-        let xattrs = read_xattrs(&rbuild_fsroot::fd_path(parent).join(name), host)?;
+        let mut xattrs = read_xattrs(&rbuild_fsroot::fd_path(parent).join(name), host)?;
+        if self.owners {
+            // A layer's own overlay bookkeeping (seen where a single layer is bound, hidden
+            // by an overlay mount) is not content.
+            xattrs.retain(|(n, _)| {
+                !n.starts_with(b"trusted.overlay.") && !n.starts_with(b"user.overlay.")
+            });
+        }
         h.update((xattrs.len() as u64).to_le_bytes());
         for (name, value) in &xattrs {
             h.update((name.len() as u64).to_le_bytes());
@@ -552,8 +577,10 @@ impl<'a> Walker<'a> {
             })
             .map(|(p, _)| p.clone())
             .collect();
+        let Some(store) = self.store else {
+            return Ok((self.files, self.files_read));
+        };
         if !self.updates.is_empty() || !stale.is_empty() {
-            let store = self.store;
             let mut conn = store.db();
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -768,6 +795,23 @@ fn open_root(root: &Path) -> Result<Root> {
 /// excluded by `exclude`. See the module docs for the exact format.
 pub fn checksum(
     store: &Store,
+    root: &Path,
+    sel: &Selector,
+    exclude: &ExcludeMatcher,
+) -> Result<Checksum, CacheError> {
+    checksum_with(Some(store), root, sel, exclude)
+}
+
+/// Content checksum of what `sel` selects in an immutable tree `root` (a stage's merged
+/// layers, mounted or materialized for the call): as [`checksum`], plus each entry's owner
+/// (uid, gid) and without the `*.overlay.*` xattrs, with no stat cache (the tree's path is a
+/// temporary mount point).
+pub fn checksum_tree(root: &Path, sel: &Selector) -> Result<Checksum, CacheError> {
+    checksum_with(None, root, sel, &ExcludeMatcher::empty())
+}
+
+fn checksum_with(
+    store: Option<&Store>,
     root: &Path,
     sel: &Selector,
     exclude: &ExcludeMatcher,

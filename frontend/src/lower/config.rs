@@ -222,8 +222,18 @@ impl Lowerer<'_> {
                 return Err(step.err(format!("unknown type \"{other}\" in HEALTHCHECK (try CMD)")))
             }
         }
+        // BuildKit's `fmt.Sprintf("HEALTHCHECK %q", config)` of the Go struct.
+        let msg = format!(
+            "HEALTHCHECK &{{{} \"{}\" \"{}\" \"{}\" \"{}\" {}}}",
+            go_quote_list(&hc.test),
+            go_duration(hc.interval),
+            go_duration(hc.timeout),
+            go_duration(hc.start_period),
+            go_duration(hc.start_interval),
+            go_quote_rune(hc.retries)
+        );
         st.config.config.healthcheck = Some(hc);
-        Self::history(st, step.display(), true);
+        Self::history(st, msg, true);
         Ok(())
     }
 
@@ -295,6 +305,7 @@ impl Lowerer<'_> {
         drop(vars);
         let mut msg = String::from("ARG");
         for (name, value) in values {
+            st.declared_args.set(&name, String::new());
             match value {
                 Some(v) => {
                     msg.push_str(&format!(" {name}={v}"));
@@ -363,6 +374,8 @@ impl Lowerer<'_> {
             // An empty list is omitted from the config, as BuildKit's JSON (omitempty).
             st.config.config.cmd = Some(argv).filter(|a| !a.is_empty());
             st.cmd_set = true;
+            // Every CMD sets it (BuildKit's dispatchCmd, for the Docker image spec).
+            st.config.config.args_escaped = true;
         } else {
             st.config.config.entrypoint = Some(argv).filter(|a| !a.is_empty());
             if !st.cmd_set {
@@ -478,7 +491,15 @@ impl Lowerer<'_> {
                 }
                 out
             }
-            None => self.expand_words(&inst.args, &*vars, line)?,
+            // Each word is expanded as one word (BuildKit's VolumeCommand.Expand):
+            // `ARG V="/a /b"` + `VOLUME $V` is the one volume "/a /b".
+            None => {
+                let mut out = Vec::new();
+                for w in whitespace_words(&inst.args) {
+                    out.push(self.expand(&w, &*vars, line)?);
+                }
+                out
+            }
         };
         if vols.is_empty() || vols.iter().any(|v| v.trim().is_empty()) {
             return Err(step.err("VOLUME specified can not be an empty string"));

@@ -179,30 +179,37 @@ impl Lowerer<'_> {
             None if !inst.heredocs.is_empty() => {
                 // Heredoc markers must not be expanded; other words are.
                 let mut out = Vec::new();
-                for w in raw_words(&inst.args, self.escape) {
+                for w in whitespace_words(&inst.args) {
                     if w.trim_start_matches(|c: char| c.is_ascii_digit())
                         .starts_with("<<")
                     {
                         out.push(format!("\u{0}{w}"));
                     } else {
-                        out.extend(self.expand_words(&w, &*vars, line)?);
+                        out.push(self.expand(&w, &*vars, line)?);
                     }
                 }
                 out
             }
             None => {
-                let mut out = self.expand_words(&inst.args, &*vars, line)?;
-                // A destination that expands to nothing means the working directory
-                // (BuildKit expands the destination as one word).
-                let raw = raw_words(&inst.args, self.escape);
-                if let [.., last] = raw.as_slice() {
-                    if raw.len() >= 2 && self.expand(last, &*vars, line)?.is_empty() {
-                        out.push(".".to_string());
-                    }
+                // Each word is expanded as one word, never split again (BuildKit's
+                // SourcesAndDest.Expand): `ARG F="a b"` + `COPY $F /d/` copies the file "a b".
+                let mut out = Vec::new();
+                for w in whitespace_words(&inst.args) {
+                    out.push(self.expand(&w, &*vars, line)?);
                 }
                 out
             }
         };
+        // A destination that expands to nothing means the working directory (the history
+        // shows it as written: empty).
+        let mut words = words;
+        let mut dest_shown = None;
+        if let [_, .., last] = words.as_mut_slice() {
+            if last.is_empty() {
+                *last = ".".to_string();
+                dest_shown = Some(String::new());
+            }
+        }
         let Some((dest, srcs)) = words.split_last() else {
             return Err(step.err(format!("{kw} requires at least two arguments")));
         };
@@ -222,7 +229,7 @@ impl Lowerer<'_> {
             created_by.push_str(&format!(" <<{}", h.name));
         }
         created_by.push(' ');
-        created_by.push_str(dest);
+        created_by.push_str(dest_shown.as_deref().unwrap_or(dest));
         let dest_is_dir =
             dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest == "..";
         if srcs.len() > 1 && !dest_is_dir {

@@ -59,6 +59,16 @@ pub(crate) fn flag_bool(
 }
 
 /// Split text into raw words on unquoted whitespace, keeping quotes and escapes.
+/// The words of a COPY/ADD/VOLUME in shell form as BuildKit's parser splits them
+/// (parseStringsWhitespaceDelimited): at every run of spaces and tabs, quotes and escapes not
+/// considered; each word is then expanded on its own.
+pub(crate) fn whitespace_words(s: &str) -> Vec<String> {
+    s.split([' ', '\t', '\u{b}', '\u{c}', '\r'])
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 pub(crate) fn raw_words(s: &str, escape: char) -> Vec<String> {
     let mut words = Vec::new();
     let mut cur = String::new();
@@ -196,6 +206,62 @@ pub(crate) fn parse_chmod(s: &str, line: u32) -> Result<Chmod, FrontendError> {
     }
 }
 
+/// Go's `time.Duration.String` of `ns` nanoseconds ("0s", "1.5ms", "1m30s", "1h0m0s").
+pub(crate) fn go_duration(ns: u64) -> String {
+    // The fraction of `v / 10^prec`, trailing zeros and a bare point dropped.
+    let frac = |v: u64, prec: u32| -> (String, u64) {
+        let p = 10u64.pow(prec);
+        let f = v % p;
+        if f == 0 {
+            return (String::new(), v / p);
+        }
+        let digits = format!("{f:0width$}", width = prec as usize);
+        (format!(".{}", digits.trim_end_matches('0')), v / p)
+    };
+    if ns == 0 {
+        return "0s".to_string();
+    }
+    if ns < 1_000_000_000 {
+        let (unit, prec) = match ns {
+            n if n < 1_000 => ("ns", 0),
+            n if n < 1_000_000 => ("\u{b5}s", 3),
+            _ => ("ms", 6),
+        };
+        let (f, int) = frac(ns, prec);
+        return format!("{int}{f}{unit}");
+    }
+    let (f, secs) = frac(ns, 9);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}{f}s"),
+        (0, _) => format!("{m}m{s}{f}s"),
+        _ => format!("{h}h{m}m{s}{f}s"),
+    }
+}
+
+/// Go's `%q` of an integer: `strconv.QuoteRune` of it as a character ('\x03', '\n', 'A').
+pub(crate) fn go_quote_rune(n: u64) -> String {
+    let c = u32::try_from(n)
+        .ok()
+        .and_then(char::from_u32)
+        .unwrap_or('\u{fffd}');
+    let body = match c {
+        '\u{7}' => "\\a".to_string(),
+        '\u{8}' => "\\b".to_string(),
+        '\u{c}' => "\\f".to_string(),
+        '\n' => "\\n".to_string(),
+        '\r' => "\\r".to_string(),
+        '\t' => "\\t".to_string(),
+        '\u{b}' => "\\v".to_string(),
+        '\'' => "\\'".to_string(),
+        '\\' => "\\\\".to_string(),
+        c if (c as u32) < 0x20 || c as u32 == 0x7f => format!("\\x{:02x}", c as u32),
+        c if c.is_control() => format!("\\u{:04x}", c as u32),
+        c => c.to_string(),
+    };
+    format!("'{body}'")
+}
+
 /// Go-style duration ("30s", "1m30s", "500ms") to nanoseconds.
 pub fn parse_duration(s: &str) -> Option<u64> {
     if s == "0" {
@@ -276,7 +342,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod size_tests {
-    use super::parse_size;
+    use super::{go_duration, go_quote_rune, parse_size};
 
     #[test]
     fn sizes_read_as_go_units_ram_in_bytes() {
@@ -307,6 +373,34 @@ mod size_tests {
             "1e3",
         ] {
             assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn go_formats_durations_and_runes_as_buildkit_history_shows_them() {
+        for (ns, want) in [
+            (0, "0s"),
+            (999, "999ns"),
+            (1_500, "1.5\u{b5}s"),
+            (1_500_000, "1.5ms"),
+            (100_000_000, "100ms"),
+            (1_500_000_000, "1.5s"),
+            (30_000_000_000, "30s"),
+            (90_000_000_000, "1m30s"),
+            (3_600_000_000_000, "1h0m0s"),
+            (3_723_000_000_000, "1h2m3s"),
+        ] {
+            assert_eq!(go_duration(ns), want, "{ns}");
+        }
+        for (n, want) in [
+            (0, "'\\x00'"),
+            (3, "'\\x03'"),
+            (9, "'\\t'"),
+            (39, "'\\''"),
+            (65, "'A'"),
+            (127, "'\\x7f'"),
+        ] {
+            assert_eq!(go_quote_rune(n), want, "{n}");
         }
     }
 }

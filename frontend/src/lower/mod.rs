@@ -182,6 +182,9 @@ struct StageState {
     config: ImageConfig,
     /// Declared ARGs with a value, in declaration order.
     args: Scope,
+    /// Every ARG the stage declared, with a value or not, in order of first declaration
+    /// (values unused): RUN's history lists them all (BuildKit's buildArgs).
+    declared_args: Scope,
     cmd_set: bool,
     /// ARGs given a value after an ENV of the same name: like BuildKit, their value wins for
     /// expansion and RUN (the image config keeps the ENV value).
@@ -210,6 +213,7 @@ impl StageState {
             node,
             config,
             args: Scope::default(),
+            declared_args: Scope::default(),
             cmd_set: false,
             arg_over_env: BTreeSet::new(),
             workdir_set: false,
@@ -228,7 +232,16 @@ impl StageState {
             .map(|h| held(h.created_by.as_deref().unwrap_or("")) + 160)
             .sum();
         let labels: usize = c.config.labels.iter().map(|(k, v)| held(k) + held(v)).sum();
-        let args: usize = self.args.iter().map(|(k, v)| 2 * (held(k) + held(v))).sum();
+        let args: usize = self
+            .args
+            .iter()
+            .map(|(k, v)| 2 * (held(k) + held(v)))
+            .sum::<usize>()
+            + self
+                .declared_args
+                .iter()
+                .map(|(k, _)| 2 * held(k))
+                .sum::<usize>();
         let vars: usize = self.vars.iter().map(|(k, v)| held(k) + held(v)).sum();
         history
             + labels
@@ -599,11 +612,9 @@ pub(crate) fn build(
         .unwrap_or_else(|| "default".to_string());
     lw.global.set("TARGETSTAGE", target_name);
 
-    // Dependencies and reachability.
-    let mut deps: Vec<BTreeSet<usize>> = Vec::new();
-    for idx in 0..stages.len() {
-        deps.push(lw.stage_deps(idx, &stages)?);
-    }
+    // Reachability: only the stages the target needs are read for their references, so a
+    // bad reference (a stage used before it is defined) in a stage nobody needs is no error
+    // (BuildKit v0.25 builds such a Dockerfile).
     let mut reachable = vec![false; stages.len()];
     let mut stack = vec![target];
     while let Some(s) = stack.pop() {
@@ -611,9 +622,7 @@ pub(crate) fn build(
             Some(r) if !*r => *r = true,
             _ => continue,
         }
-        if let Some(d) = deps.get(s) {
-            stack.extend(d.iter().copied());
-        }
+        stack.extend(lw.stage_deps(s, &stages)?);
     }
 
     // Declared names (for the unused build-arg warning).

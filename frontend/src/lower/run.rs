@@ -17,6 +17,8 @@ impl Lowerer<'_> {
         // A RUN of one heredoc is named after its body's first line, as BuildKit's
         // summarizeHeredoc: `RUN <<EOF (apt-get update...)`.
         let mut summary: Option<String> = None;
+        // What the history shows when it is not the command run.
+        let mut history_args: Option<Vec<String>> = None;
         let mut args: Vec<String> = match &inst.json {
             Some(v) => v.clone(),
             None if !inst.heredocs.is_empty() => {
@@ -41,6 +43,10 @@ impl Lowerer<'_> {
                 match inst.heredocs.as_slice() {
                     [h] if only && h.body.starts_with("#!") => {
                         let path = format!("/dev/pipes/{}", h.name);
+                        // BuildKit runs the file through the shell: its history shows that.
+                        let mut shown = shell.clone();
+                        shown.push(path.clone());
+                        history_args = Some(shown);
                         extra_mounts.push(Mount {
                             target: "/dev/pipes".to_string(),
                             input: None,
@@ -60,10 +66,11 @@ impl Lowerer<'_> {
                         v
                     }
                     hs => {
+                        // The shell reads the heredocs: `<<-` bodies as written.
                         let mut text = cmd.to_string();
                         for h in hs {
                             text.push('\n');
-                            text.push_str(&h.body);
+                            text.push_str(h.raw.as_deref().unwrap_or(&h.body));
                             text.push_str(&h.name);
                         }
                         let mut v = shell.clone();
@@ -174,14 +181,17 @@ impl Lowerer<'_> {
         mounts.extend(extra_mounts);
 
         let mut created_by = String::from("RUN ");
-        if !st.args.is_empty() {
-            created_by.push_str(&format!("|{}", st.args.len()));
-            for (k, v) in st.args.iter() {
+        // Every declared ARG, with the value the step sees (an ENV of its name included),
+        // empty when it has none (BuildKit's runCommandString).
+        if !st.declared_args.is_empty() {
+            created_by.push_str(&format!("|{}", st.declared_args.len()));
+            for (k, _) in st.declared_args.iter() {
+                let v = st.vars.get(k.as_str()).map(String::as_str).unwrap_or("");
                 created_by.push_str(&format!(" {k}={v}"));
             }
             created_by.push(' ');
         }
-        created_by.push_str(&args.join(" "));
+        created_by.push_str(&history_args.as_ref().unwrap_or(&args).join(" "));
         created_by.push_str(" # buildkit");
         // Every RUN copies the stage's env and ARGs: charged, so n ARGs × n RUNs stay bounded.
         self.spend(

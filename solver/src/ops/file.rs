@@ -348,9 +348,10 @@ impl Ctx<'_> {
     ) -> Result<(), String> {
         self.from_context = from_context;
         // `--parents` with a `/./` pivot (BuildKit's dispatchCopy): the part before the first
-        // pivot is the source (wildcards allowed, each match a directory copied), the part
-        // after it an include pattern (`**` spans directories) whose matches keep their path
-        // below the destination. Nothing matching the pattern copies nothing.
+        // pivot is the source (wildcards allowed: Go's `filepath.Match` per segment, so a `**`
+        // there is `*`), the part after it an include pattern (`**` spans directories) whose
+        // matches below each matched directory keep their path below the destination; a
+        // matched file is copied whole. Nothing matching the pattern copies nothing.
         let pivot = c
             .src
             .split_once("/./")
@@ -457,14 +458,19 @@ impl Ctx<'_> {
                     .map_err(|e| format!("{}: {e}", shown.display()))
             };
             if let Some((_, pattern)) = &pivot {
-                if !is_dir(&md) && wildcard {
-                    continue;
-                }
                 if !is_dir(&md) {
-                    return Err(format!(
-                        "{}: not a directory (the part of a --parents source before /./)",
-                        shown.display()
-                    ));
+                    // A file before the pivot (named, or matched by a wildcard: `**` there is
+                    // Go's `*`, one segment) is the copy's root, which include patterns never
+                    // filter (fsutil's copier tests them only below the root): it is copied
+                    // under its own name, as BuildKit v0.25 does.
+                    let name = named
+                        .file_name()
+                        .or_else(|| m.rel.file_name())
+                        .map(|n| n.to_os_string())
+                        .unwrap_or_default();
+                    let dst = self.ensure_copy_dir(&drel, owner, c)?;
+                    self.copy_leaf(m.parent.as_fd(), &m.name, &md, &dst, &name, c, owner)?;
+                    continue;
                 }
                 let include = ExcludeMatcher::new(std::slice::from_ref(pattern))
                     .map_err(|e| format!("--parents pattern {pattern:?}: {e}"))?;

@@ -1,14 +1,28 @@
 //! Keys of the steps that read their inputs (exec and file ops): per input either the input's
 //! key or, for a local directory, the content checksums of exactly the paths the op selects
 //! from it; and the [`StepRecord`] that explains the key.
+//!
+//! Every exec and file step also has a second key: its input keys replaced by their aliases,
+//! and an input read only as a copy source or through bind or cache mounts by the content of
+//! the selections read there (BuildKit v0.25's content-based cache keys of `FileOp` copy
+//! sources and `ExecOp` mounts: read-only, `rw` (never an output) or the whole result, never
+//! the root mount or the copy destination). It needs that result's files, and planning reads keys only, so it
+//! is used in the step's work: once the inputs are built, the second key is looked up (under
+//! its key lock) before the step runs, and a run records it. A hit there skips the run; the
+//! scheduler records the first key for the same result. So rebuilding a stage whose mounted
+//! selection did not change keeps the step cached, as in BuildKit (shown as a quick run, not
+//! `CACHED`: the scheduler announced it when it missed its first key). Second keys stay
+//! local: a cache export carries first keys only.
 
-use rbuild_cache::context::{checksum, ExcludeMatcher, Selector};
+use std::path::Path;
+
+use rbuild_cache::context::{checksum, checksum_tree, ExcludeMatcher, Selector};
 use rbuild_graph::{FileAction, MountKind, Op};
 
 use super::{now_secs, Cx, Input, Keyed, Work};
 use crate::cachekey::{node_key, InputPart};
 use crate::explain::{InputRecord, StepRecord};
-use crate::{SolveError, Value};
+use crate::{Chain, Event, SolveError, Solver, Value};
 
 /// Per-file entry digests of one local input (path, digest).
 type FileDigests = Vec<(String, String)>;
@@ -42,7 +56,7 @@ pub(crate) fn keyed_step<'a>(
                     key: k.clone(),
                     label: inputs.get(i).map(|x| x.label.clone()).unwrap_or_default(),
                 },
-                InputPart::Content(sels) => InputRecord::Content {
+                InputPart::Content(sels) | InputPart::Selected(sels) => InputRecord::Content {
                     selectors: sels.clone(),
                     files: files.get(i).cloned().unwrap_or_default(),
                 },
@@ -51,6 +65,8 @@ pub(crate) fn keyed_step<'a>(
         build: cx.solver.cfg.cache.build_id.clone(),
         time: now_secs(),
     };
+    let mounted = mounted_selections(&node.op, inputs);
+    let work = second_keyed(cx, key.clone(), parts, mounted, ignore_cache, work);
     Ok(Keyed {
         key,
         ignore_cache,
@@ -200,4 +216,198 @@ fn without_excluded(
 
 pub(crate) fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
+}
+
+/// Per input read from another step's result only as a copy source or through bind or cache
+/// mounts, the selections read there (BuildKit v0.25's content-based keys of `FileOp` copy
+/// sources and `ExecOp` mounts). Mount paths are deduplicated as BuildKit's `dedupePaths`
+/// (a path below another selected one dropped, `/` the whole result). The root mount's or
+/// copy destination's input, local directories and other kinds of use are not listed.
+fn mounted_selections(op: &Op, inputs: &[Input]) -> Vec<(usize, Vec<Selector>)> {
+    let mut out: Vec<(usize, Vec<Selector>)> = Vec::new();
+    let mut excluded: Vec<usize> = Vec::new();
+    let mut add = |i: usize, sel: Selector| {
+        if !matches!(inputs.get(i).map(|x| &x.value), Some(Value::Chain(_))) {
+            return;
+        }
+        match out.iter_mut().find(|(j, _)| *j == i) {
+            Some((_, sels)) => sels.push(sel),
+            None => out.push((i, vec![sel])),
+        }
+    };
+    match op {
+        Op::Exec(e) => {
+            for (n, m) in e.mounts.iter().enumerate() {
+                let Some(i) = m.input else { continue };
+                let source = match &m.kind {
+                    MountKind::Bind { source, .. } if !(n == 0 && m.target == "/") => source,
+                    MountKind::Cache { source, .. } => source,
+                    _ => {
+                        excluded.push(i);
+                        continue;
+                    }
+                };
+                add(
+                    i,
+                    Selector {
+                        path: format!("/{}", source.trim_matches('/')),
+                        follow_symlinks: true,
+                        allow_wildcard: false,
+                    },
+                );
+            }
+        }
+        Op::File(f) => {
+            excluded.extend(f.dest_input);
+            for a in &f.actions {
+                if let FileAction::Copy(c) = a {
+                    // As the copy reads it: the part before a `--parents` pivot whole.
+                    let path = match c.src.split_once("/./") {
+                        Some((before, _)) if c.parents => before.to_string(),
+                        _ => c.src.clone(),
+                    };
+                    let allow_wildcard = c.allow_wildcard && has_glob(&path);
+                    add(
+                        c.src_input,
+                        Selector {
+                            path,
+                            follow_symlinks: c.follow_symlinks,
+                            allow_wildcard,
+                        },
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    out.retain(|(i, _)| !excluded.contains(i));
+    for (_, sels) in &mut out {
+        sels.sort_by(|a, b| {
+            (&a.path, a.follow_symlinks, a.allow_wildcard).cmp(&(
+                &b.path,
+                b.follow_symlinks,
+                b.allow_wildcard,
+            ))
+        });
+        sels.dedup();
+        let plain: Vec<String> = sels
+            .iter()
+            .filter(|s| !s.allow_wildcard)
+            .map(|s| s.path.clone())
+            .collect();
+        sels.retain(|s| {
+            s.allow_wildcard
+                || !plain
+                    .iter()
+                    .any(|q| *q != s.path && (q == "/" || s.path.starts_with(&format!("{q}/"))))
+        });
+    }
+    out
+}
+
+/// The metadata namespace of key aliases: a step's first key → its second key.
+const ALIAS_NS: &str = "key-alias";
+
+/// `work` behind the step's second key: the key of `parts` with each input key replaced by
+/// its alias (the second key the input's step had, so a stage rebuilt to the same content
+/// keys its dependents alike) and each mounted input by the content of its selections. When
+/// that key differs from the first, it is looked up (under its lock) once the inputs are
+/// built and its result returned; otherwise `work` runs and its result is recorded under it
+/// too. Either way the first key gets the second as its alias.
+fn second_keyed<'a>(
+    cx: Cx<'a>,
+    first: String,
+    parts: Vec<InputPart>,
+    mounted: Vec<(usize, Vec<Selector>)>,
+    ignore_cache: bool,
+    work: Work<'a>,
+) -> Work<'a> {
+    Box::new(move |inputs: &[Input]| {
+        let solver = cx.solver;
+        let store = &solver.cfg.store;
+        let mut second = parts;
+        for part in &mut second {
+            if let InputPart::Key(k) = part {
+                if let Some(alias) = store.meta_get(ALIAS_NS, k)? {
+                    *k = alias;
+                }
+            }
+        }
+        for (i, sels) in &mounted {
+            let (Some(Value::Chain(chain)), Some(slot)) =
+                (inputs.get(*i).map(|x| &x.value), second.get_mut(*i))
+            else {
+                continue;
+            };
+            // A selection that is not there keeps the input's key (the mount reports it).
+            if let Some(sums) = solver.selection_digests(chain, sels)? {
+                *slot = InputPart::Selected(sums);
+            }
+        }
+        let key = node_key(&cx.node.op, &second)?;
+        if key == first {
+            return work(inputs);
+        }
+        let _lock = solver.key_lock(&key)?;
+        if !ignore_cache {
+            if let Some(rec) = solver.lookup_local(&key)? {
+                if solver.cfg.cache.explain {
+                    cx.progress.event(Event::Explain {
+                        vertex: cx.vertex,
+                        reason: "what the step reads is unchanged: its result is reused".into(),
+                    });
+                }
+                store.meta_put(ALIAS_NS, &first, &key)?;
+                return Ok(rec.chain);
+            }
+        }
+        let chain = work(inputs)?;
+        solver.record(&key, &chain)?;
+        store.meta_put(ALIAS_NS, &first, &key)?;
+        Ok(chain)
+    })
+}
+
+impl Solver {
+    /// Content checksums of what `sels` select in the merged view of `chain`: an overlay
+    /// mounted read-only in a private mount namespace, or in copy mode a materialized copy.
+    /// `None` when a selection matches nothing.
+    fn selection_digests(
+        &self,
+        chain: &Chain,
+        sels: &[Selector],
+    ) -> Result<Option<Vec<(String, String)>>, SolveError> {
+        let sum_all = |root: &Path| -> Result<Option<Vec<(String, String)>>, SolveError> {
+            let mut sums = Vec::with_capacity(sels.len());
+            for sel in sels {
+                // The flags are part of what is read: they label the digest.
+                let label = format!(
+                    "{}{}{}",
+                    sel.path,
+                    if sel.follow_symlinks { " follow" } else { "" },
+                    if sel.allow_wildcard { " wildcard" } else { "" }
+                );
+                match checksum_tree(root, sel) {
+                    Ok(c) => sums.push((label, c.digest)),
+                    Err(rbuild_cache::CacheError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(Some(sums))
+        };
+        // Copy mode: a materialized copy, removed when dropped.
+        if let Some(root) = self.copy_work_root(chain)? {
+            return sum_all(root.dir());
+        }
+        let lowers = self.lowers(chain)?;
+        let dir = self.cfg.store.new_tmp_path("selection");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SolveError::io(format!("creating {}", dir.display()), e))?;
+        let result = rbuild_executor::with_private_mounts(|m| {
+            m.overlay_ro(&lowers, &dir)?;
+            sum_all(&dir)
+        });
+        let _ = std::fs::remove_dir(&dir);
+        result?
+    }
 }
