@@ -996,24 +996,32 @@ impl RegistryClient {
         desc: &Descriptor,
     ) -> Result<Box<dyn Read + Send>, OciError> {
         crate::digest::digest_hex(&desc.digest)?;
-        self.with_endpoints(r, |ep| {
-            let path = format!("/v2/{}/blobs/{}", r.repository, desc.digest);
-            let resp = self.get(ep, r, &path, None)?;
-            if !resp.status().is_success() {
-                return Err(Self::http_err(
-                    &format!("fetch blob {} of", desc.digest),
-                    r,
-                    ep,
-                    resp,
-                ));
-            }
-            let reader = resp
-                .into_body()
+        self.with_endpoints(r, |ep| self.blob_body(ep, r, desc))
+    }
+
+    /// The body of a blob GET from one endpoint, at most `desc.size + 1` bytes.
+    fn blob_body(
+        &self,
+        ep: &Endpoint,
+        r: &Reference,
+        desc: &Descriptor,
+    ) -> Result<Box<dyn Read + Send>, OciError> {
+        let path = format!("/v2/{}/blobs/{}", r.repository, desc.digest);
+        let resp = self.get(ep, r, &path, None)?;
+        if !resp.status().is_success() {
+            return Err(Self::http_err(
+                &format!("fetch blob {} of", desc.digest),
+                r,
+                ep,
+                resp,
+            ));
+        }
+        Ok(Box::new(
+            resp.into_body()
                 .into_with_config()
                 .limit(desc.size.saturating_add(1))
-                .reader();
-            Ok(Box::new(reader) as Box<dyn Read + Send>)
-        })
+                .reader(),
+        ))
     }
 
     /// [`RegistryClient::fetch_blob`], reporting the bytes received to `progress`.
@@ -1035,21 +1043,7 @@ impl RegistryClient {
             desc.size,
         );
         let result = self.with_endpoints(r, |ep| {
-            let path = format!("/v2/{}/blobs/{}", r.repository, desc.digest);
-            let resp = self.get(ep, r, &path, None)?;
-            if !resp.status().is_success() {
-                return Err(Self::http_err(
-                    &format!("fetch blob {} of", desc.digest),
-                    r,
-                    ep,
-                    resp,
-                ));
-            }
-            let reader = resp
-                .into_body()
-                .into_with_config()
-                .limit(desc.size.saturating_add(1))
-                .reader();
+            let reader = self.blob_body(ep, r, desc)?;
             let mut reader = crate::progress::MeteredReader::new(reader, &meter);
             let mut reader: &mut dyn Read = &mut reader;
             store.ingest(&mut reader, &desc.digest, desc.size)

@@ -79,7 +79,9 @@ impl Solver {
         let Some(&(i, r)) = self.remote.index.get(key) else {
             return Ok(None);
         };
-        let imp = &self.cfg.cache_imports[i];
+        let Some(imp) = self.cfg.cache_imports.get(i) else {
+            return Ok(None);
+        };
         let Some(rec) = imp.config.records.get(r) else {
             return Ok(None);
         };
@@ -219,23 +221,27 @@ impl Solver {
         Ok(out)
     }
 
+    /// The import a lazy layer comes from, and its index there.
+    fn lazy_source(&self, l: &Layer) -> Result<(&ImportedCache, usize), SolveError> {
+        let source = self
+            .remote
+            .lazy
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&l.diff_id).copied());
+        source
+            .and_then(|(i, index)| self.cfg.cache_imports.get(i).map(|imp| (imp, index)))
+            .ok_or_else(|| SolveError::BadRecord {
+                key: l.diff_id.clone(),
+                message: "a layer of an imported cache record has no source".into(),
+            })
+    }
+
     /// Fetch the blobs of the lazy layers of `chain` into the content store (digest and size
     /// verified), without unpacking them: what an export of an imported record needs.
     fn fetch_lazy_blobs(&self, chain: &Chain, progress: &dyn Progress) -> Result<(), SolveError> {
         for l in chain.iter().filter(|l| is_lazy(l)) {
-            let source = self
-                .remote
-                .lazy
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&l.diff_id).copied());
-            let Some((i, index)) = source else {
-                return Err(SolveError::BadRecord {
-                    key: l.diff_id.clone(),
-                    message: "a layer of an imported cache record has no source".into(),
-                });
-            };
-            let imp = &self.cfg.cache_imports[i];
+            let (imp, index) = self.lazy_source(l)?;
             let transfers = crate::VertexTransfers {
                 vertex: 0,
                 progress,
@@ -275,19 +281,7 @@ impl Solver {
         if let Some(local) = self.local_layer(&l.diff_id, &desc, l.created)? {
             return Ok(local);
         }
-        let source = self
-            .remote
-            .lazy
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&l.diff_id).copied());
-        let Some((i, index)) = source else {
-            return Err(SolveError::BadRecord {
-                key: l.diff_id.clone(),
-                message: "a layer of an imported cache record has no source".into(),
-            });
-        };
-        let imp = &self.cfg.cache_imports[i];
+        let (imp, index) = self.lazy_source(l)?;
         let transfers = crate::VertexTransfers { vertex, progress };
         // A blob fetched here that then fails its diff id check leaves the store again.
         let fetched_now = !store.has_blob(&l.blob);
