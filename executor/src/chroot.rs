@@ -9,8 +9,9 @@
 //!   with `mknod` (the container's device cgroup decides what can be opened);
 //! - the network is the host's (the container's), except `network=none`, which needs a new
 //!   network namespace and fails clearly when none can be made;
-//! - `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` are written into the root for the
-//!   step and put back (content and times) afterwards, like every entry created for it;
+//! - `/etc/hosts` and `/etc/resolv.conf` are written into the root for the step and put back
+//!   (content and times) afterwards, like every entry created for it (no `/etc/hostname`, as
+//!   in BuildKit's RUN: the hostname is the UTS namespace's);
 //! - no `/proc`, `/sys` or `RUN --mount` (they need mounts);
 //! - processes the step leaves running are killed when it ends (the helper is their
 //!   subreaper), pid namespace or not;
@@ -277,7 +278,6 @@ impl Prepared<'_> {
         for (rel, source) in [
             ("/etc/hosts", &scratch.hosts),
             ("/etc/resolv.conf", &scratch.resolv),
-            ("/etc/hostname", &scratch.hostname),
         ] {
             let contents =
                 std::fs::read(source).map_err(|e| ExecutorError::sys("read", source, e))?;

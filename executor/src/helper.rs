@@ -105,7 +105,6 @@ pub(crate) struct Scratch {
     pub(crate) root: PathBuf,
     pub(crate) hosts: PathBuf,
     pub(crate) resolv: PathBuf,
-    pub(crate) hostname: PathBuf,
     /// Mount point for the sandbox's private tmpfs (secrets, throwaway uppers, views).
     pub(crate) mnt: PathBuf,
 }
@@ -140,7 +139,6 @@ impl Scratch {
             root: base.join("root"),
             hosts: base.join("hosts"),
             resolv: base.join("resolv.conf"),
-            hostname: base.join("hostname"),
             mnt: base.join("mnt"),
             base,
         };
@@ -152,14 +150,13 @@ impl Scratch {
         };
         write(&s.hosts, hosts_file(hostname, &spec.extra_hosts))?;
         write(&s.resolv, resolv_conf())?;
-        write(&s.hostname, format!("{hostname}\n"))?;
         Ok(s)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        for f in [&self.hosts, &self.resolv, &self.hostname] {
+        for f in [&self.hosts, &self.resolv] {
             let _ = std::fs::remove_file(f);
         }
         let _ = std::fs::remove_file(self.base.join("lock"));

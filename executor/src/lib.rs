@@ -18,8 +18,8 @@
 //! namespaces,
 //! forks a child that becomes pid 1 of the new pid namespace, which creates a
 //! private mount namespace, mounts the rootfs (overlayfs), `/proc`, `/sys`
-//! (ro), a minimal `/dev`, binds generated `/etc/hosts`, `/etc/resolv.conf`,
-//! `/etc/hostname`, pivots into the rootfs, masks sensitive `/proc` paths,
+//! (ro), a minimal `/dev`, binds generated `/etc/hosts` and `/etc/resolv.conf` (no
+//! `/etc/hostname`: BuildKit's RUN has none), pivots into the rootfs, masks sensitive `/proc` paths,
 //! drops capabilities to Docker's default set, sets `no_new_privs`, switches
 //! to the requested user, and execs the step's program. Mount-target stubs
 //! created in the rootfs are removed from the layer afterwards.
@@ -308,7 +308,7 @@ pub struct ExecSpec {
     /// `""` = root; `"1000"`, `"1000:1000"`, `"app"`, `"app:grp"`, resolved
     /// against the rootfs's `/etc/passwd` and `/etc/group`.
     pub user: String,
-    /// Hostname of the sandbox (also written to `/etc/hostname`).
+    /// Hostname of the sandbox (its UTS namespace's, and in `/etc/hosts`).
     pub hostname: String,
     /// Network mode.
     pub network: Network,

@@ -169,7 +169,6 @@ fn prepare_and_run(
         ("/sys", true),
         ("/etc/hosts", false),
         ("/etc/resolv.conf", false),
-        ("/etc/hostname", false),
     ] {
         stubs.ensure(t, dir)?;
     }
@@ -215,7 +214,6 @@ fn prepare_and_run(
     }
     mounts.push(bind(&scratch.hosts, "/etc/hosts", true)?);
     mounts.push(bind(&scratch.resolv, "/etc/resolv.conf", true)?);
-    mounts.push(bind(&scratch.hostname, "/etc/hostname", true)?);
     for (i, m) in spec.extra_mounts.iter().enumerate() {
         let (src, target, is_dir) = prepare_source(m, i, &mut private)?;
         let resolved = stubs.ensure(target, is_dir)?;

@@ -201,7 +201,6 @@ fn setup(
     for (target, source) in [
         ("/etc/hosts", &scratch.hosts),
         ("/etc/resolv.conf", &scratch.resolv),
-        ("/etc/hostname", &scratch.hostname),
     ] {
         let t = stubs.ensure(target, false)?;
         bind(source, &t, true)?;
