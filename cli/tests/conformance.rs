@@ -793,6 +793,10 @@ fn a_bind_mount_from_a_stage_is_keyed_by_the_mounted_content() {
             "{u}: the stage changed outside the mounted source: reused\n{out}"
         );
     }
+    // A result reused under its second key is reported CACHED, as BuildKit does.
+    for step in ["cat /m/x > /ro", "echo z > /m/z", "echo after > /after"] {
+        assert!(cached(&out, step), "{step} not CACHED:\n{out}");
+    }
     assert_ne!(
         data(&m1, "/u4"),
         data(&m2, "/u4"),

@@ -299,6 +299,9 @@ pub struct Solver {
     pub(crate) copy_mode: std::sync::OnceLock<bool>,
     /// Imported records by key, lazy layers, and this solver's results for export.
     pub(crate) remote: remote_cache::RemoteState,
+    /// Keys whose step's work reused an earlier result instead of running (a second,
+    /// content-based key hit, [`ops`]): the scheduler reports them as cached.
+    pub(crate) reused: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Solver {
@@ -306,6 +309,7 @@ impl Solver {
         let remote = remote_cache::RemoteState::new(&cfg.cache_imports);
         Arc::new(Solver {
             remote,
+            reused: Mutex::new(std::collections::HashSet::new()),
             cfg,
             resolved: Mutex::new(BTreeMap::new()),
             mounts: runmount::MountState::default(),

@@ -647,6 +647,19 @@ impl Solver {
             explain::remember(store, step, r)?;
         }
         self.remember_solved(&key, &chain);
+        // The work may have found its result under a second key instead of running.
+        let reused = self
+            .reused
+            .lock()
+            .map(|mut r| r.remove(&key))
+            .unwrap_or(false);
+        if reused {
+            progress.event(Event::Cached {
+                vertex: id,
+                name: node.meta.description.clone(),
+            });
+            return Ok((chain, false));
+        }
         progress.event(Event::Done {
             vertex: id,
             seconds: t.elapsed().as_secs_f64(),

@@ -10,9 +10,9 @@
 //! is used in the step's work: once the inputs are built, the second key is looked up (under
 //! its key lock) before the step runs, and a run records it. A hit there skips the run; the
 //! scheduler records the first key for the same result. So rebuilding a stage whose mounted
-//! selection did not change keeps the step cached, as in BuildKit (shown as a quick run, not
-//! `CACHED`: the scheduler announced it when it missed its first key). Second keys stay
-//! local: a cache export carries first keys only.
+//! selection did not change keeps the step cached, as in BuildKit (the work notes the reuse in
+//! `Solver::reused` and the scheduler reports the step `CACHED`). Second keys stay local: a
+//! cache export carries first keys only.
 
 use std::path::Path;
 
@@ -358,6 +358,9 @@ fn second_keyed<'a>(
                     });
                 }
                 store.meta_put(ALIAS_NS, &first, &key)?;
+                if let Ok(mut reused) = solver.reused.lock() {
+                    reused.insert(first.clone());
+                }
                 return Ok(rec.chain);
             }
         }
