@@ -30,4 +30,4 @@ pub use error::CacheError;
 pub use index::{IndexEntry, StoreLock};
 pub use snapshot::Snapshot;
 pub use store::Store;
-pub use util::read_full;
+pub use util::{now_secs, read_full};

@@ -42,8 +42,9 @@ pub(crate) fn pid_alive(pid: i32) -> bool {
     }
 }
 
-/// Current time in unix seconds.
-pub(crate) fn now_secs() -> i64 {
+/// Current time in unix seconds (0 before 1970): rbuild's one clock reading for records,
+/// history and `created` times (also `rbuild_oci::time::now_secs`).
+pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

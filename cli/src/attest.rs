@@ -205,13 +205,6 @@ pub struct Built<'a> {
     pub root: NodeId,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Whether a build arg (`--build-arg` or a global `ARG NAME=…` default in the Dockerfile) is
 /// true.
 fn arg_true(info: &BuildInfo, name: &str) -> bool {
@@ -338,7 +331,8 @@ pub fn attach(
     } else {
         None
     };
-    let created = rbuild_oci::time::rfc3339(info.epoch.value.unwrap_or_else(now));
+    let created =
+        rbuild_oci::time::rfc3339(info.epoch.value.unwrap_or_else(rbuild_oci::time::now_secs));
     let tool = format!("rbuild-{}", env!("CARGO_PKG_VERSION"));
     let limits = rbuild_oci::sbom::Limits::default();
     let context_scan = (opts.sbom && arg_true(info, "BUILDKIT_SBOM_SCAN_CONTEXT"))
@@ -579,7 +573,7 @@ fn provenance_statement(p: &Provenance, info: &BuildInfo, b: &Built) -> Result<S
     } else {
         (
             Some(rbuild_oci::time::rfc3339(info.started)),
-            Some(rbuild_oci::time::rfc3339(now())),
+            Some(rbuild_oci::time::rfc3339(rbuild_oci::time::now_secs())),
         )
     };
     let seed = if reproducible {

@@ -273,13 +273,6 @@ pub fn human_size(n: u64) -> String {
     format!("{s}{}", units[i])
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The fields of a row, by docker's template names.
 fn fields(r: &Row, no_trunc: bool) -> BTreeMap<&'static str, String> {
     let id = if no_trunc {
@@ -302,7 +295,7 @@ fn fields(r: &Row, no_trunc: bool) -> BTreeMap<&'static str, String> {
     m.insert(
         "CreatedSince",
         r.created
-            .map(|c| format!("{} ago", human_duration(now() - c)))
+            .map(|c| format!("{} ago", human_duration(rbuild_oci::time::now_secs() - c)))
             .unwrap_or_else(|| "N/A".into()),
     );
     m.insert(

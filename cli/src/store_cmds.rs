@@ -305,10 +305,7 @@ pub fn run(root: &Path, c: StoreCommand) -> Result<ExitCode> {
             let empty = Vec::new();
             let history = config["history"].as_array().unwrap_or(&empty);
             let mut layers = m.layers.iter().rev();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let now = rbuild_oci::time::now_secs();
             let mut lines = vec!["IMAGE\tCREATED\tCREATED BY\tSIZE\tCOMMENT".to_string()];
             for (n, h) in history.iter().rev().enumerate() {
                 let size = if h["empty_layer"] == true {

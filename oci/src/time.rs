@@ -3,6 +3,8 @@
 //! algorithms), for any `i64` second without panicking. The one date formatter and parser;
 //! `http` reads HTTP dates with the same day arithmetic.
 
+pub use rbuild_cache::now_secs;
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for a unix time (UTC).
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -3,7 +3,6 @@
 //! timestamps, OCI manifest) in the local image store.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rbuild_graph::ImageConfig;
 use rbuild_oci::{Descriptor, ImageStore, LayerOpts};
@@ -34,7 +33,10 @@ impl Solver {
         // (one syncfs for many snapshots, `Store::settle_snapshots`), so a crash never leaves
         // a committed snapshot with missing data, and a step does not wait for the disk.
         self.cfg.store.commit_snapshot_unsynced(&snap.id)?;
-        let created = self.cfg.source_date_epoch.unwrap_or_else(unix_now);
+        let created = self
+            .cfg
+            .source_date_epoch
+            .unwrap_or_else(rbuild_oci::time::now_secs);
         Ok(Layer {
             snapshot: snap.id.clone(),
             diff_id: String::new(),
@@ -225,7 +227,7 @@ pub fn finalize_image(
     let chain = &materialize_layers(store, chain, source_date_epoch)?;
     let now = source_date_epoch
         .or_else(|| chain.iter().filter_map(|l| l.created).max())
-        .unwrap_or_else(unix_now);
+        .unwrap_or_else(rbuild_oci::time::now_secs);
     let stamp = rbuild_oci::time::rfc3339(now);
     let mut cfg = config.clone();
     cfg.rootfs.kind = "layers".to_string();
@@ -260,11 +262,4 @@ pub fn finalize_image(
         config_digest: rbuild_graph::sha256_digest(&bytes),
         config: bytes,
     })
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -121,9 +121,4 @@ pub fn kind_of(node: &Node) -> &'static dyn OpKind {
     }
 }
 
-pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use rbuild_oci::time::now_secs;
