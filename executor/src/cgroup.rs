@@ -302,6 +302,19 @@ impl StepCgroup {
         Ok(())
     }
 
+    /// Move the calling process back out of the cgroup (the processes it started stay inside).
+    /// Best effort: a process that cannot move stays, as before.
+    pub fn leave(&mut self) {
+        if !self.joined {
+            return;
+        }
+        let pid = std::process::id().to_string();
+        for (_, parent) in &self.dirs {
+            let _ = std::fs::write(parent.join("cgroup.procs"), &pid);
+        }
+        self.joined = false;
+    }
+
     /// Whether the OOM killer killed a process of the step. `killed`: the step ended by
     /// SIGKILL. In v1 the kill is counted in the victim's own cgroup (with runc, a sub-cgroup
     /// already gone), so a SIGKILL after the usage peaked at the limit counts too.
@@ -354,12 +367,7 @@ fn remove_tree(dir: &Path) {
 
 impl Drop for StepCgroup {
     fn drop(&mut self) {
-        if self.joined {
-            let pid = std::process::id().to_string();
-            for (_, parent) in &self.dirs {
-                let _ = std::fs::write(parent.join("cgroup.procs"), &pid);
-            }
-        }
+        self.leave();
         for (dir, _) in &self.dirs {
             remove_tree(dir);
         }

@@ -371,8 +371,14 @@ fn run_helper() -> Result<HelperReport, ExecutorError> {
         Fork::Parent(pid) => {
             drop(msg_w);
             // The step (forked above, so it keeps the original value) is the OOM killer's
-            // victim when it exceeds its memory limit, never this helper in the same cgroup.
+            // victim when it exceeds its memory limit, never this helper: it leaves the step's
+            // cgroup now that the step's init was born inside (a second OOM kill, while the
+            // killed step's memory is still charged, could otherwise take the last process
+            // left there, this helper, and the step would end without a report).
             shield_from_oom_killer();
+            if let Some(cg) = &mut cgroup {
+                cg.leave();
+            }
             let mut stubs: Vec<(String, bool)> = Vec::new();
             let mut copyups: Vec<String> = Vec::new();
             let mut failed = None;
